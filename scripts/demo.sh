@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# scripts/demo.sh [threads [blocks-per-thread]] -- build trimalloc (Release,
+# build/libtrimalloc.so) and run a short multi-threaded demo of _heapmin():
+# examples/demo_threads.c, once with the system malloc and once with
+# LD_PRELOAD=build/libtrimalloc.so. Each run prints its RSS table; the exit
+# status is non-zero if a build or a run failed (or data did not verify).
+
+set -u -o pipefail
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$TM_ROOT" || exit 1
+
+tm_section "dependencies"
+tm_ensure_build || exit 1
+tm_ensure_optional # benchmark peers, for the comparisons that need them
+
+tm_section "build (Release)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null &&
+    cmake --build build --target trimalloc -j"$TM_JOBS" ||
+    tm_die "the library did not build (run: cmake --build build)"
+LIB=$TM_ROOT/build/libtrimalloc.so
+[ -f "$LIB" ] || tm_die "$LIB is missing after the build"
+${CC:-cc} -O2 -Wall -Wextra -pthread examples/demo_threads.c -o build/demo_threads -ldl ||
+    tm_die "examples/demo_threads.c did not compile"
+echo "built $LIB and build/demo_threads"
+
+# run_demo LABEL [env assignments...] -- run the demo under env, report.
+FAILED=0
+run_demo() {
+    local label=$1
+    shift
+    tm_section "demo: $label"
+    echo "\$ ${*:+$* }build/demo_threads $DEMO_ARGS"
+    # shellcheck disable=SC2086 # DEMO_ARGS is split on purpose
+    if ! env "$@" build/demo_threads $DEMO_ARGS; then
+        echo "demo FAILED with $label"
+        FAILED=1
+    fi
+}
+
+DEMO_ARGS="$*"
+run_demo "system malloc"
+run_demo "trimalloc (LD_PRELOAD)" "LD_PRELOAD=$LIB"
+
+echo
+if [ $FAILED = 0 ]; then
+    echo "demo done. Compare the 'after _heapmin()' rows: _heapmin() is meant to return the"
+    echo "memory freed by every thread, including threads that are alive but blocked."
+else
+    echo "demo: some run FAILED (see above)"
+fi
+exit $FAILED
