@@ -20,7 +20,7 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null &&
     tm_die "the library did not build (run: cmake --build build)"
 LIB=$TM_ROOT/build/libtrimalloc.so
 [ -f "$LIB" ] || tm_die "$LIB is missing after the build"
-${CC:-cc} -O2 -Wall -Wextra -pthread examples/demo_threads.c -o build/demo_threads -ldl ||
+${CC:-gcc} -O2 -Wall -Wextra -pthread examples/demo_threads.c -o build/demo_threads -ldl ||
     tm_die "examples/demo_threads.c did not compile"
 echo "built $LIB and build/demo_threads"
 

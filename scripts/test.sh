@@ -21,7 +21,7 @@
 #   -j N           parallel jobs (default 2, or env TRIMALLOC_JOBS)
 # Environment: TRIMALLOC_SAN_CC picks the sanitizer compiler (default: clang if
 # it builds and runs a sanitized program, else gcc); ASAN_OPTIONS,
-# UBSAN_OPTIONS and TSAN_OPTIONS are appended to the defaults below, so yours win.
+# UBSAN_OPTIONS and TSAN_OPTIONS are appended to this script's defaults, so yours win.
 
 set -u -o pipefail
 # shellcheck source=scripts/common.sh

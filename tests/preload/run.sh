@@ -15,6 +15,9 @@
 #                    program's output too) and bad.c (same errors, exit status)
 #   coreutils        generated data through awk, sort (also --parallel), uniq,
 #                    join, sed, cut, sha256sum
+#   demo-threads     examples/demo_threads.c (8 threads, cross-thread frees,
+#                    _heapmin while they block): exits 0, data verified, and
+#                    _heapmin is found and returns 0 when preloaded
 # A program that is not installed is skipped with a message. Prints PASS, FAIL
 # or SKIP per case; exits non-zero if any case failed.
 
@@ -188,6 +191,29 @@ CASE=gcc
 need gcc && compare gcc case_gcc
 CASE=coreutils
 need awk sort uniq join sed cut tr sha256sum md5sum tac fold && compare coreutils case_coreutils
+
+CASE=demo-threads
+if need gcc; then
+    d=$WORK/demo
+    mkdir -p "$d"
+    if ! gcc -O2 -pthread "$ROOT/examples/demo_threads.c" -o "$d/demo_threads" -ldl 2>"$d/cc.err"; then
+        result FAIL demo-threads "(examples/demo_threads.c does not compile)"
+        sed 's/^/    /' "$d/cc.err"
+    else
+        timeout "$TIMEOUT" "$d/demo_threads" >"$d/plain.out" 2>&1
+        prc=$?
+        timeout "$TIMEOUT" env "LD_PRELOAD=$LIB" "$d/demo_threads" >"$d/preload.out" 2>&1
+        qrc=$?
+        if [ $prc = 0 ] && [ $qrc = 0 ] && grep -q '^data check: OK' "$d/preload.out" &&
+            grep -q 'returned 0 in' "$d/preload.out" && grep -q "^malloc from: .*libtrimalloc" "$d/preload.out"; then
+            result PASS demo-threads "($(grep -o 'after _heapmin.*' "$d/preload.out" | tr -s ' '))"
+        else
+            result FAIL demo-threads "(plain exit $prc, preloaded exit $qrc)"
+            sed 's/^/    plain: /' "$d/plain.out"
+            sed 's/^/    preload: /' "$d/preload.out"
+        fi
+    fi
+fi
 
 echo "preload tests: $PASSES passed, $FAILS failed, $SKIPS skipped"
 [ "$FAILS" -eq 0 ]
