@@ -1,0 +1,139 @@
+/*
+ * trimalloc.h -- public interface of trimalloc, a thread-caching, multi-arena
+ * malloc for Linux whose _heapmin() returns memory to the kernel, including
+ * the memory idle in other threads' caches.
+ *
+ * Two builds of the same sources exist:
+ *   - the drop-in build (libtrimalloc.so / libtrimalloc.a) exports the
+ *     standard names: malloc, free, ..., so LD_PRELOAD or linking it first
+ *     replaces the system allocator;
+ *   - the prefixed build (compile users with -DTRIMALLOC_PREFIX) exports the
+ *     same functions as tm_malloc, tm_free, ..., tm__heapmin, and does not
+ *     interpose on anything. Sanitizer builds and side-by-side tests use it.
+ * TM_API(name) names a function in whichever build the includer targets.
+ */
+#ifndef TRIMALLOC_H
+#define TRIMALLOC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TRIMALLOC_VERSION_MAJOR 0
+#define TRIMALLOC_VERSION_MINOR 1
+#define TRIMALLOC_VERSION_PATCH 0
+
+#ifdef TRIMALLOC_PREFIX
+#define TM_API(name) tm_##name
+#else
+#define TM_API(name) name
+#endif
+
+/* ---- The standard allocation API --------------------------------------
+ * In the drop-in build these are the libc names, declared by <stdlib.h> and
+ * <malloc.h>; only the prefixed build declares them here, plus C23's
+ * free_sized/free_aligned_sized, which older libcs do not declare. */
+#include <stdlib.h>
+#include <malloc.h>
+#ifdef TRIMALLOC_PREFIX
+void *TM_API(malloc)(size_t size);
+void TM_API(free)(void *ptr);
+void *TM_API(calloc)(size_t nmemb, size_t size);
+void *TM_API(realloc)(void *ptr, size_t size);
+void *TM_API(reallocarray)(void *ptr, size_t nmemb, size_t size);
+void *TM_API(aligned_alloc)(size_t alignment, size_t size);
+int TM_API(posix_memalign)(void **memptr, size_t alignment, size_t size);
+void *TM_API(memalign)(size_t alignment, size_t size);
+void *TM_API(valloc)(size_t size);
+void *TM_API(pvalloc)(size_t size);
+size_t TM_API(malloc_usable_size)(void *ptr);
+int TM_API(malloc_trim)(size_t pad);
+void TM_API(malloc_stats)(void);
+int TM_API(malloc_info)(int options, FILE *stream);
+struct mallinfo2 TM_API(mallinfo2)(void);
+#endif
+void TM_API(free_sized)(void *ptr, size_t size);
+void TM_API(free_aligned_sized)(void *ptr, size_t alignment, size_t size);
+
+/* ---- The CRT heap family (Microsoft's names, constants and struct) ----- */
+#define _HEAPEMPTY (-1)
+#define _HEAPOK (-2)
+#define _HEAPBADBEGIN (-3)
+#define _HEAPBADNODE (-4)
+#define _HEAPEND (-5)
+#define _HEAPBADPTR (-6)
+
+#define _FREEENTRY 0
+#define _USEDENTRY 1
+
+#ifndef _HEAPINFO_DEFINED
+#define _HEAPINFO_DEFINED
+typedef struct _heapinfo {
+    int *_pentry;  /* block address; NULL to start a walk */
+    size_t _size;  /* usable size of the block in bytes */
+    int _useflag;  /* _USEDENTRY or _FREEENTRY */
+} _HEAPINFO;
+#endif
+
+/* Return every byte the allocator can give back: flush the caches of all
+ * threads (running, blocked or exited), coalesce free space, unmap empty
+ * chunks and madvise free pages away. Returns 0 on success; -1 with errno
+ * ENOSYS where the OS cannot release memory. errno is unchanged on success. */
+int TM_API(_heapmin)(void);
+int TM_API(_heapchk)(void);
+int TM_API(_heapwalk)(_HEAPINFO *entry);
+int TM_API(_heapset)(unsigned int fill);
+int TM_API(_heapadd)(void *memblock, size_t size);
+size_t TM_API(_msize)(void *memblock);
+void *TM_API(_expand)(void *memblock, size_t size);
+void *TM_API(_recalloc)(void *memblock, size_t num, size_t size);
+void *TM_API(_aligned_malloc)(size_t size, size_t alignment);
+void *TM_API(_aligned_offset_malloc)(size_t size, size_t alignment, size_t offset);
+void *TM_API(_aligned_realloc)(void *memblock, size_t size, size_t alignment);
+void *TM_API(_aligned_offset_realloc)(void *memblock, size_t size, size_t alignment,
+                                      size_t offset);
+void *TM_API(_aligned_recalloc)(void *memblock, size_t num, size_t size, size_t alignment);
+void *TM_API(_aligned_offset_recalloc)(void *memblock, size_t num, size_t size,
+                                       size_t alignment, size_t offset);
+size_t TM_API(_aligned_msize)(void *memblock, size_t alignment, size_t offset);
+void TM_API(_aligned_free)(void *memblock);
+
+/* ---- trimalloc's own interface ------------------------------------------ */
+
+/* Global statistics, summed over arenas and threads when read. */
+typedef struct trimalloc_stats {
+    size_t allocated;      /* bytes in blocks the program holds (usable size) */
+    size_t active;         /* bytes in pages holding at least one live block */
+    size_t resident;       /* bytes of mapped memory not released (upper bound) */
+    size_t mapped;         /* bytes mapped from the kernel (chunks + huge + meta) */
+    size_t released;       /* bytes returned to the kernel since start */
+    size_t metadata;       /* bytes mapped for allocator metadata */
+    size_t tcache_bytes;   /* bytes sitting free in thread caches */
+    size_t huge_allocated; /* bytes in huge blocks */
+    uint64_t heapmin_calls;
+    uint64_t heapmin_bytes_released;
+    uint64_t heapmin_last_pause_ns; /* time other threads were held, last call */
+    uint64_t heapmin_max_pause_ns;
+    unsigned narenas;
+    unsigned nthreads; /* threads with a live cache */
+} trimalloc_stats_t;
+
+/* Fill *out; returns 0. Never allocates. */
+int TM_API(trimalloc_stats_get)(trimalloc_stats_t *out);
+/* Write a human-readable report (json != 0: JSON) to fd. Never allocates. */
+void TM_API(trimalloc_stats_print)(int fd, int json);
+
+/* Runtime options, the same ones TRIMALLOC_CONF sets ("key:value,..."). Read
+ * returns 0 and stores the value; set returns 0, or -1 with errno EINVAL for
+ * an unknown name or bad value, or EBUSY for an option fixed after start. */
+int TM_API(trimalloc_option_get)(const char *name, long *value);
+int TM_API(trimalloc_option_set)(const char *name, long value);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TRIMALLOC_H */

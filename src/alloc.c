@@ -1,0 +1,349 @@
+/*
+ * alloc.c -- the public allocation entry points, with the fast paths first.
+ *
+ * Fast path budget (x86-64, counted with callgrind, see bench/callgrind.sh):
+ *   malloc: size test, class lookup, busy flag, drain test, bin pop, cookie
+ *           clear -- about 20 instructions, one likely branch chain.
+ *   free:   pagemap (2 loads), page entry, block-start check (mul/shift/mul),
+ *           cookie test, busy flag, drain test, bin push -- about 35.
+ * The busy/drain_req pair is the owner's half of the world-stop handshake
+ * (world.c): plain stores and loads, no lock, no atomic read-modify-write,
+ * no fence; the trimmer's membarrier supplies the ordering.
+ * Everything else is in cold _slow functions.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+
+/* ---- the owner's half of the handshake ------------------------------------ */
+TM_INLINE void tc_enter(tm_tcache_t *tc) {
+#if TM_TSAN
+    __atomic_store_n(&tc->busy, 1, __ATOMIC_SEQ_CST);
+#else
+    __atomic_store_n(&tc->busy, 1, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+TM_INLINE bool tc_drain_requested(tm_tcache_t *tc) {
+#if TM_TSAN
+    return __atomic_load_n(&tc->drain_req, __ATOMIC_SEQ_CST);
+#else
+    return __atomic_load_n(&tc->drain_req, __ATOMIC_ACQUIRE);
+#endif
+}
+TM_INLINE void tc_leave(tm_tcache_t *tc) { __atomic_store_n(&tc->busy, 0, __ATOMIC_RELEASE); }
+
+/* ---- fast paths ------------------------------------------------------------------ */
+
+TM_INLINE void *small_alloc(tm_tcache_t *tc, size_t size, unsigned cls) {
+    tc_enter(tc);
+    if (likely(!tc_drain_requested(tc))) {
+        tm_tc_bin_t *b = &tc->bins[cls];
+        uint32_t n = b->count;
+        if (likely(n != 0)) {
+            void *p = b->slots[n - 1];
+            b->count = n - 1;
+            tc_leave(tc);
+            *(uint64_t *)p = 0; /* clear the free-block cookie */
+            return p;
+        }
+    }
+    return tcache_malloc_slow(tc, size, cls);
+}
+
+static TM_COLD void *large_alloc(size_t size, size_t align, bool zero);
+static TM_COLD void free_generic(void *p, const char *call);
+static TM_COLD void free_suspect_double(void *p, unsigned cls);
+
+TM_EXPORT void *TM_API(malloc)(size_t size) {
+    if (likely(size <= TM_SMALL_MAX)) {
+        void *p = small_alloc(tm_tls_tc, size, size_class_of(size));
+        if (unlikely(!p)) errno = ENOMEM;
+        return p;
+    }
+    return large_alloc(size, 0, false);
+}
+
+/* True if p is the start of a block in a small-class slab; sets cls. */
+TM_INLINE bool small_block(uintptr_t a, unsigned *cls_out) {
+    uintptr_t e = pagemap_lookup(a);
+    if (unlikely(!(e & 1))) return false;
+    const tm_chunk_t *c = (const tm_chunk_t *)(e - 1);
+    uint32_t f = __atomic_load_n(&c->fast[(a >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1)],
+                                 __ATOMIC_RELAXED);
+    unsigned cls = f & 0xff;
+    const tm_class_t *k = &tm_classes[cls];
+    uint64_t off = (a & TM_CHUNK_MASK) - (f & ~(uint32_t)TM_PAGE_MASK);
+    *cls_out = cls;
+    return ((off * k->magic) >> 40) * k->size == off; /* class 0 fails unless off 0 */
+}
+
+TM_EXPORT void TM_API(free)(void *p) {
+    uintptr_t a = (uintptr_t)p;
+    unsigned cls;
+    if (likely(small_block(a, &cls))) {
+        tm_tcache_t *tc = tm_tls_tc;
+        uint64_t cookie = a ^ tm_cookie_key;
+        if (likely(*(uint64_t *)p != cookie)) {
+            tc_enter(tc);
+            if (likely(!tc_drain_requested(tc))) {
+                tm_tc_bin_t *b = &tc->bins[cls];
+                uint32_t n = b->count;
+                if (likely(n < b->cap)) {
+                    *(uint64_t *)p = cookie;
+                    b->slots[n] = p;
+                    b->count = n + 1;
+                    tc_leave(tc);
+                    return;
+                }
+            }
+            if (likely(cls)) {
+                tcache_free_slow(tc, p, cls);
+                return;
+            }
+            tc_leave(tc);
+        } else {
+            free_suspect_double(p, cls);
+            return;
+        }
+    }
+    free_generic(p, "free");
+}
+
+/* ---- slow paths ---------------------------------------------------------------------- */
+
+static size_t huge_threshold(void) { return (size_t)tm_opt.huge_threshold; }
+
+static void *large_alloc(size_t size, size_t align, bool zero) {
+    if (unlikely(size > PTRDIFF_MAX)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    tm_init();
+    void *p;
+    size_t npages = (size + TM_PAGE_MASK) >> TM_PAGE_SHIFT;
+    size_t align_pages = align > TM_PAGE ? align >> TM_PAGE_SHIFT : 1;
+    if (size <= huge_threshold() && npages + align_pages - 1 <= TM_CHUNK_PAGES)
+        p = arena_alloc_large(tcache_arena(), size, align, zero);
+    else
+        p = huge_alloc(size ? size : 1, align, zero);
+    if (unlikely(!p)) errno = ENOMEM;
+    return p;
+}
+
+/* Every free that is not a small block, or that the fast path declined. */
+static void free_generic(void *p, const char *call) {
+    if (!p) return;
+    uintptr_t a = (uintptr_t)p;
+    uintptr_t e = pagemap_lookup(a);
+    tm_chunk_t *c = chunk_of_entry(e);
+    if (c) {
+        uint32_t page = (uint32_t)((a - c->base) >> TM_PAGE_SHIFT);
+        if (c->fast[page] & 0xff) { /* a small-class page, but not a block start */
+            uint32_t idx;
+            if (!slab_of(c, a, &idx)) tm_invalid_pointer(call, p);
+            tcache_free_slow(tm_tls_tc, p, c->fast[page] & 0xff);
+            return;
+        }
+        if (a & TM_PAGE_MASK) tm_invalid_pointer(call, p);
+        arena_free_large(c, page, p);
+        return;
+    }
+    if (e) {
+        huge_free((tm_huge_t *)e, p);
+        return;
+    }
+    tm_invalid_pointer(call, p);
+}
+
+bool tcache_contains(void *p, unsigned cls);
+
+/* free() found the free-block cookie in p's first word: p is very likely
+ * free already. Confirm against this thread's cache and the slab bitmap;
+ * a cookie on a block in neither is in another thread's cache. */
+static void free_suspect_double(void *p, unsigned cls) {
+    if (!cls) {
+        free_generic(p, "free");
+        return;
+    }
+    (void)tcache_contains(p, cls);
+    tm_double_free("free", p);
+}
+
+void tm_free_impl(void *p) { TM_API(free)(p); }
+void *tm_malloc_impl(size_t size) { return TM_API(malloc)(size); }
+
+size_t tm_usable_size(void *p, const char *caller) {
+    uintptr_t a = (uintptr_t)p;
+    uintptr_t e = pagemap_lookup(a);
+    tm_chunk_t *c = chunk_of_entry(e);
+    if (c) {
+        uint32_t page = (uint32_t)((a - c->base) >> TM_PAGE_SHIFT);
+        unsigned cls = c->fast[page] & 0xff;
+        if (cls) {
+            uint32_t idx;
+            if (!slab_of(c, a, &idx)) tm_invalid_pointer(caller, p);
+            if (*(uint64_t *)p == (a ^ tm_cookie_key)) tm_double_free(caller, p);
+            return tm_classes[cls].size;
+        }
+        size_t n = (a & TM_PAGE_MASK) ? 0 : arena_large_usable(c, page);
+        if (!n) tm_invalid_pointer(caller, p);
+        return n;
+    }
+    if (e) {
+        tm_huge_t *h = (tm_huge_t *)e;
+        huge_lock();
+        size_t n = (h->base == a && !h->freed_ns) ? h->size : 0;
+        huge_unlock();
+        if (!n) tm_invalid_pointer(caller, p);
+        return n;
+    }
+    tm_invalid_pointer(caller, p);
+}
+
+void *tm_alloc_aligned(size_t align, size_t size, bool zero) {
+    if (align <= TM_ALIGN) {
+        if (zero) return TM_API(calloc)(1, size);
+        return TM_API(malloc)(size);
+    }
+    if (unlikely(size > PTRDIFF_MAX)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (align <= TM_PAGE) {
+        size_t sz = (size + align - 1) & ~(align - 1);
+        if (sz == 0) sz = align;
+        if (sz <= TM_SMALL_MAX) {
+            unsigned cls = size_class_of(sz);
+            while (cls <= TM_NCLASSES && tm_classes[cls].size % align) cls++;
+            if (cls <= TM_NCLASSES) {
+                void *p = small_alloc(tm_tls_tc, sz, cls);
+                if (!p) {
+                    errno = ENOMEM;
+                    return NULL;
+                }
+                if (zero) memset(p, 0, size);
+                return p;
+            }
+        }
+    }
+    return large_alloc(size > TM_SMALL_MAX ? size : TM_SMALL_MAX + 1, align, zero);
+}
+
+TM_EXPORT void *TM_API(calloc)(size_t nmemb, size_t size) {
+    size_t total;
+    if (unlikely(__builtin_mul_overflow(nmemb, size, &total))) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (likely(total <= TM_SMALL_MAX)) {
+        void *p = small_alloc(tm_tls_tc, total, size_class_of(total));
+        if (unlikely(!p)) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        return memset(p, 0, total);
+    }
+    return large_alloc(total, 0, true);
+}
+
+void *tm_realloc_impl(void *p, size_t size) {
+    if (!p) return TM_API(malloc)(size);
+    if (size == 0) { /* glibc's behaviour: free, return NULL */
+        TM_API(free)(p);
+        return NULL;
+    }
+    if (unlikely(size > PTRDIFF_MAX)) {
+        (void)tm_usable_size(p, "realloc");
+        errno = ENOMEM;
+        return NULL;
+    }
+    size_t old = tm_usable_size(p, "realloc");
+    uintptr_t a = (uintptr_t)p;
+    uintptr_t e = pagemap_lookup(a);
+    tm_chunk_t *c = chunk_of_entry(e);
+    if (c && (c->fast[(a - c->base) >> TM_PAGE_SHIFT] & 0xff)) {
+        /* small: keep the block while the new size lands in the same class */
+        if (size <= old && size_class_of(size) == size_class_of(old)) return p;
+    } else if (c) {
+        if (size > TM_SMALL_MAX && size <= huge_threshold() &&
+            arena_large_resize_in_place(c, (uint32_t)((a - c->base) >> TM_PAGE_SHIFT), size))
+            return p;
+    } else if (size > huge_threshold()) {
+        void *np = huge_realloc((tm_huge_t *)e, p, size);
+        if (np) return np;
+        errno = ENOMEM;
+        return NULL;
+    }
+    void *q = TM_API(malloc)(size);
+    if (!q) return NULL;
+    memcpy(q, p, old < size ? old : size);
+    TM_API(free)(p);
+    return q;
+}
+
+TM_EXPORT void *TM_API(realloc)(void *p, size_t size) { return tm_realloc_impl(p, size); }
+
+TM_EXPORT void *TM_API(reallocarray)(void *p, size_t nmemb, size_t size) {
+    size_t total;
+    if (__builtin_mul_overflow(nmemb, size, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return tm_realloc_impl(p, total);
+}
+
+static bool pow2(size_t x) { return x && !(x & (x - 1)); }
+
+TM_EXPORT void *TM_API(aligned_alloc)(size_t align, size_t size) {
+    if (!pow2(align)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return tm_alloc_aligned(align, size, false);
+}
+
+TM_EXPORT void *TM_API(memalign)(size_t align, size_t size) {
+    if (!pow2(align)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return tm_alloc_aligned(align, size, false);
+}
+
+TM_EXPORT int TM_API(posix_memalign)(void **memptr, size_t align, size_t size) {
+    if (!pow2(align) || align % sizeof(void *)) return EINVAL;
+    int saved = errno;
+    void *p = tm_alloc_aligned(align, size, false);
+    errno = saved;
+    if (!p) return ENOMEM;
+    *memptr = p;
+    return 0;
+}
+
+TM_EXPORT void *TM_API(valloc)(size_t size) { return tm_alloc_aligned(TM_PAGE, size, false); }
+
+TM_EXPORT void *TM_API(pvalloc)(size_t size) {
+    if (size > PTRDIFF_MAX) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    size_t sz = (size + TM_PAGE_MASK) & ~TM_PAGE_MASK;
+    return tm_alloc_aligned(TM_PAGE, sz ? sz : TM_PAGE, false);
+}
+
+TM_EXPORT size_t TM_API(malloc_usable_size)(void *p) {
+    if (!p) return 0;
+    return tm_usable_size(p, "malloc_usable_size");
+}
+
+TM_EXPORT void TM_API(free_sized)(void *p, size_t size) {
+    (void)size;
+    TM_API(free)(p);
+}
+
+TM_EXPORT void TM_API(free_aligned_sized)(void *p, size_t align, size_t size) {
+    (void)align;
+    (void)size;
+    TM_API(free)(p);
+}

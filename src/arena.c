@@ -1,0 +1,314 @@
+/*
+ * arena.c -- arenas: slabs of small blocks handed to thread caches in
+ * batches, large page runs, and the return of blocks freed by any thread.
+ *
+ * Owner and lock: every field of an arena, and of the chunks, slabs and
+ * page entries it owns, changes only under arena->lock. A thread cache
+ * refills from its own arena, but flushes each block to the arena that owns
+ * it -- found from the block's address -- so remote frees go home in
+ * batches, one lock acquisition per arena per batch, with no global lock.
+ */
+#include "internal.h"
+
+tm_arena_t *tm_arenas[TM_MAX_ARENAS];
+unsigned tm_narenas;
+static pthread_mutex_t arenas_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned arena_next;
+
+tm_arena_t *arena_get(unsigned index) {
+    tm_arena_t *a = __atomic_load_n(&tm_arenas[index], __ATOMIC_ACQUIRE);
+    if (likely(a)) return a;
+    pthread_mutex_lock(&arenas_lock);
+    a = tm_arenas[index];
+    if (!a) {
+        a = meta_alloc(sizeof(tm_arena_t));
+        if (a) {
+            pthread_mutex_init(&a->lock, NULL);
+            a->index = index;
+            __atomic_store_n(&tm_arenas[index], a, __ATOMIC_RELEASE);
+        }
+    }
+    pthread_mutex_unlock(&arenas_lock);
+    return a;
+}
+
+/* Round-robin over arenas, so threads rarely share one. */
+tm_arena_t *arena_choose(void) {
+    unsigned i = __atomic_fetch_add(&arena_next, 1, __ATOMIC_RELAXED) % tm_narenas;
+    tm_arena_t *a = arena_get(i);
+    return a ? a : arena_get(0);
+}
+
+/* Grow the arena by one chunk. Called and returns with the lock held, but
+ * drops it around the mmap. */
+static bool arena_grow_locked(tm_arena_t *a) {
+    pthread_mutex_unlock(&a->lock);
+    tm_chunk_t *c = chunk_create(a);
+    pthread_mutex_lock(&a->lock);
+    if (!c) return false;
+    chunk_attach_locked(a, c);
+    return true;
+}
+
+/* ---- slabs ------------------------------------------------------------------ */
+
+tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out) {
+    uint32_t e = c->fast[(p - c->base) >> TM_PAGE_SHIFT];
+    unsigned cls = e & 0xff;
+    if (!cls) return NULL;
+    uint64_t off = (p - c->base) - (e & ~(uint32_t)TM_PAGE_MASK);
+    const tm_class_t *k = &tm_classes[cls];
+    uint64_t idx = (off * k->magic) >> 40;
+    if (idx * k->size != off || idx >= k->nblocks) return NULL;
+    *index_out = (uint32_t)idx;
+    return c->pages[(e >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1)].slab;
+}
+
+static void bin_push_locked(tm_arena_bin_t *b, tm_slab_t *s) {
+    s->prev = NULL;
+    s->next = b->partial;
+    if (b->partial) b->partial->prev = s;
+    b->partial = s;
+    s->on_list = 1;
+}
+
+static void bin_remove_locked(tm_arena_bin_t *b, tm_slab_t *s) {
+    if (s->prev) s->prev->next = s->next;
+    else b->partial = s->next;
+    if (s->next) s->next->prev = s->prev;
+    s->next = s->prev = NULL;
+    s->on_list = 0;
+}
+
+static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
+    const tm_class_t *k = &tm_classes[cls];
+    tm_slab_t *s = meta_alloc(sizeof(tm_slab_t));
+    if (!s) return NULL;
+    uint32_t page;
+    bool zeroed;
+    tm_chunk_t *c = run_alloc_locked(a, k->slab_pages, 1, &page, &zeroed);
+    if (!c) {
+        if (!arena_grow_locked(a) ||
+            !(c = run_alloc_locked(a, k->slab_pages, 1, &page, &zeroed))) {
+            meta_free(s, sizeof *s);
+            return NULL;
+        }
+    }
+    tm_page_t *h = &c->pages[page];
+    h->kind = PAGE_SLAB;
+    h->npages = k->slab_pages;
+    h->slab = s;
+    if (k->slab_pages > 1) {
+        c->pages[page + k->slab_pages - 1].kind = PAGE_INTERIOR;
+        c->pages[page + k->slab_pages - 1].npages = k->slab_pages;
+    }
+    s->start = chunk_page_addr(c, page);
+    s->chunk = c;
+    s->cls = (uint16_t)cls;
+    s->nblocks = (uint16_t)k->nblocks;
+    s->nfree = (uint16_t)k->nblocks;
+    for (uint32_t i = 0; i < k->nblocks; i++) s->bitmap[i >> 6] |= 1ull << (i & 63);
+    uint32_t fast = cls | (page << TM_PAGE_SHIFT);
+    for (uint32_t i = 0; i < k->slab_pages; i++)
+        __atomic_store_n(&c->fast[page + i], fast, __ATOMIC_RELEASE);
+    a->bins[cls].nslabs++;
+    return s;
+}
+
+static void slab_destroy_locked(tm_arena_t *a, tm_slab_t *s) {
+    tm_chunk_t *c = s->chunk;
+    uint32_t page = (uint32_t)((s->start - c->base) >> TM_PAGE_SHIFT);
+    const tm_class_t *k = &tm_classes[s->cls];
+    a->bins[s->cls].nslabs--;
+    c->pages[page].slab = NULL;
+    if (k->slab_pages > 1) c->pages[page + k->slab_pages - 1].kind = PAGE_INTERIOR;
+    run_free_locked(a, c, page, k->slab_pages);
+    meta_free(s, sizeof *s);
+}
+
+unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
+    const uint32_t size = tm_classes[cls].size;
+    tm_arena_bin_t *b = &a->bins[cls];
+    unsigned got = 0;
+    pthread_mutex_lock(&a->lock);
+    while (got < n) {
+        tm_slab_t *s = b->partial;
+        if (!s) {
+            s = slab_create_locked(a, cls);
+            if (!s) break;
+            bin_push_locked(b, s);
+        }
+        for (unsigned w = s->hint; w < TM_SLAB_MAX_BLOCKS / 64 && got < n; w++) {
+            uint64_t bits = s->bitmap[w];
+            while (bits && got < n) {
+                unsigned i = (unsigned)__builtin_ctzll(bits);
+                bits &= bits - 1;
+                slots[got++] = (void *)(s->start + (uintptr_t)(w * 64 + i) * size);
+                s->nfree--;
+            }
+            s->bitmap[w] = bits;
+            if (!bits) s->hint = (uint16_t)(w + 1);
+        }
+        if (s->nfree == 0) bin_remove_locked(b, s);
+    }
+    b->nmalloc += got;
+    b->cur_blocks += got;
+    pthread_mutex_unlock(&a->lock);
+    return got;
+}
+
+/* Return one block to its slab. Aborts on a block that is already free. */
+static void slab_return_locked(tm_arena_t *a, tm_chunk_t *c, void *p) {
+    uint32_t idx;
+    tm_slab_t *s = slab_of(c, (uintptr_t)p, &idx);
+    if (unlikely(!s)) {
+        pthread_mutex_unlock(&a->lock);
+        tm_invalid_pointer("free", p);
+    }
+    uint64_t bit = 1ull << (idx & 63);
+    if (unlikely(s->bitmap[idx >> 6] & bit)) {
+        pthread_mutex_unlock(&a->lock);
+        tm_double_free("free", p);
+    }
+    s->bitmap[idx >> 6] |= bit;
+    if ((idx >> 6) < s->hint) s->hint = (uint16_t)(idx >> 6);
+    s->nfree++;
+    tm_arena_bin_t *b = &a->bins[s->cls];
+    b->nfree++;
+    b->cur_blocks--;
+    if (s->nfree == s->nblocks) {
+        /* Empty: give its pages back to the chunk unless it is the bin's
+         * only slab with room (keeps a steady state from thrashing). */
+        if (s->on_list && (b->partial != s || s->next)) {
+            bin_remove_locked(b, s);
+            slab_destroy_locked(a, s);
+        } else if (!s->on_list && b->partial) {
+            slab_destroy_locked(a, s);
+        } else if (!s->on_list) {
+            bin_push_locked(b, s);
+        }
+    } else if (!s->on_list) {
+        bin_push_locked(b, s);
+    }
+}
+
+void arena_flush(unsigned cls, void **blocks, unsigned n) {
+    (void)cls;
+    while (n) {
+        tm_chunk_t *c0 = chunk_of_entry(pagemap_lookup((uintptr_t)blocks[0]));
+        if (unlikely(!c0)) tm_invalid_pointer("free", blocks[0]);
+        tm_arena_t *a = c0->arena;
+        unsigned keep = 0;
+        pthread_mutex_lock(&a->lock);
+        for (unsigned i = 0; i < n; i++) {
+            tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)blocks[i]));
+            if (unlikely(!c)) {
+                pthread_mutex_unlock(&a->lock);
+                tm_invalid_pointer("free", blocks[i]);
+            }
+            if (c->arena == a) slab_return_locked(a, c, blocks[i]);
+            else blocks[keep++] = blocks[i];
+        }
+        pthread_mutex_unlock(&a->lock);
+        n = keep;
+    }
+}
+
+/* ---- large runs -------------------------------------------------------------- */
+
+void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero) {
+    size_t npages = (size + TM_PAGE_MASK) >> TM_PAGE_SHIFT;
+    size_t align_pages = align > TM_PAGE ? align >> TM_PAGE_SHIFT : 1;
+    uint32_t page;
+    bool zeroed;
+    pthread_mutex_lock(&a->lock);
+    tm_chunk_t *c = run_alloc_locked(a, npages, align_pages, &page, &zeroed);
+    if (!c) {
+        if (!arena_grow_locked(a) ||
+            !(c = run_alloc_locked(a, npages, align_pages, &page, &zeroed))) {
+            pthread_mutex_unlock(&a->lock);
+            return NULL;
+        }
+    }
+    c->pages[page].kind = PAGE_LARGE;
+    c->pages[page].npages = (uint32_t)npages;
+    if (npages > 1) {
+        c->pages[page + npages - 1].kind = PAGE_INTERIOR;
+        c->pages[page + npages - 1].npages = (uint32_t)npages;
+    }
+    a->large_allocated += npages << TM_PAGE_SHIFT;
+    a->large_nmalloc++;
+    pthread_mutex_unlock(&a->lock);
+    void *p = (void *)chunk_page_addr(c, page);
+    if (zero && !zeroed) memset(p, 0, npages << TM_PAGE_SHIFT);
+    return p;
+}
+
+void arena_free_large(tm_chunk_t *c, uint32_t page, void *p) {
+    tm_arena_t *a = c->arena;
+    pthread_mutex_lock(&a->lock);
+    tm_page_t *h = &c->pages[page];
+    if (unlikely(h->kind != PAGE_LARGE)) {
+        pthread_mutex_unlock(&a->lock);
+        if (h->kind == PAGE_FREE || h->kind == PAGE_UNUSED) tm_double_free("free", p);
+        tm_invalid_pointer("free", p);
+    }
+    uint32_t n = h->npages;
+    a->large_allocated -= (size_t)n << TM_PAGE_SHIFT;
+    a->large_nfree++;
+    if (n > 1) c->pages[page + n - 1].kind = PAGE_INTERIOR;
+    run_free_locked(a, c, page, n);
+    pthread_mutex_unlock(&a->lock);
+}
+
+/* Usable size of the large block at page, 0 if none starts there. */
+size_t arena_large_usable(tm_chunk_t *c, uint32_t page) {
+    tm_arena_t *a = c->arena;
+    pthread_mutex_lock(&a->lock);
+    tm_page_t *h = &c->pages[page];
+    size_t r = h->kind == PAGE_LARGE ? (size_t)h->npages << TM_PAGE_SHIFT : 0;
+    pthread_mutex_unlock(&a->lock);
+    return r;
+}
+
+bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) {
+    tm_arena_t *a = c->arena;
+    uint32_t nn = (uint32_t)((new_size + TM_PAGE_MASK) >> TM_PAGE_SHIFT);
+    bool ok = false;
+    pthread_mutex_lock(&a->lock);
+    tm_page_t *h = &c->pages[page];
+    if (h->kind == PAGE_LARGE) {
+        uint32_t n = h->npages;
+        if (nn == n) ok = true;
+        else if (nn < n) {
+            run_shrink_locked(a, c, page, n, nn);
+            a->large_allocated -= (size_t)(n - nn) << TM_PAGE_SHIFT;
+            ok = true;
+        } else if (run_try_grow_locked(a, c, page, n, nn)) {
+            a->large_allocated += (size_t)(nn - n) << TM_PAGE_SHIFT;
+            ok = true;
+        }
+    }
+    pthread_mutex_unlock(&a->lock);
+    return ok;
+}
+
+/* ---- fork ----------------------------------------------------------------------- */
+
+void arena_fork_prepare(void) {
+    pthread_mutex_lock(&arenas_lock);
+    for (unsigned i = 0; i < TM_MAX_ARENAS; i++)
+        if (tm_arenas[i]) pthread_mutex_lock(&tm_arenas[i]->lock);
+}
+
+void arena_fork_parent(void) {
+    for (unsigned i = TM_MAX_ARENAS; i-- > 0;)
+        if (tm_arenas[i]) pthread_mutex_unlock(&tm_arenas[i]->lock);
+    pthread_mutex_unlock(&arenas_lock);
+}
+
+void arena_fork_child(void) {
+    for (unsigned i = 0; i < TM_MAX_ARENAS; i++)
+        if (tm_arenas[i]) pthread_mutex_init(&tm_arenas[i]->lock, NULL);
+    pthread_mutex_init(&arenas_lock, NULL);
+}

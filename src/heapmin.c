@@ -1,0 +1,56 @@
+/*
+ * heapmin.c -- _heapmin() and glibc's malloc_trim(), one machinery:
+ *   1. world stop: every thread cache (running, blocked, idle) is emptied
+ *      into its arenas (world.c); exited threads emptied theirs at exit;
+ *   2. each arena in turn: empty chunks are detached and unmapped, the free
+ *      pages of the other chunks are madvised away -- the arena lock is
+ *      held only while its lists change, never across the system calls;
+ *   3. cached huge mappings are unmapped.
+ * Concurrent calls are serialised by trim_lock, which fork's prepare
+ * handler also takes.
+ */
+#include "internal.h"
+
+static pthread_mutex_t trim_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void heapmin_lock(void) { pthread_mutex_lock(&trim_lock); }
+void heapmin_unlock(void) { pthread_mutex_unlock(&trim_lock); }
+void heapmin_fork_child(void) { pthread_mutex_init(&trim_lock, NULL); }
+
+/* Returns bytes released, or (size_t)-1 if the OS refused every purge. */
+static size_t trim_all(uint64_t *pause_out) {
+    tm_init();
+    heapmin_lock();
+    uint64_t pause = world_drain_all_caches();
+    size_t released = 0;
+    for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
+        tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
+        if (a) released += arena_purge(a, true);
+    }
+    released += huge_release_cache();
+    __atomic_add_fetch(&tm_gstats.heapmin_calls, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&tm_gstats.heapmin_bytes, released, __ATOMIC_RELAXED);
+    tm_gstats.heapmin_last_pause_ns = pause;
+    if (pause > tm_gstats.heapmin_max_pause_ns) tm_gstats.heapmin_max_pause_ns = pause;
+    heapmin_unlock();
+    if (pause_out) *pause_out = pause;
+    return released;
+}
+
+TM_EXPORT int TM_API(_heapmin)(void) {
+    int saved = errno;
+    trim_all(NULL);
+    errno = saved;
+    return 0;
+}
+
+/* glibc: returns 1 if any memory was released to the system, else 0. The
+ * pad argument (bytes to leave at the top of the main heap) has no
+ * equivalent here; trimalloc keeps no untrimmed top. */
+TM_EXPORT int TM_API(malloc_trim)(size_t pad) {
+    (void)pad;
+    int saved = errno;
+    size_t r = trim_all(NULL);
+    errno = saved;
+    return r > 0;
+}

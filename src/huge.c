@@ -1,0 +1,238 @@
+/*
+ * huge.c -- blocks above the huge threshold: one kernel mapping each,
+ * aligned to a chunk so the pagemap finds its descriptor from the block's
+ * first chunk. realloc uses mremap: in place when the kernel can, else the
+ * pages move to a fresh chunk-aligned spot without copying.
+ *
+ * Freed mappings are kept in a small cache (bounded in bytes and count)
+ * and reused, because faulting pages back in is what makes repeated
+ * multi-MiB allocations slow; the cache is emptied by _heapmin and entries
+ * older than the decay time are unmapped on later huge operations.
+ *
+ * Owner: huge_lock guards both lists and every huge_t's fields. Syscalls
+ * run outside it.
+ */
+#include "internal.h"
+
+static pthread_mutex_t huge_mu = PTHREAD_MUTEX_INITIALIZER;
+static tm_huge_t *huge_live;     /* blocks the program holds */
+static tm_huge_t *huge_cache;    /* freed mappings kept for reuse */
+static size_t huge_live_bytes, huge_live_mapped, huge_cache_bytes;
+static unsigned huge_cache_count;
+#define HUGE_CACHE_MAX_COUNT 16
+
+void huge_lock(void) { pthread_mutex_lock(&huge_mu); }
+void huge_unlock(void) { pthread_mutex_unlock(&huge_mu); }
+
+static void list_push(tm_huge_t **head, tm_huge_t *h) {
+    h->prev = NULL;
+    h->next = *head;
+    if (*head) (*head)->prev = h;
+    *head = h;
+}
+
+static void list_remove(tm_huge_t **head, tm_huge_t *h) {
+    if (h->prev) h->prev->next = h->next;
+    else *head = h->next;
+    if (h->next) h->next->prev = h->prev;
+    h->next = h->prev = NULL;
+}
+
+static size_t huge_map_size(size_t size) {
+    return (size + TM_PAGE_MASK) & ~TM_PAGE_MASK;
+}
+
+static void huge_unmap(tm_huge_t *h) {
+    pagemap_clear(h->base);
+    os_unmap((void *)h->base, h->mapped);
+    stats_add_released(h->mapped);
+    meta_free(h, sizeof *h);
+}
+
+/* Unmap cache entries older than the decay time. */
+static void huge_decay(uint64_t now) {
+    if (!huge_cache_count) return;
+    tm_huge_t *old = NULL;
+    pthread_mutex_lock(&huge_mu);
+    uint64_t limit = (uint64_t)tm_opt.decay_ms * 1000000ull;
+    for (tm_huge_t *h = huge_cache, *next; h; h = next) {
+        next = h->next;
+        if (now - h->freed_ns >= limit) {
+            list_remove(&huge_cache, h);
+            huge_cache_bytes -= h->mapped;
+            huge_cache_count--;
+            list_push(&old, h);
+        }
+    }
+    pthread_mutex_unlock(&huge_mu);
+    for (tm_huge_t *h = old, *next; h; h = next) {
+        next = h->next;
+        huge_unmap(h);
+    }
+}
+
+void *huge_alloc(size_t size, size_t align, bool zero) {
+    size_t msize = huge_map_size(size);
+    if (msize < size) return NULL;
+    uint64_t now = os_now_ns();
+    huge_decay(now);
+    tm_huge_t *h = NULL;
+    if (align <= TM_CHUNK && huge_cache_count) {
+        pthread_mutex_lock(&huge_mu);
+        tm_huge_t *best = NULL;
+        for (tm_huge_t *it = huge_cache; it; it = it->next)
+            if (it->mapped >= msize && (!best || it->mapped < best->mapped)) best = it;
+        if (best) {
+            list_remove(&huge_cache, best);
+            huge_cache_bytes -= best->mapped;
+            huge_cache_count--;
+            h = best;
+        }
+        pthread_mutex_unlock(&huge_mu);
+        if (h) {
+            if (h->mapped > msize) { /* give back the tail we do not need */
+                os_unmap((void *)(h->base + msize), h->mapped - msize);
+                stats_add_released(h->mapped - msize);
+                h->mapped = msize;
+            }
+            if (zero) memset((void *)h->base, 0, msize);
+        }
+    }
+    if (!h) {
+        size_t al = align > TM_CHUNK ? align : TM_CHUNK;
+        void *p = os_map_aligned(msize, al);
+        if (!p) return NULL;
+        h = meta_alloc(sizeof *h);
+        if (!h) {
+            os_unmap(p, msize);
+            return NULL;
+        }
+        h->base = (uintptr_t)p;
+        h->mapped = msize;
+        if (pagemap_set(h->base, (uintptr_t)h) != 0) {
+            os_unmap(p, msize);
+            meta_free(h, sizeof *h);
+            return NULL;
+        }
+    }
+    h->size = msize;
+    pthread_mutex_lock(&huge_mu);
+    list_push(&huge_live, h);
+    huge_live_bytes += h->size;
+    huge_live_mapped += h->mapped;
+    h->freed_ns = 0;
+    pthread_mutex_unlock(&huge_mu);
+    return (void *)h->base;
+}
+
+void huge_free(tm_huge_t *h, void *p) {
+    pthread_mutex_lock(&huge_mu);
+    if (unlikely(h->base != (uintptr_t)p)) {
+        pthread_mutex_unlock(&huge_mu);
+        tm_invalid_pointer("free", p);
+    }
+    if (unlikely(h->freed_ns)) {
+        pthread_mutex_unlock(&huge_mu);
+        tm_double_free("free", p);
+    }
+    list_remove(&huge_live, h);
+    huge_live_bytes -= h->size;
+    huge_live_mapped -= h->mapped;
+    uint64_t now = os_now_ns();
+    h->freed_ns = now ? now : 1;
+    size_t cap = (size_t)tm_opt.huge_cache_mb << 20;
+    tm_huge_t *evict = NULL;
+    if (h->mapped <= cap && tm_opt.decay_ms > 0) {
+        list_push(&huge_cache, h);
+        huge_cache_bytes += h->mapped;
+        huge_cache_count++;
+        /* Evict the oldest entries until within bounds. */
+        while (huge_cache_bytes > cap || huge_cache_count > HUGE_CACHE_MAX_COUNT) {
+            tm_huge_t *o = huge_cache;
+            while (o->next) o = o->next;
+            list_remove(&huge_cache, o);
+            huge_cache_bytes -= o->mapped;
+            huge_cache_count--;
+            list_push(&evict, o);
+        }
+    } else {
+        list_push(&evict, h);
+    }
+    pthread_mutex_unlock(&huge_mu);
+    for (tm_huge_t *e = evict, *next; e; e = next) {
+        next = e->next;
+        huge_unmap(e);
+    }
+}
+
+/* Resize the huge block at p to size bytes (size above the huge
+ * threshold). Returns the new address, or NULL with the block unchanged. */
+void *huge_realloc(tm_huge_t *h, void *p, size_t size) {
+    size_t msize = huge_map_size(size);
+    if (msize < size) return NULL;
+    pthread_mutex_lock(&huge_mu);
+    size_t old_mapped = h->mapped;
+    pthread_mutex_unlock(&huge_mu);
+    void *np = p;
+    if (msize <= old_mapped) {
+        if (old_mapped - msize >= TM_CHUNK) { /* give back a big tail */
+            os_unmap((char *)p + msize, old_mapped - msize);
+            stats_add_released(old_mapped - msize);
+        } else {
+            msize = old_mapped;
+        }
+    } else if (!os_remap(p, old_mapped, msize, 0, NULL)) {
+        /* Cannot grow in place: move the pages to a chunk-aligned spot. */
+        void *spot = os_map_aligned(msize, TM_CHUNK);
+        if (!spot) return NULL;
+        np = os_remap(p, old_mapped, msize, 1, spot);
+        if (!np) {
+            os_unmap(spot, msize);
+            return NULL;
+        }
+        if (pagemap_set((uintptr_t)np, (uintptr_t)h) != 0) {
+            /* Put it back where it was; the old entry is still valid. */
+            void *back = os_remap(np, msize, old_mapped, 1, p);
+            if (back != p) tm_fatal("mremap back failed");
+            return NULL;
+        }
+        pagemap_clear((uintptr_t)p);
+    }
+    pthread_mutex_lock(&huge_mu);
+    huge_live_bytes += msize - h->size;
+    huge_live_mapped += msize - h->mapped;
+    h->base = (uintptr_t)np;
+    h->size = msize;
+    h->mapped = msize;
+    pthread_mutex_unlock(&huge_mu);
+    return np;
+}
+
+size_t huge_release_cache(void) {
+    pthread_mutex_lock(&huge_mu);
+    tm_huge_t *all = huge_cache;
+    huge_cache = NULL;
+    size_t bytes = huge_cache_bytes;
+    huge_cache_bytes = 0;
+    huge_cache_count = 0;
+    pthread_mutex_unlock(&huge_mu);
+    for (tm_huge_t *h = all, *next; h; h = next) {
+        next = h->next;
+        huge_unmap(h);
+    }
+    return bytes;
+}
+
+size_t huge_allocated(void) { return __atomic_load_n(&huge_live_bytes, __ATOMIC_RELAXED); }
+size_t huge_mapped(void) {
+    return __atomic_load_n(&huge_live_mapped, __ATOMIC_RELAXED) +
+           __atomic_load_n(&huge_cache_bytes, __ATOMIC_RELAXED);
+}
+
+void huge_foreach_locked(huge_visit_fn fn, void *arg) {
+    for (tm_huge_t *h = huge_live; h; h = h->next) fn(h, arg);
+}
+
+void huge_fork_prepare(void) { pthread_mutex_lock(&huge_mu); }
+void huge_fork_parent(void) { pthread_mutex_unlock(&huge_mu); }
+void huge_fork_child(void) { pthread_mutex_init(&huge_mu, NULL); }

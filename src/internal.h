@@ -1,0 +1,252 @@
+/*
+ * internal.h -- prototypes shared between trimalloc's files, grouped by the
+ * file that defines them, plus attributes, asserts and the lock ranks.
+ */
+#ifndef TM_INTERNAL_H
+#define TM_INTERNAL_H
+
+#include "types.h"
+#include "trimalloc.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* ---- Attributes ------------------------------------------------------------ */
+#define TM_EXPORT __attribute__((visibility("default")))
+#define TM_INLINE static inline __attribute__((always_inline))
+#define TM_NOINLINE __attribute__((noinline))
+#define TM_COLD __attribute__((cold, noinline))
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+#if defined(__SANITIZE_THREAD__)
+#define TM_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TM_TSAN 1
+#endif
+#endif
+#ifndef TM_TSAN
+#define TM_TSAN 0
+#endif
+
+/* ---- Asserts ------------------------------------------------------------------
+ * TM_DEBUG 0: release; 1: cheap internal checks; 2: expensive walks. Written
+ * as `if (TM_DEBUG >= n)` so debug code always compiles. */
+#ifndef TM_DEBUG
+#ifdef NDEBUG
+#define TM_DEBUG 0
+#else
+#define TM_DEBUG 1
+#endif
+#endif
+#define tm_assert(c)                                                         \
+    do {                                                                     \
+        if (TM_DEBUG >= 1 && unlikely(!(c)))                                 \
+            tm_fatal_assert(__FILE__, __LINE__, #c);                         \
+    } while (0)
+
+/* ---- Lock ranks ----------------------------------------------------------------
+ * Locks are taken only in increasing rank:
+ *   TRIM (_heapmin, fork)  <  THREADS (tcache registry)  <  TCACHE (tc->mu)
+ *   <  ARENA (one at a time, or in index order for walks/fork)
+ *   <  HUGE  <  PAGEMAP  <  META
+ * No lock is held across mmap/munmap/madvise/mremap. */
+
+/* ---- os.c: the only file that talks to the kernel about memory ---------------- */
+void *os_map(size_t size);                   /* NULL on failure */
+void *os_map_aligned(size_t size, size_t align);
+void os_unmap(void *p, size_t size);
+int os_purge(void *p, size_t size);          /* pages read zero afterwards */
+void *os_remap(void *p, size_t old, size_t new_size, int may_move, void *fixed);
+int os_heavy_barrier(void);                  /* membarrier or fallback */
+uint64_t os_now_ns(void);
+void os_yield(void);
+unsigned os_ncpus(void);
+void os_random(void *buf, size_t n);
+void os_set_fail_after(long n);              /* fault injection: nth map fails */
+extern unsigned long os_fail_countdown_active;
+
+/* ---- size_class.c ------------------------------------------------------------ */
+extern tm_class_t tm_classes[TM_NCLASSES + 1];
+extern uint8_t tm_class_tiny[(TM_TINY_MAX >> 4) + 1];
+void size_class_init(void);
+unsigned size_class_of_slow(size_t size);   /* 1024 < size <= 32 KiB */
+TM_INLINE unsigned size_class_of(size_t size) {
+    if (likely(size <= TM_TINY_MAX)) return tm_class_tiny[(size + 15) >> 4];
+    return size_class_of_slow(size);
+}
+
+/* ---- pagemap.c ------------------------------------------------------------------ */
+#define PM_LEAF_BITS 13
+#define PM_ROOT_BITS 13
+#define PM_ROOT_SHIFT (TM_CHUNK_SHIFT + PM_LEAF_BITS) /* 35 */
+#define PM_ROOT_SIZE ((uintptr_t)1 << PM_ROOT_BITS)
+#define PM_LEAF_SIZE ((uintptr_t)1 << PM_LEAF_BITS)
+/* leaf entry: chunk_t* | 1 for an arena chunk, huge_t* (even) for a huge
+ * block, 0 for nothing of ours. */
+typedef struct { uintptr_t e[PM_LEAF_SIZE]; } pm_leaf_t;
+extern pm_leaf_t *pm_root[PM_ROOT_SIZE];
+TM_INLINE uintptr_t pagemap_lookup(uintptr_t a) {
+    uintptr_t i1 = a >> PM_ROOT_SHIFT;
+    if (unlikely(i1 >= PM_ROOT_SIZE)) return 0;
+    pm_leaf_t *leaf = __atomic_load_n(&pm_root[i1], __ATOMIC_ACQUIRE);
+    return __atomic_load_n(&leaf->e[(a >> TM_CHUNK_SHIFT) & (PM_LEAF_SIZE - 1)],
+                           __ATOMIC_ACQUIRE);
+}
+int pagemap_set(uintptr_t chunk_addr, uintptr_t entry); /* -1 on OOM */
+void pagemap_clear(uintptr_t chunk_addr);
+
+/* ---- meta.c: metadata memory, apart from user data ------------------------------- */
+void *meta_alloc(size_t size);               /* zeroed, 64-byte aligned */
+void meta_free(void *p, size_t size);        /* recycled per size */
+size_t meta_mapped(void);
+void meta_fork_prepare(void);
+void meta_fork_parent(void);
+void meta_fork_child(void);
+
+/* ---- chunk.c: chunks, runs, coalescing, purge ------------------------------------ */
+tm_chunk_t *chunk_create(tm_arena_t *a);     /* unlocked; NULL on OOM */
+void chunk_destroy(tm_chunk_t *c);           /* unlocked, chunk detached */
+void chunk_attach_locked(tm_arena_t *a, tm_chunk_t *c);
+void chunk_detach_locked(tm_arena_t *a, tm_chunk_t *c);
+/* Take a run of npages aligned to align_pages from the arena's free runs;
+ * returns its first page index's chunk and page, or NULL. */
+tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
+                             uint32_t *page_out, bool *zeroed_out);
+void run_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages);
+bool run_try_grow_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages,
+                         uint32_t new_npages);
+void run_shrink_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages,
+                       uint32_t new_npages);
+void runs_index_insert_locked(tm_arena_t *a, tm_chunk_t *c, tm_page_t *head);
+void runs_index_remove_locked(tm_arena_t *a, tm_page_t *head);
+TM_INLINE uint32_t chunk_page_index(tm_chunk_t *c, tm_page_t *p) {
+    return (uint32_t)(p - c->pages);
+}
+TM_INLINE uintptr_t chunk_page_addr(tm_chunk_t *c, uint32_t page) {
+    return c->base + ((uintptr_t)page << TM_PAGE_SHIFT);
+}
+TM_INLINE tm_chunk_t *chunk_of_entry(uintptr_t e) {
+    return (e & 1) ? (tm_chunk_t *)(e - 1) : NULL;
+}
+/* Purge: release free pages of every chunk of arena a; return bytes. */
+size_t arena_purge(tm_arena_t *a, bool unmap_empty);
+
+/* ---- arena.c ---------------------------------------------------------------------- */
+extern tm_arena_t *tm_arenas[];
+extern unsigned tm_narenas;
+#define TM_MAX_ARENAS 256
+tm_arena_t *arena_get(unsigned index);        /* creates on first use */
+tm_arena_t *arena_choose(void);
+/* Fill up to n slots of class cls; returns count (0 on OOM). */
+unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n);
+/* Return n blocks of class cls (from any arenas) to their slabs. */
+void arena_flush(unsigned cls, void **blocks, unsigned n);
+void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero);
+void arena_free_large(tm_chunk_t *c, uint32_t page, void *p);
+size_t arena_large_usable(tm_chunk_t *c, uint32_t page);
+bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size);
+void arena_fork_prepare(void);
+void arena_fork_parent(void);
+void arena_fork_child(void);
+/* For the block at p in chunk c: returns its slab and block index, or NULL
+ * if p is not the start of a block. */
+tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out);
+
+/* ---- huge.c ------------------------------------------------------------------------- */
+void *huge_alloc(size_t size, size_t align, bool zero);
+void huge_free(tm_huge_t *h, void *p);
+void *huge_realloc(tm_huge_t *h, void *p, size_t size);
+size_t huge_release_cache(void);             /* unmap cached huge mappings */
+size_t huge_allocated(void);
+size_t huge_mapped(void);
+void huge_fork_prepare(void);
+void huge_fork_parent(void);
+void huge_fork_child(void);
+typedef void (*huge_visit_fn)(tm_huge_t *h, void *arg);
+void huge_foreach_locked(huge_visit_fn fn, void *arg);
+void huge_lock(void);
+void huge_unlock(void);
+
+/* ---- tcache.c ------------------------------------------------------------------------ */
+extern __thread tm_tcache_t *tm_tls_tc __attribute__((tls_model("initial-exec")));
+extern tm_tcache_t tm_tcache_sentinel;
+extern uint64_t tm_cookie_key;
+TM_COLD void *tcache_malloc_slow(tm_tcache_t *tc, size_t size, unsigned cls);
+TM_COLD void tcache_free_slow(tm_tcache_t *tc, void *p, unsigned cls);
+void tcache_drain_locked(tm_tcache_t *tc);  /* tc->mu held; empty every bin */
+size_t tcache_cached_bytes(void);
+unsigned tcache_count(void);
+void tcache_registry_lock(void);
+void tcache_registry_unlock(void);
+tm_tcache_t *tcache_registry_first(void);
+void tcache_fork_child(void);
+void tcache_init(void);
+tm_arena_t *tcache_arena(void);              /* the calling thread's arena */
+
+/* ---- alloc.c --------------------------------------------------------------------------- */
+void *tm_malloc_impl(size_t size);
+void tm_free_impl(void *p);
+void *tm_alloc_aligned(size_t align, size_t size, bool zero);
+size_t tm_usable_size(void *p, const char *caller); /* aborts on bad pointer */
+void *tm_realloc_impl(void *p, size_t size);
+
+/* ---- world.c: stop-the-world handshake ---------------------------------------------- */
+/* Drain every thread cache into the arenas; returns nanoseconds other
+ * threads were held (the longest single hold). Caller holds the trim lock. */
+uint64_t world_drain_all_caches(void);
+
+/* ---- heapmin.c ---------------------------------------------------------------------- */
+void heapmin_lock(void);
+void heapmin_unlock(void);
+void heapmin_fork_child(void);
+
+/* ---- init.c --------------------------------------------------------------------------- */
+extern volatile int tm_initialized;
+TM_COLD void tm_init_slow(void);
+TM_INLINE void tm_init(void) {
+    if (unlikely(!tm_initialized)) tm_init_slow();
+}
+
+/* ---- options.c ------------------------------------------------------------------------ */
+typedef struct tm_opts {
+    long narenas;
+    long tcache_scale_pct;
+    long huge_threshold;
+    long junk;
+    long zero;
+    long abort_on_error;
+    long stats_print;
+    long verbose;
+    long huge_cache_mb;
+    long decay_ms;
+} tm_opts_t;
+extern tm_opts_t tm_opt;
+void options_init(void);
+
+/* ---- stats.c ---------------------------------------------------------------------------- */
+typedef struct tm_global_stats {
+    uint64_t released_bytes;      /* atomically updated */
+    uint64_t heapmin_calls;
+    uint64_t heapmin_bytes;
+    uint64_t heapmin_last_pause_ns;
+    uint64_t heapmin_max_pause_ns;
+} tm_global_stats_t;
+extern tm_global_stats_t tm_gstats;
+void stats_add_released(size_t bytes);
+void stats_print_at_exit(void);
+
+/* ---- diag.c: messages and aborts that never allocate ---------------------------------- */
+TM_COLD void tm_invalid_pointer(const char *call, const void *p) __attribute__((noreturn));
+TM_COLD void tm_double_free(const char *call, const void *p) __attribute__((noreturn));
+TM_COLD void tm_fatal(const char *msg) __attribute__((noreturn));
+TM_COLD void tm_fatal_assert(const char *file, int line, const char *cond)
+    __attribute__((noreturn));
+void tm_warn(const char *msg1, const char *msg2);
+/* Format into buf without allocating; returns length. Supports %s %zu %lu
+ * %llu %d %u %p %x. */
+int tm_snprintf(char *buf, size_t n, const char *fmt, ...);
+void tm_write_fd(int fd, const char *s, size_t n);
+
+#endif /* TM_INTERNAL_H */

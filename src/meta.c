@@ -1,0 +1,76 @@
+/*
+ * meta.c -- memory for the allocator's own descriptors (chunk_t, slab_t,
+ * huge_t, tcaches, pagemap leaves), kept in mappings of its own so that no
+ * user overflow can run into them.
+ *
+ * A bump allocator over 2 MiB regions with one free list per rounded size
+ * (64-byte steps up to 64 KiB; larger requests get their own mapping). The
+ * lock is a leaf (highest rank): nothing is locked while holding it, and
+ * the region map happens under it -- metadata regions are rare.
+ */
+#include "internal.h"
+
+#define META_REGION ((size_t)2 << 20)
+#define META_STEP 64
+#define META_LISTS (65536 / META_STEP + 1)
+
+typedef struct meta_free { struct meta_free *next; } meta_free_t;
+
+static pthread_mutex_t meta_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *meta_cur, *meta_end;
+static meta_free_t *meta_lists[META_LISTS];
+static size_t meta_total;
+
+size_t meta_mapped(void) { return __atomic_load_n(&meta_total, __ATOMIC_RELAXED); }
+
+void *meta_alloc(size_t size) {
+    size = (size + META_STEP - 1) & ~(size_t)(META_STEP - 1);
+    if (size > 65536) {
+        size_t sz = (size + TM_PAGE_MASK) & ~TM_PAGE_MASK;
+        void *p = os_map(sz);
+        if (p) __atomic_add_fetch(&meta_total, sz, __ATOMIC_RELAXED);
+        return p; /* fresh pages are zero */
+    }
+    pthread_mutex_lock(&meta_lock);
+    meta_free_t *f = meta_lists[size / META_STEP];
+    if (f) {
+        meta_lists[size / META_STEP] = f->next;
+        pthread_mutex_unlock(&meta_lock);
+        memset(f, 0, size);
+        return f;
+    }
+    if ((size_t)(meta_end - meta_cur) < size) {
+        char *r = os_map(META_REGION);
+        if (!r) {
+            pthread_mutex_unlock(&meta_lock);
+            return NULL;
+        }
+        meta_total += META_REGION;
+        meta_cur = r;
+        meta_end = r + META_REGION;
+    }
+    void *p = meta_cur;
+    meta_cur += size;
+    pthread_mutex_unlock(&meta_lock);
+    return p;
+}
+
+void meta_free(void *p, size_t size) {
+    if (!p) return;
+    size = (size + META_STEP - 1) & ~(size_t)(META_STEP - 1);
+    if (size > 65536) {
+        size_t sz = (size + TM_PAGE_MASK) & ~TM_PAGE_MASK;
+        os_unmap(p, sz);
+        __atomic_sub_fetch(&meta_total, sz, __ATOMIC_RELAXED);
+        return;
+    }
+    pthread_mutex_lock(&meta_lock);
+    meta_free_t *f = p;
+    f->next = meta_lists[size / META_STEP];
+    meta_lists[size / META_STEP] = f;
+    pthread_mutex_unlock(&meta_lock);
+}
+
+void meta_fork_prepare(void) { pthread_mutex_lock(&meta_lock); }
+void meta_fork_parent(void) { pthread_mutex_unlock(&meta_lock); }
+void meta_fork_child(void) { pthread_mutex_init(&meta_lock, NULL); }

@@ -1,0 +1,152 @@
+/*
+ * options.c -- runtime options: one table, read once from TRIMALLOC_CONF
+ * ("key:value,key:value", the form jemalloc's MALLOC_CONF users know), and
+ * readable/settable from C with trimalloc_option_get/set. docs/options.md
+ * is checked against this table by a test.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+
+tm_opts_t tm_opt;
+
+/* X(name, field, default, min, max, settable after start, meaning) */
+#define TM_OPTIONS(X)                                                                        \
+    X("narenas", narenas, 0, 0, TM_MAX_ARENAS, 0,                                            \
+      "number of arenas; 0 = 2 x the CPUs this process may run on (at most 256)")             \
+    X("tcache_scale", tcache_scale_pct, 100, 0, 1000, 0,                                     \
+      "thread-cache capacity in percent of the default (0 disables caching)")                 \
+    X("huge_threshold", huge_threshold, 2 << 20, 64 << 10, 4 << 20, 1,                      \
+      "bytes above which a block gets its own mapping (64 KiB..4 MiB)")                      \
+    X("junk", junk, 0, 0, 1, 1, "fill new blocks with 0xa5 and freed large blocks with 0x5a")  \
+    X("zero", zero, 0, 0, 1, 1, "return zeroed memory from every allocation")                \
+    X("abort_on_error", abort_on_error, 1, 0, 1, 1,                                          \
+      "abort on a bad pointer or double free (0 = warn and ignore the call)")                \
+    X("stats_print", stats_print, 0, 0, 1, 1, "print statistics to stderr at exit")           \
+    X("verbose", verbose, 0, 0, 1, 1, "print the options in force at start-up")              \
+    X("huge_cache_mb", huge_cache_mb, 64, 0, 1 << 20, 1,                                     \
+      "MiB of freed huge mappings kept for reuse (0 = unmap at once)")                       \
+    X("decay_ms", decay_ms, 5000, 0, 3600000, 1,                                             \
+      "milliseconds a cached free huge mapping is kept before it is unmapped")
+
+typedef struct opt_desc {
+    const char *name;
+    size_t offset;
+    long def, min, max;
+    int settable;
+    const char *meaning;
+} opt_desc_t;
+
+static const opt_desc_t opt_table[] = {
+#define X(n, f, d, lo, hi, s, m) {n, offsetof(tm_opts_t, f), d, lo, hi, s, m},
+    TM_OPTIONS(X)
+#undef X
+};
+#define NOPTS (sizeof opt_table / sizeof opt_table[0])
+
+static long *opt_field(const opt_desc_t *d) { return (long *)((char *)&tm_opt + d->offset); }
+
+static const opt_desc_t *opt_find(const char *name, size_t len) {
+    for (size_t i = 0; i < NOPTS; i++)
+        if (strlen(opt_table[i].name) == len && !memcmp(opt_table[i].name, name, len))
+            return &opt_table[i];
+    return NULL;
+}
+
+static bool parse_long(const char *s, size_t len, long *out) {
+    if (len == 0 || len > 20) return false;
+    long v = 0;
+    bool neg = false;
+    size_t i = 0;
+    if (s[0] == '-') { neg = true; i = 1; }
+    if (i == len) return false;
+    for (; i < len; i++) {
+        char c = s[i];
+        if (c >= '0' && c <= '9') v = v * 10 + (c - '0');
+        else if (i == len - 1 && (c == 'k' || c == 'K')) v <<= 10;
+        else if (i == len - 1 && (c == 'm' || c == 'M')) v <<= 20;
+        else if (i == len - 1 && (c == 'g' || c == 'G')) v <<= 30;
+        else if (len == 4 && !memcmp(s, "true", 4)) { *out = 1; return true; }
+        else if (len == 5 && !memcmp(s, "false", 5)) { *out = 0; return true; }
+        else return false;
+    }
+    *out = neg ? -v : v;
+    return true;
+}
+
+void options_init(void) {
+    for (size_t i = 0; i < NOPTS; i++) *opt_field(&opt_table[i]) = opt_table[i].def;
+    const char *conf = getenv("TRIMALLOC_CONF");
+    if (!conf) return;
+    char what[160];
+    for (const char *p = conf; *p;) {
+        const char *end = p;
+        while (*end && *end != ',') end++;
+        const char *colon = p;
+        while (colon < end && *colon != ':') colon++;
+        size_t klen = (size_t)(colon - p);
+        const opt_desc_t *d = opt_find(p, klen);
+        long v;
+        if (!d) {
+            tm_snprintf(what, sizeof what, "%s", "");
+            size_t n = klen < sizeof what - 1 ? klen : sizeof what - 1;
+            memcpy(what, p, n);
+            what[n] = 0;
+            tm_warn("TRIMALLOC_CONF: unknown option ignored: ", what);
+        } else if (colon == end || !parse_long(colon + 1, (size_t)(end - colon - 1), &v) ||
+                   v < d->min || v > d->max) {
+            tm_warn("TRIMALLOC_CONF: bad value, default kept for ", d->name);
+        } else {
+            *opt_field(d) = v;
+        }
+        p = *end ? end + 1 : end;
+    }
+    if (tm_opt.verbose) {
+        for (size_t i = 0; i < NOPTS; i++) {
+            char buf[128];
+            int n = tm_snprintf(buf, sizeof buf, "trimalloc: option %s = %ld\n", opt_table[i].name,
+                                *opt_field(&opt_table[i]));
+            tm_write_fd(2, buf, (size_t)n);
+        }
+    }
+}
+
+TM_EXPORT int TM_API(trimalloc_option_get)(const char *name, long *value) {
+    tm_init();
+    const opt_desc_t *d = name ? opt_find(name, strlen(name)) : NULL;
+    if (!d || !value) {
+        errno = EINVAL;
+        return -1;
+    }
+    *value = *opt_field(d);
+    if (d->offset == offsetof(tm_opts_t, narenas)) *value = tm_narenas;
+    return 0;
+}
+
+TM_EXPORT int TM_API(trimalloc_option_set)(const char *name, long value) {
+    tm_init();
+    const opt_desc_t *d = name ? opt_find(name, strlen(name)) : NULL;
+    if (!d || value < d->min || value > d->max) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (!d->settable) {
+        errno = EBUSY;
+        return -1;
+    }
+    __atomic_store_n(opt_field(d), value, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* For the documentation check: write the table as Markdown rows. */
+TM_EXPORT void TM_API(trimalloc_options_markdown)(int fd);
+void TM_API(trimalloc_options_markdown)(int fd) {
+    for (size_t i = 0; i < NOPTS; i++) {
+        char buf[512];
+        int n = tm_snprintf(buf, sizeof buf, "| `%s` | %ld | %ld..%ld | %s | %s |\n",
+                            opt_table[i].name, opt_table[i].def, opt_table[i].min,
+                            opt_table[i].max, opt_table[i].settable ? "yes" : "start-up only",
+                            opt_table[i].meaning);
+        tm_write_fd(fd, buf, (size_t)n);
+    }
+}

@@ -1,0 +1,85 @@
+/*
+ * size_class.c -- the small size classes and the slab geometry of each.
+ *
+ * Spacing. Classes are 16 B apart up to 128 B (8 classes), then four per
+ * doubling: for 2^k < size <= 2^(k+1) the classes are 2^k + j * 2^(k-2),
+ * j = 1..4, up to 32 KiB (32 more classes). A request is rounded up to its
+ * class, so the waste is below one spacing step: at most 15 B up to 128 B,
+ * and below 2^(k-2) / (2^k + 1) < 25% above (20% once the next class is
+ * reached, on average about 10%). Every class is a multiple of 16, so every
+ * block is 16-byte aligned; class sizes that are multiples of a power of
+ * two A place every block A-aligned (slabs start on a page).
+ *
+ * Slabs. A class's slab is the smallest run of pages (1..32) that holds at
+ * least min(8, 64 KiB / size) blocks -- so big classes still amortise a slab
+ * over a few blocks -- and wastes at most 1/16 of the run at its tail.
+ *
+ * Thread cache. The capacity of a class's stack shrinks with the block size,
+ * so a full cache holds a bounded number of bytes (about 1.2 MiB of blocks
+ * over all classes at the default scale, see tcache_cap_for()).
+ *
+ * The whole table is computed by size_class_init() from these rules: this
+ * file is the one place they live.
+ */
+#include "internal.h"
+
+tm_class_t tm_classes[TM_NCLASSES + 1];
+uint8_t tm_class_tiny[(TM_TINY_MAX >> 4) + 1];
+
+static uint32_t class_size_rule(unsigned cls) {
+    if (cls <= 8) return 16u * cls;
+    unsigned g = (cls - 9) / 4, j = (cls - 9) % 4 + 1; /* group g: k = 7 + g */
+    unsigned k = 7 + g;
+    return (1u << k) + j * (1u << (k - 2));
+}
+
+static uint32_t slab_pages_rule(uint32_t size) {
+    uint32_t min_blocks = 65536 / size;
+    if (min_blocks > 8) min_blocks = 8;
+    if (min_blocks < 1) min_blocks = 1;
+    for (uint32_t pages = 1; pages <= 32; pages++) {
+        uint32_t bytes = pages * (uint32_t)TM_PAGE;
+        uint32_t nb = bytes / size;
+        if (nb > TM_SLAB_MAX_BLOCKS) nb = TM_SLAB_MAX_BLOCKS;
+        if (nb < min_blocks) continue;
+        if ((bytes - nb * size) * 16 <= bytes) return pages;
+    }
+    return 32;
+}
+
+static uint32_t tcache_cap_for(uint32_t size) {
+    if (size <= 256) return 128;
+    if (size <= 1024) return 64;
+    if (size <= 4096) return 32;
+    if (size <= 16384) return 16;
+    return 8;
+}
+
+void size_class_init(void) {
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+        tm_class_t *k = &tm_classes[c];
+        k->size = class_size_rule(c);
+        k->slab_pages = slab_pages_rule(k->size);
+        uint32_t nb = k->slab_pages * (uint32_t)TM_PAGE / k->size;
+        k->nblocks = nb > TM_SLAB_MAX_BLOCKS ? TM_SLAB_MAX_BLOCKS : nb;
+        k->tc_cap = tcache_cap_for(k->size);
+        k->magic = ((1ull << 40) + k->size - 1) / k->size;
+    }
+    /* Class 0 ("not a small block") fails every check on the free path. */
+    tm_classes[0] = (tm_class_t){0};
+    unsigned c = 1;
+    for (size_t i = 0; i <= (TM_TINY_MAX >> 4); i++) {
+        size_t sz = i << 4;
+        while (tm_classes[c].size < sz) c++;
+        tm_class_tiny[i] = (uint8_t)c;
+    }
+}
+
+/* 1024 < size <= 32 KiB: with s = size - 1 and k = floor(log2 s), the class
+ * is the j-th of group k where j = (s >> (k - 2)) - 3. */
+unsigned size_class_of_slow(size_t size) {
+    size_t s = size - 1;
+    unsigned k = 63u - (unsigned)__builtin_clzl(s);
+    unsigned j = (unsigned)(s >> (k - 2)) - 3;
+    return 8 + (k - 7) * 4 + j;
+}

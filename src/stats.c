@@ -1,0 +1,182 @@
+/*
+ * stats.c -- statistics, computed when read from the arenas' own counters,
+ * so the fast paths keep no counters at all. Reading locks each arena in
+ * turn (never two at once); the figures are exact when the program is
+ * quiescent and within a cache's worth otherwise. Printing never
+ * allocates: reports are formatted into stack buffers and written to a fd.
+ */
+#include "internal.h"
+
+#include <malloc.h>
+#include <stdio.h>
+
+tm_global_stats_t tm_gstats;
+
+void stats_add_released(size_t bytes) {
+    __atomic_add_fetch(&tm_gstats.released_bytes, bytes, __ATOMIC_RELAXED);
+}
+
+typedef struct arena_sums {
+    size_t small_out;   /* bytes of small blocks out of the arenas */
+    size_t large;       /* bytes of large runs held */
+    size_t slab_bytes;  /* bytes of slab runs */
+    size_t chunks;
+    size_t clean_free;  /* free pages known released (bytes) */
+    size_t dirty_free;
+} arena_sums_t;
+
+static void arena_sum(tm_arena_t *a, arena_sums_t *s) {
+    pthread_mutex_lock(&a->lock);
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+        s->small_out += a->bins[c].cur_blocks * tm_classes[c].size;
+        s->slab_bytes += a->bins[c].nslabs * tm_classes[c].slab_pages * TM_PAGE;
+    }
+    s->large += a->large_allocated;
+    s->chunks += a->nchunks;
+    for (tm_chunk_t *c = a->chunks; c; c = c->next) {
+        for (uint32_t p = 0; p < TM_CHUNK_PAGES;) {
+            tm_page_t *h = &c->pages[p];
+            uint32_t n = h->npages ? h->npages : 1;
+            if (h->kind == PAGE_FREE) {
+                if (h->dirty) s->dirty_free += (size_t)n << TM_PAGE_SHIFT;
+                else if (h->zeroed) s->clean_free += (size_t)n << TM_PAGE_SHIFT;
+                else s->dirty_free += (size_t)n << TM_PAGE_SHIFT;
+            }
+            p += n;
+        }
+    }
+    pthread_mutex_unlock(&a->lock);
+}
+
+TM_EXPORT int TM_API(trimalloc_stats_get)(trimalloc_stats_t *out) {
+    tm_init();
+    arena_sums_t s = {0};
+    for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
+        tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
+        if (a) arena_sum(a, &s);
+    }
+    size_t cached = tcache_cached_bytes();
+    memset(out, 0, sizeof *out);
+    out->tcache_bytes = cached;
+    out->huge_allocated = huge_allocated();
+    out->allocated = (s.small_out > cached ? s.small_out - cached : 0) + s.large +
+                     out->huge_allocated;
+    out->active = s.slab_bytes + s.large + out->huge_allocated;
+    out->metadata = meta_mapped();
+    out->mapped = s.chunks * TM_CHUNK + huge_mapped() + out->metadata;
+    out->resident = out->mapped - s.clean_free;
+    out->released = __atomic_load_n(&tm_gstats.released_bytes, __ATOMIC_RELAXED);
+    out->heapmin_calls = tm_gstats.heapmin_calls;
+    out->heapmin_bytes_released = tm_gstats.heapmin_bytes;
+    out->heapmin_last_pause_ns = tm_gstats.heapmin_last_pause_ns;
+    out->heapmin_max_pause_ns = tm_gstats.heapmin_max_pause_ns;
+    out->narenas = tm_narenas;
+    out->nthreads = tcache_count();
+    return 0;
+}
+
+TM_EXPORT void TM_API(trimalloc_stats_print)(int fd, int json) {
+    trimalloc_stats_t st;
+    TM_API(trimalloc_stats_get)(&st);
+    char buf[2048];
+    int n;
+    if (json) {
+        n = tm_snprintf(buf, sizeof buf,
+                        "{\"allocated\":%zu,\"active\":%zu,\"resident\":%zu,\"mapped\":%zu,"
+                        "\"released\":%zu,\"metadata\":%zu,\"tcache_bytes\":%zu,"
+                        "\"huge_allocated\":%zu,\"heapmin_calls\":%llu,"
+                        "\"heapmin_bytes_released\":%llu,\"heapmin_last_pause_ns\":%llu,"
+                        "\"heapmin_max_pause_ns\":%llu,\"narenas\":%u,\"nthreads\":%u}\n",
+                        st.allocated, st.active, st.resident, st.mapped, st.released,
+                        st.metadata, st.tcache_bytes, st.huge_allocated,
+                        (unsigned long long)st.heapmin_calls,
+                        (unsigned long long)st.heapmin_bytes_released,
+                        (unsigned long long)st.heapmin_last_pause_ns,
+                        (unsigned long long)st.heapmin_max_pause_ns, st.narenas, st.nthreads);
+    } else {
+        n = tm_snprintf(buf, sizeof buf,
+                        "trimalloc statistics\n"
+                        "  allocated        %zu bytes (blocks the program holds)\n"
+                        "  active           %zu bytes (pages holding live blocks)\n"
+                        "  resident         %zu bytes (upper bound)\n"
+                        "  mapped           %zu bytes\n"
+                        "  released         %zu bytes (returned to the kernel since start)\n"
+                        "  metadata         %zu bytes\n"
+                        "  thread caches    %zu bytes\n"
+                        "  huge blocks      %zu bytes\n"
+                        "  _heapmin calls   %llu, %llu bytes released, last pause %llu ns, "
+                        "max pause %llu ns\n"
+                        "  arenas %u, threads with a cache %u\n",
+                        st.allocated, st.active, st.resident, st.mapped, st.released,
+                        st.metadata, st.tcache_bytes, st.huge_allocated,
+                        (unsigned long long)st.heapmin_calls,
+                        (unsigned long long)st.heapmin_bytes_released,
+                        (unsigned long long)st.heapmin_last_pause_ns,
+                        (unsigned long long)st.heapmin_max_pause_ns, st.narenas, st.nthreads);
+    }
+    if (n > (int)sizeof buf - 1) n = (int)sizeof buf - 1;
+    tm_write_fd(fd, buf, (size_t)n);
+}
+
+void stats_print_at_exit(void) { TM_API(trimalloc_stats_print)(2, 0); }
+
+TM_EXPORT struct mallinfo2 TM_API(mallinfo2)(void) {
+    trimalloc_stats_t st;
+    TM_API(trimalloc_stats_get)(&st);
+    struct mallinfo2 mi;
+    memset(&mi, 0, sizeof mi);
+    size_t huge_mapped_b = huge_mapped();
+    mi.arena = st.mapped - huge_mapped_b - st.metadata; /* bytes in chunks */
+    mi.ordblks = st.narenas;
+    mi.hblks = 0;
+    mi.hblkhd = huge_mapped_b;
+    mi.uordblks = st.allocated;
+    mi.fordblks = st.mapped > st.allocated ? st.mapped - st.allocated : 0;
+    mi.fsmblks = st.tcache_bytes;
+    mi.keepcost = 0;
+    return mi;
+}
+
+static int clamp_int(size_t v) { return v > 0x7fffffff ? 0x7fffffff : (int)v; }
+
+TM_EXPORT struct mallinfo TM_API(mallinfo)(void);
+struct mallinfo TM_API(mallinfo)(void) {
+    struct mallinfo2 m = TM_API(mallinfo2)();
+    struct mallinfo r;
+    r.arena = clamp_int(m.arena);
+    r.ordblks = clamp_int(m.ordblks);
+    r.smblks = clamp_int(m.smblks);
+    r.hblks = clamp_int(m.hblks);
+    r.hblkhd = clamp_int(m.hblkhd);
+    r.usmblks = clamp_int(m.usmblks);
+    r.fsmblks = clamp_int(m.fsmblks);
+    r.uordblks = clamp_int(m.uordblks);
+    r.fordblks = clamp_int(m.fordblks);
+    r.keepcost = clamp_int(m.keepcost);
+    return r;
+}
+
+TM_EXPORT void TM_API(malloc_stats)(void) { TM_API(trimalloc_stats_print)(2, 0); }
+
+TM_EXPORT int TM_API(malloc_info)(int options, FILE *stream) {
+    if (options != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    trimalloc_stats_t st;
+    TM_API(trimalloc_stats_get)(&st);
+    fprintf(stream,
+            "<malloc version=\"trimalloc-1\">\n"
+            "<total type=\"allocated\" size=\"%zu\"/>\n"
+            "<total type=\"active\" size=\"%zu\"/>\n"
+            "<total type=\"resident\" size=\"%zu\"/>\n"
+            "<total type=\"mapped\" size=\"%zu\"/>\n"
+            "<total type=\"released\" size=\"%zu\"/>\n"
+            "<total type=\"tcache\" size=\"%zu\"/>\n"
+            "<system type=\"current\" size=\"%zu\"/>\n"
+            "<arenas count=\"%u\"/>\n"
+            "</malloc>\n",
+            st.allocated, st.active, st.resident, st.mapped, st.released, st.tcache_bytes,
+            st.mapped, st.narenas);
+    return 0;
+}

@@ -1,0 +1,185 @@
+/*
+ * types.h -- every structure and constant of trimalloc, and the words they
+ * are described with.
+ *
+ * Glossary
+ *   page        4 KiB, the unit the kernel maps and the unit of every run.
+ *   chunk       4 MiB of address space aligned to 4 MiB, owned by one arena,
+ *               cut into runs. Its descriptor (chunk_t) lives in metadata
+ *               memory, never inside the chunk, so user overflows cannot
+ *               reach it.
+ *   run         a sequence of pages inside a chunk: free, a slab, or one
+ *               large block. Free runs are coalesced with their neighbours
+ *               as soon as they are freed.
+ *   size class  one of TM_NCLASSES small block sizes (16 B .. 32 KiB), four
+ *               per doubling above 128 B, so internal waste is under 20%.
+ *   slab        a run cut into blocks of one size class; a bitmap in its
+ *               descriptor (slab_t) says which blocks are free in the arena.
+ *   large       a block of 32 KiB < size <= huge threshold: a run of pages.
+ *   huge        a block above the huge threshold: its own kernel mapping,
+ *               chunk-aligned, described by a huge_t.
+ *   bin         per size class, the arena's list of slabs with free blocks
+ *               (arena_bin_t) or the thread cache's stack of free blocks
+ *               (tc_bin_t).
+ *   thread cache (tcache)  per thread, one bounded stack of free blocks per
+ *               size class. malloc pops, free pushes; no lock, no atomic
+ *               read-modify-write, no fence. Misses refill and overflows
+ *               flush half a stack from/to the arenas in one locked batch.
+ *   arena       an independent heap with one lock: bins, chunks and the
+ *               free-run index. Threads are spread over arenas.
+ *   pagemap     address -> chunk/huge descriptor, a two-level radix tree
+ *               read without locks by free().
+ *   world stop  the handshake by which _heapmin drains other threads'
+ *               caches: see world.c.
+ *
+ * Invariants
+ *   - A block is in exactly one place: held by the program, in one thread
+ *     cache, or free in its slab's bitmap.
+ *   - A free block in a thread cache or slab carries a cookie (its address
+ *     xor a per-process key) in its first word; malloc clears it. free()
+ *     seeing the cookie means a double free (confirmed on the slow path).
+ *   - chunk_t.fast[] is written only under the owning arena's lock and read
+ *     without locks by free(); a page's entry changes only while no block of
+ *     that page is held by the program.
+ *   - No lock is held across a system call that maps or unmaps memory.
+ */
+#ifndef TM_TYPES_H
+#define TM_TYPES_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- Geometry ------------------------------------------------------------ */
+#define TM_PAGE_SHIFT 12
+#define TM_PAGE ((size_t)1 << TM_PAGE_SHIFT)
+#define TM_PAGE_MASK (TM_PAGE - 1)
+#define TM_CHUNK_SHIFT 22
+#define TM_CHUNK ((size_t)1 << TM_CHUNK_SHIFT)
+#define TM_CHUNK_MASK (TM_CHUNK - 1)
+#define TM_CHUNK_PAGES (TM_CHUNK >> TM_PAGE_SHIFT) /* 1024 */
+#define TM_ALIGN 16                               /* malloc's alignment */
+
+/* ---- Size classes (size_class.c has the table and the reasoning) -------- */
+#define TM_NCLASSES 40                /* classes 1..40; 0 means "not small" */
+#define TM_SMALL_MAX ((size_t)32768)  /* largest small size */
+#define TM_TINY_MAX ((size_t)1024)    /* sizes looked up in one table */
+#define TM_SLAB_MAX_BLOCKS 512        /* bitmap bits in a slab */
+#define TM_LARGE_MAX_DEFAULT ((size_t)2 << 20) /* default huge threshold */
+
+typedef struct tm_class {
+    uint32_t size;      /* block size in bytes */
+    uint32_t slab_pages;/* pages per slab */
+    uint32_t nblocks;   /* blocks per slab */
+    uint32_t tc_cap;    /* thread-cache stack capacity (before scaling) */
+    uint64_t magic;     /* floor(off / size) == (off * magic) >> 40 */
+} tm_class_t;
+
+/* ---- Runs and chunks ----------------------------------------------------- */
+enum { PAGE_UNUSED = 0, PAGE_FREE, PAGE_SLAB, PAGE_LARGE, PAGE_INTERIOR };
+
+struct tm_slab;
+struct tm_arena;
+
+/* Per-page metadata. Only a run's first and last page carry kind and
+ * npages (interior pages read PAGE_INTERIOR); a free run's first page links
+ * it into its arena's free-run index. */
+typedef struct tm_page {
+    uint8_t kind;
+    uint8_t zeroed;     /* free run: every byte is known zero (fresh/purged) */
+    uint8_t dirty;      /* free run: has pages not yet returned to the kernel */
+    uint8_t pad;
+    uint32_t npages;    /* run length, on first and last page */
+    struct tm_slab *slab;           /* PAGE_SLAB first page */
+    struct tm_chunk *chunk;         /* free run's first page: its chunk */
+    struct tm_page *next, *prev;    /* free-run index links */
+} tm_page_t;
+
+typedef struct tm_chunk {
+    /* fast[i]: small class of page i in bits 0..7 (0 = not a slab page),
+     * and the slab's byte offset in the chunk in bits 12..21. free() reads
+     * only this. */
+    uint32_t fast[TM_CHUNK_PAGES];
+    uintptr_t base;
+    struct tm_arena *arena;
+    struct tm_chunk *next, *prev;   /* arena's chunk list */
+    uint32_t free_pages;            /* pages in free runs */
+    uint32_t dirty_pages;           /* free pages not yet purged */
+    tm_page_t pages[TM_CHUNK_PAGES];
+} tm_chunk_t;
+
+/* A slab's descriptor, in metadata memory. bitmap bit i set = block i free
+ * in the arena (not in a thread cache, not held by the program). */
+typedef struct tm_slab {
+    uintptr_t start;
+    tm_chunk_t *chunk;
+    struct tm_slab *next, *prev;    /* bin's partial list */
+    uint16_t cls;
+    uint16_t nfree;                 /* set bits in bitmap */
+    uint16_t nblocks;
+    uint16_t on_list;               /* 1 while on the bin's partial list */
+    uint16_t hint;                  /* first bitmap word that may be nonzero */
+    uint64_t bitmap[TM_SLAB_MAX_BLOCKS / 64];
+} tm_slab_t;
+
+/* ---- Huge blocks ---------------------------------------------------------- */
+typedef struct tm_huge {
+    uintptr_t base;     /* mapping start, chunk-aligned, == user pointer */
+    size_t size;        /* requested size rounded up to pages (usable) */
+    size_t mapped;      /* bytes mapped */
+    struct tm_huge *next, *prev; /* all huge blocks, or the free cache */
+    uint64_t freed_ns;  /* when it entered the cache */
+} tm_huge_t;
+
+/* ---- Arenas ---------------------------------------------------------------- */
+typedef struct tm_arena_bin {
+    tm_slab_t *partial;     /* slabs with free blocks, most recent first */
+    size_t nslabs;          /* slabs of this class */
+    uint64_t nmalloc, nfree;/* blocks handed to / returned from caches */
+    size_t cur_blocks;      /* blocks out of the arena (caches + program) */
+} tm_arena_bin_t;
+
+#define TM_RUN_LISTS (TM_CHUNK_PAGES + 1)
+
+typedef struct tm_arena {
+    pthread_mutex_t lock;
+    unsigned index;
+    unsigned nthreads;          /* threads bound to it */
+    tm_arena_bin_t bins[TM_NCLASSES + 1];
+    tm_chunk_t *chunks;         /* every chunk of the arena */
+    size_t nchunks;
+    /* free runs by exact length; bit n of runs_nonempty set if list n used */
+    tm_page_t *runs[TM_RUN_LISTS];
+    uint64_t runs_nonempty[(TM_RUN_LISTS + 63) / 64];
+    size_t large_allocated;     /* bytes in large runs held */
+    uint64_t large_nmalloc, large_nfree;
+} tm_arena_t;
+
+/* ---- Thread caches ---------------------------------------------------------- */
+typedef struct tm_tc_bin {
+    uint32_t count;
+    uint32_t cap;
+    void **slots;
+} tm_tc_bin_t;
+
+typedef struct tm_tcache {
+    /* Handshake flags (world.c): busy is written only by the owner, 1 while
+     * it touches bins on the fast path; drain_req is set by a trimmer. */
+    volatile int busy;
+    volatile int drain_req;
+    uint64_t key;               /* cookie key copy, next to the bins */
+    tm_tc_bin_t bins[TM_NCLASSES + 1];
+    /* slow-path state */
+    pthread_mutex_t mu;         /* held by owner slow path or by a trimmer */
+    tm_arena_t *arena;
+    struct tm_tcache *next, *prev; /* registry of live caches */
+    pthread_t thread;
+    int state;
+    void *slots_mem;
+    size_t slots_size;
+} tm_tcache_t;
+
+enum { TC_STATE_SENTINEL = 0, TC_STATE_LIVE, TC_STATE_FREE };
+
+#endif /* TM_TYPES_H */
