@@ -130,4 +130,55 @@ static inline size_t bench_status_field(const char *field)
 /* Peak RSS of the process so far (VmHWM). */
 static inline size_t bench_peak_rss(void) { return bench_status_field("VmHWM"); }
 
+
+/* ---- Small shared tools ------------------------------------------------ */
+
+/* xorshift64*: a fast per-thread random stream (never 0 state). */
+static inline uint64_t bench_rand(uint64_t *state)
+{
+    uint64_t x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+static inline uint64_t bench_hash(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+/* Harness memory (index arrays, rings, sample buffers) comes from mmap, not
+ * malloc, so the harness never mixes its own blocks into the heap measured. */
+#include <sys/mman.h>
+static inline void *bench_map(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        perror("bench: mmap");
+        exit(1);
+    }
+    return p;
+}
+static inline void bench_unmap(void *p, size_t bytes) { munmap(p, bytes); }
+
+static inline void bench_sleep_us(long us)
+{
+    struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+static inline void bench_die(const char *msg)
+{
+    fprintf(stderr, "bench: %s\n", msg);
+    exit(1);
+}
+
 #endif /* BENCH_COMMON_H */
