@@ -1,0 +1,230 @@
+/*
+ * calloc.c -- calloc returns zeroed memory, every time.
+ *
+ * The interesting case is memory the allocator recycles: a block is
+ * allocated, dirtied (0xAA over its whole usable size), freed, and then
+ * calloc asks for the same size, many times over, for small, large
+ * (100 KiB, 1 MiB) and huge (8 MiB) sizes. An allocator that skips the
+ * memset because it believes pages are fresh from the kernel shows up here.
+ * Also: recycled memory freed by another (exited) thread, memory freed
+ * before a _heapmin, and calloc(0, n) / calloc(n, 0).
+ */
+#include "test_cmocka.h"
+
+/* Dirty `count` blocks of `size` bytes, free them, then calloc `count`
+ * blocks of the same size (split as nmemb * elem in a few ways) and check
+ * every requested byte is zero. Repeated `rounds` times. */
+static void dirty_then_calloc(size_t size, int count, long rounds)
+{
+    void *ps[64];
+    assert_true(count <= 64);
+    for (long r = 0; r < rounds; r++) {
+        for (int i = 0; i < count; i++) {
+            ps[i] = TM_API(malloc)(size);
+            assert_non_null(ps[i]);
+            memset(ps[i], 0xaa, TM_API(malloc_usable_size)(ps[i]));
+        }
+        for (int i = 0; i < count; i++)
+            TM_API(free)(ps[i]);
+        for (int i = 0; i < count; i++) {
+            size_t nmemb = 1, elem = size;
+            switch ((r + i) % 3) {
+            case 1:
+                nmemb = size, elem = 1;
+                break;
+            case 2:
+                if (size % 8 == 0)
+                    nmemb = size / 8, elem = 8;
+                break;
+            default:
+                break;
+            }
+            unsigned char *p = TM_API(calloc)(nmemb, elem);
+            assert_aligned(p, 16);
+            size_t bad = tu_find_not_byte(p, size, 0);
+            if (bad != (size_t)-1)
+                fail_msg("round %ld: calloc(%zu, %zu) byte %zu is 0x%02x, not 0", r, nmemb,
+                         elem, bad, p[bad]);
+            ps[i] = p;
+        }
+        /* dirty the calloc'd blocks too, so the next round reuses them dirty */
+        for (int i = 0; i < count; i++) {
+            memset(ps[i], 0xaa, TM_API(malloc_usable_size)(ps[i]));
+            TM_API(free)(ps[i]);
+        }
+    }
+}
+
+static void test_calloc_small(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {1, 8, 16, 24, 48, 100, 128, 512, 1000, 2048, 4000, 8192,
+                                   16 * TU_KIB, 40 * TU_KIB};
+    for (size_t i = 0; i < TU_ARRAY_LEN(sizes); i++)
+        dirty_then_calloc(sizes[i], 32, tu_scaled(100, 10));
+}
+
+static void test_calloc_large(void **state)
+{
+    (void)state;
+    dirty_then_calloc(100 * TU_KIB, 8, tu_scaled(60, 5));
+    dirty_then_calloc(256 * TU_KIB + 16, 4, tu_scaled(40, 5));
+    dirty_then_calloc(TU_MIB, 4, tu_scaled(30, 5));
+}
+
+static void test_calloc_huge(void **state)
+{
+    (void)state;
+    dirty_then_calloc(8 * TU_MIB, 2, tu_scaled(20, 3));
+    dirty_then_calloc(8 * TU_MIB + 4096 + 8, 1, tu_scaled(10, 2));
+    dirty_then_calloc(32 * TU_MIB, 1, tu_scaled(4, 2));
+}
+
+/* Mixed sizes: dirty a whole population, free it, then calloc a population
+ * of different sizes that will land in the freed space. */
+static void test_calloc_mixed(void **state)
+{
+    (void)state;
+    enum { N = 1024 };
+    static void *ps[N];
+    tu_rng_t rng;
+    tu_rng_seed(&rng, 5);
+    long rounds = tu_scaled(20, 3);
+    for (long r = 0; r < rounds; r++) {
+        for (int i = 0; i < N; i++) {
+            ps[i] = TM_API(malloc)(tu_rand_size(&rng, 2 * TU_MIB, 5));
+            assert_non_null(ps[i]);
+            memset(ps[i], 0xaa, TM_API(malloc_usable_size)(ps[i]));
+        }
+        for (int i = 0; i < N; i++)
+            TM_API(free)(ps[i]);
+        for (int i = 0; i < N; i++) {
+            size_t n = tu_rand_size(&rng, 2 * TU_MIB, 5);
+            unsigned char *p = TM_API(calloc)(1, n);
+            assert_aligned(p, 16);
+            size_t bad = tu_find_not_byte(p, n, 0);
+            if (bad != (size_t)-1)
+                fail_msg("calloc(1, %zu) byte %zu is 0x%02x", n, bad, p[bad]);
+            ps[i] = p;
+        }
+        for (int i = 0; i < N; i++)
+            TM_API(free)(ps[i]);
+    }
+}
+
+/* Blocks dirtied and freed by a thread that then exits; its cached memory
+ * must come back zeroed through calloc on this thread. */
+struct dirty_arg {
+    size_t size;
+    int count;
+};
+
+static void *dirty_and_exit(void *arg)
+{
+    const struct dirty_arg *a = arg;
+    void *ps[256];
+    for (int i = 0; i < a->count; i++) {
+        ps[i] = TM_API(malloc)(a->size);
+        TU_CHECK(ps[i] != NULL, "malloc(%zu)", a->size);
+        memset(ps[i], 0xaa, TM_API(malloc_usable_size)(ps[i]));
+    }
+    for (int i = 0; i < a->count; i++)
+        TM_API(free)(ps[i]);
+    return NULL;
+}
+
+static void test_calloc_after_thread_exit(void **state)
+{
+    (void)state;
+    static const struct dirty_arg args[] = {
+        {32, 256}, {200, 256}, {3000, 128}, {100 * 1024, 16}, {8 << 20, 2},
+    };
+    for (size_t k = 0; k < TU_ARRAY_LEN(args); k++) {
+        for (int rep = 0; rep < 4; rep++) {
+            pthread_t t;
+            tu_thread_create(&t, dirty_and_exit, (void *)&args[k]);
+            tu_thread_join(t);
+            void *ps[256];
+            for (int i = 0; i < args[k].count; i++) {
+                unsigned char *p = TM_API(calloc)(args[k].size, 1);
+                assert_aligned(p, 16);
+                size_t bad = tu_find_not_byte(p, args[k].size, 0);
+                if (bad != (size_t)-1)
+                    fail_msg("calloc(%zu, 1) after thread exit: byte %zu is 0x%02x",
+                             args[k].size, bad, p[bad]);
+                ps[i] = p;
+            }
+            for (int i = 0; i < args[k].count; i++)
+                TM_API(free)(ps[i]);
+        }
+    }
+}
+
+/* Memory freed, then given back by _heapmin (madvise or unmap), then reused
+ * by calloc, must still read as zero. */
+static void test_calloc_after_heapmin(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {64, 4000, 100 * TU_KIB, TU_MIB, 8 * TU_MIB};
+    for (size_t k = 0; k < TU_ARRAY_LEN(sizes); k++) {
+        for (int rep = 0; rep < 3; rep++) {
+            void *ps[16];
+            for (int i = 0; i < 16; i++) {
+                ps[i] = TM_API(malloc)(sizes[k]);
+                assert_non_null(ps[i]);
+                memset(ps[i], 0xaa, TM_API(malloc_usable_size)(ps[i]));
+            }
+            for (int i = 0; i < 16; i++)
+                TM_API(free)(ps[i]);
+            assert_int_equal(TM_API(_heapmin)(), 0);
+            for (int i = 0; i < 16; i++) {
+                unsigned char *p = TM_API(calloc)(1, sizes[k]);
+                assert_aligned(p, 16);
+                size_t bad = tu_find_not_byte(p, sizes[k], 0);
+                if (bad != (size_t)-1)
+                    fail_msg("calloc(1, %zu) after _heapmin: byte %zu is 0x%02x", sizes[k], bad,
+                             p[bad]);
+                ps[i] = p;
+            }
+            for (int i = 0; i < 16; i++) {
+                memset(ps[i], 0xaa, sizes[k]);
+                TM_API(free)(ps[i]);
+            }
+        }
+    }
+}
+
+/* calloc with a zero count or size: no overflow, a free-able result (NULL
+ * or a unique pointer; C leaves the choice to the implementation). */
+static void test_calloc_zero(void **state)
+{
+    (void)state;
+    void *a = TM_API(calloc)(0, 10);
+    void *b = TM_API(calloc)(10, 0);
+    void *c = TM_API(calloc)(0, tu_opaque(SIZE_MAX));
+    void *d = TM_API(calloc)(tu_opaque(SIZE_MAX), 0);
+    void *ps[] = {a, b, c, d};
+    for (size_t i = 0; i < 4; i++) {
+        if (ps[i] != NULL)
+            assert_aligned(ps[i], 16);
+        for (size_t j = 0; j < i; j++)
+            if (ps[i] != NULL)
+                assert_ptr_not_equal(ps[i], ps[j]);
+    }
+    for (size_t i = 0; i < 4; i++)
+        TM_API(free)(ps[i]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_calloc_small),
+        cmocka_unit_test(test_calloc_large),
+        cmocka_unit_test(test_calloc_huge),
+        cmocka_unit_test(test_calloc_mixed),
+        cmocka_unit_test(test_calloc_after_thread_exit),
+        cmocka_unit_test(test_calloc_after_heapmin),
+        cmocka_unit_test(test_calloc_zero),
+    };
+    return cmocka_run_group_tests_name("api_calloc (" TU_FLAVOUR ")", tests, NULL, NULL);
+}

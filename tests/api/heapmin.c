@@ -1,0 +1,126 @@
+/*
+ * heapmin.c -- the basic contract of _heapmin(): it returns 0 on Linux and
+ * leaves errno unchanged, whatever state the heap is in (fresh, busy, just
+ * emptied, with another thread holding cached blocks), and the blocks the
+ * program still holds keep their contents. The deep tests (how much memory
+ * comes back, concurrency with running threads) live elsewhere.
+ */
+#include "test_cmocka.h"
+
+#define ERRNO_SENTINEL 31337
+
+/* _heapmin() with errno preset; asserts the result and the errno. */
+static void heapmin_checked(void)
+{
+    errno = ERRNO_SENTINEL;
+    int rc = TM_API(_heapmin)();
+    int e = errno;
+    assert_int_equal(rc, 0);
+    if (e != ERRNO_SENTINEL)
+        fail_msg("_heapmin changed errno from %d to %d (%s)", ERRNO_SENTINEL, e, strerror(e));
+}
+
+static void test_heapmin_first_call(void **state)
+{
+    (void)state;
+    heapmin_checked(); /* may be the first call into the allocator at all */
+    heapmin_checked();
+}
+
+/* Live blocks of every kind survive, and freed ones are reusable after. */
+static void test_heapmin_live_blocks(void **state)
+{
+    (void)state;
+    enum { N = 600 };
+    static tu_block_t b[N];
+    tu_rng_t rng;
+    tu_rng_seed(&rng, 77);
+    for (int round = 0; round < 5; round++) {
+        for (int i = 0; i < N; i++)
+            b[i] = tu_block_new(tu_rand_size(&rng, 16 * TU_MIB, 10), 0, (uint64_t)i);
+        /* free every other block: leaves holes in slabs and runs */
+        for (int i = 0; i < N; i += 2)
+            tu_block_free(&b[i]);
+        heapmin_checked();
+        for (int i = 1; i < N; i += 2)
+            tu_block_check(&b[i]);
+        /* refill the holes, then check everything again */
+        for (int i = 0; i < N; i += 2)
+            b[i] = tu_block_new(tu_rand_size(&rng, 16 * TU_MIB, 10), 0, (uint64_t)(N + i));
+        heapmin_checked();
+        for (int i = 0; i < N; i++)
+            tu_block_free(&b[i]);
+        heapmin_checked();
+    }
+}
+
+/* A thread that filled its cache and is now blocked: _heapmin runs while
+ * it is parked, its live blocks survive, and it keeps allocating after. */
+struct parked {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int phase; /* 0: working, 1: parked, 2: released */
+};
+
+static void *parked_thread(void *arg)
+{
+    struct parked *pk = arg;
+    enum { N = 300 };
+    tu_block_t keep[N];
+    tu_rng_t rng;
+    tu_rng_seed(&rng, 88);
+    for (int i = 0; i < N; i++) {
+        /* churn so the thread cache holds freed blocks */
+        void *tmp = TM_API(malloc)(tu_rand_size(&rng, TU_MIB, 10));
+        TU_CHECK(tmp != NULL, "malloc failed");
+        keep[i] = tu_block_new(tu_rand_size(&rng, TU_MIB, 10), 1, (uint64_t)i);
+        TM_API(free)(tmp);
+    }
+    tu_lock(&pk->lock);
+    pk->phase = 1;
+    pthread_cond_broadcast(&pk->cond);
+    while (pk->phase != 2)
+        pthread_cond_wait(&pk->cond, &pk->lock);
+    tu_unlock(&pk->lock);
+    for (int i = 0; i < N; i++)
+        tu_block_check(&keep[i]);
+    for (int i = 0; i < N; i++) {
+        tu_block_free(&keep[i]);
+        keep[i] = tu_block_new(tu_rand_size(&rng, TU_MIB, 10), 1, (uint64_t)(N + i));
+    }
+    for (int i = 0; i < N; i++)
+        tu_block_free(&keep[i]);
+    return NULL;
+}
+
+static void test_heapmin_with_parked_thread(void **state)
+{
+    (void)state;
+    struct parked pk = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    pthread_t t;
+    tu_thread_create(&t, parked_thread, &pk);
+    tu_lock(&pk.lock);
+    while (pk.phase != 1)
+        pthread_cond_wait(&pk.cond, &pk.lock);
+    tu_unlock(&pk.lock);
+
+    heapmin_checked();
+    heapmin_checked();
+
+    tu_lock(&pk.lock);
+    pk.phase = 2;
+    pthread_cond_broadcast(&pk.cond);
+    tu_unlock(&pk.lock);
+    tu_thread_join(t);
+    heapmin_checked();
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_heapmin_first_call),
+        cmocka_unit_test(test_heapmin_live_blocks),
+        cmocka_unit_test(test_heapmin_with_parked_thread),
+    };
+    return cmocka_run_group_tests_name("api_heapmin (" TU_FLAVOUR ")", tests, NULL, NULL);
+}

@@ -1,0 +1,261 @@
+/*
+ * fork.c -- fork() while other threads are busy in the allocator.
+ *
+ * HAMMERS threads allocate, fill, verify, realloc and free without pause;
+ * the main thread forks again and again in the middle of that. A fork can
+ * land while any allocator lock is held, so the child only works if the
+ * allocator's fork handlers leave its state consistent and unlocked. Each
+ * child:
+ *   - verifies and frees blocks the main thread held at the fork, and
+ *     blocks a hammer thread had published (their allocating thread does not
+ *     exist in the child);
+ *   - runs malloc/calloc/realloc/free/posix_memalign of small, large and
+ *     huge sizes, checking contents and calloc's zeroes;
+ *   - starts threads of its own that allocate and free each other's blocks;
+ *   - forks once more (a grandchild doing a little of the same);
+ * and exits 0, or aborts with a message on the first problem. The parent
+ * asserts every child's exit status.
+ */
+#include <stdatomic.h>
+#include <sys/wait.h>
+
+#include "test_cmocka.h"
+
+#if TU_TSAN
+/* TSan by default kills a child that starts threads after a multi-threaded
+ * fork; starting threads there is exactly what this test checks. */
+const char *__tsan_default_options(void);
+const char *__tsan_default_options(void)
+{
+    return "die_after_fork=0";
+}
+#endif
+
+enum {
+    HAMMERS = 4,
+    HAMMER_HELD = 64,
+    PUBLISHED = 16, /* blocks each hammer keeps in its published set */
+    MAIN_HELD = 64,
+    CHILD_THREADS = 4,
+};
+
+static atomic_int stop_hammers;
+
+/* A hammer thread's published blocks: complete (filled) whenever the lock
+ * is free, so a child that can take the lock may check and free them. */
+struct hammer {
+    int id;
+    pthread_mutex_t lock;
+    tu_block_t pub[PUBLISHED];
+    atomic_long steps;
+};
+
+static struct hammer hammers[HAMMERS];
+
+static void *hammer_main(void *arg)
+{
+    struct hammer *h = arg;
+    tu_block_t held[HAMMER_HELD];
+    memset(held, 0, sizeof held);
+    tu_rng_t rng;
+    tu_rng_seed(&rng, 0xf0 + (uint64_t)h->id);
+    uint64_t seq = 0;
+    size_t huge_max = TU_TSAN ? 512 * TU_KIB : 4 * TU_MIB;
+    while (!atomic_load_explicit(&stop_hammers, memory_order_relaxed)) {
+        tu_block_t *b = &held[tu_rand(&rng) % HAMMER_HELD];
+        if (b->p == NULL) {
+            *b = tu_block_new(tu_rand_size(&rng, huge_max, 5), (uint64_t)h->id, ++seq);
+        } else if (tu_chance(&rng, 20)) {
+            size_t m = tu_rand_size(&rng, huge_max, 5);
+            tu_block_check(b);
+            unsigned char *q = TM_API(realloc)(b->p, m);
+            TU_CHECK(q != NULL, "realloc(%zu)", m);
+            size_t keep = b->size < m ? b->size : m;
+            TU_CHECK(tu_find_bad(q, keep, b->seed) == (size_t)-1, "realloc lost bytes");
+            tu_fill_range(q, keep, m, b->seed);
+            b->p = q;
+            b->size = m;
+        } else if (tu_chance(&rng, 5)) {
+            /* swap with the published set, under its lock */
+            size_t j = (size_t)(tu_rand(&rng) % PUBLISHED);
+            tu_lock(&h->lock);
+            tu_block_t t = h->pub[j];
+            h->pub[j] = *b;
+            tu_unlock(&h->lock);
+            *b = t;
+        } else {
+            tu_block_free(b);
+        }
+        atomic_fetch_add_explicit(&h->steps, 1, memory_order_relaxed);
+    }
+    for (int i = 0; i < HAMMER_HELD; i++)
+        tu_block_free(&held[i]);
+    return NULL;
+}
+
+/* ---- in the child -------------------------------------------------------- */
+
+struct child_shared {
+    pthread_mutex_t lock;
+    tu_block_t slot[64];
+};
+
+static void *child_thread(void *arg)
+{
+    struct child_shared *cs = arg;
+    tu_rng_t rng;
+    tu_rng_seed(&rng, (uint64_t)(uintptr_t)&rng);
+    for (int i = 0; i < 2000; i++) {
+        tu_block_t b = tu_block_new(tu_rand_size(&rng, 2 * TU_MIB, 5), 77, (uint64_t)i);
+        /* swap with the shared table: frees blocks of the other threads */
+        size_t j = (size_t)(tu_rand(&rng) % 64);
+        tu_lock(&cs->lock);
+        tu_block_t t = cs->slot[j];
+        cs->slot[j] = b;
+        tu_unlock(&cs->lock);
+        tu_block_free(&t);
+    }
+    return NULL;
+}
+
+/* Exercise the allocator in a fresh child; aborts on any problem. */
+static void child_work(tu_block_t *main_held, int nested)
+{
+    /* 1. blocks inherited from the parent's main thread */
+    for (int i = 0; i < MAIN_HELD; i++)
+        tu_block_free(&main_held[i]);
+
+    /* 2. blocks a hammer thread published, if its lock was free at the fork */
+    if (!nested) {
+        for (int h = 0; h < HAMMERS; h++) {
+            if (pthread_mutex_trylock(&hammers[h].lock) != 0)
+                continue; /* it was held mid-swap when we forked */
+            for (int j = 0; j < PUBLISHED; j++)
+                tu_block_free(&hammers[h].pub[j]);
+            pthread_mutex_unlock(&hammers[h].lock);
+        }
+    }
+
+    /* 3. each entry point, small to huge */
+    static const size_t sizes[] = {0, 1, 24, 100, 1000, 4096, 50000, 300 * 1024, 3 << 20,
+                                   9 << 20};
+    for (size_t i = 0; i < TU_ARRAY_LEN(sizes); i++) {
+        size_t n = sizes[i];
+        tu_block_t b = tu_block_new(n, 99, i);
+        unsigned char *z = TM_API(calloc)(1, n);
+        TU_CHECK(z != NULL, "calloc(1, %zu) in child", n);
+        TU_CHECK(tu_find_not_byte(z, n, 0) == (size_t)-1, "calloc(1, %zu) not zero in child", n);
+        unsigned char *q = TM_API(realloc)(b.p, 2 * n + 10);
+        TU_CHECK(q != NULL, "realloc in child");
+        TU_CHECK(tu_find_bad(q, n, b.seed) == (size_t)-1, "realloc in child lost bytes");
+        void *a = NULL;
+        TU_CHECK(TM_API(posix_memalign)(&a, 4096, n + 1) == 0 && a != NULL &&
+                     (uintptr_t)a % 4096 == 0,
+                 "posix_memalign in child");
+        memset(a, 0x11, n + 1);
+        TM_API(free)(a);
+        TM_API(free)(q);
+        TM_API(free)(z);
+    }
+
+    /* 4. threads of the child's own, freeing each other's blocks */
+    int nthreads = nested ? 2 : CHILD_THREADS;
+    struct child_shared *cs = TM_API(calloc)(1, sizeof *cs);
+    TU_CHECK(cs != NULL, "calloc in child");
+    pthread_mutex_init(&cs->lock, NULL);
+    pthread_t ts[CHILD_THREADS];
+    for (int i = 0; i < nthreads; i++)
+        tu_thread_create(&ts[i], child_thread, cs);
+    for (int i = 0; i < nthreads; i++)
+        tu_thread_join(ts[i]);
+    for (int j = 0; j < 64; j++)
+        tu_block_free(&cs->slot[j]);
+    pthread_mutex_destroy(&cs->lock);
+    TM_API(free)(cs);
+
+    /* 5. a grandchild, forked while this child's threads are gone */
+    if (!nested) {
+        tu_block_t mine[MAIN_HELD];
+        for (int i = 0; i < MAIN_HELD; i++)
+            mine[i] = tu_block_new((size_t)i * 97 + 1, 98, (uint64_t)i);
+        pid_t pid = fork();
+        TU_CHECK(pid >= 0, "fork in child: %s", strerror(errno));
+        if (pid == 0) {
+            child_work(mine, 1);
+            _exit(0);
+        }
+        int status = 0;
+        TU_CHECK(waitpid(pid, &status, 0) == pid, "waitpid in child");
+        TU_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "grandchild status %#x",
+                 status);
+        for (int i = 0; i < MAIN_HELD; i++)
+            tu_block_free(&mine[i]);
+    }
+}
+
+/* ---- the parent --------------------------------------------------------------- */
+
+static void test_fork_while_allocating(void **state)
+{
+    (void)state;
+    pthread_t ts[HAMMERS];
+    atomic_store(&stop_hammers, 0);
+    for (int i = 0; i < HAMMERS; i++) {
+        hammers[i].id = i + 1;
+        pthread_mutex_init(&hammers[i].lock, NULL);
+        memset(hammers[i].pub, 0, sizeof hammers[i].pub);
+        atomic_store(&hammers[i].steps, 0);
+        tu_thread_create(&ts[i], hammer_main, &hammers[i]);
+    }
+
+    tu_rng_t rng;
+    tu_rng_seed(&rng, 4321);
+    tu_block_t held[MAIN_HELD];
+    for (int i = 0; i < MAIN_HELD; i++)
+        held[i] = tu_block_new(tu_rand_size(&rng, 2 * TU_MIB, 20), 0, (uint64_t)i);
+
+    long forks = tu_scaled(40, 6);
+    for (long f = 0; f < forks; f++) {
+        /* let the hammers get going again between forks */
+        long before = atomic_load(&hammers[0].steps);
+        while (atomic_load(&hammers[0].steps) < before + 200)
+            sched_yield();
+        /* and churn a little on this thread too */
+        for (int k = 0; k < 8; k++) {
+            int i = (int)(tu_rand(&rng) % MAIN_HELD);
+            tu_block_free(&held[i]);
+            held[i] = tu_block_new(tu_rand_size(&rng, 2 * TU_MIB, 20), 0, (uint64_t)(f * 8 + k));
+        }
+
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            child_work(held, 0);
+            _exit(0);
+        }
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            fail_msg("fork %ld: child %s %d", f, WIFSIGNALED(status) ? "killed by signal" : "exited",
+                     WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+    }
+
+    atomic_store(&stop_hammers, 1);
+    for (int i = 0; i < HAMMERS; i++) {
+        tu_thread_join(ts[i]);
+        for (int j = 0; j < PUBLISHED; j++)
+            tu_block_free(&hammers[i].pub[j]);
+        pthread_mutex_destroy(&hammers[i].lock);
+    }
+    for (int i = 0; i < MAIN_HELD; i++)
+        tu_block_free(&held[i]);
+    print_message("%ld forks while %d threads allocated\n", forks, HAMMERS);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fork_while_allocating),
+    };
+    return cmocka_run_group_tests_name("stress_fork (" TU_FLAVOUR ")", tests, NULL, NULL);
+}

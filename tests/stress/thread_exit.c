@@ -1,0 +1,330 @@
+/*
+ * thread_exit.c -- short-lived threads, and allocation during thread exit.
+ *
+ * Waves of threads each allocate blocks, free some, hand some to the main
+ * thread (which checks and frees them after the threads are gone), and exit
+ * -- by returning or through pthread_exit, joined or detached. While a
+ * thread exits, destructors registered by this test run, and they use the
+ * allocator: they verify and free blocks the thread allocated earlier, and
+ * allocate new blocks, some of which outlive the thread.
+ *
+ * The allocator has its own thread-exit hook that flushes the thread's
+ * cache. Our destructors must work whether they run before or after it, so
+ * three kinds are registered, covering both orders whatever mechanism the
+ * allocator uses:
+ *   - a pthread key created at start-up (a low key index) and one created
+ *     later (a high index); glibc runs key destructors in index order;
+ *   - each key destructor re-arms itself with pthread_setspecific for a few
+ *     rounds, so later rounds run after every first-round destructor,
+ *     including an allocator's key destructor;
+ *   - a glibc thread_local destructor (__cxa_thread_atexit_impl), which runs
+ *     before all key destructors.
+ */
+#include <stdatomic.h>
+
+#include "test_cmocka.h"
+
+enum {
+    WAVE = 16,        /* threads alive at once */
+    PER_THREAD = 64,  /* blocks a thread allocates in its body */
+    REARM = 3,        /* extra rounds each key destructor asks for */
+};
+
+/* Blocks handed to the main thread, from thread bodies and destructors. */
+static struct {
+    pthread_mutex_t lock;
+    tu_block_t *b; /* grown with TM_API(realloc) */
+    size_t len, cap;
+} orphans = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static pthread_key_t early_key, late_key;
+static atomic_long dtor_runs, dtor_allocs, cxa_runs;
+
+/* Detached threads cannot be joined: each reports when its last
+ * destructor round is over. */
+static pthread_mutex_t done_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t done_cond = PTHREAD_COND_INITIALIZER;
+static long detached_done;
+
+static void orphan_add(tu_block_t b)
+{
+    tu_lock(&orphans.lock);
+    if (orphans.len == orphans.cap) {
+        size_t cap = orphans.cap ? 2 * orphans.cap : 256;
+        tu_block_t *nb = TM_API(realloc)(orphans.b, cap * sizeof *nb);
+        TU_CHECK(nb != NULL, "realloc(orphans, %zu)", cap);
+        orphans.b = nb;
+        orphans.cap = cap;
+    }
+    orphans.b[orphans.len++] = b;
+    tu_unlock(&orphans.lock);
+}
+
+/* What a destructor gets: blocks of the dying thread to check and free, and
+ * how many more rounds to ask for. Allocated with TM_API(malloc) and freed
+ * by the destructor's last round. */
+struct tls_state {
+    uint64_t tid;
+    int rounds_left;
+    int detached;
+    int is_late; /* the late key's state reports a detached thread's end */
+    tu_block_t b[8];
+};
+
+static struct tls_state *tls_state_new(uint64_t tid, int detached, int is_late, tu_rng_t *rng)
+{
+    struct tls_state *st = TM_API(malloc)(sizeof *st);
+    TU_CHECK(st != NULL, "malloc(tls_state)");
+    st->tid = tid;
+    st->rounds_left = REARM;
+    st->detached = detached;
+    st->is_late = is_late;
+    for (int i = 0; i < 8; i++)
+        st->b[i] = tu_block_new(tu_rand_size(rng, TU_MIB, 20), tid, 1000 + (uint64_t)i);
+    return st;
+}
+
+/* The work every destructor does: check and free the blocks it was given,
+ * allocate fresh ones (kept for the next round or handed to main), and
+ * churn a little. */
+static void dtor_work(struct tls_state *st, int round)
+{
+    tu_rng_t rng;
+    tu_rng_seed(&rng, st->tid * 131 + (uint64_t)round);
+    for (int i = 0; i < 8; i++)
+        tu_block_free(&st->b[i]);
+    for (int i = 0; i < 32; i++) {
+        void *p = TM_API(malloc)(tu_rand_size(&rng, 64 * TU_KIB, 0));
+        TU_CHECK(p != NULL, "malloc in destructor");
+        TM_API(free)(p);
+    }
+    for (int i = 0; i < 8; i++) {
+        tu_block_t b = tu_block_new(tu_rand_size(&rng, TU_MIB, 20), st->tid,
+                                    2000 + 10 * (uint64_t)round + (uint64_t)i);
+        if (i < 2)
+            orphan_add(b); /* outlives the thread */
+        else
+            st->b[i] = b;
+        atomic_fetch_add(&dtor_allocs, 1);
+    }
+    st->b[0].p = st->b[1].p = NULL; /* handed over */
+}
+
+static void key_dtor(pthread_key_t key, void *v)
+{
+    struct tls_state *st = v;
+    atomic_fetch_add(&dtor_runs, 1);
+    dtor_work(st, REARM - st->rounds_left);
+    if (st->rounds_left-- > 0) {
+        /* ask glibc for another round, after this round's other destructors */
+        int rc = pthread_setspecific(key, st);
+        TU_CHECK(rc == 0, "pthread_setspecific in destructor: %d", rc);
+        return;
+    }
+    for (int i = 0; i < 8; i++)
+        tu_block_free(&st->b[i]);
+    int report = st->detached && st->is_late;
+    TM_API(free)(st);
+    if (report) {
+        tu_lock(&done_lock);
+        detached_done++;
+        pthread_cond_broadcast(&done_cond);
+        tu_unlock(&done_lock);
+    }
+}
+
+static void early_dtor(void *v)
+{
+    key_dtor(early_key, v);
+}
+
+static void late_dtor(void *v)
+{
+    key_dtor(late_key, v);
+}
+
+#ifdef __GLIBC__
+/* glibc's thread_local destructor registration (what C++ uses). */
+extern int __cxa_thread_atexit_impl(void (*fn)(void *), void *obj, void *dso) __attribute__((weak));
+extern void *__dso_handle __attribute__((weak));
+
+static void cxa_dtor(void *v)
+{
+    struct tls_state *st = v;
+    atomic_fetch_add(&cxa_runs, 1);
+    st->rounds_left = 0;
+    dtor_work(st, 0);
+    for (int i = 0; i < 8; i++)
+        tu_block_free(&st->b[i]);
+    TM_API(free)(st);
+}
+#endif
+
+/* The early key is created before main runs, before most programs'
+ * first allocation. */
+__attribute__((constructor(101))) static void make_early_key(void)
+{
+    if (pthread_key_create(&early_key, early_dtor) != 0)
+        abort();
+}
+
+struct thread_arg {
+    uint64_t tid;
+    int detached;
+    int use_pthread_exit;
+};
+
+static void *short_lived(void *arg)
+{
+    struct thread_arg a = *(struct thread_arg *)arg;
+    TM_API(free)(arg); /* allocated by the main thread */
+    tu_rng_t rng;
+    tu_rng_seed(&rng, a.tid);
+
+    tu_block_t b[PER_THREAD];
+    for (int i = 0; i < PER_THREAD; i++)
+        b[i] = tu_block_new(tu_rand_size(&rng, 2 * TU_MIB, 10), a.tid, (uint64_t)i);
+    for (int i = 0; i < PER_THREAD; i++) {
+        if (i % 4 == 0)
+            orphan_add(b[i]); /* main frees it later */
+        else if (i % 4 == 1)
+            continue; /* freed below, after the destructors are set */
+        else
+            tu_block_free(&b[i]);
+    }
+
+    int rc = pthread_setspecific(early_key, tls_state_new(a.tid, a.detached, 0, &rng));
+    TU_CHECK(rc == 0, "pthread_setspecific(early)");
+    rc = pthread_setspecific(late_key, tls_state_new(a.tid, a.detached, 1, &rng));
+    TU_CHECK(rc == 0, "pthread_setspecific(late)");
+#ifdef __GLIBC__
+    if (__cxa_thread_atexit_impl && &__dso_handle) {
+        rc = __cxa_thread_atexit_impl(cxa_dtor, tls_state_new(a.tid, 0, 0, &rng), &__dso_handle);
+        TU_CHECK(rc == 0, "__cxa_thread_atexit_impl");
+    }
+#endif
+    for (int i = 1; i < PER_THREAD; i += 4)
+        tu_block_free(&b[i]);
+    if (a.use_pthread_exit)
+        pthread_exit(NULL);
+    return NULL;
+}
+
+static void test_short_lived_threads(void **state)
+{
+    (void)state;
+    assert_int_equal(pthread_key_create(&late_key, late_dtor), 0);
+
+    long total = tu_scaled(480, 48);
+    long detached = 0;
+    uint64_t tid = 1;
+    for (long done = 0; done < total; done += WAVE) {
+        pthread_t ts[WAVE];
+        int joinable[WAVE];
+        for (int i = 0; i < WAVE; i++) {
+            struct thread_arg *a = TM_API(malloc)(sizeof *a);
+            assert_non_null(a);
+            a->tid = tid++;
+            a->detached = (i % 8) == 7;
+            a->use_pthread_exit = (i % 3) == 1;
+            joinable[i] = !a->detached;
+            pthread_attr_t attr;
+            pthread_attr_init(&attr);
+            if (a->detached) {
+                pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+                detached++;
+            }
+            assert_int_equal(pthread_create(&ts[i], &attr, short_lived, a), 0);
+            pthread_attr_destroy(&attr);
+        }
+        for (int i = 0; i < WAVE; i++)
+            if (joinable[i])
+                tu_thread_join(ts[i]);
+
+        /* now and then, check the orphans while threads come and go */
+        if ((done / WAVE) % 8 == 0) {
+            tu_lock(&orphans.lock);
+            for (size_t k = 0; k < orphans.len; k++)
+                tu_block_check(&orphans.b[k]);
+            tu_unlock(&orphans.lock);
+        }
+    }
+    tu_lock(&done_lock);
+    while (detached_done < detached)
+        pthread_cond_wait(&done_cond, &done_lock);
+    tu_unlock(&done_lock);
+
+    /* Every thread ran both key destructors 1 + REARM times. */
+    long threads = tid - 1;
+    assert_int_equal(atomic_load(&dtor_runs), threads * 2 * (1 + REARM));
+#ifdef __GLIBC__
+    if (__cxa_thread_atexit_impl && &__dso_handle)
+        assert_int_equal(atomic_load(&cxa_runs), threads);
+#endif
+
+    /* Give back what exited threads cached, then check what they left. */
+    errno = 0;
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    tu_lock(&orphans.lock);
+    size_t n = orphans.len;
+    for (size_t k = 0; k < n; k++)
+        tu_block_check(&orphans.b[k]);
+    for (size_t k = 0; k < n; k++)
+        tu_block_free(&orphans.b[k]);
+    TM_API(free)(orphans.b);
+    orphans.b = NULL;
+    orphans.len = orphans.cap = 0;
+    tu_unlock(&orphans.lock);
+    print_message("%ld threads (%ld detached), %zu blocks outlived their thread, %ld allocations "
+                  "in destructors\n",
+                  threads, detached, n, atomic_load(&dtor_allocs));
+    assert_true(n >= (size_t)threads * (PER_THREAD / 4));
+}
+
+/* Threads that allocate nothing at all, or only in a destructor: the
+ * allocator's per-thread state is created during exit, or never. */
+static void *idle_thread(void *arg)
+{
+    /* arg, if any, was allocated by the main thread: this thread's first
+     * use of the allocator is the destructor that frees it */
+    if (arg != NULL) {
+        int rc = pthread_setspecific(late_key, arg);
+        TU_CHECK(rc == 0, "pthread_setspecific");
+    }
+    return NULL;
+}
+
+static void test_threads_without_allocations(void **state)
+{
+    (void)state;
+    tu_rng_t rng;
+    tu_rng_seed(&rng, 6);
+    long before = atomic_load(&dtor_runs);
+    long n = tu_scaled(64, 8);
+    for (long i = 0; i < n; i++) {
+        pthread_t t;
+        struct tls_state *st = NULL;
+        if (i & 1)
+            st = tls_state_new(100000 + (uint64_t)i, 0, 1, &rng); /* made here, freed there */
+        tu_thread_create(&t, idle_thread, st);
+        tu_thread_join(t);
+    }
+    assert_int_equal(atomic_load(&dtor_runs) - before, (n / 2) * (1 + REARM));
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    tu_lock(&orphans.lock);
+    for (size_t k = 0; k < orphans.len; k++)
+        tu_block_free(&orphans.b[k]);
+    TM_API(free)(orphans.b);
+    orphans.b = NULL;
+    orphans.len = orphans.cap = 0;
+    tu_unlock(&orphans.lock);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_short_lived_threads),
+        cmocka_unit_test(test_threads_without_allocations),
+    };
+    return cmocka_run_group_tests_name("stress_thread_exit (" TU_FLAVOUR ")", tests, NULL, NULL);
+}
