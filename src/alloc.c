@@ -156,8 +156,6 @@ static void free_generic(void *p, const char *call) {
     tm_invalid_pointer(call, p);
 }
 
-bool tcache_contains(void *p, unsigned cls);
-
 /* free() found the free-block cookie in p's first word: p is very likely
  * free already. Confirm against this thread's cache and the slab bitmap;
  * a cookie on a block in neither is in another thread's cache. */

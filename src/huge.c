@@ -236,3 +236,30 @@ void huge_foreach_locked(huge_visit_fn fn, void *arg) {
 void huge_fork_prepare(void) { pthread_mutex_lock(&huge_mu); }
 void huge_fork_parent(void) { pthread_mutex_unlock(&huge_mu); }
 void huge_fork_child(void) { pthread_mutex_init(&huge_mu, NULL); }
+
+/* Resize without moving (for _expand): shrink, or grow with mremap in
+ * place. Returns true on success. */
+bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size) {
+    size_t msize = huge_map_size(size);
+    if (msize < size || h->base != (uintptr_t)p) return false;
+    pthread_mutex_lock(&huge_mu);
+    size_t old_mapped = h->mapped;
+    pthread_mutex_unlock(&huge_mu);
+    if (msize <= old_mapped) {
+        if (old_mapped - msize >= TM_CHUNK) {
+            os_unmap((char *)p + msize, old_mapped - msize);
+            stats_add_released(old_mapped - msize);
+        } else {
+            msize = old_mapped;
+        }
+    } else if (!os_remap(p, old_mapped, msize, 0, NULL)) {
+        return false;
+    }
+    pthread_mutex_lock(&huge_mu);
+    huge_live_bytes += msize - h->size;
+    huge_live_mapped += msize - h->mapped;
+    h->size = msize;
+    h->mapped = msize;
+    pthread_mutex_unlock(&huge_mu);
+    return true;
+}

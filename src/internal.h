@@ -158,6 +158,7 @@ tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out);
 void *huge_alloc(size_t size, size_t align, bool zero);
 void huge_free(tm_huge_t *h, void *p);
 void *huge_realloc(tm_huge_t *h, void *p, size_t size);
+bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size);
 size_t huge_release_cache(void);             /* unmap cached huge mappings */
 size_t huge_allocated(void);
 size_t huge_mapped(void);
@@ -176,6 +177,7 @@ extern uint64_t tm_cookie_key;
 TM_COLD void *tcache_malloc_slow(tm_tcache_t *tc, size_t size, unsigned cls);
 TM_COLD void tcache_free_slow(tm_tcache_t *tc, void *p, unsigned cls);
 void tcache_drain_locked(tm_tcache_t *tc);  /* tc->mu held; empty every bin */
+bool tcache_contains(void *p, unsigned cls); /* p in the caller's own cache */
 size_t tcache_cached_bytes(void);
 unsigned tcache_count(void);
 void tcache_registry_lock(void);

@@ -220,7 +220,6 @@ void tcache_free_slow(tm_tcache_t *tc, void *p, unsigned cls) {
 }
 
 /* Is p in the calling thread's cache? (double-free confirmation) */
-bool tcache_contains(void *p, unsigned cls);
 bool tcache_contains(void *p, unsigned cls) {
     tm_tcache_t *tc = tm_tls_tc;
     if (tc == &tm_tcache_sentinel) return false;
