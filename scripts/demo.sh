@@ -30,7 +30,7 @@ run_demo() {
     local label=$1
     shift
     tm_section "demo: $label"
-    echo "\$ ${*:+$* }build/demo_threads $DEMO_ARGS"
+    echo "\$ ${*:+$* }build/demo_threads${DEMO_ARGS:+ $DEMO_ARGS}"
     # shellcheck disable=SC2086 # DEMO_ARGS is split on purpose
     if ! env "$@" build/demo_threads $DEMO_ARGS; then
         echo "demo FAILED with $label"

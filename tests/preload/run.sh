@@ -18,6 +18,9 @@
 #   demo-threads     examples/demo_threads.c (8 threads, cross-thread frees,
 #                    _heapmin while they block): exits 0, data verified, and
 #                    _heapmin is found and returns 0 when preloaded
+# Every program runs with its address space capped (ulimit -v, default 8 GiB,
+# env PRELOAD_VMEM_KB) so that a runaway allocator fails the case instead of
+# exhausting the machine's memory.
 # A program that is not installed is skipped with a message. Prints PASS, FAIL
 # or SKIP per case; exits non-zero if any case failed.
 
@@ -26,6 +29,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 LIB=${1:-${BUILD:-$ROOT/build}/libtrimalloc.so}
 TIMEOUT=${PRELOAD_TIMEOUT:-300}
+VMEM_KB=${PRELOAD_VMEM_KB:-8388608}
 export LC_ALL=C
 
 if [ ! -f "$LIB" ]; then
@@ -76,7 +80,7 @@ compare() {
         dir=$WORK/$name/$mode
         mkdir -p "$dir"
         if [ $mode = plain ]; then PRE=(); else PRE=(env "LD_PRELOAD=$LIB"); fi
-        (cd "$dir" && "$fn" "$@" >stdout 2>stderr)
+        (ulimit -v "$VMEM_KB" && cd "$dir" && "$fn" "$@" >stdout 2>stderr)
         rc=$?
         echo "$rc" >"$dir/status"
     done
@@ -164,7 +168,7 @@ if need python3; then
     for mode in plain preload; do
         mkdir -p "$WORK/maps/$mode"
         if [ $mode = plain ]; then PRE=(); else PRE=(env "LD_PRELOAD=$LIB"); fi
-        (cd "$WORK/maps/$mode" && case_maps >stdout 2>stderr)
+        (ulimit -v "$VMEM_KB" && cd "$WORK/maps/$mode" && case_maps >stdout 2>stderr)
         echo $? >"$WORK/maps/$mode/status"
     done
     p=$WORK/maps/plain q=$WORK/maps/preload
@@ -200,13 +204,13 @@ if need gcc; then
         result FAIL demo-threads "(examples/demo_threads.c does not compile)"
         sed 's/^/    /' "$d/cc.err"
     else
-        timeout "$TIMEOUT" "$d/demo_threads" >"$d/plain.out" 2>&1
+        (ulimit -v "$VMEM_KB" && timeout "$TIMEOUT" "$d/demo_threads") >"$d/plain.out" 2>&1
         prc=$?
-        timeout "$TIMEOUT" env "LD_PRELOAD=$LIB" "$d/demo_threads" >"$d/preload.out" 2>&1
+        (ulimit -v "$VMEM_KB" && timeout "$TIMEOUT" env "LD_PRELOAD=$LIB" "$d/demo_threads") >"$d/preload.out" 2>&1
         qrc=$?
         if [ $prc = 0 ] && [ $qrc = 0 ] && grep -q '^data check: OK' "$d/preload.out" &&
             grep -q 'returned 0 in' "$d/preload.out" && grep -q "^malloc from: .*libtrimalloc" "$d/preload.out"; then
-            result PASS demo-threads "($(grep -o 'after _heapmin.*' "$d/preload.out" | tr -s ' '))"
+            result PASS demo-threads "($(grep -o 'after _heapmin(), threads.*' "$d/preload.out" | tr -s ' '))"
         else
             result FAIL demo-threads "(plain exit $prc, preloaded exit $qrc)"
             sed 's/^/    plain: /' "$d/plain.out"
