@@ -52,6 +52,11 @@ one_run() {
         --log-file="$base.vg" "$PROG" "$v" "$n" 2>"$base.err" >/dev/null || {
         echo "callgrind.sh: run failed: $a $v $n" >&2; cat "$base.err" "$base.vg" >&2; return 1; }
     awk '/^summary:/ { print $2 }' "$base.out" >"$base.ir"
+    # inclusive counts of the functions named malloc and free (0 if not found)
+    callgrind_annotate --inclusive=yes "$base.out" 2>/dev/null | awk '
+        /:malloc \[/ && !m { gsub(",", "", $1); m = $1 }
+        /:free \[/ && !f { gsub(",", "", $1); f = $1 }
+        END { print (m ? m : 0), (f ? f : 0) }' >"$base.split"
     sed -n 's/.*allocator=\([a-z]*\) malloc_from=\([^ ]*\).*/\1 \2/p' "$base.err" >"$base.who"
 }
 
@@ -102,21 +107,29 @@ for a in "${BENCH_ALLOCS[@]}"; do
     for v in $VARIANTS; do IPP[$a.$v]=$(per_pair "$a" "$v"); done
 done
 harness=$(per_pair glibc null)
+
+# malloc / free split per call: field 1 = malloc, 2 = free
+split_of() { # alloc variant field
+    local a b
+    a=$(awk -v f="$3" '{ print $f }' "$TMP/$1.$2.$N1.split")
+    b=$(awk -v f="$3" '{ print $f }' "$TMP/$1.$2.$N2.split")
+    awk -v a="$a" -v b="$b" -v n1="$N1" -v n2="$N2" 'BEGIN { if (a > 0 && b > 0) printf "%.1f", (b - a) / (n2 - n1); else printf "-" }'
+}
 ref=""
 for a in "${BENCH_ALLOCS[@]}"; do [ "$a" = mimalloc ] && ref=mimalloc; done
 
 mkdir -p "$(dirname "$CSV")"
 {
-    echo "allocator,variant,n1,ir_n1,n2,ir_n2,instructions_per_pair,ratio_to_mimalloc,malloc_from"
+    echo "allocator,variant,n1,ir_n1,n2,ir_n2,instructions_per_pair,ratio_to_mimalloc,malloc_per_call,free_per_call,malloc_from"
     for a in "${BENCH_ALLOCS[@]}"; do
         read -r _ from <"$TMP/$a.${VARIANTS%% *}.$N1.who"
         for v in $VARIANTS; do
             r=""
             [ -n "$ref" ] && r=$(awk -v x="${IPP[$a.$v]}" -v y="${IPP[$ref.$v]}" 'BEGIN { printf "%.3f", x / y }')
-            echo "$a,$v,$N1,$(cat "$TMP/$a.$v.$N1.ir"),$N2,$(cat "$TMP/$a.$v.$N2.ir"),${IPP[$a.$v]},$r,$from"
+            echo "$a,$v,$N1,$(cat "$TMP/$a.$v.$N1.ir"),$N2,$(cat "$TMP/$a.$v.$N2.ir"),${IPP[$a.$v]},$r,$(split_of "$a" "$v" 1),$(split_of "$a" "$v" 2),$from"
         done
     done
-    echo "harness,null,$N1,$(cat "$TMP/glibc.null.$N1.ir"),$N2,$(cat "$TMP/glibc.null.$N2.ir"),$harness,,"
+    echo "harness,null,$N1,$(cat "$TMP/glibc.null.$N1.ir"),$N2,$(cat "$TMP/glibc.null.$N2.ir"),$harness,,,,"
 } >"$CSV"
 
 # Markdown: instructions per pair, ratio to mimalloc in parentheses.
@@ -150,6 +163,18 @@ table() {
     printf 'lower is better. Each count includes the benchmark loop itself: %s instructions for an empty pair.' "$harness"
     [ -n "$ref" ] && printf ' Ratio to mimalloc in parentheses.'
     printf '\n'
+    printf '\nWhere the instructions go: inclusive count of the function named malloc and of free, per call\n'
+    printf '(the rest of a pair is the loop and the call sequence).\n\n'
+    printf '| allocator |'
+    for v in $VARIANTS; do printf ' %s malloc / free |' "$(label "$v")"; done
+    printf '\n|---|'
+    for v in $VARIANTS; do printf -- '---:|'; done
+    printf '\n'
+    for a in "${BENCH_ALLOCS[@]}"; do
+        printf '| %s |' "$a"
+        for v in $VARIANTS; do printf ' %s / %s |' "$(split_of "$a" "$v" 1)" "$(split_of "$a" "$v" 2)"; done
+        printf '\n'
+    done
     for note in "${BENCH_SKIPPED[@]}"; do printf '\nSkipped: %s\n' "$note"; done
 }
 table

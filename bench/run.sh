@@ -85,7 +85,7 @@ SERIES=$RESULTS/spike_rss
 mkdir -p "$SERIES"
 rm -f "$SERIES"/*.csv
 {
-    echo "meta args=\"$ARGS\" reps=$REPS quick=$QUICK scale=$SCALE threads=\"$THREADS\" spike_mib=$SPIKE_MIB nproc=$NPROC date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "meta args=\"$ARGS\" reps=$REPS quick=$QUICK scale=$SCALE threads=\"$THREADS\" spike_mib=$SPIKE_MIB nproc=$NPROC date=$(date -u +%Y-%m-%dT%H:%M:%SZ) load_start=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
     for a in "${BENCH_ALLOCS[@]}"; do echo "lib alloc=$a path=${BENCH_LIB[$a]:-none}"; done
     for note in "${BENCH_SKIPPED[@]}"; do echo "skipped note=\"$note\""; done
 } >>"$RAW"
@@ -165,6 +165,7 @@ for rep in $(seq 1 "$REPS"); do
     done
 done
 rm -f "$RESULTS/last_stderr.txt"
+echo "end load_end=\"$(cut -d' ' -f1-3 /proc/loadavg)\" secs=$(( $(date +%s) - T_BEGIN ))" >>"$RAW"
 
 if [ $DO_CALLGRIND = 1 ]; then
     if command -v valgrind >/dev/null; then

@@ -53,7 +53,9 @@ def parse_raw(path):
                 else:
                     words.append(t)
             if words and words[0] == "meta":
-                meta = kv
+                meta.update(kv)
+            elif words and words[0] == "end":
+                meta.update(kv)
             elif words and words[0] == "lib":
                 libs[kv["alloc"]] = kv["path"]
             elif words and words[0] == "skipped":
@@ -213,7 +215,7 @@ def write_csvs(d, rows, spike):
         w = csv.writer(f)
         w.writerow(["workload", "threads", "allocator", "runs_ok", "status", "mops_median",
                     "ratio_to_best_peer", "best_peer", "peak_rss_mib_median", "peak_live_mib_median",
-                    "rss_ratio_to_best_peer"])
+                    "rss_ratio_to_best_peer", "mops_min", "mops_max"])
         for wl, t, per in rows:
             bp, bpa = best_peer(per, "mops", True)
             br, bra = best_peer(per, "rss", False)
@@ -223,7 +225,9 @@ def write_csvs(d, rows, spike):
                             fmt(p["mops"] / bp if p["mops"] and bp else None, 3), bpa or "",
                             fmt(p["rss"] / MIB if p["rss"] else None, 2),
                             fmt(p["live"] / MIB if p["live"] is not None else None, 3),
-                            fmt(p["rss"] / br if p["rss"] and br else None, 3)])
+                            fmt(p["rss"] / br if p["rss"] and br else None, 3),
+                            fmt(min(p["all_mops"]) if p["all_mops"] else None, 3),
+                            fmt(max(p["all_mops"]) if p["all_mops"] else None, 3)])
     with open(os.path.join(d.results, "spike.csv"), "w", newline="") as f:
         w = csv.writer(f)
         cols = ["status", "n", "threads", "trim_call", "spike", "surv", "start", "peak", "before",
@@ -353,8 +357,13 @@ def report(d, rows, spike, imgs, doc_path):
              f"{reps} repetition(s), allocators interleaved (order rotated every repetition), "
              "medians shown. Regenerate with `bench/run.sh` (about 2 minutes on 2 cores; `--quick` for a smoke "
              "test). Raw and median data: `bench/results/`.\n")
+    load = ""
+    if meta.get("load_start"):
+        load = (f" Load average (1, 5, 15 min) {meta['load_start']} at the start of the run, "
+                f"{meta.get('load_end', '?')} at the end of the timed runs: a load above the core "
+                "count means other work competed for the CPUs, and the multi-thread cells suffer most.")
     L.append(f"Machine: {machine()}. Runs on a 2-core machine that others share are noisy "
-             "(±30% between repetitions is common), so small differences mean nothing.\n")
+             "(±30% between repetitions is common), so small differences mean nothing." + load + "\n")
     L.append(md_table(["allocator", "version", "loaded as"],
                       [[a, vers.get(a, "?"), f"`LD_PRELOAD={d.libs[a]}`" if d.libs.get(a, "none") != "none"
                         else "system malloc (no preload)"] for a in d.allocs], ["---", "---", "---"]))
