@@ -141,11 +141,17 @@ static void free_generic(void *p, const char *call) {
         uint32_t page = (uint32_t)((a - c->base) >> TM_PAGE_SHIFT);
         if (c->fast[page] & 0xff) { /* a small-class page, but not a block start */
             uint32_t idx;
-            if (!slab_of(c, a, &idx)) tm_invalid_pointer(call, p);
+            if (!slab_of(c, a, &idx)) {
+                tm_invalid_pointer(call, p);
+                return;
+            }
             tcache_free_slow(tm_tls_tc, p, c->fast[page] & 0xff);
             return;
         }
-        if (a & TM_PAGE_MASK) tm_invalid_pointer(call, p);
+        if (a & TM_PAGE_MASK) {
+            tm_invalid_pointer(call, p);
+            return;
+        }
         arena_free_large(c, page, p);
         return;
     }
@@ -156,15 +162,15 @@ static void free_generic(void *p, const char *call) {
     tm_invalid_pointer(call, p);
 }
 
-/* free() found the free-block cookie in p's first word: p is very likely
- * free already. Confirm against this thread's cache and the slab bitmap;
- * a cookie on a block in neither is in another thread's cache. */
+/* free() found the free-block cookie in p's first word. Every free small
+ * block -- in any thread's cache or in its slab -- carries it, and malloc
+ * clears it, so p is free already: a double free. (A program cannot write
+ * the cookie by accident: it is the address xor a random per-process key.) */
 static void free_suspect_double(void *p, unsigned cls) {
-    if (!cls) {
+    if (!cls) { /* a large block starting a chunk: not cookie-protected */
         free_generic(p, "free");
         return;
     }
-    (void)tcache_contains(p, cls);
     tm_double_free("free", p);
 }
 
@@ -180,8 +186,14 @@ size_t tm_usable_size(void *p, const char *caller) {
         unsigned cls = c->fast[page] & 0xff;
         if (cls) {
             uint32_t idx;
-            if (!slab_of(c, a, &idx)) tm_invalid_pointer(caller, p);
-            if (*(uint64_t *)p == (a ^ tm_cookie_key)) tm_double_free(caller, p);
+            if (!slab_of(c, a, &idx)) {
+                tm_invalid_pointer(caller, p);
+                return 0;
+            }
+            if (*(uint64_t *)p == (a ^ tm_cookie_key)) {
+                tm_double_free(caller, p);
+                return 0;
+            }
             return tm_classes[cls].size;
         }
         size_t n = (a & TM_PAGE_MASK) ? 0 : arena_large_usable(c, page);
@@ -197,6 +209,7 @@ size_t tm_usable_size(void *p, const char *caller) {
         return n;
     }
     tm_invalid_pointer(caller, p);
+    return 0;
 }
 
 void *tm_alloc_aligned(size_t align, size_t size, bool zero) {
@@ -252,11 +265,14 @@ void *tm_realloc_impl(void *p, size_t size) {
         return NULL;
     }
     if (unlikely(size > PTRDIFF_MAX)) {
-        (void)tm_usable_size(p, "realloc");
-        errno = ENOMEM;
+        errno = tm_usable_size(p, "realloc") ? ENOMEM : EINVAL;
         return NULL;
     }
     size_t old = tm_usable_size(p, "realloc");
+    if (!old) { /* bad pointer, reported and ignored */
+        errno = EINVAL;
+        return NULL;
+    }
     uintptr_t a = (uintptr_t)p;
     uintptr_t e = pagemap_lookup(a);
     tm_chunk_t *c = chunk_of_entry(e);

@@ -107,7 +107,11 @@ static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
     s->cls = (uint16_t)cls;
     s->nblocks = (uint16_t)k->nblocks;
     s->nfree = (uint16_t)k->nblocks;
-    for (uint32_t i = 0; i < k->nblocks; i++) s->bitmap[i >> 6] |= 1ull << (i & 63);
+    for (uint32_t i = 0; i < k->nblocks; i++) {
+        s->bitmap[i >> 6] |= 1ull << (i & 63);
+        uintptr_t b = s->start + (uintptr_t)i * k->size;
+        *(uint64_t *)b = b ^ tm_cookie_key;
+    }
     uint32_t fast = cls | (page << TM_PAGE_SHIFT);
     for (uint32_t i = 0; i < k->slab_pages; i++)
         __atomic_store_n(&c->fast[page + i], fast, __ATOMIC_RELEASE);
@@ -162,14 +166,15 @@ static void slab_return_locked(tm_arena_t *a, tm_chunk_t *c, void *p) {
     uint32_t idx;
     tm_slab_t *s = slab_of(c, (uintptr_t)p, &idx);
     if (unlikely(!s)) {
-        pthread_mutex_unlock(&a->lock);
         tm_invalid_pointer("free", p);
+        return;
     }
     uint64_t bit = 1ull << (idx & 63);
     if (unlikely(s->bitmap[idx >> 6] & bit)) {
-        pthread_mutex_unlock(&a->lock);
         tm_double_free("free", p);
+        return;
     }
+    *(uint64_t *)p = (uintptr_t)p ^ tm_cookie_key; /* every free block carries it */
     s->bitmap[idx >> 6] |= bit;
     if ((idx >> 6) < s->hint) s->hint = (uint16_t)(idx >> 6);
     s->nfree++;
@@ -196,15 +201,20 @@ void arena_flush(unsigned cls, void **blocks, unsigned n) {
     (void)cls;
     while (n) {
         tm_chunk_t *c0 = chunk_of_entry(pagemap_lookup((uintptr_t)blocks[0]));
-        if (unlikely(!c0)) tm_invalid_pointer("free", blocks[0]);
+        if (unlikely(!c0)) {
+            tm_invalid_pointer("free", blocks[0]);
+            blocks++;
+            n--;
+            continue;
+        }
         tm_arena_t *a = c0->arena;
         unsigned keep = 0;
         pthread_mutex_lock(&a->lock);
         for (unsigned i = 0; i < n; i++) {
             tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)blocks[i]));
             if (unlikely(!c)) {
-                pthread_mutex_unlock(&a->lock);
                 tm_invalid_pointer("free", blocks[i]);
+                continue;
             }
             if (c->arena == a) slab_return_locked(a, c, blocks[i]);
             else blocks[keep++] = blocks[i];
@@ -251,7 +261,8 @@ void arena_free_large(tm_chunk_t *c, uint32_t page, void *p) {
     if (unlikely(h->kind != PAGE_LARGE)) {
         pthread_mutex_unlock(&a->lock);
         if (h->kind == PAGE_FREE || h->kind == PAGE_UNUSED) tm_double_free("free", p);
-        tm_invalid_pointer("free", p);
+        else tm_invalid_pointer("free", p);
+        return;
     }
     uint32_t n = h->npages;
     a->large_allocated -= (size_t)n << TM_PAGE_SHIFT;

@@ -90,16 +90,18 @@ __attribute__((noreturn)) static void die(void) {
 
 void tm_invalid_pointer(const char *call, const void *p) {
     char buf[160];
-    int n = tm_snprintf(buf, sizeof buf, "trimalloc: %s(): invalid pointer %p\n", call, p);
+    int n = tm_snprintf(buf, sizeof buf, "trimalloc: %s(): invalid pointer %p%s\n", call, p,
+                        tm_opt.abort_on_error ? "" : " (ignored)");
     tm_write_fd(2, buf, (size_t)n);
-    die();
+    if (tm_opt.abort_on_error) die();
 }
 
 void tm_double_free(const char *call, const void *p) {
     char buf[160];
-    int n = tm_snprintf(buf, sizeof buf, "trimalloc: %s(): double free of pointer %p\n", call, p);
+    int n = tm_snprintf(buf, sizeof buf, "trimalloc: %s(): double free of pointer %p%s\n", call,
+                        p, tm_opt.abort_on_error ? "" : " (ignored)");
     tm_write_fd(2, buf, (size_t)n);
-    die();
+    if (tm_opt.abort_on_error) die();
 }
 
 void tm_fatal(const char *msg) {

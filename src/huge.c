@@ -130,10 +130,12 @@ void huge_free(tm_huge_t *h, void *p) {
     if (unlikely(h->base != (uintptr_t)p)) {
         pthread_mutex_unlock(&huge_mu);
         tm_invalid_pointer("free", p);
+        return;
     }
     if (unlikely(h->freed_ns)) {
         pthread_mutex_unlock(&huge_mu);
         tm_double_free("free", p);
+        return;
     }
     list_remove(&huge_live, h);
     huge_live_bytes -= h->size;

@@ -177,7 +177,6 @@ extern uint64_t tm_cookie_key;
 TM_COLD void *tcache_malloc_slow(tm_tcache_t *tc, size_t size, unsigned cls);
 TM_COLD void tcache_free_slow(tm_tcache_t *tc, void *p, unsigned cls);
 void tcache_drain_locked(tm_tcache_t *tc);  /* tc->mu held; empty every bin */
-bool tcache_contains(void *p, unsigned cls); /* p in the caller's own cache */
 size_t tcache_cached_bytes(void);
 unsigned tcache_count(void);
 void tcache_registry_lock(void);
@@ -240,8 +239,11 @@ void stats_add_released(size_t bytes);
 void stats_print_at_exit(void);
 
 /* ---- diag.c: messages and aborts that never allocate ---------------------------------- */
-TM_COLD void tm_invalid_pointer(const char *call, const void *p) __attribute__((noreturn));
-TM_COLD void tm_double_free(const char *call, const void *p) __attribute__((noreturn));
+/* Report a bad pointer passed to `call`. Abort (the default) or, with the
+ * option abort_on_error:0, warn and return: the caller then ignores the
+ * call (the block is leaked rather than corrupted). */
+TM_COLD void tm_invalid_pointer(const char *call, const void *p);
+TM_COLD void tm_double_free(const char *call, const void *p);
 TM_COLD void tm_fatal(const char *msg) __attribute__((noreturn));
 TM_COLD void tm_fatal_assert(const char *file, int line, const char *cond)
     __attribute__((noreturn));

@@ -219,18 +219,6 @@ void tcache_free_slow(tm_tcache_t *tc, void *p, unsigned cls) {
     pthread_mutex_unlock(&tc->mu);
 }
 
-/* Is p in the calling thread's cache? (double-free confirmation) */
-bool tcache_contains(void *p, unsigned cls) {
-    tm_tcache_t *tc = tm_tls_tc;
-    if (tc == &tm_tcache_sentinel) return false;
-    pthread_mutex_lock(&tc->mu);
-    bool found = false;
-    tm_tc_bin_t *b = &tc->bins[cls];
-    for (uint32_t i = 0; i < b->count && !found; i++) found = b->slots[i] == p;
-    pthread_mutex_unlock(&tc->mu);
-    return found;
-}
-
 size_t tcache_cached_bytes(void) {
     size_t bytes = 0;
     pthread_mutex_lock(&registry_lock);
