@@ -40,6 +40,13 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <sys/resource.h>
+
+/* trimalloc's stats struct, for the extra "tm_*" keys when it is the
+ * allocator (looked up with dlsym: this program is not linked to it). */
+#if __has_include("../include/trimalloc.h")
+#include "../include/trimalloc.h"
+#define HAVE_TM_STATS 1
+#endif
 #include <stdatomic.h>
 #include <stdbool.h>
 
@@ -398,6 +405,16 @@ int main(int argc, char **argv)
     size_t rss_after = rss_now();
     double m_end = ms_since_start();
 
+#ifdef HAVE_TM_STATS
+    trimalloc_stats_t tm_st;
+    int tm_have = 0;
+    if (alloc == BA_TRIMALLOC) {
+        int (*get)(trimalloc_stats_t *) =
+            (int (*)(trimalloc_stats_t *))dlsym(RTLD_DEFAULT, "trimalloc_stats_get");
+        tm_have = get && get(&tm_st) == 0;
+    }
+#endif
+
     /* Every surviving byte must be intact. */
     size_t bad = 0;
     for (int i = 0; i < nworkers; i++)
@@ -441,6 +458,16 @@ int main(int argc, char **argv)
            (double)probe_max_own_ns[PROBE_BASE] / 1e3,
            (unsigned long long)probe_ops[PROBE_TRIM], m_spike, m_peak, m_freed, m_trim, m_trimmed,
            m_end, n, bad ? "FAIL" : "ok", trim_call_name);
+#ifdef HAVE_TM_STATS
+    if (tm_have) /* after the trim and the pause, before the survivors are freed */
+        fprintf(stderr,
+                "spike_trim: trimalloc stats: allocated=%zu active=%zu resident=%zu mapped=%zu "
+                "metadata=%zu tcache_bytes=%zu huge_allocated=%zu released=%zu narenas=%u "
+                "nthreads=%u heapmin_max_pause_ns=%llu\n",
+                tm_st.allocated, tm_st.active, tm_st.resident, tm_st.mapped, tm_st.metadata,
+                tm_st.tcache_bytes, tm_st.huge_allocated, tm_st.released, tm_st.narenas,
+                tm_st.nthreads, (unsigned long long)tm_st.heapmin_max_pause_ns);
+#endif
     if (bad) {
         fprintf(stderr, "spike_trim: %zu surviving bytes changed (allocator %s)\n", bad,
                 bench_alloc_name(alloc));

@@ -29,7 +29,7 @@ WL_TEXT = {
     "xmalloc": "producer -> consumer, every block freed by another thread",
     "scratch": "passive false sharing (cache-scratch)",
     "thrash": "active false sharing (cache-thrash)",
-    "sizes": "size sweep 8 B .. 1 MiB",
+    "sizes": "size sweep 8 B .. 1 MiB, every page of a block touched",
     "realloc": "realloc-heavy: grow by 1.5x to 64 KiB, shrink",
     "tight": "single tight malloc+free loop per thread, 16-512 B",
 }

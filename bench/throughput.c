@@ -20,7 +20,8 @@
  *   thrash   active false sharing (cache-thrash): the same loop without the
  *            handed-over objects.
  *   sizes    a size sweep: 8 B to 1 MiB (four sizes per doubling), each
- *            allocated in batches, touched at both ends, then freed.
+ *            allocated in batches, touched on every page, then freed (above
+ *            8 KiB, fewer blocks of a size: the same bytes per size).
  *   realloc  128 buffers per thread grown by 1.5x per realloc up to 64 KiB,
  *            then shrunk back to 16-64 B.
  *   tight    a tight malloc+free loop over 8 small sizes (16-512 B).
@@ -28,7 +29,8 @@
  *
  * Every block carries a tag that is checked before it is freed. Output: one
  * line of key=value pairs: ops, secs, mops (million ops per second), the peak
- * live bytes requested (sampled every millisecond from per-thread counters),
+ * live bytes requested (the sum of per-thread counters sampled every
+ * millisecond, or the largest single thread's exact peak if that is higher),
  * peak RSS (VmHWM) and verify=ok|FAIL. Exit status 3 on a bad tag.
  */
 #include "bench_common.h"
@@ -45,6 +47,7 @@
  * owner writes it, the sampler sums all of them. */
 typedef struct tstate {
     _Alignas(64) long live;
+    long peak; /* highest "live" this slot reached */
     uint64_t ops;
     size_t bad;
     uint64_t rng;
@@ -68,7 +71,10 @@ static inline void bench_go(tstate_t *t)
 
 static inline void live_add(tstate_t *t, long d)
 {
-    __atomic_store_n(&t->live, t->live + d, __ATOMIC_RELAXED);
+    long v = t->live + d;
+    __atomic_store_n(&t->live, v, __ATOMIC_RELAXED);
+    if (v > t->peak)
+        t->peak = v;
 }
 
 static inline uint64_t tag_for(const void *p, size_t size)
@@ -275,15 +281,25 @@ static void *sizes_thread(void *arg)
 {
     tstate_t *t = arg;
     void *batch[64];
-    uint64_t per_size = scaled(15000);
+    uint64_t per_size = scaled(150000);          /* blocks of each size up to 8 KiB */
+    uint64_t big_bytes = scaled(15000.0 * 8192); /* bytes of each larger size */
     bench_go(t);
     for (int k = 0; k < nsweep; k++) {
         /* threads start at different points of the sweep */
         size_t s = sweep_sizes[(k + t->index * 7) % nsweep];
         size_t b = s <= 4096 ? 64 : s <= 65536 ? 16 : 4;
-        for (uint64_t done = 0; done < per_size; done += b) {
+        /* above 8 KiB, the same bytes per size rather than the same count:
+         * each block's pages are all touched */
+        uint64_t count = s <= 8192 ? per_size : big_bytes / s;
+        if (count < 64)
+            count = 64;
+        for (uint64_t done = 0; done < count; done += b) {
             for (size_t j = 0; j < b; j++) {
                 unsigned char *p = xmalloc(s);
+                /* touch every page, as a program using the block would, so
+                 * RSS reflects the bytes handed out */
+                for (size_t off = 4096; off < s; off += 4096)
+                    p[off] = 1;
                 tag_set(p, s);
                 if (s > 8)
                     p[s - 1] = (unsigned char)j;
@@ -486,6 +502,14 @@ int main(int argc, char **argv)
         ops += ts[i].ops;
         bad += ts[i].bad;
     }
+    /* Where every thread frees only its own blocks, a thread's own peak is
+     * exact, and the sampler may have missed a short peak: take the larger.
+     * (With remote frees a thread's own count only grows, so not there.) */
+    bool local = !strcmp(wl, "sizes") || !strcmp(wl, "realloc") || !strcmp(wl, "tight") ||
+                 !strcmp(wl, "thrash");
+    for (int i = 0; local && i < nthreads; i++)
+        if (ts[i].peak > peak_live)
+            peak_live = ts[i].peak;
     size_t peak_rss = bench_peak_rss();
     printf("throughput workload=%s threads=%d alloc=%s ops=%llu secs=%.4f mops=%.3f "
            "peak_live=%ld peak_rss=%zu rss_start=%zu verify=%s\n",
