@@ -265,6 +265,7 @@ void arena_free_large(tm_chunk_t *c, uint32_t page, void *p) {
         return;
     }
     uint32_t n = h->npages;
+    if (unlikely(tm_opt.junk)) memset(p, 0x5a, (size_t)n << TM_PAGE_SHIFT);
     a->large_allocated -= (size_t)n << TM_PAGE_SHIFT;
     a->large_nfree++;
     if (n > 1) c->pages[page + n - 1].kind = PAGE_INTERIOR;

@@ -77,7 +77,8 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
     uint64_t now = os_now_ns();
     huge_decay(now);
     tm_huge_t *h = NULL;
-    if (align <= TM_CHUNK && huge_cache_count) {
+    bool guard = tm_opt.guard != 0;
+    if (align <= TM_CHUNK && huge_cache_count && !guard) {
         pthread_mutex_lock(&huge_mu);
         tm_huge_t *best = NULL;
         for (tm_huge_t *it = huge_cache; it; it = it->next)
@@ -100,17 +101,22 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
     }
     if (!h) {
         size_t al = align > TM_CHUNK ? align : TM_CHUNK;
-        void *p = os_map_aligned(msize, al);
+        size_t gsize = guard ? TM_PAGE : 0;
+        void *p = os_map_aligned(msize + gsize, al);
         if (!p) return NULL;
+        if (guard && os_protect_none((char *)p + msize, TM_PAGE) != 0) {
+            os_unmap(p, msize + gsize);
+            return NULL;
+        }
         h = meta_alloc(sizeof *h);
         if (!h) {
             os_unmap(p, msize);
             return NULL;
         }
         h->base = (uintptr_t)p;
-        h->mapped = msize;
+        h->mapped = msize + gsize;
         if (pagemap_set(h->base, (uintptr_t)h) != 0) {
-            os_unmap(p, msize);
+            os_unmap(p, msize + gsize);
             meta_free(h, sizeof *h);
             return NULL;
         }
@@ -144,7 +150,7 @@ void huge_free(tm_huge_t *h, void *p) {
     h->freed_ns = now ? now : 1;
     size_t cap = (size_t)tm_opt.huge_cache_mb << 20;
     tm_huge_t *evict = NULL;
-    if (h->mapped <= cap && tm_opt.decay_ms > 0) {
+    if (h->mapped <= cap && tm_opt.decay_ms > 0 && h->mapped == h->size) { /* no guard */
         list_push(&huge_cache, h);
         huge_cache_bytes += h->mapped;
         huge_cache_count++;
@@ -173,8 +179,15 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size) {
     size_t msize = huge_map_size(size);
     if (msize < size) return NULL;
     pthread_mutex_lock(&huge_mu);
-    size_t old_mapped = h->mapped;
+    size_t old_mapped = h->mapped, old_size = h->size;
     pthread_mutex_unlock(&huge_mu);
+    if (old_mapped != old_size) { /* guarded: move to a new guarded block */
+        void *np = huge_alloc(size, 0, false);
+        if (!np) return NULL;
+        memcpy(np, p, old_size < msize ? old_size : msize);
+        huge_free(h, p);
+        return np;
+    }
     void *np = p;
     if (msize <= old_mapped) {
         if (old_mapped - msize >= TM_CHUNK) { /* give back a big tail */
@@ -245,8 +258,9 @@ bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size) {
     size_t msize = huge_map_size(size);
     if (msize < size || h->base != (uintptr_t)p) return false;
     pthread_mutex_lock(&huge_mu);
-    size_t old_mapped = h->mapped;
+    size_t old_mapped = h->mapped, old_size = h->size;
     pthread_mutex_unlock(&huge_mu);
+    if (old_mapped != old_size) return msize <= old_size; /* guarded: no resizing */
     if (msize <= old_mapped) {
         if (old_mapped - msize >= TM_CHUNK) {
             os_unmap((char *)p + msize, old_mapped - msize);

@@ -65,6 +65,7 @@ void tm_init_slow(void) {
         init_owner = pthread_self();
         init_running = 1;
         options_init();
+        if (tm_opt.junk || tm_opt.zero) tm_opt.tcache_scale_pct = 0; /* fills run on slow paths */
         size_class_init();
         unsigned n = (unsigned)tm_opt.narenas;
         if (n == 0) n = 2 * os_ncpus();

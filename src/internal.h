@@ -58,6 +58,7 @@ void *os_map(size_t size);                   /* NULL on failure */
 void *os_map_aligned(size_t size, size_t align);
 void os_unmap(void *p, size_t size);
 int os_purge(void *p, size_t size);          /* pages read zero afterwards */
+int os_protect_none(void *p, size_t size);   /* guard page */
 void *os_remap(void *p, size_t old, size_t new_size, int may_move, void *fixed);
 int os_heavy_barrier(void);                  /* membarrier or fallback */
 uint64_t os_now_ns(void);
@@ -217,6 +218,7 @@ typedef struct tm_opts {
     long huge_threshold;
     long junk;
     long zero;
+    long guard;
     long abort_on_error;
     long stats_print;
     long verbose;

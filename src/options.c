@@ -18,8 +18,10 @@ tm_opts_t tm_opt;
       "thread-cache capacity in percent of the default (0 disables caching)")                 \
     X("huge_threshold", huge_threshold, 2 << 20, 64 << 10, 4 << 20, 1,                      \
       "bytes above which a block gets its own mapping (64 KiB..4 MiB)")                      \
-    X("junk", junk, 0, 0, 1, 1, "fill new blocks with 0xa5 and freed large blocks with 0x5a")  \
-    X("zero", zero, 0, 0, 1, 1, "return zeroed memory from every allocation")                \
+    X("junk", junk, 0, 0, 1, 0,                                                             \
+      "fill new blocks with 0xa5 and freed blocks with 0x5a (turns thread caches off)")      \
+    X("zero", zero, 0, 0, 1, 0, "return zeroed memory from every allocation (caches off)")   \
+    X("guard", guard, 0, 0, 1, 1, "put an inaccessible guard page after every huge block")    \
     X("abort_on_error", abort_on_error, 1, 0, 1, 1,                                          \
       "abort on a bad pointer or double free (0 = warn and ignore the call)")                \
     X("stats_print", stats_print, 0, 0, 1, 1, "print statistics to stderr at exit")           \

@@ -70,6 +70,8 @@ int os_purge(void *p, size_t size) {
     return madvise(p, size, MADV_DONTNEED);
 }
 
+int os_protect_none(void *p, size_t size) { return mprotect(p, size, PROT_NONE); }
+
 /* mremap: grow/shrink in place (may_move 0), anywhere (may_move 1), or to
  * the fixed address given (a reserved, aligned spot). */
 void *os_remap(void *p, size_t old, size_t new_size, int may_move, void *fixed) {

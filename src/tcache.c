@@ -182,19 +182,25 @@ void *tcache_malloc_slow(tm_tcache_t *tc, size_t size, unsigned cls) {
         pthread_mutex_lock(&tc->mu);
         tcache_self_drain_locked(tc);
         tm_tc_bin_t *b = &tc->bins[cls];
-        if (b->count == 0) {
-            unsigned want = b->cap / 2 ? b->cap / 2 : 1;
-            b->count = arena_refill(tc->arena, cls, b->slots, want);
+        if (b->cap == 0) /* caching off (tcache_scale:0, junk, zero) */
+            arena_refill(tc->arena, cls, &p, 1);
+        else {
+            if (b->count == 0) b->count = arena_refill(tc->arena, cls, b->slots, b->cap / 2 ? b->cap / 2 : 1);
+            if (b->count) p = b->slots[--b->count];
         }
-        if (b->count) p = b->slots[--b->count];
         pthread_mutex_unlock(&tc->mu);
     }
-    if (p) *(uint64_t *)p = 0;
+    if (p) {
+        *(uint64_t *)p = 0;
+        if (unlikely(tm_opt.junk | tm_opt.zero))
+            memset(p, tm_opt.zero ? 0 : 0xa5, tm_classes[cls].size);
+    }
     return p;
 }
 
 void tcache_free_slow(tm_tcache_t *tc, void *p, unsigned cls) {
     __atomic_store_n(&tc->busy, 0, __ATOMIC_RELEASE);
+    if (unlikely(tm_opt.junk)) memset(p, 0x5a, tm_classes[cls].size);
     tc = tcache_get_slow(tc);
     if (!tc) {
         arena_flush(cls, &p, 1);
