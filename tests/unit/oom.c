@@ -1,0 +1,126 @@
+/*
+ * oom.c (unit) -- out of memory through the OS layer's fault injection:
+ * the n-th mapping fails. Every entry point returns NULL with ENOMEM, no
+ * lock stays held, blocks already held are intact, and allocation works
+ * again once mappings succeed.
+ */
+#include "test_cmocka.h"
+#include "internal.h"
+
+#define HELD 64
+
+static void fill(void *p, size_t n, int seed) { memset(p, seed & 0xff, n); }
+static void check(void *p, size_t n, int seed) {
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i += 61) assert_int_equal(c[i], seed & 0xff);
+}
+
+static void test_every_entry_point_fails_cleanly(void **state) {
+    (void)state;
+    void *held[HELD];
+    size_t sizes[HELD];
+    for (int i = 0; i < HELD; i++) {
+        sizes[i] = (size_t)(i % 4 == 0 ? 3 << 20 : i % 4 == 1 ? 200000 : 24 + 37 * i);
+        held[i] = TM_API(malloc)(sizes[i]);
+        assert_non_null(held[i]);
+        fill(held[i], sizes[i], i);
+    }
+    /* Each request below needs a new mapping; make the very next one fail. */
+    struct { const char *name; int kind; } calls[] = {
+        {"malloc huge", 0}, {"calloc huge", 1}, {"realloc to huge", 2},
+        {"aligned_alloc huge", 3}, {"posix_memalign huge", 4}, {"valloc huge", 5},
+        {"malloc large (new chunk)", 6},
+    };
+    for (size_t k = 0; k < sizeof calls / sizeof calls[0]; k++) {
+        os_set_fail_after(1);
+        errno = 0;
+        void *r = NULL;
+        int rc = 0;
+        void *small = held[2];
+        switch (calls[k].kind) {
+        case 0: r = TM_API(malloc)(64 << 20); break;
+        case 1: r = TM_API(calloc)(1, 64 << 20); break;
+        case 2: r = TM_API(realloc)(small, 64 << 20); break;
+        case 3: r = TM_API(aligned_alloc)(1 << 16, 64 << 20); break;
+        case 4: rc = TM_API(posix_memalign)(&r, 1 << 16, 64 << 20); break;
+        case 5: r = TM_API(valloc)(64 << 20); break;
+        case 6: {
+            /* exhaust what the arenas have, so a chunk must be mapped */
+            void *tmp[64];
+            int n;
+            for (n = 0; n < 64; n++) {
+                tmp[n] = TM_API(malloc)(1 << 20);
+                if (!tmp[n]) break;
+            }
+            assert_true(n < 64); /* one of them needed a chunk and failed */
+            r = NULL;
+            errno = ENOMEM;
+            os_set_fail_after(0);
+            for (int i = 0; i < n; i++) TM_API(free)(tmp[i]);
+            break;
+        }
+        }
+        int err = errno;
+        os_set_fail_after(0);
+        if (calls[k].kind == 4) {
+            assert_int_equal(rc, ENOMEM);
+        } else {
+            assert_null(r);
+            assert_int_equal(err, ENOMEM);
+        }
+        /* the held blocks are intact, and the realloc'd one untouched */
+        for (int i = 0; i < HELD; i++) check(held[i], sizes[i], i);
+        /* and allocation works again, from every kind of size */
+        void *ok1 = TM_API(malloc)(64 << 20), *ok2 = TM_API(malloc)(100), *ok3 = TM_API(malloc)(300000);
+        assert_non_null(ok1);
+        assert_non_null(ok2);
+        assert_non_null(ok3);
+        TM_API(free)(ok1);
+        TM_API(free)(ok2);
+        TM_API(free)(ok3);
+        TM_API(_heapmin)(); /* empty the huge cache, so the next call must map */
+    }
+    /* _heapmin works right after a failure too */
+    os_set_fail_after(1);
+    assert_null(TM_API(malloc)(64 << 20));
+    os_set_fail_after(0);
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    for (int i = 0; i < HELD; i++) {
+        check(held[i], sizes[i], i);
+        TM_API(free)(held[i]);
+    }
+}
+
+static void test_new_thread_small_alloc_fails_then_recovers(void **state) {
+    (void)state;
+    /* exhaust a small class's slabs so the next refill needs a new chunk */
+    enum { N = 200000 };
+    void **v = TM_API(malloc)(N * sizeof(void *));
+    assert_non_null(v);
+    os_set_fail_after(1);
+    int n = 0, failed = 0;
+    for (; n < N; n++) {
+        errno = 0;
+        v[n] = TM_API(malloc)(4000);
+        if (!v[n]) {
+            assert_int_equal(errno, ENOMEM);
+            failed = 1;
+            break;
+        }
+    }
+    os_set_fail_after(0);
+    assert_true(failed);
+    void *again = TM_API(malloc)(4000);
+    assert_non_null(again);
+    TM_API(free)(again);
+    for (int i = 0; i < n; i++) TM_API(free)(v[i]);
+    TM_API(free)(v);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_entry_point_fails_cleanly),
+        cmocka_unit_test(test_new_thread_small_alloc_fails_then_recovers),
+    };
+    return cmocka_run_group_tests_name("unit_oom", tests, NULL, NULL);
+}

@@ -1,0 +1,144 @@
+/*
+ * runs.c (unit) -- page runs inside chunks: carving with alignment, freeing
+ * with coalescing, and purge giving back whole empty chunks.
+ */
+#include "test_cmocka.h"
+#include "internal.h"
+
+/* Walk a chunk's runs: they must tile it exactly, and no two free runs may
+ * be neighbours (coalescing). Returns the number of free runs. */
+static unsigned check_chunk(tm_chunk_t *c) {
+    uint32_t p = 0, free_pages = 0;
+    unsigned nfree = 0;
+    bool prev_free = false;
+    while (p < TM_CHUNK_PAGES) {
+        tm_page_t *h = &c->pages[p];
+        assert_true(h->npages >= 1 && p + h->npages <= TM_CHUNK_PAGES);
+        bool is_free = h->kind == PAGE_FREE;
+        if (is_free) {
+            assert_false(prev_free);
+            nfree++;
+            free_pages += h->npages;
+            if (h->npages > 1) {
+                assert_int_equal(c->pages[p + h->npages - 1].kind, PAGE_FREE);
+                assert_int_equal(c->pages[p + h->npages - 1].npages, h->npages);
+            }
+        } else {
+            assert_true(h->kind == PAGE_LARGE || h->kind == PAGE_SLAB);
+        }
+        prev_free = is_free;
+        p += h->npages;
+    }
+    assert_int_equal(p, TM_CHUNK_PAGES);
+    assert_int_equal(free_pages, c->free_pages);
+    return nfree;
+}
+
+static void test_large_runs_coalesce(void **state) {
+    (void)state;
+    tm_init();
+    tm_arena_t *a = arena_get(tm_narenas - 1);
+    assert_non_null(a);
+    enum { N = 8 };
+    void *p[N];
+    for (int i = 0; i < N; i++) {
+        p[i] = arena_alloc_large(a, 64 * 1024, 0, false);
+        assert_non_null(p[i]);
+        memset(p[i], i, 64 * 1024);
+    }
+    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p[0]));
+    assert_non_null(c);
+    /* free every other run: the holes cannot merge */
+    for (int i = 0; i < N; i += 2) {
+        tm_chunk_t *ci = chunk_of_entry(pagemap_lookup((uintptr_t)p[i]));
+        arena_free_large(ci, (uint32_t)(((uintptr_t)p[i] - ci->base) >> TM_PAGE_SHIFT), p[i]);
+    }
+    pthread_mutex_lock(&a->lock);
+    unsigned holes = check_chunk(c);
+    pthread_mutex_unlock(&a->lock);
+    assert_true(holes >= N / 2);
+    /* the survivors are intact */
+    for (int i = 1; i < N; i += 2)
+        for (size_t j = 0; j < 64 * 1024; j += 4096) assert_int_equal(((unsigned char *)p[i])[j], i);
+    /* free the rest: everything merges back to one free run per chunk */
+    for (int i = 1; i < N; i += 2) {
+        tm_chunk_t *ci = chunk_of_entry(pagemap_lookup((uintptr_t)p[i]));
+        arena_free_large(ci, (uint32_t)(((uintptr_t)p[i] - ci->base) >> TM_PAGE_SHIFT), p[i]);
+    }
+    pthread_mutex_lock(&a->lock);
+    for (tm_chunk_t *it = a->chunks; it; it = it->next)
+        if (it->free_pages == TM_CHUNK_PAGES) assert_int_equal(check_chunk(it), 1);
+    pthread_mutex_unlock(&a->lock);
+}
+
+static void test_aligned_runs(void **state) {
+    (void)state;
+    tm_init();
+    tm_arena_t *a = arena_get(0);
+    for (size_t align = 8192; align <= (size_t)1 << 20; align <<= 1) {
+        void *p = arena_alloc_large(a, 40000, align, true);
+        assert_non_null(p);
+        assert_int_equal((uintptr_t)p % align, 0);
+        for (size_t j = 0; j < 40000; j++) assert_int_equal(((unsigned char *)p)[j], 0);
+        tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
+        arena_free_large(c, (uint32_t)(((uintptr_t)p - c->base) >> TM_PAGE_SHIFT), p);
+        pthread_mutex_lock(&a->lock);
+        check_chunk(c);
+        pthread_mutex_unlock(&a->lock);
+    }
+}
+
+static void test_resize_in_place(void **state) {
+    (void)state;
+    tm_init();
+    tm_arena_t *a = arena_get(0);
+    void *p = arena_alloc_large(a, 100 * 1024, 0, false);
+    assert_non_null(p);
+    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
+    uint32_t page = (uint32_t)(((uintptr_t)p - c->base) >> TM_PAGE_SHIFT);
+    assert_true(arena_large_resize_in_place(c, page, 40 * 1024));
+    assert_int_equal(arena_large_usable(c, page), 40 * 1024);
+    pthread_mutex_lock(&a->lock);
+    check_chunk(c);
+    pthread_mutex_unlock(&a->lock);
+    /* the pages just given back are free right after it: growing works */
+    assert_true(arena_large_resize_in_place(c, page, 90 * 1024));
+    assert_int_equal(arena_large_usable(c, page), 92 * 1024);
+    arena_free_large(c, page, p);
+}
+
+static void test_purge_unmaps_empty_chunks(void **state) {
+    (void)state;
+    tm_init();
+    tm_arena_t *a = arena_get(tm_narenas > 1 ? 1 : 0);
+    void *p[6];
+    for (int i = 0; i < 6; i++) { /* > 1 chunk's worth */
+        p[i] = arena_alloc_large(a, 1536 * 1024, 0, false);
+        assert_non_null(p[i]);
+        memset(p[i], 0xab, 1536 * 1024);
+    }
+    for (int i = 0; i < 6; i++) {
+        tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p[i]));
+        arena_free_large(c, (uint32_t)(((uintptr_t)p[i] - c->base) >> TM_PAGE_SHIFT), p[i]);
+    }
+    size_t released = arena_purge(a, true);
+    assert_true(released >= 6 * 1536 * 1024);
+    pthread_mutex_lock(&a->lock);
+    for (tm_chunk_t *it = a->chunks; it; it = it->next) {
+        assert_true(it->free_pages < TM_CHUNK_PAGES); /* no empty chunk kept */
+        check_chunk(it);
+    }
+    pthread_mutex_unlock(&a->lock);
+    /* an address in an unmapped chunk is no longer ours */
+    assert_int_equal(pagemap_lookup((uintptr_t)p[0]) & 1, 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_large_runs_coalesce),
+        cmocka_unit_test(test_aligned_runs),
+        cmocka_unit_test(test_resize_in_place),
+        cmocka_unit_test(test_purge_unmaps_empty_chunks),
+    };
+    return cmocka_run_group_tests_name("unit_runs", tests, NULL, NULL);
+}

@@ -1,0 +1,58 @@
+/*
+ * size_class.c (unit) -- the size-class table: every size maps to the
+ * smallest class that holds it, waste is bounded, slabs are sane.
+ */
+#include "test_cmocka.h"
+#include "internal.h"
+
+static void test_every_size_maps_to_smallest_fitting_class(void **state) {
+    (void)state;
+    tm_init();
+    for (size_t sz = 0; sz <= TM_SMALL_MAX; sz++) {
+        unsigned c = size_class_of(sz);
+        assert_true(c >= 1 && c <= TM_NCLASSES);
+        assert_true(tm_classes[c].size >= sz);
+        if (c > 1) assert_true(tm_classes[c - 1].size < sz || (sz == 0 && c == 1));
+    }
+    assert_int_equal(tm_classes[TM_NCLASSES].size, TM_SMALL_MAX);
+}
+
+static void test_waste_is_bounded(void **state) {
+    (void)state;
+    tm_init();
+    for (size_t sz = 129; sz <= TM_SMALL_MAX; sz++) {
+        unsigned c = size_class_of(sz);
+        /* rounding waste below 25% of the request */
+        assert_true((tm_classes[c].size - sz) * 4 < sz);
+    }
+    for (size_t sz = 1; sz <= 128; sz++) assert_true(tm_classes[size_class_of(sz)].size - sz < 16);
+}
+
+static void test_classes_sorted_aligned_and_slabs_sane(void **state) {
+    (void)state;
+    tm_init();
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+        const tm_class_t *k = &tm_classes[c];
+        assert_int_equal(k->size % 16, 0);
+        if (c > 1) assert_true(k->size > tm_classes[c - 1].size);
+        assert_true(k->nblocks >= 1 && k->nblocks <= TM_SLAB_MAX_BLOCKS);
+        size_t bytes = (size_t)k->slab_pages * TM_PAGE;
+        assert_true((size_t)k->nblocks * k->size <= bytes);
+        /* tail waste at most 1/16 of the slab */
+        assert_true((bytes - (size_t)k->nblocks * k->size) * 16 <= bytes);
+        /* the magic divides exactly for every offset in the slab */
+        for (uint64_t off = 0; off < bytes; off += 16) {
+            uint64_t q = (off * k->magic) >> 40;
+            assert_int_equal(q, off / k->size);
+        }
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_size_maps_to_smallest_fitting_class),
+        cmocka_unit_test(test_waste_is_bounded),
+        cmocka_unit_test(test_classes_sorted_aligned_and_slabs_sane),
+    };
+    return cmocka_run_group_tests_name("unit_size_class", tests, NULL, NULL);
+}
