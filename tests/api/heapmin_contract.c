@@ -1,0 +1,430 @@
+/*
+ * heapmin_contract.c -- what _heapmin() and its glibc cousins promise, as
+ * seen through the public API only:
+ *   - _heapmin() returns 0 and leaves errno alone, in every state of the
+ *     heap (first call, nothing to release, a spike to release, repeated);
+ *   - it really releases: the counters of trimalloc_stats_get() move, the
+ *     thread caches end empty, and the resident set shrinks;
+ *   - where the OS cannot release memory (madvise and munmap refused, here
+ *     with seccomp in a child process), it returns -1 with errno ENOSYS --
+ *     and a refused purge must not make calloc() trust memory that was
+ *     never zeroed;
+ *   - malloc_trim(0) returns 1 after a freed spike; mallinfo2() numbers are
+ *     plausible; malloc_stats() prints a report that names trimalloc.
+ * Threads (idle, exited, busy) are the stress tests' business
+ * (tests/stress/heapmin_*.c).
+ */
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+
+#include "test_cmocka.h"
+
+#define ERRNO_SENTINEL 12345
+
+/* _heapchk() comes with src/heap_crt.c; until it exists, the heap check
+ * after each step is skipped (a weak reference is NULL). */
+extern int TM_API(_heapchk)(void) __attribute__((weak));
+
+static void heap_ok(void)
+{
+    if (TM_API(_heapchk)) {
+        int rc = TM_API(_heapchk)();
+        if (rc != _HEAPOK)
+            fail_msg("_heapchk() = %d, expected _HEAPOK (%d)", rc, _HEAPOK);
+    }
+}
+
+/* _heapmin() with errno preset: returns 0, errno unchanged. */
+static void heapmin_ok(void)
+{
+    errno = ERRNO_SENTINEL;
+    int rc = TM_API(_heapmin)();
+    int e = errno;
+    if (rc != 0)
+        fail_msg("_heapmin() = %d (errno %d), expected 0", rc, e);
+    if (e != ERRNO_SENTINEL)
+        fail_msg("_heapmin() changed errno from %d to %d (%s)", ERRNO_SENTINEL, e, strerror(e));
+    heap_ok();
+}
+
+static trimalloc_stats_t stats(void)
+{
+    trimalloc_stats_t st;
+    memset(&st, 0xff, sizeof st);
+    assert_int_equal(TM_API(trimalloc_stats_get)(&st), 0);
+    return st;
+}
+
+/* A spike the main thread allocates and frees: n blocks of mixed sizes (small,
+ * large runs and huge mappings), every page written; returns its bytes. */
+#define SPIKE_MAX 4096
+static tu_block_t spike_blocks[SPIKE_MAX];
+
+static size_t spike_alloc(size_t total, uint64_t seed)
+{
+    tu_rng_t rng;
+    tu_rng_seed(&rng, seed);
+    size_t bytes = 0;
+    int n = 0;
+    while (bytes < total && n < SPIKE_MAX) {
+        size_t sz;
+        unsigned roll = (unsigned)(tu_rand(&rng) % 100);
+        if (roll < 60)
+            sz = tu_rand_range(&rng, 16, 4096);
+        else if (roll < 95)
+            sz = tu_rand_range(&rng, 33 * TU_KIB, 512 * TU_KIB);
+        else
+            sz = tu_rand_range(&rng, 3 * TU_MIB, 6 * TU_MIB);
+        spike_blocks[n] = tu_block_new(sz, 1, (uint64_t)n);
+        bytes += sz;
+        n++;
+    }
+    return bytes;
+}
+
+static void spike_free(void)
+{
+    for (int i = 0; i < SPIKE_MAX; i++)
+        tu_block_free(&spike_blocks[i]);
+}
+
+/* ---- _heapmin: return value and errno ---------------------------------------- */
+
+static void test_heapmin_returns_zero_errno_kept(void **state)
+{
+    (void)state;
+    heapmin_ok(); /* maybe the very first allocator call of the process */
+    heapmin_ok(); /* nothing to release */
+    void *p = TM_API(malloc)(100);
+    assert_non_null(p);
+    heapmin_ok(); /* a live block in the caller's own slab */
+    TM_API(free)(p);
+    heapmin_ok(); /* the caller's cache holds it */
+    spike_alloc(32 * TU_MIB, 1);
+    heapmin_ok(); /* everything live: nothing to release */
+    spike_free();
+    heapmin_ok(); /* a freed spike */
+    for (int i = 0; i < 20; i++)
+        heapmin_ok(); /* back to back */
+}
+
+/* errno is kept whatever value it had, including 0 and the values the
+ * calls inside _heapmin could set (ENOMEM, EINVAL, EAGAIN, ENOSYS). */
+static void test_heapmin_keeps_any_errno(void **state)
+{
+    (void)state;
+    static const int values[] = {0, ENOMEM, EINVAL, EAGAIN, ENOSYS, EPERM, INT_MAX};
+    for (size_t i = 0; i < TU_ARRAY_LEN(values); i++) {
+        spike_alloc(4 * TU_MIB, 10 + i);
+        spike_free();
+        errno = values[i];
+        int rc = TM_API(_heapmin)();
+        int e = errno;
+        assert_int_equal(rc, 0);
+        if (e != values[i])
+            fail_msg("_heapmin() changed errno from %d to %d", values[i], e);
+    }
+}
+
+/* ---- _heapmin releases, and says so in the statistics ------------------------- */
+
+static void test_heapmin_releases(void **state)
+{
+    (void)state;
+    heapmin_ok();
+    trimalloc_stats_t s0 = stats();
+    size_t rss0 = tu_rss_bytes();
+    size_t spike = spike_alloc(96 * TU_MIB, 2);
+    size_t rss_peak = tu_rss_bytes();
+    trimalloc_stats_t s1 = stats();
+    assert_true(s1.allocated >= s0.allocated + spike);
+    spike_free();
+    heapmin_ok();
+    trimalloc_stats_t s2 = stats();
+    size_t rss2 = tu_rss_bytes();
+
+    assert_int_equal(s2.heapmin_calls, s1.heapmin_calls + 1);
+    /* most of the spike was released, by this very call */
+    if (s2.heapmin_bytes_released - s1.heapmin_bytes_released < spike / 2)
+        fail_msg("the call released %zu bytes of a %zu-byte spike",
+                 (size_t)(s2.heapmin_bytes_released - s1.heapmin_bytes_released), spike);
+    assert_true(s2.released >= s1.released + spike / 2);
+    assert_int_equal(s2.tcache_bytes, 0); /* one thread, and it was the caller */
+    assert_true(s2.allocated <= s0.allocated + TU_MIB);
+    assert_true(s2.mapped < s1.mapped);
+    /* RSS: the spike was resident (every page written) and is gone; half
+     * of it is a margin no allocator bookkeeping comes near */
+    if (rss0 && rss_peak) {
+        print_message("rss: before %zu KiB, peak %zu KiB, after _heapmin %zu KiB\n", rss0 >> 10,
+                      rss_peak >> 10, rss2 >> 10);
+        assert_true(rss_peak >= rss0 + spike / 2);
+        if (rss2 > rss0 + spike / 4)
+            fail_msg("RSS after _heapmin %zu KiB, %zu KiB above the start (spike %zu KiB)",
+                     rss2 >> 10, (rss2 - rss0) >> 10, spike >> 10);
+    }
+}
+
+/* ---- malloc_trim, mallinfo2, malloc_stats -------------------------------------- */
+
+static void test_malloc_trim_after_spike(void **state)
+{
+    (void)state;
+    spike_alloc(32 * TU_MIB, 3);
+    spike_free();
+    int saved = errno = ERRNO_SENTINEL;
+    int rc = TM_API(malloc_trim)(0);
+    int e = errno;
+    assert_int_equal(rc, 1);
+    assert_int_equal(e, saved);
+    heap_ok();
+    /* pad is accepted and ignored */
+    spike_alloc(8 * TU_MIB, 4);
+    spike_free();
+    assert_int_equal(TM_API(malloc_trim)(1 << 20), 1);
+    rc = TM_API(malloc_trim)(0); /* little or nothing left: 0 or 1, never more */
+    assert_true(rc == 0 || rc == 1);
+}
+
+static void test_mallinfo2_plausible(void **state)
+{
+    (void)state;
+    heapmin_ok();
+    struct mallinfo2 m0 = TM_API(mallinfo2)();
+    size_t held = 0, huge = 0;
+    enum { N = 64 };
+    void *small[N], *large[N], *big[4];
+    for (int i = 0; i < N; i++) {
+        small[i] = TM_API(malloc)(200);
+        large[i] = TM_API(malloc)(100 * TU_KIB);
+        assert_non_null(small[i]);
+        assert_non_null(large[i]);
+        memset(large[i], 1, 100 * TU_KIB);
+        held += TM_API(malloc_usable_size)(small[i]) + TM_API(malloc_usable_size)(large[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        big[i] = TM_API(malloc)(5 * TU_MIB);
+        assert_non_null(big[i]);
+        huge += TM_API(malloc_usable_size)(big[i]);
+    }
+    held += huge;
+    struct mallinfo2 m1 = TM_API(mallinfo2)();
+    print_message("mallinfo2: arena %zu, hblkhd %zu, uordblks %zu, fordblks %zu, fsmblks %zu\n",
+                  m1.arena, m1.hblkhd, m1.uordblks, m1.fordblks, m1.fsmblks);
+    assert_true(m1.uordblks >= held);              /* every byte we hold, at least */
+    assert_true(m1.uordblks >= m0.uordblks + held - TU_MIB); /* ... and it grew by them */
+    assert_true(m1.hblkhd >= huge);                /* huge blocks are mapped chunks */
+    assert_true(m1.arena + m1.hblkhd >= m1.uordblks); /* what is held is mapped */
+    assert_true(m1.uordblks < (size_t)1 << 40);    /* no wrapped subtraction */
+    assert_true(m1.fordblks < (size_t)1 << 40);
+    for (int i = 0; i < N; i++) {
+        TM_API(free)(small[i]);
+        TM_API(free)(large[i]);
+    }
+    for (int i = 0; i < 4; i++)
+        TM_API(free)(big[i]);
+    heapmin_ok();
+    struct mallinfo2 m2 = TM_API(mallinfo2)();
+    assert_true(m2.uordblks + held - TU_MIB <= m1.uordblks);
+    assert_int_equal(m2.fsmblks, 0); /* thread-cache bytes: drained */
+    assert_true(m2.hblkhd + huge <= m1.hblkhd); /* the huge mappings went back */
+}
+
+/* Run fn with fd 2 redirected to a temporary file; returns what it wrote. */
+static size_t capture_stderr(void (*fn)(void), char *out, size_t cap)
+{
+    char path[] = "/tmp/tm_heapmin_contract_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    unlink(path);
+    fflush(stderr);
+    int saved = dup(2);
+    assert_true(saved >= 0);
+    assert_true(dup2(fd, 2) == 2);
+    fn();
+    fflush(stderr);
+    assert_true(dup2(saved, 2) == 2);
+    close(saved);
+    off_t len = lseek(fd, 0, SEEK_END);
+    assert_true(len >= 0);
+    size_t n = (size_t)len < cap - 1 ? (size_t)len : cap - 1;
+    assert_true(pread(fd, out, n, 0) == (ssize_t)n);
+    out[n] = '\0';
+    close(fd);
+    return n;
+}
+
+static void call_malloc_stats(void)
+{
+    TM_API(malloc_stats)();
+}
+
+static void test_malloc_stats_prints(void **state)
+{
+    (void)state;
+    void *p = TM_API(malloc)(1000);
+    assert_non_null(p);
+    static char buf[16384];
+    size_t n = capture_stderr(call_malloc_stats, buf, sizeof buf);
+    TM_API(free)(p);
+    assert_true(n > 0);
+    if (!strstr(buf, "trimalloc"))
+        fail_msg("malloc_stats() output does not mention trimalloc:\n%s", buf);
+    if (!strstr(buf, "_heapmin"))
+        fail_msg("malloc_stats() output does not report _heapmin:\n%s", buf);
+}
+
+/* ---- when the OS refuses ---------------------------------------------------------
+ * A child process forbids itself madvise and munmap (seccomp, errno ENOSYS),
+ * frees a spike and calls _heapmin. Nothing can be given back, so the
+ * contract says -1 with errno ENOSYS. The child reports through its exit
+ * status: 0 pass, 10+ a numbered check failed (see the messages below);
+ * 77 seccomp is unavailable here (the test is skipped). */
+
+#if defined(__x86_64__)
+#define TU_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define TU_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+#if defined(TU_AUDIT_ARCH) && !TU_ASAN && !TU_TSAN
+#define HAVE_REFUSE 1
+/* madvise and munmap fail with ENOSYS; every other call is allowed. */
+static int refuse_release(void)
+{
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TU_AUDIT_ARCH, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_madvise, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_munmap, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+    };
+    struct sock_fprog prog = {.len = (unsigned short)TU_ARRAY_LEN(f), .filter = f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return -1;
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+}
+
+/* Fork, run body in the child (exit status = its return), and return the
+ * status; skips the test when the child says seccomp is unavailable. */
+static int in_refusing_child(int (*body)(void))
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (refuse_release() != 0)
+            _exit(77);
+        _exit(body());
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status))
+        fail_msg("child died with signal %d", WIFSIGNALED(status) ? WTERMSIG(status) : -1);
+    if (WEXITSTATUS(status) == 77)
+        skip();
+    return WEXITSTATUS(status);
+}
+
+static int child_enosys(void)
+{
+    /* a spike of large runs and huge mappings, beside a block that keeps
+     * the first chunk in use */
+    void *keep = TM_API(malloc)(64 * TU_KIB);
+    void *b[64];
+    for (int i = 0; i < 64; i++) {
+        b[i] = TM_API(malloc)(i % 8 ? 256 * TU_KIB : 3 * TU_MIB);
+        if (!b[i])
+            return 10;
+        memset(b[i], 0xab, i % 8 ? 256 * TU_KIB : 3 * TU_MIB);
+    }
+    for (int i = 0; i < 64; i++)
+        TM_API(free)(b[i]);
+    errno = ERRNO_SENTINEL;
+    int rc = TM_API(_heapmin)();
+    int e = errno;
+    TM_API(free)(keep);
+    if (rc != -1)
+        return 11; /* returned something other than -1 */
+    if (e != ENOSYS)
+        return 12; /* errno is not ENOSYS */
+    return 0;
+}
+
+static void test_heapmin_enosys_when_os_refuses(void **state)
+{
+    (void)state;
+    int st = in_refusing_child(child_enosys);
+    if (st == 11)
+        fail_msg("_heapmin() returned 0 although madvise and munmap failed with ENOSYS "
+                 "(contract: -1, errno ENOSYS, where the OS cannot release memory)");
+    if (st == 12)
+        fail_msg("_heapmin() returned -1 but errno is not ENOSYS");
+    assert_int_equal(st, 0);
+}
+
+/* A purge the kernel refused leaves the pages as they were: calloc() must
+ * not take them for zeroed afterwards. */
+static int child_calloc_after_refused_purge(void)
+{
+    enum { N = 48 };
+    size_t sz = 200 * TU_KIB; /* a large run, inside a chunk */
+    void *keep = TM_API(malloc)(sz); /* keeps the chunk from being empty */
+    void *b[N];
+    for (int i = 0; i < N; i++) {
+        b[i] = TM_API(malloc)(sz);
+        if (!b[i])
+            return 10;
+        memset(b[i], 0xab, sz);
+    }
+    for (int i = 0; i < N; i++)
+        TM_API(free)(b[i]);
+    (void)TM_API(_heapmin)(); /* every madvise fails */
+    for (int i = 0; i < N; i++) {
+        b[i] = TM_API(calloc)(1, sz);
+        if (!b[i])
+            return 10;
+        if (tu_find_not_byte(b[i], sz, 0) != (size_t)-1)
+            return 13;
+    }
+    for (int i = 0; i < N; i++)
+        TM_API(free)(b[i]);
+    TM_API(free)(keep);
+    return 0;
+}
+
+static void test_calloc_zero_after_refused_purge(void **state)
+{
+    (void)state;
+    int st = in_refusing_child(child_calloc_after_refused_purge);
+    if (st == 13)
+        fail_msg("calloc() returned non-zero bytes after _heapmin's madvise failed: the "
+                 "purge marks runs zeroed whether or not madvise succeeded");
+    assert_int_equal(st, 0);
+}
+#endif /* HAVE_REFUSE */
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_heapmin_returns_zero_errno_kept),
+        cmocka_unit_test(test_heapmin_keeps_any_errno),
+        cmocka_unit_test(test_heapmin_releases),
+        cmocka_unit_test(test_malloc_trim_after_spike),
+        cmocka_unit_test(test_mallinfo2_plausible),
+        cmocka_unit_test(test_malloc_stats_prints),
+#ifdef HAVE_REFUSE
+        cmocka_unit_test(test_heapmin_enosys_when_os_refuses),
+        cmocka_unit_test(test_calloc_zero_after_refused_purge),
+#endif
+    };
+    return cmocka_run_group_tests_name("api_heapmin_contract (" TU_FLAVOUR ")", tests, NULL,
+                                       NULL);
+}
