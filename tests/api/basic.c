@@ -184,7 +184,8 @@ static void test_free_sized(void **state)
     tu_rng_seed(&rng, 42);
     for (int i = 0; i < N; i++)
         live[i] = tu_block_new(tu_rand_size(&rng, 4 * TU_MIB, 10), 0, (uint64_t)i);
-    for (int round = 0; round < 20000; round++) {
+    long rounds = tu_scaled(20000, 2000);
+    for (long round = 0; round < rounds; round++) {
         int i = (int)(tu_rand(&rng) % N);
         tu_block_t *b = &live[i];
         tu_block_check(b);
@@ -233,7 +234,8 @@ static void test_free_aligned_sized(void **state)
     tu_block_t keep[64];
     for (int i = 0; i < 64; i++)
         keep[i] = tu_block_new(tu_rand_size(&rng, TU_MIB, 20), 1, (uint64_t)i);
-    for (int round = 0; round < 20; round++) {
+    long rounds = tu_scaled(20, 2);
+    for (long round = 0; round < rounds; round++) {
         for (size_t align = 16; align <= TU_MIB; align *= 2) {
             size_t sizes[] = {1, align / 2 + 1, align, align + 16, 3 * align + 5};
             void *ps[TU_ARRAY_LEN(sizes)];

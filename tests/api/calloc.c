@@ -166,18 +166,20 @@ static void test_calloc_after_heapmin(void **state)
 {
     (void)state;
     static const size_t sizes[] = {64, 4000, 100 * TU_KIB, TU_MIB, 8 * TU_MIB};
+    long reps = tu_scaled(3, 1);
     for (size_t k = 0; k < TU_ARRAY_LEN(sizes); k++) {
-        for (int rep = 0; rep < 3; rep++) {
+        int count = sizes[k] >= TU_MIB ? 4 : 16;
+        for (long rep = 0; rep < reps; rep++) {
             void *ps[16];
-            for (int i = 0; i < 16; i++) {
+            for (int i = 0; i < count; i++) {
                 ps[i] = TM_API(malloc)(sizes[k]);
                 assert_non_null(ps[i]);
                 memset(ps[i], 0xaa, TM_API(malloc_usable_size)(ps[i]));
             }
-            for (int i = 0; i < 16; i++)
+            for (int i = 0; i < count; i++)
                 TM_API(free)(ps[i]);
             assert_int_equal(TM_API(_heapmin)(), 0);
-            for (int i = 0; i < 16; i++) {
+            for (int i = 0; i < count; i++) {
                 unsigned char *p = TM_API(calloc)(1, sizes[k]);
                 assert_aligned(p, 16);
                 size_t bad = tu_find_not_byte(p, sizes[k], 0);
@@ -186,7 +188,7 @@ static void test_calloc_after_heapmin(void **state)
                              p[bad]);
                 ps[i] = p;
             }
-            for (int i = 0; i < 16; i++) {
+            for (int i = 0; i < count; i++) {
                 memset(ps[i], 0xaa, sizes[k]);
                 TM_API(free)(ps[i]);
             }

@@ -35,9 +35,11 @@ static void test_heapmin_live_blocks(void **state)
     static tu_block_t b[N];
     tu_rng_t rng;
     tu_rng_seed(&rng, 77);
-    for (int round = 0; round < 5; round++) {
+    size_t huge = TU_TSAN || TU_ASAN ? 4 * TU_MIB : 16 * TU_MIB;
+    long rounds = tu_scaled(5, 1);
+    for (long round = 0; round < rounds; round++) {
         for (int i = 0; i < N; i++)
-            b[i] = tu_block_new(tu_rand_size(&rng, 16 * TU_MIB, 10), 0, (uint64_t)i);
+            b[i] = tu_block_new(tu_rand_size(&rng, huge, 10), 0, (uint64_t)i);
         /* free every other block: leaves holes in slabs and runs */
         for (int i = 0; i < N; i += 2)
             tu_block_free(&b[i]);
@@ -46,7 +48,7 @@ static void test_heapmin_live_blocks(void **state)
             tu_block_check(&b[i]);
         /* refill the holes, then check everything again */
         for (int i = 0; i < N; i += 2)
-            b[i] = tu_block_new(tu_rand_size(&rng, 16 * TU_MIB, 10), 0, (uint64_t)(N + i));
+            b[i] = tu_block_new(tu_rand_size(&rng, huge, 10), 0, (uint64_t)(N + i));
         heapmin_checked();
         for (int i = 0; i < N; i++)
             tu_block_free(&b[i]);

@@ -1,8 +1,10 @@
 /*
  * fork.c -- fork() while other threads are busy in the allocator.
  *
- * HAMMERS threads allocate, fill, verify, realloc and free without pause;
- * the main thread forks again and again in the middle of that. A fork can
+ * HAMMERS threads allocate, fill, verify, realloc and free in bursts of
+ * BURST steps; the main thread forks in the middle of each burst, again and
+ * again. (Bursts keep the hammers from starving the children of CPU on a
+ * small machine; at each fork they are running flat out.) A fork can
  * land while any allocator lock is held, so the child only works if the
  * allocator's fork handlers leave its state consistent and unlocked. Each
  * child:
@@ -11,7 +13,9 @@
  *     exist in the child);
  *   - runs malloc/calloc/realloc/free/posix_memalign of small, large and
  *     huge sizes, checking contents and calloc's zeroes;
- *   - starts threads of its own that allocate and free each other's blocks;
+ *   - starts threads of its own that allocate and free each other's blocks
+ *     (not under TSan, which cannot follow threads started after a
+ *     multi-threaded fork: it reuses the dead parent threads' ids and dies);
  *   - forks once more (a grandchild doing a little of the same);
  * and exits 0, or aborts with a message on the first problem. The parent
  * asserts every child's exit status.
@@ -21,25 +25,42 @@
 
 #include "test_cmocka.h"
 
-#if TU_TSAN
-/* TSan by default kills a child that starts threads after a multi-threaded
- * fork; starting threads there is exactly what this test checks. */
-const char *__tsan_default_options(void);
-const char *__tsan_default_options(void)
-{
-    return "die_after_fork=0";
-}
-#endif
-
 enum {
     HAMMERS = 4,
     HAMMER_HELD = 64,
     PUBLISHED = 16, /* blocks each hammer keeps in its published set */
     MAIN_HELD = 64,
     CHILD_THREADS = 4,
+    BURST = 2000, /* steps per hammer between forks */
 };
 
-static atomic_int stop_hammers;
+/* Hammers run until their step count reaches `target`, then wait for the
+ * main thread to raise it (or to set stop). */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    atomic_long target;
+    atomic_int stop;
+} gate = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+static void gate_wait(long steps)
+{
+    if (steps < atomic_load(&gate.target))
+        return;
+    tu_lock(&gate.lock);
+    while (steps >= atomic_load(&gate.target) && !atomic_load(&gate.stop))
+        pthread_cond_wait(&gate.cond, &gate.lock);
+    tu_unlock(&gate.lock);
+}
+
+static void gate_open(long target, int stop)
+{
+    tu_lock(&gate.lock);
+    atomic_store(&gate.target, target);
+    atomic_store(&gate.stop, stop);
+    pthread_cond_broadcast(&gate.cond);
+    tu_unlock(&gate.lock);
+}
 
 /* A hammer thread's published blocks: complete (filled) whenever the lock
  * is free, so a child that can take the lock may check and free them. */
@@ -61,7 +82,8 @@ static void *hammer_main(void *arg)
     tu_rng_seed(&rng, 0xf0 + (uint64_t)h->id);
     uint64_t seq = 0;
     size_t huge_max = TU_TSAN ? 512 * TU_KIB : 4 * TU_MIB;
-    while (!atomic_load_explicit(&stop_hammers, memory_order_relaxed)) {
+    for (long step = 0; !atomic_load(&gate.stop); step++) {
+        gate_wait(step);
         tu_block_t *b = &held[tu_rand(&rng) % HAMMER_HELD];
         if (b->p == NULL) {
             *b = tu_block_new(tu_rand_size(&rng, huge_max, 5), (uint64_t)h->id, ++seq);
@@ -105,7 +127,7 @@ static void *child_thread(void *arg)
     struct child_shared *cs = arg;
     tu_rng_t rng;
     tu_rng_seed(&rng, (uint64_t)(uintptr_t)&rng);
-    for (int i = 0; i < 2000; i++) {
+    for (int i = 0; i < 1000; i++) {
         tu_block_t b = tu_block_new(tu_rand_size(&rng, 2 * TU_MIB, 5), 77, (uint64_t)i);
         /* swap with the shared table: frees blocks of the other threads */
         size_t j = (size_t)(tu_rand(&rng) % 64);
@@ -159,7 +181,7 @@ static void child_work(tu_block_t *main_held, int nested)
     }
 
     /* 4. threads of the child's own, freeing each other's blocks */
-    int nthreads = nested ? 2 : CHILD_THREADS;
+    int nthreads = TU_TSAN ? 0 : nested ? 2 : CHILD_THREADS;
     struct child_shared *cs = TM_API(calloc)(1, sizeof *cs);
     TU_CHECK(cs != NULL, "calloc in child");
     pthread_mutex_init(&cs->lock, NULL);
@@ -199,7 +221,7 @@ static void test_fork_while_allocating(void **state)
 {
     (void)state;
     pthread_t ts[HAMMERS];
-    atomic_store(&stop_hammers, 0);
+    gate_open(0, 0);
     for (int i = 0; i < HAMMERS; i++) {
         hammers[i].id = i + 1;
         pthread_mutex_init(&hammers[i].lock, NULL);
@@ -214,11 +236,12 @@ static void test_fork_while_allocating(void **state)
     for (int i = 0; i < MAIN_HELD; i++)
         held[i] = tu_block_new(tu_rand_size(&rng, 2 * TU_MIB, 20), 0, (uint64_t)i);
 
-    long forks = tu_scaled(40, 6);
+    long forks = tu_scaled(24, 5);
     for (long f = 0; f < forks; f++) {
-        /* let the hammers get going again between forks */
-        long before = atomic_load(&hammers[0].steps);
-        while (atomic_load(&hammers[0].steps) < before + 200)
+        /* start a burst and fork once the first hammer is halfway through */
+        long target = (f + 1) * BURST;
+        gate_open(target, 0);
+        while (atomic_load(&hammers[0].steps) < target - BURST / 2)
             sched_yield();
         /* and churn a little on this thread too */
         for (int k = 0; k < 8; k++) {
@@ -240,7 +263,7 @@ static void test_fork_while_allocating(void **state)
                      WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
     }
 
-    atomic_store(&stop_hammers, 1);
+    gate_open(0, 1);
     for (int i = 0; i < HAMMERS; i++) {
         tu_thread_join(ts[i]);
         for (int j = 0; j < PUBLISHED; j++)

@@ -1,18 +1,21 @@
 /*
- * threads.c -- many threads allocating, resizing, swapping and freeing
+ * threads.c -- many threads allocating, resizing, passing on and freeing
  * blocks, with every byte checked.
  *
  * NTHREADS workers each keep a table of blocks. Each step picks a slot and
- * allocates into it (malloc, calloc, an aligned allocator or realloc(NULL)),
- * frees it (free or free_sized), reallocs it, or swaps it with a slot of a
- * shared exchange table, so a good fraction of blocks are freed or resized
- * by a thread other than the one that allocated them. Sizes run from 1 B to
- * a few MiB: mostly small, some large, a few huge.
+ * allocates into it (malloc, calloc, an aligned allocator or realloc(NULL))
+ * or takes a block from its inbox, frees it (free or free_sized), reallocs
+ * it, or posts it to another thread's inbox. Inboxes are the shared exchange
+ * (a mutex each): whatever a thread takes from its inbox was held by another
+ * thread, so a good fraction of blocks are freed or resized by a thread
+ * other than the one that allocated them, however the threads happen to be
+ * scheduled. Sizes run from 1 B to a few MiB: mostly small, some large, a
+ * few huge.
  *
  * Every block is filled with a pattern seeded from (pointer, thread,
  * sequence); it is verified byte for byte before every free and realloc,
  * when it changes hands, every VERIFY_EVERY steps for the whole table, and
- * at the end for everything any thread or the exchange still holds.
+ * at the end for everything any thread or inbox still holds.
  */
 #include <stdatomic.h>
 
@@ -21,7 +24,7 @@
 enum {
     NTHREADS = 8,
     HELD = 192,        /* slots per thread */
-    XCHG = 256,        /* slots in the exchange table */
+    INBOX = 32,        /* blocks an inbox holds */
     VERIFY_EVERY = 4096,
 };
 
@@ -31,10 +34,12 @@ typedef struct sblock {
     int owner;
 } sblock_t;
 
-static struct {
+/* Blocks posted to a thread by the others; inbox[i] belongs to worker i+1. */
+static struct inbox {
     pthread_mutex_t lock;
-    sblock_t slot[XCHG];
-} xchg = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    int len;
+    sblock_t slot[INBOX];
+} inbox[NTHREADS];
 
 static pthread_barrier_t start_barrier;
 static size_t huge_max; /* largest size drawn */
@@ -43,8 +48,47 @@ struct worker {
     int id;
     long steps;
     /* results, read by main after join */
-    long frees, foreign_frees, reallocs, foreign_reallocs, swaps;
+    long frees, foreign_frees, reallocs, foreign_reallocs, posted, taken;
 };
+
+/* Post *s to worker `to`'s inbox. If the inbox is full, *s is swapped with
+ * a random block in it, preferably one allocated by another thread than
+ * `me`, so blocks keep crossing threads even while `to` is not scheduled;
+ * returns 1 if *s now holds that block, 0 if *s was emptied. */
+static int inbox_post(int me, int to, sblock_t *s, tu_rng_t *rng)
+{
+    struct inbox *in = &inbox[to - 1];
+    int swapped = 0;
+    tu_lock(&in->lock);
+    if (in->len < INBOX) {
+        in->slot[in->len++] = *s;
+        s->b.p = NULL;
+    } else {
+        size_t j = (size_t)(tu_rand(rng) % INBOX);
+        for (int tries = 0; tries < 8 && in->slot[j].owner == me; tries++)
+            j = (size_t)(tu_rand(rng) % INBOX);
+        sblock_t t = in->slot[j];
+        in->slot[j] = *s;
+        *s = t;
+        swapped = 1;
+    }
+    tu_unlock(&in->lock);
+    return swapped;
+}
+
+/* Take the newest block from worker `id`'s inbox; false if it is empty. */
+static int inbox_take(int id, sblock_t *s)
+{
+    struct inbox *in = &inbox[id - 1];
+    int ok = 0;
+    tu_lock(&in->lock);
+    if (in->len > 0) {
+        *s = in->slot[--in->len];
+        ok = 1;
+    }
+    tu_unlock(&in->lock);
+    return ok;
+}
 
 static int is_pow2(size_t x)
 {
@@ -103,7 +147,12 @@ static void *worker_main(void *arg)
     for (long step = 0; step < w->steps; step++) {
         sblock_t *s = &held[tu_rand(&rng) % HELD];
         if (s->b.p == NULL) {
-            *s = new_block(&rng, w->id, ++seq);
+            if (tu_chance(&rng, 50) && inbox_take(w->id, s)) {
+                tu_block_check(&s->b); /* it arrived intact */
+                w->taken++;
+            } else {
+                *s = new_block(&rng, w->id, ++seq);
+            }
             continue;
         }
         unsigned action = (unsigned)(tu_rand(&rng) % 100);
@@ -132,16 +181,14 @@ static void *worker_main(void *arg)
             w->foreign_reallocs += s->owner != w->id;
             s->b.p = q;
             s->b.size = m;
-        } else if (action < 80) { /* swap with the exchange table */
-            size_t j = (size_t)(tu_rand(&rng) % XCHG);
-            tu_lock(&xchg.lock);
-            sblock_t theirs = xchg.slot[j];
-            xchg.slot[j] = *s;
-            tu_unlock(&xchg.lock);
-            *s = theirs;
-            if (s->b.p)
-                tu_block_check(&s->b); /* it arrived intact */
-            w->swaps++;
+        } else if (action < 75) { /* post it to another thread */
+            int to = 1 + (int)((unsigned)(w->id + tu_rand(&rng) % (NTHREADS - 1)) % NTHREADS);
+            tu_block_check(&s->b);
+            w->posted++;
+            if (inbox_post(w->id, to, s, &rng)) {
+                tu_block_check(&s->b); /* what we got in exchange arrived intact */
+                w->taken++;
+            }
         } else if (action < 85) { /* look at it */
             tu_block_check(&s->b);
         }
@@ -171,36 +218,48 @@ static void run_stress(size_t max_size, long steps)
     huge_max = max_size;
     assert_int_equal(pthread_barrier_init(&start_barrier, NULL, NTHREADS), 0);
     for (int i = 0; i < NTHREADS; i++) {
+        pthread_mutex_init(&inbox[i].lock, NULL);
+        inbox[i].len = 0;
+    }
+    for (int i = 0; i < NTHREADS; i++) {
         memset(&ws[i], 0, sizeof ws[i]);
         ws[i].id = i + 1;
         ws[i].steps = steps;
         tu_thread_create(&ts[i], worker_main, &ws[i]);
     }
-    long frees = 0, foreign = 0, reallocs = 0, foreign_re = 0, swaps = 0;
+    long frees = 0, foreign = 0, reallocs = 0, foreign_re = 0, posted = 0, taken = 0;
     for (int i = 0; i < NTHREADS; i++) {
         tu_thread_join(ts[i]);
         frees += ws[i].frees;
         foreign += ws[i].foreign_frees;
         reallocs += ws[i].reallocs;
         foreign_re += ws[i].foreign_reallocs;
-        swaps += ws[i].swaps;
+        posted += ws[i].posted;
+        taken += ws[i].taken;
     }
     pthread_barrier_destroy(&start_barrier);
 
-    /* What is left in the exchange belongs to no thread: verify and free. */
+    /* What is left in the inboxes outlived its threads: verify and free. */
     long left = 0;
-    for (int j = 0; j < XCHG; j++) {
-        if (xchg.slot[j].b.p) {
+    for (int i = 0; i < NTHREADS; i++) {
+        for (int j = 0; j < inbox[i].len; j++) {
             left++;
-            tu_block_free(&xchg.slot[j].b);
+            tu_block_free(&inbox[i].slot[j].b);
         }
+        inbox[i].len = 0;
+        pthread_mutex_destroy(&inbox[i].lock);
     }
     print_message("max size %zu, %d threads x %ld steps: %ld frees (%ld by another thread), "
-                  "%ld reallocs (%ld of another thread's block), %ld swaps, %ld left in "
-                  "exchange\n",
-                  max_size, NTHREADS, steps, frees, foreign, reallocs, foreign_re, swaps, left);
-    /* The test is only worth its name if blocks really cross threads. */
-    assert_true(foreign * 10 >= frees);
+                  "%ld reallocs (%ld of another thread's block), %ld posted, %ld taken, "
+                  "%ld left in inboxes\n",
+                  max_size, NTHREADS, steps, frees, foreign, reallocs, foreign_re, posted, taken,
+                  left);
+    /* The test is only worth its name if blocks really cross threads: every
+     * block taken from an inbox was posted by another thread, so unless the
+     * inboxes barely moved, plenty of frees are foreign. */
+    assert_int_equal(posted, taken + left);
+    assert_true(taken * 20 >= frees);
+    assert_true(foreign * 20 >= frees);
     assert_true(foreign_re > 0);
 }
 
