@@ -5,6 +5,8 @@
 #   BENCH_ALLOCS      the names found, in a fixed order (trimalloc first)
 #   BENCH_LIB[name]   the .so to LD_PRELOAD ("" for glibc: no preload)
 #   BENCH_SKIPPED     notes on the allocators that were not found
+# trimalloc is measured from a copy taken here (BENCH_TM_ORIG, BENCH_TM_MTIME,
+# BENCH_TM_SHA describe the original); BENCH_SNAPSHOT=0 uses it in place.
 # Environment overrides: TRIMALLOC_LIB (default <repo>/build/libtrimalloc.so),
 # BENCH_ALLOCATORS (e.g. "trimalloc glibc" to run only those).
 # shellcheck shell=bash
@@ -48,6 +50,17 @@ bench_find_allocators() {
         trimalloc)
             lib=${TRIMALLOC_LIB:-$REPO_DIR/build/libtrimalloc.so}
             if [ -e "$lib" ]; then
+                # Measure a private copy: build/ may be rebuilt while a long
+                # run is going, and every run of one suite must use one library.
+                BENCH_TM_ORIG=$lib
+                BENCH_TM_MTIME=$(date -u -r "$(readlink -f "$lib")" +%Y-%m-%dT%H:%M:%SZ)
+                BENCH_TM_SHA=$(sha256sum "$lib" | cut -c1-16)
+                if [ "${BENCH_SNAPSHOT:-1}" = 1 ]; then
+                    BENCH_SNAPDIR=$BENCH_BUILD/snapshot.$$
+                    mkdir -p "$BENCH_SNAPDIR"
+                    cp -L "$lib" "$BENCH_SNAPDIR/libtrimalloc.so"
+                    lib=$BENCH_SNAPDIR/libtrimalloc.so
+                fi
                 BENCH_LIB[$a]=$lib
                 BENCH_ALLOCS+=("$a")
             else
@@ -71,6 +84,11 @@ bench_find_allocators() {
             BENCH_SKIPPED+=("$a: shared library not found (install its Debian package)")
         fi
     done
+}
+
+# Remove this script's copy of the trimalloc library (call from an EXIT trap).
+bench_cleanup() {
+    if [ -n "${BENCH_SNAPDIR:-}" ]; then rm -rf "$BENCH_SNAPDIR"; fi
 }
 
 # Build the bench programs (standalone, into $BENCH_BUILD); quiet unless it fails.

@@ -42,7 +42,7 @@ for note in "${BENCH_SKIPPED[@]}"; do echo "note: skipped $note" >&2; done
 
 PROG=$BENCH_BUILD/callgrind_pair
 TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+trap 'rm -rf "$TMP"; bench_cleanup' EXIT
 
 # One callgrind run: writes $TMP/<alloc>.<variant>.<n>.{ir,who}
 one_run() {

@@ -75,6 +75,7 @@ THREADS=$(echo "$THREADS" | tr ' ' '\n' | awk 'NF && !seen[$1]++' | tr '\n' ' ')
 command -v python3 >/dev/null || { echo "run.sh: python3 is needed for the summary" >&2; exit 1; }
 bench_build_programs
 bench_find_allocators
+trap bench_cleanup EXIT
 for note in "${BENCH_SKIPPED[@]}"; do echo "note: skipped $note" >&2; done
 [ ${#BENCH_ALLOCS[@]} -gt 0 ] || { echo "run.sh: no allocator to measure" >&2; exit 1; }
 
@@ -87,6 +88,7 @@ rm -f "$SERIES"/*.csv
 {
     echo "meta args=\"$ARGS\" reps=$REPS quick=$QUICK scale=$SCALE threads=\"$THREADS\" spike_mib=$SPIKE_MIB nproc=$NPROC date=$(date -u +%Y-%m-%dT%H:%M:%SZ) load_start=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
     for a in "${BENCH_ALLOCS[@]}"; do echo "lib alloc=$a path=${BENCH_LIB[$a]:-none}"; done
+    if [ -n "${BENCH_TM_ORIG:-}" ]; then echo "tmlib orig=$BENCH_TM_ORIG mtime=$BENCH_TM_MTIME sha256=$BENCH_TM_SHA head=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"; fi
     for note in "${BENCH_SKIPPED[@]}"; do echo "skipped note=\"$note\""; done
 } >>"$RAW"
 
@@ -171,6 +173,9 @@ if [ $DO_CALLGRIND = 1 ]; then
     if command -v valgrind >/dev/null; then
         echo "callgrind: instructions per pair ..." >&2
         # shellcheck disable=SC2086
+        # the same trimalloc copy as the timed runs
+        TRIMALLOC_LIB=${BENCH_LIB[trimalloc]:-${TRIMALLOC_LIB:-$REPO_DIR/build/libtrimalloc.so}} \
+        BENCH_SNAPSHOT=0 BENCH_ALLOCATORS="${BENCH_ALLOCS[*]}" \
         "$BENCH_DIR/callgrind.sh" $CG_OPTS --csv "$RESULTS/callgrind.csv" \
             --md "$RESULTS/callgrind.md" >/dev/null || echo "note: callgrind.sh failed" >&2
     else

@@ -56,6 +56,8 @@ def parse_raw(path):
                 meta.update(kv)
             elif words and words[0] == "end":
                 meta.update(kv)
+            elif words and words[0] == "tmlib":
+                meta.update({"tm_" + k: v for k, v in kv.items()})
             elif words and words[0] == "lib":
                 libs[kv["alloc"]] = kv["path"]
             elif words and words[0] == "skipped":
@@ -101,15 +103,22 @@ def sh(cmd):
         return ""
 
 
-def versions(allocs):
+def versions(allocs, libs, meta):
     v = {}
     pk = {"jemalloc": "libjemalloc2", "tcmalloc": "libgoogle-perftools4 libtcmalloc-minimal4",
           "mimalloc": "libmimalloc2.0", "glibc": "libc6"}
     for a in allocs:
-        if a == "trimalloc":
+        if a == "trimalloc" and meta.get("tm_sha256"):
+            v[a] = (f"`{meta.get('tm_orig')}` built {meta.get('tm_mtime')} (sha256 {meta.get('tm_sha256')}...), "
+                    f"repo HEAD {meta.get('tm_head')} at the start of the run; measured from a copy")
+        elif a == "trimalloc":
             rev = sh("git -C '%s' rev-parse --short HEAD" % os.path.dirname(os.path.abspath(__file__)))
             dirty = sh("git -C '%s' status --porcelain -- src include" % os.path.dirname(os.path.abspath(__file__)))
-            v[a] = "git " + (rev or "?") + (" + uncommitted src changes" if dirty else "")
+            v[a] = "repo HEAD " + (rev or "?") + (" + uncommitted src changes" if dirty else "")
+            lib = libs.get(a)
+            if lib and os.path.exists(lib):
+                import time
+                v[a] += time.strftime("; library built %Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(lib)))
         elif a in pk:
             for p in pk[a].split():
                 out = sh("dpkg-query -W -f '${Version}' %s 2>/dev/null" % p)
@@ -349,7 +358,7 @@ def md_table(header, rows, align=None):
 def report(d, rows, spike, imgs, doc_path):
     L = []
     meta = d.meta
-    vers = versions(d.allocs)
+    vers = versions(d.allocs, d.libs, meta)
     reps = meta.get("reps", "?")
     L.append("# trimalloc benchmarks\n")
     cmd = ("bench/run.sh " + meta.get("args", "")).strip()
