@@ -1,0 +1,837 @@
+/*
+ * heap_crt.c -- Microsoft's CRT heap family on trimalloc:
+ *   _heapchk, _heapset   a full consistency check of every arena, chunk,
+ *                        run, slab and huge block (_heapset then fills
+ *                        free memory with a byte);
+ *   _heapwalk            every block, free or used, in address order;
+ *   _heapadd             unsupported (-1, ENOSYS), as in today's CRT;
+ *   _msize, _expand, _recalloc;
+ *   _aligned_*           the (offset-)aligned family, on one header scheme.
+ * docs/crt.md gives the return codes, the behaviour while other threads
+ * allocate, and where we differ from Microsoft.
+ *
+ * Locks. _heapchk, _heapset and every _heapwalk call hold the trim lock
+ * (heapmin_lock, the lowest rank) from start to end. That keeps _heapmin
+ * out, and with it the only code that takes free runs out of the index
+ * while it drops the arena lock (the purge marks them PAGE_UNUSED) and the
+ * only code that unmaps chunks: so every chunk we meet stays mapped and
+ * every run is in a settled state whenever we hold its arena's lock. Arena
+ * locks are then taken one at a time, never two at once, and the huge lock
+ * after them; pagemap reads take no lock.
+ *
+ * What the checker calls what (the first damage found is returned):
+ *   _HEAPBADBEGIN  an arena's own header disagrees with what it heads: its
+ *                  chunk list or count, its free-run index bitmap, a bin's
+ *                  partial list or counters (nslabs, cur_blocks), the large
+ *                  byte count, the total of live huge bytes; and, for
+ *                  _heapwalk, a run header it cannot step over.
+ *   _HEAPBADPTR    a descriptor pointer that does not point back: a chunk
+ *                  or huge block whose pagemap entry is not its descriptor,
+ *                  a slab descriptor that names another run, a free-run
+ *                  index entry or partial-list slab outside the arena.
+ *   _HEAPBADNODE   a run or block is damaged: runs that do not tile their
+ *                  chunk, bad page kinds or run tails, uncoalesced free
+ *                  neighbours, a free run missing from the index, slab
+ *                  counts or fast[] entries that disagree, a chunk's
+ *                  free_pages, or a free small block whose cookie the
+ *                  program overwrote (see "Cookies" below).
+ */
+#include "internal.h"
+
+#define PTR_SZ sizeof(void *)
+
+static bool pow2(size_t x) { return x && !(x & (x - 1)); }
+
+static bool is_page_run_kind(uint8_t k) {
+    return k == PAGE_FREE || k == PAGE_SLAB || k == PAGE_LARGE;
+}
+
+/* ---- Cookies --------------------------------------------------------------
+ * types.h promises that a free small block carries its cookie (address ^
+ * key) in its first word, so a first word that is not the cookie would
+ * mean the program wrote into freed memory. Today's core keeps the promise
+ * only for blocks that went through a thread cache's free: blocks of a
+ * fresh slab have never been written (they hold zeros or whatever an
+ * earlier run left there), blocks a cache took in a refill and handed back
+ * unused are the same, and blocks freed with caching off (tcache_scale:0,
+ * junk, zero, a booting or exited thread) go to their slab unstamped. So a
+ * missing cookie alone cannot tell damage from a block never stamped.
+ *
+ * Until the core stamps every free block (then build with
+ * -DTM_CRT_STRICT=1), we report only what cannot happen to an
+ * unstamped block: a first word that still equals the cookie in one 32-bit
+ * half but not in the other -- a store of 1 to 4 bytes into a freed block
+ * that carried its cookie. Stale bytes match a random 32-bit half with
+ * probability 2^-32; the one way to get a stale cookie-like word is a copy
+ * of another block's old cookie, and that decodes (xor the key) to a
+ * 16-byte aligned address in one of our chunks on another page, which we
+ * let pass. A byte-sized store never decodes to another page, so it is
+ * always caught. Stores that replace the whole first word are caught only
+ * in strict mode. */
+#ifndef TM_CRT_STRICT
+#define TM_CRT_STRICT 0
+#endif
+
+static bool free_block_damaged(uintptr_t b) {
+    uint64_t w = *(const volatile uint64_t *)b, ck = b ^ tm_cookie_key;
+    if (w == ck) return false;
+    if (TM_CRT_STRICT) return true;
+    uint64_t d = w ^ ck;
+    if ((d >> 32) != 0 && (uint32_t)d != 0) return false; /* both halves differ */
+    uintptr_t x = (uintptr_t)(w ^ tm_cookie_key);         /* whose cookie is it? */
+    if (!(x & (TM_ALIGN - 1)) && (x >> TM_PAGE_SHIFT) != (b >> TM_PAGE_SHIFT) &&
+        (pagemap_lookup(x) & 1))
+        return false; /* a copy of another block's stale cookie */
+    return true;
+}
+
+/* ---- "nothing was ever mapped" ----------------------------------------------
+ * Every chunk or huge mapping is either still mapped (an arena's chunk, a
+ * live or cached huge block) or was released, which stats count. */
+static bool heap_ever_mapped(void) {
+    for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
+        tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
+        if (!a) continue;
+        pthread_mutex_lock(&a->lock);
+        size_t n = a->nchunks;
+        pthread_mutex_unlock(&a->lock);
+        if (n) return true;
+    }
+    return huge_mapped() != 0 ||
+           __atomic_load_n(&tm_gstats.released_bytes, __ATOMIC_RELAXED) != 0;
+}
+
+/* Caller holds the trim lock. Blocks in thread caches go back to their
+ * slabs, so a walk sees them free. */
+static void drain_caches(void) { (void)world_drain_all_caches(); }
+
+/* ---- the checker ----------------------------------------------------------------- */
+
+typedef struct chk_sums {
+    size_t nslabs[TM_NCLASSES + 1];
+    size_t on_list[TM_NCLASSES + 1];
+    size_t out[TM_NCLASSES + 1]; /* blocks not free in their bitmap */
+    size_t large_bytes;
+    size_t free_runs;
+} chk_sums_t;
+
+static bool chunk_is_ours(tm_arena_t *a, tm_chunk_t *c) {
+    return c && c->arena == a && !(c->base & TM_CHUNK_MASK) &&
+           pagemap_lookup(c->base) == ((uintptr_t)c | 1);
+}
+
+static int check_slab_locked(tm_chunk_t *c, uint32_t p, uint32_t n, chk_sums_t *s) {
+    tm_slab_t *sl = c->pages[p].slab;
+    uintptr_t start = chunk_page_addr(c, p);
+    if (!sl || sl->chunk != c || sl->start != start) return _HEAPBADPTR;
+    unsigned cls = sl->cls;
+    if (cls < 1 || cls > TM_NCLASSES) return _HEAPBADNODE;
+    const tm_class_t *k = &tm_classes[cls];
+    if (n != k->slab_pages || sl->nblocks != k->nblocks) return _HEAPBADNODE;
+    if (n > 1 && c->pages[p + n - 1].kind != PAGE_INTERIOR) return _HEAPBADNODE;
+    uint32_t fast = cls | (p << TM_PAGE_SHIFT);
+    for (uint32_t i = p; i < p + n; i++)
+        if (c->fast[i] != fast) return _HEAPBADNODE;
+    if (sl->hint > TM_SLAB_MAX_BLOCKS / 64) return _HEAPBADNODE;
+    unsigned nfree = 0;
+    for (unsigned w = 0; w < TM_SLAB_MAX_BLOCKS / 64; w++) {
+        uint64_t bits = sl->bitmap[w];
+        if (!bits) continue;
+        if (w < sl->hint) return _HEAPBADNODE;
+        unsigned lo = w * 64;
+        if (lo >= sl->nblocks || (sl->nblocks - lo < 64 && bits >> (sl->nblocks - lo)))
+            return _HEAPBADNODE; /* a bit past the last block */
+        nfree += (unsigned)__builtin_popcountll(bits);
+        while (bits) {
+            unsigned i = lo + (unsigned)__builtin_ctzll(bits);
+            bits &= bits - 1;
+            if (free_block_damaged(start + (uintptr_t)i * k->size)) return _HEAPBADNODE;
+        }
+    }
+    if (nfree != sl->nfree) return _HEAPBADNODE;
+    /* the bin's partial list holds exactly the slabs with free blocks */
+    if ((sl->nfree != 0) != (sl->on_list != 0)) return _HEAPBADNODE;
+    s->nslabs[cls]++;
+    s->on_list[cls] += sl->on_list != 0;
+    s->out[cls] += sl->nblocks - sl->nfree;
+    return _HEAPOK;
+}
+
+static int check_chunk_locked(tm_arena_t *a, tm_chunk_t *c, chk_sums_t *s) {
+    if (!chunk_is_ours(a, c)) return _HEAPBADPTR;
+    uint32_t free_pages = 0;
+    bool prev_free = false;
+    for (uint32_t p = 0; p < TM_CHUNK_PAGES;) {
+        tm_page_t *h = &c->pages[p];
+        uint32_t n = h->npages;
+        if (n == 0 || n > TM_CHUNK_PAGES - p) return _HEAPBADNODE;
+        tm_page_t *t = &c->pages[p + n - 1];
+        if (t->npages != n) return _HEAPBADNODE;
+        /* Interior pages: never PAGE_FREE (coalescing reads kinds). Today's
+         * core leaves the old head kind (SLAB or LARGE) of a run freed into
+         * its left neighbour inside the merged free run (chunk.c,
+         * run_insert_free_locked), so only strict mode wants them all to
+         * read INTERIOR (or UNUSED, as a fresh chunk's do). */
+        for (uint32_t i = p + 1; i + 1 < p + n; i++) {
+            uint8_t k = c->pages[i].kind;
+            if (k == PAGE_FREE || (TM_CRT_STRICT && k != PAGE_INTERIOR && k != PAGE_UNUSED))
+                return _HEAPBADNODE;
+        }
+        int rc = _HEAPOK;
+        switch (h->kind) {
+        case PAGE_FREE:
+            if (prev_free) return _HEAPBADNODE; /* two free runs side by side */
+            if (t->kind != PAGE_FREE || h->chunk != c) return _HEAPBADNODE;
+            /* linked into the index list for its length */
+            if (h->prev ? h->prev->next != h : a->runs[n] != h) return _HEAPBADNODE;
+            if (h->next && h->next->prev != h) return _HEAPBADNODE;
+            for (uint32_t i = p; i < p + n; i++)
+                if (c->fast[i]) return _HEAPBADNODE;
+            free_pages += n;
+            s->free_runs++;
+            break;
+        case PAGE_LARGE:
+            if (n > 1 && t->kind != PAGE_INTERIOR) return _HEAPBADNODE;
+            for (uint32_t i = p; i < p + n; i++)
+                if (c->fast[i]) return _HEAPBADNODE;
+            s->large_bytes += (size_t)n << TM_PAGE_SHIFT;
+            break;
+        case PAGE_SLAB:
+            rc = check_slab_locked(c, p, n, s);
+            break;
+        default:
+            return _HEAPBADNODE;
+        }
+        if (rc != _HEAPOK) return rc;
+        prev_free = h->kind == PAGE_FREE;
+        p += n;
+    }
+    return free_pages == c->free_pages ? _HEAPOK : _HEAPBADNODE;
+}
+
+static bool page_in_chunk(tm_chunk_t *c, const tm_page_t *h) {
+    uintptr_t lo = (uintptr_t)c->pages, x = (uintptr_t)h;
+    return x >= lo && x < lo + sizeof c->pages && (x - lo) % sizeof(tm_page_t) == 0;
+}
+
+static int check_arena_locked(tm_arena_t *a, chk_sums_t *s) {
+    /* chunks */
+    size_t nchunks = 0;
+    tm_chunk_t *prev = NULL;
+    for (tm_chunk_t *c = a->chunks; c; prev = c, c = c->next) {
+        if (++nchunks > a->nchunks || c->prev != prev) return _HEAPBADBEGIN;
+        int rc = check_chunk_locked(a, c, s);
+        if (rc != _HEAPOK) return rc;
+    }
+    if (nchunks != a->nchunks) return _HEAPBADBEGIN;
+
+    /* the free-run index: exactly the free runs the chunks hold */
+    size_t indexed = 0;
+    for (uint32_t n = 0; n < TM_RUN_LISTS; n++) {
+        bool bit = (a->runs_nonempty[n >> 6] >> (n & 63)) & 1;
+        if (bit != (a->runs[n] != NULL)) return _HEAPBADBEGIN;
+        tm_page_t *hp = NULL;
+        for (tm_page_t *h = a->runs[n]; h; hp = h, h = h->next) {
+            if (n == 0 || ++indexed > s->free_runs || h->prev != hp) return _HEAPBADBEGIN;
+            if (!chunk_is_ours(a, h->chunk) || !page_in_chunk(h->chunk, h)) return _HEAPBADPTR;
+            if (h->kind != PAGE_FREE || h->npages != n) return _HEAPBADNODE;
+        }
+    }
+    if (indexed != s->free_runs) return _HEAPBADNODE; /* a free run not in the index */
+
+    /* bins */
+    if (a->bins[0].partial || a->bins[0].nslabs) return _HEAPBADBEGIN;
+    for (unsigned cls = 1; cls <= TM_NCLASSES; cls++) {
+        tm_arena_bin_t *b = &a->bins[cls];
+        if (b->nslabs != s->nslabs[cls] || b->cur_blocks != s->out[cls]) return _HEAPBADBEGIN;
+        size_t k = 0;
+        tm_slab_t *sp = NULL;
+        for (tm_slab_t *sl = b->partial; sl; sp = sl, sl = sl->next) {
+            if (++k > s->on_list[cls] || sl->prev != sp || sl->cls != cls || !sl->on_list)
+                return _HEAPBADBEGIN;
+            tm_chunk_t *c = sl->chunk;
+            if (!chunk_is_ours(a, c) || sl->start < c->base || sl->start - c->base >= TM_CHUNK)
+                return _HEAPBADPTR;
+            tm_page_t *h = &c->pages[(sl->start - c->base) >> TM_PAGE_SHIFT];
+            if (h->kind != PAGE_SLAB || h->slab != sl) return _HEAPBADPTR;
+        }
+        if (k != s->on_list[cls]) return _HEAPBADBEGIN;
+    }
+    if (a->large_allocated != s->large_bytes) return _HEAPBADBEGIN;
+    return _HEAPOK;
+}
+
+typedef struct huge_chk {
+    size_t n, bytes;
+    int rc;
+} huge_chk_t;
+
+static void huge_check_one(tm_huge_t *h, void *arg) {
+    huge_chk_t *k = arg;
+    k->n++;
+    k->bytes += h->size;
+    if (k->rc != _HEAPOK) return;
+    if ((h->base & TM_CHUNK_MASK) || pagemap_lookup(h->base) != (uintptr_t)h)
+        k->rc = _HEAPBADPTR;
+    else if (h->freed_ns || !h->size || (h->size & TM_PAGE_MASK) || h->size > h->mapped)
+        k->rc = _HEAPBADNODE;
+}
+
+/* The whole check. Caller holds the trim lock. */
+static int check_all(void) {
+    chk_sums_t s;
+    for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
+        tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
+        if (!a) continue;
+        memset(&s, 0, sizeof s);
+        pthread_mutex_lock(&a->lock);
+        int rc = check_arena_locked(a, &s);
+        pthread_mutex_unlock(&a->lock);
+        if (rc != _HEAPOK) return rc;
+    }
+    huge_chk_t k = {0, 0, _HEAPOK};
+    huge_lock();
+    huge_foreach_locked(huge_check_one, &k);
+    size_t live = huge_allocated();
+    huge_unlock();
+    if (k.rc != _HEAPOK) return k.rc;
+    if (k.bytes != live) return _HEAPBADBEGIN;
+    if (!k.n && !heap_ever_mapped()) return _HEAPEMPTY;
+    return _HEAPOK;
+}
+
+TM_EXPORT int TM_API(_heapchk)(void) {
+    tm_init();
+    heapmin_lock();
+    drain_caches();
+    int rc = check_all();
+    heapmin_unlock();
+    return rc;
+}
+
+/* ---- _heapset ------------------------------------------------------------------
+ * Fills the free small blocks from byte 8 on (their first word is the
+ * cookie, which double-free detection and _heapchk rely on) and the free
+ * runs with dirty pages (already resident; the purged and never-touched
+ * ones read zero and are left alone, so _heapset never faults released
+ * memory back in). A filled run is no longer known zero. */
+static void fill_arena_locked(tm_arena_t *a, unsigned char fill) {
+    for (tm_chunk_t *c = a->chunks; c; c = c->next) {
+        for (uint32_t p = 0; p < TM_CHUNK_PAGES;) {
+            tm_page_t *h = &c->pages[p];
+            uint32_t n = h->npages;
+            if (h->kind == PAGE_FREE && h->dirty) {
+                memset((void *)chunk_page_addr(c, p), fill, (size_t)n << TM_PAGE_SHIFT);
+                h->zeroed = 0;
+            } else if (h->kind == PAGE_SLAB) {
+                tm_slab_t *sl = h->slab;
+                size_t size = tm_classes[sl->cls].size;
+                for (unsigned w = 0; w < TM_SLAB_MAX_BLOCKS / 64; w++) {
+                    for (uint64_t bits = sl->bitmap[w]; bits; bits &= bits - 1) {
+                        unsigned i = w * 64 + (unsigned)__builtin_ctzll(bits);
+                        memset((char *)(sl->start + (uintptr_t)i * size) + 8, fill, size - 8);
+                    }
+                }
+            }
+            p += n;
+        }
+    }
+}
+
+TM_EXPORT int TM_API(_heapset)(unsigned int fill) {
+    tm_init();
+    heapmin_lock();
+    drain_caches();
+    int rc = check_all();
+    if (rc == _HEAPOK) {
+        for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
+            tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
+            if (!a) continue;
+            pthread_mutex_lock(&a->lock);
+            fill_arena_locked(a, (unsigned char)fill);
+            pthread_mutex_unlock(&a->lock);
+        }
+    }
+    heapmin_unlock();
+    return rc;
+}
+
+/* ---- _heapwalk -------------------------------------------------------------------
+ * Stateless: each call finds the entry with the lowest address above
+ * e->_pentry, over every chunk of every arena and every live huge block,
+ * under the trim lock and, chunk by chunk, the owning arena's lock. So one
+ * call is consistent for the chunk it reports from; while other threads
+ * allocate, a block they allocate or free during the walk may be seen in
+ * either state, blocks that go into a thread cache after the walk began
+ * read as used, and a run that changes shape may be reported in its old
+ * or its new shape, but never twice: every entry lies above the previous
+ * one, so the walk always moves on and ends.
+ *
+ * e->_pentry must be an entry of the heap now, or the last entry this
+ * thread's walks returned (which may have vanished since: freed, merged,
+ * unmapped) -- anything else is _HEAPBADPTR. A few recent entries are kept
+ * per thread for that check only. */
+typedef struct walk_entry {
+    uintptr_t addr;
+    size_t size;
+    int used;
+} walk_entry_t;
+
+#define WALK_RECENT 4
+static __thread uintptr_t walk_recent[WALK_RECENT];
+static __thread unsigned walk_recent_at;
+
+static bool walk_recent_has(uintptr_t p) {
+    for (unsigned i = 0; i < WALK_RECENT; i++)
+        if (walk_recent[i] == p) return true;
+    return false;
+}
+
+/* The first entry of chunk c above address `after` (c->base - 1 for its
+ * first entry). Returns _HEAPOK with *out, _HEAPEND if there is none, or
+ * an error. *is_entry (if given) is set when `after` is an entry. */
+static int chunk_next_locked(tm_chunk_t *c, uintptr_t after, walk_entry_t *out,
+                             bool *is_entry) {
+    uint32_t p = 0;
+    if (after >= c->base) {
+        /* A slab page names its slab's first page: start there, not at 0. */
+        uint32_t ap = (uint32_t)((after - c->base) >> TM_PAGE_SHIFT);
+        uint32_t f = c->fast[ap];
+        uint32_t sp = (f >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1);
+        if ((f & 0xff) && sp <= ap && c->pages[sp].kind == PAGE_SLAB &&
+            ap - sp < c->pages[sp].npages)
+            p = sp;
+    }
+    while (p < TM_CHUNK_PAGES) {
+        tm_page_t *h = &c->pages[p];
+        uint32_t n = h->npages;
+        if (n == 0 || n > TM_CHUNK_PAGES - p || !is_page_run_kind(h->kind)) return _HEAPBADBEGIN;
+        uintptr_t rs = chunk_page_addr(c, p), re = rs + ((uintptr_t)n << TM_PAGE_SHIFT);
+        if (after >= re) {
+            p += n;
+            continue;
+        }
+        if (h->kind != PAGE_SLAB) {
+            if (after < rs) {
+                *out = (walk_entry_t){rs, (size_t)n << TM_PAGE_SHIFT, h->kind == PAGE_LARGE};
+                return _HEAPOK;
+            }
+            if (after == rs && is_entry) *is_entry = true;
+        } else {
+            tm_slab_t *sl = h->slab;
+            if (!sl || sl->cls < 1 || sl->cls > TM_NCLASSES || sl->start != rs)
+                return _HEAPBADBEGIN;
+            size_t size = tm_classes[sl->cls].size;
+            uint32_t i = 0;
+            if (after >= rs) {
+                uintptr_t off = after - rs;
+                i = (uint32_t)(off / size);
+                if (off % size == 0 && i < sl->nblocks && is_entry) *is_entry = true;
+                i++;
+            }
+            if (i < sl->nblocks) {
+                uintptr_t b = rs + (uintptr_t)i * size;
+                bool free_ = (sl->bitmap[i >> 6] >> (i & 63)) & 1;
+                if (free_ && free_block_damaged(b)) return _HEAPBADNODE;
+                *out = (walk_entry_t){b, size, !free_};
+                return _HEAPOK;
+            }
+        }
+        p += n;
+    }
+    return _HEAPEND;
+}
+
+typedef struct huge_walk {
+    uintptr_t after, best;
+    walk_entry_t e;
+    bool after_is_entry;
+} huge_walk_t;
+
+static void huge_walk_one(tm_huge_t *h, void *arg) {
+    huge_walk_t *w = arg;
+    if (h->base == w->after) w->after_is_entry = true;
+    if (h->base > w->after && h->base < w->best) {
+        w->best = h->base;
+        w->e = (walk_entry_t){h->base, h->size, 1};
+    }
+}
+
+/* The entry after `after` (0: the first). Caller holds the trim lock. */
+static int walk_next(uintptr_t after, walk_entry_t *out) {
+    bool valid = after == 0 || walk_recent_has(after);
+    uintptr_t best = UINTPTR_MAX;
+    tm_chunk_t *best_chunk = NULL; /* the best is this chunk's first entry */
+    walk_entry_t best_e = {0, 0, 0};
+    for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
+        tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
+        if (!a) continue;
+        pthread_mutex_lock(&a->lock);
+        size_t left = a->nchunks;
+        for (tm_chunk_t *c = a->chunks; c && left; c = c->next, left--) {
+            if (after >= c->base && after - c->base < TM_CHUNK) {
+                walk_entry_t e;
+                bool is = false;
+                int rc = chunk_next_locked(c, after, &e, &is);
+                valid |= is;
+                if (rc == _HEAPOK && e.addr < best) {
+                    best = e.addr;
+                    best_e = e;
+                    best_chunk = NULL;
+                } else if (rc != _HEAPOK && rc != _HEAPEND) {
+                    pthread_mutex_unlock(&a->lock);
+                    return rc;
+                }
+            } else if (c->base > after && c->base < best) {
+                best = c->base;
+                best_chunk = c;
+            }
+        }
+        pthread_mutex_unlock(&a->lock);
+    }
+    huge_walk_t hw = {after, best, best_e, false};
+    huge_lock();
+    huge_foreach_locked(huge_walk_one, &hw);
+    huge_unlock();
+    valid |= hw.after_is_entry;
+    if (!valid) return _HEAPBADPTR;
+    if (hw.best < best) {
+        *out = hw.e;
+        return _HEAPOK;
+    }
+    if (best == UINTPTR_MAX) return _HEAPEND;
+    if (best_chunk) {
+        /* chunks are not unmapped while we hold the trim lock */
+        tm_arena_t *a = best_chunk->arena;
+        pthread_mutex_lock(&a->lock);
+        int rc = chunk_next_locked(best_chunk, best_chunk->base - 1, &best_e, NULL);
+        pthread_mutex_unlock(&a->lock);
+        if (rc != _HEAPOK) return rc == _HEAPEND ? _HEAPBADBEGIN : rc;
+    }
+    *out = best_e;
+    return _HEAPOK;
+}
+
+TM_EXPORT int TM_API(_heapwalk)(_HEAPINFO *entry) {
+    if (!entry) {
+        errno = EINVAL;
+        return _HEAPBADPTR;
+    }
+    tm_init();
+    uintptr_t after = (uintptr_t)entry->_pentry;
+    walk_entry_t e;
+    int rc;
+    heapmin_lock();
+    if (after == 0 && !heap_ever_mapped()) {
+        rc = _HEAPEMPTY;
+    } else {
+        if (after == 0) drain_caches();
+        rc = walk_next(after, &e);
+    }
+    heapmin_unlock();
+    if (rc != _HEAPOK) return rc;
+    walk_recent[walk_recent_at++ % WALK_RECENT] = e.addr;
+    entry->_pentry = (int *)e.addr;
+    entry->_size = e.size;
+    entry->_useflag = e.used ? _USEDENTRY : _FREEENTRY;
+    return _HEAPOK;
+}
+
+/* ---- _heapadd, _msize, _expand, _recalloc ------------------------------------------- */
+
+TM_EXPORT int TM_API(_heapadd)(void *memblock, size_t size) {
+    (void)memblock;
+    (void)size;
+    errno = ENOSYS;
+    return -1;
+}
+
+TM_EXPORT size_t TM_API(_msize)(void *memblock) {
+    if (!memblock) {
+        errno = EINVAL;
+        return (size_t)-1;
+    }
+    size_t n = tm_usable_size(memblock, "_msize");
+    if (!n) { /* a bad pointer, reported and ignored (abort_on_error:0) */
+        errno = EINVAL;
+        return (size_t)-1;
+    }
+    return n;
+}
+
+static bool is_huge(const void *p) {
+    uintptr_t e = pagemap_lookup((uintptr_t)p);
+    return e && !(e & 1);
+}
+
+/* Resize the live block at p (usable size old) to size bytes without
+ * moving it, keeping its kind: a small block stays in its class, a large
+ * run stays a run within its chunk, a huge mapping grows or shrinks with
+ * mremap in place. */
+static bool expand_in_place(void *p, size_t old, size_t size) {
+    uintptr_t a = (uintptr_t)p, e = pagemap_lookup(a);
+    tm_chunk_t *c = chunk_of_entry(e);
+    size_t huge_min = (size_t)tm_opt.huge_threshold;
+    if (c) {
+        uint32_t page = (uint32_t)((a - c->base) >> TM_PAGE_SHIFT);
+        if (__atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & 0xff) return size <= old;
+        return size > TM_SMALL_MAX && size <= huge_min &&
+               arena_large_resize_in_place(c, page, size);
+    }
+    return size > huge_min && huge_resize_in_place((tm_huge_t *)e, p, size);
+}
+
+TM_EXPORT void *TM_API(_expand)(void *memblock, size_t size) {
+    if (!memblock) {
+        errno = EINVAL;
+        return NULL;
+    }
+    size_t old = tm_usable_size(memblock, "_expand");
+    if (!old) { /* bad pointer, reported and ignored */
+        errno = EINVAL;
+        return NULL;
+    }
+    if (size > PTRDIFF_MAX || !expand_in_place(memblock, old, size)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return memblock;
+}
+
+/* Zero [from, to) of p. */
+static void zero_range(void *p, size_t from, size_t to) {
+    if (to > from) memset((char *)p + from, 0, to - from);
+}
+
+TM_EXPORT void *TM_API(_recalloc)(void *memblock, size_t num, size_t size) {
+    size_t total;
+    if (__builtin_mul_overflow(num, size, &total) || total > PTRDIFF_MAX) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (!memblock) {
+        void *q = TM_API(calloc)(num, size);
+        if (q) zero_range(q, total, tm_usable_size(q, "_recalloc"));
+        return q;
+    }
+    size_t old = tm_usable_size(memblock, "_recalloc");
+    if (!old) { /* bad pointer, reported and ignored */
+        errno = EINVAL;
+        return NULL;
+    }
+    bool was_huge = is_huge(memblock);
+    void *q = tm_realloc_impl(memblock, total);
+    if (!q) return NULL;
+    /* Every byte past min(old usable size, total) reads zero. A huge block
+     * that stayed huge grew by mremap, whose new pages are zero already. */
+    size_t nu = tm_usable_size(q, "_recalloc");
+    size_t lo = old < total ? old : total;
+    zero_range(q, lo, was_huge && is_huge(q) && nu > old ? old : nu);
+    return q;
+}
+
+/* ---- the aligned family ------------------------------------------------------------
+ * One scheme for all: the block is carved out of an ordinary malloc block
+ * ("raw"), big enough for a pointer, the alignment slack and the size:
+ *
+ *   raw                  hdr           p = returned, (p + offset) % align == 0
+ *   |....slack....| raw  |  p-bytes ...  size ...  | class tail |
+ *                 ^ the word just below p rounded down to a pointer
+ *
+ * _aligned_free and friends read the word, and trust it only if it names a
+ * live block of ours that starts at or below it and holds p; anything else
+ * aborts through tm_invalid_pointer() with the caller's name. */
+
+/* A live block starting at a: its usable size, or 0 (never aborts). */
+static size_t live_block_size(uintptr_t a) {
+    if (!a || (a & (TM_ALIGN - 1))) return 0;
+    uintptr_t e = pagemap_lookup(a);
+    tm_chunk_t *c = chunk_of_entry(e);
+    if (c) {
+        uint32_t page = (uint32_t)((a - c->base) >> TM_PAGE_SHIFT);
+        uint32_t f = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED);
+        if (f & 0xff) {
+            uint32_t idx;
+            if (!slab_of(c, a, &idx)) return 0;
+            if (*(const uint64_t *)a == (a ^ tm_cookie_key)) return 0; /* freed */
+            return tm_classes[f & 0xff].size;
+        }
+        return (a & TM_PAGE_MASK) ? 0 : arena_large_usable(c, page);
+    }
+    if (!e) return 0;
+    tm_huge_t *h = (tm_huge_t *)e;
+    huge_lock();
+    size_t n = (h->base == a && !h->freed_ns) ? h->size : 0;
+    huge_unlock();
+    return n;
+}
+
+typedef struct huge_read {
+    uintptr_t at, word;
+    bool ok;
+} huge_read_t;
+
+static void huge_read_one(tm_huge_t *h, void *arg) {
+    huge_read_t *r = arg;
+    if (!r->ok && r->at >= h->base && r->at - h->base <= h->size - PTR_SZ) {
+        r->word = *(const uintptr_t *)r->at;
+        r->ok = true;
+    }
+}
+
+/* Read the word at `at` if it lies in memory of ours that is mapped: an
+ * arena chunk, or the usable bytes of a live huge block. */
+static bool read_heap_word(uintptr_t at, uintptr_t *out) {
+    uintptr_t e = pagemap_lookup(at);
+    if (e & 1) {
+        *out = *(const uintptr_t *)at;
+        return true;
+    }
+    huge_read_t r = {at, 0, false};
+    huge_lock();
+    if (e) huge_read_one((tm_huge_t *)e, &r);
+    if (!r.ok) huge_foreach_locked(huge_read_one, &r); /* a later chunk of a big one */
+    huge_unlock();
+    *out = r.word;
+    return r.ok;
+}
+
+/* The raw block behind aligned pointer p, and the usable bytes from p on;
+ * 0 after reporting a bad pointer (when abort_on_error:0 lets us return). */
+static uintptr_t aligned_raw(void *p, const char *call, size_t *usable) {
+    uintptr_t u = (uintptr_t)p, raw;
+    if (u >= 2 * PTR_SZ) {
+        uintptr_t hdr = (u & ~(uintptr_t)(PTR_SZ - 1)) - PTR_SZ;
+        if (read_heap_word(hdr, &raw) && raw <= hdr) {
+            size_t n = live_block_size(raw);
+            if (n && hdr + PTR_SZ <= raw + n && u <= raw + n) {
+                *usable = raw + n - u;
+                return raw;
+            }
+        }
+    }
+    tm_invalid_pointer(call, p);
+    errno = EINVAL;
+    return 0;
+}
+
+static void *aligned_alloc_impl(size_t size, size_t align, size_t offset, bool zero) {
+    if (!pow2(align) || (offset != 0 && offset >= size)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (align < PTR_SZ) align = PTR_SZ;
+    size_t total;
+    if (size > PTRDIFF_MAX || __builtin_add_overflow(size, align - 1 + PTR_SZ, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    void *raw = zero ? TM_API(calloc)(1, total) : tm_malloc_impl(total);
+    if (!raw) return NULL;
+    /* raw is 16-aligned, so u >= raw + PTR_SZ puts the header word at or
+     * above raw; u <= raw + PTR_SZ + align - 1 keeps u + size inside */
+    uintptr_t u = (((uintptr_t)raw + PTR_SZ + offset + align - 1) & ~(uintptr_t)(align - 1)) -
+                  offset;
+    ((void **)(u & ~(uintptr_t)(PTR_SZ - 1)))[-1] = raw;
+    return (void *)u;
+}
+
+static void *aligned_realloc_impl(void *p, size_t size, size_t align, size_t offset,
+                                  const char *call) {
+    if (!p) return aligned_alloc_impl(size, align, offset, false);
+    if (size == 0) {
+        size_t ignored;
+        uintptr_t raw = aligned_raw(p, call, &ignored);
+        if (raw) tm_free_impl((void *)raw);
+        return NULL;
+    }
+    if (!pow2(align) || (offset != 0 && offset >= size)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    size_t old;
+    uintptr_t raw = aligned_raw(p, call, &old);
+    if (!raw) return NULL;
+    uintptr_t u = (uintptr_t)p;
+    size_t al = align < PTR_SZ ? PTR_SZ : align;
+    if ((u + offset) % al == 0 && size <= PTRDIFF_MAX) {
+        /* same alignment: shrink or grow the raw block where it is (a
+         * shrink that cannot give memory back still fits) */
+        size_t raw_usable = (u - raw) + old, need = (u - raw) + size;
+        if (expand_in_place((void *)raw, raw_usable, need) || size <= old) return p;
+    }
+    void *q = aligned_alloc_impl(size, align, offset, false);
+    if (!q) return NULL;
+    size_t nu;
+    (void)aligned_raw(q, call, &nu);
+    memcpy(q, p, old < nu ? old : nu);
+    tm_free_impl((void *)raw);
+    return q;
+}
+
+static void *aligned_recalloc_impl(void *p, size_t num, size_t size, size_t align,
+                                   size_t offset, const char *call) {
+    size_t total;
+    if (__builtin_mul_overflow(num, size, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    size_t old = 0, nu;
+    void *q;
+    if (!p) {
+        q = aligned_alloc_impl(total, align, offset, true);
+    } else {
+        if (!aligned_raw(p, call, &old)) return NULL;
+        q = aligned_realloc_impl(p, total, align, offset, call);
+    }
+    if (!q) return NULL;
+    (void)aligned_raw(q, call, &nu);
+    zero_range(q, old < total ? old : total, nu);
+    return q;
+}
+
+TM_EXPORT void *TM_API(_aligned_malloc)(size_t size, size_t alignment) {
+    return aligned_alloc_impl(size, alignment, 0, false);
+}
+
+TM_EXPORT void *TM_API(_aligned_offset_malloc)(size_t size, size_t alignment, size_t offset) {
+    return aligned_alloc_impl(size, alignment, offset, false);
+}
+
+TM_EXPORT void *TM_API(_aligned_realloc)(void *memblock, size_t size, size_t alignment) {
+    return aligned_realloc_impl(memblock, size, alignment, 0, "_aligned_realloc");
+}
+
+TM_EXPORT void *TM_API(_aligned_offset_realloc)(void *memblock, size_t size, size_t alignment,
+                                                size_t offset) {
+    return aligned_realloc_impl(memblock, size, alignment, offset, "_aligned_offset_realloc");
+}
+
+TM_EXPORT void *TM_API(_aligned_recalloc)(void *memblock, size_t num, size_t size,
+                                          size_t alignment) {
+    return aligned_recalloc_impl(memblock, num, size, alignment, 0, "_aligned_recalloc");
+}
+
+TM_EXPORT void *TM_API(_aligned_offset_recalloc)(void *memblock, size_t num, size_t size,
+                                                 size_t alignment, size_t offset) {
+    return aligned_recalloc_impl(memblock, num, size, alignment, offset,
+                                 "_aligned_offset_recalloc");
+}
+
+TM_EXPORT size_t TM_API(_aligned_msize)(void *memblock, size_t alignment, size_t offset) {
+    (void)offset;
+    if (!memblock || !pow2(alignment)) {
+        errno = EINVAL;
+        return (size_t)-1;
+    }
+    size_t n;
+    if (!aligned_raw(memblock, "_aligned_msize", &n)) return (size_t)-1;
+    return n;
+}
+
+TM_EXPORT void TM_API(_aligned_free)(void *memblock) {
+    if (!memblock) return;
+    size_t ignored;
+    uintptr_t raw = aligned_raw(memblock, "_aligned_free", &ignored);
+    if (raw) tm_free_impl((void *)raw);
+}
