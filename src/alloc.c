@@ -2,53 +2,50 @@
  * alloc.c -- the public allocation entry points, with the fast paths first.
  *
  * Fast path budget (x86-64, counted with callgrind, see bench/callgrind.sh):
- *   malloc: size test, class lookup, busy flag, drain test, bin pop, cookie
- *           clear -- about 20 instructions, one likely branch chain.
+ *   malloc: size test, class lookup, busy flag, cache pointer, bin pop,
+ *           cookie clear -- about 20 instructions, one likely branch chain.
  *   free:   pagemap (2 loads), page entry, block-start check (mul/shift/mul),
- *           cookie test, busy flag, drain test, bin push -- about 35.
- * The busy/drain_req pair is the owner's half of the world-stop handshake
- * (world.c): plain stores and loads, no lock, no atomic read-modify-write,
- * no fence; the trimmer's membarrier supplies the ordering.
+ *           cookie test, busy flag, cache pointer, bin push -- about 40.
+ * The busy flag and the re-read of the cache pointer are the owner's half of
+ * the world-stop handshake (world.c): plain stores and loads, no lock, no
+ * atomic read-modify-write, no fence; the trimmer's membarrier supplies the
+ * ordering.
  * Everything else is in cold _slow functions.
  */
 #include "internal.h"
 
 #include <stdio.h>
 
-/* ---- the owner's half of the handshake ------------------------------------ */
-TM_INLINE void tc_enter(tm_tcache_t *tc) {
+/* ---- the owner's half of the handshake ------------------------------------
+ * busy = 1, then read which cache to use: a trimmer that wants this cache
+ * first points tm_tls.tc at the sentinel, then runs a membarrier, then
+ * waits for busy == 0 (world.c). */
+TM_INLINE tm_tcache_t *tc_enter(void) {
 #if TM_TSAN
-    __atomic_store_n(&tc->busy, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&tm_tls.busy, 1, __ATOMIC_SEQ_CST);
+    return __atomic_load_n(&tm_tls.tc, __ATOMIC_SEQ_CST);
 #else
-    __atomic_store_n(&tc->busy, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&tm_tls.busy, 1, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    return __atomic_load_n(&tm_tls.tc, __ATOMIC_ACQUIRE);
 #endif
 }
-TM_INLINE bool tc_drain_requested(tm_tcache_t *tc) {
-#if TM_TSAN
-    return __atomic_load_n(&tc->drain_req, __ATOMIC_SEQ_CST);
-#else
-    return __atomic_load_n(&tc->drain_req, __ATOMIC_ACQUIRE);
-#endif
-}
-TM_INLINE void tc_leave(tm_tcache_t *tc) { __atomic_store_n(&tc->busy, 0, __ATOMIC_RELEASE); }
+TM_INLINE void tc_leave(void) { __atomic_store_n(&tm_tls.busy, 0, __ATOMIC_RELEASE); }
 
 /* ---- fast paths ------------------------------------------------------------------ */
 
-TM_INLINE void *small_alloc(tm_tcache_t *tc, size_t size, unsigned cls) {
-    tc_enter(tc);
-    if (likely(!tc_drain_requested(tc))) {
-        tm_tc_bin_t *b = &tc->bins[cls];
-        uint32_t n = b->count;
-        if (likely(n != 0)) {
-            void *p = b->slots[n - 1];
-            b->count = n - 1;
-            tc_leave(tc);
-            *(uint64_t *)p = 0; /* clear the free-block cookie */
-            return p;
-        }
+TM_INLINE void *small_alloc(size_t size, unsigned cls) {
+    tm_tcache_t *tc = tc_enter();
+    tm_tc_bin_t *b = &tc->bins[cls];
+    uint32_t n = b->count;
+    if (likely(n != 0)) {
+        void *p = b->slots[n - 1];
+        b->count = n - 1;
+        tc_leave();
+        *(uint64_t *)p = 0; /* clear the free-block cookie */
+        return p;
     }
-    return tcache_malloc_slow(tc, size, cls);
+    return tcache_malloc_slow(size, cls);
 }
 
 static TM_COLD void *large_alloc(size_t size, size_t align, bool zero);
@@ -56,11 +53,7 @@ static TM_COLD void free_generic(void *p, const char *call);
 static TM_COLD void free_suspect_double(void *p, unsigned cls);
 
 TM_EXPORT void *TM_API(malloc)(size_t size) {
-    if (likely(size <= TM_SMALL_MAX)) {
-        void *p = small_alloc(tm_tls_tc, size, size_class_of(size));
-        if (unlikely(!p)) errno = ENOMEM;
-        return p;
-    }
+    if (likely(size <= TM_SMALL_MAX)) return small_alloc(size, size_class_of(size));
     return large_alloc(size, 0, false);
 }
 
@@ -82,26 +75,23 @@ TM_EXPORT void TM_API(free)(void *p) {
     uintptr_t a = (uintptr_t)p;
     unsigned cls;
     if (likely(small_block(a, &cls))) {
-        tm_tcache_t *tc = tm_tls_tc;
         uint64_t cookie = a ^ tm_cookie_key;
         if (likely(*(uint64_t *)p != cookie)) {
-            tc_enter(tc);
-            if (likely(!tc_drain_requested(tc))) {
-                tm_tc_bin_t *b = &tc->bins[cls];
-                uint32_t n = b->count;
-                if (likely(n < b->cap)) {
-                    *(uint64_t *)p = cookie;
-                    b->slots[n] = p;
-                    b->count = n + 1;
-                    tc_leave(tc);
-                    return;
-                }
-            }
-            if (likely(cls)) {
-                tcache_free_slow(tc, p, cls);
+            tm_tcache_t *tc = tc_enter();
+            tm_tc_bin_t *b = &tc->bins[cls];
+            uint32_t n = b->count;
+            if (likely(n < b->cap)) { /* bin 0 and the sentinel: cap 0 */
+                *(uint64_t *)p = cookie;
+                b->slots[n] = p;
+                b->count = n + 1;
+                tc_leave();
                 return;
             }
-            tc_leave(tc);
+            if (likely(cls)) {
+                tcache_free_slow(p, cls);
+                return;
+            }
+            tc_leave();
         } else {
             free_suspect_double(p, cls);
             return;
@@ -147,7 +137,7 @@ static void free_generic(void *p, const char *call) {
                 tm_invalid_pointer(call, p);
                 return;
             }
-            tcache_free_slow(tm_tls_tc, p, c->fast[page] & 0xff);
+            tcache_free_slow(p, c->fast[page] & 0xff);
             return;
         }
         if (a & TM_PAGE_MASK) {
@@ -230,11 +220,8 @@ void *tm_alloc_aligned(size_t align, size_t size, bool zero) {
             unsigned cls = size_class_of(sz);
             while (cls <= TM_NCLASSES && tm_classes[cls].size % align) cls++;
             if (cls <= TM_NCLASSES) {
-                void *p = small_alloc(tm_tls_tc, sz, cls);
-                if (!p) {
-                    errno = ENOMEM;
-                    return NULL;
-                }
+                void *p = small_alloc(sz, cls);
+                if (!p) return NULL;
                 if (zero) memset(p, 0, size);
                 return p;
             }
@@ -250,11 +237,8 @@ TM_EXPORT void *TM_API(calloc)(size_t nmemb, size_t size) {
         return NULL;
     }
     if (likely(total <= TM_SMALL_MAX)) {
-        void *p = small_alloc(tm_tls_tc, total, size_class_of(total));
-        if (unlikely(!p)) {
-            errno = ENOMEM;
-            return NULL;
-        }
+        void *p = small_alloc(total, size_class_of(total));
+        if (unlikely(!p)) return NULL;
         return memset(p, 0, total);
     }
     return large_alloc(total, 0, true);

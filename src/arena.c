@@ -82,18 +82,16 @@ static void bin_remove_locked(tm_arena_bin_t *b, tm_slab_t *s) {
 
 static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
     const tm_class_t *k = &tm_classes[cls];
-    tm_slab_t *s = meta_alloc(sizeof(tm_slab_t));
-    if (!s) return NULL;
     uint32_t page;
     bool zeroed;
     tm_chunk_t *c = run_alloc_locked(a, k->slab_pages, 1, &page, &zeroed);
     if (!c) {
         if (!arena_grow_locked(a) ||
-            !(c = run_alloc_locked(a, k->slab_pages, 1, &page, &zeroed))) {
-            meta_free(s, sizeof *s);
+            !(c = run_alloc_locked(a, k->slab_pages, 1, &page, &zeroed)))
             return NULL;
-        }
     }
+    tm_slab_t *s = &c->slabs[page];
+    memset(s, 0, sizeof *s);
     tm_page_t *h = &c->pages[page];
     h->kind = PAGE_SLAB;
     h->npages = k->slab_pages;
@@ -127,7 +125,7 @@ static void slab_destroy_locked(tm_arena_t *a, tm_slab_t *s) {
     c->pages[page].slab = NULL;
     if (k->slab_pages > 1) c->pages[page + k->slab_pages - 1].kind = PAGE_INTERIOR;
     run_free_locked(a, c, page, k->slab_pages);
-    meta_free(s, sizeof *s);
+    s->nblocks = 0;
 }
 
 unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {

@@ -57,6 +57,11 @@ static void run_mark(tm_chunk_t *c, uint32_t page, uint32_t n, uint8_t kind) {
 /* Put [page, page+n) back as free, merging with free neighbours. */
 static void run_insert_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n,
                                    bool zeroed, bool dirty) {
+    /* The run's own first and last page become interior pages if it merges:
+     * no stale PAGE_LARGE/PAGE_SLAB may stay inside a free run, or a double
+     * free of the old block would look valid. run_mark sets the new ends. */
+    c->pages[page].kind = PAGE_INTERIOR;
+    c->pages[page + n - 1].kind = PAGE_INTERIOR;
     if (page > 0) {
         tm_page_t *left_tail = &c->pages[page - 1];
         if (left_tail->kind == PAGE_FREE) {
@@ -193,11 +198,15 @@ void chunk_detach_locked(tm_arena_t *a, tm_chunk_t *c) {
     a->nchunks--;
 }
 
-void chunk_destroy(tm_chunk_t *c) {
+bool chunk_destroy(tm_chunk_t *c) {
     pagemap_clear(c->base);
-    os_unmap((void *)c->base, TM_CHUNK);
+    if (os_unmap((void *)c->base, TM_CHUNK) != 0) {
+        pagemap_set(c->base, (uintptr_t)c | 1); /* still ours: put it back */
+        return false;
+    }
     stats_add_released(TM_CHUNK);
     meta_free(c, sizeof *c);
+    return true;
 }
 
 /* ---- purge ------------------------------------------------------------------
@@ -208,8 +217,9 @@ void chunk_destroy(tm_chunk_t *c) {
  * batches until nothing dirty is left. */
 #define PURGE_BATCH 64
 
-size_t arena_purge(tm_arena_t *a, bool unmap_empty) {
+size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
     size_t released = 0;
+    bool may_unmap = unmap_empty;
     for (int round = 0; round < 1 << 16; round++) {
         struct { tm_chunk_t *c; uint32_t page, n; } runs[PURGE_BATCH];
         tm_chunk_t *empty[PURGE_BATCH];
@@ -218,7 +228,7 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty) {
         for (tm_chunk_t *c = a->chunks, *next; c && nruns < PURGE_BATCH &&
                                                nempty < PURGE_BATCH; c = next) {
             next = c->next;
-            if (unmap_empty && c->free_pages == TM_CHUNK_PAGES) {
+            if (may_unmap && c->free_pages == TM_CHUNK_PAGES) {
                 chunk_detach_locked(a, c);
                 empty[nempty++] = c;
                 continue;
@@ -241,21 +251,37 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty) {
         }
         pthread_mutex_unlock(&a->lock);
         if (nruns == 0 && nempty == 0) break;
-        for (int i = 0; i < nempty; i++) chunk_destroy(empty[i]);
-        released += (size_t)nempty * TM_CHUNK;
+        int kept = 0;
+        for (int i = 0; i < nempty; i++) {
+            if (chunk_destroy(empty[i])) released += TM_CHUNK;
+            else empty[kept++] = empty[i];
+        }
+        bool purged[PURGE_BATCH];
         for (int i = 0; i < nruns; i++) {
             size_t bytes = (size_t)runs[i].n << TM_PAGE_SHIFT;
-            if (os_purge((void *)chunk_page_addr(runs[i].c, runs[i].page), bytes) == 0) {
+            purged[i] = os_purge((void *)chunk_page_addr(runs[i].c, runs[i].page), bytes) == 0;
+            if (purged[i]) {
                 released += bytes;
                 stats_add_released(bytes);
             }
         }
-        if (nruns) {
+        unsigned failed = (unsigned)kept;
+        for (int i = 0; i < nruns; i++) failed += !purged[i];
+        if (nruns || kept) {
             pthread_mutex_lock(&a->lock);
+            for (int i = 0; i < kept; i++) { /* munmap refused: contents stay */
+                chunk_attach_locked(a, empty[i]);
+                empty[i]->pages[0].zeroed = 0;
+                empty[i]->pages[0].dirty = 1;
+            }
+            /* a run the kernel would not purge keeps its dirty bytes */
             for (int i = 0; i < nruns; i++)
-                run_insert_free_locked(a, runs[i].c, runs[i].page, runs[i].n, true, false);
+                run_insert_free_locked(a, runs[i].c, runs[i].page, runs[i].n, purged[i],
+                                       !purged[i]);
             pthread_mutex_unlock(&a->lock);
         }
+        if (failures) *failures += failed;
+        if (failed) break; /* the kernel refuses: do not spin on the same runs */
     }
     return released;
 }

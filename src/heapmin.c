@@ -17,29 +17,33 @@ void heapmin_lock(void) { pthread_mutex_lock(&trim_lock); }
 void heapmin_unlock(void) { pthread_mutex_unlock(&trim_lock); }
 void heapmin_fork_child(void) { pthread_mutex_init(&trim_lock, NULL); }
 
-/* Returns bytes released, or (size_t)-1 if the OS refused every purge. */
-static size_t trim_all(uint64_t *pause_out) {
+/* Returns bytes released; *failures counts release calls the OS refused. */
+static size_t trim_all(unsigned *failures) {
     tm_init();
     heapmin_lock();
     uint64_t pause = world_drain_all_caches();
     size_t released = 0;
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
-        if (a) released += arena_purge(a, true);
+        if (a) released += arena_purge(a, true, failures);
     }
-    released += huge_release_cache();
+    released += huge_release_cache(failures);
     __atomic_add_fetch(&tm_gstats.heapmin_calls, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&tm_gstats.heapmin_bytes, released, __ATOMIC_RELAXED);
     tm_gstats.heapmin_last_pause_ns = pause;
     if (pause > tm_gstats.heapmin_max_pause_ns) tm_gstats.heapmin_max_pause_ns = pause;
     heapmin_unlock();
-    if (pause_out) *pause_out = pause;
     return released;
 }
 
 TM_EXPORT int TM_API(_heapmin)(void) {
     int saved = errno;
-    trim_all(NULL);
+    unsigned failures = 0;
+    size_t released = trim_all(&failures);
+    if (failures && !released) { /* the OS refused every release */
+        errno = ENOSYS;
+        return -1;
+    }
     errno = saved;
     return 0;
 }
@@ -50,7 +54,8 @@ TM_EXPORT int TM_API(_heapmin)(void) {
 TM_EXPORT int TM_API(malloc_trim)(size_t pad) {
     (void)pad;
     int saved = errno;
-    size_t r = trim_all(NULL);
+    unsigned failures = 0;
+    size_t r = trim_all(&failures);
     errno = saved;
     return r > 0;
 }

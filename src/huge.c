@@ -42,11 +42,23 @@ static size_t huge_map_size(size_t size) {
     return (size + TM_PAGE_MASK) & ~TM_PAGE_MASK;
 }
 
-static void huge_unmap(tm_huge_t *h) {
+static bool huge_unmap(tm_huge_t *h) {
     pagemap_clear(h->base);
-    os_unmap((void *)h->base, h->mapped);
+    if (os_unmap((void *)h->base, h->mapped) != 0) {
+        pagemap_set(h->base, (uintptr_t)h);
+        return false;
+    }
     stats_add_released(h->mapped);
     meta_free(h, sizeof *h);
+    return true;
+}
+
+static void huge_cache_put_back(tm_huge_t *h) {
+    pthread_mutex_lock(&huge_mu);
+    list_push(&huge_cache, h);
+    huge_cache_bytes += h->mapped;
+    huge_cache_count++;
+    pthread_mutex_unlock(&huge_mu);
 }
 
 /* Unmap cache entries older than the decay time. */
@@ -67,7 +79,7 @@ static void huge_decay(uint64_t now) {
     pthread_mutex_unlock(&huge_mu);
     for (tm_huge_t *h = old, *next; h; h = next) {
         next = h->next;
-        huge_unmap(h);
+        if (!huge_unmap(h)) huge_cache_put_back(h);
     }
 }
 
@@ -169,7 +181,7 @@ void huge_free(tm_huge_t *h, void *p) {
     pthread_mutex_unlock(&huge_mu);
     for (tm_huge_t *e = evict, *next; e; e = next) {
         next = e->next;
-        huge_unmap(e);
+        if (!huge_unmap(e)) huge_cache_put_back(e); /* retried by _heapmin */
     }
 }
 
@@ -223,17 +235,23 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size) {
     return np;
 }
 
-size_t huge_release_cache(void) {
+size_t huge_release_cache(unsigned *failures) {
     pthread_mutex_lock(&huge_mu);
     tm_huge_t *all = huge_cache;
     huge_cache = NULL;
-    size_t bytes = huge_cache_bytes;
     huge_cache_bytes = 0;
     huge_cache_count = 0;
     pthread_mutex_unlock(&huge_mu);
+    size_t bytes = 0;
     for (tm_huge_t *h = all, *next; h; h = next) {
         next = h->next;
-        huge_unmap(h);
+        size_t m = h->mapped;
+        if (huge_unmap(h)) {
+            bytes += m;
+        } else {
+            huge_cache_put_back(h);
+            if (failures) ++*failures;
+        }
     }
     return bytes;
 }

@@ -56,7 +56,7 @@
 /* ---- os.c: the only file that talks to the kernel about memory ---------------- */
 void *os_map(size_t size);                   /* NULL on failure */
 void *os_map_aligned(size_t size, size_t align);
-void os_unmap(void *p, size_t size);
+int os_unmap(void *p, size_t size);          /* 0, or -1 with errno */
 int os_purge(void *p, size_t size);          /* pages read zero afterwards */
 int os_protect_none(void *p, size_t size);   /* guard page */
 void *os_remap(void *p, size_t old, size_t new_size, int may_move, void *fixed);
@@ -72,10 +72,13 @@ extern unsigned long os_fail_countdown_active;
 extern tm_class_t tm_classes[TM_NCLASSES + 1];
 extern uint8_t tm_class_tiny[(TM_TINY_MAX >> 4) + 1];
 void size_class_init(void);
-unsigned size_class_of_slow(size_t size);   /* 1024 < size <= 32 KiB */
+/* 1024 < size <= 32 KiB: with s = size - 1 and k = floor(log2 s), the class
+ * is the j-th of group k where j = (s >> (k - 2)) - 3 (size_class.c). */
 TM_INLINE unsigned size_class_of(size_t size) {
     if (likely(size <= TM_TINY_MAX)) return tm_class_tiny[(size + 15) >> 4];
-    return size_class_of_slow(size);
+    size_t s = size - 1;
+    unsigned k = 63u - (unsigned)__builtin_clzl(s);
+    return 8 + (k - 7) * 4 + (unsigned)(s >> (k - 2)) - 3;
 }
 
 /* ---- pagemap.c ------------------------------------------------------------------ */
@@ -108,7 +111,7 @@ void meta_fork_child(void);
 
 /* ---- chunk.c: chunks, runs, coalescing, purge ------------------------------------ */
 tm_chunk_t *chunk_create(tm_arena_t *a);     /* unlocked; NULL on OOM */
-void chunk_destroy(tm_chunk_t *c);           /* unlocked, chunk detached */
+bool chunk_destroy(tm_chunk_t *c);           /* unlocked, detached; false if munmap failed */
 void chunk_attach_locked(tm_arena_t *a, tm_chunk_t *c);
 void chunk_detach_locked(tm_arena_t *a, tm_chunk_t *c);
 /* Take a run of npages aligned to align_pages from the arena's free runs;
@@ -131,8 +134,9 @@ TM_INLINE uintptr_t chunk_page_addr(tm_chunk_t *c, uint32_t page) {
 TM_INLINE tm_chunk_t *chunk_of_entry(uintptr_t e) {
     return (e & 1) ? (tm_chunk_t *)(e - 1) : NULL;
 }
-/* Purge: release free pages of every chunk of arena a; return bytes. */
-size_t arena_purge(tm_arena_t *a, bool unmap_empty);
+/* Purge: release free pages of every chunk of arena a; return bytes.
+ * *failures counts system calls the kernel refused. */
+size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures);
 
 /* ---- arena.c ---------------------------------------------------------------------- */
 extern tm_arena_t *tm_arenas[];
@@ -160,7 +164,7 @@ void *huge_alloc(size_t size, size_t align, bool zero);
 void huge_free(tm_huge_t *h, void *p);
 void *huge_realloc(tm_huge_t *h, void *p, size_t size);
 bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size);
-size_t huge_release_cache(void);             /* unmap cached huge mappings */
+size_t huge_release_cache(unsigned *failures); /* unmap cached huge mappings */
 size_t huge_allocated(void);
 size_t huge_mapped(void);
 void huge_fork_prepare(void);
@@ -172,11 +176,13 @@ void huge_lock(void);
 void huge_unlock(void);
 
 /* ---- tcache.c ------------------------------------------------------------------------ */
-extern __thread tm_tcache_t *tm_tls_tc __attribute__((tls_model("initial-exec")));
+extern __thread tm_tls_t tm_tls __attribute__((tls_model("initial-exec")));
+enum { TLS_NONE = 0, TLS_BOOTING, TLS_LIVE, TLS_DEAD };
 extern tm_tcache_t tm_tcache_sentinel;
 extern uint64_t tm_cookie_key;
-TM_COLD void *tcache_malloc_slow(tm_tcache_t *tc, size_t size, unsigned cls);
-TM_COLD void tcache_free_slow(tm_tcache_t *tc, void *p, unsigned cls);
+TM_COLD void *tcache_malloc_slow(size_t size, unsigned cls); /* sets ENOMEM */
+TM_COLD void tcache_free_slow(void *p, unsigned cls);
+void tcache_settle_locked(tm_tcache_t *tc);
 void tcache_drain_locked(tm_tcache_t *tc);  /* tc->mu held; empty every bin */
 size_t tcache_cached_bytes(void);
 unsigned tcache_count(void);

@@ -64,6 +64,13 @@ void meta_free(void *p, size_t size) {
         __atomic_sub_fetch(&meta_total, sz, __ATOMIC_RELAXED);
         return;
     }
+    if (size >= 4 * TM_PAGE) {
+        /* Large descriptors (chunks, caches) go back to the kernel page by
+         * page, past the first page that holds the free-list link. */
+        uintptr_t lo = ((uintptr_t)p + TM_PAGE + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
+        uintptr_t hi = ((uintptr_t)p + size) & ~(uintptr_t)TM_PAGE_MASK;
+        if (hi > lo) os_purge((void *)lo, hi - lo);
+    }
     pthread_mutex_lock(&meta_lock);
     meta_free_t *f = p;
     f->next = meta_lists[size / META_STEP];

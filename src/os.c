@@ -60,8 +60,9 @@ void *os_map_aligned(size_t size, size_t align) {
     return (void *)a;
 }
 
-void os_unmap(void *p, size_t size) {
-    if (p && size) munmap(p, size);
+int os_unmap(void *p, size_t size) {
+    if (!p || !size) return 0;
+    return munmap(p, size);
 }
 
 int os_purge(void *p, size_t size) {

@@ -74,12 +74,3 @@ void size_class_init(void) {
         tm_class_tiny[i] = (uint8_t)c;
     }
 }
-
-/* 1024 < size <= 32 KiB: with s = size - 1 and k = floor(log2 s), the class
- * is the j-th of group k where j = (s >> (k - 2)) - 3. */
-unsigned size_class_of_slow(size_t size) {
-    size_t s = size - 1;
-    unsigned k = 63u - (unsigned)__builtin_clzl(s);
-    unsigned j = (unsigned)(s >> (k - 2)) - 3;
-    return 8 + (k - 7) * 4 + j;
-}

@@ -2,27 +2,27 @@
  * tcache.c -- thread caches: creation, refill and flush (the slow paths
  * behind malloc/free), and the drain at thread exit.
  *
- * Every thread starts on tm_tcache_sentinel, a static cache whose
- * drain_req is permanently set, so the fast path never asks "initialised?":
- * the first call just misses and lands here, where the real cache is made.
- * After the thread's cache has been drained by its pthread key destructor,
- * the thread goes back to the sentinel in the DEAD state, and later calls
- * (other libraries' TLS destructors) go straight to the arenas.
+ * Every thread starts with tm_tls.tc pointing at tm_tcache_sentinel, a
+ * static cache whose bins are all empty with capacity 0, so the fast path
+ * never asks "initialised?": the first call just misses and lands here,
+ * where the real cache is made. A trimmer points tm_tls.tc at the sentinel
+ * too while it drains the cache (world.c), and the thread exit destructor
+ * leaves it there in the DEAD state, so later calls (other libraries' TLS
+ * destructors) go straight to the arenas.
  *
  * Owner and lock: a cache's bins are touched by its owner on the fast path
- * with busy = 1 and no lock; on slow paths by its owner holding tc->mu; and
- * by a trimmer (world.c) holding tc->mu after the busy/drain_req handshake.
- * The registry of live caches is guarded by registry_lock.
+ * with tm_tls.busy = 1 and no lock; on slow paths by its owner holding
+ * tc->mu; and by a trimmer holding tc->mu after the handshake in world.c.
+ * tm_tls.tc is written by its owner and by a trimmer, always under tc->mu
+ * except the trimmer's first store of the sentinel. The registry of live
+ * caches is guarded by registry_lock.
  */
 #include "internal.h"
 
-__thread tm_tcache_t *tm_tls_tc __attribute__((tls_model("initial-exec"))) =
-    &tm_tcache_sentinel;
-tm_tcache_t tm_tcache_sentinel = {.busy = 0, .drain_req = 1, .state = TC_STATE_SENTINEL};
+__thread tm_tls_t tm_tls __attribute__((tls_model("initial-exec"))) = {
+    .tc = &tm_tcache_sentinel};
+tm_tcache_t tm_tcache_sentinel = {.state = TC_STATE_SENTINEL};
 uint64_t tm_cookie_key;
-
-enum { TLS_NONE = 0, TLS_BOOTING, TLS_LIVE, TLS_DEAD };
-static __thread int tls_state __attribute__((tls_model("initial-exec")));
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static tm_tcache_t *registry;      /* live caches */
@@ -56,11 +56,11 @@ void tcache_drain_locked(tm_tcache_t *tc) {
 static void tcache_destructor(void *arg) {
     tm_tcache_t *tc = arg;
     if (!tc || tc == &tm_tcache_sentinel) return;
-    tm_tls_tc = &tm_tcache_sentinel;
-    tls_state = TLS_DEAD;
     pthread_mutex_lock(&tc->mu);
+    tm_tls.state = TLS_DEAD; /* from now on no one points tls.tc back at tc */
+    __atomic_store_n(&tm_tls.tc, &tm_tcache_sentinel, __ATOMIC_RELEASE);
     tcache_drain_locked(tc);
-    __atomic_store_n(&tc->drain_req, 0, __ATOMIC_RELEASE);
+    tc->drain_pending = 0;
     pthread_mutex_unlock(&tc->mu);
     pthread_mutex_lock(&registry_lock);
     if (tc->prev) tc->prev->next = tc->next;
@@ -81,7 +81,7 @@ void tcache_init(void) {
 }
 
 static tm_tcache_t *tcache_create(void) {
-    tls_state = TLS_BOOTING;
+    tm_tls.state = TLS_BOOTING;
     pthread_mutex_lock(&registry_lock);
     tm_tcache_t *tc = recycled;
     if (tc) recycled = tc->next;
@@ -95,14 +95,14 @@ static tm_tcache_t *tcache_create(void) {
     }
     if (!tc) {
         tc = meta_alloc(sizeof *tc);
-        if (!tc) { tls_state = TLS_NONE; return NULL; }
+        if (!tc) { tm_tls.state = TLS_NONE; return NULL; }
     }
     if (!tc->slots_mem) {
         tc->slots_mem = meta_alloc(slots_size);
         tc->slots_size = slots_size;
         if (!tc->slots_mem) {
             meta_free(tc, sizeof *tc);
-            tls_state = TLS_NONE;
+            tm_tls.state = TLS_NONE;
             return NULL;
         }
     }
@@ -114,12 +114,11 @@ static tm_tcache_t *tcache_create(void) {
         tc->bins[c].slots = slot;
         slot += tc->bins[c].cap;
     }
-    tc->key = tm_cookie_key;
-    tc->busy = 0;
-    tc->drain_req = 0;
+    tc->drain_pending = 0;
+    tc->owner_tls = &tm_tls;
     pthread_mutex_init(&tc->mu, NULL);
     tc->arena = arena_choose();
-    if (!tc->arena) { tls_state = TLS_NONE; return NULL; }
+    if (!tc->arena) { tm_tls.state = TLS_NONE; return NULL; }
     tc->thread = pthread_self();
     pthread_mutex_lock(&registry_lock);
     tc->arena->nthreads++;
@@ -133,54 +132,57 @@ static tm_tcache_t *tcache_create(void) {
     /* May allocate (keys past the first 32): we are BOOTING, so that
      * allocation goes straight to an arena. */
     if (tc_key_ok) pthread_setspecific(tc_key, tc);
-    tm_tls_tc = tc;
-    tls_state = TLS_LIVE;
+    tm_tls.own = tc;
+    tm_tls.state = TLS_LIVE;
+    __atomic_store_n(&tm_tls.tc, tc, __ATOMIC_RELEASE);
     return tc;
 }
 
 /* The arena a thread without a cache uses. */
 static tm_arena_t *uncached_arena(void) {
-    tm_tcache_t *tc = tm_tls_tc;
-    if (tc != &tm_tcache_sentinel) return tc->arena;
+    if (tm_tls.state == TLS_LIVE) return tm_tls.own->arena;
     return arena_get(0);
 }
 
 tm_arena_t *tcache_arena(void) {
-    tm_tcache_t *tc = tm_tls_tc;
-    if (tc == &tm_tcache_sentinel && tls_state == TLS_NONE) {
+    if (tm_tls.state == TLS_NONE) {
         tm_init();
-        tc = tcache_create();
-        if (!tc) return arena_get(0);
+        tcache_create();
     }
     return uncached_arena();
 }
 
-/* The caller's cache, made if needed; NULL if the thread runs uncached. */
-static tm_tcache_t *tcache_get_slow(tm_tcache_t *tc) {
-    if (tc != &tm_tcache_sentinel) return tc;
+/* The caller's own cache, made if needed; NULL if the thread runs
+ * uncached (booting, exited, or out of memory for a cache). */
+static tm_tcache_t *tcache_get_slow(void) {
+    if (likely(tm_tls.state == TLS_LIVE)) return tm_tls.own;
     tm_init();
-    if (tls_state == TLS_NONE) return tcache_create();
+    if (tm_tls.state == TLS_NONE) return tcache_create();
     return NULL;
 }
 
-/* A trimmer asked for this cache: empty it ourselves. Holds tc->mu. */
-static void tcache_self_drain_locked(tm_tcache_t *tc) {
-    if (__atomic_load_n(&tc->drain_req, __ATOMIC_ACQUIRE)) {
+/* Called by the owner or a trimmer holding tc->mu, with the owner off its
+ * fast path: do a drain a trimmer asked for, and point the owner's TLS back
+ * at its cache. */
+void tcache_settle_locked(tm_tcache_t *tc) {
+    if (tc->drain_pending) {
         tcache_drain_locked(tc);
-        __atomic_store_n(&tc->drain_req, 0, __ATOMIC_RELEASE);
+        tc->drain_pending = 0;
     }
+    if (tc->state == TC_STATE_LIVE && tc->owner_tls->state == TLS_LIVE)
+        __atomic_store_n(&tc->owner_tls->tc, tc, __ATOMIC_RELEASE);
 }
 
-void *tcache_malloc_slow(tm_tcache_t *tc, size_t size, unsigned cls) {
+void *tcache_malloc_slow(size_t size, unsigned cls) {
     (void)size;
-    __atomic_store_n(&tc->busy, 0, __ATOMIC_RELEASE);
-    tc = tcache_get_slow(tc);
+    __atomic_store_n(&tm_tls.busy, 0, __ATOMIC_RELEASE);
+    tm_tcache_t *tc = tcache_get_slow();
     void *p = NULL;
     if (!tc) {
         arena_refill(uncached_arena(), cls, &p, 1);
     } else {
         pthread_mutex_lock(&tc->mu);
-        tcache_self_drain_locked(tc);
+        tcache_settle_locked(tc);
         tm_tc_bin_t *b = &tc->bins[cls];
         if (b->cap == 0) /* caching off (tcache_scale:0, junk, zero) */
             arena_refill(tc->arena, cls, &p, 1);
@@ -194,20 +196,22 @@ void *tcache_malloc_slow(tm_tcache_t *tc, size_t size, unsigned cls) {
         *(uint64_t *)p = 0;
         if (unlikely(tm_opt.junk | tm_opt.zero))
             memset(p, tm_opt.zero ? 0 : 0xa5, tm_classes[cls].size);
+    } else {
+        errno = ENOMEM;
     }
     return p;
 }
 
-void tcache_free_slow(tm_tcache_t *tc, void *p, unsigned cls) {
-    __atomic_store_n(&tc->busy, 0, __ATOMIC_RELEASE);
+void tcache_free_slow(void *p, unsigned cls) {
+    __atomic_store_n(&tm_tls.busy, 0, __ATOMIC_RELEASE);
     if (unlikely(tm_opt.junk)) memset(p, 0x5a, tm_classes[cls].size);
-    tc = tcache_get_slow(tc);
+    tm_tcache_t *tc = tcache_get_slow();
     if (!tc) {
         arena_flush(cls, &p, 1);
         return;
     }
     pthread_mutex_lock(&tc->mu);
-    tcache_self_drain_locked(tc);
+    tcache_settle_locked(tc);
     tm_tc_bin_t *b = &tc->bins[cls];
     if (b->count >= b->cap) {
         /* Flush the older half (the bottom of the stack). */
@@ -241,11 +245,14 @@ size_t tcache_cached_bytes(void) {
  * drained into the arenas so their blocks are not lost, then recycled. */
 void tcache_fork_child(void) {
     pthread_mutex_init(&registry_lock, NULL);
-    tm_tcache_t *self = tm_tls_tc;
+    tm_tcache_t *self = tm_tls.state == TLS_LIVE ? tm_tls.own : NULL;
     for (tm_tcache_t *tc = registry, *next; tc; tc = next) {
         next = tc->next;
         pthread_mutex_init(&tc->mu, NULL);
-        if (tc == self) continue;
+        if (tc == self) {
+            tcache_settle_locked(tc);
+            continue;
+        }
         tcache_drain_locked(tc);
         if (tc->prev) tc->prev->next = tc->next;
         else registry = tc->next;
@@ -253,8 +260,7 @@ void tcache_fork_child(void) {
         registry_count--;
         tc->arena->nthreads--;
         tc->state = TC_STATE_FREE;
-        tc->busy = 0;
-        tc->drain_req = 0;
+        tc->drain_pending = 0;
         tc->next = recycled;
         recycled = tc;
     }

@@ -65,7 +65,7 @@
 #define TM_NCLASSES 40                /* classes 1..40; 0 means "not small" */
 #define TM_SMALL_MAX ((size_t)32768)  /* largest small size */
 #define TM_TINY_MAX ((size_t)1024)    /* sizes looked up in one table */
-#define TM_SLAB_MAX_BLOCKS 512        /* bitmap bits in a slab */
+#define TM_SLAB_MAX_BLOCKS 256        /* bitmap bits in a slab */
 #define TM_LARGE_MAX_DEFAULT ((size_t)2 << 20) /* default huge threshold */
 
 typedef struct tm_class {
@@ -96,6 +96,22 @@ typedef struct tm_page {
     struct tm_page *next, *prev;    /* free-run index links */
 } tm_page_t;
 
+/* A slab's descriptor, embedded in its chunk's descriptor (chunk_t.slabs,
+ * indexed by the slab's first page), so slab metadata goes away with the
+ * chunk. bitmap bit i set = block i free in the arena (not in a thread
+ * cache, not held by the program). */
+typedef struct tm_slab {
+    uintptr_t start;
+    struct tm_chunk *chunk;
+    struct tm_slab *next, *prev;    /* bin's partial list */
+    uint16_t cls;
+    uint16_t nfree;                 /* set bits in bitmap */
+    uint16_t nblocks;
+    uint16_t on_list;               /* 1 while on the bin's partial list */
+    uint16_t hint;                  /* first bitmap word that may be nonzero */
+    uint64_t bitmap[TM_SLAB_MAX_BLOCKS / 64];
+} tm_slab_t;
+
 typedef struct tm_chunk {
     /* fast[i]: small class of page i in bits 0..7 (0 = not a slab page),
      * and the slab's byte offset in the chunk in bits 12..21. free() reads
@@ -107,21 +123,8 @@ typedef struct tm_chunk {
     uint32_t free_pages;            /* pages in free runs */
     uint32_t dirty_pages;           /* free pages not yet purged */
     tm_page_t pages[TM_CHUNK_PAGES];
+    tm_slab_t slabs[TM_CHUNK_PAGES]; /* slabs[p]: the slab whose first page is p */
 } tm_chunk_t;
-
-/* A slab's descriptor, in metadata memory. bitmap bit i set = block i free
- * in the arena (not in a thread cache, not held by the program). */
-typedef struct tm_slab {
-    uintptr_t start;
-    tm_chunk_t *chunk;
-    struct tm_slab *next, *prev;    /* bin's partial list */
-    uint16_t cls;
-    uint16_t nfree;                 /* set bits in bitmap */
-    uint16_t nblocks;
-    uint16_t on_list;               /* 1 while on the bin's partial list */
-    uint16_t hint;                  /* first bitmap word that may be nonzero */
-    uint64_t bitmap[TM_SLAB_MAX_BLOCKS / 64];
-} tm_slab_t;
 
 /* ---- Huge blocks ---------------------------------------------------------- */
 typedef struct tm_huge {
@@ -163,15 +166,27 @@ typedef struct tm_tc_bin {
     void **slots;
 } tm_tc_bin_t;
 
-typedef struct tm_tcache {
-    /* Handshake flags (world.c): busy is written only by the owner, 1 while
-     * it touches bins on the fast path; drain_req is set by a trimmer. */
+struct tm_tcache;
+
+/* A thread's allocator state in TLS (initial-exec, one fs-relative block).
+ * tc is the cache the fast path uses: the thread's own, or the sentinel
+ * while a trimmer drains it (world.c) or before the cache exists. busy is
+ * 1 while the fast path touches tc's bins. */
+typedef struct tm_tls {
+    struct tm_tcache *tc;
     volatile int busy;
-    volatile int drain_req;
-    uint64_t key;               /* cookie key copy, next to the bins */
+    int state;                  /* TLS_NONE, TLS_BOOTING, TLS_LIVE, TLS_DEAD */
+    struct tm_tcache *own;      /* the thread's cache, whatever tc says */
+} tm_tls_t;
+
+typedef struct tm_tcache {
     tm_tc_bin_t bins[TM_NCLASSES + 1];
     /* slow-path state */
     pthread_mutex_t mu;         /* held by owner slow path or by a trimmer */
+    /* world stop (world.c): the owner's TLS, and a drain the trimmer asked
+     * for (set before it points owner_tls->tc at the sentinel). */
+    tm_tls_t *owner_tls;
+    volatile int drain_pending;
     tm_arena_t *arena;
     struct tm_tcache *next, *prev; /* registry of live caches */
     pthread_t thread;
