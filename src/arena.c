@@ -222,6 +222,20 @@ void arena_flush(unsigned cls, void **blocks, unsigned n) {
     }
 }
 
+/* Give back the empty slabs the bins keep against thrashing (_heapmin). */
+void arena_release_empty_slabs_locked(tm_arena_t *a) {
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+        tm_arena_bin_t *b = &a->bins[c];
+        for (tm_slab_t *s = b->partial, *next; s; s = next) {
+            next = s->next;
+            if (s->nfree == s->nblocks) {
+                bin_remove_locked(b, s);
+                slab_destroy_locked(a, s);
+            }
+        }
+    }
+}
+
 /* ---- large runs -------------------------------------------------------------- */
 
 void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero) {

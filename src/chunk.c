@@ -225,6 +225,7 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
         tm_chunk_t *empty[PURGE_BATCH];
         int nruns = 0, nempty = 0;
         pthread_mutex_lock(&a->lock);
+        if (round == 0 && unmap_empty) arena_release_empty_slabs_locked(a);
         for (tm_chunk_t *c = a->chunks, *next; c && nruns < PURGE_BATCH &&
                                                nempty < PURGE_BATCH; c = next) {
             next = c->next;

@@ -47,42 +47,33 @@ static bool is_page_run_kind(uint8_t k) {
 }
 
 /* ---- Cookies --------------------------------------------------------------
- * types.h promises that a free small block carries its cookie (address ^
- * key) in its first word, so a first word that is not the cookie would
- * mean the program wrote into freed memory. Today's core keeps the promise
- * only for blocks that went through a thread cache's free: blocks of a
- * fresh slab have never been written (they hold zeros or whatever an
- * earlier run left there), blocks a cache took in a refill and handed back
- * unused are the same, and blocks freed with caching off (tcache_scale:0,
- * junk, zero, a booting or exited thread) go to their slab unstamped. So a
- * missing cookie alone cannot tell damage from a block never stamped.
+ * Every free small block -- in a thread cache or in its slab -- carries its
+ * cookie (its address xor a per-process key) in its first word: slab
+ * creation, free() and the return to the slab all write it, and malloc
+ * clears it. A free block in a slab bitmap without it was written by the
+ * program after it was freed.
  *
- * Until the core stamps every free block (then build with
- * -DTM_CRT_STRICT=1), we report only what cannot happen to an
- * unstamped block: a first word that still equals the cookie in one 32-bit
- * half but not in the other -- a store of 1 to 4 bytes into a freed block
- * that carried its cookie. Stale bytes match a random 32-bit half with
- * probability 2^-32; the one way to get a stale cookie-like word is a copy
- * of another block's old cookie, and that decodes (xor the key) to a
- * 16-byte aligned address in one of our chunks on another page, which we
- * let pass. A byte-sized store never decodes to another page, so it is
- * always caught. Stores that replace the whole first word are caught only
- * in strict mode. */
-#ifndef TM_CRT_STRICT
-#define TM_CRT_STRICT 0
+ * The return to the slab writes the cookie afresh, so a write into a block
+ * while it sits in a thread cache is repaired, not seen, when the cache is
+ * drained (our own drain included): we see writes into blocks that are
+ * back in their slab -- after a drain (_heapchk, _heapwalk, _heapmin), a
+ * cache overflow or the thread's exit. */
+static bool free_block_damaged(uintptr_t b) {
+    return *(const volatile uint64_t *)b != (b ^ tm_cookie_key);
+}
+
+/* Interior pages of a run. Never PAGE_FREE (coalescing reads kinds); and,
+ * as types.h says, PAGE_INTERIOR (or PAGE_UNUSED, as a fresh chunk's
+ * are) -- but today's core leaves the old head kind (SLAB or LARGE) of a
+ * run freed into its left neighbour inside the merged free run (chunk.c,
+ * run_insert_free_locked), so that part waits for -DTM_CRT_STRICT_INTERIOR=1. */
+#ifndef TM_CRT_STRICT_INTERIOR
+#define TM_CRT_STRICT_INTERIOR 0
 #endif
 
-static bool free_block_damaged(uintptr_t b) {
-    uint64_t w = *(const volatile uint64_t *)b, ck = b ^ tm_cookie_key;
-    if (w == ck) return false;
-    if (TM_CRT_STRICT) return true;
-    uint64_t d = w ^ ck;
-    if ((d >> 32) != 0 && (uint32_t)d != 0) return false; /* both halves differ */
-    uintptr_t x = (uintptr_t)(w ^ tm_cookie_key);         /* whose cookie is it? */
-    if (!(x & (TM_ALIGN - 1)) && (x >> TM_PAGE_SHIFT) != (b >> TM_PAGE_SHIFT) &&
-        (pagemap_lookup(x) & 1))
-        return false; /* a copy of another block's stale cookie */
-    return true;
+static bool interior_kind_ok(uint8_t k) {
+    if (k == PAGE_FREE) return false;
+    return !TM_CRT_STRICT_INTERIOR || k == PAGE_INTERIOR || k == PAGE_UNUSED;
 }
 
 /* ---- "nothing was ever mapped" ----------------------------------------------
@@ -167,16 +158,8 @@ static int check_chunk_locked(tm_arena_t *a, tm_chunk_t *c, chk_sums_t *s) {
         if (n == 0 || n > TM_CHUNK_PAGES - p) return _HEAPBADNODE;
         tm_page_t *t = &c->pages[p + n - 1];
         if (t->npages != n) return _HEAPBADNODE;
-        /* Interior pages: never PAGE_FREE (coalescing reads kinds). Today's
-         * core leaves the old head kind (SLAB or LARGE) of a run freed into
-         * its left neighbour inside the merged free run (chunk.c,
-         * run_insert_free_locked), so only strict mode wants them all to
-         * read INTERIOR (or UNUSED, as a fresh chunk's do). */
-        for (uint32_t i = p + 1; i + 1 < p + n; i++) {
-            uint8_t k = c->pages[i].kind;
-            if (k == PAGE_FREE || (TM_CRT_STRICT && k != PAGE_INTERIOR && k != PAGE_UNUSED))
-                return _HEAPBADNODE;
-        }
+        for (uint32_t i = p + 1; i + 1 < p + n; i++)
+            if (!interior_kind_ok(c->pages[i].kind)) return _HEAPBADNODE;
         int rc = _HEAPOK;
         switch (h->kind) {
         case PAGE_FREE:
