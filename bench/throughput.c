@@ -31,7 +31,10 @@
  * line of key=value pairs: ops, secs, mops (million ops per second), the peak
  * live bytes requested (the sum of per-thread counters sampled every
  * millisecond, or the largest single thread's exact peak if that is higher),
- * peak RSS (VmHWM) and verify=ok|FAIL. Exit status 3 on a bad tag.
+ * peak RSS (VmHWM), cpu_secs (process CPU time over the timed runs, which
+ * includes set-up and teardown of threads: useful on a loaded machine, where
+ * wall time also counts waiting for a CPU) and verify=ok|FAIL. Exit status 3
+ * on a bad tag.
  */
 #include "bench_common.h"
 
@@ -386,8 +389,18 @@ static void *tight_thread(void *arg)
 
 /* Start T threads on fn, release them together, wait for all: seconds from
  * the first thread's start to the last thread's end. */
+static double cpu_secs_total; /* process CPU time spent inside run_threads */
+
+static double process_cpu_secs(void)
+{
+    struct timespec ts_;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts_);
+    return (double)ts_.tv_sec + (double)ts_.tv_nsec / 1e9;
+}
+
 static double run_threads(void *(*fn)(void *))
 {
+    double c0 = process_cpu_secs();
     pthread_t *tid = bench_map((size_t)nthreads * sizeof *tid);
     pthread_barrier_init(&start_barrier, NULL, (unsigned)nthreads + 1);
     for (int i = 0; i < nthreads; i++)
@@ -403,6 +416,7 @@ static double run_threads(void *(*fn)(void *))
         if (ts[i].t_end > t1)
             t1 = ts[i].t_end;
     }
+    cpu_secs_total += process_cpu_secs() - c0;
     pthread_barrier_destroy(&start_barrier);
     bench_unmap(tid, (size_t)nthreads * sizeof *tid);
     return (double)(t1 - t0) / 1e9;
@@ -512,9 +526,10 @@ int main(int argc, char **argv)
             peak_live = ts[i].peak;
     size_t peak_rss = bench_peak_rss();
     printf("throughput workload=%s threads=%d alloc=%s ops=%llu secs=%.4f mops=%.3f "
-           "peak_live=%ld peak_rss=%zu rss_start=%zu verify=%s\n",
+           "cpu_secs=%.4f peak_live=%ld peak_rss=%zu rss_start=%zu verify=%s\n",
            wl, nthreads, bench_alloc_name(bench_alloc_detect()), (unsigned long long)ops, secs,
-           (double)ops / secs / 1e6, peak_live, peak_rss, rss_start, bad ? "FAIL" : "ok");
+           (double)ops / secs / 1e6, cpu_secs_total, peak_live, peak_rss, rss_start,
+           bad ? "FAIL" : "ok");
     if (bad) {
         fprintf(stderr, "throughput: %zu bad tags in %s (allocator %s)\n", bad, wl,
                 bench_alloc_name(bench_alloc_detect()));
