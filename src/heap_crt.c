@@ -656,7 +656,7 @@ typedef struct huge_read {
 
 static void huge_read_one(tm_huge_t *h, void *arg) {
     huge_read_t *r = arg;
-    if (!r->ok && r->at >= h->base && r->at - h->base <= h->size - PTR_SZ) {
+    if (!r->ok && !h->freed_ns && r->at >= h->base && r->at - h->base <= h->size - PTR_SZ) {
         r->word = *(const uintptr_t *)r->at;
         r->ok = true;
     }
@@ -672,6 +672,7 @@ static bool read_heap_word(uintptr_t at, uintptr_t *out) {
     }
     huge_read_t r = {at, 0, false};
     huge_lock();
+    e = pagemap_lookup(at); /* again, now that no huge block can come or go */
     if (e) huge_read_one((tm_huge_t *)e, &r);
     if (!r.ok) huge_foreach_locked(huge_read_one, &r); /* a later chunk of a big one */
     huge_unlock();
@@ -687,7 +688,9 @@ static uintptr_t aligned_raw(void *p, const char *call, size_t *usable) {
         uintptr_t hdr = (u & ~(uintptr_t)(PTR_SZ - 1)) - PTR_SZ;
         if (read_heap_word(hdr, &raw) && raw <= hdr) {
             size_t n = live_block_size(raw);
-            if (n && hdr + PTR_SZ <= raw + n && u <= raw + n) {
+            /* p < raw + n: a zero-size block still ends past p, since the
+             * slack (align - 1 + PTR_SZ) is odd and block sizes are not */
+            if (n && hdr + PTR_SZ <= raw + n && u < raw + n) {
                 *usable = raw + n - u;
                 return raw;
             }
