@@ -340,20 +340,23 @@ TM_EXPORT int TM_API(_heapset)(unsigned int fill) {
 }
 
 /* ---- _heapwalk -------------------------------------------------------------------
- * Stateless: each call finds the entry with the lowest address above
- * e->_pentry, over every chunk of every arena and every live huge block,
- * under the trim lock and, chunk by chunk, the owning arena's lock. So one
- * call is consistent for the chunk it reports from; while other threads
- * allocate, a block they allocate or free during the walk may be seen in
- * either state, blocks that go into a thread cache after the walk began
- * read as used, and a run that changes shape may be reported in its old
- * or its new shape, but never twice: every entry lies above the previous
- * one, so the walk always moves on and ends.
+ * Stateless: each call finds the entry with the lowest address at or past
+ * the end of the previous one (e->_pentry + e->_size), over every chunk of
+ * every arena and every live huge block, under the trim lock and, chunk by
+ * chunk, the owning arena's lock. So one call is consistent for the chunk
+ * it reports from, and the entries of a walk never overlap, even while
+ * other threads allocate: a block they allocate or free during the walk may
+ * be seen in either state, a run may be reported in its old or its new
+ * shape (a free run reported before a slab was carved out of it hides the
+ * slab's blocks), blocks that go into a thread cache after the walk began
+ * read as used, and every entry lies past the previous one, so the walk
+ * always moves on and ends.
  *
- * e->_pentry must be an entry of the heap now, or the last entry this
- * thread's walks returned (which may have vanished since: freed, merged,
- * unmapped) -- anything else is _HEAPBADPTR. A few recent entries are kept
- * per thread for that check only. */
+ * e->_pentry must be an entry of the heap now, or one this thread's walks
+ * returned lately (which may have vanished since: freed, merged into a free
+ * run, unmapped by _heapmin) -- anything else is _HEAPBADPTR. For the
+ * latter we remember, per thread, the last few entries and the sizes we
+ * gave them; the walk goes on from the end we reported. */
 typedef struct walk_entry {
     uintptr_t addr;
     size_t size;
@@ -361,57 +364,71 @@ typedef struct walk_entry {
 } walk_entry_t;
 
 #define WALK_RECENT 4
-static __thread uintptr_t walk_recent[WALK_RECENT];
+static __thread walk_entry_t walk_recent[WALK_RECENT];
 static __thread unsigned walk_recent_at;
 
-static bool walk_recent_has(uintptr_t p) {
+static const walk_entry_t *walk_recent_find(uintptr_t p) {
     for (unsigned i = 0; i < WALK_RECENT; i++)
-        if (walk_recent[i] == p) return true;
-    return false;
+        if (walk_recent[i].addr == p) return &walk_recent[i];
+    return NULL;
 }
 
-/* The first entry of chunk c above address `after` (c->base - 1 for its
- * first entry). Returns _HEAPOK with *out, _HEAPEND if there is none, or
- * an error. *is_entry (if given) is set when `after` is an entry. */
-static int chunk_next_locked(tm_chunk_t *c, uintptr_t after, walk_entry_t *out,
-                             bool *is_entry) {
-    uint32_t p = 0;
-    if (after >= c->base) {
-        /* A slab page names its slab's first page: start there, not at 0. */
-        uint32_t ap = (uint32_t)((after - c->base) >> TM_PAGE_SHIFT);
-        uint32_t f = c->fast[ap];
-        uint32_t sp = (f >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1);
-        if ((f & 0xff) && sp <= ap && c->pages[sp].kind == PAGE_SLAB &&
-            ap - sp < c->pages[sp].npages)
-            p = sp;
+/* The first page of the run holding page ap, or -1 for a header we cannot
+ * step over. A slab page names its slab's first page in fast[]; anything
+ * else is found by stepping over run heads from page 0. */
+static int32_t run_head_locked(tm_chunk_t *c, uint32_t ap) {
+    uint32_t f = c->fast[ap], sp = (f >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1);
+    if ((f & 0xff) && sp <= ap && c->pages[sp].kind == PAGE_SLAB &&
+        ap - sp < c->pages[sp].npages)
+        return (int32_t)sp;
+    for (uint32_t p = 0; p < TM_CHUNK_PAGES;) {
+        uint32_t n = c->pages[p].npages;
+        if (n == 0 || n > TM_CHUNK_PAGES - p || !is_page_run_kind(c->pages[p].kind)) return -1;
+        if (ap < p + n) return (int32_t)p;
+        p += n;
     }
-    while (p < TM_CHUNK_PAGES) {
+    return -1;
+}
+
+static tm_slab_t *walk_slab(tm_chunk_t *c, uint32_t p) {
+    tm_slab_t *sl = c->pages[p].slab;
+    if (!sl || sl->cls < 1 || sl->cls > TM_NCLASSES || sl->start != chunk_page_addr(c, p))
+        return NULL;
+    return sl;
+}
+
+/* Is a (inside chunk c) where an entry starts? */
+static bool entry_at_locked(tm_chunk_t *c, uintptr_t a) {
+    int32_t p = run_head_locked(c, (uint32_t)((a - c->base) >> TM_PAGE_SHIFT));
+    if (p < 0) return false;
+    uintptr_t rs = chunk_page_addr(c, (uint32_t)p);
+    if (c->pages[p].kind != PAGE_SLAB) return a == rs;
+    tm_slab_t *sl = walk_slab(c, (uint32_t)p);
+    if (!sl) return false;
+    size_t size = tm_classes[sl->cls].size;
+    return (a - rs) % size == 0 && (a - rs) / size < sl->nblocks;
+}
+
+/* The first entry of chunk c at or above address `from` (c->base <= from <
+ * c->base + TM_CHUNK). _HEAPOK with *out, _HEAPEND if none, or an error. */
+static int chunk_next_locked(tm_chunk_t *c, uintptr_t from, walk_entry_t *out) {
+    int32_t hp = run_head_locked(c, (uint32_t)((from - c->base) >> TM_PAGE_SHIFT));
+    if (hp < 0) return _HEAPBADBEGIN;
+    for (uint32_t p = (uint32_t)hp; p < TM_CHUNK_PAGES;) {
         tm_page_t *h = &c->pages[p];
         uint32_t n = h->npages;
         if (n == 0 || n > TM_CHUNK_PAGES - p || !is_page_run_kind(h->kind)) return _HEAPBADBEGIN;
-        uintptr_t rs = chunk_page_addr(c, p), re = rs + ((uintptr_t)n << TM_PAGE_SHIFT);
-        if (after >= re) {
-            p += n;
-            continue;
-        }
+        uintptr_t rs = chunk_page_addr(c, p);
         if (h->kind != PAGE_SLAB) {
-            if (after < rs) {
+            if (rs >= from) {
                 *out = (walk_entry_t){rs, (size_t)n << TM_PAGE_SHIFT, h->kind == PAGE_LARGE};
                 return _HEAPOK;
             }
-            if (after == rs && is_entry) *is_entry = true;
         } else {
-            tm_slab_t *sl = h->slab;
-            if (!sl || sl->cls < 1 || sl->cls > TM_NCLASSES || sl->start != rs)
-                return _HEAPBADBEGIN;
+            tm_slab_t *sl = walk_slab(c, p);
+            if (!sl) return _HEAPBADBEGIN;
             size_t size = tm_classes[sl->cls].size;
-            uint32_t i = 0;
-            if (after >= rs) {
-                uintptr_t off = after - rs;
-                i = (uint32_t)(off / size);
-                if (off % size == 0 && i < sl->nblocks && is_entry) *is_entry = true;
-                i++;
-            }
+            uint32_t i = from > rs ? (uint32_t)((from - rs + size - 1) / size) : 0;
             if (i < sl->nblocks) {
                 uintptr_t b = rs + (uintptr_t)i * size;
                 bool free_ = (sl->bitmap[i >> 6] >> (i & 63)) & 1;
@@ -426,7 +443,7 @@ static int chunk_next_locked(tm_chunk_t *c, uintptr_t after, walk_entry_t *out,
 }
 
 typedef struct huge_walk {
-    uintptr_t after, best;
+    uintptr_t after, from, best;
     walk_entry_t e;
     bool after_is_entry;
 } huge_walk_t;
@@ -434,15 +451,20 @@ typedef struct huge_walk {
 static void huge_walk_one(tm_huge_t *h, void *arg) {
     huge_walk_t *w = arg;
     if (h->base == w->after) w->after_is_entry = true;
-    if (h->base > w->after && h->base < w->best) {
+    if (h->base >= w->from && h->base < w->best) {
         w->best = h->base;
         w->e = (walk_entry_t){h->base, h->size, 1};
     }
 }
 
-/* The entry after `after` (0: the first). Caller holds the trim lock. */
-static int walk_next(uintptr_t after, walk_entry_t *out) {
-    bool valid = after == 0 || walk_recent_has(after);
+static bool in_chunk(const tm_chunk_t *c, uintptr_t a) {
+    return a >= c->base && a - c->base < TM_CHUNK;
+}
+
+/* The first entry at or above `from`; `after` (0 for a new walk) is the
+ * entry the caller names, checked here. Caller holds the trim lock. */
+static int walk_next(uintptr_t after, uintptr_t from, walk_entry_t *out) {
+    bool valid = after == 0 || walk_recent_find(after);
     uintptr_t best = UINTPTR_MAX;
     tm_chunk_t *best_chunk = NULL; /* the best is this chunk's first entry */
     walk_entry_t best_e = {0, 0, 0};
@@ -452,11 +474,10 @@ static int walk_next(uintptr_t after, walk_entry_t *out) {
         pthread_mutex_lock(&a->lock);
         size_t left = a->nchunks;
         for (tm_chunk_t *c = a->chunks; c && left; c = c->next, left--) {
-            if (after >= c->base && after - c->base < TM_CHUNK) {
+            if (!valid && in_chunk(c, after)) valid = entry_at_locked(c, after);
+            if (in_chunk(c, from)) {
                 walk_entry_t e;
-                bool is = false;
-                int rc = chunk_next_locked(c, after, &e, &is);
-                valid |= is;
+                int rc = chunk_next_locked(c, from, &e);
                 if (rc == _HEAPOK && e.addr < best) {
                     best = e.addr;
                     best_e = e;
@@ -465,14 +486,14 @@ static int walk_next(uintptr_t after, walk_entry_t *out) {
                     pthread_mutex_unlock(&a->lock);
                     return rc;
                 }
-            } else if (c->base > after && c->base < best) {
+            } else if (c->base >= from && c->base < best) {
                 best = c->base;
                 best_chunk = c;
             }
         }
         pthread_mutex_unlock(&a->lock);
     }
-    huge_walk_t hw = {after, best, best_e, false};
+    huge_walk_t hw = {after, from, best, best_e, false};
     huge_lock();
     huge_foreach_locked(huge_walk_one, &hw);
     huge_unlock();
@@ -487,7 +508,7 @@ static int walk_next(uintptr_t after, walk_entry_t *out) {
         /* chunks are not unmapped while we hold the trim lock */
         tm_arena_t *a = best_chunk->arena;
         pthread_mutex_lock(&a->lock);
-        int rc = chunk_next_locked(best_chunk, best_chunk->base - 1, &best_e, NULL);
+        int rc = chunk_next_locked(best_chunk, best_chunk->base, &best_e);
         pthread_mutex_unlock(&a->lock);
         if (rc != _HEAPOK) return rc == _HEAPEND ? _HEAPBADBEGIN : rc;
     }
@@ -501,7 +522,9 @@ TM_EXPORT int TM_API(_heapwalk)(_HEAPINFO *entry) {
         return _HEAPBADPTR;
     }
     tm_init();
-    uintptr_t after = (uintptr_t)entry->_pentry;
+    uintptr_t after = (uintptr_t)entry->_pentry, from = after + 1;
+    const walk_entry_t *prev = after ? walk_recent_find(after) : NULL;
+    if (prev && after + prev->size > after) from = after + prev->size;
     walk_entry_t e;
     int rc;
     heapmin_lock();
@@ -509,11 +532,11 @@ TM_EXPORT int TM_API(_heapwalk)(_HEAPINFO *entry) {
         rc = _HEAPEMPTY;
     } else {
         if (after == 0) drain_caches();
-        rc = walk_next(after, &e);
+        rc = walk_next(after, from, &e);
     }
     heapmin_unlock();
     if (rc != _HEAPOK) return rc;
-    walk_recent[walk_recent_at++ % WALK_RECENT] = e.addr;
+    walk_recent[walk_recent_at++ % WALK_RECENT] = e;
     entry->_pentry = (int *)e.addr;
     entry->_size = e.size;
     entry->_useflag = e.used ? _USEDENTRY : _FREEENTRY;
