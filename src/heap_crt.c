@@ -284,11 +284,13 @@ static int check_all(void) {
 }
 
 TM_EXPORT int TM_API(_heapchk)(void) {
+    int saved = errno;
     tm_init();
     heapmin_lock();
     drain_caches();
     int rc = check_all();
     heapmin_unlock();
+    errno = saved;
     return rc;
 }
 
@@ -303,6 +305,7 @@ static void fill_arena_locked(tm_arena_t *a, unsigned char fill) {
         for (uint32_t p = 0; p < TM_CHUNK_PAGES;) {
             tm_page_t *h = &c->pages[p];
             uint32_t n = h->npages;
+            if (n == 0 || n > TM_CHUNK_PAGES - p) break; /* checked before; never loop */
             if (h->kind == PAGE_FREE && h->dirty) {
                 memset((void *)chunk_page_addr(c, p), fill, (size_t)n << TM_PAGE_SHIFT);
                 h->zeroed = 0;
@@ -322,6 +325,7 @@ static void fill_arena_locked(tm_arena_t *a, unsigned char fill) {
 }
 
 TM_EXPORT int TM_API(_heapset)(unsigned int fill) {
+    int saved = errno;
     tm_init();
     heapmin_lock();
     drain_caches();
@@ -336,6 +340,7 @@ TM_EXPORT int TM_API(_heapset)(unsigned int fill) {
         }
     }
     heapmin_unlock();
+    errno = saved;
     return rc;
 }
 
@@ -521,6 +526,7 @@ TM_EXPORT int TM_API(_heapwalk)(_HEAPINFO *entry) {
         errno = EINVAL;
         return _HEAPBADPTR;
     }
+    int saved = errno;
     tm_init();
     uintptr_t after = (uintptr_t)entry->_pentry, from = after + 1;
     const walk_entry_t *prev = after ? walk_recent_find(after) : NULL;
@@ -535,6 +541,7 @@ TM_EXPORT int TM_API(_heapwalk)(_HEAPINFO *entry) {
         rc = walk_next(after, from, &e);
     }
     heapmin_unlock();
+    errno = saved;
     if (rc != _HEAPOK) return rc;
     walk_recent[walk_recent_at++ % WALK_RECENT] = e;
     entry->_pentry = (int *)e.addr;

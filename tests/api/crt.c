@@ -179,6 +179,23 @@ static void test_heapchk_other_thread_cache(void **state)
     assert_heap_ok();
 }
 
+/* errno is left alone by the checks and the walk, whatever they find */
+static void test_heap_errno_kept(void **state)
+{
+    (void)state;
+    void *p = TM_API(malloc)(77);
+    errno = 31337;
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+    assert_int_equal(TM_API(_heapset)(0x21), _HEAPOK);
+    _HEAPINFO e = {NULL, 0, 0};
+    while (TM_API(_heapwalk)(&e) == _HEAPOK)
+        ;
+    e._pentry = (int *)&e; /* not an entry */
+    assert_int_equal(TM_API(_heapwalk)(&e), _HEAPBADPTR);
+    assert_int_equal(errno, 31337);
+    TM_API(free)(p);
+}
+
 /* ---- writes into freed memory (children: the heap is damaged after) ---------- */
 
 /* Is p, right now, a free block of its own in a slab (a free entry of
@@ -743,6 +760,7 @@ int main(void)
         cmocka_unit_test(test_heapchk_empty),
         cmocka_unit_test(test_heapchk_every_step),
         cmocka_unit_test(test_heapchk_other_thread_cache),
+        cmocka_unit_test(test_heap_errno_kept),
         cmocka_unit_test(test_uaf_write_detected),
         cmocka_unit_test(test_heapset),
         cmocka_unit_test(test_heapadd),
