@@ -9,7 +9,9 @@
  *   - free leaves errno alone (POSIX.1-2024);
  *   - in the drop-in flavour, malloc really is trimalloc's.
  */
-#define _GNU_SOURCE
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* dladdr; the build defines it too */
+#endif
 #include <dlfcn.h>
 
 #include "test_cmocka.h"

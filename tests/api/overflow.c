@@ -84,7 +84,9 @@ static void check_realloc_keeps_block(size_t n)
     for (size_t i = 0; i < TU_ARRAY_LEN(impossible); i++) {
         size_t want = tu_opaque(impossible[i]);
         errno = 0;
-        void *q = TM_API(realloc)(tu_opaque_ptr(p), want); /* opaque: no use-after-realloc warning */
+        /* p goes through tu_opaque_ptr so the compiler does not warn
+         * about using p after a realloc (which here must fail) */
+        void *q = TM_API(realloc)(tu_opaque_ptr(p), want);
         int e = errno;
         if (q != NULL || e != ENOMEM)
             fail_msg("realloc(%zu-byte block, %#zx) = %p, errno %d; expected NULL, ENOMEM", n,
@@ -121,12 +123,16 @@ static void test_reallocarray_overflow(void **state)
     assert_aligned(p, 16);
     tu_fill(p, 100, 99);
     size_t usable = TM_API(malloc_usable_size)(p);
-    assert_alloc_fails(TM_API(reallocarray)(tu_opaque_ptr(p), tu_opaque(SIZE_MAX / 2 + 1), 2), ENOMEM);
-    assert_alloc_fails(TM_API(reallocarray)(tu_opaque_ptr(p), tu_opaque((size_t)1 << 33), tu_opaque((size_t)1 << 33)),
+    /* each call gets p through tu_opaque_ptr, so the compiler does not warn
+     * about p being used after a reallocarray (which here must fail) */
+    size_t big = tu_opaque((size_t)1 << 33);
+    assert_alloc_fails(TM_API(reallocarray)(tu_opaque_ptr(p), tu_opaque(SIZE_MAX / 2 + 1), 2),
                        ENOMEM);
-    assert_alloc_fails(TM_API(reallocarray)(tu_opaque_ptr(p), tu_opaque(SIZE_MAX), tu_opaque(SIZE_MAX)), ENOMEM);
-    assert_alloc_fails(TM_API(reallocarray)(tu_opaque_ptr(p), 2, tu_opaque((size_t)PTRDIFF_MAX / 2 + 1)),
-                       ENOMEM);
+    assert_alloc_fails(TM_API(reallocarray)(tu_opaque_ptr(p), big, big), ENOMEM);
+    assert_alloc_fails(
+        TM_API(reallocarray)(tu_opaque_ptr(p), tu_opaque(SIZE_MAX), tu_opaque(SIZE_MAX)), ENOMEM);
+    assert_alloc_fails(
+        TM_API(reallocarray)(tu_opaque_ptr(p), 2, tu_opaque((size_t)PTRDIFF_MAX / 2 + 1)), ENOMEM);
     assert_pattern(p, 100, 99);
     assert_int_equal(TM_API(malloc_usable_size)(p), usable);
 

@@ -7,6 +7,10 @@
 #ifndef TRIMALLOC_TEST_CMOCKA_H
 #define TRIMALLOC_TEST_CMOCKA_H
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memalign, pvalloc, reallocarray; the build defines it too */
+#endif
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -22,6 +22,10 @@
 #ifndef TRIMALLOC_TEST_UTIL_H
 #define TRIMALLOC_TEST_UTIL_H
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memalign, pvalloc, reallocarray; the build defines it too */
+#endif
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
