@@ -4,7 +4,8 @@
  *
  * NTHREADS workers each keep a table of blocks. Each step picks a slot and
  * allocates into it (malloc, calloc, an aligned allocator or realloc(NULL))
- * or takes a block from its inbox, frees it (free or free_sized), reallocs
+ * or takes a block from its inbox, frees it (free, free_sized or
+ * free_aligned_sized), reallocs
  * it, or posts it to another thread's inbox. Inboxes are the shared exchange
  * (a mutex each): whatever a thread takes from its inbox was held by another
  * thread, so a good fraction of blocks are freed or resized by a thread
@@ -28,10 +29,14 @@ enum {
     VERIFY_EVERY = 4096,
 };
 
-/* A block and the thread that allocated it. */
+/* A block, the thread that allocated it, and how it may be freed: C23
+ * allows free_sized only for malloc/calloc/realloc blocks (align == 0) and
+ * free_aligned_sized only for aligned_alloc blocks (align > 0);
+ * posix_memalign blocks (align == -1) take plain free. */
 typedef struct sblock {
     tu_block_t b;
     int owner;
+    long align;
 } sblock_t;
 
 /* Blocks posted to a thread by the others; inbox[i] belongs to worker i+1. */
@@ -99,7 +104,7 @@ static int is_pow2(size_t x)
 static sblock_t new_block(tu_rng_t *rng, int id, uint64_t seq)
 {
     size_t n = tu_rand_size(rng, huge_max, 4);
-    sblock_t s = {{NULL, n, 0}, id};
+    sblock_t s = {{NULL, n, 0}, id, 0};
     unsigned how = (unsigned)(tu_rand(rng) % 100);
     unsigned char *p;
     if (how < 60) {
@@ -114,11 +119,13 @@ static sblock_t new_block(tu_rng_t *rng, int id, uint64_t seq)
         size_t align = (size_t)16 << (tu_rand(rng) % 9); /* 16 B .. 4 KiB */
         if (how < 80) {
             p = TM_API(aligned_alloc)(align, n);
+            s.align = (long)align;
         } else {
             void *q = NULL;
             int rc = TM_API(posix_memalign)(&q, align, n);
             TU_CHECK(rc == 0, "posix_memalign(%zu, %zu) = %d", align, n, rc);
             p = q;
+            s.align = -1;
         }
         TU_CHECK(p != NULL && is_pow2(align) && (uintptr_t)p % align == 0,
                  "aligned allocation (%zu, %zu) = %p", align, n, (void *)p);
@@ -159,7 +166,11 @@ static void *worker_main(void *arg)
         if (action < 40) { /* free */
             tu_block_check(&s->b);
             if (action & 1)
+                TM_API(free)(s->b.p);
+            else if (s->align == 0)
                 TM_API(free_sized)(s->b.p, s->b.size);
+            else if (s->align > 0)
+                TM_API(free_aligned_sized)(s->b.p, (size_t)s->align, s->b.size);
             else
                 TM_API(free)(s->b.p);
             w->frees++;
@@ -181,6 +192,7 @@ static void *worker_main(void *arg)
             w->foreign_reallocs += s->owner != w->id;
             s->b.p = q;
             s->b.size = m;
+            s->align = 0; /* a realloc result is a malloc-family block */
         } else if (action < 75) { /* post it to another thread */
             int to = 1 + (int)((unsigned)(w->id + tu_rand(&rng) % (NTHREADS - 1)) % NTHREADS);
             tu_block_check(&s->b);
