@@ -11,8 +11,8 @@
  * exits. The main thread calls _heapmin() and checks:
  *   - trimalloc_stats_get(): tcache_bytes == 0 (every cache drained, the
  *     blocked ones included), heapmin_calls counted;
- *   - RSS (/proc/self/statm): it fell by at least 70% of the spike, and
- *     ended at most RSS_MARGIN above baseline + live bytes (see below);
+ *   - RSS (/proc/self/statm): it fell by at least 70% of its growth, and
+ *     ended at most a margin above baseline + live bytes (see below);
  *   - every byte of every live block, from the main thread while the
  *     workers are blocked, and again from the workers once they wake;
  *   - _heapchk() == _HEAPOK after each step.
@@ -20,19 +20,25 @@
  * the application's and is not given back by madvise); everything else is,
  * on a smaller spike.
  *
- * RSS_MARGIN. What may legitimately stay resident after the trim, for the
- * 256 MiB spike of 8 workers here:
- *   - metadata for what is still mapped: chunk descriptors (~45 KiB per
- *     4 MiB chunk in use) and slab descriptors: well under 1 MiB;
- *   - size-class rounding of the live blocks (live bytes are counted as
- *     requested): below 25% of 2 MiB of live small blocks, <= 0.5 MiB;
- *   - the last, partly used slab of each class in each arena and the one
- *     empty slab a bin keeps: 40 classes x (up to 2 x narenas) x a slab
- *     averaging ~20 KiB: 1.6 MiB at 2 arenas, more on big machines;
- *   - the main thread's and the test harness' own allocations.
- * 8 MiB covers these with room to spare on any machine up to 32 CPUs; it
- * is 3% of the spike, far below what a missing cache drain (one worker's
- * cache alone holds ~1-2 MiB) plus unpurged runs would leave.
+ * RSS margin. What may legitimately stay resident after the trim, for the
+ * 256 MiB spike of 8 workers and their 4 MiB live set (measured on a
+ * 2-CPU machine: overhead 4.3..5.0 MiB with 1, 4 or 32 arenas):
+ *   - metadata of the chunks still in use (a chunk descriptor is ~124 KiB
+ *     per 4 MiB chunk, slab descriptors included) and of the caches:
+ *     about 1 MiB;
+ *   - size-class rounding of the live blocks (counted as requested):
+ *     about 0.3 MiB;
+ *   - the slack of partly used slabs: a worker's few live blocks of a
+ *     class share slabs (up to 16 pages for 1..32 KiB classes) whose other
+ *     blocks went to the spike: about 3 MiB;
+ *   - the main thread's and the test harness's own allocations.
+ * 8 MiB leaves 3 MiB to spare. What it must catch is far larger: one
+ * undrained cache holds 1-2 MiB, all of them ~20 MiB; unpurged free runs
+ * are most of the spike; the metadata kept for the spike's chunks before
+ * 4009741 was 6 MiB (with the slack, 10 MiB: caught).
+ *
+ * The drop: at least 70% of what RSS grew by since the baseline (the
+ * spike, or less when one worker reused what another had freed), gone.
  */
 #include <stdatomic.h>
 #include <sys/mman.h>
@@ -313,9 +319,15 @@ static void check_rss(const char *what, size_t base, size_t peak, size_t after, 
                   (double)after / (double)TU_MIB - mib(base) - mib(live));
     if (!CHECK_RSS || !base)
         return;
-    if (peak < after || peak - after < spike / 10 * 7)
-        fail_msg("%s: RSS fell by %.1f MiB, less than 70%% of the %.1f MiB spike", what,
-                 peak > after ? mib(peak - after) : 0.0, mib(spike));
+    size_t grown = peak > base ? peak - base : 0;
+    if (grown > spike)
+        grown = spike;
+    if (grown < spike / 4)
+        fail_msg("%s: RSS grew by only %.1f MiB for a %.1f MiB spike", what, mib(grown),
+                 mib(spike));
+    if (peak < after || peak - after < grown / 10 * 7)
+        fail_msg("%s: RSS fell by %.1f MiB, less than 70%% of the %.1f MiB it grew by", what,
+                 peak > after ? mib(peak - after) : 0.0, mib(grown));
     if (after > base + live + RSS_MARGIN)
         fail_msg("%s: RSS after _heapmin %.1f MiB > baseline %.1f + live %.1f + margin %.1f MiB",
                  what, mib(after), mib(base), mib(live), mib(RSS_MARGIN));

@@ -422,6 +422,8 @@ typedef struct breakdown {
     size_t nslabs, nslabs_empty, slab_live_bytes, empty_slab_bytes;
     size_t huge_res, huge_map;
     size_t rss, meta_mapped;
+    /* per class: slabs with live blocks, their resident bytes, block bytes */
+    size_t cls_slabs[TM_NCLASSES + 1], cls_res[TM_NCLASSES + 1], cls_live[TM_NCLASSES + 1];
 } breakdown_t;
 
 static size_t resident_in(uintptr_t base, size_t len, unsigned char *vec)
@@ -469,9 +471,12 @@ static void breakdown_take(breakdown_t *b)
                         b->slab_empty_res += res;
                         b->empty_slab_bytes += (size_t)n * 4096;
                     } else {
+                        size_t lb = (size_t)(sl->nblocks - sl->nfree) * tm_classes[sl->cls].size;
                         b->slab_live_res += res;
-                        b->slab_live_bytes +=
-                            (size_t)(sl->nblocks - sl->nfree) * tm_classes[sl->cls].size;
+                        b->slab_live_bytes += lb;
+                        b->cls_slabs[sl->cls]++;
+                        b->cls_res[sl->cls] += res;
+                        b->cls_live[sl->cls] += lb;
                     }
                 } else if (h->kind == PAGE_LARGE) {
                     b->large_res += res;
@@ -509,6 +514,27 @@ static void breakdown_print(const char *when, const breakdown_t *b)
            mib((double)b->free_res), mib((double)b->other_res), mib((double)b->meta_mapped),
            mib((double)(b->rss - b->chunk_res - b->huge_res) -
                (double)(bd_base.rss - bd_base.chunk_res - bd_base.huge_res)));
+    /* where the slack of partly used slabs is: the classes with the most */
+    printf("    slab slack (resident - blocks out) by class, largest first:");
+    bool used[TM_NCLASSES + 1] = {0};
+    for (int k = 0; k < 9; k++) {
+        unsigned best = 0;
+        double best_slack = 0;
+        for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+            double sl = (double)b->cls_res[c] - (double)b->cls_live[c];
+            if (!used[c] && sl > best_slack) {
+                best = c;
+                best_slack = sl;
+            }
+        }
+        if (!best)
+            break;
+        used[best] = true;
+        printf("%s %u B x%u pages: %zu slabs %.0f KiB", k % 3 ? "," : "\n     ",
+               tm_classes[best].size, tm_classes[best].slab_pages, b->cls_slabs[best],
+               best_slack / 1024);
+    }
+    printf("\n");
 }
 #endif
 
