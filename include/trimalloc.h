@@ -132,6 +132,9 @@ void TM_API(trimalloc_stats_print)(int fd, int json);
  * an unknown name or bad value, or EBUSY for an option fixed after start. */
 int TM_API(trimalloc_option_get)(const char *name, long *value);
 int TM_API(trimalloc_option_set)(const char *name, long value);
+/* Write the options table (name, default, range, when settable, meaning) as
+ * Markdown rows to fd; docs/options.md holds the same rows. */
+void TM_API(trimalloc_options_markdown)(int fd);
 
 #ifdef __cplusplus
 }

@@ -23,7 +23,7 @@ tm_arena_t *arena_get(unsigned index) {
     if (!a) {
         a = meta_alloc(sizeof(tm_arena_t));
         if (a) {
-            pthread_mutex_init(&a->lock, NULL);
+            tm_mutex_init(&a->lock);
             a->index = index;
             __atomic_store_n(&tm_arenas[index], a, __ATOMIC_RELEASE);
         }
@@ -333,6 +333,6 @@ void arena_fork_parent(void) {
 
 void arena_fork_child(void) {
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++)
-        if (tm_arenas[i]) pthread_mutex_init(&tm_arenas[i]->lock, NULL);
+        if (tm_arenas[i]) tm_mutex_init(&tm_arenas[i]->lock);
     pthread_mutex_init(&arenas_lock, NULL);
 }

@@ -122,7 +122,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
         }
         h = meta_alloc(sizeof *h);
         if (!h) {
-            os_unmap(p, msize);
+            os_unmap(p, msize + gsize);
             return NULL;
         }
         h->base = (uintptr_t)p;

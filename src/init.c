@@ -3,12 +3,13 @@
  *
  * Initialisation runs on the first slow-path call (or from the library
  * constructor, whichever comes first). It must not allocate before the
- * state malloc needs is ready: options (getenv), size classes, the cookie
- * key and the arena count come first, then tm_initialized is set, and only
- * then are the calls made that may allocate (pthread_atfork,
- * pthread_key_create); if they do, they re-enter malloc on an initialised
- * allocator. A thread that re-enters tm_init_slow while it is initialising
- * returns at once.
+ * state malloc needs is ready: options (getenv), size classes, the arena
+ * count, the cookie key, the transfer caches and the thread-cache key
+ * (pthread_key_create, which does not allocate) come first, then
+ * tm_initialized is set, and only then are the calls made that may allocate
+ * (pthread_atfork, atexit); if they do, they re-enter malloc on an
+ * initialised allocator. A thread that re-enters tm_init_slow while it is
+ * initialising returns at once.
  *
  * Fork: the prepare handler takes every allocator lock in rank order (trim,
  * cache registry, each cache, arenas, huge, pagemap, metadata), so no other
@@ -32,6 +33,7 @@ static void fork_prepare(void) {
     tcache_registry_lock();
     for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next)
         pthread_mutex_lock(&tc->mu);
+    xfer_fork_prepare();
     arena_fork_prepare();
     huge_fork_prepare();
     pagemap_fork_prepare();
@@ -43,6 +45,7 @@ static void fork_parent(void) {
     pagemap_fork_parent();
     huge_fork_parent();
     arena_fork_parent();
+    xfer_fork_parent();
     for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next)
         pthread_mutex_unlock(&tc->mu);
     tcache_registry_unlock();
@@ -54,6 +57,7 @@ static void fork_child(void) {
     pagemap_fork_child();
     huge_fork_child();
     arena_fork_child();
+    xfer_fork_child();
     tcache_fork_child();
     heapmin_fork_child();
 }
@@ -75,7 +79,7 @@ void tm_init_slow(void) {
         tcache_init();
         __atomic_store_n(&tm_initialized, 1, __ATOMIC_RELEASE);
         pthread_atfork(fork_prepare, fork_parent, fork_child);
-        if (tm_opt.stats_print) atexit(stats_print_at_exit);
+        atexit(stats_print_at_exit); /* prints if stats_print is set by then */
         init_running = 0;
     }
     pthread_mutex_unlock(&init_lock);

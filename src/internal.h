@@ -5,6 +5,10 @@
 #ifndef TM_INTERNAL_H
 #define TM_INTERNAL_H
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* adaptive mutexes, mremap, membarrier */
+#endif
+
 #include "types.h"
 #include "trimalloc.h"
 
@@ -49,9 +53,17 @@
 /* ---- Lock ranks ----------------------------------------------------------------
  * Locks are taken only in increasing rank:
  *   TRIM (_heapmin, fork)  <  THREADS (tcache registry)  <  TCACHE (tc->mu)
- *   <  ARENA (one at a time, or in index order for walks/fork)
+ *   <  XFER (per class)  <  ARENA (one at a time, or in index order for walks/fork)
  *   <  HUGE  <  PAGEMAP  <  META
  * No lock is held across mmap/munmap/madvise/mremap. */
+
+/* The allocator's busy locks (arenas, transfer caches, thread caches) are
+ * held for a few hundred instructions: an adaptive mutex spins briefly
+ * before it sleeps, which keeps two threads on two cores out of futex waits. */
+TM_INLINE void tm_mutex_init(pthread_mutex_t *m) {
+    static const pthread_mutex_t adaptive = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
+    *m = adaptive;
+}
 
 /* ---- os.c: the only file that talks to the kernel about memory ---------------- */
 void *os_map(size_t size);                   /* NULL on failure */
@@ -191,6 +203,10 @@ void tcache_registry_lock(void);
 void tcache_registry_unlock(void);
 tm_tcache_t *tcache_registry_first(void);
 void tcache_fork_child(void);
+void xfer_drain_all(void);                   /* transfer caches -> arenas */
+void xfer_fork_prepare(void);
+void xfer_fork_parent(void);
+void xfer_fork_child(void);
 void tcache_init(void);
 tm_arena_t *tcache_arena(void);              /* the calling thread's arena */
 

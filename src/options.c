@@ -6,6 +6,7 @@
  */
 #include "internal.h"
 
+#include <limits.h>
 #include <stdlib.h>
 
 tm_opts_t tm_opt;
@@ -25,7 +26,7 @@ tm_opts_t tm_opt;
     X("abort_on_error", abort_on_error, 1, 0, 1, 1,                                          \
       "abort on a bad pointer or double free (0 = warn and ignore the call)")                \
     X("stats_print", stats_print, 0, 0, 1, 1, "print statistics to stderr at exit")           \
-    X("verbose", verbose, 0, 0, 1, 1, "print the options in force at start-up")              \
+    X("verbose", verbose, 0, 0, 1, 0, "print the options in force at start-up")              \
     X("huge_cache_mb", huge_cache_mb, 64, 0, 1 << 20, 1,                                     \
       "MiB of freed huge mappings kept for reuse (0 = unmap at once)")                       \
     X("decay_ms", decay_ms, 5000, 0, 3600000, 1,                                             \
@@ -64,10 +65,19 @@ static bool parse_long(const char *s, size_t len, long *out) {
     if (i == len) return false;
     for (; i < len; i++) {
         char c = s[i];
-        if (c >= '0' && c <= '9') v = v * 10 + (c - '0');
-        else if (i == len - 1 && (c == 'k' || c == 'K')) v <<= 10;
-        else if (i == len - 1 && (c == 'm' || c == 'M')) v <<= 20;
-        else if (i == len - 1 && (c == 'g' || c == 'G')) v <<= 30;
+        int shift = -1;
+        if (c >= '0' && c <= '9') {
+            if (v > (LONG_MAX - (c - '0')) / 10) return false; /* overflow */
+            v = v * 10 + (c - '0');
+            continue;
+        }
+        if (i == len - 1 && (c == 'k' || c == 'K')) shift = 10;
+        else if (i == len - 1 && (c == 'm' || c == 'M')) shift = 20;
+        else if (i == len - 1 && (c == 'g' || c == 'G')) shift = 30;
+        if (shift >= 0) {
+            if (i == (size_t)neg || v > (LONG_MAX >> shift)) return false;
+            v <<= shift;
+        }
         else if (len == 4 && !memcmp(s, "true", 4)) { *out = 1; return true; }
         else if (len == 5 && !memcmp(s, "false", 5)) { *out = 0; return true; }
         else return false;
@@ -89,7 +99,9 @@ void options_init(void) {
         size_t klen = (size_t)(colon - p);
         const opt_desc_t *d = opt_find(p, klen);
         long v;
-        if (!d) {
+        if (klen == 0 && colon == end) {
+            /* an empty entry ("a:1,,b:2"): nothing to say */
+        } else if (!d) {
             tm_snprintf(what, sizeof what, "%s", "");
             size_t n = klen < sizeof what - 1 ? klen : sizeof what - 1;
             memcpy(what, p, n);
@@ -141,8 +153,7 @@ TM_EXPORT int TM_API(trimalloc_option_set)(const char *name, long value) {
 }
 
 /* For the documentation check: write the table as Markdown rows. */
-TM_EXPORT void TM_API(trimalloc_options_markdown)(int fd);
-void TM_API(trimalloc_options_markdown)(int fd) {
+TM_EXPORT void TM_API(trimalloc_options_markdown)(int fd) {
     for (size_t i = 0; i < NOPTS; i++) {
         char buf[512];
         int n = tm_snprintf(buf, sizeof buf, "| `%s` | %ld | %ld..%ld | %s | %s |\n",

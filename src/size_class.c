@@ -15,8 +15,8 @@
  * over a few blocks -- and wastes at most 1/16 of the run at its tail.
  *
  * Thread cache. The capacity of a class's stack shrinks with the block size,
- * so a full cache holds a bounded number of bytes (about 1.2 MiB of blocks
- * over all classes at the default scale, see tcache_cap_for()).
+ * so a full cache holds a bounded number of bytes (at most about 3.1 MiB of
+ * blocks over all classes at the default scale, see tcache_cap_for()).
  *
  * The whole table is computed by size_class_init() from these rules: this
  * file is the one place they live.

@@ -118,7 +118,9 @@ TM_EXPORT void TM_API(trimalloc_stats_print)(int fd, int json) {
     tm_write_fd(fd, buf, (size_t)n);
 }
 
-void stats_print_at_exit(void) { TM_API(trimalloc_stats_print)(2, 0); }
+void stats_print_at_exit(void) {
+    if (tm_opt.stats_print) TM_API(trimalloc_stats_print)(2, 0);
+}
 
 TM_EXPORT struct mallinfo2 TM_API(mallinfo2)(void) {
     trimalloc_stats_t st;

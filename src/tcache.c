@@ -31,6 +31,86 @@ static unsigned registry_count;
 static pthread_key_t tc_key;
 static bool tc_key_ok;
 
+/* ---- transfer cache ---------------------------------------------------------
+ * Per size class, one shared stack of free blocks between the thread caches
+ * and the arenas. A cache that overflows parks its batch here, and a cache
+ * that runs dry takes a batch from here, before either goes to an arena: a
+ * producer/consumer pair then passes blocks in batches under one short
+ * lock, without touching slab bitmaps. Bounded to XFER_BATCHES batches per
+ * class; _heapmin (world.c) empties it into the arenas. Lock rank: after
+ * tc->mu, before any arena lock. */
+#define XFER_BATCHES 4
+
+typedef struct tm_xfer {
+    pthread_mutex_t lock;
+    uint32_t count, cap;
+    void **slots;
+} tm_xfer_t;
+
+static tm_xfer_t xfer[TM_NCLASSES + 1];
+
+static void xfer_init(void) {
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+        tm_mutex_init(&xfer[c].lock);
+        uint32_t cap = tm_classes[c].tc_cap * XFER_BATCHES / 2; /* in half-bin batches */
+        xfer[c].slots = tm_opt.tcache_scale_pct ? meta_alloc(cap * sizeof(void *)) : NULL;
+        xfer[c].cap = xfer[c].slots ? cap : 0;
+    }
+}
+
+/* Park n blocks; false if there is no room (the caller flushes them). */
+static bool xfer_put(unsigned cls, void **blocks, uint32_t n) {
+    tm_xfer_t *x = &xfer[cls];
+    if (__atomic_load_n(&x->count, __ATOMIC_RELAXED) + n > x->cap) return false;
+    pthread_mutex_lock(&x->lock);
+    bool ok = x->count + n <= x->cap;
+    if (ok) {
+        memcpy(x->slots + x->count, blocks, n * sizeof(void *));
+        x->count += n;
+    }
+    pthread_mutex_unlock(&x->lock);
+    return ok;
+}
+
+/* Take up to n blocks; returns how many. */
+static uint32_t xfer_get(unsigned cls, void **blocks, uint32_t n) {
+    tm_xfer_t *x = &xfer[cls];
+    if (!__atomic_load_n(&x->count, __ATOMIC_RELAXED)) return 0;
+    pthread_mutex_lock(&x->lock);
+    uint32_t k = x->count < n ? x->count : n;
+    x->count -= k;
+    memcpy(blocks, x->slots + x->count, k * sizeof(void *));
+    pthread_mutex_unlock(&x->lock);
+    return k;
+}
+
+void xfer_drain_all(void) {
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+        tm_xfer_t *x = &xfer[c];
+        pthread_mutex_lock(&x->lock);
+        if (x->count) arena_flush(c, x->slots, x->count);
+        x->count = 0;
+        pthread_mutex_unlock(&x->lock);
+    }
+}
+
+static size_t xfer_cached_bytes(void) {
+    size_t bytes = 0;
+    for (unsigned c = 1; c <= TM_NCLASSES; c++)
+        bytes += (size_t)__atomic_load_n(&xfer[c].count, __ATOMIC_RELAXED) * tm_classes[c].size;
+    return bytes;
+}
+
+void xfer_fork_prepare(void) {
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) pthread_mutex_lock(&xfer[c].lock);
+}
+void xfer_fork_parent(void) {
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) pthread_mutex_unlock(&xfer[c].lock);
+}
+void xfer_fork_child(void) {
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) tm_mutex_init(&xfer[c].lock);
+}
+
 void tcache_registry_lock(void) { pthread_mutex_lock(&registry_lock); }
 void tcache_registry_unlock(void) { pthread_mutex_unlock(&registry_lock); }
 tm_tcache_t *tcache_registry_first(void) { return registry; }
@@ -75,6 +155,7 @@ static void tcache_destructor(void *arg) {
 }
 
 void tcache_init(void) {
+    xfer_init();
     tc_key_ok = pthread_key_create(&tc_key, tcache_destructor) == 0;
     os_random(&tm_cookie_key, sizeof tm_cookie_key);
     tm_cookie_key |= 1; /* never zero: a zeroed block must not look free */
@@ -116,7 +197,7 @@ static tm_tcache_t *tcache_create(void) {
     }
     tc->drain_pending = 0;
     tc->owner_tls = &tm_tls;
-    pthread_mutex_init(&tc->mu, NULL);
+    tm_mutex_init(&tc->mu);
     tc->arena = arena_choose();
     if (!tc->arena) { tm_tls.state = TLS_NONE; return NULL; }
     tc->thread = pthread_self();
@@ -187,7 +268,11 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
         if (b->cap == 0) /* caching off (tcache_scale:0, junk, zero) */
             arena_refill(tc->arena, cls, &p, 1);
         else {
-            if (b->count == 0) b->count = arena_refill(tc->arena, cls, b->slots, b->cap / 2 ? b->cap / 2 : 1);
+            if (b->count == 0) {
+                uint32_t want = b->cap / 2 ? b->cap / 2 : 1;
+                b->count = xfer_get(cls, b->slots, want);
+                if (b->count == 0) b->count = arena_refill(tc->arena, cls, b->slots, want);
+            }
             if (b->count) p = b->slots[--b->count];
         }
         pthread_mutex_unlock(&tc->mu);
@@ -216,7 +301,7 @@ void tcache_free_slow(void *p, unsigned cls) {
     if (b->count >= b->cap) {
         /* Flush the older half (the bottom of the stack). */
         uint32_t n = b->cap / 2 ? b->cap / 2 : b->count;
-        arena_flush(cls, b->slots, n);
+        if (!xfer_put(cls, b->slots, n)) arena_flush(cls, b->slots, n);
         memmove(b->slots, b->slots + n, (b->count - n) * sizeof(void *));
         b->count -= n;
     }
@@ -237,7 +322,7 @@ size_t tcache_cached_bytes(void) {
             bytes += (size_t)__atomic_load_n(&tc->bins[c].count, __ATOMIC_RELAXED) *
                      tm_classes[c].size;
     pthread_mutex_unlock(&registry_lock);
-    return bytes;
+    return bytes + xfer_cached_bytes();
 }
 
 /* In a fork child only the forking thread survives. Its registry and every
@@ -248,7 +333,7 @@ void tcache_fork_child(void) {
     tm_tcache_t *self = tm_tls.state == TLS_LIVE ? tm_tls.own : NULL;
     for (tm_tcache_t *tc = registry, *next; tc; tc = next) {
         next = tc->next;
-        pthread_mutex_init(&tc->mu, NULL);
+        tm_mutex_init(&tc->mu);
         if (tc == self) {
             tcache_settle_locked(tc);
             continue;

@@ -82,5 +82,6 @@ uint64_t world_drain_all_caches(void) {
         }
     }
     tcache_registry_unlock();
+    xfer_drain_all();
     return max_hold;
 }
