@@ -121,7 +121,7 @@ static void test_purge_unmaps_empty_chunks(void **state) {
         tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p[i]));
         arena_free_large(c, (uint32_t)(((uintptr_t)p[i] - c->base) >> TM_PAGE_SHIFT), p[i]);
     }
-    size_t released = arena_purge(a, true);
+    size_t released = arena_purge(a, true, NULL);
     assert_true(released >= 6 * 1536 * 1024);
     pthread_mutex_lock(&a->lock);
     for (tm_chunk_t *it = a->chunks; it; it = it->next) {
