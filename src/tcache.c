@@ -36,10 +36,11 @@ static bool tc_key_ok;
  * and the arenas. A cache that overflows parks its batch here, and a cache
  * that runs dry takes a batch from here, before either goes to an arena: a
  * producer/consumer pair then passes blocks in batches under one short
- * lock, without touching slab bitmaps. Bounded to XFER_BATCHES batches per
- * class; _heapmin (world.c) empties it into the arenas. Lock rank: after
- * tc->mu, before any arena lock. */
-#define XFER_BATCHES 4
+ * lock, without touching slab bitmaps. Bounded per class to about
+ * XFER_BYTES, and to between 4 and 32 half-bin batches; _heapmin (world.c)
+ * empties it into the arenas. Lock rank: after tc->mu, before any arena
+ * lock. */
+#define XFER_BYTES (256u << 10)
 
 typedef struct tm_xfer {
     pthread_mutex_t lock;
@@ -52,7 +53,10 @@ static tm_xfer_t xfer[TM_NCLASSES + 1];
 static void xfer_init(void) {
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         tm_mutex_init(&xfer[c].lock);
-        uint32_t cap = tm_classes[c].tc_cap * XFER_BATCHES / 2; /* in half-bin batches */
+        uint32_t batch = tm_classes[c].tc_cap / 2, batches = XFER_BYTES / tm_classes[c].size / batch;
+        if (batches < 4) batches = 4;
+        if (batches > 32) batches = 32;
+        uint32_t cap = batch * batches;
         xfer[c].slots = tm_opt.tcache_scale_pct ? meta_alloc(cap * sizeof(void *)) : NULL;
         xfer[c].cap = xfer[c].slots ? cap : 0;
     }
