@@ -62,19 +62,11 @@ static bool free_block_damaged(uintptr_t b) {
     return *(const volatile uint64_t *)b != (b ^ tm_cookie_key);
 }
 
-/* Interior pages of a run. Never PAGE_FREE (coalescing reads kinds); and,
- * as types.h says, PAGE_INTERIOR (or PAGE_UNUSED, as a fresh chunk's
- * are) -- but today's core leaves the old head kind (SLAB or LARGE) of a
- * run freed into its left neighbour inside the merged free run (chunk.c,
- * run_insert_free_locked), so that part waits for -DTM_CRT_STRICT_INTERIOR=1. */
-#ifndef TM_CRT_STRICT_INTERIOR
-#define TM_CRT_STRICT_INTERIOR 0
-#endif
-
-static bool interior_kind_ok(uint8_t k) {
-    if (k == PAGE_FREE) return false;
-    return !TM_CRT_STRICT_INTERIOR || k == PAGE_INTERIOR || k == PAGE_UNUSED;
-}
+/* Pages inside a run (not its first or last) read PAGE_INTERIOR, or
+ * PAGE_UNUSED in a chunk never carved there (types.h): a stale PAGE_FREE
+ * would mislead coalescing, a stale PAGE_LARGE or PAGE_SLAB would let a
+ * double free of an old block pass. */
+static bool interior_kind_ok(uint8_t k) { return k == PAGE_INTERIOR || k == PAGE_UNUSED; }
 
 /* ---- "nothing was ever mapped" ----------------------------------------------
  * Every chunk or huge mapping is either still mapped (an arena's chunk, a
