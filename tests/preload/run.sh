@@ -31,7 +31,7 @@ set -u -o pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 LIB=${1:-${BUILD:-$ROOT/build}/libtrimalloc.so}
-TIMEOUT=${PRELOAD_TIMEOUT:-300}
+TIMEOUT=${PRELOAD_TIMEOUT:-90} # seconds per program; the slowest case takes ~10 s
 VMEM_KB=${PRELOAD_VMEM_KB:-8388608}
 export LC_ALL=C
 
@@ -99,7 +99,9 @@ compare() {
     if [ -z "$bad" ]; then
         result PASS "$name" "($(wc -l <"$p/stdout") lines of output, status $(cat "$p/status"))"
     else
-        result FAIL "$name" "(differs:$bad; preloaded status $(cat "$q/status"))"
+        local why=""
+        [ "$(cat "$q/status")" = 124 ] && why=", timed out after ${TIMEOUT}s"
+        result FAIL "$name" "(differs:$bad; preloaded status $(cat "$q/status")$why)"
         for f in status stdout stderr; do
             diff -u --label "plain/$f" --label "preload/$f" "$p/$f" "$q/$f" | head -n 25 | sed 's/^/    /'
         done
