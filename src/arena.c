@@ -172,7 +172,11 @@ static void slab_return_locked(tm_arena_t *a, tm_chunk_t *c, void *p) {
         tm_double_free("free", p);
         return;
     }
-    *(uint64_t *)p = (uintptr_t)p ^ tm_cookie_key; /* every free block carries it */
+    uint64_t cookie = (uintptr_t)p ^ tm_cookie_key;
+    if (unlikely(*(uint64_t *)p != cookie)) { /* written to after it was freed */
+        tm_write_after_free(p);
+        *(uint64_t *)p = cookie;
+    }
     s->bitmap[idx >> 6] |= bit;
     if ((idx >> 6) < s->hint) s->hint = (uint16_t)(idx >> 6);
     s->nfree++;

@@ -104,6 +104,15 @@ void tm_double_free(const char *call, const void *p) {
     if (tm_opt.abort_on_error) die();
 }
 
+void tm_write_after_free(const void *p) {
+    char buf[160];
+    int n = tm_snprintf(buf, sizeof buf,
+                        "trimalloc: heap corruption: block %p was written after free()%s\n", p,
+                        tm_opt.abort_on_error ? "" : " (ignored)");
+    tm_write_fd(2, buf, (size_t)n);
+    if (tm_opt.abort_on_error) die();
+}
+
 void tm_fatal(const char *msg) {
     char buf[256];
     int n = tm_snprintf(buf, sizeof buf, "trimalloc: fatal: %s\n", msg);

@@ -57,13 +57,13 @@ static void huge_cache_put_back(tm_huge_t *h) {
     pthread_mutex_lock(&huge_mu);
     list_push(&huge_cache, h);
     huge_cache_bytes += h->mapped;
-    huge_cache_count++;
+    __atomic_store_n(&huge_cache_count, huge_cache_count + 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&huge_mu);
 }
 
 /* Unmap cache entries older than the decay time. */
 static void huge_decay(uint64_t now) {
-    if (!huge_cache_count) return;
+    if (!__atomic_load_n(&huge_cache_count, __ATOMIC_RELAXED)) return;
     tm_huge_t *old = NULL;
     pthread_mutex_lock(&huge_mu);
     uint64_t limit = (uint64_t)tm_opt.decay_ms * 1000000ull;
@@ -72,7 +72,7 @@ static void huge_decay(uint64_t now) {
         if (now - h->freed_ns >= limit) {
             list_remove(&huge_cache, h);
             huge_cache_bytes -= h->mapped;
-            huge_cache_count--;
+            __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
             list_push(&old, h);
         }
     }
@@ -90,7 +90,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
     huge_decay(now);
     tm_huge_t *h = NULL;
     bool guard = tm_opt.guard != 0;
-    if (align <= TM_CHUNK && huge_cache_count && !guard) {
+    if (align <= TM_CHUNK && __atomic_load_n(&huge_cache_count, __ATOMIC_RELAXED) && !guard) {
         pthread_mutex_lock(&huge_mu);
         tm_huge_t *best = NULL;
         for (tm_huge_t *it = huge_cache; it; it = it->next)
@@ -98,7 +98,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
         if (best) {
             list_remove(&huge_cache, best);
             huge_cache_bytes -= best->mapped;
-            huge_cache_count--;
+            __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
             h = best;
         }
         pthread_mutex_unlock(&huge_mu);
@@ -165,14 +165,14 @@ void huge_free(tm_huge_t *h, void *p) {
     if (h->mapped <= cap && tm_opt.decay_ms > 0 && h->mapped == h->size) { /* no guard */
         list_push(&huge_cache, h);
         huge_cache_bytes += h->mapped;
-        huge_cache_count++;
+        __atomic_store_n(&huge_cache_count, huge_cache_count + 1, __ATOMIC_RELAXED);
         /* Evict the oldest entries until within bounds. */
         while (huge_cache_bytes > cap || huge_cache_count > HUGE_CACHE_MAX_COUNT) {
             tm_huge_t *o = huge_cache;
             while (o->next) o = o->next;
             list_remove(&huge_cache, o);
             huge_cache_bytes -= o->mapped;
-            huge_cache_count--;
+            __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
             list_push(&evict, o);
         }
     } else {
@@ -240,7 +240,7 @@ size_t huge_release_cache(unsigned *failures) {
     tm_huge_t *all = huge_cache;
     huge_cache = NULL;
     huge_cache_bytes = 0;
-    huge_cache_count = 0;
+    __atomic_store_n(&huge_cache_count, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&huge_mu);
     size_t bytes = 0;
     for (tm_huge_t *h = all, *next; h; h = next) {

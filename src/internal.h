@@ -269,6 +269,7 @@ void stats_print_at_exit(void);
  * call (the block is leaked rather than corrupted). */
 TM_COLD void tm_invalid_pointer(const char *call, const void *p);
 TM_COLD void tm_double_free(const char *call, const void *p);
+TM_COLD void tm_write_after_free(const void *p); /* a free block's cookie changed */
 TM_COLD void tm_fatal(const char *msg) __attribute__((noreturn));
 TM_COLD void tm_fatal_assert(const char *file, int line, const char *cond)
     __attribute__((noreturn));

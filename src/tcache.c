@@ -67,10 +67,11 @@ static bool xfer_put(unsigned cls, void **blocks, uint32_t n) {
     tm_xfer_t *x = &xfer[cls];
     if (__atomic_load_n(&x->count, __ATOMIC_RELAXED) + n > x->cap) return false;
     pthread_mutex_lock(&x->lock);
-    bool ok = x->count + n <= x->cap;
+    uint32_t cnt = x->count;
+    bool ok = cnt + n <= x->cap;
     if (ok) {
-        memcpy(x->slots + x->count, blocks, n * sizeof(void *));
-        x->count += n;
+        memcpy(x->slots + cnt, blocks, n * sizeof(void *));
+        __atomic_store_n(&x->count, cnt + n, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&x->lock);
     return ok;
@@ -81,9 +82,9 @@ static uint32_t xfer_get(unsigned cls, void **blocks, uint32_t n) {
     tm_xfer_t *x = &xfer[cls];
     if (!__atomic_load_n(&x->count, __ATOMIC_RELAXED)) return 0;
     pthread_mutex_lock(&x->lock);
-    uint32_t k = x->count < n ? x->count : n;
-    x->count -= k;
-    memcpy(blocks, x->slots + x->count, k * sizeof(void *));
+    uint32_t cnt = x->count, k = cnt < n ? cnt : n;
+    __atomic_store_n(&x->count, cnt - k, __ATOMIC_RELAXED);
+    memcpy(blocks, x->slots + cnt - k, k * sizeof(void *));
     pthread_mutex_unlock(&x->lock);
     return k;
 }
@@ -93,7 +94,7 @@ void xfer_drain_all(void) {
         tm_xfer_t *x = &xfer[c];
         pthread_mutex_lock(&x->lock);
         if (x->count) arena_flush(c, x->slots, x->count);
-        x->count = 0;
+        __atomic_store_n(&x->count, 0, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&x->lock);
     }
 }
@@ -144,7 +145,7 @@ static void tcache_destructor(void *arg) {
     tm_tls.state = TLS_DEAD; /* from now on no one points tls.tc back at tc */
     __atomic_store_n(&tm_tls.tc, &tm_tcache_sentinel, __ATOMIC_RELEASE);
     tcache_drain_locked(tc);
-    tc->drain_pending = 0;
+    __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&tc->mu);
     pthread_mutex_lock(&registry_lock);
     if (tc->prev) tc->prev->next = tc->next;
@@ -199,12 +200,16 @@ static tm_tcache_t *tcache_create(void) {
         tc->bins[c].slots = slot;
         slot += tc->bins[c].cap;
     }
-    tc->drain_pending = 0;
+    __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
     tc->owner_tls = &tm_tls;
     tm_mutex_init(&tc->mu);
     tc->arena = arena_choose();
     if (!tc->arena) { tm_tls.state = TLS_NONE; return NULL; }
     tc->thread = pthread_self();
+    /* Published to trimmers by the registry lock below. From here on a
+     * nested allocation (pthread_setspecific) uses the cache itself. */
+    tm_tls.own = tc;
+    tm_tls.state = TLS_LIVE;
     pthread_mutex_lock(&registry_lock);
     tc->arena->nthreads++;
     tc->state = TC_STATE_LIVE;
@@ -217,9 +222,10 @@ static tm_tcache_t *tcache_create(void) {
     /* May allocate (keys past the first 32): we are BOOTING, so that
      * allocation goes straight to an arena. */
     if (tc_key_ok) pthread_setspecific(tc_key, tc);
-    tm_tls.own = tc;
-    tm_tls.state = TLS_LIVE;
-    __atomic_store_n(&tm_tls.tc, tc, __ATOMIC_RELEASE);
+    /* under tc->mu: a trimmer may be pointing tls.tc at the sentinel */
+    pthread_mutex_lock(&tc->mu);
+    tcache_settle_locked(tc);
+    pthread_mutex_unlock(&tc->mu);
     return tc;
 }
 
@@ -250,9 +256,9 @@ static tm_tcache_t *tcache_get_slow(void) {
  * fast path: do a drain a trimmer asked for, and point the owner's TLS back
  * at its cache. */
 void tcache_settle_locked(tm_tcache_t *tc) {
-    if (tc->drain_pending) {
+    if (__atomic_load_n(&tc->drain_pending, __ATOMIC_RELAXED)) {
         tcache_drain_locked(tc);
-        tc->drain_pending = 0;
+        __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
     }
     if (tc->state == TC_STATE_LIVE && tc->owner_tls->state == TLS_LIVE)
         __atomic_store_n(&tc->owner_tls->tc, tc, __ATOMIC_RELEASE);
@@ -294,6 +300,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
 void tcache_free_slow(void *p, unsigned cls) {
     __atomic_store_n(&tm_tls.busy, 0, __ATOMIC_RELEASE);
     if (unlikely(tm_opt.junk)) memset(p, 0x5a, tm_classes[cls].size);
+    *(uint64_t *)p = (uintptr_t)p ^ tm_cookie_key; /* free: carries its cookie */
     tm_tcache_t *tc = tcache_get_slow();
     if (!tc) {
         arena_flush(cls, &p, 1);
@@ -310,7 +317,6 @@ void tcache_free_slow(void *p, unsigned cls) {
         b->count -= n;
     }
     if (b->cap) {
-        *(uint64_t *)p = (uintptr_t)p ^ tm_cookie_key;
         b->slots[b->count++] = p;
     } else {
         arena_flush(cls, &p, 1);
@@ -349,7 +355,7 @@ void tcache_fork_child(void) {
         registry_count--;
         tc->arena->nthreads--;
         tc->state = TC_STATE_FREE;
-        tc->drain_pending = 0;
+        __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
         tc->next = recycled;
         recycled = tc;
     }

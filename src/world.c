@@ -66,7 +66,7 @@ uint64_t world_drain_all_caches(void) {
     uint64_t max_hold = 0;
     tcache_registry_lock();
     for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next) {
-        tc->drain_pending = 1;
+        __atomic_store_n(&tc->drain_pending, 1, __ATOMIC_RELAXED);
         __atomic_store_n(&tc->owner_tls->tc, &tm_tcache_sentinel,
                          TM_TSAN ? __ATOMIC_SEQ_CST : __ATOMIC_RELAXED);
     }
@@ -74,7 +74,8 @@ uint64_t world_drain_all_caches(void) {
         for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next) {
             uint64_t t0 = os_now_ns();
             pthread_mutex_lock(&tc->mu);
-            if (!tc->drain_pending || wait_not_busy(tc->owner_tls))
+            if (!__atomic_load_n(&tc->drain_pending, __ATOMIC_RELAXED) ||
+                wait_not_busy(tc->owner_tls))
                 tcache_settle_locked(tc);
             pthread_mutex_unlock(&tc->mu);
             uint64_t hold = os_now_ns() - t0;
