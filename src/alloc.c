@@ -37,10 +37,10 @@ TM_INLINE void tc_leave(void) { __atomic_store_n(&tm_tls.busy, 0, __ATOMIC_RELEA
 TM_INLINE void *small_alloc(size_t size, unsigned cls) {
     tm_tcache_t *tc = tc_enter();
     tm_tc_bin_t *b = &tc->bins[cls];
-    uint32_t n = b->count;
-    if (likely(n != 0)) {
-        void *p = b->slots[n - 1];
-        b->count = n - 1;
+    void **top = b->top;
+    if (likely(top != b->base)) {
+        void *p = *--top;
+        __atomic_store_n(&b->top, top, __ATOMIC_RELAXED);
         tc_leave();
         *(uint64_t *)p = 0; /* clear the free-block cookie */
         return p;
@@ -79,11 +79,11 @@ TM_EXPORT void TM_API(free)(void *p) {
         if (likely(*(uint64_t *)p != cookie)) {
             tm_tcache_t *tc = tc_enter();
             tm_tc_bin_t *b = &tc->bins[cls];
-            uint32_t n = b->count;
-            if (likely(n < b->cap)) { /* bin 0 and the sentinel: cap 0 */
+            void **top = b->top;
+            if (likely(top != b->limit)) { /* bin 0 and the sentinel: always full */
                 *(uint64_t *)p = cookie;
-                b->slots[n] = p;
-                b->count = n + 1;
+                *top = p;
+                __atomic_store_n(&b->top, top + 1, __ATOMIC_RELAXED);
                 tc_leave();
                 return;
             }

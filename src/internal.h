@@ -192,6 +192,8 @@ void huge_unlock(void);
 extern __thread tm_tls_t tm_tls __attribute__((tls_model("initial-exec")));
 enum { TLS_NONE = 0, TLS_BOOTING, TLS_LIVE, TLS_DEAD };
 extern tm_tcache_t tm_tcache_sentinel;
+TM_INLINE uint32_t tc_bin_count(const tm_tc_bin_t *b) { return (uint32_t)(b->top - b->base); }
+TM_INLINE uint32_t tc_bin_cap(const tm_tc_bin_t *b) { return (uint32_t)(b->limit - b->base); }
 extern uint64_t tm_cookie_key;
 TM_COLD void *tcache_malloc_slow(size_t size, unsigned cls); /* sets ENOMEM */
 TM_COLD void tcache_free_slow(void *p, unsigned cls);

@@ -131,9 +131,9 @@ static uint32_t bin_cap(unsigned cls) {
 void tcache_drain_locked(tm_tcache_t *tc) {
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         tm_tc_bin_t *b = &tc->bins[c];
-        if (b->count) {
-            arena_flush(c, b->slots, b->count);
-            b->count = 0;
+        if (b->top != b->base) {
+            arena_flush(c, b->base, tc_bin_count(b));
+            __atomic_store_n(&b->top, b->base, __ATOMIC_RELAXED);
         }
     }
 }
@@ -195,10 +195,10 @@ static tm_tcache_t *tcache_create(void) {
     void **slot = tc->slots_mem;
     tc->bins[0] = (tm_tc_bin_t){0};
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
-        tc->bins[c].count = 0;
-        tc->bins[c].cap = bin_cap(c);
-        tc->bins[c].slots = slot;
-        slot += tc->bins[c].cap;
+        uint32_t cap = bin_cap(c);
+        tc->bins[c].base = tc->bins[c].top = cap ? slot : NULL;
+        tc->bins[c].limit = cap ? slot + cap : NULL;
+        slot += cap;
     }
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
     tc->owner_tls = &tm_tls;
@@ -275,15 +275,20 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
         pthread_mutex_lock(&tc->mu);
         tcache_settle_locked(tc);
         tm_tc_bin_t *b = &tc->bins[cls];
-        if (b->cap == 0) /* caching off (tcache_scale:0, junk, zero) */
+        uint32_t cap = tc_bin_cap(b);
+        if (cap == 0) /* caching off (tcache_scale:0, junk, zero) */
             arena_refill(tc->arena, cls, &p, 1);
         else {
-            if (b->count == 0) {
-                uint32_t want = b->cap / 2 ? b->cap / 2 : 1;
-                b->count = xfer_get(cls, b->slots, want);
-                if (b->count == 0) b->count = arena_refill(tc->arena, cls, b->slots, want);
+            if (b->top == b->base) {
+                uint32_t want = cap / 2 ? cap / 2 : 1;
+                uint32_t got = xfer_get(cls, b->base, want);
+                if (got == 0) got = arena_refill(tc->arena, cls, b->base, want);
+                __atomic_store_n(&b->top, b->base + got, __ATOMIC_RELAXED);
             }
-            if (b->count) p = b->slots[--b->count];
+            if (b->top != b->base) {
+                p = b->top[-1];
+                __atomic_store_n(&b->top, b->top - 1, __ATOMIC_RELAXED);
+            }
         }
         pthread_mutex_unlock(&tc->mu);
     }
@@ -309,15 +314,17 @@ void tcache_free_slow(void *p, unsigned cls) {
     pthread_mutex_lock(&tc->mu);
     tcache_settle_locked(tc);
     tm_tc_bin_t *b = &tc->bins[cls];
-    if (b->count >= b->cap) {
+    uint32_t cap = tc_bin_cap(b), count = tc_bin_count(b);
+    if (cap && count >= cap) {
         /* Flush the older half (the bottom of the stack). */
-        uint32_t n = b->cap / 2 ? b->cap / 2 : b->count;
-        if (!xfer_put(cls, b->slots, n)) arena_flush(cls, b->slots, n);
-        memmove(b->slots, b->slots + n, (b->count - n) * sizeof(void *));
-        b->count -= n;
+        uint32_t n = cap / 2 ? cap / 2 : count;
+        if (!xfer_put(cls, b->base, n)) arena_flush(cls, b->base, n);
+        memmove(b->base, b->base + n, (count - n) * sizeof(void *));
+        count -= n;
     }
-    if (b->cap) {
-        b->slots[b->count++] = p;
+    if (cap) {
+        b->base[count] = p;
+        __atomic_store_n(&b->top, b->base + count + 1, __ATOMIC_RELAXED);
     } else {
         arena_flush(cls, &p, 1);
     }
@@ -329,8 +336,8 @@ size_t tcache_cached_bytes(void) {
     pthread_mutex_lock(&registry_lock);
     for (tm_tcache_t *tc = registry; tc; tc = tc->next)
         for (unsigned c = 1; c <= TM_NCLASSES; c++)
-            bytes += (size_t)__atomic_load_n(&tc->bins[c].count, __ATOMIC_RELAXED) *
-                     tm_classes[c].size;
+            bytes += (size_t)(__atomic_load_n(&tc->bins[c].top, __ATOMIC_RELAXED) -
+                              tc->bins[c].base) * tm_classes[c].size;
     pthread_mutex_unlock(&registry_lock);
     return bytes + xfer_cached_bytes();
 }

@@ -160,10 +160,14 @@ typedef struct tm_arena {
 } tm_arena_t;
 
 /* ---- Thread caches ---------------------------------------------------------- */
+/* A stack of free blocks: base[0 .. top - base) hold blocks; full when
+ * top == limit. All three are NULL in bin 0 and in the sentinel, so both
+ * fast paths miss there without a test of their own. */
 typedef struct tm_tc_bin {
-    uint32_t count;
-    uint32_t cap;
-    void **slots;
+    void **top;
+    void **base;
+    void **limit;
+    uint64_t pad; /* 32 bytes: the bin address is cls << 5 */
 } tm_tc_bin_t;
 
 struct tm_tcache;

@@ -6,6 +6,7 @@
  *   tls.busy = 1      (plain store)           for every live cache tc:
  *   tc = tls.tc       (plain load)              tc->drain_pending = 1
  *   ...pop or push on tc's bins...              owner's tls.tc = &sentinel
+ *                                                 (both under tc->mu)
  *   tls.busy = 0      (release store)         heavy barrier (ONE membarrier)
  *                                             for every live cache tc:
  *                                               lock tc->mu
@@ -34,7 +35,10 @@
  * The fast path pays two plain stores (busy) and nothing else: it loads
  * tls.tc anyway. A slow-path owner that finds drain_pending set empties its
  * own cache under tc->mu and restores tls.tc (tcache_settle_locked), and the
- * trimmer then finds nothing to do. Without membarrier (old kernels,
+ * trimmer then finds nothing to do. The trimmer's first two stores are made
+ * under tc->mu too: otherwise an owner's slow path could read drain_pending
+ * as 0 just before them and restore tls.tc just after, leaving the owner on
+ * its fast path while the trimmer empties its bins. Without membarrier (old kernels,
  * seccomp), the barrier is an mprotect of a private page, whose TLB
  * shootdown interrupts every CPU running the process; if even that fails,
  * every cache is left to drain itself on its owner's next call. Under
@@ -66,9 +70,13 @@ uint64_t world_drain_all_caches(void) {
     uint64_t max_hold = 0;
     tcache_registry_lock();
     for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next) {
+        /* Under tc->mu, so an owner's slow path cannot read drain_pending
+         * before these stores and restore tls.tc after them. */
+        pthread_mutex_lock(&tc->mu);
         __atomic_store_n(&tc->drain_pending, 1, __ATOMIC_RELAXED);
         __atomic_store_n(&tc->owner_tls->tc, &tm_tcache_sentinel,
                          TM_TSAN ? __ATOMIC_SEQ_CST : __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&tc->mu);
     }
     if (os_heavy_barrier() == 0 || TM_TSAN) {
         for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next) {
