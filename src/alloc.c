@@ -65,10 +65,10 @@ TM_INLINE bool small_block(uintptr_t a, unsigned *cls_out) {
     uint32_t f = __atomic_load_n(&c->fast[(a >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1)],
                                  __ATOMIC_RELAXED);
     unsigned cls = f & 0xff;
-    const tm_class_t *k = &tm_classes[cls];
     uint64_t off = (a & TM_CHUNK_MASK) - (f & ~(uint32_t)TM_PAGE_MASK);
     *cls_out = cls;
-    return ((off * k->magic) >> 40) * k->size == off; /* class 0 fails unless off 0 */
+    /* class 0 (magic 0, size 0) fails unless off is 0 */
+    return ((off * tm_class_fast.magic[cls]) >> 40) * tm_class_fast.size[cls] == off;
 }
 
 TM_EXPORT void TM_API(free)(void *p) {

@@ -82,6 +82,13 @@ extern unsigned long os_fail_countdown_active;
 
 /* ---- size_class.c ------------------------------------------------------------ */
 extern tm_class_t tm_classes[TM_NCLASSES + 1];
+/* The two fields free() needs, side by side so one base register reaches
+ * both (a copy of tm_classes[c].magic and .size). */
+typedef struct tm_class_fast {
+    uint64_t magic[TM_NCLASSES + 1];
+    uint32_t size[TM_NCLASSES + 1];
+} tm_class_fast_t;
+extern tm_class_fast_t tm_class_fast;
 extern uint8_t tm_class_tiny[(TM_TINY_MAX >> 4) + 1];
 void size_class_init(void);
 /* 1024 < size <= 32 KiB: with s = size - 1 and k = floor(log2 s), the class

@@ -24,6 +24,7 @@
 #include "internal.h"
 
 tm_class_t tm_classes[TM_NCLASSES + 1];
+tm_class_fast_t tm_class_fast;
 uint8_t tm_class_tiny[(TM_TINY_MAX >> 4) + 1];
 
 static uint32_t class_size_rule(unsigned cls) {
@@ -64,6 +65,8 @@ void size_class_init(void) {
         k->nblocks = nb > TM_SLAB_MAX_BLOCKS ? TM_SLAB_MAX_BLOCKS : nb;
         k->tc_cap = tcache_cap_for(k->size);
         k->magic = ((1ull << 40) + k->size - 1) / k->size;
+        tm_class_fast.magic[c] = k->magic;
+        tm_class_fast.size[c] = k->size;
     }
     /* Class 0 ("not a small block") fails every check on the free path. */
     tm_classes[0] = (tm_class_t){0};
