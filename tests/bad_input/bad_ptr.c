@@ -1,0 +1,125 @@
+/*
+ * bad_ptr.c CASE -- hand the allocator one bad pointer and see what it does.
+ * Run under LD_PRELOAD=libtrimalloc.so by tests/bad_input/run.sh, which
+ * lists the cases and what each must print.
+ *
+ * The program prints "pointer 0x..." (the bad pointer, %p) on stdout, then
+ * makes the bad call. With the default options trimalloc must abort there
+ * (SIGABRT) after one line on stderr naming the call and the pointer. With
+ * TRIMALLOC_CONF=abort_on_error:0 it must print the line, ignore the call
+ * and go on: the program then checks that the heap still works (blocks of
+ * every kind allocated, filled, checked and freed, _heapchk() == _HEAPOK)
+ * and exits 0, printing "continued: heap OK".
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <malloc.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define HEAPOK (-2) /* _HEAPOK in trimalloc.h */
+
+static char global_buf[256];
+static int (*heapmin)(void);
+static int (*heapchk)(void);
+
+/* Keep the compiler from reasoning about the calls (-fno-builtin too). */
+static void *volatile sink;
+
+enum { CALL_FREE, CALL_REALLOC, CALL_USABLE };
+
+static void bad_call(int call, void *p) {
+    printf("pointer %p\n", p);
+    fflush(stdout);
+    switch (call) {
+    case CALL_FREE: free(p); break;
+    case CALL_REALLOC: sink = realloc(p, 100); break;
+    case CALL_USABLE: sink = (void *)(uintptr_t)malloc_usable_size(p); break;
+    }
+}
+
+/* A double free: p is freed once here, legitimately, then by the bad call. */
+static void *freed(size_t size, int heapmin_after) {
+    void *keep = malloc(size); /* keeps the slab (or run neighbourhood) alive */
+    void *p = malloc(size);
+    memset(p, 0x5c, size);
+    free(p);
+    if (heapmin_after && heapmin() != 0) {
+        printf("_heapmin failed\n");
+        exit(3);
+    }
+    sink = keep;
+    return p;
+}
+
+static int heap_still_works(void) {
+    static const size_t sizes[] = {1, 16, 100, 1000, 5000, 40000, 300000, 3 << 20};
+    void *p[sizeof sizes / sizeof sizes[0]];
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        p[i] = malloc(sizes[i]);
+        if (!p[i]) return 0;
+        memset(p[i], (int)i + 1, sizes[i]);
+    }
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        for (size_t k = 0; k < sizes[i]; k++)
+            if (((unsigned char *)p[i])[k] != i + 1) return 0;
+        free(p[i]);
+    }
+    return heapchk() == HEAPOK;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s CASE\n", argv[0]);
+        return 2;
+    }
+    heapmin = (int (*)(void))dlsym(RTLD_DEFAULT, "_heapmin");
+    heapchk = (int (*)(void))dlsym(RTLD_DEFAULT, "_heapchk");
+    if (!heapmin || !heapchk) {
+        fprintf(stderr, "_heapmin/_heapchk not found: run with LD_PRELOAD=libtrimalloc.so\n");
+        return 2;
+    }
+    const char *c = argv[1];
+    char stack_buf[64];
+    sink = stack_buf;
+    int call = CALL_FREE;
+    const char *what = c;
+    if (!strncmp(c, "free-", 5)) call = CALL_FREE, what = c + 5;
+    else if (!strncmp(c, "realloc-", 8)) call = CALL_REALLOC, what = c + 8;
+    else if (!strncmp(c, "usable-", 7)) call = CALL_USABLE, what = c + 7;
+    else {
+        fprintf(stderr, "unknown case %s\n", c);
+        return 2;
+    }
+
+    void *p = NULL;
+    if (!strcmp(what, "stack")) p = stack_buf + 16;
+    else if (!strcmp(what, "global")) p = global_buf + 16;
+    else if (!strcmp(what, "interior-small")) p = (char *)malloc(100) + 16;
+    else if (!strcmp(what, "interior-large")) p = (char *)malloc(100000) + 100;
+    else if (!strcmp(what, "interior-large-page")) p = (char *)malloc(100000) + 8192;
+    else if (!strcmp(what, "interior-huge")) p = (char *)malloc(3 << 20) + 4096;
+    else if (!strcmp(what, "interior-huge-far")) p = (char *)malloc(12 << 20) + (6 << 20);
+    else if (!strcmp(what, "mmap")) {
+        p = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return 3;
+    } else if (!strcmp(what, "double-tcache")) p = freed(64, 0);
+    else if (!strcmp(what, "double-arena")) p = freed(64, 1);
+    else if (!strcmp(what, "double-large")) p = freed(100000, 0);
+    else if (!strcmp(what, "double-huge")) p = freed(3 << 20, 0);
+    else if (!strcmp(what, "double-huge-unmapped")) p = freed(3 << 20, 1);
+    else {
+        fprintf(stderr, "unknown case %s\n", c);
+        return 2;
+    }
+    bad_call(call, p);
+    if (!heap_still_works()) {
+        printf("continued: HEAP BROKEN\n");
+        return 1;
+    }
+    printf("continued: heap OK\n");
+    return 0;
+}
