@@ -124,7 +124,37 @@ typedef struct trimalloc_stats {
 
 /* Fill *out; returns 0. Never allocates. */
 int TM_API(trimalloc_stats_get)(trimalloc_stats_t *out);
-/* Write a human-readable report (json != 0: JSON) to fd. Never allocates. */
+
+/* One arena (index < narenas). Bytes returned to the kernel are counted
+ * process-wide only (trimalloc_stats_t.released). */
+typedef struct trimalloc_arena_stats {
+    unsigned index;
+    unsigned nthreads;     /* threads bound to this arena */
+    size_t allocated;      /* bytes of blocks out of the arena (held by the
+                              program or sitting in thread caches) */
+    size_t active;         /* bytes of slabs and large runs */
+    size_t resident;       /* mapped minus free runs known released */
+    size_t mapped;         /* bytes of chunks */
+    size_t dirty;          /* free bytes not yet released to the kernel */
+    size_t nchunks;
+    uint64_t large_nmalloc, large_nfree;
+} trimalloc_arena_stats_t;
+
+/* One small size class (1 .. trimalloc_nclasses()), summed over arenas. */
+typedef struct trimalloc_class_stats {
+    size_t size;           /* block size in bytes */
+    size_t nslabs;         /* slabs of this class */
+    size_t blocks_out;     /* blocks out of the arenas (program or caches) */
+    uint64_t nmalloc;      /* blocks handed from arenas to thread caches */
+    uint64_t nfree;        /* blocks returned from thread caches */
+} trimalloc_class_stats_t;
+
+/* Return 0, or -1 with errno EINVAL for an index out of range. */
+int TM_API(trimalloc_stats_arena)(unsigned index, trimalloc_arena_stats_t *out);
+int TM_API(trimalloc_stats_class)(unsigned cls, trimalloc_class_stats_t *out);
+unsigned TM_API(trimalloc_nclasses)(void);
+/* Write a human-readable report (json != 0: JSON) to fd: the totals, then
+ * one line (object) per arena and per size class in use. Never allocates. */
 void TM_API(trimalloc_stats_print)(int fd, int json);
 
 /* Runtime options, the same ones TRIMALLOC_CONF sets ("key:value,..."). Read

@@ -41,19 +41,27 @@ int tm_snprintf(char *buf, size_t size, const char *fmt, ...) {
     for (const char *f = fmt; *f; f++) {
         if (*f != '%') { PUT(*f); continue; }
         f++;
+        bool left = false;
+        size_t width = 0;
+        if (*f == '-') { left = true; f++; }
+        while (*f >= '0' && *f <= '9') width = width * 10 + (size_t)(*f++ - '0');
         int lng = 0;
         while (*f == 'l' || *f == 'z') { lng++; f++; }
         size_t n = 0;
+        bool neg = false;
         switch (*f) {
         case 's': {
             const char *s = va_arg(ap, const char *);
             if (!s) s = "(null)";
+            size_t len = strlen(s);
+            for (size_t k = len; !left && k < width; k++) PUT(' ');
             while (*s) PUT(*s++);
+            for (size_t k = len; left && k < width; k++) PUT(' ');
             continue;
         }
         case 'd': {
             long long v = lng ? va_arg(ap, long long) : va_arg(ap, int);
-            if (v < 0) { PUT('-'); v = -v; }
+            if (v < 0) { neg = true; v = -v; }
             n = fmt_u(num, (unsigned long long)v, 10);
             break;
         }
@@ -75,7 +83,11 @@ int tm_snprintf(char *buf, size_t size, const char *fmt, ...) {
         case '%': PUT('%'); continue;
         default: PUT('%'); PUT(*f); continue;
         }
+        size_t len = n + neg;
+        for (size_t k = len; !left && k < width; k++) PUT(' ');
+        if (neg) PUT('-');
         for (size_t i = 0; i < n; i++) PUT(num[i]);
+        for (size_t k = len; left && k < width; k++) PUT(' ');
     }
 #undef PUT
     if (size) buf[o < size ? o : size - 1] = 0;

@@ -75,6 +75,60 @@ TM_EXPORT int TM_API(trimalloc_stats_get)(trimalloc_stats_t *out) {
     return 0;
 }
 
+TM_EXPORT int TM_API(trimalloc_stats_arena)(unsigned index, trimalloc_arena_stats_t *out) {
+    tm_init();
+    if (!out || index >= tm_narenas) {
+        errno = EINVAL;
+        return -1;
+    }
+    memset(out, 0, sizeof *out);
+    out->index = index;
+    tm_arena_t *a = __atomic_load_n(&tm_arenas[index], __ATOMIC_ACQUIRE);
+    if (!a) return 0; /* not created yet: no thread has used it */
+    arena_sums_t s = {0};
+    arena_sum(a, &s);
+    pthread_mutex_lock(&a->lock);
+    out->nthreads = a->nthreads;
+    out->large_nmalloc = a->large_nmalloc;
+    out->large_nfree = a->large_nfree;
+    pthread_mutex_unlock(&a->lock);
+    out->allocated = s.small_out + s.large;
+    out->active = s.slab_bytes + s.large;
+    out->nchunks = s.chunks;
+    out->mapped = s.chunks * TM_CHUNK;
+    out->resident = out->mapped - s.clean_free;
+    out->dirty = s.dirty_free;
+    return 0;
+}
+
+TM_EXPORT unsigned TM_API(trimalloc_nclasses)(void) { return TM_NCLASSES; }
+
+TM_EXPORT int TM_API(trimalloc_stats_class)(unsigned cls, trimalloc_class_stats_t *out) {
+    tm_init();
+    if (!out || cls < 1 || cls > TM_NCLASSES) {
+        errno = EINVAL;
+        return -1;
+    }
+    memset(out, 0, sizeof *out);
+    out->size = tm_classes[cls].size;
+    for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
+        tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
+        if (!a) continue;
+        pthread_mutex_lock(&a->lock);
+        out->nslabs += a->bins[cls].nslabs;
+        out->blocks_out += a->bins[cls].cur_blocks;
+        out->nmalloc += a->bins[cls].nmalloc;
+        out->nfree += a->bins[cls].nfree;
+        pthread_mutex_unlock(&a->lock);
+    }
+    return 0;
+}
+
+static void put(int fd, char *buf, int n, size_t size) {
+    if (n > (int)size - 1) n = (int)size - 1;
+    tm_write_fd(fd, buf, (size_t)n);
+}
+
 TM_EXPORT void TM_API(trimalloc_stats_print)(int fd, int json) {
     trimalloc_stats_t st;
     TM_API(trimalloc_stats_get)(&st);
@@ -86,7 +140,7 @@ TM_EXPORT void TM_API(trimalloc_stats_print)(int fd, int json) {
                         "\"released\":%zu,\"metadata\":%zu,\"tcache_bytes\":%zu,"
                         "\"huge_allocated\":%zu,\"heapmin_calls\":%llu,"
                         "\"heapmin_bytes_released\":%llu,\"heapmin_last_pause_ns\":%llu,"
-                        "\"heapmin_max_pause_ns\":%llu,\"narenas\":%u,\"nthreads\":%u}\n",
+                        "\"heapmin_max_pause_ns\":%llu,\"narenas\":%u,\"nthreads\":%u",
                         st.allocated, st.active, st.resident, st.mapped, st.released,
                         st.metadata, st.tcache_bytes, st.huge_allocated,
                         (unsigned long long)st.heapmin_calls,
@@ -114,9 +168,55 @@ TM_EXPORT void TM_API(trimalloc_stats_print)(int fd, int json) {
                         (unsigned long long)st.heapmin_last_pause_ns,
                         (unsigned long long)st.heapmin_max_pause_ns, st.narenas, st.nthreads);
     }
-    if (n > (int)sizeof buf - 1) n = (int)sizeof buf - 1;
-    tm_write_fd(fd, buf, (size_t)n);
+    put(fd, buf, n, sizeof buf);
+    /* per arena */
+    if (json) put(fd, buf, tm_snprintf(buf, sizeof buf, ",\"arenas\":["), sizeof buf);
+    else put(fd, buf, tm_snprintf(buf, sizeof buf, "  arena  threads  allocated     active   resident     "
+                                                  "mapped      dirty  chunks\n"), sizeof buf);
+    for (unsigned i = 0; i < st.narenas; i++) {
+        trimalloc_arena_stats_t as;
+        TM_API(trimalloc_stats_arena)(i, &as);
+        if (json)
+            n = tm_snprintf(buf, sizeof buf,
+                            "%s{\"index\":%u,\"nthreads\":%u,\"allocated\":%zu,\"active\":%zu,"
+                            "\"resident\":%zu,\"mapped\":%zu,\"dirty\":%zu,\"nchunks\":%zu,"
+                            "\"large_nmalloc\":%llu,\"large_nfree\":%llu}",
+                            i ? "," : "", as.index, as.nthreads, as.allocated, as.active,
+                            as.resident, as.mapped, as.dirty, as.nchunks,
+                            (unsigned long long)as.large_nmalloc,
+                            (unsigned long long)as.large_nfree);
+        else
+            n = tm_snprintf(buf, sizeof buf, "  %5u  %7u  %9zu  %9zu  %9zu  %9zu  %9zu  %6zu\n",
+                            as.index, as.nthreads, as.allocated, as.active, as.resident,
+                            as.mapped, as.dirty, as.nchunks);
+        put(fd, buf, n, sizeof buf);
+    }
+    /* per size class in use */
+    if (json) put(fd, buf, tm_snprintf(buf, sizeof buf, "],\"classes\":["), sizeof buf);
+    else put(fd, buf, tm_snprintf(buf, sizeof buf, "  class   size   slabs  blocks_out      "
+                                                  "nmalloc        nfree\n"), sizeof buf);
+    bool first = true;
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+        trimalloc_class_stats_t cs;
+        TM_API(trimalloc_stats_class)(c, &cs);
+        if (!cs.nslabs && !cs.nmalloc) continue;
+        if (json)
+            n = tm_snprintf(buf, sizeof buf,
+                            "%s{\"class\":%u,\"size\":%zu,\"nslabs\":%zu,\"blocks_out\":%zu,"
+                            "\"nmalloc\":%llu,\"nfree\":%llu}",
+                            first ? "" : ",", c, cs.size, cs.nslabs, cs.blocks_out,
+                            (unsigned long long)cs.nmalloc, (unsigned long long)cs.nfree);
+        else
+            n = tm_snprintf(buf, sizeof buf, "  %5u  %5zu  %6zu  %10zu  %11llu  %11llu\n", c,
+                            cs.size, cs.nslabs, cs.blocks_out, (unsigned long long)cs.nmalloc,
+                            (unsigned long long)cs.nfree);
+        first = false;
+        put(fd, buf, n, sizeof buf);
+    }
+    if (json) put(fd, buf, tm_snprintf(buf, sizeof buf, "]}\n"), sizeof buf);
 }
+
+
 
 void stats_print_at_exit(void) {
     if (tm_opt.stats_print) TM_API(trimalloc_stats_print)(2, 0);
