@@ -213,6 +213,7 @@ void *tm_alloc_aligned(size_t align, size_t size, bool zero) {
         errno = ENOMEM;
         return NULL;
     }
+    tm_init(); /* the class table must be filled before it is searched */
     if (align <= TM_PAGE) {
         size_t sz = (size + align - 1) & ~(align - 1);
         if (sz == 0) sz = align;

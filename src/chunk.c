@@ -209,6 +209,43 @@ bool chunk_destroy(tm_chunk_t *c) {
     return true;
 }
 
+/* Give back the pages of chunk c's descriptor that describe nothing: page
+ * entries that are neither the first nor the last page of a run, and slab
+ * entries of pages where no slab starts. Both read zero afterwards, which is
+ * what an unused entry holds (PAGE_INTERIOR is 0; a slab entry is cleared
+ * when a slab is made). The descriptor pages are few and madvise of them is
+ * quick, so this one runs under the arena lock. */
+static size_t chunk_purge_descriptor_locked(tm_chunk_t *c) {
+    uint64_t needed_page[TM_CHUNK_PAGES / 64] = {0}, needed_slab[TM_CHUNK_PAGES / 64] = {0};
+    for (uint32_t p = 0; p < TM_CHUNK_PAGES;) {
+        uint32_t n = c->pages[p].npages;
+        if (n == 0 || p + n > TM_CHUNK_PAGES) return 0; /* not a clean walk: leave it */
+        needed_page[p >> 6] |= 1ull << (p & 63);
+        needed_page[(p + n - 1) >> 6] |= 1ull << ((p + n - 1) & 63);
+        if (c->pages[p].kind == PAGE_SLAB) needed_slab[p >> 6] |= 1ull << (p & 63);
+        p += n;
+    }
+    size_t released = 0;
+    struct { char *base; size_t esize; const uint64_t *needed; } arrays[2] = {
+        {(char *)c->pages, sizeof(tm_page_t), needed_page},
+        {(char *)c->slabs, sizeof(tm_slab_t), needed_slab},
+    };
+    for (int k = 0; k < 2; k++) {
+        uintptr_t lo = ((uintptr_t)arrays[k].base + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
+        uintptr_t hi = ((uintptr_t)arrays[k].base + TM_CHUNK_PAGES * arrays[k].esize) &
+                       ~(uintptr_t)TM_PAGE_MASK;
+        for (uintptr_t pg = lo; pg < hi; pg += TM_PAGE) {
+            size_t first = (pg - (uintptr_t)arrays[k].base) / arrays[k].esize;
+            size_t last = (pg + TM_PAGE - 1 - (uintptr_t)arrays[k].base) / arrays[k].esize;
+            bool used = false;
+            for (size_t e = first; e <= last && !used; e++)
+                used = (arrays[k].needed[e >> 6] >> (e & 63)) & 1;
+            if (!used && os_purge((void *)pg, TM_PAGE) == 0) released += TM_PAGE;
+        }
+    }
+    return released;
+}
+
 /* ---- purge ------------------------------------------------------------------
  * Under the lock, take dirty free runs out of the index (their first/last
  * page marked PAGE_UNUSED so neighbours do not merge into them) and detach
@@ -283,6 +320,19 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
         }
         if (failures) *failures += failed;
         if (failed) break; /* the kernel refuses: do not spin on the same runs */
+    }
+    /* Chunks that stay: their free pages are gone, so most of their
+     * descriptor describes nothing now. One chunk per lock hold. */
+    for (size_t i = 0;; i++) {
+        pthread_mutex_lock(&a->lock);
+        tm_chunk_t *c = a->chunks;
+        for (size_t k = 0; c && k < i; k++) c = c->next;
+        if (!c) {
+            pthread_mutex_unlock(&a->lock);
+            break;
+        }
+        released += chunk_purge_descriptor_locked(c);
+        pthread_mutex_unlock(&a->lock);
     }
     return released;
 }

@@ -265,9 +265,11 @@ void tcache_settle_locked(tm_tcache_t *tc) {
 }
 
 void *tcache_malloc_slow(size_t size, unsigned cls) {
-    (void)size;
     __atomic_store_n(&tm_tls.busy, 0, __ATOMIC_RELEASE);
-    tm_tcache_t *tc = tcache_get_slow();
+    tm_tcache_t *tc = tcache_get_slow(); /* initialises the allocator if need be */
+    /* Before initialisation (a library constructor that runs before ours)
+     * the class tables are still zero and the fast path computed class 0. */
+    if (unlikely(cls == 0)) cls = size_class_of(size);
     void *p = NULL;
     if (!tc) {
         arena_refill(uncached_arena(), cls, &p, 1);

@@ -77,7 +77,10 @@ typedef struct tm_class {
 } tm_class_t;
 
 /* ---- Runs and chunks ----------------------------------------------------- */
-enum { PAGE_UNUSED = 0, PAGE_FREE, PAGE_SLAB, PAGE_LARGE, PAGE_INTERIOR };
+/* PAGE_INTERIOR is 0, so a page entry the purge gave back to the kernel
+ * (it reads zero) is an interior page; PAGE_UNUSED marks the ends of a free
+ * run while the purge has it out of the index. */
+enum { PAGE_INTERIOR = 0, PAGE_FREE, PAGE_SLAB, PAGE_LARGE, PAGE_UNUSED };
 
 struct tm_slab;
 struct tm_arena;
