@@ -49,7 +49,7 @@ ASAN_DEFAULTS="halt_on_error=1:detect_leaks=1:detect_stack_use_after_return=1:ch
 UBSAN_DEFAULTS="halt_on_error=1:print_stacktrace=1:print_summary=1"
 TSAN_DEFAULTS="halt_on_error=1:second_deadlock_stack=1:print_summary=1"
 
-CTEST_ARGS=(--output-on-failure --no-tests=error --timeout 600 -j"$TM_JOBS")
+CTEST_ARGS=(--output-on-failure --no-tests=error -j"$TM_JOBS")
 
 PASSED=0
 FAILED=0
