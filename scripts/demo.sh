@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# scripts/demo.sh [threads [blocks-per-thread]] -- build trimalloc (Release,
-# build/libtrimalloc.so) and run a short multi-threaded demo of _heapmin():
-# examples/demo_threads.c, once with the system malloc and once with
-# LD_PRELOAD=build/libtrimalloc.so. Each run prints its RSS table; the exit
-# status is non-zero if a build or a run failed (or data did not verify).
+# scripts/demo.sh [threads [blocks-per-thread]] -- the main job: build
+# trimalloc (Release, build/libtrimalloc.so), then
+#   1. spike-and-trim (bench/spike_demo.sh): worker threads build up a heap,
+#      free 95% of it and stay alive and idle; each allocator's own trim call
+#      runs (trimalloc: _heapmin(); glibc: malloc_trim(0); jemalloc,
+#      tcmalloc, mimalloc when installed). A compact table of RSS after the
+#      trim, the call's time and the worst stall another thread saw, and the
+#      RSS-over-time plot build-bench/spike_demo/spike_rss.png;
+#   2. a short multi-threaded demo of _heapmin() (examples/demo_threads.c),
+#      once with the system malloc and once with LD_PRELOAD.
+# The exit status is non-zero if a build or a run failed (or data did not
+# verify). About a minute on 2 cores.
 
 set -u -o pipefail
 # shellcheck source=scripts/common.sh
@@ -37,6 +44,10 @@ run_demo() {
         FAILED=1
     fi
 }
+
+FAILED=0
+tm_section "spike-and-trim: trimalloc against glibc and the installed peers"
+TRIMALLOC_LIB=$LIB bench/spike_demo.sh --reps 3 || FAILED=1
 
 DEMO_ARGS="$*"
 run_demo "system malloc"

@@ -240,6 +240,64 @@ void arena_release_empty_slabs_locked(tm_arena_t *a) {
     }
 }
 
+/* Free blocks of the big classes span whole pages. In a slab that still
+ * holds live blocks, give back the pages that lie entirely inside free
+ * blocks -- all but the first page of each block, which holds the block's
+ * cookie. The blocks are taken out of the bitmap (so no refill hands them
+ * out) while the lock is dropped for the madvise calls, then put back. */
+#define SLAB_PURGE_BATCH 64
+
+size_t arena_purge_slab_pages(tm_arena_t *a) {
+    size_t released = 0;
+    for (unsigned cls = 1; cls <= TM_NCLASSES; cls++) {
+        const uint32_t size = tm_classes[cls].size;
+        if (size <= TM_PAGE) continue;
+        uint32_t resume = 0; /* blocks already handled in this class */
+        for (;;) {
+            struct { tm_slab_t *s; uint32_t idx; } held[SLAB_PURGE_BATCH];
+            int n = 0;
+            uint32_t seen = 0;
+            pthread_mutex_lock(&a->lock);
+            for (tm_slab_t *s = a->bins[cls].partial; s && n < SLAB_PURGE_BATCH; s = s->next) {
+                if (s->nfree == s->nblocks) continue; /* empty: _heapmin frees it whole */
+                for (uint32_t i = 0; i < s->nblocks && n < SLAB_PURGE_BATCH; i++) {
+                    if (!((s->bitmap[i >> 6] >> (i & 63)) & 1)) continue;
+                    if (seen++ < resume) continue;
+                    held[n].s = s;
+                    held[n].idx = i;
+                    n++;
+                }
+            }
+            for (int k = 0; k < n; k++) { /* out of the bitmap while unlocked */
+                held[k].s->bitmap[held[k].idx >> 6] &= ~(1ull << (held[k].idx & 63));
+                held[k].s->nfree--;
+            }
+            pthread_mutex_unlock(&a->lock);
+            if (n == 0) break;
+            for (int k = 0; k < n; k++) {
+                uintptr_t b = held[k].s->start + (uintptr_t)held[k].idx * size;
+                uintptr_t lo = (b + 8 + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
+                uintptr_t hi = (b + size) & ~(uintptr_t)TM_PAGE_MASK;
+                if (hi > lo && os_purge((void *)lo, hi - lo) == 0) {
+                    released += hi - lo;
+                    stats_add_released(hi - lo);
+                }
+            }
+            pthread_mutex_lock(&a->lock);
+            for (int k = 0; k < n; k++) {
+                tm_slab_t *s = held[k].s;
+                s->bitmap[held[k].idx >> 6] |= 1ull << (held[k].idx & 63);
+                if ((held[k].idx >> 6) < s->hint) s->hint = (uint16_t)(held[k].idx >> 6);
+                s->nfree++;
+                if (!s->on_list) bin_push_locked(&a->bins[cls], s);
+            }
+            pthread_mutex_unlock(&a->lock);
+            resume += (uint32_t)n;
+        }
+    }
+    return released;
+}
+
 /* ---- large runs -------------------------------------------------------------- */
 
 void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero) {

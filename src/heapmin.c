@@ -25,7 +25,10 @@ static size_t trim_all(unsigned *failures) {
     size_t released = 0;
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
-        if (a) released += arena_purge(a, true, failures);
+        if (a) {
+            released += arena_purge(a, true, failures);
+            released += arena_purge_slab_pages(a);
+        }
     }
     released += huge_release_cache(failures);
     __atomic_add_fetch(&tm_gstats.heapmin_calls, 1, __ATOMIC_RELAXED);

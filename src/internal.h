@@ -172,6 +172,7 @@ void arena_free_large(tm_chunk_t *c, uint32_t page, void *p);
 size_t arena_large_usable(tm_chunk_t *c, uint32_t page);
 bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size);
 void arena_release_empty_slabs_locked(tm_arena_t *a);
+size_t arena_purge_slab_pages(tm_arena_t *a); /* free pages inside live slabs */
 void arena_fork_prepare(void);
 void arena_fork_parent(void);
 void arena_fork_child(void);
