@@ -134,40 +134,31 @@ TM_EXPORT void TM_API(trimalloc_stats_print)(int fd, int json) {
     TM_API(trimalloc_stats_get)(&st);
     char buf[2048];
     int n;
-    if (json) {
-        n = tm_snprintf(buf, sizeof buf,
-                        "{\"allocated\":%zu,\"active\":%zu,\"resident\":%zu,\"mapped\":%zu,"
-                        "\"released\":%zu,\"metadata\":%zu,\"tcache_bytes\":%zu,"
-                        "\"huge_allocated\":%zu,\"heapmin_calls\":%llu,"
-                        "\"heapmin_bytes_released\":%llu,\"heapmin_last_pause_ns\":%llu,"
-                        "\"heapmin_max_pause_ns\":%llu,\"narenas\":%u,\"nthreads\":%u",
-                        st.allocated, st.active, st.resident, st.mapped, st.released,
-                        st.metadata, st.tcache_bytes, st.huge_allocated,
-                        (unsigned long long)st.heapmin_calls,
-                        (unsigned long long)st.heapmin_bytes_released,
-                        (unsigned long long)st.heapmin_last_pause_ns,
-                        (unsigned long long)st.heapmin_max_pause_ns, st.narenas, st.nthreads);
-    } else {
-        n = tm_snprintf(buf, sizeof buf,
-                        "trimalloc statistics\n"
-                        "  allocated        %zu bytes (blocks the program holds)\n"
-                        "  active           %zu bytes (pages holding live blocks)\n"
-                        "  resident         %zu bytes (upper bound)\n"
-                        "  mapped           %zu bytes\n"
-                        "  released         %zu bytes (returned to the kernel since start)\n"
-                        "  metadata         %zu bytes\n"
-                        "  thread caches    %zu bytes\n"
-                        "  huge blocks      %zu bytes\n"
-                        "  _heapmin calls   %llu, %llu bytes released, last pause %llu ns, "
-                        "max pause %llu ns\n"
-                        "  arenas %u, threads with a cache %u\n",
-                        st.allocated, st.active, st.resident, st.mapped, st.released,
-                        st.metadata, st.tcache_bytes, st.huge_allocated,
-                        (unsigned long long)st.heapmin_calls,
-                        (unsigned long long)st.heapmin_bytes_released,
-                        (unsigned long long)st.heapmin_last_pause_ns,
-                        (unsigned long long)st.heapmin_max_pause_ns, st.narenas, st.nthreads);
-    }
+    /* Both forms take the same arguments in the same order. */
+    static const char json_fmt[] =
+        "{\"allocated\":%zu,\"active\":%zu,\"resident\":%zu,\"mapped\":%zu,"
+        "\"released\":%zu,\"metadata\":%zu,\"tcache_bytes\":%zu,"
+        "\"huge_allocated\":%zu,\"heapmin_calls\":%llu,"
+        "\"heapmin_bytes_released\":%llu,\"heapmin_last_pause_ns\":%llu,"
+        "\"heapmin_max_pause_ns\":%llu,\"narenas\":%u,\"nthreads\":%u";
+    static const char text_fmt[] =
+        "trimalloc statistics\n"
+        "  allocated        %zu bytes (blocks the program holds)\n"
+        "  active           %zu bytes (pages holding live blocks)\n"
+        "  resident         %zu bytes (upper bound)\n"
+        "  mapped           %zu bytes\n"
+        "  released         %zu bytes (returned to the kernel since start)\n"
+        "  metadata         %zu bytes\n"
+        "  thread caches    %zu bytes\n"
+        "  huge blocks      %zu bytes\n"
+        "  _heapmin calls   %llu, %llu bytes released, last pause %llu ns, max pause %llu ns\n"
+        "  arenas %u, threads with a cache %u\n";
+    n = tm_snprintf(buf, sizeof buf, json ? json_fmt : text_fmt, st.allocated, st.active,
+                    st.resident, st.mapped, st.released, st.metadata, st.tcache_bytes,
+                    st.huge_allocated, (unsigned long long)st.heapmin_calls,
+                    (unsigned long long)st.heapmin_bytes_released,
+                    (unsigned long long)st.heapmin_last_pause_ns,
+                    (unsigned long long)st.heapmin_max_pause_ns, st.narenas, st.nthreads);
     put(fd, buf, n, sizeof buf);
     /* per arena */
     if (json) put(fd, buf, tm_snprintf(buf, sizeof buf, ",\"arenas\":["), sizeof buf);
