@@ -42,7 +42,7 @@ TM_INLINE void *small_alloc(size_t size, unsigned cls) {
         void *p = *--top;
         __atomic_store_n(&b->top, top, __ATOMIC_RELAXED);
         tc_leave();
-        *(uint64_t *)p = 0; /* clear the free-block cookie */
+        *tm_cookie_slot(p, tm_class_fast.size[cls]) = 0; /* clear the free-block cookie */
         return p;
     }
     return tcache_malloc_slow(size, cls);
@@ -76,12 +76,13 @@ TM_EXPORT void TM_API(free)(void *p) {
     unsigned cls;
     if (likely(small_block(a, &cls))) {
         uint64_t cookie = a ^ tm_cookie_key;
-        if (likely(*(uint64_t *)p != cookie)) {
+        uint64_t *slot = tm_cookie_slot(p, tm_class_fast.size[cls]);
+        if (likely(*slot != cookie)) {
             tm_tcache_t *tc = tc_enter();
             tm_tc_bin_t *b = &tc->bins[cls];
             void **top = b->top;
             if (likely(top != b->limit)) { /* bin 0 and the sentinel: always full */
-                *(uint64_t *)p = cookie;
+                *slot = cookie;
                 *top = p;
                 __atomic_store_n(&b->top, top + 1, __ATOMIC_RELAXED);
                 tc_leave();
@@ -154,7 +155,7 @@ static void free_generic(void *p, const char *call) {
     tm_invalid_pointer(call, p);
 }
 
-/* free() found the free-block cookie in p's first word. Every free small
+/* free() found the free-block cookie in p's last word. Every free small
  * block -- in any thread's cache or in its slab -- carries it, and malloc
  * clears it, so p is free already: a double free. (A program cannot write
  * the cookie by accident: it is the address xor a random per-process key.) */
@@ -182,7 +183,7 @@ size_t tm_usable_size(void *p, const char *caller) {
                 tm_invalid_pointer(caller, p);
                 return 0;
             }
-            if (*(uint64_t *)p == (a ^ tm_cookie_key)) {
+            if (*tm_cookie_slot(p, tm_classes[cls].size) == tm_cookie_of(p)) {
                 tm_double_free(caller, p);
                 return 0;
             }

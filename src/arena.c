@@ -107,8 +107,8 @@ static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
     s->nfree = (uint16_t)k->nblocks;
     for (uint32_t i = 0; i < k->nblocks; i++) {
         s->bitmap[i >> 6] |= 1ull << (i & 63);
-        uintptr_t b = s->start + (uintptr_t)i * k->size;
-        *(uint64_t *)b = b ^ tm_cookie_key;
+        void *b = (void *)(s->start + (uintptr_t)i * k->size);
+        *tm_cookie_slot(b, k->size) = tm_cookie_of(b);
     }
     uint32_t fast = cls | (page << TM_PAGE_SHIFT);
     for (uint32_t i = 0; i < k->slab_pages; i++)
@@ -172,10 +172,10 @@ static void slab_return_locked(tm_arena_t *a, tm_chunk_t *c, void *p) {
         tm_double_free("free", p);
         return;
     }
-    uint64_t cookie = (uintptr_t)p ^ tm_cookie_key;
-    if (unlikely(*(uint64_t *)p != cookie)) { /* written to after it was freed */
+    uint64_t *slot = tm_cookie_slot(p, tm_classes[s->cls].size);
+    if (unlikely(*slot != tm_cookie_of(p))) { /* written to after it was freed */
         tm_write_after_free(p);
-        *(uint64_t *)p = cookie;
+        *slot = tm_cookie_of(p);
     }
     s->bitmap[idx >> 6] |= bit;
     if ((idx >> 6) < s->hint) s->hint = (uint16_t)(idx >> 6);
@@ -242,7 +242,7 @@ void arena_release_empty_slabs_locked(tm_arena_t *a) {
 
 /* Free blocks of the big classes span whole pages. In a slab that still
  * holds live blocks, give back the pages that lie entirely inside free
- * blocks -- all but the first page of each block, which holds the block's
+ * blocks -- all but the last page of each block, which holds the block's
  * cookie. The blocks are taken out of the bitmap (so no refill hands them
  * out) while the lock is dropped for the madvise calls, then put back. */
 #define SLAB_PURGE_BATCH 64
@@ -276,8 +276,8 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
             if (n == 0) break;
             for (int k = 0; k < n; k++) {
                 uintptr_t b = held[k].s->start + (uintptr_t)held[k].idx * size;
-                uintptr_t lo = (b + 8 + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
-                uintptr_t hi = (b + size) & ~(uintptr_t)TM_PAGE_MASK;
+                uintptr_t lo = (b + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
+                uintptr_t hi = (b + size - 8) & ~(uintptr_t)TM_PAGE_MASK;
                 if (hi > lo && os_purge((void *)lo, hi - lo) == 0) {
                     released += hi - lo;
                     stats_add_released(hi - lo);

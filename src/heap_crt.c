@@ -48,7 +48,7 @@ static bool is_page_run_kind(uint8_t k) {
 
 /* ---- Cookies --------------------------------------------------------------
  * Every free small block -- in a thread cache or in its slab -- carries its
- * cookie (its address xor a per-process key) in its first word: slab
+ * cookie (its address xor a per-process key) in its last word: slab
  * creation, free() and the return to the slab all write it, and malloc
  * clears it. A free block in a slab bitmap without it was written by the
  * program after it was freed.
@@ -58,8 +58,8 @@ static bool is_page_run_kind(uint8_t k) {
  * drained (our own drain included): we see writes into blocks that are
  * back in their slab -- after a drain (_heapchk, _heapwalk, _heapmin), a
  * cache overflow or the thread's exit. */
-static bool free_block_damaged(uintptr_t b) {
-    return *(const volatile uint64_t *)b != (b ^ tm_cookie_key);
+static bool free_block_damaged(uintptr_t b, uint32_t size) {
+    return *(const volatile uint64_t *)tm_cookie_slot((void *)b, size) != (b ^ tm_cookie_key);
 }
 
 /* Pages inside a run (not its first or last) read PAGE_INTERIOR, or
@@ -128,7 +128,7 @@ static int check_slab_locked(tm_chunk_t *c, uint32_t p, uint32_t n, chk_sums_t *
         while (bits) {
             unsigned i = lo + (unsigned)__builtin_ctzll(bits);
             bits &= bits - 1;
-            if (free_block_damaged(start + (uintptr_t)i * k->size)) return _HEAPBADNODE;
+            if (free_block_damaged(start + (uintptr_t)i * k->size, k->size)) return _HEAPBADNODE;
         }
     }
     if (nfree != sl->nfree) return _HEAPBADNODE;
@@ -287,8 +287,8 @@ TM_EXPORT int TM_API(_heapchk)(void) {
 }
 
 /* ---- _heapset ------------------------------------------------------------------
- * Fills the free small blocks from byte 8 on (their first word is the
- * cookie, which double-free detection and _heapchk rely on) and the free
+ * Fills the free small blocks but for their last 8 bytes (the cookie, which
+ * double-free detection and _heapchk rely on) and the free
  * runs with dirty pages (already resident; the purged and never-touched
  * ones read zero and are left alone, so _heapset never faults released
  * memory back in). A filled run is no longer known zero. */
@@ -307,7 +307,7 @@ static void fill_arena_locked(tm_arena_t *a, unsigned char fill) {
                 for (unsigned w = 0; w < TM_SLAB_MAX_BLOCKS / 64; w++) {
                     for (uint64_t bits = sl->bitmap[w]; bits; bits &= bits - 1) {
                         unsigned i = w * 64 + (unsigned)__builtin_ctzll(bits);
-                        memset((char *)(sl->start + (uintptr_t)i * size) + 8, fill, size - 8);
+                        memset((char *)(sl->start + (uintptr_t)i * size), fill, size - 8);
                     }
                 }
             }
@@ -429,7 +429,7 @@ static int chunk_next_locked(tm_chunk_t *c, uintptr_t from, walk_entry_t *out) {
             if (i < sl->nblocks) {
                 uintptr_t b = rs + (uintptr_t)i * size;
                 bool free_ = (sl->bitmap[i >> 6] >> (i & 63)) & 1;
-                if (free_ && free_block_damaged(b)) return _HEAPBADNODE;
+                if (free_ && free_block_damaged(b, (uint32_t)size)) return _HEAPBADNODE;
                 *out = (walk_entry_t){b, size, !free_};
                 return _HEAPOK;
             }
@@ -658,7 +658,8 @@ static size_t live_block_size(uintptr_t a) {
         if (f & 0xff) {
             uint32_t idx;
             if (!slab_of(c, a, &idx)) return 0;
-            if (*(const uint64_t *)a == (a ^ tm_cookie_key)) return 0; /* freed */
+            if (*tm_cookie_slot((void *)a, tm_classes[f & 0xff].size) == tm_cookie_of((void *)a))
+                return 0; /* freed */
             return tm_classes[f & 0xff].size;
         }
         return (a & TM_PAGE_MASK) ? 0 : arena_large_usable(c, page);

@@ -203,6 +203,14 @@ extern tm_tcache_t tm_tcache_sentinel;
 TM_INLINE uint32_t tc_bin_count(const tm_tc_bin_t *b) { return (uint32_t)(b->top - b->base); }
 TM_INLINE uint32_t tc_bin_cap(const tm_tc_bin_t *b) { return (uint32_t)(b->limit - b->base); }
 extern uint64_t tm_cookie_key;
+/* A free small block's cookie -- its address xor tm_cookie_key -- lives in
+ * the block's LAST 8 bytes (of its class size): programs write blocks from
+ * the start, and a check of the first word right after such a write stalls
+ * on store forwarding (measured: 1.7x slower malloc+free loops). */
+TM_INLINE uint64_t *tm_cookie_slot(void *p, uint32_t size) {
+    return (uint64_t *)((char *)p + size - sizeof(uint64_t));
+}
+TM_INLINE uint64_t tm_cookie_of(const void *p) { return (uintptr_t)p ^ tm_cookie_key; }
 TM_COLD void *tcache_malloc_slow(size_t size, unsigned cls); /* sets ENOMEM */
 TM_COLD void tcache_free_slow(void *p, unsigned cls);
 void tcache_settle_locked(tm_tcache_t *tc);

@@ -295,7 +295,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
         pthread_mutex_unlock(&tc->mu);
     }
     if (p) {
-        *(uint64_t *)p = 0;
+        *tm_cookie_slot(p, tm_classes[cls].size) = 0;
         if (unlikely(tm_opt.junk | tm_opt.zero))
             memset(p, tm_opt.zero ? 0 : 0xa5, tm_classes[cls].size);
     } else {
@@ -307,7 +307,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
 void tcache_free_slow(void *p, unsigned cls) {
     __atomic_store_n(&tm_tls.busy, 0, __ATOMIC_RELEASE);
     if (unlikely(tm_opt.junk)) memset(p, 0x5a, tm_classes[cls].size);
-    *(uint64_t *)p = (uintptr_t)p ^ tm_cookie_key; /* free: carries its cookie */
+    *tm_cookie_slot(p, tm_classes[cls].size) = tm_cookie_of(p); /* free: carries its cookie */
     tm_tcache_t *tc = tcache_get_slow();
     if (!tc) {
         arena_flush(cls, &p, 1);

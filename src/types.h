@@ -36,8 +36,9 @@
  *   - A block is in exactly one place: held by the program, in one thread
  *     cache, or free in its slab's bitmap.
  *   - A free block in a thread cache or slab carries a cookie (its address
- *     xor a per-process key) in its first word; malloc clears it. free()
- *     seeing the cookie means a double free (confirmed on the slow path).
+ *     xor a per-process key) in its last 8 bytes; malloc clears it. free()
+ *     seeing the cookie means a double free; a slab receiving a block
+ *     without it means the program wrote into the block after freeing it.
  *   - chunk_t.fast[] is written only under the owning arena's lock and read
  *     without locks by free(); a page's entry changes only while no block of
  *     that page is held by the program.

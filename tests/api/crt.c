@@ -5,7 +5,7 @@
  *     realloc, _heapmin, blocks held in another thread's cache), and
  *     _HEAPBADNODE once the program writes into a freed small block (run in
  *     a forked child: the heap is damaged afterwards);
- *   - _heapset: fills free small blocks past their cookie word and dirty
+ *   - _heapset: fills free small blocks but for their cookie word and dirty
  *     free runs, and calloc still returns zeros afterwards;
  *   - _heapadd: -1 with ENOSYS;
  *   - _msize, _expand, _recalloc: sizes, in-place growth and shrinking,
@@ -239,7 +239,7 @@ static int child_uaf_word(void)
         return 10;
     if (TM_API(_heapchk)() != _HEAPOK)
         return 11;
-    memset((void *)p, 0x22, 8); /* replaces the whole first word */
+    memset((void *)p, 0x22, 48); /* the whole block, its last word (the cookie) too */
     if (TM_API(_heapchk)() != _HEAPBADNODE)
         return 12;
     if (TM_API(_heapset)(0) != _HEAPBADNODE) /* refuses, like _heapchk */
@@ -259,7 +259,7 @@ static int child_uaf_byte(void)
         return 10;
     if (TM_API(_heapchk)() != _HEAPOK)
         return 11;
-    p[5] ^= 0x40; /* one byte of the cookie word */
+    p[1024 - 3] ^= 0x40; /* one byte of the cookie word: the last 8 bytes of its 1 KiB class */
     return TM_API(_heapchk)() == _HEAPBADNODE ? 0 : 12;
 }
 
@@ -292,7 +292,7 @@ static void test_heapset(void **state)
     assert_heap_ok();
     for (int i = 1; i < N; i += 2) /* held blocks are not touched */
         assert_int_equal(tu_find_not_byte(b[i], 200, 0x77), (size_t)-1);
-    /* Every free entry now holds the fill byte past its first word (a free
+    /* Every free entry now holds the fill byte but in its last word (a free
      * block's cookie) -- or zeros, for a free run never written or purged,
      * which _heapset leaves alone. The walk's drain adds nothing: our cache
      * was drained by _heapset and nothing was freed since. */
@@ -303,8 +303,8 @@ static void test_heapset(void **state)
             continue;
         const unsigned char *q = (const unsigned char *)e._pentry;
         size_t small = e._size & 4095 ? 1 : 0; /* not a page multiple: a small block */
-        if (tu_find_not_byte(q + 8, e._size - 8, 0xab) != (size_t)-1 &&
-            (small || tu_find_not_byte(q + 8, e._size - 8, 0) != (size_t)-1))
+        if (tu_find_not_byte(q, e._size - 8, 0xab) != (size_t)-1 &&
+            (small || tu_find_not_byte(q, e._size - 8, 0) != (size_t)-1))
             fail_msg("free entry %p (%zu bytes) was not filled", (void *)q, e._size);
         nfree++;
     }
