@@ -109,11 +109,19 @@ TM_INLINE unsigned size_class_of(size_t size) {
 /* leaf entry: chunk_t* | 1 for an arena chunk, huge_t* (even) for a huge
  * block, 0 for nothing of ours. */
 typedef struct { uintptr_t e[PM_LEAF_SIZE]; } pm_leaf_t;
-extern pm_leaf_t *pm_root[PM_ROOT_SIZE];
+/* The root holds each leaf's distance from the shared zero leaf, so the
+ * all-zero root (.bss: no relocations, no pages touched at load) reads as
+ * "every slot -> zero leaf". One base register reaches both. */
+typedef struct pm_map {
+    pm_leaf_t zero;
+    intptr_t root[PM_ROOT_SIZE];
+} pm_map_t;
+extern pm_map_t pm_map;
 TM_INLINE uintptr_t pagemap_lookup(uintptr_t a) {
     uintptr_t i1 = a >> PM_ROOT_SHIFT;
     if (unlikely(i1 >= PM_ROOT_SIZE)) return 0;
-    pm_leaf_t *leaf = __atomic_load_n(&pm_root[i1], __ATOMIC_ACQUIRE);
+    pm_leaf_t *leaf = (pm_leaf_t *)((char *)&pm_map.zero +
+                                    __atomic_load_n(&pm_map.root[i1], __ATOMIC_ACQUIRE));
     return __atomic_load_n(&leaf->e[(a >> TM_CHUNK_SHIFT) & (PM_LEAF_SIZE - 1)],
                            __ATOMIC_ACQUIRE);
 }

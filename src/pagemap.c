@@ -3,25 +3,25 @@
  *
  * A two-level radix tree over the 48-bit address space at chunk (4 MiB)
  * granularity: 2^13 root slots of 2^13 leaf entries. Every root slot starts
- * out pointing at one shared all-zero leaf, so a lookup never tests for a
- * missing level and works before initialisation (free(NULL) from another
- * library's constructor). Leaves are mapped on demand and never freed.
+ * out pointing at one shared all-zero leaf (it stores the leaf's distance
+ * from that zero leaf, so an all-zero .bss root needs no initialisation), so
+ * a lookup never tests for a missing level and works before initialisation
+ * (free(NULL) from another library's constructor). Leaves are mapped on demand and never freed.
  * Readers take no lock; writers hold pm_lock and publish with release
  * stores. An arena chunk's entry is its chunk_t* | 1; a huge block's entry
  * (on its first chunk only) is its huge_t*.
  */
 #include "internal.h"
 
-static pm_leaf_t pm_zero_leaf;
-pm_leaf_t *pm_root[PM_ROOT_SIZE] = {[0 ... PM_ROOT_SIZE - 1] = &pm_zero_leaf};
+pm_map_t pm_map;
 static pthread_mutex_t pm_lock = PTHREAD_MUTEX_INITIALIZER;
 
 int pagemap_set(uintptr_t chunk_addr, uintptr_t entry) {
     uintptr_t i1 = chunk_addr >> PM_ROOT_SHIFT;
     if (i1 >= PM_ROOT_SIZE) return -1;
     pthread_mutex_lock(&pm_lock);
-    pm_leaf_t *leaf = pm_root[i1];
-    if (leaf == &pm_zero_leaf) {
+    pm_leaf_t *leaf = (pm_leaf_t *)((char *)&pm_map.zero + pm_map.root[i1]);
+    if (leaf == &pm_map.zero) {
         /* Map outside the lock would be nicer; leaves are rare (one per
          * 32 GiB of address space), so this one syscall is accepted. */
         leaf = meta_alloc(sizeof(pm_leaf_t));
@@ -29,7 +29,8 @@ int pagemap_set(uintptr_t chunk_addr, uintptr_t entry) {
             pthread_mutex_unlock(&pm_lock);
             return -1;
         }
-        __atomic_store_n(&pm_root[i1], leaf, __ATOMIC_RELEASE);
+        __atomic_store_n(&pm_map.root[i1], (intptr_t)((char *)leaf - (char *)&pm_map.zero),
+                         __ATOMIC_RELEASE);
     }
     __atomic_store_n(&leaf->e[(chunk_addr >> TM_CHUNK_SHIFT) & (PM_LEAF_SIZE - 1)], entry,
                      __ATOMIC_RELEASE);
@@ -41,8 +42,8 @@ void pagemap_clear(uintptr_t chunk_addr) {
     uintptr_t i1 = chunk_addr >> PM_ROOT_SHIFT;
     if (i1 >= PM_ROOT_SIZE) return;
     pthread_mutex_lock(&pm_lock);
-    pm_leaf_t *leaf = pm_root[i1];
-    if (leaf != &pm_zero_leaf)
+    pm_leaf_t *leaf = (pm_leaf_t *)((char *)&pm_map.zero + pm_map.root[i1]);
+    if (leaf != &pm_map.zero)
         __atomic_store_n(&leaf->e[(chunk_addr >> TM_CHUNK_SHIFT) & (PM_LEAF_SIZE - 1)], 0,
                          __ATOMIC_RELEASE);
     pthread_mutex_unlock(&pm_lock);
