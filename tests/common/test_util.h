@@ -400,4 +400,22 @@ static inline void tu_block_free(tu_block_t *b)
     b->size = 0;
 }
 
+/* The whole heap is consistent: _heapchk() walks every arena. _HEAPEMPTY
+ * (nothing allocated yet, as in the CRT) is as good as _HEAPOK. */
+static inline void tu_heap_ok(void)
+{
+    int rc = TM_API(_heapchk)();
+    TU_CHECK(rc == _HEAPOK || rc == _HEAPEMPTY, "_heapchk() = %d", rc);
+}
+
+/* _heapmin() returns 0 and leaves errno alone. */
+static inline void tu_heapmin_ok(void)
+{
+    errno = 12345;
+    int rc = TM_API(_heapmin)();
+    int e = errno;
+    TU_CHECK(rc == 0, "_heapmin() = %d", rc);
+    TU_CHECK(e == 12345, "_heapmin() changed errno to %d", e);
+}
+
 #endif /* TRIMALLOC_TEST_UTIL_H */

@@ -32,12 +32,6 @@ enum {
 
 /* The whole heap is consistent: _heapchk() (heap_crt.c) walks every arena.
  * _HEAPEMPTY (nothing allocated yet, as in the CRT) is as good as _HEAPOK. */
-static void heap_ok(void)
-{
-    int rc = TM_API(_heapchk)();
-    TU_CHECK(rc == _HEAPOK || rc == _HEAPEMPTY, "_heapchk() = %d", rc);
-}
-
 static atomic_long trims_done;
 
 /* _heapmin from any thread: 0, errno kept (errno is per thread). */
@@ -151,7 +145,7 @@ static void *trimmer_main(void *arg)
     while (!atomic_load(&churn_stop) || n == 0) {
         heapmin_any_thread();
         if (n % 8 == 0)
-            heap_ok();
+            tu_heap_ok();
         n++;
     }
     return (void *)(intptr_t)n;
@@ -243,7 +237,7 @@ static void test_churn_with_trims_and_thread_churn(void **state)
     errno = 12345;
     assert_int_equal(TM_API(_heapmin)(), 0);
     assert_int_equal(errno, 12345);
-    heap_ok();
+    tu_heap_ok();
     trimalloc_stats_t st;
     TM_API(trimalloc_stats_get)(&st);
     assert_int_equal(st.tcache_bytes, 0);
@@ -300,7 +294,7 @@ static void test_simultaneous_callers(void **state)
         tu_thread_join(t[i]);
     pthread_barrier_destroy(&callers_barrier);
     assert_int_equal(atomic_load(&trims_done), (long)CALLERS * tu_scaled(40, 5));
-    heap_ok();
+    tu_heap_ok();
     assert_int_equal(TM_API(_heapmin)(), 0);
     trimalloc_stats_t st;
     TM_API(trimalloc_stats_get)(&st);
@@ -398,7 +392,7 @@ static void test_blocked_and_busy_owners(void **state)
         tu_thread_join(t[i]);
     print_message("%ld trims\n", trims);
     heapmin_any_thread();
-    heap_ok();
+    tu_heap_ok();
     trimalloc_stats_t st;
     TM_API(trimalloc_stats_get)(&st);
     assert_int_equal(st.tcache_bytes, 0);

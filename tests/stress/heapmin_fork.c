@@ -29,21 +29,6 @@ const char *__tsan_default_options(void)
 
 enum { HAMMERS = 3, HELD = 64, MAIN_LIVE = 128 };
 
-static void heap_ok(void)
-{
-    int rc = TM_API(_heapchk)();
-    TU_CHECK(rc == _HEAPOK || rc == _HEAPEMPTY, "_heapchk() = %d", rc);
-}
-
-static void heapmin_ok(void)
-{
-    errno = 12345;
-    int rc = TM_API(_heapmin)();
-    int e = errno;
-    TU_CHECK(rc == 0, "_heapmin() = %d", rc);
-    TU_CHECK(e == 12345, "_heapmin() changed errno to %d", e);
-}
-
 static atomic_int stop;
 static atomic_long parent_trims;
 
@@ -72,7 +57,7 @@ static void *trimmer_main(void *arg)
 {
     (void)arg;
     while (!atomic_load_explicit(&stop, memory_order_relaxed)) {
-        heapmin_ok();
+        tu_heapmin_ok();
         atomic_fetch_add(&parent_trims, 1);
         /* back-to-back trims would starve fork() of the trim lock (the
          * mutex is not fair); a real program trims now and then */
@@ -85,8 +70,8 @@ static tu_block_t main_live[MAIN_LIVE];
 
 static void child_body(int round)
 {
-    heapmin_ok(); /* must not hang on a lock a vanished thread held */
-    heap_ok();
+    tu_heapmin_ok(); /* must not hang on a lock a vanished thread held */
+    tu_heap_ok();
     trimalloc_stats_t st;
     TU_CHECK(TM_API(trimalloc_stats_get)(&st) == 0, "trimalloc_stats_get");
     TU_CHECK(st.tcache_bytes == 0, "child: %zu bytes in thread caches after _heapmin",
@@ -108,8 +93,8 @@ static void child_body(int round)
     size_t rss1 = tu_rss_bytes();
     for (int i = 0; i < N; i++)
         tu_block_free(&spike[i]);
-    heapmin_ok();
-    heap_ok();
+    tu_heapmin_ok();
+    tu_heap_ok();
     size_t rss2 = tu_rss_bytes();
     if (!TU_ASAN && !TU_TSAN && rss0 && bytes > 8 * TU_MIB)
         TU_CHECK(rss1 > rss2 && rss1 - rss2 >= bytes / 2,
@@ -157,7 +142,7 @@ static void test_heapmin_in_fork_child(void **state)
             fail_msg("fork %ld: child %s %d", f, WIFEXITED(status) ? "exited" : "killed by signal",
                      WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
         /* the parent goes on with a trim of its own */
-        heapmin_ok();
+        tu_heapmin_ok();
         for (int i = 0; i < MAIN_LIVE; i++)
             tu_block_check(&main_live[i]);
     }
@@ -169,8 +154,8 @@ static void test_heapmin_in_fork_child(void **state)
                   atomic_load(&parent_trims));
     for (int i = 0; i < MAIN_LIVE; i++)
         tu_block_free(&main_live[i]);
-    heapmin_ok();
-    heap_ok();
+    tu_heapmin_ok();
+    tu_heap_ok();
 }
 
 /* A child forked from a single-threaded moment, after threads that had
@@ -199,8 +184,8 @@ static void test_heapmin_in_child_after_exits(void **state)
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        heapmin_ok();
-        heap_ok();
+        tu_heapmin_ok();
+        tu_heap_ok();
         trimalloc_stats_t st;
         TU_CHECK(TM_API(trimalloc_stats_get)(&st) == 0, "stats");
         TU_CHECK(st.tcache_bytes == 0, "%zu bytes cached", st.tcache_bytes);
@@ -215,7 +200,7 @@ static void test_heapmin_in_child_after_exits(void **state)
         } else {
             fill_and_exit((void *)(uintptr_t)99);
         }
-        heapmin_ok();
+        tu_heapmin_ok();
         _exit(0);
     }
     int status;
