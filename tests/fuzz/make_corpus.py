@@ -77,6 +77,11 @@ SEEDS = {
         op(RESPAWN, 1), op(FREE, 2, 21), op(MALLOC, 1, 23, sz(48)), op(HEAPCHK, 0),
         op(HEAPWALK, 1),
     ],
+    # a walk, a new layout at the same addresses, another walk: the second
+    # walk must not go on from the sizes the first one reported (found by
+    # the fuzzer: heap_crt.c's recent-entry lookup took a stale entry)
+    "walk_stale": [op(MALLOC, 0, 0, sz(40000)), op(HEAPWALK, 0), op(FREE, 0, 0)]
+    + [op(MALLOC, 0, 1 + i, sz(100)) for i in range(4)] + [op(FREE, 0, 1), op(HEAPWALK, 0)],
     # invalid requests: each must fail with its errno
     "bad": [op(MALLOC, 0, 24, sz(50))] + [op(BAD, t % 3, 24, t) for t in range(8)],
 }

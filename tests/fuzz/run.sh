@@ -7,7 +7,9 @@
 # then the harness is linked with -fsanitize=fuzzer,address,undefined into
 # build-fuzz/fuzz_ops. Incremental: a second run rebuilds only what changed.
 #
-# Run: -max_total_time=SECONDS (default 20) over a working corpus in
+# Run: first every seed of tests/fuzz/corpus/ alone in a fresh process
+# (some are regressions that need a fresh heap), then
+# -max_total_time=SECONDS (default 20) over a working corpus in
 # build-fuzz/corpus/ seeded from tests/fuzz/corpus/ (which is never
 # written); crash inputs go to build-fuzz/artifacts/. Exits non-zero if the
 # build fails or the fuzzer finds a crash (libFuzzer's exit status).
@@ -56,6 +58,16 @@ fi
 mkdir -p "$OUT/corpus" "$OUT/artifacts"
 export ASAN_OPTIONS="halt_on_error=1:abort_on_error=1:detect_leaks=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+# Each seed first on its own, in a fresh process: the seeds include
+# regressions that need a fresh heap to show deterministically.
+for seed in "$HERE"/corpus/*; do
+    if ! "$OUT/fuzz_ops" "$seed" >"$OUT/seed.log" 2>&1; then
+        grep -A3 'CHECK FAILED' "$OUT/seed.log" || tail -n 30 "$OUT/seed.log"
+        echo "FAIL: seed $(basename "$seed") fails on its own: $OUT/fuzz_ops $seed"
+        exit 1
+    fi
+done
+echo "seeds: $(ls "$HERE/corpus" | wc -l) pass one by one"
 echo "fuzzing for ${SECONDS_ARG}s: $OUT/fuzz_ops $OUT/corpus $HERE/corpus"
 "$OUT/fuzz_ops" -max_total_time="$SECONDS_ARG" -timeout=120 -max_len=4096 \
     -print_final_stats=1 -artifact_prefix="$OUT/artifacts/" "$@" \
