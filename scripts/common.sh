@@ -31,7 +31,7 @@ TM_JOBS=${TRIMALLOC_JOBS:-2}
 # because apt-get runs with --no-install-recommends (cmake and gcc only
 # recommend them); libclang-rt-dev holds clang's sanitizer runtimes.
 TM_REQUIRED_PKGS=(cmake make gcc libc6-dev clang libclang-rt-dev libcmocka-dev
-                  pkg-config valgrind python3 sqlite3)
+                  pkg-config valgrind python3 sqlite3 redis-server memcached)
 # What a plain Release build of the library needs (demo.sh).
 TM_BUILD_PKGS=(cmake make gcc libc6-dev pkg-config)
 # Benchmark peers and plotting: nice to have.

@@ -7,6 +7,9 @@
 #   tsan           TSan build in build-tsan/ (prefixed library), ctest
 #   preload        real programs under LD_PRELOAD=build/libtrimalloc.so
 #                  (tests/preload/run.sh)
+#   bad input, server, valgrind   tests/bad_input/run.sh, tests/preload/server.sh,
+#                  tests/valgrind/run.sh (with preload); fuzz: tests/fuzz/run.sh 20
+#                  (with asan); see docs/reliability.md
 #
 # Each build and each test run is a section; the script ends with a table of
 # sections and, alone on the last line, "N passed, M failed". It exits
@@ -186,6 +189,7 @@ if [ $DO_ASAN = 1 ]; then
     else
         not_run "asan ctest" "asan build failed"
     fi
+    section fuzz bash tests/fuzz/run.sh 20
 fi
 
 if [ $DO_TSAN = 1 ]; then
@@ -199,6 +203,9 @@ fi
 if [ $DO_PRELOAD = 1 ]; then
     if [ -f build/libtrimalloc.so ]; then
         section preload bash tests/preload/run.sh "$TM_ROOT/build/libtrimalloc.so"
+        section "bad input" bash tests/bad_input/run.sh "$TM_ROOT/build/libtrimalloc.so"
+        section server bash tests/preload/server.sh "$TM_ROOT/build/libtrimalloc.so"
+        section valgrind bash tests/valgrind/run.sh "$TM_ROOT/build"
     else
         not_run preload "build/libtrimalloc.so was not built"
     fi
