@@ -61,7 +61,7 @@ tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out) {
     uint64_t idx = (off * k->magic) >> 40;
     if (idx * k->size != off || idx >= k->nblocks) return NULL;
     *index_out = (uint32_t)idx;
-    return c->pages[(e >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1)].slab;
+    return &c->slabs[(e >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1)];
 }
 
 static void bin_push_locked(tm_arena_bin_t *b, tm_slab_t *s) {
@@ -95,13 +95,11 @@ static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
     tm_page_t *h = &c->pages[page];
     h->kind = PAGE_SLAB;
     h->npages = k->slab_pages;
-    h->slab = s;
     if (k->slab_pages > 1) {
         c->pages[page + k->slab_pages - 1].kind = PAGE_INTERIOR;
         c->pages[page + k->slab_pages - 1].npages = k->slab_pages;
     }
     s->start = chunk_page_addr(c, page);
-    s->chunk = c;
     s->cls = (uint16_t)cls;
     s->nblocks = (uint16_t)k->nblocks;
     s->nfree = (uint16_t)k->nblocks;
@@ -118,11 +116,10 @@ static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
 }
 
 static void slab_destroy_locked(tm_arena_t *a, tm_slab_t *s) {
-    tm_chunk_t *c = s->chunk;
+    tm_chunk_t *c = slab_chunk(s);
     uint32_t page = (uint32_t)((s->start - c->base) >> TM_PAGE_SHIFT);
     const tm_class_t *k = &tm_classes[s->cls];
     a->bins[s->cls].nslabs--;
-    c->pages[page].slab = NULL;
     if (k->slab_pages > 1) c->pages[page + k->slab_pages - 1].kind = PAGE_INTERIOR;
     run_free_locked(a, c, page, k->slab_pages);
     s->nblocks = 0;

@@ -14,7 +14,7 @@
 
 void runs_index_insert_locked(tm_arena_t *a, tm_chunk_t *c, tm_page_t *head) {
     uint32_t n = head->npages;
-    head->chunk = c;
+    head->index = (uint16_t)(head - c->pages);
     head->prev = NULL;
     head->next = a->runs[n];
     if (head->next) head->next->prev = head;
@@ -103,7 +103,7 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
     if (!len) return NULL;
     tm_page_t *h = a->runs[len];
     runs_index_remove_locked(a, h);
-    tm_chunk_t *c = h->chunk;
+    tm_chunk_t *c = page_chunk(h);
     uint32_t page = chunk_page_index(c, h);
     bool zeroed = h->zeroed, dirty = h->dirty;
     h->kind = PAGE_INTERIOR;

@@ -104,9 +104,9 @@ static bool chunk_is_ours(tm_arena_t *a, tm_chunk_t *c) {
 }
 
 static int check_slab_locked(tm_chunk_t *c, uint32_t p, uint32_t n, chk_sums_t *s) {
-    tm_slab_t *sl = c->pages[p].slab;
+    tm_slab_t *sl = chunk_slab(c, p);
     uintptr_t start = chunk_page_addr(c, p);
-    if (!sl || sl->chunk != c || sl->start != start) return _HEAPBADPTR;
+    if (!sl || slab_chunk(sl) != c || sl->start != start) return _HEAPBADPTR;
     unsigned cls = sl->cls;
     if (cls < 1 || cls > TM_NCLASSES) return _HEAPBADNODE;
     const tm_class_t *k = &tm_classes[cls];
@@ -156,7 +156,7 @@ static int check_chunk_locked(tm_arena_t *a, tm_chunk_t *c, chk_sums_t *s) {
         switch (h->kind) {
         case PAGE_FREE:
             if (prev_free) return _HEAPBADNODE; /* two free runs side by side */
-            if (t->kind != PAGE_FREE || h->chunk != c) return _HEAPBADNODE;
+            if (t->kind != PAGE_FREE || page_chunk(h) != c) return _HEAPBADNODE;
             /* linked into the index list for its length */
             if (h->prev ? h->prev->next != h : a->runs[n] != h) return _HEAPBADNODE;
             if (h->next && h->next->prev != h) return _HEAPBADNODE;
@@ -208,7 +208,9 @@ static int check_arena_locked(tm_arena_t *a, chk_sums_t *s) {
         tm_page_t *hp = NULL;
         for (tm_page_t *h = a->runs[n]; h; hp = h, h = h->next) {
             if (n == 0 || ++indexed > s->free_runs || h->prev != hp) return _HEAPBADBEGIN;
-            if (!chunk_is_ours(a, h->chunk) || !page_in_chunk(h->chunk, h)) return _HEAPBADPTR;
+            if (h->index >= TM_CHUNK_PAGES || !chunk_is_ours(a, page_chunk(h)) ||
+                !page_in_chunk(page_chunk(h), h))
+                return _HEAPBADPTR;
             if (h->kind != PAGE_FREE || h->npages != n) return _HEAPBADNODE;
         }
     }
@@ -224,11 +226,11 @@ static int check_arena_locked(tm_arena_t *a, chk_sums_t *s) {
         for (tm_slab_t *sl = b->partial; sl; sp = sl, sl = sl->next) {
             if (++k > s->on_list[cls] || sl->prev != sp || sl->cls != cls || !sl->on_list)
                 return _HEAPBADBEGIN;
-            tm_chunk_t *c = sl->chunk;
+            tm_chunk_t *c = slab_chunk(sl);
             if (!chunk_is_ours(a, c) || sl->start < c->base || sl->start - c->base >= TM_CHUNK)
                 return _HEAPBADPTR;
-            tm_page_t *h = &c->pages[(sl->start - c->base) >> TM_PAGE_SHIFT];
-            if (h->kind != PAGE_SLAB || h->slab != sl) return _HEAPBADPTR;
+            uint32_t hp = (uint32_t)((sl->start - c->base) >> TM_PAGE_SHIFT);
+            if (chunk_slab(c, hp) != sl) return _HEAPBADPTR;
         }
         if (k != s->on_list[cls]) return _HEAPBADBEGIN;
     }
@@ -302,7 +304,7 @@ static void fill_arena_locked(tm_arena_t *a, unsigned char fill) {
                 memset((void *)chunk_page_addr(c, p), fill, (size_t)n << TM_PAGE_SHIFT);
                 h->zeroed = 0;
             } else if (h->kind == PAGE_SLAB) {
-                tm_slab_t *sl = h->slab;
+                tm_slab_t *sl = chunk_slab(c, p);
                 size_t size = tm_classes[sl->cls].size;
                 for (unsigned w = 0; w < TM_SLAB_MAX_BLOCKS / 64; w++) {
                     for (uint64_t bits = sl->bitmap[w]; bits; bits &= bits - 1) {
@@ -388,7 +390,7 @@ static int32_t run_head_locked(tm_chunk_t *c, uint32_t ap) {
 }
 
 static tm_slab_t *walk_slab(tm_chunk_t *c, uint32_t p) {
-    tm_slab_t *sl = c->pages[p].slab;
+    tm_slab_t *sl = chunk_slab(c, p);
     if (!sl || sl->cls < 1 || sl->cls > TM_NCLASSES || sl->start != chunk_page_addr(c, p))
         return NULL;
     return sl;

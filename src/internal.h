@@ -161,6 +161,20 @@ TM_INLINE uintptr_t chunk_page_addr(tm_chunk_t *c, uint32_t page) {
 TM_INLINE tm_chunk_t *chunk_of_entry(uintptr_t e) {
     return (e & 1) ? (tm_chunk_t *)(e - 1) : NULL;
 }
+/* Descriptors keep no back pointers (they would cost a sixth of the
+ * chunk descriptor): a free run's first page entry holds its index, a
+ * slab its start address, and each leads back to the chunk. */
+TM_INLINE tm_chunk_t *page_chunk(tm_page_t *h) {
+    return (tm_chunk_t *)((char *)(h - h->index) - offsetof(tm_chunk_t, pages));
+}
+TM_INLINE tm_chunk_t *slab_chunk(tm_slab_t *s) {
+    return (tm_chunk_t *)((char *)(s - ((s->start & TM_CHUNK_MASK) >> TM_PAGE_SHIFT)) -
+                          offsetof(tm_chunk_t, slabs));
+}
+/* The slab starting at page p, or NULL if none starts there. */
+TM_INLINE tm_slab_t *chunk_slab(tm_chunk_t *c, uint32_t p) {
+    return c->pages[p].kind == PAGE_SLAB ? &c->slabs[p] : NULL;
+}
 /* Purge: release free pages of every chunk of arena a; return bytes.
  * *failures counts system calls the kernel refused. */
 size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures);

@@ -94,27 +94,28 @@ typedef struct tm_page {
     uint8_t zeroed;     /* free run: every byte is known zero (fresh/purged) */
     uint8_t dirty;      /* free run: has pages not yet returned to the kernel */
     uint8_t pad;
-    uint32_t npages;    /* run length, on first and last page */
-    struct tm_slab *slab;           /* PAGE_SLAB first page */
-    struct tm_chunk *chunk;         /* free run's first page: its chunk */
+    uint16_t npages;    /* run length, on first and last page */
+    uint16_t index;     /* free run's first page: its own index, which leads
+                           back to its chunk (page_chunk) */
     struct tm_page *next, *prev;    /* free-run index links */
-} tm_page_t;
+} tm_page_t;            /* 24 bytes; a PAGE_SLAB first page's slab is
+                           chunk->slabs[index] (chunk_slab) */
 
 /* A slab's descriptor, embedded in its chunk's descriptor (chunk_t.slabs,
  * indexed by the slab's first page), so slab metadata goes away with the
  * chunk. bitmap bit i set = block i free in the arena (not in a thread
  * cache, not held by the program). */
 typedef struct tm_slab {
-    uintptr_t start;
-    struct tm_chunk *chunk;
+    uintptr_t start;                /* leads back to its chunk (slab_chunk) */
     struct tm_slab *next, *prev;    /* bin's partial list */
-    uint16_t cls;
     uint16_t nfree;                 /* set bits in bitmap */
     uint16_t nblocks;
-    uint16_t on_list;               /* 1 while on the bin's partial list */
-    uint16_t hint;                  /* first bitmap word that may be nonzero */
+    uint8_t cls;
+    uint8_t on_list;                /* 1 while on the bin's partial list */
+    uint8_t hint;                   /* first bitmap word that may be nonzero */
+    uint8_t pad;
     uint64_t bitmap[TM_SLAB_MAX_BLOCKS / 64];
-} tm_slab_t;
+} tm_slab_t;                        /* 64 bytes */
 
 typedef struct tm_chunk {
     /* fast[i]: small class of page i in bits 0..7 (0 = not a slab page),
