@@ -366,9 +366,14 @@ typedef struct walk_entry {
 static __thread walk_entry_t walk_recent[WALK_RECENT];
 static __thread unsigned walk_recent_at;
 
+/* The entry most recently returned at address p in this thread's walk. A
+ * new walk (_pentry NULL) forgets the previous walk's entries: the same
+ * address may hold a block of another size by then. */
 static const walk_entry_t *walk_recent_find(uintptr_t p) {
-    for (unsigned i = 0; i < WALK_RECENT; i++)
-        if (walk_recent[i].addr == p) return &walk_recent[i];
+    for (unsigned k = 1; k <= WALK_RECENT; k++) {
+        const walk_entry_t *e = &walk_recent[(walk_recent_at - k) % WALK_RECENT];
+        if (e->addr == p) return e;
+    }
     return NULL;
 }
 
@@ -523,6 +528,7 @@ TM_EXPORT int TM_API(_heapwalk)(_HEAPINFO *entry) {
     int saved = errno;
     tm_init();
     uintptr_t after = (uintptr_t)entry->_pentry, from = after + 1;
+    if (after == 0) memset(walk_recent, 0, sizeof walk_recent);
     const walk_entry_t *prev = after ? walk_recent_find(after) : NULL;
     if (prev && after + prev->size > after) from = after + prev->size;
     walk_entry_t e;
