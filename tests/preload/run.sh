@@ -144,6 +144,15 @@ case_gcc() {
     [ "$rc" = 1 ] || echo "expected exit status 1 from gcc on bad.c"
 }
 
+# A handful of modules from CPython's own test suite (the interpreter's
+# bundled `test` package; Debian ships it as libpython3.X-testsuite). Only the
+# counts and the verdict are compared: regrtest also prints timings.
+PY_TESTS="test_json test_re test_collections test_heapq test_bisect test_struct test_zlib"
+case_python_testsuite() {
+    # shellcheck disable=SC2086 # the module list is split on purpose
+    t python3 -m test $PY_TESTS 2>&1 | grep -E '^(Total tests|Total test files|Result)'
+}
+
 case_early() {
     gcc -O1 -shared -fPIC "$HERE/early_lib.c" -o libearly.so &&
         gcc -O1 "$HERE/early_main.c" -o early_main -L. -Wl,--no-as-needed -learly \
@@ -201,6 +210,14 @@ CASE=python3
 need python3 && compare python3 case_python
 CASE=python3-malloc
 need python3 && compare python3-malloc case_python_malloc
+CASE=python3-tests
+if need python3; then
+    if python3 -c 'import test.libregrtest' 2>/dev/null; then
+        compare python3-tests case_python_testsuite
+    else
+        result SKIP python3-tests "(CPython's test package is not installed: libpython3-testsuite)"
+    fi
+fi
 CASE=sqlite3
 need sqlite3 && compare sqlite3 case_sqlite
 CASE=gcc
