@@ -67,7 +67,7 @@ for seed in "$HERE"/corpus/*; do
         exit 1
     fi
 done
-echo "seeds: $(ls "$HERE/corpus" | wc -l) pass one by one"
+echo "seeds: $(find "$HERE/corpus" -type f | wc -l) pass one by one"
 echo "fuzzing for ${SECONDS_ARG}s: $OUT/fuzz_ops $OUT/corpus $HERE/corpus"
 "$OUT/fuzz_ops" -max_total_time="$SECONDS_ARG" -timeout=120 -max_len=4096 \
     -print_final_stats=1 -artifact_prefix="$OUT/artifacts/" "$@" \
@@ -76,9 +76,9 @@ rc=$?
 # Progress lines are many; show the start, the end and any report.
 if [ $rc -eq 0 ]; then
     grep -E '^(INFO: Seed|INFO: Loaded|#[0-9]+ +(INITED|DONE))|^Done|^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb|new_units_added)' "$OUT/fuzz.log"
-    echo "PASS: no crash in ${SECONDS_ARG}s ($(grep -c . "$OUT/corpus"/* 2>/dev/null | wc -l) inputs in the working corpus)"
+    echo "PASS: no crash in ${SECONDS_ARG}s ($(find "$OUT/corpus" -type f | wc -l) inputs in the working corpus)"
 else
     tail -n 60 "$OUT/fuzz.log"
-    echo "FAIL: the fuzzer exited with status $rc; crash inputs: $(ls "$OUT/artifacts" | tr '\n' ' ')"
+    echo "FAIL: the fuzzer exited with status $rc; crash inputs: $(find "$OUT/artifacts" -type f -newer "$OUT/fuzz_ops" | tr '\n' ' ')"
 fi
 exit $rc
