@@ -160,6 +160,7 @@ void run_shrink_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npa
 
 tm_chunk_t *chunk_create(tm_arena_t *a) {
     void *mem = os_map_aligned(TM_CHUNK, TM_CHUNK);
+    if (!mem && heapmin_release_for_retry()) mem = os_map_aligned(TM_CHUNK, TM_CHUNK);
     if (!mem) return NULL;
     tm_chunk_t *c = meta_alloc(sizeof(tm_chunk_t));
     if (!c) {

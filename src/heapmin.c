@@ -39,6 +39,22 @@ static size_t trim_all(unsigned *failures) {
     return released;
 }
 
+/* A mapping failed (address space exhausted, a ulimit -v): give back what
+ * needs no world stop -- cached huge mappings and empty chunks -- so the
+ * caller can retry once. Only if no trim is running (the walkers rely on
+ * chunks staying mapped under the trim lock), and never waiting for it:
+ * the caller may hold its cache's lock, which a trimmer takes. */
+bool heapmin_release_for_retry(void) {
+    if (pthread_mutex_trylock(&trim_lock) != 0) return false;
+    size_t released = huge_release_cache(NULL);
+    for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
+        tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
+        if (a) released += arena_purge(a, true, NULL);
+    }
+    pthread_mutex_unlock(&trim_lock);
+    return released > 0;
+}
+
 TM_EXPORT int TM_API(_heapmin)(void) {
     int saved = errno;
     unsigned failures = 0;

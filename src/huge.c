@@ -115,6 +115,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
         size_t al = align > TM_CHUNK ? align : TM_CHUNK;
         size_t gsize = guard ? TM_PAGE : 0;
         void *p = os_map_aligned(msize + gsize, al);
+        if (!p && heapmin_release_for_retry()) p = os_map_aligned(msize + gsize, al);
         if (!p) return NULL;
         if (guard && os_protect_none((char *)p + msize, TM_PAGE) != 0) {
             os_unmap(p, msize + gsize);

@@ -78,6 +78,7 @@ void os_yield(void);
 unsigned os_ncpus(void);
 void os_random(void *buf, size_t n);
 void os_set_fail_after(long n);              /* fault injection: nth map fails */
+void os_set_fail_from(long n);               /* ... and every one after it */
 extern unsigned long os_fail_countdown_active;
 
 /* ---- size_class.c ------------------------------------------------------------ */
@@ -266,6 +267,7 @@ uint64_t world_drain_all_caches(void);
 void heapmin_lock(void);
 void heapmin_unlock(void);
 void heapmin_fork_child(void);
+bool heapmin_release_for_retry(void); /* after a failed mapping; true if worth retrying */
 
 /* ---- init.c --------------------------------------------------------------------------- */
 extern volatile int tm_initialized;

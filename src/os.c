@@ -18,18 +18,29 @@
 #include <unistd.h>
 
 /* Fault injection: when > 0, counts down on every map; the map that takes
- * it to 0 fails (and every later one while it stays at -1 is allowed). */
+ * it to 0 fails, and the later ones succeed again -- or, after
+ * os_set_fail_from(n), every map from the n-th on fails until the next
+ * call of either (the kernel refusing for good, which the allocator's
+ * release-and-retry cannot get round). */
 static long fail_countdown; /* 0 = off */
+static int fail_sticky;
 unsigned long os_fail_countdown_active;
 
 void os_set_fail_after(long n) {
+    fail_sticky = 0;
     __atomic_store_n(&fail_countdown, n, __ATOMIC_SEQ_CST);
     os_fail_countdown_active = n > 0;
+}
+
+void os_set_fail_from(long n) {
+    os_set_fail_after(n);
+    fail_sticky = n > 0;
 }
 
 static bool inject_failure(void) {
     if (likely(!os_fail_countdown_active)) return false;
     long v = __atomic_sub_fetch(&fail_countdown, 1, __ATOMIC_SEQ_CST);
+    if (v <= 0 && fail_sticky) return true;
     if (v == 0) {
         os_fail_countdown_active = 0;
         return true;

@@ -1,8 +1,9 @@
 /*
  * oom.c (unit) -- out of memory through the OS layer's fault injection:
- * the n-th mapping fails. Every entry point returns NULL with ENOMEM, no
- * lock stays held, blocks already held are intact, and allocation works
- * again once mappings succeed.
+ * every mapping from the n-th on fails (os_set_fail_from, so the allocator's
+ * own release-and-retry cannot absorb it). Every entry point returns NULL
+ * with ENOMEM, no lock stays held, blocks already held are intact, and
+ * allocation works again once mappings succeed.
  */
 #include "test_cmocka.h"
 #include "internal.h"
@@ -32,7 +33,7 @@ static void test_every_entry_point_fails_cleanly(void **state) {
         {"malloc large (new chunk)", 6},
     };
     for (size_t k = 0; k < sizeof calls / sizeof calls[0]; k++) {
-        os_set_fail_after(1);
+        os_set_fail_from(1);
         errno = 0;
         void *r = NULL;
         int rc = 0;
@@ -81,7 +82,7 @@ static void test_every_entry_point_fails_cleanly(void **state) {
         TM_API(_heapmin)(); /* empty the huge cache, so the next call must map */
     }
     /* _heapmin works right after a failure too */
-    os_set_fail_after(1);
+    os_set_fail_from(1);
     assert_null(TM_API(malloc)(64 << 20));
     os_set_fail_after(0);
     assert_int_equal(TM_API(_heapmin)(), 0);
@@ -97,7 +98,7 @@ static void test_new_thread_small_alloc_fails_then_recovers(void **state) {
     enum { N = 200000 };
     void **v = TM_API(malloc)(N * sizeof(void *));
     assert_non_null(v);
-    os_set_fail_after(1);
+    os_set_fail_from(1);
     int n = 0, failed = 0;
     for (; n < N; n++) {
         errno = 0;
