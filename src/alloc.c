@@ -197,10 +197,13 @@ size_t tm_usable_size(void *p, const char *caller) {
     if (e) {
         tm_huge_t *h = (tm_huge_t *)e;
         huge_lock();
-        size_t n = (h->base == a && !h->freed_ns) ? h->size : 0;
+        bool start = h->base == a, freed = h->freed_ns != 0;
+        size_t n = h->size;
         huge_unlock();
-        if (!n) tm_invalid_pointer(caller, p);
-        return n;
+        if (start && !freed) return n;
+        if (start) tm_double_free(caller, p); /* in the huge cache: freed already */
+        else tm_invalid_pointer(caller, p);
+        return 0;
     }
     tm_invalid_pointer(caller, p);
     return 0;
