@@ -205,7 +205,6 @@ static tm_tcache_t *tcache_create(void) {
     tm_mutex_init(&tc->mu);
     tc->arena = arena_choose();
     if (!tc->arena) { tm_tls.state = TLS_NONE; return NULL; }
-    tc->thread = pthread_self();
     /* Published to trimmers by the registry lock below. From here on a
      * nested allocation (pthread_setspecific) uses the cache itself. */
     tm_tls.own = tc;

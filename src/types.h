@@ -126,7 +126,6 @@ typedef struct tm_chunk {
     struct tm_arena *arena;
     struct tm_chunk *next, *prev;   /* arena's chunk list */
     uint32_t free_pages;            /* pages in free runs */
-    uint32_t dirty_pages;           /* free pages not yet purged */
     tm_page_t pages[TM_CHUNK_PAGES];
     tm_slab_t slabs[TM_CHUNK_PAGES]; /* slabs[p]: the slab whose first page is p */
 } tm_chunk_t;
@@ -198,7 +197,6 @@ typedef struct tm_tcache {
     volatile int drain_pending;
     tm_arena_t *arena;
     struct tm_tcache *next, *prev; /* registry of live caches */
-    pthread_t thread;
     int state;
     void *slots_mem;
     size_t slots_size;
