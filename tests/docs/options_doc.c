@@ -39,18 +39,7 @@ void trimalloc_options_markdown(int fd);
     "| option | default | range | set at run time | meaning |\n"          \
     "|---|---:|---|---|---|\n"
 
-static int failures;
-
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("FAIL: ", stdout);
-    vprintf(fmt, ap);
-    fputc('\n', stdout);
-    va_end(ap);
-    failures++;
-}
+#include "check.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 

@@ -30,18 +30,7 @@
 
 #include <trimalloc.h>
 
-static int failures;
-
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("FAIL: ", stdout);
-    vprintf(fmt, ap);
-    fputc('\n', stdout);
-    va_end(ap);
-    failures++;
-}
+#include "check.h"
 
 static trimalloc_stats_t get(void)
 {
