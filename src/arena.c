@@ -103,11 +103,9 @@ static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
     s->cls = (uint16_t)cls;
     s->nblocks = (uint16_t)k->nblocks;
     s->nfree = (uint16_t)k->nblocks;
-    for (uint32_t i = 0; i < k->nblocks; i++) {
-        s->bitmap[i >> 6] |= 1ull << (i & 63);
-        void *b = (void *)(s->start + (uintptr_t)i * k->size);
-        *tm_cookie_slot(b, k->size) = tm_cookie_of(b);
-    }
+    /* No cookies yet: writing them would touch every page of the slab now
+     * (s->fresh = 0; arena_refill writes each when it first hands it out). */
+    for (uint32_t i = 0; i < k->nblocks; i++) s->bitmap[i >> 6] |= 1ull << (i & 63);
     uint32_t fast = cls | (page << TM_PAGE_SHIFT);
     for (uint32_t i = 0; i < k->slab_pages; i++)
         __atomic_store_n(&c->fast[page + i], fast, __ATOMIC_RELEASE);
@@ -140,9 +138,14 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
         for (unsigned w = s->hint; w < TM_SLAB_MAX_BLOCKS / 64 && got < n; w++) {
             uint64_t bits = s->bitmap[w];
             while (bits && got < n) {
-                unsigned i = (unsigned)__builtin_ctzll(bits);
+                unsigned i = w * 64 + (unsigned)__builtin_ctzll(bits);
                 bits &= bits - 1;
-                slots[got++] = (void *)(s->start + (uintptr_t)(w * 64 + i) * size);
+                void *p = (void *)(s->start + (uintptr_t)i * size);
+                if (i >= s->fresh) { /* first time out: it gets its cookie */
+                    *tm_cookie_slot(p, size) = tm_cookie_of(p);
+                    s->fresh = (uint16_t)(i + 1);
+                }
+                slots[got++] = p;
                 s->nfree--;
             }
             s->bitmap[w] = bits;
@@ -273,8 +276,10 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
             if (n == 0) break;
             for (int k = 0; k < n; k++) {
                 uintptr_t b = held[k].s->start + (uintptr_t)held[k].idx * size;
-                uintptr_t lo = (b + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
-                uintptr_t hi = (b + size - 8) & ~(uintptr_t)TM_PAGE_MASK;
+                /* keep the page holding the cookie word */
+                uintptr_t ck = (uintptr_t)tm_cookie_slot((void *)b, size) + sizeof(uint64_t);
+                uintptr_t lo = (ck + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
+                uintptr_t hi = (b + size) & ~(uintptr_t)TM_PAGE_MASK;
                 if (hi > lo && os_purge((void *)lo, hi - lo) == 0) {
                     released += hi - lo;
                     stats_add_released(hi - lo);

@@ -48,10 +48,11 @@ static bool is_page_run_kind(uint8_t k) {
 
 /* ---- Cookies --------------------------------------------------------------
  * Every free small block -- in a thread cache or in its slab -- carries its
- * cookie (its address xor a per-process key) in its last word: slab
- * creation, free() and the return to the slab all write it, and malloc
- * clears it. A free block in a slab bitmap without it was written by the
- * program after it was freed.
+ * cookie (its address xor a per-process key) in its second word: the
+ * refill that first hands it out, free() and the return to the slab all
+ * write it, and malloc clears it. A free block in a slab bitmap without it
+ * was written by the program after it was freed. Blocks a slab never
+ * handed out (index >= fresh) have none and are never checked.
  *
  * The return to the slab writes the cookie afresh, so a write into a block
  * while it sits in a thread cache is repaired, not seen, when the cache is
@@ -128,10 +129,15 @@ static int check_slab_locked(tm_chunk_t *c, uint32_t p, uint32_t n, chk_sums_t *
         while (bits) {
             unsigned i = lo + (unsigned)__builtin_ctzll(bits);
             bits &= bits - 1;
-            if (free_block_damaged(start + (uintptr_t)i * k->size, k->size)) return _HEAPBADNODE;
+            if (i < sl->fresh && free_block_damaged(start + (uintptr_t)i * k->size, k->size))
+                return _HEAPBADNODE;
         }
     }
     if (nfree != sl->nfree) return _HEAPBADNODE;
+    /* blocks never handed out are all free */
+    if (sl->fresh > sl->nblocks) return _HEAPBADNODE;
+    for (unsigned i = sl->fresh; i < sl->nblocks; i++)
+        if (!((sl->bitmap[i >> 6] >> (i & 63)) & 1)) return _HEAPBADNODE;
     /* the bin's partial list holds exactly the slabs with free blocks */
     if ((sl->nfree != 0) != (sl->on_list != 0)) return _HEAPBADNODE;
     s->nslabs[cls]++;
@@ -309,9 +315,12 @@ static void fill_arena_locked(tm_arena_t *a, unsigned char fill) {
                 for (unsigned w = 0; w < TM_SLAB_MAX_BLOCKS / 64; w++) {
                     for (uint64_t bits = sl->bitmap[w]; bits; bits &= bits - 1) {
                         unsigned i = w * 64 + (unsigned)__builtin_ctzll(bits);
-                        memset((char *)(sl->start + (uintptr_t)i * size), fill, size - 8);
+                        char *b = (char *)(sl->start + (uintptr_t)i * size);
+                        memset(b, fill, size);
+                        *tm_cookie_slot(b, (uint32_t)size) = tm_cookie_of(b);
                     }
                 }
+                sl->fresh = sl->nblocks; /* every free block now has its cookie */
             }
             p += n;
         }
@@ -436,7 +445,8 @@ static int chunk_next_locked(tm_chunk_t *c, uintptr_t from, walk_entry_t *out) {
             if (i < sl->nblocks) {
                 uintptr_t b = rs + (uintptr_t)i * size;
                 bool free_ = (sl->bitmap[i >> 6] >> (i & 63)) & 1;
-                if (free_ && free_block_damaged(b, (uint32_t)size)) return _HEAPBADNODE;
+                if (free_ && i < sl->fresh && free_block_damaged(b, (uint32_t)size))
+                    return _HEAPBADNODE;
                 *out = (walk_entry_t){b, size, !free_};
                 return _HEAPOK;
             }

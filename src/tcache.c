@@ -37,14 +37,16 @@ static bool tc_key_ok;
  * that runs dry takes a batch from here, before either goes to an arena: a
  * producer/consumer pair then passes blocks in batches under one short
  * lock, without touching slab bitmaps. Bounded per class to about
- * XFER_BYTES, and to between 4 and 32 half-bin batches; _heapmin (world.c)
- * empties it into the arenas. Lock rank: after tc->mu, before any arena
- * lock. */
-#define XFER_BYTES (256u << 10)
+ * XFER_BYTES, and to between 1 and 32 half-bin batches (4 for the classes
+ * up to 1 KiB, where producer/consumer traffic is); idle ones are emptied
+ * by the caches' garbage collection, and _heapmin (world.c) empties all
+ * into the arenas. Lock rank: after tc->mu, before any arena lock. */
+#define XFER_BYTES (128u << 10)
 
 typedef struct tm_xfer {
     pthread_mutex_t lock;
     uint32_t count, cap;
+    uint32_t gc_count;  /* count at the last garbage-collection visit */
     void **slots;
 } tm_xfer_t;
 
@@ -54,7 +56,8 @@ static void xfer_init(void) {
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         tm_mutex_init(&xfer[c].lock);
         uint32_t batch = tm_classes[c].tc_cap / 2, batches = XFER_BYTES / tm_classes[c].size / batch;
-        if (batches < 4) batches = 4;
+        uint32_t min_batches = tm_classes[c].size <= 1024 ? 4 : 1;
+        if (batches < min_batches) batches = min_batches;
         if (batches > 32) batches = 32;
         uint32_t cap = batch * batches;
         xfer[c].slots = tm_opt.tcache_scale_pct ? meta_alloc(cap * sizeof(void *)) : NULL;
@@ -97,6 +100,23 @@ void xfer_drain_all(void) {
         __atomic_store_n(&x->count, 0, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&x->lock);
     }
+}
+
+/* Garbage collection of one class's transfer cache: blocks that sat there
+ * since the last visit (the count did not move) go back to the arena. */
+static void xfer_gc(unsigned cls) {
+    tm_xfer_t *x = &xfer[cls];
+    uint32_t cnt = __atomic_load_n(&x->count, __ATOMIC_RELAXED);
+    if (!cnt && !x->gc_count) return;
+    pthread_mutex_lock(&x->lock);
+    cnt = x->count;
+    if (cnt && cnt == x->gc_count) {
+        arena_flush(cls, x->slots, cnt);
+        __atomic_store_n(&x->count, 0, __ATOMIC_RELAXED);
+        cnt = 0;
+    }
+    x->gc_count = cnt;
+    pthread_mutex_unlock(&x->lock);
 }
 
 static size_t xfer_cached_bytes(void) {
@@ -198,9 +218,13 @@ static tm_tcache_t *tcache_create(void) {
         uint32_t cap = bin_cap(c);
         tc->bins[c].base = tc->bins[c].top = cap ? slot : NULL;
         tc->bins[c].limit = cap ? slot + cap : NULL;
+        tc->bins[c].fill = (uint16_t)(cap >= 32 ? cap / 16 : 1);
+        tc->bins[c].gc_count = 0;
         slot += cap;
     }
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
+    tc->gc_tick = 0;
+    tc->gc_next = 1;
     tc->owner_tls = &tm_tls;
     tm_mutex_init(&tc->mu);
     tc->arena = arena_choose();
@@ -263,6 +287,43 @@ void tcache_settle_locked(tm_tcache_t *tc) {
         __atomic_store_n(&tc->owner_tls->tc, tc, __ATOMIC_RELEASE);
 }
 
+/* ---- garbage collection --------------------------------------------------
+ * A cache holds up to about 3 MiB of blocks, and what it holds of a class
+ * the thread stopped using stays out of the arenas (and keeps its slab's
+ * pages resident) until _heapmin. So every TC_GC_EVERY slow-path calls the
+ * owner visits one class, round robin: if the bin holds as many blocks as
+ * at its last visit (a class the thread no longer uses keeps its count;
+ * one in use moves), it gives back half of them, the older half, and its
+ * refill batch halves; the next visit gives back the rest. The class's
+ * transfer cache is visited the same way. The fast path does no
+ * bookkeeping for this: a program that only ever hits its cache makes no
+ * slow-path calls, and keeps its blocks until _heapmin or thread exit. */
+#define TC_GC_EVERY 8
+
+static void tcache_gc_locked(tm_tcache_t *tc) {
+    unsigned cls = tc->gc_next;
+    tc->gc_next = cls == TM_NCLASSES ? 1 : cls + 1;
+    tm_tc_bin_t *b = &tc->bins[cls];
+    uint32_t count = tc_bin_count(b);
+    if (count && count == b->gc_count) {
+        uint32_t n = (count + 1) / 2;
+        arena_flush(cls, b->base, n);
+        memmove(b->base, b->base + n, (count - n) * sizeof(void *));
+        count -= n;
+        __atomic_store_n(&b->top, b->base + count, __ATOMIC_RELAXED);
+        b->fill = (uint16_t)(b->fill / 2 ? b->fill / 2 : 1);
+    }
+    b->gc_count = (uint16_t)count;
+    xfer_gc(cls);
+}
+
+TM_INLINE void tcache_gc_tick_locked(tm_tcache_t *tc) {
+    if (++tc->gc_tick >= TC_GC_EVERY) {
+        tc->gc_tick = 0;
+        tcache_gc_locked(tc);
+    }
+}
+
 void *tcache_malloc_slow(size_t size, unsigned cls) {
     __atomic_store_n(&tm_tls.busy, 0, __ATOMIC_RELEASE);
     tm_tcache_t *tc = tcache_get_slow(); /* initialises the allocator if need be */
@@ -281,7 +342,12 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
             arena_refill(tc->arena, cls, &p, 1);
         else {
             if (b->top == b->base) {
-                uint32_t want = cap / 2 ? cap / 2 : 1;
+                /* Slow start: a class's first refills are small, so a
+                 * thread that uses few blocks of it pins few; each refill
+                 * doubles the next, up to half the bin. */
+                uint32_t want = b->fill, half = cap / 2 ? cap / 2 : 1;
+                if (want < 1 || want > half) want = half;
+                b->fill = (uint16_t)(want * 2 < half ? want * 2 : half);
                 uint32_t got = xfer_get(cls, b->base, want);
                 if (got == 0) got = arena_refill(tc->arena, cls, b->base, want);
                 __atomic_store_n(&b->top, b->base + got, __ATOMIC_RELAXED);
@@ -290,6 +356,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
                 p = b->top[-1];
                 __atomic_store_n(&b->top, b->top - 1, __ATOMIC_RELAXED);
             }
+            tcache_gc_tick_locked(tc);
         }
         pthread_mutex_unlock(&tc->mu);
     }
@@ -326,6 +393,7 @@ void tcache_free_slow(void *p, unsigned cls) {
     if (cap) {
         b->base[count] = p;
         __atomic_store_n(&b->top, b->base + count + 1, __ATOMIC_RELAXED);
+        tcache_gc_tick_locked(tc);
     } else {
         arena_flush(cls, &p, 1);
     }

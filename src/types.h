@@ -36,9 +36,13 @@
  *   - A block is in exactly one place: held by the program, in one thread
  *     cache, or free in its slab's bitmap.
  *   - A free block in a thread cache or slab carries a cookie (its address
- *     xor a per-process key) in its last 8 bytes; malloc clears it. free()
+ *     xor a per-process key) in bytes 8..15; malloc clears it. free()
  *     seeing the cookie means a double free; a slab receiving a block
  *     without it means the program wrote into the block after freeing it.
+ *     The one exception: a slab's blocks that were never handed out (index
+ *     >= slab.fresh) have no cookie yet, so a new slab's pages are not
+ *     touched until blocks on them are used; the refill that first hands
+ *     one out writes it.
  *   - chunk_t.fast[] is written only under the owning arena's lock and read
  *     without locks by free(); a page's entry changes only while no block of
  *     that page is held by the program.
@@ -111,9 +115,10 @@ typedef struct tm_slab {
     uint16_t nfree;                 /* set bits in bitmap */
     uint16_t nblocks;
     uint8_t cls;
-    uint8_t on_list;                /* 1 while on the bin's partial list */
-    uint8_t hint;                   /* first bitmap word that may be nonzero */
-    uint8_t pad;
+    uint8_t on_list : 1;            /* 1 while on the bin's partial list */
+    uint8_t hint : 3;               /* first bitmap word that may be nonzero */
+    uint16_t fresh;                 /* blocks [fresh, nblocks) were never handed
+                                       out: untouched, no cookie yet */
     uint64_t bitmap[TM_SLAB_MAX_BLOCKS / 64];
 } tm_slab_t;                        /* 64 bytes */
 
@@ -171,7 +176,12 @@ typedef struct tm_tc_bin {
     void **top;
     void **base;
     void **limit;
-    uint64_t pad; /* 32 bytes: the bin address is cls << 5 */
+    /* slow paths only, under tc->mu (the bin stays 32 bytes: its address
+     * is cls << 5) */
+    uint16_t fill;       /* blocks the next refill asks for: starts small,
+                            doubles per refill up to half the capacity */
+    uint16_t gc_count;   /* blocks held at the last garbage-collection visit */
+    uint32_t pad;
 } tm_tc_bin_t;
 
 struct tm_tcache;
@@ -200,6 +210,9 @@ typedef struct tm_tcache {
     int state;
     void *slots_mem;
     size_t slots_size;
+    /* garbage collection of idle bins (tcache.c), under mu */
+    unsigned gc_tick;           /* slow-path calls since the last visit */
+    unsigned gc_next;           /* class the next visit looks at */
 } tm_tcache_t;
 
 enum { TC_STATE_SENTINEL = 0, TC_STATE_LIVE, TC_STATE_FREE };

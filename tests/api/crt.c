@@ -239,7 +239,7 @@ static int child_uaf_word(void)
         return 10;
     if (TM_API(_heapchk)() != _HEAPOK)
         return 11;
-    memset((void *)p, 0x22, 48); /* the whole block, its last word (the cookie) too */
+    memset((void *)p, 0x22, 48); /* the whole block, its cookie word too */
     if (TM_API(_heapchk)() != _HEAPBADNODE)
         return 12;
     if (TM_API(_heapset)(0) != _HEAPBADNODE) /* refuses, like _heapchk */
@@ -259,7 +259,7 @@ static int child_uaf_byte(void)
         return 10;
     if (TM_API(_heapchk)() != _HEAPOK)
         return 11;
-    p[1024 - 3] ^= 0x40; /* one byte of the cookie word: the last 8 bytes of its 1 KiB class */
+    p[13] ^= 0x40; /* one byte of the cookie word: bytes 8..15 of a free block */
     return TM_API(_heapchk)() == _HEAPBADNODE ? 0 : 12;
 }
 
@@ -292,7 +292,7 @@ static void test_heapset(void **state)
     assert_heap_ok();
     for (int i = 1; i < N; i += 2) /* held blocks are not touched */
         assert_int_equal(tu_find_not_byte(b[i], 200, 0x77), (size_t)-1);
-    /* Every free entry now holds the fill byte but in its last word (a free
+    /* Every free entry now holds the fill byte but in bytes 8..15 (a free
      * block's cookie) -- or zeros, for a free run never written or purged,
      * which _heapset leaves alone. The walk's drain adds nothing: our cache
      * was drained by _heapset and nothing was freed since. */
@@ -303,8 +303,9 @@ static void test_heapset(void **state)
             continue;
         const unsigned char *q = (const unsigned char *)e._pentry;
         size_t small = e._size & 4095 ? 1 : 0; /* not a page multiple: a small block */
-        if (tu_find_not_byte(q, e._size - 8, 0xab) != (size_t)-1 &&
-            (small || tu_find_not_byte(q, e._size - 8, 0) != (size_t)-1))
+        int filled = tu_find_not_byte(q, 8, 0xab) == (size_t)-1 &&
+                      tu_find_not_byte(q + 16, e._size - 16, 0xab) == (size_t)-1;
+        if (!filled && (small || tu_find_not_byte(q, e._size, 0) != (size_t)-1))
             fail_msg("free entry %p (%zu bytes) was not filled", (void *)q, e._size);
         nfree++;
     }
