@@ -13,7 +13,6 @@
 tm_arena_t *tm_arenas[TM_MAX_ARENAS];
 unsigned tm_narenas;
 static pthread_mutex_t arenas_lock = PTHREAD_MUTEX_INITIALIZER;
-static unsigned arena_next;
 
 tm_arena_t *arena_get(unsigned index) {
     tm_arena_t *a = __atomic_load_n(&tm_arenas[index], __ATOMIC_ACQUIRE);
@@ -32,11 +31,20 @@ tm_arena_t *arena_get(unsigned index) {
     return a;
 }
 
-/* Round-robin over arenas, so threads rarely share one. */
-tm_arena_t *arena_choose(void) {
-    unsigned i = __atomic_fetch_add(&arena_next, 1, __ATOMIC_RELAXED) % tm_narenas;
-    tm_arena_t *a = arena_get(i);
-    return a ? a : arena_get(0);
+/* The arena for a new thread: the one with the fewest threads bound to it,
+ * the lowest index on a tie; bound[] counts them. So threads spread over
+ * the arenas, and a thread that replaces one that exited (a pool, a
+ * server's connection threads) takes over its arena -- and the memory the
+ * exited thread left there, resident and warm -- instead of faulting in
+ * fresh pages in the next arena round the ring. The caller holds the
+ * thread-cache registry lock, which serialises every change of bound[],
+ * and makes the arena (arena_get) after dropping it. */
+unsigned arena_choose_locked(unsigned bound[]) {
+    unsigned best = 0;
+    for (unsigned i = 1; i < tm_narenas && bound[best]; i++)
+        if (bound[i] < bound[best]) best = i;
+    bound[best]++;
+    return best;
 }
 
 /* Grow the arena by one chunk. Called and returns with the lock held, but
@@ -240,63 +248,152 @@ void arena_release_empty_slabs_locked(tm_arena_t *a) {
     }
 }
 
-/* Free blocks of the big classes span whole pages. In a slab that still
- * holds live blocks, give back the pages that lie entirely inside free
- * blocks -- all but the last page of each block, which holds the block's
- * cookie. The blocks are taken out of the bitmap (so no refill hands them
- * out) while the lock is dropped for the madvise calls, then put back. */
-#define SLAB_PURGE_BATCH 64
+/* ---- pages inside slabs ------------------------------------------------------
+ * A slab that still holds one block out of the arena keeps its run, but not
+ * every page of it: _heapmin gives back each page that holds no byte of a
+ * block out of the arena (held by the program or sitting in a cache) and no
+ * cookie word of a free block; the kernel zero-fills it on the next touch.
+ * The cookie must stay intact -- free() and _heapchk read it -- so the page
+ * holding it stays, and in the small classes every page holds some free
+ * block's cookie. The exception is the slab's free tail: the blocks after
+ * the last one out are all free, and lowering slab.fresh to the first of
+ * them makes them blocks that were never handed out, which carry no cookie
+ * (the refill that first hands one out writes it) and whose contents
+ * nothing reads. Their pages then go back whole.
+ *
+ * Per batch of slabs, in address order (chunk and page index are the
+ * cursor: bin lists reorder while the lock is dropped), under the arena
+ * lock: plan each slab, and take the free blocks that the planned pages
+ * overlap -- the whole free tail too, when fresh is lowered -- out of the
+ * bitmap, so no refill hands them out and the slab can neither empty nor be
+ * destroyed meanwhile. Without the lock: madvise the planned pages, in as
+ * few calls as they are contiguous. Under the lock again: the blocks go
+ * back, and fresh is lowered. (A page given back by an earlier call is
+ * given back, and counted, again: there is no record of it.) */
+#define SLAB_PURGE_BATCH 32
 
-size_t arena_purge_slab_pages(tm_arena_t *a) {
-    size_t released = 0;
-    for (unsigned cls = 1; cls <= TM_NCLASSES; cls++) {
-        const uint32_t size = tm_classes[cls].size;
-        if (size <= TM_PAGE) continue;
-        uint32_t resume = 0; /* blocks already handled in this class */
-        for (;;) {
-            struct { tm_slab_t *s; uint32_t idx; } held[SLAB_PURGE_BATCH];
-            int n = 0;
-            uint32_t seen = 0;
-            pthread_mutex_lock(&a->lock);
-            for (tm_slab_t *s = a->bins[cls].partial; s && n < SLAB_PURGE_BATCH; s = s->next) {
-                if (s->nfree == s->nblocks) continue; /* empty: _heapmin frees it whole */
-                for (uint32_t i = 0; i < s->nblocks && n < SLAB_PURGE_BATCH; i++) {
-                    if (!((s->bitmap[i >> 6] >> (i & 63)) & 1)) continue;
-                    if (seen++ < resume) continue;
-                    held[n].s = s;
-                    held[n].idx = i;
-                    n++;
-                }
-            }
-            for (int k = 0; k < n; k++) { /* out of the bitmap while unlocked */
-                held[k].s->bitmap[held[k].idx >> 6] &= ~(1ull << (held[k].idx & 63));
-                held[k].s->nfree--;
-            }
-            pthread_mutex_unlock(&a->lock);
-            if (n == 0) break;
-            for (int k = 0; k < n; k++) {
-                uintptr_t b = held[k].s->start + (uintptr_t)held[k].idx * size;
-                /* keep the page holding the cookie word */
-                uintptr_t ck = (uintptr_t)tm_cookie_slot((void *)b, size) + sizeof(uint64_t);
-                uintptr_t lo = (ck + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
-                uintptr_t hi = (b + size) & ~(uintptr_t)TM_PAGE_MASK;
-                if (hi > lo && os_purge((void *)lo, hi - lo) == 0) {
-                    released += hi - lo;
-                    stats_add_released(hi - lo);
-                }
-            }
-            pthread_mutex_lock(&a->lock);
-            for (int k = 0; k < n; k++) {
-                tm_slab_t *s = held[k].s;
-                s->bitmap[held[k].idx >> 6] |= 1ull << (held[k].idx & 63);
-                if ((held[k].idx >> 6) < s->hint) s->hint = (uint16_t)(held[k].idx >> 6);
-                s->nfree++;
-                if (!s->on_list) bin_push_locked(&a->bins[cls], s);
-            }
-            pthread_mutex_unlock(&a->lock);
-            resume += (uint32_t)n;
+typedef struct slab_plan {
+    tm_slab_t *s;
+    uint64_t held[TM_SLAB_MAX_BLOCKS / 64]; /* taken out of the bitmap */
+    uint32_t give;                          /* bit k: the slab's page k goes back */
+    uint32_t tail;                          /* blocks [tail, nblocks) are free */
+} slab_plan_t;
+
+/* Bits of the slab pages that bytes [lo, hi) of the slab touch. */
+static uint32_t slab_pages_mask(uintptr_t lo, uintptr_t hi) {
+    uint32_t first = (uint32_t)(lo >> TM_PAGE_SHIFT), last = (uint32_t)((hi - 1) >> TM_PAGE_SHIFT);
+    uint32_t upto = last >= 31 ? ~0u : (2u << last) - 1;
+    return upto & ~((1u << first) - 1);
+}
+
+static bool slab_block_free(const tm_slab_t *s, uint32_t i) {
+    return (s->bitmap[i >> 6] >> (i & 63)) & 1;
+}
+
+/* Plan slab s and take its blocks out; false if it has nothing to give. */
+static bool slab_plan_hold_locked(tm_slab_t *s, slab_plan_t *pl) {
+    const uint32_t size = tm_classes[s->cls].size, npages = tm_classes[s->cls].slab_pages;
+    if (s->nfree == 0 || s->nfree == s->nblocks) return false; /* full, or empty */
+    uint32_t tail = s->nblocks;
+    while (tail && slab_block_free(s, tail - 1)) tail--;
+    uint32_t cookies = s->fresh < tail ? s->fresh : tail; /* blocks below keep a cookie */
+    uint32_t keep = 0;
+    for (uint32_t i = 0; i < s->nblocks; i++) {
+        uintptr_t off = (uintptr_t)i * size;
+        if (!slab_block_free(s, i)) {
+            keep |= slab_pages_mask(off, off + size);
+        } else if (i < cookies) {
+            uintptr_t ck = (uintptr_t)tm_cookie_slot((void *)(s->start + off), size) - s->start;
+            keep |= slab_pages_mask(ck, ck + sizeof(uint64_t));
         }
     }
+    uint32_t give = (npages >= 32 ? ~0u : (1u << npages) - 1) & ~keep;
+    if (!give) return false;
+    pl->s = s;
+    pl->give = give;
+    pl->tail = tail;
+    memset(pl->held, 0, sizeof pl->held);
+    for (uint32_t i = 0; i < s->nblocks; i++) {
+        uintptr_t off = (uintptr_t)i * size;
+        if (slab_block_free(s, i) && ((slab_pages_mask(off, off + size) & give) ||
+                                      (i >= tail && tail < s->fresh)))
+            pl->held[i >> 6] |= 1ull << (i & 63);
+    }
+    for (unsigned w = 0; w < TM_SLAB_MAX_BLOCKS / 64; w++) {
+        s->bitmap[w] &= ~pl->held[w];
+        s->nfree = (uint16_t)(s->nfree - (unsigned)__builtin_popcountll(pl->held[w]));
+    }
+    return true;
+}
+
+static size_t purge_range(uintptr_t lo, uintptr_t hi) {
+    return hi > lo && os_purge((void *)lo, hi - lo) == 0 ? hi - lo : 0;
+}
+
+static void slab_put_back_locked(tm_arena_t *a, const slab_plan_t *pl) {
+    tm_slab_t *s = pl->s;
+    for (unsigned w = 0; w < TM_SLAB_MAX_BLOCKS / 64; w++) {
+        if (!pl->held[w]) continue;
+        s->bitmap[w] |= pl->held[w];
+        s->nfree = (uint16_t)(s->nfree + (unsigned)__builtin_popcountll(pl->held[w]));
+        if (w < s->hint) s->hint = w & 7;
+    }
+    /* every block from the tail on was held, so all are free: they become
+     * blocks never handed out */
+    if (pl->tail < s->fresh) s->fresh = (uint16_t)pl->tail;
+    /* A block freed meanwhile may have emptied it: it stays on the list,
+     * as the bins' spare empty slabs do, for the next _heapmin to free. */
+    if (!s->on_list) bin_push_locked(&a->bins[s->cls], s);
+}
+
+/* Caller holds the trim lock, so no chunk of a is unmapped meanwhile. */
+size_t arena_purge_slab_pages(tm_arena_t *a) {
+    size_t released = 0;
+    tm_chunk_t *c = NULL;
+    uint32_t from = 0; /* in chunk c, the pages before this one are done */
+    for (bool first = true;; first = false) {
+        slab_plan_t plan[SLAB_PURGE_BATCH];
+        int n = 0;
+        pthread_mutex_lock(&a->lock);
+        if (first) c = a->chunks;
+        while (c && n < SLAB_PURGE_BATCH) {
+            uint32_t p = 0;
+            while (p < TM_CHUNK_PAGES && n < SLAB_PURGE_BATCH) {
+                tm_page_t *h = &c->pages[p];
+                uint32_t np = h->npages;
+                tm_assert(np >= 1);
+                if (np == 0) break; /* not a run's first page: leave the chunk */
+                if (p >= from && h->kind == PAGE_SLAB && slab_plan_hold_locked(&c->slabs[p], &plan[n]))
+                    n++;
+                p += np;
+            }
+            if (n == SLAB_PURGE_BATCH && p < TM_CHUNK_PAGES) {
+                from = p; /* the rest of c in the next batch */
+                break;
+            }
+            c = c->next; /* chunks stay: only _heapmin, which is us, unmaps them */
+            from = 0;
+        }
+        pthread_mutex_unlock(&a->lock);
+        if (!n) break;
+        uintptr_t r0 = 0, r1 = 0; /* pages to madvise, grown while contiguous */
+        for (int k = 0; k < n; k++) {
+            for (uint32_t pg = 0; pg < 32; pg++) {
+                if (!((plan[k].give >> pg) & 1)) continue;
+                uintptr_t at = plan[k].s->start + ((uintptr_t)pg << TM_PAGE_SHIFT);
+                if (at != r1) {
+                    released += purge_range(r0, r1);
+                    r0 = at;
+                }
+                r1 = at + TM_PAGE;
+            }
+        }
+        released += purge_range(r0, r1);
+        pthread_mutex_lock(&a->lock);
+        for (int k = 0; k < n; k++) slab_put_back_locked(a, &plan[k]);
+        pthread_mutex_unlock(&a->lock);
+    }
+    stats_add_released(released);
     return released;
 }
 

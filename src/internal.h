@@ -185,7 +185,7 @@ extern tm_arena_t *tm_arenas[];
 extern unsigned tm_narenas;
 #define TM_MAX_ARENAS 256
 tm_arena_t *arena_get(unsigned index);        /* creates on first use */
-tm_arena_t *arena_choose(void);
+unsigned arena_choose_locked(unsigned bound[]); /* registry lock held; bound[i]++ */
 /* Fill up to n slots of class cls; returns count (0 on OOM). */
 unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n);
 /* Return n blocks of class cls (from any arenas) to their slabs. */

@@ -28,6 +28,7 @@ static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static tm_tcache_t *registry;      /* live caches */
 static tm_tcache_t *recycled;      /* caches of exited threads, for reuse */
 static unsigned registry_count;
+static unsigned arena_bound[TM_MAX_ARENAS]; /* live caches per arena index */
 static pthread_key_t tc_key;
 static bool tc_key_ok;
 
@@ -141,9 +142,23 @@ void tcache_registry_unlock(void) { pthread_mutex_unlock(&registry_lock); }
 tm_tcache_t *tcache_registry_first(void) { return registry; }
 unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_RELAXED); }
 
+/* A bin starts at its class's capacity (scaled by the tcache_scale option)
+ * and may grow to TC_GROW_MAX times that, but not past TC_GROW_BYTES of
+ * blocks (so in practice only classes up to 1 KiB grow): see
+ * tcache_free_slow. Its slots are reserved for the largest size
+ * (untouched until used). */
+#define TC_GROW_MAX 4
+#define TC_GROW_BYTES (64u << 10)
+
 static uint32_t bin_cap(unsigned cls) {
     uint64_t cap = (uint64_t)tm_classes[cls].tc_cap * (uint64_t)tm_opt.tcache_scale_pct / 100;
-    return cap > 65535 ? 65535 : (uint32_t)cap;
+    return cap > 65535 / TC_GROW_MAX ? 65535 / TC_GROW_MAX : (uint32_t)cap;
+}
+
+static uint32_t bin_cap_max(unsigned cls) {
+    uint32_t cap = bin_cap(cls), by_bytes = TC_GROW_BYTES / tm_classes[cls].size;
+    uint32_t max = cap * TC_GROW_MAX < by_bytes ? cap * TC_GROW_MAX : by_bytes;
+    return max > cap ? max : cap;
 }
 
 /* Empty every bin into the arenas. Caller holds tc->mu (or is the only
@@ -155,6 +170,7 @@ void tcache_drain_locked(tm_tcache_t *tc) {
             arena_flush(c, b->base, tc_bin_count(b));
             __atomic_store_n(&b->top, b->base, __ATOMIC_RELAXED);
         }
+        if (b->base) b->limit = b->base + bin_cap(c); /* back to its first size */
     }
 }
 
@@ -174,6 +190,7 @@ static void tcache_destructor(void *arg) {
     registry_count--;
     tc->state = TC_STATE_FREE;
     tc->arena->nthreads--;
+    arena_bound[tc->arena->index]--;
     tc->next = recycled;
     recycled = tc;
     pthread_mutex_unlock(&registry_lock);
@@ -193,7 +210,7 @@ static tm_tcache_t *tcache_create(void) {
     if (tc) recycled = tc->next;
     pthread_mutex_unlock(&registry_lock);
     size_t nslots = 0;
-    for (unsigned c = 1; c <= TM_NCLASSES; c++) nslots += bin_cap(c);
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) nslots += bin_cap_max(c);
     size_t slots_size = nslots * sizeof(void *);
     if (tc && tc->slots_size < slots_size) { /* option changed: resize */
         meta_free(tc->slots_mem, tc->slots_size);
@@ -220,15 +237,31 @@ static tm_tcache_t *tcache_create(void) {
         tc->bins[c].limit = cap ? slot + cap : NULL;
         tc->bins[c].fill = (uint16_t)(cap >= 32 ? cap / 16 : 1);
         tc->bins[c].gc_count = 0;
-        slot += cap;
+        tc->bins[c].missed = 0;
+        slot += bin_cap_max(c);
     }
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
     tc->gc_tick = 0;
     tc->gc_next = 1;
     tc->owner_tls = &tm_tls;
     tm_mutex_init(&tc->mu);
-    tc->arena = arena_choose();
-    if (!tc->arena) { tm_tls.state = TLS_NONE; return NULL; }
+    pthread_mutex_lock(&registry_lock);
+    unsigned ai = arena_choose_locked(arena_bound);
+    pthread_mutex_unlock(&registry_lock);
+    tc->arena = arena_get(ai);
+    if (!tc->arena && (tc->arena = arena_get(0))) {
+        pthread_mutex_lock(&registry_lock);
+        arena_bound[ai]--;
+        arena_bound[0]++;
+        pthread_mutex_unlock(&registry_lock);
+    }
+    if (!tc->arena) {
+        pthread_mutex_lock(&registry_lock);
+        arena_bound[ai]--;
+        pthread_mutex_unlock(&registry_lock);
+        tm_tls.state = TLS_NONE;
+        return NULL;
+    }
     /* Published to trimmers by the registry lock below. From here on a
      * nested allocation (pthread_setspecific) uses the cache itself. */
     tm_tls.own = tc;
@@ -312,6 +345,10 @@ static void tcache_gc_locked(tm_tcache_t *tc) {
         count -= n;
         __atomic_store_n(&b->top, b->base + count, __ATOMIC_RELAXED);
         b->fill = (uint16_t)(b->fill / 2 ? b->fill / 2 : 1);
+        /* a bin that grew shrinks by half, to no less than its first size
+         * (count <= cap / 2 already) */
+        uint32_t cap = tc_bin_cap(b), first = bin_cap(cls);
+        if (cap > first) b->limit = b->base + (cap / 2 > first ? cap / 2 : first);
     }
     b->gc_count = (uint16_t)count;
     xfer_gc(cls);
@@ -350,6 +387,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
                 b->fill = (uint16_t)(want * 2 < half ? want * 2 : half);
                 uint32_t got = xfer_get(cls, b->base, want);
                 if (got == 0) got = arena_refill(tc->arena, cls, b->base, want);
+                b->missed = 1;
                 __atomic_store_n(&b->top, b->base + got, __ATOMIC_RELAXED);
             }
             if (b->top != b->base) {
@@ -383,8 +421,19 @@ void tcache_free_slow(void *p, unsigned cls) {
     tcache_settle_locked(tc);
     tm_tc_bin_t *b = &tc->bins[cls];
     uint32_t cap = tc_bin_cap(b), count = tc_bin_count(b);
-    if (cap && count >= cap) {
+    if (cap && count >= cap && b->missed && cap < bin_cap_max(cls)) {
+        /* The bin ran dry since it last overflowed: the program's bursts
+         * of frees and mallocs of this class are bigger than half the bin,
+         * so it swings from empty to full and every swing is a round trip
+         * to the transfer cache (a producer that frees in batches, say).
+         * Make it twice as big instead of flushing; an idle bin shrinks
+         * back (tcache_gc_locked), and a drain resets it. */
+        cap = cap * 2 < bin_cap_max(cls) ? cap * 2 : bin_cap_max(cls);
+        b->limit = b->base + cap;
+        b->missed = 0;
+    } else if (cap && count >= cap) {
         /* Flush the older half (the bottom of the stack). */
+        b->missed = 0;
         uint32_t n = cap / 2 ? cap / 2 : count;
         if (!xfer_put(cls, b->base, n)) arena_flush(cls, b->base, n);
         memmove(b->base, b->base + n, (count - n) * sizeof(void *));
@@ -430,6 +479,7 @@ void tcache_fork_child(void) {
         if (tc->next) tc->next->prev = tc->prev;
         registry_count--;
         tc->arena->nthreads--;
+        arena_bound[tc->arena->index]--;
         tc->state = TC_STATE_FREE;
         __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
         tc->next = recycled;

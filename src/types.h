@@ -181,7 +181,8 @@ typedef struct tm_tc_bin {
     uint16_t fill;       /* blocks the next refill asks for: starts small,
                             doubles per refill up to half the capacity */
     uint16_t gc_count;   /* blocks held at the last garbage-collection visit */
-    uint32_t pad;
+    uint8_t missed;      /* a refill since the bin last overflowed */
+    uint8_t pad[3];
 } tm_tc_bin_t;
 
 struct tm_tcache;
