@@ -244,6 +244,8 @@ TM_COLD void *tcache_malloc_slow(size_t size, unsigned cls); /* sets ENOMEM */
 TM_COLD void tcache_free_slow(void *p, unsigned cls);
 void tcache_settle_locked(tm_tcache_t *tc);
 void tcache_drain_locked(tm_tcache_t *tc);  /* tc->mu held; empty every bin */
+size_t tcache_slots_max(void);
+size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]); /* tc->mu held */
 size_t tcache_cached_bytes(void);
 unsigned tcache_count(void);
 void tcache_registry_lock(void);

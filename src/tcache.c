@@ -174,6 +174,35 @@ void tcache_drain_locked(tm_tcache_t *tc) {
     }
 }
 
+/* The most blocks one cache can hold, for the options in force. */
+size_t tcache_slots_max(void) {
+    size_t n = 0;
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) n += bin_cap_max(c);
+    return n;
+}
+
+/* Move every block out of tc's bins into out[] (class by class, counts[c]
+ * of class c) and reset the bins, so that a trimmer can give them to the
+ * arenas after dropping tc->mu: the owner then waits only for this copy.
+ * Caller holds tc->mu and the owner is off its fast path; out has room for
+ * tcache_slots_max() blocks. Returns how many were moved. */
+size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]) {
+    size_t n = 0;
+    counts[0] = 0;
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+        tm_tc_bin_t *b = &tc->bins[c];
+        uint32_t k = tc_bin_count(b);
+        counts[c] = k;
+        if (k) {
+            memcpy(out + n, b->base, k * sizeof(void *));
+            n += k;
+            __atomic_store_n(&b->top, b->base, __ATOMIC_RELAXED);
+        }
+        if (b->base) b->limit = b->base + bin_cap(c);
+    }
+    return n;
+}
+
 static void tcache_destructor(void *arg) {
     tm_tcache_t *tc = arg;
     if (!tc || tc == &tm_tcache_sentinel) return;

@@ -32,6 +32,10 @@
  * debugger, say) is skipped with drain_pending left set and tls.tc on the
  * sentinel: it drains its own cache on its next call.
  *
+ * The trimmer only copies a cache's blocks out under tc->mu (drain_one) and
+ * gives them to the arenas after dropping it, so an owner that calls in
+ * meanwhile waits for a memcpy, not for the arena locks.
+ *
  * The fast path pays two plain stores (busy) and nothing else: it loads
  * tls.tc anyway. A slow-path owner that finds drain_pending set empties its
  * own cache under tc->mu and restores tls.tc (tcache_settle_locked), and the
@@ -66,8 +70,49 @@ static bool wait_not_busy(tm_tls_t *t) {
     }
 }
 
+/* The trimmer's buffer for one cache's blocks (tcache_take_locked), made
+ * on first use and kept; its users hold the trim lock. */
+static void **take_buf;
+static size_t take_cap;
+
+static bool take_buf_ready(void) {
+    size_t need = tcache_slots_max();
+    if (take_cap >= need) return true;
+    if (take_buf) meta_free(take_buf, take_cap * sizeof(void *));
+    take_buf = meta_alloc(need * sizeof(void *));
+    take_cap = take_buf ? need : 0;
+    return take_buf != NULL;
+}
+
+/* Empty the owner's bins and unlock tc->mu; with a buffer, the blocks are
+ * only copied out under tc->mu and given to the arenas after it is
+ * dropped. Returns when tc->mu was dropped. */
+static uint64_t drain_one(tm_tcache_t *tc, bool buffered) {
+    if (!buffered) {
+        tcache_settle_locked(tc);
+        pthread_mutex_unlock(&tc->mu);
+        return os_now_ns();
+    }
+    uint32_t counts[TM_NCLASSES + 1];
+    size_t n = 0;
+    if (__atomic_load_n(&tc->drain_pending, __ATOMIC_RELAXED)) {
+        n = tcache_take_locked(tc, take_buf, counts);
+        __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
+    }
+    tcache_settle_locked(tc); /* nothing pending: only restores tls.tc */
+    pthread_mutex_unlock(&tc->mu);
+    uint64_t unlocked = os_now_ns();
+    void **at = take_buf;
+    for (unsigned c = 1; n && c <= TM_NCLASSES; c++) {
+        if (counts[c]) arena_flush(c, at, counts[c]);
+        at += counts[c];
+    }
+    return unlocked;
+}
+
 uint64_t world_drain_all_caches(void) {
     uint64_t max_hold = 0;
+    bool buffered = take_buf_ready();
     tcache_registry_lock();
     for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next) {
         /* Under tc->mu, so an owner's slow path cannot read drain_pending
@@ -80,13 +125,16 @@ uint64_t world_drain_all_caches(void) {
     }
     if (os_heavy_barrier() == 0 || TM_TSAN) {
         for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next) {
-            uint64_t t0 = os_now_ns();
+            uint64_t t0 = os_now_ns(), t1;
             pthread_mutex_lock(&tc->mu);
             if (!__atomic_load_n(&tc->drain_pending, __ATOMIC_RELAXED) ||
-                wait_not_busy(tc->owner_tls))
-                tcache_settle_locked(tc);
-            pthread_mutex_unlock(&tc->mu);
-            uint64_t hold = os_now_ns() - t0;
+                wait_not_busy(tc->owner_tls)) {
+                t1 = drain_one(tc, buffered); /* unlocks tc->mu */
+            } else {
+                pthread_mutex_unlock(&tc->mu);
+                t1 = os_now_ns();
+            }
+            uint64_t hold = t1 - t0;
             if (hold > max_hold) max_hold = hold;
         }
     }
