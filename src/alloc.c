@@ -58,16 +58,18 @@ TM_EXPORT void *TM_API(malloc)(size_t size) {
     return large_alloc(size, 0, false);
 }
 
-/* True if p is the start of a block in a small-class slab; sets cls. */
-TM_INLINE bool small_block(uintptr_t a, unsigned *cls_out) {
+/* True if p is the start of a block in a small-class slab; sets cls and
+ * the page's fast[] entry. */
+TM_INLINE bool small_block(uintptr_t a, unsigned *cls_out, uint32_t *fast_out) {
     uintptr_t e = pagemap_lookup(a);
     if (unlikely(!(e & 1))) return false;
     const tm_chunk_t *c = (const tm_chunk_t *)(e - 1);
     uint32_t f = __atomic_load_n(&c->fast[(a >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1)],
                                  __ATOMIC_RELAXED);
-    unsigned cls = f & 0xff;
-    uint64_t off = (a & TM_CHUNK_MASK) - (f & ~(uint32_t)TM_PAGE_MASK);
+    unsigned cls = TM_FAST_CLS(f);
+    uint64_t off = (a & TM_CHUNK_MASK) - TM_FAST_SLAB_OFF(f);
     *cls_out = cls;
+    *fast_out = f;
     /* class 0 (magic 0, size 0) fails unless off is 0 */
     return ((off * tm_class_fast.magic[cls]) >> 40) * tm_class_fast.size[cls] == off;
 }
@@ -75,14 +77,21 @@ TM_INLINE bool small_block(uintptr_t a, unsigned *cls_out) {
 TM_EXPORT void TM_API(free)(void *p) {
     uintptr_t a = (uintptr_t)p;
     unsigned cls;
-    if (likely(small_block(a, &cls))) {
+    uint32_t f;
+    if (likely(small_block(a, &cls, &f))) {
         uint64_t cookie = a ^ tm_cookie_key;
         uint64_t *slot = tm_cookie_slot(p, tm_class_fast.size[cls]);
         if (likely(*slot != cookie)) {
             tm_tcache_t *tc = tc_enter();
             tm_tc_bin_t *b = &tc->bins[cls];
             void **top = b->top;
-            if (likely(top != b->limit)) { /* bin 0 and the sentinel: always full */
+            /* Bin 0 and the sentinel are always full. A block of another
+             * arena freed into an empty bin goes to the slow path, or the
+             * next malloc would hand it straight back: a thread given one
+             * object by another would go on using the cache line it shares
+             * with the other thread's objects (passive false sharing). */
+            if (likely(top != b->limit) &&
+                (likely(top != b->base) || f >> TM_FAST_ARENA_SHIFT == tm_tls.arena)) {
                 *slot = cookie;
                 *top = p;
                 __atomic_store_n(&b->top, top + 1, __ATOMIC_RELAXED);

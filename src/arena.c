@@ -64,7 +64,7 @@ tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out) {
     uint32_t e = c->fast[(p - c->base) >> TM_PAGE_SHIFT];
     unsigned cls = e & 0xff;
     if (!cls) return NULL;
-    uint64_t off = (p - c->base) - (e & ~(uint32_t)TM_PAGE_MASK);
+    uint64_t off = (p - c->base) - TM_FAST_SLAB_OFF(e);
     const tm_class_t *k = &tm_classes[cls];
     uint64_t idx = (off * k->magic) >> 40;
     if (idx * k->size != off || idx >= k->nblocks) return NULL;
@@ -114,7 +114,7 @@ static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
     /* No cookies yet: writing them would touch every page of the slab now
      * (s->fresh = 0; arena_refill writes each when it first hands it out). */
     for (uint32_t i = 0; i < k->nblocks; i++) s->bitmap[i >> 6] |= 1ull << (i & 63);
-    uint32_t fast = cls | (page << TM_PAGE_SHIFT);
+    uint32_t fast = TM_FAST(cls, page, a->index);
     for (uint32_t i = 0; i < k->slab_pages; i++)
         __atomic_store_n(&c->fast[page + i], fast, __ATOMIC_RELEASE);
     a->bins[cls].nslabs++;

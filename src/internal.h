@@ -184,6 +184,12 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures);
 extern tm_arena_t *tm_arenas[];
 extern unsigned tm_narenas;
 #define TM_MAX_ARENAS 256
+/* chunk_t.fast[] entries (types.h) */
+#define TM_FAST_ARENA_SHIFT 22
+#define TM_FAST_CLS(f) ((f) & 0xffu)
+#define TM_FAST_SLAB_OFF(f) ((f) & 0x3ff000u) /* the slab's byte offset in its chunk */
+#define TM_FAST(cls, page, arena) \
+    ((uint32_t)(cls) | (uint32_t)(page) << TM_PAGE_SHIFT | (uint32_t)(arena) << TM_FAST_ARENA_SHIFT)
 tm_arena_t *arena_get(unsigned index);        /* creates on first use */
 unsigned arena_choose_locked(unsigned bound[]); /* registry lock held; bound[i]++ */
 /* Fill up to n slots of class cls; returns count (0 on OOM). */

@@ -294,6 +294,7 @@ static tm_tcache_t *tcache_create(void) {
     /* Published to trimmers by the registry lock below. From here on a
      * nested allocation (pthread_setspecific) uses the cache itself. */
     tm_tls.own = tc;
+    tm_tls.arena = tc->arena->index;
     tm_tls.state = TLS_LIVE;
     pthread_mutex_lock(&registry_lock);
     tc->arena->nthreads++;
@@ -390,6 +391,23 @@ TM_INLINE void tcache_gc_tick_locked(tm_tcache_t *tc) {
     }
 }
 
+/* Slow start: a class's first refills are small, so a thread that uses few
+ * blocks of it pins few; each refill doubles the next, up to half the bin
+ * (and never more than room). */
+static uint32_t refill_want(tm_tc_bin_t *b, uint32_t room) {
+    uint32_t cap = tc_bin_cap(b), want = b->fill, half = cap / 2 ? cap / 2 : 1;
+    if (want < 1 || want > half) want = half;
+    b->fill = (uint16_t)(want * 2 < half ? want * 2 : half);
+    return want < room ? want : room;
+}
+
+/* The index of the arena that owns small block p. */
+static unsigned block_arena(void *p) {
+    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
+    uint32_t f = c->fast[((uintptr_t)p - c->base) >> TM_PAGE_SHIFT];
+    return f >> TM_FAST_ARENA_SHIFT;
+}
+
 void *tcache_malloc_slow(size_t size, unsigned cls) {
     __atomic_store_n(&tm_tls.busy, 0, __ATOMIC_RELEASE);
     tm_tcache_t *tc = tcache_get_slow(); /* initialises the allocator if need be */
@@ -408,12 +426,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
             arena_refill(tc->arena, cls, &p, 1);
         else {
             if (b->top == b->base) {
-                /* Slow start: a class's first refills are small, so a
-                 * thread that uses few blocks of it pins few; each refill
-                 * doubles the next, up to half the bin. */
-                uint32_t want = b->fill, half = cap / 2 ? cap / 2 : 1;
-                if (want < 1 || want > half) want = half;
-                b->fill = (uint16_t)(want * 2 < half ? want * 2 : half);
+                uint32_t want = refill_want(b, cap);
                 uint32_t got = xfer_get(cls, b->base, want);
                 if (got == 0) got = arena_refill(tc->arena, cls, b->base, want);
                 b->missed = 1;
@@ -450,6 +463,19 @@ void tcache_free_slow(void *p, unsigned cls) {
     tcache_settle_locked(tc);
     tm_tc_bin_t *b = &tc->bins[cls];
     uint32_t cap = tc_bin_cap(b), count = tc_bin_count(b);
+    if (cap >= 2 && count == 0 && block_arena(p) != tc->arena->index) {
+        /* Another arena's block into an empty bin (alloc.c says why that
+         * comes here): refill the bin first and put the block under what
+         * the refill brought, so malloc hands out those before it, and an
+         * overflow (which flushes the bottom half) sends it home. */
+        uint32_t want = refill_want(b, cap - 1);
+        uint32_t got = xfer_get(cls, b->base + 1, want);
+        if (got == 0) got = arena_refill(tc->arena, cls, b->base + 1, want);
+        b->base[0] = p;
+        __atomic_store_n(&b->top, b->base + 1 + got, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&tc->mu);
+        return;
+    }
     if (cap && count >= cap && b->missed && cap < bin_cap_max(cls)) {
         /* The bin ran dry since it last overflowed: the program's bursts
          * of frees and mallocs of this class are bigger than half the bin,

@@ -124,8 +124,9 @@ typedef struct tm_slab {
 
 typedef struct tm_chunk {
     /* fast[i]: small class of page i in bits 0..7 (0 = not a slab page),
-     * and the slab's byte offset in the chunk in bits 12..21. free() reads
-     * only this. */
+     * the slab's byte offset in the chunk in bits 12..21, and the index of
+     * the owning arena in bits 22..31 (TM_FAST_* in internal.h). free()
+     * reads only this. */
     uint32_t fast[TM_CHUNK_PAGES];
     uintptr_t base;
     struct tm_arena *arena;
@@ -196,6 +197,7 @@ typedef struct tm_tls {
     volatile int busy;
     int state;                  /* TLS_NONE, TLS_BOOTING, TLS_LIVE, TLS_DEAD */
     struct tm_tcache *own;      /* the thread's cache, whatever tc says */
+    unsigned arena;             /* own's arena index, once the cache exists */
 } tm_tls_t;
 
 typedef struct tm_tcache {
