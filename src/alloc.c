@@ -43,7 +43,7 @@ TM_INLINE void *small_alloc(size_t size, unsigned cls) {
         void *p = *--top;
         __atomic_store_n(&b->top, top, __ATOMIC_RELAXED);
         tc_leave();
-        *tm_cookie_slot(p, tm_class_fast.size[cls]) = 0; /* clear the free-block cookie */
+        *tm_cookie_slot(p, 0) = 0; /* clear the free-block cookie */
         return p;
     }
     return tcache_malloc_slow(size, cls);
@@ -70,8 +70,8 @@ TM_INLINE bool small_block(uintptr_t a, unsigned *cls_out, uint32_t *fast_out) {
     uint64_t off = (a & TM_CHUNK_MASK) - TM_FAST_SLAB_OFF(f);
     *cls_out = cls;
     *fast_out = f;
-    /* class 0 (magic 0, size 0) fails unless off is 0 */
-    return ((off * tm_class_fast.magic[cls]) >> 40) * tm_class_fast.size[cls] == off;
+    /* class 0 (div 1) fails unless off is 0 */
+    return off * tm_class_fast.div[cls] < tm_class_fast.div[cls];
 }
 
 TM_EXPORT void TM_API(free)(void *p) {
@@ -80,7 +80,7 @@ TM_EXPORT void TM_API(free)(void *p) {
     uint32_t f;
     if (likely(small_block(a, &cls, &f))) {
         uint64_t cookie = a ^ tm_cookie_key;
-        uint64_t *slot = tm_cookie_slot(p, tm_class_fast.size[cls]);
+        uint64_t *slot = tm_cookie_slot(p, 0);
         if (likely(*slot != cookie)) {
             tm_tcache_t *tc = tc_enter();
             tm_tc_bin_t *b = &tc->bins[cls];

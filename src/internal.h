@@ -83,11 +83,13 @@ extern unsigned long os_fail_countdown_active;
 
 /* ---- size_class.c ------------------------------------------------------------ */
 extern tm_class_t tm_classes[TM_NCLASSES + 1];
-/* The two fields free() needs, side by side so one base register reaches
- * both (a copy of tm_classes[c].magic and .size). */
+/* What free() needs to know that an offset is a whole number of blocks:
+ * div[c] = ceil(2^64 / size of class c), so that for any off < 2^32,
+ * off % size == 0 exactly when off * div[c] (mod 2^64) < div[c] -- one
+ * multiply, no division (Lemire, Kaser and Kurz, "Faster remainder by
+ * direct computation", 2019). div[0] = 1: true only for off == 0. */
 typedef struct tm_class_fast {
-    uint64_t magic[TM_NCLASSES + 1];
-    uint32_t size[TM_NCLASSES + 1];
+    uint64_t div[TM_NCLASSES + 1];
 } tm_class_fast_t;
 extern tm_class_fast_t tm_class_fast;
 extern uint8_t tm_class_tiny[(TM_TINY_MAX >> 4) + 1];

@@ -65,17 +65,14 @@ void size_class_init(void) {
         k->nblocks = nb > TM_SLAB_MAX_BLOCKS ? TM_SLAB_MAX_BLOCKS : nb;
         k->tc_cap = tcache_cap_for(k->size);
         k->magic = ((1ull << 40) + k->size - 1) / k->size;
-        tm_class_fast.magic[c] = k->magic;
-        tm_class_fast.size[c] = k->size;
+        tm_class_fast.div[c] = UINT64_MAX / k->size + 1;
     }
     /* Class 0 ("not a small block") fails the free path's block check but
      * at offset 0 of a chunk (a large block there), where free() then reads
-     * the word at p + size[0] - 8: size[0] = 8 keeps that read inside the
-     * block. The bin of class 0 is always full, so free() goes on to the
-     * slow path. */
+     * the cookie word inside that block; the bin of class 0 is always full,
+     * so free() goes on to the slow path. */
     tm_classes[0] = (tm_class_t){0};
-    tm_class_fast.magic[0] = 0;
-    tm_class_fast.size[0] = 8;
+    tm_class_fast.div[0] = 1;
     unsigned c = 1;
     for (size_t i = 0; i <= (TM_TINY_MAX >> 4); i++) {
         size_t sz = i << 4;

@@ -48,11 +48,30 @@ static void test_classes_sorted_aligned_and_slabs_sane(void **state) {
     }
 }
 
+/* free()'s block-start test: off * div < div exactly when off is a whole
+ * number of blocks, for every byte offset in a chunk (misaligned pointers
+ * included); class 0 only at offset 0. */
+static void test_block_start_test_is_exact(void **state) {
+    (void)state;
+    tm_init();
+    for (unsigned c = 0; c <= TM_NCLASSES; c++) {
+        uint64_t d = tm_class_fast.div[c];
+        uint32_t size = tm_classes[c].size;
+        for (uint64_t off = 0; off < TM_CHUNK; off += off < 65536 ? 1 : 7) {
+            bool start = c ? off % size == 0 : off == 0;
+            if ((off * d < d) != start)
+                fail_msg("class %u (size %u), offset %llu: test says %d", c, size,
+                         (unsigned long long)off, (int)(off * d < d));
+        }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_size_maps_to_smallest_fitting_class),
         cmocka_unit_test(test_waste_is_bounded),
         cmocka_unit_test(test_classes_sorted_aligned_and_slabs_sane),
+        cmocka_unit_test(test_block_start_test_is_exact),
     };
     return cmocka_run_group_tests_name("unit_size_class", tests, NULL, NULL);
 }
