@@ -54,6 +54,8 @@ static TM_COLD void free_generic(void *p, const char *call);
 static TM_COLD void free_suspect_double(void *p, unsigned cls);
 
 TM_EXPORT void *TM_API(malloc)(size_t size) {
+    /* the common sizes first: one test, one table load */
+    if (likely(size <= TM_TINY_MAX)) return small_alloc(size, tm_class_tiny[(size + 15) >> 4]);
     if (likely(size <= TM_SMALL_MAX)) return small_alloc(size, size_class_of(size));
     return large_alloc(size, 0, false);
 }
