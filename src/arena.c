@@ -277,6 +277,7 @@ typedef struct slab_plan {
     uint64_t held[TM_SLAB_MAX_BLOCKS / 64]; /* taken out of the bitmap */
     uint32_t give;                          /* bit k: the slab's page k goes back */
     uint32_t tail;                          /* blocks [tail, nblocks) are free */
+    bool lower;                             /* fresh becomes tail: all of them held */
 } slab_plan_t;
 
 /* Bits of the slab pages that bytes [lo, hi) of the slab touch. */
@@ -312,11 +313,12 @@ static bool slab_plan_hold_locked(tm_slab_t *s, slab_plan_t *pl) {
     pl->s = s;
     pl->give = give;
     pl->tail = tail;
+    pl->lower = tail < s->fresh;
     memset(pl->held, 0, sizeof pl->held);
     for (uint32_t i = 0; i < s->nblocks; i++) {
         uintptr_t off = (uintptr_t)i * size;
-        if (slab_block_free(s, i) && ((slab_pages_mask(off, off + size) & give) ||
-                                      (i >= tail && tail < s->fresh)))
+        if (slab_block_free(s, i) &&
+            ((slab_pages_mask(off, off + size) & give) || (i >= tail && pl->lower)))
             pl->held[i >> 6] |= 1ull << (i & 63);
     }
     for (unsigned w = 0; w < TM_SLAB_MAX_BLOCKS / 64; w++) {
@@ -338,9 +340,12 @@ static void slab_put_back_locked(tm_arena_t *a, const slab_plan_t *pl) {
         s->nfree = (uint16_t)(s->nfree + (unsigned)__builtin_popcountll(pl->held[w]));
         if (w < s->hint) s->hint = w & 7;
     }
-    /* every block from the tail on was held, so all are free: they become
-     * blocks never handed out */
-    if (pl->tail < s->fresh) s->fresh = (uint16_t)pl->tail;
+    /* Every block from the tail on was held, so all are free, and fresh
+     * did not move meanwhile (a refill hands out blocks in index order, so
+     * it could reach fresh only through them): they become blocks never
+     * handed out. Without lower, an unheld block past fresh may have been
+     * handed out meanwhile, and fresh must stay where the refill left it. */
+    if (pl->lower) s->fresh = (uint16_t)pl->tail;
     /* A block freed meanwhile may have emptied it: it stays on the list,
      * as the bins' spare empty slabs do, for the next _heapmin to free. */
     if (!s->on_list) bin_push_locked(&a->bins[s->cls], s);
@@ -356,18 +361,21 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
         int n = 0;
         pthread_mutex_lock(&a->lock);
         if (first) c = a->chunks;
-        while (c && n < SLAB_PURGE_BATCH) {
+        int seen = 0; /* slabs looked at: bounds the hold, even where few give pages */
+        while (c && seen < SLAB_PURGE_BATCH) {
             uint32_t p = 0;
-            while (p < TM_CHUNK_PAGES && n < SLAB_PURGE_BATCH) {
+            while (p < TM_CHUNK_PAGES && seen < SLAB_PURGE_BATCH) {
                 tm_page_t *h = &c->pages[p];
                 uint32_t np = h->npages;
                 tm_assert(np >= 1);
                 if (np == 0) break; /* not a run's first page: leave the chunk */
-                if (p >= from && h->kind == PAGE_SLAB && slab_plan_hold_locked(&c->slabs[p], &plan[n]))
-                    n++;
+                if (p >= from && h->kind == PAGE_SLAB) {
+                    seen++;
+                    n += slab_plan_hold_locked(&c->slabs[p], &plan[n]);
+                }
                 p += np;
             }
-            if (n == SLAB_PURGE_BATCH && p < TM_CHUNK_PAGES) {
+            if (seen == SLAB_PURGE_BATCH && p < TM_CHUNK_PAGES) {
                 from = p; /* the rest of c in the next batch */
                 break;
             }
@@ -375,7 +383,7 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
             from = 0;
         }
         pthread_mutex_unlock(&a->lock);
-        if (!n) break;
+        if (!seen) break;
         uintptr_t r0 = 0, r1 = 0; /* pages to madvise, grown while contiguous */
         for (int k = 0; k < n; k++) {
             for (uint32_t pg = 0; pg < 32; pg++) {
@@ -389,6 +397,7 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
             }
         }
         released += purge_range(r0, r1);
+        if (!n) continue;
         pthread_mutex_lock(&a->lock);
         for (int k = 0; k < n; k++) slab_put_back_locked(a, &plan[k]);
         pthread_mutex_unlock(&a->lock);
