@@ -149,9 +149,9 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
                 unsigned i = w * 64 + (unsigned)__builtin_ctzll(bits);
                 bits &= bits - 1;
                 void *p = (void *)(s->start + (uintptr_t)i * size);
-                if (i >= s->fresh) { /* first time out: it gets its cookie */
+                if (i >= s->fresh || s->purged) { /* it may have no cookie: give it one */
                     *tm_cookie_slot(p, size) = tm_cookie_of(p);
-                    s->fresh = (uint16_t)(i + 1);
+                    if (i >= s->fresh) s->fresh = (uint16_t)(i + 1);
                 }
                 slots[got++] = p;
                 s->nfree--;
@@ -251,15 +251,15 @@ void arena_release_empty_slabs_locked(tm_arena_t *a) {
 /* ---- pages inside slabs ------------------------------------------------------
  * A slab that still holds one block out of the arena keeps its run, but not
  * every page of it: _heapmin gives back each page that holds no byte of a
- * block out of the arena (held by the program or sitting in a cache) and no
- * cookie word of a free block; the kernel zero-fills it on the next touch.
- * The cookie must stay intact -- free() and _heapchk read it -- so the page
- * holding it stays, and in the small classes every page holds some free
- * block's cookie. The exception is the slab's free tail: the blocks after
- * the last one out are all free, and lowering slab.fresh to the first of
- * them makes them blocks that were never handed out, which carry no cookie
- * (the refill that first hands one out writes it) and whose contents
- * nothing reads. Their pages then go back whole.
+ * block out of the arena (held by the program or sitting in a cache); the
+ * kernel zero-fills it on the next touch. Free blocks there lose their
+ * cookie word: the slab is marked purged, the refill writes a cookie into
+ * every block of such a slab that it hands out (a block in a cache always
+ * has one: free() reads it), and _heapchk accepts a zero cookie word in it.
+ * The slab's free tail -- the blocks after the last one out -- needs not
+ * even that: lowering slab.fresh to the first of them makes them blocks
+ * that were never handed out, which carry no cookie (the refill that first
+ * hands one out writes it) and whose contents nothing reads.
  *
  * Per batch of slabs, in address order (chunk and page index are the
  * cursor: bin lists reorder while the lock is dropped), under the arena
@@ -297,16 +297,10 @@ static bool slab_plan_hold_locked(tm_slab_t *s, slab_plan_t *pl) {
     if (s->nfree == 0 || s->nfree == s->nblocks) return false; /* full, or empty */
     uint32_t tail = s->nblocks;
     while (tail && slab_block_free(s, tail - 1)) tail--;
-    uint32_t cookies = s->fresh < tail ? s->fresh : tail; /* blocks below keep a cookie */
     uint32_t keep = 0;
-    for (uint32_t i = 0; i < s->nblocks; i++) {
+    for (uint32_t i = 0; i < tail; i++) {
         uintptr_t off = (uintptr_t)i * size;
-        if (!slab_block_free(s, i)) {
-            keep |= slab_pages_mask(off, off + size);
-        } else if (i < cookies) {
-            uintptr_t ck = (uintptr_t)tm_cookie_slot((void *)(s->start + off), size) - s->start;
-            keep |= slab_pages_mask(ck, ck + sizeof(uint64_t));
-        }
+        if (!slab_block_free(s, i)) keep |= slab_pages_mask(off, off + size);
     }
     uint32_t give = (npages >= 32 ? ~0u : (1u << npages) - 1) & ~keep;
     if (!give) return false;
@@ -325,6 +319,10 @@ static bool slab_plan_hold_locked(tm_slab_t *s, slab_plan_t *pl) {
         s->bitmap[w] &= ~pl->held[w];
         s->nfree = (uint16_t)(s->nfree - (unsigned)__builtin_popcountll(pl->held[w]));
     }
+    /* a given page under the tail may hold free blocks' cookie words (and
+     * parts of blocks whose cookie page stays: those keep theirs) */
+    uint32_t under_tail = tail ? slab_pages_mask(0, (uintptr_t)tail * size) : 0;
+    if (give & under_tail) s->purged = 1;
     return true;
 }
 

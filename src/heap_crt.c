@@ -52,7 +52,9 @@ static bool is_page_run_kind(uint8_t k) {
  * refill that first hands it out, free() and the return to the slab all
  * write it, and malloc clears it. A free block in a slab bitmap without it
  * was written by the program after it was freed. Blocks a slab never
- * handed out (index >= fresh) have none and are never checked.
+ * handed out (index >= fresh) have none and are never checked; in a slab
+ * where _heapmin gave back pages of free blocks (purged), a cookie word
+ * reading zero is accepted (a write of zeros there after free is missed).
  *
  * The return to the slab writes the cookie afresh, so a write into a block
  * while it sits in a thread cache is repaired, not seen, when the cache is
@@ -61,6 +63,13 @@ static bool is_page_run_kind(uint8_t k) {
  * cache overflow or the thread's exit. */
 static bool free_block_damaged(uintptr_t b, uint32_t size) {
     return *(const volatile uint64_t *)tm_cookie_slot((void *)b, size) != (b ^ tm_cookie_key);
+}
+
+/* The same for block i of slab sl, free in its bitmap: no cookie is due
+ * past fresh, and in a purged slab the word may read zero (types.h). */
+static bool slab_block_damaged(const tm_slab_t *sl, uint32_t i, uintptr_t b, uint32_t size) {
+    if (i >= sl->fresh || !free_block_damaged(b, size)) return false;
+    return !(sl->purged && *(const volatile uint64_t *)tm_cookie_slot((void *)b, size) == 0);
 }
 
 /* Pages inside a run (not its first or last) read PAGE_INTERIOR, or
@@ -129,7 +138,7 @@ static int check_slab_locked(tm_chunk_t *c, uint32_t p, uint32_t n, chk_sums_t *
         while (bits) {
             unsigned i = lo + (unsigned)__builtin_ctzll(bits);
             bits &= bits - 1;
-            if (i < sl->fresh && free_block_damaged(start + (uintptr_t)i * k->size, k->size))
+            if (slab_block_damaged(sl, i, start + (uintptr_t)i * k->size, k->size))
                 return _HEAPBADNODE;
         }
     }
@@ -445,7 +454,7 @@ static int chunk_next_locked(tm_chunk_t *c, uintptr_t from, walk_entry_t *out) {
             if (i < sl->nblocks) {
                 uintptr_t b = rs + (uintptr_t)i * size;
                 bool free_ = (sl->bitmap[i >> 6] >> (i & 63)) & 1;
-                if (free_ && i < sl->fresh && free_block_damaged(b, (uint32_t)size))
+                if (free_ && slab_block_damaged(sl, i, b, (uint32_t)size))
                     return _HEAPBADNODE;
                 *out = (walk_entry_t){b, size, !free_};
                 return _HEAPOK;

@@ -108,7 +108,7 @@ void xfer_drain_all(void) {
 static void xfer_gc(unsigned cls) {
     tm_xfer_t *x = &xfer[cls];
     uint32_t cnt = __atomic_load_n(&x->count, __ATOMIC_RELAXED);
-    if (!cnt && !x->gc_count) return;
+    if (!cnt && !__atomic_load_n(&x->gc_count, __ATOMIC_RELAXED)) return;
     pthread_mutex_lock(&x->lock);
     cnt = x->count;
     if (cnt && cnt == x->gc_count) {
@@ -116,7 +116,7 @@ static void xfer_gc(unsigned cls) {
         __atomic_store_n(&x->count, 0, __ATOMIC_RELAXED);
         cnt = 0;
     }
-    x->gc_count = cnt;
+    __atomic_store_n(&x->gc_count, cnt, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&x->lock);
 }
 

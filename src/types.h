@@ -39,10 +39,12 @@
  *     xor a per-process key) in bytes 8..15; malloc clears it. free()
  *     seeing the cookie means a double free; a slab receiving a block
  *     without it means the program wrote into the block after freeing it.
- *     The one exception: a slab's blocks that were never handed out (index
- *     >= slab.fresh) have no cookie yet, so a new slab's pages are not
- *     touched until blocks on them are used; the refill that first hands
- *     one out writes it.
+ *     Two exceptions, both free in their slab's bitmap: blocks that were
+ *     never handed out (index >= slab.fresh) have no cookie, so a new
+ *     slab's pages are not touched until blocks on them are used; and in a
+ *     slab marked purged, _heapmin gave back pages of free blocks, whose
+ *     cookie words then read zero. The refill writes the cookie of every
+ *     such block it hands out, so every block in a cache carries one.
  *   - chunk_t.fast[] is written only under the owning arena's lock and read
  *     without locks by free(); a page's entry changes only while no block of
  *     that page is held by the program.
@@ -117,8 +119,11 @@ typedef struct tm_slab {
     uint8_t cls;
     uint8_t on_list : 1;            /* 1 while on the bin's partial list */
     uint8_t hint : 3;               /* first bitmap word that may be nonzero */
-    uint16_t fresh;                 /* blocks [fresh, nblocks) were never handed
-                                       out: untouched, no cookie yet */
+    uint8_t purged : 1;             /* _heapmin gave back pages holding free
+                                       blocks' cookies: those read zero */
+    uint16_t fresh;                 /* blocks [fresh, nblocks) hold no cookie
+                                       and unspecified bytes: never handed out,
+                                       or a free tail _heapmin gave back */
     uint64_t bitmap[TM_SLAB_MAX_BLOCKS / 64];
 } tm_slab_t;                        /* 64 bytes */
 
