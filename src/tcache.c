@@ -145,8 +145,11 @@ unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_R
 /* A bin starts at its class's capacity (scaled by the tcache_scale option)
  * and may grow to TC_GROW_MAX times that, but not past TC_GROW_BYTES of
  * blocks (so in practice only classes up to 1 KiB grow): see
- * tcache_free_slow. Its slots are reserved for the largest size
- * (untouched until used). */
+ * tcache_free_slow. A cache's slots are one mapping: first every bin's
+ * slots at its first size, packed, so a thread that uses a few classes
+ * touches a page or two of them; then, for each class that can grow, room
+ * for its largest size, where a bin moves when it first grows and which
+ * stays untouched otherwise. */
 #define TC_GROW_MAX 4
 #define TC_GROW_BYTES (64u << 10)
 
@@ -161,16 +164,45 @@ static uint32_t bin_cap_max(unsigned cls) {
     return max > cap ? max : cap;
 }
 
+/* Slot offsets of class c's bin at its first size and grown (0: cannot
+ * grow), and the slots of a whole cache: fixed once the options are read
+ * (tcache_scale is not settable after start). */
+static uint32_t slot_first[TM_NCLASSES + 1], slot_grown[TM_NCLASSES + 1];
+static size_t slot_total;
+
+static void slot_layout_init(void) {
+    size_t n = 0;
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+        slot_first[c] = (uint32_t)n;
+        n += bin_cap(c);
+    }
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+        slot_grown[c] = bin_cap_max(c) > bin_cap(c) ? (uint32_t)n : 0;
+        if (slot_grown[c]) n += bin_cap_max(c);
+    }
+    slot_total = n;
+}
+
+/* Put bin c of tc at its first size, in its first-size slots, with the
+ * count blocks it holds moved there (count <= its first size). */
+static void bin_reset(tm_tcache_t *tc, unsigned c, uint32_t count) {
+    tm_tc_bin_t *b = &tc->bins[c];
+    uint32_t cap = bin_cap(c);
+    void **first = (void **)tc->slots_mem + slot_first[c];
+    if (!cap) return;
+    if (b->base != first && count) memmove(first, b->base, count * sizeof(void *));
+    b->base = first;
+    b->limit = first + cap;
+    __atomic_store_n(&b->top, first + count, __ATOMIC_RELAXED);
+}
+
 /* Empty every bin into the arenas. Caller holds tc->mu (or is the only
  * thread, in a fork child) and the owner is not on its fast path. */
 void tcache_drain_locked(tm_tcache_t *tc) {
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         tm_tc_bin_t *b = &tc->bins[c];
-        if (b->top != b->base) {
-            arena_flush(c, b->base, tc_bin_count(b));
-            __atomic_store_n(&b->top, b->base, __ATOMIC_RELAXED);
-        }
-        if (b->base) b->limit = b->base + bin_cap(c); /* back to its first size */
+        if (b->top != b->base) arena_flush(c, b->base, tc_bin_count(b));
+        bin_reset(tc, c, 0); /* back to its first size */
     }
 }
 
@@ -178,7 +210,7 @@ void tcache_drain_locked(tm_tcache_t *tc) {
 size_t tcache_slots_max(void) {
     size_t n = 0;
     for (unsigned c = 1; c <= TM_NCLASSES; c++) n += bin_cap_max(c);
-    return n;
+    return n; /* a bound: grown bins hold at most their largest size */
 }
 
 /* Move every block out of tc's bins into out[] (class by class, counts[c]
@@ -196,9 +228,8 @@ size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]) {
         if (k) {
             memcpy(out + n, b->base, k * sizeof(void *));
             n += k;
-            __atomic_store_n(&b->top, b->base, __ATOMIC_RELAXED);
         }
-        if (b->base) b->limit = b->base + bin_cap(c);
+        bin_reset(tc, c, 0);
     }
     return n;
 }
@@ -226,6 +257,7 @@ static void tcache_destructor(void *arg) {
 }
 
 void tcache_init(void) {
+    slot_layout_init();
     xfer_init();
     tc_key_ok = pthread_key_create(&tc_key, tcache_destructor) == 0;
     os_random(&tm_cookie_key, sizeof tm_cookie_key);
@@ -238,9 +270,7 @@ static tm_tcache_t *tcache_create(void) {
     tm_tcache_t *tc = recycled;
     if (tc) recycled = tc->next;
     pthread_mutex_unlock(&registry_lock);
-    size_t nslots = 0;
-    for (unsigned c = 1; c <= TM_NCLASSES; c++) nslots += bin_cap_max(c);
-    size_t slots_size = nslots * sizeof(void *);
+    size_t slots_size = slot_total * sizeof(void *);
     if (tc && tc->slots_size < slots_size) { /* option changed: resize */
         meta_free(tc->slots_mem, tc->slots_size);
         tc->slots_mem = NULL;
@@ -258,16 +288,12 @@ static tm_tcache_t *tcache_create(void) {
             return NULL;
         }
     }
-    void **slot = tc->slots_mem;
     tc->bins[0] = (tm_tc_bin_t){0};
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         uint32_t cap = bin_cap(c);
-        tc->bins[c].base = tc->bins[c].top = cap ? slot : NULL;
-        tc->bins[c].limit = cap ? slot + cap : NULL;
+        tc->bins[c] = (tm_tc_bin_t){0}; /* NULL base, top and limit if cap is 0 */
+        bin_reset(tc, c, 0);
         tc->bins[c].fill = (uint16_t)(cap >= 32 ? cap / 16 : 1);
-        tc->bins[c].gc_count = 0;
-        tc->bins[c].missed = 0;
-        slot += bin_cap_max(c);
     }
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
     tc->gc_tick = 0;
@@ -375,10 +401,11 @@ static void tcache_gc_locked(tm_tcache_t *tc) {
         count -= n;
         __atomic_store_n(&b->top, b->base + count, __ATOMIC_RELAXED);
         b->fill = (uint16_t)(b->fill / 2 ? b->fill / 2 : 1);
-        /* a bin that grew shrinks by half, to no less than its first size
-         * (count <= cap / 2 already) */
+        /* a bin that grew shrinks by half (count <= cap / 2 already), and
+         * at its first size goes back to its first-size slots */
         uint32_t cap = tc_bin_cap(b), first = bin_cap(cls);
-        if (cap > first) b->limit = b->base + (cap / 2 > first ? cap / 2 : first);
+        if (cap / 2 > first) b->limit = b->base + cap / 2;
+        else if (cap > first) bin_reset(tc, cls, count);
     }
     b->gc_count = (uint16_t)count;
     xfer_gc(cls);
@@ -484,6 +511,12 @@ void tcache_free_slow(void *p, unsigned cls) {
          * Make it twice as big instead of flushing; an idle bin shrinks
          * back (tcache_gc_locked), and a drain resets it. */
         cap = cap * 2 < bin_cap_max(cls) ? cap * 2 : bin_cap_max(cls);
+        void **grown = (void **)tc->slots_mem + slot_grown[cls];
+        if (b->base != grown) { /* first growth: move to the room for its largest size */
+            memcpy(grown, b->base, count * sizeof(void *));
+            b->base = grown;
+            __atomic_store_n(&b->top, grown + count, __ATOMIC_RELAXED);
+        }
         b->limit = b->base + cap;
         b->missed = 0;
     } else if (cap && count >= cap) {
