@@ -51,7 +51,7 @@ TM_INLINE void *small_alloc(size_t size, unsigned cls) {
 
 static TM_COLD void *large_alloc(size_t size, size_t align, bool zero);
 static TM_COLD void free_generic(void *p, const char *call);
-static TM_COLD void free_suspect_double(void *p, unsigned cls);
+static TM_COLD void free_suspect_double(void *p, unsigned cls, uint32_t f);
 
 TM_EXPORT void *TM_API(malloc)(size_t size) {
     /* the common sizes first: one test, one table load */
@@ -76,39 +76,44 @@ TM_INLINE bool small_block(uintptr_t a, unsigned *cls_out, uint32_t *fast_out) {
     return off * tm_class_fast.div[cls] < tm_class_fast.div[cls];
 }
 
+/* Push small block p (class cls, page entry f) on the caller's cache. */
+TM_INLINE void free_to_cache(void *p, unsigned cls, uint32_t f, uint64_t cookie) {
+    tm_tcache_t *tc = tc_enter();
+    tm_tc_bin_t *b = &tc->bins[cls];
+    void **top = b->top;
+    /* Bin 0 and the sentinel are always full. A block of another arena
+     * freed into an empty bin goes to the slow path, or the next malloc
+     * would hand it straight back: a thread given one object by another
+     * would go on using the cache line it shares with the other thread's
+     * objects (passive false sharing). */
+    if (likely(top != b->limit) &&
+        (likely(top != b->base) || f >> TM_FAST_ARENA_SHIFT == tm_tls.arena)) {
+        *tm_cookie_slot(p, 0) = cookie;
+        *top = p;
+        __atomic_store_n(&b->top, top + 1, __ATOMIC_RELAXED);
+        tc_leave();
+        return;
+    }
+    if (likely(cls)) {
+        tcache_free_slow(p, cls);
+        return;
+    }
+    tc_leave();
+    free_generic(p, "free");
+}
+
 TM_EXPORT void TM_API(free)(void *p) {
     uintptr_t a = (uintptr_t)p;
     unsigned cls;
     uint32_t f;
     if (likely(small_block(a, &cls, &f))) {
         uint64_t cookie = a ^ tm_cookie_key;
-        uint64_t *slot = tm_cookie_slot(p, 0);
-        if (likely(*slot != cookie)) {
-            tm_tcache_t *tc = tc_enter();
-            tm_tc_bin_t *b = &tc->bins[cls];
-            void **top = b->top;
-            /* Bin 0 and the sentinel are always full. A block of another
-             * arena freed into an empty bin goes to the slow path, or the
-             * next malloc would hand it straight back: a thread given one
-             * object by another would go on using the cache line it shares
-             * with the other thread's objects (passive false sharing). */
-            if (likely(top != b->limit) &&
-                (likely(top != b->base) || f >> TM_FAST_ARENA_SHIFT == tm_tls.arena)) {
-                *slot = cookie;
-                *top = p;
-                __atomic_store_n(&b->top, top + 1, __ATOMIC_RELAXED);
-                tc_leave();
-                return;
-            }
-            if (likely(cls)) {
-                tcache_free_slow(p, cls);
-                return;
-            }
-            tc_leave();
-        } else {
-            free_suspect_double(p, cls);
+        if (likely(*tm_cookie_slot(p, 0) != cookie) && likely(!(f & TM_FAST_PURGED))) {
+            free_to_cache(p, cls, f, cookie);
             return;
         }
+        free_suspect_double(p, cls, f);
+        return;
     }
     free_generic(p, "free");
 }
@@ -167,13 +172,20 @@ static void free_generic(void *p, const char *call) {
     tm_invalid_pointer(call, p);
 }
 
-/* free() found the free-block cookie in p's last word. Every free small
- * block -- in any thread's cache or in its slab -- carries it, and malloc
- * clears it, so p is free already: a double free. (A program cannot write
- * the cookie by accident: it is the address xor a random per-process key.) */
-static void free_suspect_double(void *p, unsigned cls) {
+/* free() found the free-block cookie in p's second word, or p lies in a
+ * purged slab. Every free small block in a cache carries the cookie, and
+ * malloc clears it, so with the cookie there p is free already: a double
+ * free. (A program cannot write the cookie by accident: it is the address
+ * xor a random per-process key.) In a purged slab, _heapmin gave back pages
+ * of free blocks and their cookie words read zero, so the cookie proves
+ * nothing there: the slab's bitmap says whether p is free in it. */
+static void free_suspect_double(void *p, unsigned cls, uint32_t f) {
     if (!cls) { /* a large block starting a chunk: not cookie-protected */
         free_generic(p, "free");
+        return;
+    }
+    if (*tm_cookie_slot(p, 0) != tm_cookie_of(p) && !arena_block_is_free(p)) {
+        free_to_cache(p, cls, f, tm_cookie_of(p));
         return;
     }
     tm_double_free("free", p);

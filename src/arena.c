@@ -88,6 +88,40 @@ static void bin_remove_locked(tm_arena_bin_t *b, tm_slab_t *s) {
     s->on_list = 0;
 }
 
+/* Bitmap words are written under the arena lock but read without it by
+ * arena_block_is_free: relaxed atomic accesses (plain moves on x86). */
+TM_INLINE void bm_store(tm_slab_t *s, unsigned w, uint64_t v) {
+    __atomic_store_n(&s->bitmap[w], v, __ATOMIC_RELAXED);
+}
+
+/* Mark slab s purged or not (types.h), in its descriptor and in the fast[]
+ * entries of its pages, which send free() of its blocks to
+ * free_suspect_double while it is. */
+static void slab_set_purged_locked(tm_slab_t *s, bool purged) {
+    if (s->purged == purged) return;
+    s->purged = purged;
+    tm_chunk_t *c = slab_chunk(s);
+    uint32_t page = (uint32_t)((s->start - c->base) >> TM_PAGE_SHIFT);
+    for (uint32_t i = 0; i < tm_classes[s->cls].slab_pages; i++) {
+        uint32_t f = c->fast[page + i];
+        __atomic_store_n(&c->fast[page + i], purged ? f | TM_FAST_PURGED : f & ~TM_FAST_PURGED,
+                         __ATOMIC_RELEASE);
+    }
+}
+
+/* Is small block p free in its slab's bitmap? Read without the lock, for
+ * free() of a block in a purged slab, where the cookie proves nothing: a
+ * block the bitmap holds is not the program's to free. (A block that
+ * _heapmin holds out of the bitmap while it gives back pages reads as not
+ * free: a double free of it in that window goes unseen.) */
+bool arena_block_is_free(void *p) {
+    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
+    uint32_t idx;
+    tm_slab_t *s = c ? slab_of(c, (uintptr_t)p, &idx) : NULL;
+    if (!s) return false;
+    return (__atomic_load_n(&s->bitmap[idx >> 6], __ATOMIC_RELAXED) >> (idx & 63)) & 1;
+}
+
 static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
     const tm_class_t *k = &tm_classes[cls];
     uint32_t page;
@@ -113,7 +147,8 @@ static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
     s->nfree = (uint16_t)k->nblocks;
     /* No cookies yet: writing them would touch every page of the slab now
      * (s->fresh = 0; arena_refill writes each when it first hands it out). */
-    for (uint32_t i = 0; i < k->nblocks; i++) s->bitmap[i >> 6] |= 1ull << (i & 63);
+    for (uint32_t w = 0; w < k->nblocks; w += 64)
+        bm_store(s, w >> 6, k->nblocks - w >= 64 ? ~0ull : (1ull << (k->nblocks - w)) - 1);
     uint32_t fast = TM_FAST(cls, page, a->index);
     for (uint32_t i = 0; i < k->slab_pages; i++)
         __atomic_store_n(&c->fast[page + i], fast, __ATOMIC_RELEASE);
@@ -156,10 +191,14 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
                 slots[got++] = p;
                 s->nfree--;
             }
-            s->bitmap[w] = bits;
+            bm_store(s, w, bits);
             if (!bits) s->hint = (uint16_t)(w + 1);
         }
-        if (s->nfree == 0) bin_remove_locked(b, s);
+        if (s->nfree == 0) {
+            bin_remove_locked(b, s);
+            /* every free block has been handed out, with its cookie */
+            slab_set_purged_locked(s, false);
+        }
     }
     b->nmalloc += got;
     b->cur_blocks += got;
@@ -185,7 +224,7 @@ static void slab_return_locked(tm_arena_t *a, tm_chunk_t *c, void *p) {
         tm_write_after_free(p);
         *slot = tm_cookie_of(p);
     }
-    s->bitmap[idx >> 6] |= bit;
+    bm_store(s, idx >> 6, s->bitmap[idx >> 6] | bit);
     if ((idx >> 6) < s->hint) s->hint = (uint16_t)(idx >> 6);
     s->nfree++;
     tm_arena_bin_t *b = &a->bins[s->cls];
@@ -278,6 +317,7 @@ typedef struct slab_plan {
     uint32_t give;                          /* bit k: the slab's page k goes back */
     uint32_t tail;                          /* blocks [tail, nblocks) are free */
     bool lower;                             /* fresh becomes tail: all of them held */
+    bool purges;                            /* free blocks under the tail lose cookies */
 } slab_plan_t;
 
 /* Bits of the slab pages that bytes [lo, hi) of the slab touch. */
@@ -316,13 +356,14 @@ static bool slab_plan_hold_locked(tm_slab_t *s, slab_plan_t *pl) {
             pl->held[i >> 6] |= 1ull << (i & 63);
     }
     for (unsigned w = 0; w < TM_SLAB_MAX_BLOCKS / 64; w++) {
-        s->bitmap[w] &= ~pl->held[w];
+        bm_store(s, w, s->bitmap[w] & ~pl->held[w]);
         s->nfree = (uint16_t)(s->nfree - (unsigned)__builtin_popcountll(pl->held[w]));
     }
-    /* a given page under the tail may hold free blocks' cookie words (and
-     * parts of blocks whose cookie page stays: those keep theirs) */
-    uint32_t under_tail = tail ? slab_pages_mask(0, (uintptr_t)tail * size) : 0;
-    if (give & under_tail) s->purged = 1;
+    /* Free blocks on the given pages lose their cookie words (the free
+     * tail's get fresh lowered instead): from now on free() of a block of
+     * this slab asks the bitmap, not the cookie, whether it is free. */
+    pl->purges = true;
+    slab_set_purged_locked(s, true);
     return true;
 }
 
@@ -334,7 +375,7 @@ static void slab_put_back_locked(tm_arena_t *a, const slab_plan_t *pl) {
     tm_slab_t *s = pl->s;
     for (unsigned w = 0; w < TM_SLAB_MAX_BLOCKS / 64; w++) {
         if (!pl->held[w]) continue;
-        s->bitmap[w] |= pl->held[w];
+        bm_store(s, w, s->bitmap[w] | pl->held[w]);
         s->nfree = (uint16_t)(s->nfree + (unsigned)__builtin_popcountll(pl->held[w]));
         if (w < s->hint) s->hint = w & 7;
     }
@@ -344,6 +385,8 @@ static void slab_put_back_locked(tm_arena_t *a, const slab_plan_t *pl) {
      * handed out. Without lower, an unheld block past fresh may have been
      * handed out meanwhile, and fresh must stay where the refill left it. */
     if (pl->lower) s->fresh = (uint16_t)pl->tail;
+    /* a refill may have emptied the bitmap meanwhile and cleared purged */
+    if (pl->purges) slab_set_purged_locked(s, true);
     /* A block freed meanwhile may have emptied it: it stays on the list,
      * as the bins' spare empty slabs do, for the next _heapmin to free. */
     if (!s->on_list) bin_push_locked(&a->bins[s->cls], s);

@@ -122,7 +122,7 @@ static int check_slab_locked(tm_chunk_t *c, uint32_t p, uint32_t n, chk_sums_t *
     const tm_class_t *k = &tm_classes[cls];
     if (n != k->slab_pages || sl->nblocks != k->nblocks) return _HEAPBADNODE;
     if (n > 1 && c->pages[p + n - 1].kind != PAGE_INTERIOR) return _HEAPBADNODE;
-    uint32_t fast = TM_FAST(cls, p, c->arena->index);
+    uint32_t fast = TM_FAST(cls, p, c->arena->index) | (sl->purged ? TM_FAST_PURGED : 0);
     for (uint32_t i = p; i < p + n; i++)
         if (c->fast[i] != fast) return _HEAPBADNODE;
     if (sl->hint > TM_SLAB_MAX_BLOCKS / 64) return _HEAPBADNODE;

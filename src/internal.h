@@ -189,11 +189,13 @@ extern unsigned tm_narenas;
 /* chunk_t.fast[] entries (types.h) */
 #define TM_FAST_ARENA_SHIFT 22
 #define TM_FAST_CLS(f) ((f) & 0xffu)
+#define TM_FAST_PURGED 0x100u /* the slab is purged (types.h): free() checks its bitmap */
 #define TM_FAST_SLAB_OFF(f) ((f) & 0x3ff000u) /* the slab's byte offset in its chunk */
 #define TM_FAST(cls, page, arena) \
     ((uint32_t)(cls) | (uint32_t)(page) << TM_PAGE_SHIFT | (uint32_t)(arena) << TM_FAST_ARENA_SHIFT)
 tm_arena_t *arena_get(unsigned index);        /* creates on first use */
 unsigned arena_choose_locked(unsigned bound[]); /* registry lock held; bound[i]++ */
+bool arena_block_is_free(void *p);            /* small block p free in its slab (no lock) */
 /* Fill up to n slots of class cls; returns count (0 on OOM). */
 unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n);
 /* Return n blocks of class cls (from any arenas) to their slabs. */

@@ -252,6 +252,33 @@ static int child_uaf_word(void)
     return rc == _HEAPBADNODE ? 0 : 14;
 }
 
+/* A block freed twice, with _heapmin between the frees giving back the
+ * page that held it (and its cookie word): free() must still see it. */
+static int child_double_free_purged(void)
+{
+    enum { N = 360, SZ = 1280 }; /* 1280-byte blocks: slabs of 3 pages */
+    unsigned char *b[N];
+    for (int i = 0; i < N; i++) {
+        if (!(b[i] = TM_API(malloc)(SZ)))
+            return 10;
+        memset(b[i], 0x33, SZ);
+    }
+    unsigned char *x = NULL;
+    for (int i = N / 2; i < N && !x; i++)
+        if (((uintptr_t)b[i] & 4095) + SZ <= 4096)
+            x = b[i]; /* a block inside one page */
+    if (!x)
+        return 11;
+    uintptr_t pg = (uintptr_t)x & ~(uintptr_t)4095;
+    for (int i = 0; i < N; i++) /* free every block with a byte on that page */
+        if ((uintptr_t)b[i] < pg + 4096 && (uintptr_t)b[i] + SZ > pg)
+            TM_API(free)(b[i]);
+    if (TM_API(_heapmin)() != 0 || TM_API(_heapchk)() != _HEAPOK)
+        return 12;
+    TM_API(free)(x); /* aborts */
+    return 0;
+}
+
 static int child_uaf_byte(void)
 {
     volatile unsigned char *p = freed_in_slab(1000);
@@ -272,6 +299,13 @@ static void test_uaf_write_detected(void **state)
     assert_child_exits_zero(child_uaf_word, "write a word into a freed block");
     assert_child_exits_zero(child_uaf_byte, "write a byte into a freed block");
     assert_heap_ok(); /* the parent's heap is untouched */
+}
+
+static void test_double_free_after_heapmin(void **state)
+{
+    (void)state;
+    assert_child_aborts(child_double_free_purged, "free twice, _heapmin in between");
+    assert_heap_ok();
 }
 
 /* ---- _heapset ----------------------------------------------------------------------- */
@@ -760,6 +794,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_heapchk_empty),
         cmocka_unit_test(test_heapchk_every_step),
+        cmocka_unit_test(test_double_free_after_heapmin),
         cmocka_unit_test(test_heapchk_other_thread_cache),
         cmocka_unit_test(test_heap_errno_kept),
         cmocka_unit_test(test_uaf_write_detected),
