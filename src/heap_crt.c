@@ -304,8 +304,8 @@ TM_EXPORT int TM_API(_heapchk)(void) {
 }
 
 /* ---- _heapset ------------------------------------------------------------------
- * Fills the free small blocks but for their last 8 bytes (the cookie, which
- * double-free detection and _heapchk rely on) and the free
+ * Fills the free small blocks, all of them (writing their cookie afresh in
+ * bytes 8..15: double-free detection and _heapchk rely on it), and the free
  * runs with dirty pages (already resident; the purged and never-touched
  * ones read zero and are left alone, so _heapset never faults released
  * memory back in). A filled run is no longer known zero. */

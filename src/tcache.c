@@ -383,8 +383,9 @@ void tcache_settle_locked(tm_tcache_t *tc) {
  * owner visits one class, round robin: if the bin holds as many blocks as
  * at its last visit (a class the thread no longer uses keeps its count;
  * one in use moves), it gives back half of them, the older half, and its
- * refill batch halves; the next visit gives back the rest. The class's
- * transfer cache is visited the same way. The fast path does no
+ * refill batch halves; each later visit that finds it unchanged gives back
+ * half again. The class's transfer cache is visited too (all of it goes
+ * back if its count did not move). The fast path does no
  * bookkeeping for this: a program that only ever hits its cache makes no
  * slow-path calls, and keeps its blocks until _heapmin or thread exit. */
 #define TC_GC_EVERY 8
