@@ -7,8 +7,45 @@
  * a bit scan. A run's first and last page entries carry its kind and
  * length; that is what lets a freed run find and merge its neighbours in
  * O(1). Every function with _locked runs under the arena's lock.
+ *
+ * Resident free pages. Freed pages stay resident (a page fault costs more
+ * than the free saves), so an arena's resident size is every page it ever
+ * handed out, less what was purged: a free run's pages, once touched, count
+ * until _heapmin. To keep that from growing with fragmentation -- a big run
+ * that fits in no free run lands on fresh pages while the dirty ones lie
+ * idle -- each page of a free run carries a resident bit, and each arena
+ * counts its resident free pages; an allocation about to fault in fresh
+ * pages first hands idle resident ones back (see "growth purge").
  */
 #include "internal.h"
+
+/* ---- residency ----------------------------------------------------------------
+ * tm_page_t.pad, which nothing else reads, is the page's resident bit: on
+ * every page of a free run, 1 if the page may hold data the kernel keeps
+ * (it was handed out since its chunk was mapped or it was last purged), 0
+ * if it is known released. Freeing a run sets it on all its pages; a purge
+ * clears it. It says nothing about pages of live runs: a run's bits are
+ * rewritten when it is freed. The first page's `dirty` flag stays what
+ * other files read: set if any page of the run may be resident.
+ *
+ * rss[a->index] holds per arena, under its lock, the resident free pages
+ * and the growth purge's budget (below); one cache line each, as arenas
+ * exist to keep threads off each other's lines. */
+static struct {
+    _Alignas(64) size_t resident; /* pages of free runs with the resident bit set */
+    size_t credit;                /* pages the growth purge may still release */
+    uint64_t credit_ns;           /* when credit was last topped up */
+} rss[TM_MAX_ARENAS];
+
+static uint32_t count_resident(const tm_chunk_t *c, uint32_t page, uint32_t n) {
+    uint32_t r = 0;
+    for (uint32_t i = page; i < page + n; i++) r += c->pages[i].pad;
+    return r;
+}
+
+static void set_resident(tm_chunk_t *c, uint32_t page, uint32_t n, uint8_t bit) {
+    for (uint32_t i = page; i < page + n; i++) c->pages[i].pad = bit;
+}
 
 /* ---- free-run index ------------------------------------------------------ */
 
@@ -95,29 +132,168 @@ static void run_insert_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, 
     runs_index_insert_locked(a, c, h);
 }
 
+/* ---- growth purge -------------------------------------------------------------
+ * An allocation about to fault in fresh pages while the arena holds idle
+ * resident ones first gives idle ones back, so the resident size follows
+ * what the arena holds now rather than every layout it once had. It does
+ * so when at least PURGE_MIN pages are idle and either the growth is big
+ * (GROWTH_BIG fresh pages or more: a large run that fits in no resident
+ * free run) or the idle pages outnumber the live ones. A free never
+ * purges, and a program that reuses what it freed never gets here: only a
+ * footprint that changes shape touches fresh pages.
+ *
+ * The cost is a fault for each released page that is used again, and the
+ * madvise itself (about 2.4 us a page on the 2-core VM, several times that
+ * with many threads, whose TLBs the madvise must shoot down). A budget per
+ * arena bounds it whatever the program does: PURGE_BURST pages at once,
+ * then PURGE_RATE pages a second, so a footprint that keeps changing shape
+ * costs a few milliseconds a second at most. */
+#define PURGE_MIN 64u          /* pages (256 KiB) */
+#define GROWTH_BIG 64u         /* fresh pages (256 KiB) */
+#define PURGE_RATE 256u        /* pages a second (1 MiB/s) */
+#define PURGE_BURST 4096u      /* pages (16 MiB) */
+#define GROWTH_PURGE_BATCH 64  /* runs per purge */
+
+static size_t active_pages_locked(const tm_arena_t *a) {
+    size_t free_pages = 0;
+    for (const tm_chunk_t *c = a->chunks; c; c = c->next) free_pages += c->free_pages;
+    return a->nchunks * TM_CHUNK_PAGES - free_pages;
+}
+
+/* How many idle pages to give back before faulting in `fresh` pages while
+ * `idle` resident free pages lie elsewhere; 0 for none. */
+static size_t growth_purge_pages_locked(tm_arena_t *a, uint32_t fresh, size_t idle) {
+    if (idle < PURGE_MIN) return 0;
+    /* the budget; clock_gettime(CLOCK_MONOTONIC) is a vDSO call, not a
+     * system call */
+    uint64_t now = os_now_ns();
+    uint64_t earned = (now - rss[a->index].credit_ns) / (1000000000u / PURGE_RATE);
+    size_t credit = rss[a->index].credit;
+    if (earned) {
+        credit = earned >= PURGE_BURST - credit ? PURGE_BURST : credit + (size_t)earned;
+        rss[a->index].credit = credit;
+        rss[a->index].credit_ns = now;
+    }
+    if (credit < PURGE_MIN) return 0;
+    if (fresh < GROWTH_BIG && idle < active_pages_locked(a)) return 0;
+    return idle < credit ? idle : credit;
+}
+
+/* Take the run at `page` of c out of the free state into the one that
+ * walkers read as a large block the allocator holds (see growth_purge), or
+ * back. Its first page must be out of the index. */
+static void run_hold_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n) {
+    run_mark(c, page, n, PAGE_LARGE);
+    c->free_pages -= n;
+    a->large_allocated += (size_t)n << TM_PAGE_SHIFT;
+}
+
+static void run_unhold_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t n) {
+    c->free_pages += n;
+    a->large_allocated -= (size_t)n << TM_PAGE_SHIFT;
+}
+
+/* True if the run held at `page` is still held: only a bad free() of an
+ * address inside the heap can have freed it meanwhile. */
+static bool run_still_held(const tm_chunk_t *c, uint32_t page, uint32_t n) {
+    return c->pages[page].kind == PAGE_LARGE && c->pages[page].npages == n;
+}
+
+/* Give back about `want` resident free pages of arena a. While the lock is
+ * dropped for the madvise calls the runs are out of the index and held as
+ * large blocks of the allocator's own (PAGE_LARGE, counted in
+ * large_allocated, not in free_pages): _heapchk, _heapwalk and a concurrent
+ * trim all see a consistent heap, no free merges into them and no
+ * allocation takes them. Called and returns with the lock held. */
+static void growth_purge_locked(tm_arena_t *a, size_t want) {
+    struct { tm_chunk_t *c; uint32_t page, n; bool purged; } runs[GROWTH_PURGE_BATCH];
+    int nruns = 0;
+    size_t got = 0;
+    for (tm_chunk_t *c = a->chunks; c && got < want && nruns < GROWTH_PURGE_BATCH; c = c->next) {
+        for (uint32_t p = 0; p < TM_CHUNK_PAGES && got < want && nruns < GROWTH_PURGE_BATCH;) {
+            tm_page_t *h = &c->pages[p]; /* always a run's first page */
+            uint32_t n = h->npages, r;
+            if (h->kind == PAGE_FREE && h->dirty && (r = count_resident(c, p, n))) {
+                runs_index_remove_locked(a, h);
+                run_hold_locked(a, c, p, n);
+                rss[a->index].resident -= r;
+                runs[nruns].c = c;
+                runs[nruns].page = p;
+                runs[nruns].n = n;
+                nruns++;
+                got += r;
+            }
+            p += n;
+        }
+    }
+    if (!nruns) return;
+    rss[a->index].credit -= got < rss[a->index].credit ? got : rss[a->index].credit;
+    pthread_mutex_unlock(&a->lock);
+    for (int i = 0; i < nruns; i++) {
+        size_t bytes = (size_t)runs[i].n << TM_PAGE_SHIFT;
+        runs[i].purged = os_purge((void *)chunk_page_addr(runs[i].c, runs[i].page), bytes) == 0;
+        if (runs[i].purged) stats_add_released(bytes);
+    }
+    pthread_mutex_lock(&a->lock);
+    for (int i = 0; i < nruns; i++) {
+        tm_chunk_t *c = runs[i].c;
+        uint32_t p = runs[i].page, n = runs[i].n;
+        if (!run_still_held(c, p, n)) continue;
+        run_unhold_locked(a, c, n);
+        set_resident(c, p, n, !runs[i].purged);
+        if (!runs[i].purged) rss[a->index].resident += n;
+        run_insert_free_locked(a, c, p, n, runs[i].purged, !runs[i].purged);
+    }
+}
+
+/* Carve npages aligned to align_pages out of the best-fitting free run.
+ * May drop and retake the lock for a growth purge, as growing the arena
+ * does; the run it chose is held meanwhile, so the purge never makes it
+ * fail. */
 tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
                              uint32_t *page_out, bool *zeroed_out) {
     size_t need = npages + (align_pages > 1 ? align_pages - 1 : 0);
     if (need > TM_CHUNK_PAGES) return NULL;
-    uint32_t len = runs_find_locked(a, (uint32_t)need);
-    if (!len) return NULL;
-    tm_page_t *h = a->runs[len];
-    runs_index_remove_locked(a, h);
-    tm_chunk_t *c = page_chunk(h);
-    uint32_t page = chunk_page_index(c, h);
+    tm_page_t *h;
+    tm_chunk_t *c;
+    uint32_t len, page, start, resident;
+    for (bool may_purge = true;; may_purge = false) {
+        len = runs_find_locked(a, (uint32_t)need);
+        if (!len) return NULL;
+        h = a->runs[len];
+        c = page_chunk(h);
+        page = start = chunk_page_index(c, h);
+        if (align_pages > 1) {
+            uintptr_t addr = chunk_page_addr(c, page);
+            uintptr_t al = align_pages << TM_PAGE_SHIFT;
+            start = (uint32_t)((((addr + al - 1) & ~(al - 1)) - c->base) >> TM_PAGE_SHIFT);
+        }
+        resident = count_resident(c, start, (uint32_t)npages);
+        runs_index_remove_locked(a, h);
+        if (!may_purge || resident == npages) break;
+        size_t idle = rss[a->index].resident - count_resident(c, page, len);
+        size_t want = growth_purge_pages_locked(a, (uint32_t)npages - resident, idle);
+        if (!want) break;
+        /* held while the lock is dropped, the run is no free run: its
+         * resident pages are counted again when it is one */
+        rss[a->index].resident -= count_resident(c, page, len);
+        run_hold_locked(a, c, page, len);
+        growth_purge_locked(a, want); /* drops the lock */
+        if (run_still_held(c, page, len)) {
+            run_unhold_locked(a, c, len);
+            rss[a->index].resident += count_resident(c, page, len);
+            resident = count_resident(c, start, (uint32_t)npages);
+            break;
+        }
+    }
     bool zeroed = h->zeroed, dirty = h->dirty;
     h->kind = PAGE_INTERIOR;
     c->pages[page + len - 1].kind = PAGE_INTERIOR;
-    uint32_t start = page;
-    if (align_pages > 1) {
-        uintptr_t addr = chunk_page_addr(c, page);
-        uintptr_t al = align_pages << TM_PAGE_SHIFT;
-        start = (uint32_t)((((addr + al - 1) & ~(al - 1)) - c->base) >> TM_PAGE_SHIFT);
-    }
     if (start > page) run_insert_free_locked(a, c, page, start - page, zeroed, dirty);
     uint32_t end = start + (uint32_t)npages, rend = page + len;
     if (rend > end) run_insert_free_locked(a, c, end, rend - end, zeroed, dirty);
     for (uint32_t i = start; i < end; i++) c->pages[i].kind = PAGE_INTERIOR;
+    rss[a->index].resident -= resident;
     c->free_pages -= (uint32_t)npages;
     *page_out = start;
     *zeroed_out = zeroed;
@@ -125,7 +301,11 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
 }
 
 void run_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages) {
-    for (uint32_t i = page; i < page + npages; i++) c->fast[i] = 0;
+    for (uint32_t i = page; i < page + npages; i++) {
+        c->fast[i] = 0;
+        c->pages[i].pad = 1;
+    }
+    rss[a->index].resident += npages;
     c->free_pages += npages;
     run_insert_free_locked(a, c, page, npages, false, true);
 }
@@ -142,6 +322,7 @@ bool run_try_grow_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n
     rh->kind = PAGE_INTERIOR;
     c->pages[end + rn - 1].kind = PAGE_INTERIOR;
     if (rn > extra) run_insert_free_locked(a, c, end + extra, rn - extra, zeroed, dirty);
+    rss[a->index].resident -= count_resident(c, end, extra);
     for (uint32_t i = end; i < end + extra; i++) c->pages[i].kind = PAGE_INTERIOR;
     c->pages[page + npages - 1].kind = PAGE_INTERIOR;
     run_mark(c, page, new_npages, PAGE_LARGE);
@@ -193,6 +374,7 @@ void chunk_attach_locked(tm_arena_t *a, tm_chunk_t *c) {
 void chunk_detach_locked(tm_arena_t *a, tm_chunk_t *c) {
     tm_assert(c->free_pages == TM_CHUNK_PAGES);
     runs_index_remove_locked(a, &c->pages[0]);
+    rss[a->index].resident -= count_resident(c, 0, TM_CHUNK_PAGES);
     if (c->prev) c->prev->next = c->next;
     else a->chunks = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -210,74 +392,86 @@ bool chunk_destroy(tm_chunk_t *c) {
     return true;
 }
 
-/* Give back the pages of chunk c's descriptor that describe nothing: page
- * entries that are neither the first nor the last page of a run, and slab
- * entries of pages where no slab starts. Both read zero afterwards, which is
- * what an unused entry holds (PAGE_INTERIOR is 0; a slab entry is cleared
- * when a slab is made). The descriptor pages are few and madvise of them is
- * quick, so this one runs under the arena lock. */
-static size_t chunk_purge_descriptor_locked(tm_chunk_t *c) {
-    uint64_t needed_page[TM_CHUNK_PAGES / 64] = {0}, needed_slab[TM_CHUNK_PAGES / 64] = {0};
-    for (uint32_t p = 0; p < TM_CHUNK_PAGES;) {
-        uint32_t n = c->pages[p].npages;
-        if (n == 0 || p + n > TM_CHUNK_PAGES) return 0; /* not a clean walk: leave it */
-        needed_page[p >> 6] |= 1ull << (p & 63);
-        needed_page[(p + n - 1) >> 6] |= 1ull << ((p + n - 1) & 63);
-        if (c->pages[p].kind == PAGE_SLAB) needed_slab[p >> 6] |= 1ull << (p & 63);
-        p += n;
-    }
-    size_t released = 0;
-    struct { char *base; size_t esize; const uint64_t *needed; } arrays[2] = {
-        {(char *)c->pages, sizeof(tm_page_t), needed_page},
-        {(char *)c->slabs, sizeof(tm_slab_t), needed_slab},
+/* Give back the pages of chunk c's descriptor that describe only the free
+ * run [page, page + n), which arena_purge holds out of the index and has
+ * just purged: the page entries strictly inside the run (its first and
+ * last entries carry its length, which walks read while it is held) and
+ * the slab entries of all its pages. Until the run is put back nobody reads
+ * or writes them -- no slab or large block is cut from a run out of the
+ * index, and a neighbour freed meanwhile looks only at the run's end
+ * entries -- so the madvise needs no lock. They read zero afterwards, which
+ * is what they hold once the run is back: an interior entry is
+ * PAGE_INTERIOR (0) with its resident bit clear (the run was purged), and a
+ * slab entry is cleared when a slab is made. Entries of live runs are never
+ * given back, even those that describe nothing: a large block shrunk in
+ * place, or a freed slab's run cut again, would write them while the lock
+ * is dropped. Best effort: a refusal leaves them as they were. */
+static void run_purge_descriptor(tm_chunk_t *c, uint32_t page, uint32_t n) {
+    struct { uintptr_t lo, hi; } r[2] = {
+        {(uintptr_t)&c->pages[page + 1], (uintptr_t)&c->pages[page + n - 1]},
+        {(uintptr_t)&c->slabs[page], (uintptr_t)&c->slabs[page + n]},
     };
     for (int k = 0; k < 2; k++) {
-        uintptr_t lo = ((uintptr_t)arrays[k].base + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
-        uintptr_t hi = ((uintptr_t)arrays[k].base + TM_CHUNK_PAGES * arrays[k].esize) &
-                       ~(uintptr_t)TM_PAGE_MASK;
-        for (uintptr_t pg = lo; pg < hi; pg += TM_PAGE) {
-            size_t first = (pg - (uintptr_t)arrays[k].base) / arrays[k].esize;
-            size_t last = (pg + TM_PAGE - 1 - (uintptr_t)arrays[k].base) / arrays[k].esize;
-            bool used = false;
-            for (size_t e = first; e <= last && !used; e++)
-                used = (arrays[k].needed[e >> 6] >> (e & 63)) & 1;
-            if (!used && os_purge((void *)pg, TM_PAGE) == 0) released += TM_PAGE;
-        }
+        uintptr_t lo = (r[k].lo + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
+        uintptr_t hi = r[k].hi & ~(uintptr_t)TM_PAGE_MASK;
+        if (hi > lo) os_purge((void *)lo, hi - lo);
     }
-    return released;
+}
+
+/* Clear the resident bits of [page, page + n) where set: a store to an
+ * entry run_purge_descriptor gave back would fault its page in again. */
+static void clear_resident(tm_chunk_t *c, uint32_t page, uint32_t n) {
+    for (uint32_t i = page; i < page + n; i++)
+        if (c->pages[i].pad) c->pages[i].pad = 0;
 }
 
 /* ---- purge ------------------------------------------------------------------
  * Under the lock, take dirty free runs out of the index (their first/last
  * page marked PAGE_UNUSED so neighbours do not merge into them) and detach
- * empty chunks; drop the lock for the madvise/munmap calls; then take the
+ * empty chunks; drop the lock for the madvise/munmap calls -- the runs'
+ * pages, and the descriptor pages that describe only them -- then take the
  * lock again to put the purged runs back, zeroed and clean. Repeats in
- * batches until nothing dirty is left. */
+ * batches until nothing dirty is left. No lock is held across a system
+ * call. */
 #define PURGE_BATCH 64
 
 size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
     size_t released = 0;
     bool may_unmap = unmap_empty;
+    if (unmap_empty) { /* a hold of its own: it walks every bin */
+        pthread_mutex_lock(&a->lock);
+        arena_release_empty_slabs_locked(a);
+        pthread_mutex_unlock(&a->lock);
+    }
+    /* Each round goes on where the last one stopped -- chunk c, its pages
+     * from `from` on -- instead of walking again, under the lock, the runs
+     * it already made clean. c stays valid while the lock is dropped:
+     * chunks are detached only here, and callers hold the trim lock. */
+    tm_chunk_t *c = NULL;
+    uint32_t from = 0;
     for (int round = 0; round < 1 << 16; round++) {
         struct { tm_chunk_t *c; uint32_t page, n; } runs[PURGE_BATCH];
         tm_chunk_t *empty[PURGE_BATCH];
         int nruns = 0, nempty = 0;
         pthread_mutex_lock(&a->lock);
-        if (round == 0 && unmap_empty) arena_release_empty_slabs_locked(a);
-        for (tm_chunk_t *c = a->chunks, *next; c && nruns < PURGE_BATCH &&
-                                               nempty < PURGE_BATCH; c = next) {
-            next = c->next;
+        if (round == 0) c = a->chunks;
+        while (c && nruns < PURGE_BATCH && nempty < PURGE_BATCH) {
+            tm_chunk_t *next = c->next;
             if (may_unmap && c->free_pages == TM_CHUNK_PAGES) {
                 chunk_detach_locked(a, c);
                 empty[nempty++] = c;
+                c = next;
+                from = 0;
                 continue;
             }
-            for (uint32_t p = 0; p < TM_CHUNK_PAGES && nruns < PURGE_BATCH; ) {
+            uint32_t p = 0; /* run heads are found from the chunk's first page */
+            while (p < TM_CHUNK_PAGES && nruns < PURGE_BATCH) {
                 tm_page_t *h = &c->pages[p]; /* always a run's first page */
                 uint32_t n = h->npages;
                 tm_assert(n >= 1);
-                if (h->kind == PAGE_FREE && h->dirty) {
+                if (p >= from && h->kind == PAGE_FREE && h->dirty) {
                     runs_index_remove_locked(a, h);
+                    rss[a->index].resident -= count_resident(c, p, n);
                     h->kind = PAGE_UNUSED;
                     c->pages[p + n - 1].kind = PAGE_UNUSED;
                     runs[nruns].c = c;
@@ -287,6 +481,12 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
                 }
                 p += n;
             }
+            if (p < TM_CHUNK_PAGES) { /* the batch is full: the rest of c next round */
+                from = p;
+                break;
+            }
+            c = next;
+            from = 0;
         }
         pthread_mutex_unlock(&a->lock);
         if (nruns == 0 && nempty == 0) break;
@@ -302,6 +502,7 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
             if (purged[i]) {
                 released += bytes;
                 stats_add_released(bytes);
+                run_purge_descriptor(runs[i].c, runs[i].page, runs[i].n);
             }
         }
         unsigned failed = (unsigned)kept;
@@ -312,28 +513,21 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
                 chunk_attach_locked(a, empty[i]);
                 empty[i]->pages[0].zeroed = 0;
                 empty[i]->pages[0].dirty = 1;
+                set_resident(empty[i], 0, TM_CHUNK_PAGES, 1);
+                rss[a->index].resident += TM_CHUNK_PAGES;
             }
             /* a run the kernel would not purge keeps its dirty bytes */
-            for (int i = 0; i < nruns; i++)
+            for (int i = 0; i < nruns; i++) {
+                if (purged[i]) clear_resident(runs[i].c, runs[i].page, runs[i].n);
+                else set_resident(runs[i].c, runs[i].page, runs[i].n, 1);
+                if (!purged[i]) rss[a->index].resident += runs[i].n;
                 run_insert_free_locked(a, runs[i].c, runs[i].page, runs[i].n, purged[i],
                                        !purged[i]);
+            }
             pthread_mutex_unlock(&a->lock);
         }
         if (failures) *failures += failed;
         if (failed) break; /* the kernel refuses: do not spin on the same runs */
-    }
-    /* Chunks that stay: their free pages are gone, so most of their
-     * descriptor describes nothing now. One chunk per lock hold. */
-    for (size_t i = 0;; i++) {
-        pthread_mutex_lock(&a->lock);
-        tm_chunk_t *c = a->chunks;
-        for (size_t k = 0; c && k < i; k++) c = c->next;
-        if (!c) {
-            pthread_mutex_unlock(&a->lock);
-            break;
-        }
-        released += chunk_purge_descriptor_locked(c);
-        pthread_mutex_unlock(&a->lock);
     }
     return released;
 }
