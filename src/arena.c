@@ -61,7 +61,7 @@ static bool arena_grow_locked(tm_arena_t *a) {
 /* ---- slabs ------------------------------------------------------------------ */
 
 tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out) {
-    uint32_t e = c->fast[(p - c->base) >> TM_PAGE_SHIFT];
+    uint32_t e = __atomic_load_n(&c->fast[(p - c->base) >> TM_PAGE_SHIFT], __ATOMIC_RELAXED);
     unsigned cls = e & 0xff;
     if (!cls) return NULL;
     uint64_t off = (p - c->base) - TM_FAST_SLAB_OFF(e);

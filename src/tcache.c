@@ -432,7 +432,7 @@ static uint32_t refill_want(tm_tc_bin_t *b, uint32_t room) {
 /* The index of the arena that owns small block p. */
 static unsigned block_arena(void *p) {
     tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
-    uint32_t f = c->fast[((uintptr_t)p - c->base) >> TM_PAGE_SHIFT];
+    uint32_t f = __atomic_load_n(&c->fast[((uintptr_t)p - c->base) >> TM_PAGE_SHIFT], __ATOMIC_RELAXED);
     return f >> TM_FAST_ARENA_SHIFT;
 }
 
