@@ -20,7 +20,7 @@
 #include "internal.h"
 
 /* ---- residency ----------------------------------------------------------------
- * tm_page_t.pad, which nothing else reads, is the page's resident bit: on
+ * tm_page_t.resident, which nothing else reads, is the page's resident bit: on
  * every page of a free run, 1 if the page may hold data the kernel keeps
  * (it was handed out since its chunk was mapped or it was last purged), 0
  * if it is known released. Freeing a run sets it on all its pages; a purge
@@ -39,12 +39,12 @@ static struct {
 
 static uint32_t count_resident(const tm_chunk_t *c, uint32_t page, uint32_t n) {
     uint32_t r = 0;
-    for (uint32_t i = page; i < page + n; i++) r += c->pages[i].pad;
+    for (uint32_t i = page; i < page + n; i++) r += c->pages[i].resident;
     return r;
 }
 
 static void set_resident(tm_chunk_t *c, uint32_t page, uint32_t n, uint8_t bit) {
-    for (uint32_t i = page; i < page + n; i++) c->pages[i].pad = bit;
+    for (uint32_t i = page; i < page + n; i++) c->pages[i].resident = bit;
 }
 
 /* ---- free-run index ------------------------------------------------------ */
@@ -303,7 +303,7 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
 void run_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages) {
     for (uint32_t i = page; i < page + npages; i++) {
         c->fast[i] = 0;
-        c->pages[i].pad = 1;
+        c->pages[i].resident = 1;
     }
     rss[a->index].resident += npages;
     c->free_pages += npages;
@@ -422,7 +422,7 @@ static void run_purge_descriptor(tm_chunk_t *c, uint32_t page, uint32_t n) {
  * entry run_purge_descriptor gave back would fault its page in again. */
 static void clear_resident(tm_chunk_t *c, uint32_t page, uint32_t n) {
     for (uint32_t i = page; i < page + n; i++)
-        if (c->pages[i].pad) c->pages[i].pad = 0;
+        if (c->pages[i].resident) c->pages[i].resident = 0;
 }
 
 /* ---- purge ------------------------------------------------------------------

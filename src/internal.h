@@ -145,7 +145,8 @@ bool chunk_destroy(tm_chunk_t *c);           /* unlocked, detached; false if mun
 void chunk_attach_locked(tm_arena_t *a, tm_chunk_t *c);
 void chunk_detach_locked(tm_arena_t *a, tm_chunk_t *c);
 /* Take a run of npages aligned to align_pages from the arena's free runs;
- * returns its first page index's chunk and page, or NULL. */
+ * returns its first page index's chunk and page, or NULL. May drop and
+ * retake the arena lock (the growth purge, chunk.c), as arena_grow does. */
 tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
                              uint32_t *page_out, bool *zeroed_out);
 void run_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages);

@@ -99,7 +99,7 @@ typedef struct tm_page {
     uint8_t kind;
     uint8_t zeroed;     /* free run: every byte is known zero (fresh/purged) */
     uint8_t dirty;      /* free run: has pages not yet returned to the kernel */
-    uint8_t pad;
+    uint8_t resident;   /* free run's page: may still be resident (chunk.c) */
     uint16_t npages;    /* run length, on first and last page */
     uint16_t index;     /* free run's first page: its own index, which leads
                            back to its chunk (page_chunk) */
