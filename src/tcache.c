@@ -173,7 +173,7 @@ static uint32_t bin_cap_max(unsigned cls) {
  * grow), and the slots of a whole cache: fixed once the options are read
  * (tcache_scale is not settable after start). */
 static uint32_t slot_first[TM_NCLASSES + 1], slot_grown[TM_NCLASSES + 1];
-static size_t slot_total;
+static size_t slot_grown_start, slot_total;
 
 static void slot_layout_init(void) {
     size_t n = 0;
@@ -181,11 +181,25 @@ static void slot_layout_init(void) {
         slot_first[c] = (uint32_t)n;
         n += bin_cap(c);
     }
+    slot_grown_start = n;
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         slot_grown[c] = bin_cap_max(c) > bin_cap(c) ? (uint32_t)n : 0;
         if (slot_grown[c]) n += bin_cap_max(c);
     }
     slot_total = n;
+}
+
+/* Give the pages of tc's grown-bin slots back to the kernel. Only once
+ * every bin is back in its first-size slots (a drain), with tc->mu held
+ * and the owner off its fast path: a bin that grew meanwhile would write
+ * slots the kernel is zeroing. (tc->mu is held across the madvise: only
+ * the owner, stopped by the drain anyway, and trimmers ever take it.) */
+static void slots_release_grown(tm_tcache_t *tc) {
+    uintptr_t lo = (uintptr_t)((void **)tc->slots_mem + slot_grown_start);
+    uintptr_t hi = (uintptr_t)((void **)tc->slots_mem + slot_total);
+    lo = (lo + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
+    hi &= ~(uintptr_t)TM_PAGE_MASK;
+    if (hi > lo && os_purge((void *)lo, hi - lo) == 0) stats_add_released(hi - lo);
 }
 
 /* Put bin c of tc at its first size, in its first-size slots, with the
@@ -209,6 +223,7 @@ void tcache_drain_locked(tm_tcache_t *tc) {
         if (b->top != b->base) arena_flush(c, b->base, tc_bin_count(b));
         bin_reset(tc, c, 0); /* back to its first size */
     }
+    if (tc->slots_mem) slots_release_grown(tc);
 }
 
 /* The most blocks one cache can hold, for the options in force. */
@@ -236,6 +251,7 @@ size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]) {
         }
         bin_reset(tc, c, 0);
     }
+    if (tc->slots_mem) slots_release_grown(tc);
     return n;
 }
 
