@@ -69,7 +69,7 @@ static void xfer_init(void) {
 /* Park n blocks; false if there is no room (the caller flushes them). */
 static bool xfer_put(unsigned cls, void **blocks, uint32_t n) {
     tm_xfer_t *x = &xfer[cls];
-    if (__atomic_load_n(&x->count, __ATOMIC_RELAXED) + n > x->cap) return false;
+    if (__atomic_load_n(&x->count, __ATOMIC_RELAXED) + n > __atomic_load_n(&x->cap, __ATOMIC_RELAXED)) return false;
     pthread_mutex_lock(&x->lock);
     uint32_t cnt = x->count;
     bool ok = cnt + n <= x->cap;
@@ -99,6 +99,17 @@ void xfer_drain_all(void) {
         pthread_mutex_lock(&x->lock);
         if (x->count) arena_flush(c, x->slots, x->count);
         __atomic_store_n(&x->count, 0, __ATOMIC_RELAXED);
+        /* Its slot pages go back too: with cap 0 meanwhile, every put is
+         * refused (the block goes to its arena) and every get finds
+         * nothing, so no one writes them while the lock is dropped. */
+        uint32_t cap = x->cap;
+        __atomic_store_n(&x->cap, 0, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&x->lock);
+        uintptr_t lo = ((uintptr_t)x->slots + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
+        uintptr_t hi = ((uintptr_t)(x->slots + cap)) & ~(uintptr_t)TM_PAGE_MASK;
+        if (x->slots && hi > lo) os_purge((void *)lo, hi - lo); /* metadata: not counted as released */
+        pthread_mutex_lock(&x->lock);
+        __atomic_store_n(&x->cap, cap, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&x->lock);
     }
 }
@@ -199,7 +210,7 @@ static void slots_release_grown(tm_tcache_t *tc) {
     uintptr_t hi = (uintptr_t)((void **)tc->slots_mem + slot_total);
     lo = (lo + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
     hi &= ~(uintptr_t)TM_PAGE_MASK;
-    if (hi > lo && os_purge((void *)lo, hi - lo) == 0) stats_add_released(hi - lo);
+    if (hi > lo) os_purge((void *)lo, hi - lo); /* metadata: not counted as released */
 }
 
 /* Put bin c of tc at its first size, in its first-size slots, with the
