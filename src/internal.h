@@ -55,7 +55,9 @@
  *   TRIM (_heapmin, fork)  <  THREADS (tcache registry)  <  TCACHE (tc->mu)
  *   <  XFER (per class)  <  ARENA (one at a time, or in index order for walks/fork)
  *   <  HUGE  <  PAGEMAP  <  META
- * No lock is held across mmap/munmap/madvise/mremap. */
+ * No lock is held across mmap/munmap/madvise/mremap, but for the rare
+ * leaf-rank maps (pagemap leaf, metadata region) and a drain's madvise of
+ * its own cache's grown-bin slots under tc->mu (docs/design.md). */
 
 /* The allocator's busy locks (arenas, transfer caches, thread caches) are
  * held for a few hundred instructions: an adaptive mutex spins briefly
