@@ -190,6 +190,11 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
                 }
                 slots[got++] = p;
                 s->nfree--;
+                /* counted as it goes: slab_create_locked may drop the lock
+                 * (chunk growth, growth purge), and a _heapchk then must
+                 * find the bin's count matching its slabs */
+                b->cur_blocks++;
+                b->nmalloc++;
             }
             bm_store(s, w, bits);
             if (!bits) s->hint = (uint16_t)(w + 1);
@@ -200,8 +205,6 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
             slab_set_purged_locked(s, false);
         }
     }
-    b->nmalloc += got;
-    b->cur_blocks += got;
     pthread_mutex_unlock(&a->lock);
     return got;
 }
