@@ -43,7 +43,7 @@ TM_INLINE void *small_alloc(size_t size, unsigned cls) {
         void *p = *--top;
         __atomic_store_n(&b->top, top, __ATOMIC_RELAXED);
         tc_leave();
-        *tm_cookie_slot(p, 0) = 0; /* clear the free-block cookie */
+        *tm_cookie_slot(p) = 0; /* clear the free-block cookie */
         return p;
     }
     return tcache_malloc_slow(size, cls);
@@ -88,7 +88,7 @@ TM_INLINE void free_to_cache(void *p, unsigned cls, uint32_t f, uint64_t cookie)
      * objects (passive false sharing). */
     if (likely(top != b->limit) &&
         (likely(top != b->base) || f >> TM_FAST_ARENA_SHIFT == tm_tls.arena)) {
-        *tm_cookie_slot(p, 0) = cookie;
+        *tm_cookie_slot(p) = cookie;
         *top = p;
         __atomic_store_n(&b->top, top + 1, __ATOMIC_RELAXED);
         tc_leave();
@@ -108,7 +108,7 @@ TM_EXPORT void TM_API(free)(void *p) {
     uint32_t f;
     if (likely(small_block(a, &cls, &f))) {
         uint64_t cookie = a ^ tm_cookie_key;
-        if (likely(*tm_cookie_slot(p, 0) != cookie) && likely(!(f & TM_FAST_PURGED))) {
+        if (likely(*tm_cookie_slot(p) != cookie) && likely(!(f & TM_FAST_PURGED))) {
             free_to_cache(p, cls, f, cookie);
             return;
         }
@@ -184,7 +184,7 @@ static void free_suspect_double(void *p, unsigned cls, uint32_t f) {
         free_generic(p, "free");
         return;
     }
-    if (*tm_cookie_slot(p, 0) != tm_cookie_of(p) && !arena_block_is_free(p)) {
+    if (*tm_cookie_slot(p) != tm_cookie_of(p) && !arena_block_is_free(p)) {
         free_to_cache(p, cls, f, tm_cookie_of(p));
         return;
     }
@@ -207,7 +207,7 @@ size_t tm_usable_size(void *p, const char *caller) {
                 tm_invalid_pointer(caller, p);
                 return 0;
             }
-            if (*tm_cookie_slot(p, tm_classes[cls].size) == tm_cookie_of(p)) {
+            if (*tm_cookie_slot(p) == tm_cookie_of(p)) {
                 tm_double_free(caller, p);
                 return 0;
             }

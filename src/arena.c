@@ -185,7 +185,7 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
                 bits &= bits - 1;
                 void *p = (void *)(s->start + (uintptr_t)i * size);
                 if (i >= s->fresh || s->purged) { /* it may have no cookie: give it one */
-                    *tm_cookie_slot(p, size) = tm_cookie_of(p);
+                    *tm_cookie_slot(p) = tm_cookie_of(p);
                     if (i >= s->fresh) s->fresh = (uint16_t)(i + 1);
                 }
                 slots[got++] = p;
@@ -222,7 +222,7 @@ static void slab_return_locked(tm_arena_t *a, tm_chunk_t *c, void *p) {
         tm_double_free("free", p);
         return;
     }
-    uint64_t *slot = tm_cookie_slot(p, tm_classes[s->cls].size);
+    uint64_t *slot = tm_cookie_slot(p);
     if (unlikely(*slot != tm_cookie_of(p))) { /* written to after it was freed */
         tm_write_after_free(p);
         *slot = tm_cookie_of(p);
@@ -370,10 +370,6 @@ static bool slab_plan_hold_locked(tm_slab_t *s, slab_plan_t *pl) {
     return true;
 }
 
-static size_t purge_range(uintptr_t lo, uintptr_t hi) {
-    return hi > lo && os_purge((void *)lo, hi - lo) == 0 ? hi - lo : 0;
-}
-
 static void slab_put_back_locked(tm_arena_t *a, const slab_plan_t *pl) {
     tm_slab_t *s = pl->s;
     for (unsigned w = 0; w < TM_SLAB_MAX_BLOCKS / 64; w++) {
@@ -434,13 +430,13 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
                 if (!((plan[k].give >> pg) & 1)) continue;
                 uintptr_t at = plan[k].s->start + ((uintptr_t)pg << TM_PAGE_SHIFT);
                 if (at != r1) {
-                    released += purge_range(r0, r1);
+                    released += os_purge_inside((void *)r0, (void *)r1);
                     r0 = at;
                 }
                 r1 = at + TM_PAGE;
             }
         }
-        released += purge_range(r0, r1);
+        released += os_purge_inside((void *)r0, (void *)r1);
         if (!n) continue;
         pthread_mutex_lock(&a->lock);
         for (int k = 0; k < n; k++) slab_put_back_locked(a, &plan[k]);

@@ -407,15 +407,8 @@ bool chunk_destroy(tm_chunk_t *c) {
  * place, or a freed slab's run cut again, would write them while the lock
  * is dropped. Best effort: a refusal leaves them as they were. */
 static void run_purge_descriptor(tm_chunk_t *c, uint32_t page, uint32_t n) {
-    struct { uintptr_t lo, hi; } r[2] = {
-        {(uintptr_t)&c->pages[page + 1], (uintptr_t)&c->pages[page + n - 1]},
-        {(uintptr_t)&c->slabs[page], (uintptr_t)&c->slabs[page + n]},
-    };
-    for (int k = 0; k < 2; k++) {
-        uintptr_t lo = (r[k].lo + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
-        uintptr_t hi = r[k].hi & ~(uintptr_t)TM_PAGE_MASK;
-        if (hi > lo) os_purge((void *)lo, hi - lo);
-    }
+    os_purge_inside(&c->pages[page + 1], &c->pages[page + n - 1]);
+    os_purge_inside(&c->slabs[page], &c->slabs[page + n]);
 }
 
 /* Clear the resident bits of [page, page + n) where set: a store to an

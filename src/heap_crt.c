@@ -60,16 +60,15 @@ static bool is_page_run_kind(uint8_t k) {
  * while it sits in a thread cache is repaired, not seen, when the cache is
  * drained (our own drain included): we see writes into blocks that are
  * back in their slab -- after a drain (_heapchk, _heapwalk, _heapmin), a
- * cache overflow or the thread's exit. */
-static bool free_block_damaged(uintptr_t b, uint32_t size) {
-    return *(const volatile uint64_t *)tm_cookie_slot((void *)b, size) != (b ^ tm_cookie_key);
-}
-
-/* The same for block i of slab sl, free in its bitmap: no cookie is due
- * past fresh, and in a purged slab the word may read zero (types.h). */
-static bool slab_block_damaged(const tm_slab_t *sl, uint32_t i, uintptr_t b, uint32_t size) {
-    if (i >= sl->fresh || !free_block_damaged(b, size)) return false;
-    return !(sl->purged && *(const volatile uint64_t *)tm_cookie_slot((void *)b, size) == 0);
+ * cache overflow or the thread's exit.
+ *
+ * Block i (at b) of slab sl, free in its bitmap, is damaged if its cookie
+ * word is wrong: no cookie is due past fresh, and in a purged slab the word
+ * may read zero (types.h). */
+static bool slab_block_damaged(const tm_slab_t *sl, uint32_t i, uintptr_t b) {
+    if (i >= sl->fresh) return false;
+    uint64_t w = *(const volatile uint64_t *)tm_cookie_slot((void *)b);
+    return w != (b ^ tm_cookie_key) && !(sl->purged && w == 0);
 }
 
 /* Pages inside a run (not its first or last) read PAGE_INTERIOR, or
@@ -138,7 +137,7 @@ static int check_slab_locked(tm_chunk_t *c, uint32_t p, uint32_t n, chk_sums_t *
         while (bits) {
             unsigned i = lo + (unsigned)__builtin_ctzll(bits);
             bits &= bits - 1;
-            if (slab_block_damaged(sl, i, start + (uintptr_t)i * k->size, k->size))
+            if (slab_block_damaged(sl, i, start + (uintptr_t)i * k->size))
                 return _HEAPBADNODE;
         }
     }
@@ -326,7 +325,7 @@ static void fill_arena_locked(tm_arena_t *a, unsigned char fill) {
                         unsigned i = w * 64 + (unsigned)__builtin_ctzll(bits);
                         char *b = (char *)(sl->start + (uintptr_t)i * size);
                         memset(b, fill, size);
-                        *tm_cookie_slot(b, (uint32_t)size) = tm_cookie_of(b);
+                        *tm_cookie_slot(b) = tm_cookie_of(b);
                     }
                 }
                 sl->fresh = sl->nblocks; /* every free block now has its cookie */
@@ -454,7 +453,7 @@ static int chunk_next_locked(tm_chunk_t *c, uintptr_t from, walk_entry_t *out) {
             if (i < sl->nblocks) {
                 uintptr_t b = rs + (uintptr_t)i * size;
                 bool free_ = (sl->bitmap[i >> 6] >> (i & 63)) & 1;
-                if (free_ && slab_block_damaged(sl, i, b, (uint32_t)size))
+                if (free_ && slab_block_damaged(sl, i, b))
                     return _HEAPBADNODE;
                 *out = (walk_entry_t){b, size, !free_};
                 return _HEAPOK;
@@ -685,7 +684,7 @@ static size_t live_block_size(uintptr_t a) {
         if (f & 0xff) {
             uint32_t idx;
             if (!slab_of(c, a, &idx)) return 0;
-            if (*tm_cookie_slot((void *)a, tm_classes[f & 0xff].size) == tm_cookie_of((void *)a))
+            if (*tm_cookie_slot((void *)a) == tm_cookie_of((void *)a))
                 return 0; /* freed */
             return tm_classes[f & 0xff].size;
         }

@@ -72,6 +72,7 @@ void *os_map(size_t size);                   /* NULL on failure */
 void *os_map_aligned(size_t size, size_t align);
 int os_unmap(void *p, size_t size);          /* 0, or -1 with errno */
 int os_purge(void *p, size_t size);          /* pages read zero afterwards */
+size_t os_purge_inside(const void *lo, const void *hi); /* whole pages in [lo, hi); bytes released */
 int os_protect_none(void *p, size_t size);   /* guard page */
 void *os_remap(void *p, size_t old, size_t new_size, int may_move, void *fixed);
 int os_heavy_barrier(void);                  /* membarrier or fallback */
@@ -246,12 +247,8 @@ extern uint64_t tm_cookie_key;
  * of it right after the program's own narrow write there stalls on store
  * forwarding (measured: 1.7x slower malloc+free loops). Not the last word:
  * for blocks above 64 B that is a second cache line that malloc and free
- * would touch and the program may never. size is unused (kept so callers
- * say which block they mean). */
-TM_INLINE uint64_t *tm_cookie_slot(void *p, uint32_t size) {
-    (void)size;
-    return (uint64_t *)((char *)p + sizeof(uint64_t));
-}
+ * would touch and the program may never. */
+TM_INLINE uint64_t *tm_cookie_slot(void *p) { return (uint64_t *)((char *)p + sizeof(uint64_t)); }
 TM_INLINE uint64_t tm_cookie_of(const void *p) { return (uintptr_t)p ^ tm_cookie_key; }
 TM_COLD void *tcache_malloc_slow(size_t size, unsigned cls); /* sets ENOMEM */
 TM_COLD void tcache_free_slow(void *p, unsigned cls);

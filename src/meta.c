@@ -67,9 +67,7 @@ void meta_free(void *p, size_t size) {
     if (size >= 4 * TM_PAGE) {
         /* Large descriptors (chunks, caches) go back to the kernel page by
          * page, past the first page that holds the free-list link. */
-        uintptr_t lo = ((uintptr_t)p + TM_PAGE + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
-        uintptr_t hi = ((uintptr_t)p + size) & ~(uintptr_t)TM_PAGE_MASK;
-        if (hi > lo) os_purge((void *)lo, hi - lo);
+        os_purge_inside((char *)p + TM_PAGE, (char *)p + size);
     }
     pthread_mutex_lock(&meta_lock);
     meta_free_t *f = p;

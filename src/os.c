@@ -82,6 +82,14 @@ int os_purge(void *p, size_t size) {
     return madvise(p, size, MADV_DONTNEED);
 }
 
+/* Give back the whole pages inside [lo, hi): the partial pages at either
+ * end may hold something else. Returns the bytes released (0 on refusal). */
+size_t os_purge_inside(const void *lo, const void *hi) {
+    uintptr_t a = ((uintptr_t)lo + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
+    uintptr_t b = (uintptr_t)hi & ~(uintptr_t)TM_PAGE_MASK;
+    return b > a && os_purge((void *)a, b - a) == 0 ? b - a : 0;
+}
+
 int os_protect_none(void *p, size_t size) { return mprotect(p, size, PROT_NONE); }
 
 /* mremap: grow/shrink in place (may_move 0), anywhere (may_move 1), or to

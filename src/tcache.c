@@ -105,9 +105,7 @@ void xfer_drain_all(void) {
         uint32_t cap = x->cap;
         __atomic_store_n(&x->cap, 0, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&x->lock);
-        uintptr_t lo = ((uintptr_t)x->slots + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
-        uintptr_t hi = ((uintptr_t)(x->slots + cap)) & ~(uintptr_t)TM_PAGE_MASK;
-        if (x->slots && hi > lo) os_purge((void *)lo, hi - lo); /* metadata: not counted as released */
+        if (x->slots) os_purge_inside(x->slots, x->slots + cap); /* metadata: not counted */
         pthread_mutex_lock(&x->lock);
         __atomic_store_n(&x->cap, cap, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&x->lock);
@@ -206,11 +204,8 @@ static void slot_layout_init(void) {
  * slots the kernel is zeroing. (tc->mu is held across the madvise: only
  * the owner, stopped by the drain anyway, and trimmers ever take it.) */
 static void slots_release_grown(tm_tcache_t *tc) {
-    uintptr_t lo = (uintptr_t)((void **)tc->slots_mem + slot_grown_start);
-    uintptr_t hi = (uintptr_t)((void **)tc->slots_mem + slot_total);
-    lo = (lo + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
-    hi &= ~(uintptr_t)TM_PAGE_MASK;
-    if (hi > lo) os_purge((void *)lo, hi - lo); /* metadata: not counted as released */
+    void **slots = tc->slots_mem;
+    os_purge_inside(slots + slot_grown_start, slots + slot_total); /* metadata: not counted */
 }
 
 /* Put bin c of tc at its first size, in its first-size slots, with the
@@ -238,11 +233,7 @@ void tcache_drain_locked(tm_tcache_t *tc) {
 }
 
 /* The most blocks one cache can hold, for the options in force. */
-size_t tcache_slots_max(void) {
-    size_t n = 0;
-    for (unsigned c = 1; c <= TM_NCLASSES; c++) n += bin_cap_max(c);
-    return n; /* a bound: grown bins hold at most their largest size */
-}
+size_t tcache_slots_max(void) { return slot_total; } /* >= the sum of the largest sizes */
 
 /* Move every block out of tc's bins into out[] (class by class, counts[c]
  * of class c) and reset the bins, so that a trimmer can give them to the
@@ -501,7 +492,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
         pthread_mutex_unlock(&tc->mu);
     }
     if (p) {
-        *tm_cookie_slot(p, tm_classes[cls].size) = 0;
+        *tm_cookie_slot(p) = 0;
         if (unlikely(tm_opt.junk | tm_opt.zero))
             memset(p, tm_opt.zero ? 0 : 0xa5, tm_classes[cls].size);
     } else {
@@ -513,7 +504,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
 void tcache_free_slow(void *p, unsigned cls) {
     __atomic_store_n(&tm_tls.busy, 0, __ATOMIC_RELEASE);
     if (unlikely(tm_opt.junk)) memset(p, 0x5a, tm_classes[cls].size);
-    *tm_cookie_slot(p, tm_classes[cls].size) = tm_cookie_of(p); /* free: carries its cookie */
+    *tm_cookie_slot(p) = tm_cookie_of(p); /* free: carries its cookie */
     tm_tcache_t *tc = tcache_get_slow();
     if (!tc) {
         arena_flush(cls, &p, 1);

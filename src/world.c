@@ -141,10 +141,6 @@ uint64_t world_drain_all_caches(void) {
     tcache_registry_unlock();
     xfer_drain_all();
     /* the buffer is only ours (trim lock): its pages go back until next time */
-    if (buffered) {
-        uintptr_t lo = ((uintptr_t)take_buf + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
-        uintptr_t hi = ((uintptr_t)(take_buf + take_cap)) & ~(uintptr_t)TM_PAGE_MASK;
-        if (hi > lo) os_purge((void *)lo, hi - lo); /* metadata: not counted as released */
-    }
+    if (buffered) os_purge_inside(take_buf, take_buf + take_cap); /* metadata: not counted */
     return max_hold;
 }
