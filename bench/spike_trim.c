@@ -3,7 +3,8 @@
  * best "give memory back" call, with RSS recorded over time.
  *
  *   spike_trim [--threads N] [--mib M] [--keep PCT] [--settle-ms MS]
- *              [--after-ms MS] [--sample-us US] [--rss-csv FILE] [--no-trim]
+ *              [--after-ms MS] [--window-ms MS] [--sample-us US]
+ *              [--rss-csv FILE] [--no-trim]
  *
  * The story, with its phase marks (milliseconds since start, in the output):
  *   start  N worker threads, an RSS sampler and a stall prober are running.
@@ -22,9 +23,16 @@
  *            mimalloc   mi_collect(true)
  *            glibc      malloc_trim(0)
  *          and times it. Meanwhile the prober thread does malloc/free in a
- *          loop, timing every call; the longest call it sees while the trim
- *          runs is the "worst stall". The same prober first runs for a while
- *          before the trim, and its longest call there is the noise floor.
+ *          loop, timing every call; the longest call it sees in the stall
+ *          window -- from the trim call's start until WINDOW ms later, or
+ *          until the call returns if it takes longer -- is the "worst
+ *          stall". The window has one length for every allocator because
+ *          the worst of more calls is larger: a call that returns at once
+ *          would otherwise be judged on a few dozen probe calls, and one
+ *          that works for 100 ms on a million of them. The worst call made
+ *          while the trim call itself ran is reported too (stall_call_*).
+ *          The same prober first runs for a while before the trim, and its
+ *          longest call there is the noise floor.
  *          "own" stalls leave out calls during which the scheduler preempted
  *          the prober (getrusage RUSAGE_THREAD ru_nivcsw went up): those say
  *          more about a busy machine than about the allocator.
@@ -54,7 +62,7 @@
 static int nworkers = 2;
 static size_t spike_bytes = 256u << 20;
 static unsigned keep_pct = 5;
-static long settle_ms = 300, after_ms = 300, sample_us = 2000;
+static long settle_ms = 300, after_ms = 300, window_ms = 100, sample_us = 2000;
 static const char *rss_csv;
 static bool no_trim;
 
@@ -184,9 +192,14 @@ static void *sampler_main(void *arg)
 }
 
 /* ---- stall prober ---- */
-enum { PROBE_IDLE, PROBE_BASE, PROBE_TRIM, PROBE_EXIT };
+/* PROBE_TRIM while the trim call runs, PROBE_POST for the rest of the
+ * stall window after it returned */
+enum { PROBE_IDLE, PROBE_BASE, PROBE_TRIM, PROBE_POST, PROBE_EXIT, PROBE_MODES };
 static atomic_int probe_mode;
-static uint64_t probe_max_ns[4], probe_max_own_ns[4], probe_ops[4], probe_preempted[4];
+static uint64_t probe_max_ns[PROBE_MODES], probe_max_own_ns[PROBE_MODES], probe_ops[PROBE_MODES],
+    probe_preempted[PROBE_MODES];
+
+static uint64_t max_u64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 
 /* Involuntary context switches of the calling thread so far. */
 static long thread_nivcsw(void)
@@ -299,7 +312,7 @@ static void usage(const char *argv0)
 {
     fprintf(stderr,
             "usage: %s [--threads N] [--mib M] [--keep PCT] [--settle-ms MS] [--after-ms MS]\n"
-            "          [--sample-us US] [--rss-csv FILE] [--no-trim]\n",
+            "          [--window-ms MS] [--sample-us US] [--rss-csv FILE] [--no-trim]\n",
             argv0);
     exit(2);
 }
@@ -327,6 +340,8 @@ int main(int argc, char **argv)
             settle_ms = atol(v);
         else if (!strcmp(a, "--after-ms"))
             after_ms = atol(v);
+        else if (!strcmp(a, "--window-ms"))
+            window_ms = atol(v);
         else if (!strcmp(a, "--sample-us"))
             sample_us = atol(v);
         else if (!strcmp(a, "--rss-csv"))
@@ -381,11 +396,11 @@ int main(int argc, char **argv)
             nsurv++;
         }
 
-    /* Idle: let RSS settle, then measure the prober's noise floor. */
-    long base_ms = settle_ms / 3 > 50 ? settle_ms / 3 : 50;
-    bench_sleep_us((settle_ms - base_ms > 0 ? settle_ms - base_ms : 0) * 1000);
+    /* Idle: let RSS settle, then measure the prober's noise floor over a
+     * window as long as the stall window. */
+    bench_sleep_us((settle_ms > window_ms ? settle_ms - window_ms : 0) * 1000);
     atomic_store_explicit(&probe_mode, PROBE_BASE, memory_order_release);
-    bench_sleep_us(base_ms * 1000);
+    bench_sleep_us(window_ms * 1000);
     size_t rss_before = rss_now();
 
     /* The trim, with the prober timing every call it makes meanwhile. */
@@ -397,7 +412,11 @@ int main(int argc, char **argv)
     uint64_t t1 = bench_now_ns();
     if (no_trim)
         trim_call_name = "none";
-    bench_sleep_us(1000);
+    /* The rest of the stall window (at least 1 ms, so the prober is seen
+     * to run again after the call). */
+    atomic_store_explicit(&probe_mode, PROBE_POST, memory_order_release);
+    uint64_t window_end = t0 + (uint64_t)window_ms * 1000000u, now = bench_now_ns();
+    bench_sleep_us(window_end > now + 1000000u ? (long)((window_end - now) / 1000u) : 1000);
     atomic_store_explicit(&probe_mode, PROBE_IDLE, memory_order_release);
     double m_trimmed = ms_since_start();
     size_t rss_trim = rss_now();
@@ -448,15 +467,19 @@ int main(int argc, char **argv)
     printf("spike_trim alloc=%s threads=%d spike_bytes=%zu survivors=%zu survivor_bytes=%zu "
            "rss_start=%zu rss_peak=%zu rss_before_trim=%zu rss_after_trim=%zu rss_end=%zu "
            "trim_us=%.1f trim_rc=%d stall_max_us=%.1f stall_own_us=%.1f stall_preempted=%llu "
+           "stall_call_us=%.1f stall_call_own_us=%.1f stall_window_ms=%ld "
            "stall_base_us=%.1f stall_base_own_us=%.1f probe_ops=%llu "
            "ms_spike=%.1f ms_peak=%.1f ms_freed=%.1f ms_trim=%.1f ms_trimmed=%.1f ms_end=%.1f "
            "samples=%zu verify=%s trim_call=%s\n",
            bench_alloc_name(alloc), nworkers, spike_total, nsurv, live_after, rss_start, rss_peak,
            rss_before, rss_trim, rss_after, (double)(t1 - t0) / 1e3, trim_rc,
+           (double)max_u64(probe_max_ns[PROBE_TRIM], probe_max_ns[PROBE_POST]) / 1e3,
+           (double)max_u64(probe_max_own_ns[PROBE_TRIM], probe_max_own_ns[PROBE_POST]) / 1e3,
+           (unsigned long long)(probe_preempted[PROBE_TRIM] + probe_preempted[PROBE_POST]),
            (double)probe_max_ns[PROBE_TRIM] / 1e3, (double)probe_max_own_ns[PROBE_TRIM] / 1e3,
-           (unsigned long long)probe_preempted[PROBE_TRIM], (double)probe_max_ns[PROBE_BASE] / 1e3,
+           window_ms, (double)probe_max_ns[PROBE_BASE] / 1e3,
            (double)probe_max_own_ns[PROBE_BASE] / 1e3,
-           (unsigned long long)probe_ops[PROBE_TRIM], m_spike, m_peak, m_freed, m_trim, m_trimmed,
+           (unsigned long long)(probe_ops[PROBE_TRIM] + probe_ops[PROBE_POST]), m_spike, m_peak, m_freed, m_trim, m_trimmed,
            m_end, n, bad ? "FAIL" : "ok", trim_call_name);
 #ifdef HAVE_TM_STATS
     if (tm_have) /* after the trim and the pause, before the survivors are freed */
