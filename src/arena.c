@@ -63,7 +63,7 @@ static bool arena_grow_locked(tm_arena_t *a) {
 /* The slot of the slab whose first page is sp, read without the lock:
  * _heapmin may move a live slab's descriptor meanwhile (arena_compact_slabs). */
 TM_INLINE uint32_t slab_slot_read(tm_chunk_t *c, uint32_t sp) {
-    return __atomic_load_n(&c->pages[sp].index, __ATOMIC_ACQUIRE) & (TM_CHUNK_PAGES - 1);
+    return page_index_read(&c->pages[sp]);
 }
 
 /* First page of the slab that page entry f (fast[]) names. */

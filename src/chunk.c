@@ -357,7 +357,7 @@ void run_shrink_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npa
 _Static_assert(offsetof(tm_chunk_t, pages) % TM_PAGE == 0, "page entries start a page");
 _Static_assert(offsetof(tm_chunk_t, links) % TM_PAGE == 0, "links start a page");
 _Static_assert(offsetof(tm_chunk_t, base) % TM_PAGE == 0, "the header starts a page");
-_Static_assert(sizeof(tm_page_t) == 8 && sizeof(tm_slab_t) == 64, "descriptor sizes");
+_Static_assert(sizeof(tm_page_t) == 4 && sizeof(tm_slab_t) == 64, "descriptor sizes");
 
 /* Pool page (counted from the header's page) that holds slot s. */
 static uint32_t pool_page(uint32_t s) {

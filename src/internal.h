@@ -181,9 +181,17 @@ TM_INLINE tm_chunk_t *slab_chunk(tm_slab_t *s) {
 TM_INLINE tm_run_link_t *page_link(tm_page_t *h) {
     return &page_chunk(h)->links[h->index >> 1];
 }
-/* tm_page_t.index, which slab_of reads without the lock. */
+/* tm_page_t.index, which slab_of reads without the lock: the whole entry
+ * is stored at once (the lock is held: nobody else writes it). */
 TM_INLINE void page_set_index(tm_page_t *h, uint32_t v) {
-    __atomic_store_n(&h->index, (uint16_t)v, __ATOMIC_RELEASE);
+    tm_page_t e = *h;
+    e.index = v & (TM_CHUNK_PAGES - 1);
+    __atomic_store_n(&h->word, e.word, __ATOMIC_RELEASE);
+}
+TM_INLINE uint32_t page_index_read(tm_page_t *h) {
+    tm_page_t e;
+    e.word = __atomic_load_n(&h->word, __ATOMIC_ACQUIRE);
+    return e.index;
 }
 /* The slab starting at page p, or NULL if none starts there (lock held). */
 TM_INLINE tm_slab_t *chunk_slab(tm_chunk_t *c, uint32_t p) {

@@ -93,27 +93,30 @@ enum { PAGE_INTERIOR = 0, PAGE_FREE, PAGE_SLAB, PAGE_LARGE, PAGE_UNUSED };
 struct tm_slab;
 struct tm_arena;
 
-/* Per-page metadata, 8 bytes. Only a run's first and last page carry kind
+/* Per-page metadata, 4 bytes. Only a run's first and last page carry kind
  * and npages (interior pages read PAGE_INTERIOR). A free run's first page
  * is linked into its arena's free-run index through chunk_t.links. */
-typedef struct tm_page {
-    uint8_t kind;
-    uint8_t zeroed;     /* free run: every byte is known zero (fresh/purged) */
-    uint8_t dirty;      /* free run: has pages not yet returned to the kernel */
-    uint8_t resident;   /* free run's page: may still be resident (chunk.c) */
-    uint16_t npages;    /* run length, on first and last page */
-    uint16_t index;     /* first page of a free run: its own index, which
-                           leads back to its chunk (page_chunk); of a slab:
-                           its descriptor's slot in chunk_t.slabs (chunk_slab),
-                           read without locks by slab_of. Written with atomic
-                           stores. */
+typedef union tm_page {
+    struct {
+        uint32_t kind : 3;
+        uint32_t zeroed : 1;    /* free run: every byte is known zero (fresh/purged) */
+        uint32_t dirty : 1;     /* free run: has pages not yet returned to the kernel */
+        uint32_t resident : 1;  /* free run's page: may still be resident (chunk.c) */
+        uint32_t npages : 11;   /* run length (1..1024), on first and last page */
+        uint32_t index : 10;    /* first page of a free run: its own index, which
+                                   leads back to its chunk (page_chunk); of a slab:
+                                   its descriptor's slot in chunk_t.slabs
+                                   (chunk_slab), read without locks by slab_of */
+    };
+    uint32_t word;              /* the whole entry: index is written and read
+                                   without the lock through it (page_set_index) */
 } tm_page_t;
 
 /* A free run's links in its arena's index (by exact length). Two free runs
  * never touch (they coalesce), so their first pages are at least two apart
  * and links[p >> 1] belongs to the free run whose first page is p. */
 typedef struct tm_run_link {
-    struct tm_page *next, *prev;
+    union tm_page *next, *prev;
 } tm_run_link_t;
 
 /* A slab's descriptor, in its chunk's slab pool (chunk_t.slabs); the slot
@@ -148,8 +151,8 @@ typedef struct tm_chunk {
      * the owning arena in bits 22..31 (TM_FAST_* in internal.h). free()
      * reads only this. */
     uint32_t fast[TM_CHUNK_PAGES];          /* page 0 */
-    tm_page_t pages[TM_CHUNK_PAGES];        /* pages 1-2 */
-    tm_run_link_t links[TM_CHUNK_PAGES / 2];/* pages 3-4 */
+    tm_page_t pages[TM_CHUNK_PAGES];        /* page 1 */
+    tm_run_link_t links[TM_CHUNK_PAGES / 2];/* pages 2-3 */
     /* header, on the first page of the slab pool */
     uintptr_t base;
     struct tm_arena *arena;
