@@ -20,13 +20,14 @@
 #include "internal.h"
 
 /* ---- residency ----------------------------------------------------------------
- * tm_page_t.resident, which nothing else reads, is the page's resident bit: on
- * every page of a free run, 1 if the page may hold data the kernel keeps
- * (it was handed out since its chunk was mapped or it was last purged), 0
- * if it is known released. Freeing a run sets it on all its pages; a purge
- * clears it. It says nothing about pages of live runs: a run's bits are
- * rewritten when it is freed. The first page's `dirty` flag stays what
- * other files read: set if any page of the run may be resident.
+ * chunk_t.resident, which nothing else reads, holds a resident bit per
+ * page: on every page of a free run, 1 if the page may hold data the
+ * kernel keeps (it was handed out since its chunk was mapped or it was last
+ * purged), 0 if it is known released. Freeing a run sets it on all its
+ * pages; a purge clears it. It says nothing about pages of live runs: a
+ * run's bits are rewritten when it is freed. The first page's `dirty` flag
+ * stays what other files read: set if any page of the run may be resident.
+ * A bitmap, so a run's count is a few popcounts, not a walk of its pages.
  *
  * rss[a->index] holds per arena, under its lock, the resident free pages
  * and the growth purge's budget (below); one cache line each, as arenas
@@ -37,22 +38,35 @@ static struct {
     uint64_t credit_ns;           /* when credit was last topped up */
 } rss[TM_MAX_ARENAS];
 
+/* Bits [lo, hi) of a 64-bit word, 0 <= lo < hi <= 64. */
+static uint64_t bits_mask(uint32_t lo, uint32_t hi) {
+    return (hi == 64 ? ~0ull : (1ull << hi) - 1) & (~0ull << lo);
+}
+
 static uint32_t count_resident(const tm_chunk_t *c, uint32_t page, uint32_t n) {
     uint32_t r = 0;
-    for (uint32_t i = page; i < page + n; i++) r += c->pages[i].resident;
+    for (uint32_t end = page + n, next; page < end; page = next) {
+        next = (page | 63) + 1 < end ? (page | 63) + 1 : end;
+        r += (uint32_t)__builtin_popcountll(c->resident[page >> 6] &
+                                            bits_mask(page & 63, next - (page & ~63u)));
+    }
     return r;
 }
 
-static void set_resident(tm_chunk_t *c, uint32_t page, uint32_t n, uint8_t bit) {
-    for (uint32_t i = page; i < page + n; i++) c->pages[i].resident = bit;
+static void set_resident(tm_chunk_t *c, uint32_t page, uint32_t n, bool bit) {
+    for (uint32_t end = page + n, next; page < end; page = next) {
+        next = (page | 63) + 1 < end ? (page | 63) + 1 : end;
+        uint64_t m = bits_mask(page & 63, next - (page & ~63u));
+        if (bit) c->resident[page >> 6] |= m;
+        else c->resident[page >> 6] &= ~m;
+    }
 }
 
 /* ---- free-run index ------------------------------------------------------ */
 
 void runs_index_insert_locked(tm_arena_t *a, tm_chunk_t *c, tm_page_t *head) {
-    uint32_t n = head->npages, p = chunk_page_index(c, head);
-    tm_run_link_t *l = &c->links[p >> 1];
-    page_set_index(head, p);
+    uint32_t n = head->npages;
+    tm_run_link_t *l = &c->links[chunk_page_index(c, head) >> 1];
     l->prev = NULL;
     l->next = a->runs[n];
     if (l->next) page_link(l->next)->prev = head;
@@ -303,10 +317,8 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
 }
 
 void run_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages) {
-    for (uint32_t i = page; i < page + npages; i++) {
-        c->fast[i] = 0;
-        c->pages[i].resident = 1;
-    }
+    for (uint32_t i = page; i < page + npages; i++) c->fast[i] = 0;
+    set_resident(c, page, npages, true);
     rss[a->index].resident += npages;
     c->free_pages += npages;
     run_insert_free_locked(a, c, page, npages, false, true);
@@ -358,6 +370,8 @@ _Static_assert(offsetof(tm_chunk_t, pages) % TM_PAGE == 0, "page entries start a
 _Static_assert(offsetof(tm_chunk_t, links) % TM_PAGE == 0, "links start a page");
 _Static_assert(offsetof(tm_chunk_t, base) % TM_PAGE == 0, "the header starts a page");
 _Static_assert(sizeof(tm_page_t) == 4 && sizeof(tm_slab_t) == 64, "descriptor sizes");
+_Static_assert(sizeof(((tm_chunk_t *)0)->pages) == TM_PAGE, "page entries fill their page");
+_Static_assert(sizeof(tm_chunk_t) > 65536, "a chunk descriptor has a mapping of its own (meta.c)");
 
 /* Pool page (counted from the header's page) that holds slot s. */
 static uint32_t pool_page(uint32_t s) {
@@ -491,9 +505,8 @@ bool chunk_destroy(tm_chunk_t *c) {
  * or large block is cut from a run out of the index, and a neighbour freed
  * meanwhile looks only at the run's end entries and its own links -- so
  * the madvise needs no lock. They read zero afterwards, which is what they
- * hold once the run is back: an interior entry is PAGE_INTERIOR (0) with
- * its resident bit clear (the run was purged), and links are written when
- * a run is put in the index. Entries of live runs are never given back,
+ * hold once the run is back: an interior entry is PAGE_INTERIOR (0), and
+ * links are written when a run is put in the index. Entries of live runs are never given back,
  * even those that describe nothing: a large block shrunk in place, or a
  * freed slab's run cut again, would write them while the lock is dropped.
  * (Slab descriptors are not per page: see the slab pool.) Best effort: a
@@ -503,12 +516,6 @@ static void run_purge_descriptor(tm_chunk_t *c, uint32_t page, uint32_t n) {
     os_purge_inside(&c->links[(page + 1) >> 1], &c->links[(page + n) >> 1]);
 }
 
-/* Clear the resident bits of [page, page + n) where set: a store to an
- * entry run_purge_descriptor gave back would fault its page in again. */
-static void clear_resident(tm_chunk_t *c, uint32_t page, uint32_t n) {
-    for (uint32_t i = page; i < page + n; i++)
-        if (c->pages[i].resident) c->pages[i].resident = 0;
-}
 
 /* ---- purge ------------------------------------------------------------------
  * Under the lock, take dirty free runs out of the index (their first/last
@@ -598,13 +605,12 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
                 chunk_attach_locked(a, empty[i]);
                 empty[i]->pages[0].zeroed = 0;
                 empty[i]->pages[0].dirty = 1;
-                set_resident(empty[i], 0, TM_CHUNK_PAGES, 1);
+                set_resident(empty[i], 0, TM_CHUNK_PAGES, true);
                 rss[a->index].resident += TM_CHUNK_PAGES;
             }
             /* a run the kernel would not purge keeps its dirty bytes */
             for (int i = 0; i < nruns; i++) {
-                if (purged[i]) clear_resident(runs[i].c, runs[i].page, runs[i].n);
-                else set_resident(runs[i].c, runs[i].page, runs[i].n, 1);
+                set_resident(runs[i].c, runs[i].page, runs[i].n, !purged[i]);
                 if (!purged[i]) rss[a->index].resident += runs[i].n;
                 run_insert_free_locked(a, runs[i].c, runs[i].page, runs[i].n, purged[i],
                                        !purged[i]);

@@ -238,8 +238,7 @@ static int check_arena_locked(tm_arena_t *a, chk_sums_t *s) {
         tm_page_t *hp = NULL;
         for (tm_page_t *h = a->runs[n]; h; hp = h, h = page_link(h)->next) {
             if (n == 0 || ++indexed > s->free_runs) return _HEAPBADBEGIN;
-            if (h->index >= TM_CHUNK_PAGES || !chunk_is_ours(a, page_chunk(h)) ||
-                !page_in_chunk(page_chunk(h), h))
+            if (!chunk_is_ours(a, page_chunk(h)) || !page_in_chunk(page_chunk(h), h))
                 return _HEAPBADPTR;
             if (page_link(h)->prev != hp) return _HEAPBADBEGIN;
             if (h->kind != PAGE_FREE || h->npages != n) return _HEAPBADNODE;

@@ -169,17 +169,17 @@ TM_INLINE tm_chunk_t *chunk_of_entry(uintptr_t e) {
     return (e & 1) ? (tm_chunk_t *)(e - 1) : NULL;
 }
 /* Descriptors keep no back pointers (they would grow every page entry): a
- * free run's first page entry holds its index, a slab its start address,
- * and each leads back to the chunk. */
+ * chunk's page entries fill one page of its page-aligned descriptor, and
+ * a slab's start address leads back to its chunk. */
 TM_INLINE tm_chunk_t *page_chunk(tm_page_t *h) {
-    return (tm_chunk_t *)((char *)(h - h->index) - offsetof(tm_chunk_t, pages));
+    return (tm_chunk_t *)(((uintptr_t)h & ~(uintptr_t)TM_PAGE_MASK) - offsetof(tm_chunk_t, pages));
 }
 TM_INLINE tm_chunk_t *slab_chunk(tm_slab_t *s) {
     return chunk_of_entry(pagemap_lookup(s->start));
 }
 /* The links of the free run whose first page entry is h (types.h). */
 TM_INLINE tm_run_link_t *page_link(tm_page_t *h) {
-    return &page_chunk(h)->links[h->index >> 1];
+    return &page_chunk(h)->links[(((uintptr_t)h & TM_PAGE_MASK) / sizeof *h) >> 1];
 }
 /* tm_page_t.index, which slab_of reads without the lock: the whole entry
  * is stored at once (the lock is held: nobody else writes it). */

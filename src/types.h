@@ -98,15 +98,13 @@ struct tm_arena;
  * is linked into its arena's free-run index through chunk_t.links. */
 typedef union tm_page {
     struct {
-        uint32_t kind : 3;
+        uint32_t kind : 8;
         uint32_t zeroed : 1;    /* free run: every byte is known zero (fresh/purged) */
         uint32_t dirty : 1;     /* free run: has pages not yet returned to the kernel */
-        uint32_t resident : 1;  /* free run's page: may still be resident (chunk.c) */
         uint32_t npages : 11;   /* run length (1..1024), on first and last page */
-        uint32_t index : 10;    /* first page of a free run: its own index, which
-                                   leads back to its chunk (page_chunk); of a slab:
-                                   its descriptor's slot in chunk_t.slabs
-                                   (chunk_slab), read without locks by slab_of */
+        uint32_t index : 10;    /* a slab's first page: its descriptor's slot in
+                                   chunk_t.slabs (chunk_slab), read without
+                                   locks by slab_of */
     };
     uint32_t word;              /* the whole entry: index is written and read
                                    without the lock through it (page_set_index) */
@@ -141,8 +139,8 @@ typedef struct tm_slab {
 
 /* A chunk's descriptor: its own page-aligned mapping (meta.c), laid out so
  * that what a chunk with few live runs keeps resident is a few pages: the
- * fast[] page, the page entries, the links, and the header page, which
- * starts the slab pool. Slab descriptors are slots of the pool, handed out
+ * fast[] page, the page entries (one page, which page_chunk relies on),
+ * the links, and the header page, which starts the slab pool. Slab descriptors are slots of the pool, handed out
  * lowest first and packed down by _heapmin (arena_compact_slabs), which
  * then gives back the pool pages above the last live slot (chunk.c). */
 typedef struct tm_chunk {
@@ -163,6 +161,8 @@ typedef struct tm_chunk {
                                        the pool was last given back */
     uint32_t slab_busy;             /* bit j: pool page j is being given back,
                                        no slot on it is handed out */
+    uint64_t resident[TM_CHUNK_PAGES / 64]; /* bit p: free page p may be resident
+                                       (chunk.c) */
     uint64_t slab_used[TM_CHUNK_PAGES / 64]; /* bit s: slot s holds a slab */
     _Alignas(64) tm_slab_t slabs[TM_CHUNK_PAGES]; /* the slab pool */
 } tm_chunk_t;
