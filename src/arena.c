@@ -60,6 +60,15 @@ static bool arena_grow_locked(tm_arena_t *a) {
 
 /* ---- slabs ------------------------------------------------------------------ */
 
+/* The slot of the slab whose first page is sp, read without the lock:
+ * _heapmin may move a live slab's descriptor meanwhile (arena_compact_slabs). */
+TM_INLINE uint32_t slab_slot_read(tm_chunk_t *c, uint32_t sp) {
+    return page_index_read(&c->pages[sp]);
+}
+
+/* First page of the slab that page entry f (fast[]) names. */
+TM_INLINE uint32_t fast_slab_page(uint32_t f) { return TM_FAST_SLAB_OFF(f) >> TM_PAGE_SHIFT; }
+
 tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out) {
     uint32_t e = __atomic_load_n(&c->fast[(p - c->base) >> TM_PAGE_SHIFT], __ATOMIC_RELAXED);
     unsigned cls = e & 0xff;
@@ -69,7 +78,7 @@ tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out) {
     uint64_t idx = (off * k->magic) >> 40;
     if (idx * k->size != off || idx >= k->nblocks) return NULL;
     *index_out = (uint32_t)idx;
-    return &c->slabs[(e >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1)];
+    return &c->slabs[slab_slot_read(c, fast_slab_page(e))];
 }
 
 static void bin_push_locked(tm_arena_bin_t *b, tm_slab_t *s) {
@@ -89,9 +98,11 @@ static void bin_remove_locked(tm_arena_bin_t *b, tm_slab_t *s) {
 }
 
 /* Bitmap words are written under the arena lock but read without it by
- * arena_block_is_free: relaxed atomic accesses (plain moves on x86). */
+ * arena_block_is_free: atomic accesses (plain moves on x86). Release, so
+ * that a reader whose acquire load sees a word written after a slab's
+ * descriptor moved also sees the move (arena_block_is_free). */
 TM_INLINE void bm_store(tm_slab_t *s, unsigned w, uint64_t v) {
-    __atomic_store_n(&s->bitmap[w], v, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->bitmap[w], v, __ATOMIC_RELEASE);
 }
 
 /* Mark slab s purged or not (types.h), in its descriptor and in the fast[]
@@ -117,9 +128,17 @@ static void slab_set_purged_locked(tm_slab_t *s, bool purged) {
 bool arena_block_is_free(void *p) {
     tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
     uint32_t idx;
-    tm_slab_t *s = c ? slab_of(c, (uintptr_t)p, &idx) : NULL;
-    if (!s) return false;
-    return (__atomic_load_n(&s->bitmap[idx >> 6], __ATOMIC_RELAXED) >> (idx & 63)) & 1;
+    if (!c || !slab_of(c, (uintptr_t)p, &idx)) return false;
+    uint32_t sp = fast_slab_page(__atomic_load_n(
+        &c->fast[((uintptr_t)p - c->base) >> TM_PAGE_SHIFT], __ATOMIC_RELAXED));
+    /* The slot read again after the bitmap word: if the descriptor moved
+     * meanwhile, the word may be its old slot's, cleared or reused. A
+     * slab's slot only ever goes down, so an unchanged slot means no move. */
+    for (;;) {
+        uint32_t slot = slab_slot_read(c, sp);
+        uint64_t w = __atomic_load_n(&c->slabs[slot].bitmap[idx >> 6], __ATOMIC_ACQUIRE);
+        if (slab_slot_read(c, sp) == slot) return (w >> (idx & 63)) & 1;
+    }
 }
 
 static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
@@ -132,11 +151,13 @@ static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
             !(c = run_alloc_locked(a, k->slab_pages, 1, &page, &zeroed)))
             return NULL;
     }
-    tm_slab_t *s = &c->slabs[page];
-    memset(s, 0, sizeof *s);
+    uint32_t slot = chunk_slot_take_locked(a, c, page, k->slab_pages);
+    tm_slab_t *s = &c->slabs[slot];
+    memset(s, 0, offsetof(tm_slab_t, bitmap)); /* bm_store writes the bitmap */
     tm_page_t *h = &c->pages[page];
     h->kind = PAGE_SLAB;
     h->npages = k->slab_pages;
+    page_set_index(h, slot);
     if (k->slab_pages > 1) {
         c->pages[page + k->slab_pages - 1].kind = PAGE_INTERIOR;
         c->pages[page + k->slab_pages - 1].npages = k->slab_pages;
@@ -147,8 +168,9 @@ static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
     s->nfree = (uint16_t)k->nblocks;
     /* No cookies yet: writing them would touch every page of the slab now
      * (s->fresh = 0; arena_refill writes each when it first hands it out). */
-    for (uint32_t w = 0; w < k->nblocks; w += 64)
-        bm_store(s, w >> 6, k->nblocks - w >= 64 ? ~0ull : (1ull << (k->nblocks - w)) - 1);
+    for (uint32_t w = 0; w < TM_SLAB_MAX_BLOCKS; w += 64)
+        bm_store(s, w >> 6, w >= k->nblocks ? 0 : k->nblocks - w >= 64 ? ~0ull
+                                                 : (1ull << (k->nblocks - w)) - 1);
     uint32_t fast = TM_FAST(cls, page, a->index);
     for (uint32_t i = 0; i < k->slab_pages; i++)
         __atomic_store_n(&c->fast[page + i], fast, __ATOMIC_RELEASE);
@@ -164,6 +186,7 @@ static void slab_destroy_locked(tm_arena_t *a, tm_slab_t *s) {
     if (k->slab_pages > 1) c->pages[page + k->slab_pages - 1].kind = PAGE_INTERIOR;
     run_free_locked(a, c, page, k->slab_pages);
     s->nblocks = 0;
+    chunk_slot_put_locked(c, (uint32_t)(s - c->slabs));
 }
 
 unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
@@ -411,7 +434,7 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
                 if (np == 0) break; /* not a run's first page: leave the chunk */
                 if (p >= from && h->kind == PAGE_SLAB) {
                     seen++;
-                    n += slab_plan_hold_locked(&c->slabs[p], &plan[n]);
+                    n += slab_plan_hold_locked(chunk_slab(c, p), &plan[n]);
                 }
                 p += np;
             }
@@ -443,6 +466,63 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
         pthread_mutex_unlock(&a->lock);
     }
     stats_add_released(released);
+    return released;
+}
+
+/* ---- packing slab descriptors -------------------------------------------------
+ * Live slabs are scattered over their chunk's slab pool in the order they
+ * were made: after a spike, the few survivors would keep most pool pages
+ * resident. _heapmin moves each descriptor in a slot at or above the
+ * chunk's count of slabs to the lowest free slot, so the live ones fill
+ * [0, nslabs), and then gives back the pool pages above (chunk.c).
+ *
+ * Who holds a slab pointer: under the arena lock, the bins' partial lists
+ * (fixed up here); across a dropped lock, only _heapmin's own page purge
+ * (arena_purge_slab_pages, done before this) -- refills take their slab
+ * after the lock is back. Without the lock, slab_of and
+ * arena_block_is_free read a slot from the slab's first page entry: the
+ * copy is complete before the entry names it (release), the old slot's
+ * bitmap is cleared after, and arena_block_is_free reads the slot again
+ * after the bitmap to notice a move. */
+static void slab_move_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t from, uint32_t to) {
+    tm_slab_t *s = &c->slabs[from], *d = &c->slabs[to];
+    memcpy(d, s, offsetof(tm_slab_t, bitmap));
+    for (unsigned w = 0; w < TM_SLAB_MAX_BLOCKS / 64; w++) bm_store(d, w, s->bitmap[w]);
+    if (d->on_list) {
+        if (d->prev) d->prev->next = d;
+        else a->bins[d->cls].partial = d;
+        if (d->next) d->next->prev = d;
+    }
+    page_set_index(&c->pages[(d->start - c->base) >> TM_PAGE_SHIFT], to);
+    for (unsigned w = 0; w < TM_SLAB_MAX_BLOCKS / 64; w++) bm_store(s, w, 0);
+    memset(s, 0, offsetof(tm_slab_t, bitmap));
+    c->slab_used[from >> 6] &= ~(1ull << (from & 63));
+    c->slab_used[to >> 6] |= 1ull << (to & 63);
+}
+
+static void chunk_pack_slabs_locked(tm_arena_t *a, tm_chunk_t *c) {
+    uint32_t k = c->nslabs, to = 0;
+    for (uint32_t w = k >> 6; w < TM_CHUNK_PAGES / 64; w++) {
+        uint64_t used = c->slab_used[w];
+        if (w == k >> 6) used &= ~0ull << (k & 63);
+        for (; used; used &= used - 1) {
+            uint32_t from = w * 64 + (uint32_t)__builtin_ctzll(used);
+            while ((c->slab_used[to >> 6] >> (to & 63)) & 1) to++; /* a free one below k */
+            tm_assert(to < k);
+            slab_move_locked(a, c, from, to);
+        }
+    }
+}
+
+size_t arena_compact_slabs(tm_arena_t *a) {
+    size_t released = 0;
+    pthread_mutex_lock(&a->lock);
+    /* chunks stay while the lock is dropped: only _heapmin unmaps them */
+    for (tm_chunk_t *c = a->chunks; c; c = c->next) {
+        chunk_pack_slabs_locked(a, c);
+        released += chunk_slab_pool_release_locked(a, c); /* drops the lock */
+    }
+    pthread_mutex_unlock(&a->lock);
     return released;
 }
 

@@ -20,13 +20,14 @@
 #include "internal.h"
 
 /* ---- residency ----------------------------------------------------------------
- * tm_page_t.resident, which nothing else reads, is the page's resident bit: on
- * every page of a free run, 1 if the page may hold data the kernel keeps
- * (it was handed out since its chunk was mapped or it was last purged), 0
- * if it is known released. Freeing a run sets it on all its pages; a purge
- * clears it. It says nothing about pages of live runs: a run's bits are
- * rewritten when it is freed. The first page's `dirty` flag stays what
- * other files read: set if any page of the run may be resident.
+ * chunk_t.resident, which nothing else reads, holds a resident bit per
+ * page: on every page of a free run, 1 if the page may hold data the
+ * kernel keeps (it was handed out since its chunk was mapped or it was last
+ * purged), 0 if it is known released. Freeing a run sets it on all its
+ * pages; a purge clears it. It says nothing about pages of live runs: a
+ * run's bits are rewritten when it is freed. The first page's `dirty` flag
+ * stays what other files read: set if any page of the run may be resident.
+ * A bitmap, so a run's count is a few popcounts, not a walk of its pages.
  *
  * rss[a->index] holds per arena, under its lock, the resident free pages
  * and the growth purge's budget (below); one cache line each, as arenas
@@ -37,35 +38,50 @@ static struct {
     uint64_t credit_ns;           /* when credit was last topped up */
 } rss[TM_MAX_ARENAS];
 
+/* Bits [lo, hi) of a 64-bit word, 0 <= lo < hi <= 64. */
+static uint64_t bits_mask(uint32_t lo, uint32_t hi) {
+    return (hi == 64 ? ~0ull : (1ull << hi) - 1) & (~0ull << lo);
+}
+
 static uint32_t count_resident(const tm_chunk_t *c, uint32_t page, uint32_t n) {
     uint32_t r = 0;
-    for (uint32_t i = page; i < page + n; i++) r += c->pages[i].resident;
+    for (uint32_t end = page + n, next; page < end; page = next) {
+        next = (page | 63) + 1 < end ? (page | 63) + 1 : end;
+        r += (uint32_t)__builtin_popcountll(c->resident[page >> 6] &
+                                            bits_mask(page & 63, next - (page & ~63u)));
+    }
     return r;
 }
 
-static void set_resident(tm_chunk_t *c, uint32_t page, uint32_t n, uint8_t bit) {
-    for (uint32_t i = page; i < page + n; i++) c->pages[i].resident = bit;
+static void set_resident(tm_chunk_t *c, uint32_t page, uint32_t n, bool bit) {
+    for (uint32_t end = page + n, next; page < end; page = next) {
+        next = (page | 63) + 1 < end ? (page | 63) + 1 : end;
+        uint64_t m = bits_mask(page & 63, next - (page & ~63u));
+        if (bit) c->resident[page >> 6] |= m;
+        else c->resident[page >> 6] &= ~m;
+    }
 }
 
 /* ---- free-run index ------------------------------------------------------ */
 
 void runs_index_insert_locked(tm_arena_t *a, tm_chunk_t *c, tm_page_t *head) {
     uint32_t n = head->npages;
-    head->index = (uint16_t)(head - c->pages);
-    head->prev = NULL;
-    head->next = a->runs[n];
-    if (head->next) head->next->prev = head;
+    tm_run_link_t *l = &c->links[chunk_page_index(c, head) >> 1];
+    l->prev = NULL;
+    l->next = a->runs[n];
+    if (l->next) page_link(l->next)->prev = head;
     a->runs[n] = head;
     a->runs_nonempty[n >> 6] |= 1ull << (n & 63);
 }
 
 void runs_index_remove_locked(tm_arena_t *a, tm_page_t *head) {
     uint32_t n = head->npages;
-    if (head->prev) head->prev->next = head->next;
-    else a->runs[n] = head->next;
-    if (head->next) head->next->prev = head->prev;
+    tm_run_link_t *l = page_link(head);
+    if (l->prev) page_link(l->prev)->next = l->next;
+    else a->runs[n] = l->next;
+    if (l->next) page_link(l->next)->prev = l->prev;
     if (!a->runs[n]) a->runs_nonempty[n >> 6] &= ~(1ull << (n & 63));
-    head->next = head->prev = NULL;
+    l->next = l->prev = NULL;
 }
 
 /* Smallest non-empty length >= n, or 0. */
@@ -301,10 +317,8 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
 }
 
 void run_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages) {
-    for (uint32_t i = page; i < page + npages; i++) {
-        c->fast[i] = 0;
-        c->pages[i].resident = 1;
-    }
+    for (uint32_t i = page; i < page + npages; i++) c->fast[i] = 0;
+    set_resident(c, page, npages, true);
     rss[a->index].resident += npages;
     c->free_pages += npages;
     run_insert_free_locked(a, c, page, npages, false, true);
@@ -335,6 +349,96 @@ void run_shrink_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npa
     c->pages[page + npages - 1].kind = PAGE_INTERIOR;
     run_mark(c, page, new_npages, PAGE_LARGE);
     run_free_locked(a, c, page + new_npages, npages - new_npages);
+}
+
+/* ---- the slab pool -----------------------------------------------------------
+ * A chunk's slab descriptors are slots of chunk_t.slabs, whose pages start
+ * with the chunk's header. A new slab takes the lowest free slot, and
+ * _heapmin moves live descriptors down into the lowest slots
+ * (arena_compact_slabs) and then gives back every pool page above the last
+ * one in use, so a chunk with a few live slabs keeps one or two pool pages
+ * resident however many slabs it once had. slab_hwm bounds what a give-back
+ * has to cover: no slot at or above it was used since the last one.
+ *
+ * The give-back drops the lock for its madvise, and a page being given
+ * back must not be written meanwhile: its pages are marked in slab_busy,
+ * and no slot on them is handed out. A slab made in that chunk meanwhile
+ * takes a free slot below them; only if there is none (every slot below
+ * in use) does it wait, holding its run as PAGE_UNUSED, for the give-back
+ * to end. */
+_Static_assert(offsetof(tm_chunk_t, pages) % TM_PAGE == 0, "page entries start a page");
+_Static_assert(offsetof(tm_chunk_t, links) % TM_PAGE == 0, "links start a page");
+_Static_assert(offsetof(tm_chunk_t, base) % TM_PAGE == 0, "the header starts a page");
+_Static_assert(sizeof(tm_page_t) == 4 && sizeof(tm_slab_t) == 64, "descriptor sizes");
+_Static_assert(sizeof(((tm_chunk_t *)0)->pages) == TM_PAGE, "page entries fill their page");
+_Static_assert(sizeof(tm_chunk_t) > 65536, "a chunk descriptor has a mapping of its own (meta.c)");
+
+/* Pool page (counted from the header's page) that holds slot s. */
+static uint32_t pool_page(uint32_t s) {
+    return (uint32_t)((offsetof(tm_chunk_t, slabs) - offsetof(tm_chunk_t, base) +
+                       (size_t)s * sizeof(tm_slab_t)) >> TM_PAGE_SHIFT);
+}
+_Static_assert(((offsetof(tm_chunk_t, slabs) - offsetof(tm_chunk_t, base) +
+                 TM_CHUNK_PAGES * sizeof(tm_slab_t)) >> TM_PAGE_SHIFT) < 32,
+               "slab_busy has a bit per pool page");
+
+/* The lowest free slot not on a page being given back, or -1. */
+static int32_t slot_find(const tm_chunk_t *c) {
+    for (uint32_t w = 0; w < TM_CHUNK_PAGES / 64; w++) {
+        for (uint64_t f = ~c->slab_used[w]; f; f &= f - 1) {
+            uint32_t s = w * 64 + (uint32_t)__builtin_ctzll(f);
+            if (!((c->slab_busy >> pool_page(s)) & 1)) return (int32_t)s;
+        }
+    }
+    return -1;
+}
+
+uint32_t chunk_slot_take_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages) {
+    int32_t s = slot_find(c);
+    if (unlikely(s < 0)) {
+        /* a run was just carved, so fewer than TM_CHUNK_PAGES slabs live:
+         * the free slots are all on pages being given back */
+        tm_assert(c->slab_busy != 0);
+        run_mark(c, page, npages, PAGE_UNUSED); /* no free merges into it */
+        do {
+            pthread_mutex_unlock(&a->lock);
+            os_yield();
+            pthread_mutex_lock(&a->lock);
+        } while ((s = slot_find(c)) < 0);
+    }
+    c->slab_used[s >> 6] |= 1ull << (s & 63);
+    c->nslabs++;
+    if ((uint32_t)s >= c->slab_hwm) c->slab_hwm = (uint16_t)(s + 1);
+    return (uint32_t)s;
+}
+
+void chunk_slot_put_locked(tm_chunk_t *c, uint32_t slot) {
+    tm_assert((c->slab_used[slot >> 6] >> (slot & 63)) & 1);
+    c->slab_used[slot >> 6] &= ~(1ull << (slot & 63));
+    c->nslabs--;
+}
+
+size_t chunk_slab_pool_release_locked(tm_arena_t *a, tm_chunk_t *c) {
+    uint32_t k = c->nslabs, hwm = c->slab_hwm;
+    if (TM_DEBUG >= 1)
+        for (uint32_t s = k; s < TM_CHUNK_PAGES; s++)
+            tm_assert(!((c->slab_used[s >> 6] >> (s & 63)) & 1));
+    if (hwm <= k) return 0;
+    /* whole pages from the one after slot k - 1's to the end of slot hwm - 1's;
+     * the mapping is whole pages, so the last one is inside it */
+    uintptr_t lo = ((uintptr_t)&c->slabs[k] + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
+    uintptr_t hi = ((uintptr_t)&c->slabs[hwm] + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
+    c->slab_hwm = (uint16_t)k;
+    if (hi <= lo) return 0;
+    uintptr_t pool = (uintptr_t)&c->base;
+    uint32_t p0 = (uint32_t)((lo - pool) >> TM_PAGE_SHIFT), p1 = (uint32_t)((hi - pool) >> TM_PAGE_SHIFT);
+    c->slab_busy = (uint32_t)(((1ull << p1) - 1) & ~((1ull << p0) - 1));
+    pthread_mutex_unlock(&a->lock);
+    size_t released = os_purge_inside((void *)lo, (void *)hi);
+    pthread_mutex_lock(&a->lock);
+    c->slab_busy = 0;
+    if (!released && hwm > c->slab_hwm) c->slab_hwm = (uint16_t)hwm; /* refused: still there */
+    return released;
 }
 
 /* ---- chunk lifetime ------------------------------------------------------- */
@@ -396,27 +500,22 @@ bool chunk_destroy(tm_chunk_t *c) {
  * run [page, page + n), which arena_purge holds out of the index and has
  * just purged: the page entries strictly inside the run (its first and
  * last entries carry its length, which walks read while it is held) and
- * the slab entries of all its pages. Until the run is put back nobody reads
- * or writes them -- no slab or large block is cut from a run out of the
- * index, and a neighbour freed meanwhile looks only at the run's end
- * entries -- so the madvise needs no lock. They read zero afterwards, which
- * is what they hold once the run is back: an interior entry is
- * PAGE_INTERIOR (0) with its resident bit clear (the run was purged), and a
- * slab entry is cleared when a slab is made. Entries of live runs are never
- * given back, even those that describe nothing: a large block shrunk in
- * place, or a freed slab's run cut again, would write them while the lock
- * is dropped. Best effort: a refusal leaves them as they were. */
+ * the links that belong to its pages alone (links[i] serves pages 2i and
+ * 2i + 1). Until the run is put back nobody reads or writes them -- no slab
+ * or large block is cut from a run out of the index, and a neighbour freed
+ * meanwhile looks only at the run's end entries and its own links -- so
+ * the madvise needs no lock. They read zero afterwards, which is what they
+ * hold once the run is back: an interior entry is PAGE_INTERIOR (0), and
+ * links are written when a run is put in the index. Entries of live runs are never given back,
+ * even those that describe nothing: a large block shrunk in place, or a
+ * freed slab's run cut again, would write them while the lock is dropped.
+ * (Slab descriptors are not per page: see the slab pool.) Best effort: a
+ * refusal leaves them as they were. */
 static void run_purge_descriptor(tm_chunk_t *c, uint32_t page, uint32_t n) {
     os_purge_inside(&c->pages[page + 1], &c->pages[page + n - 1]);
-    os_purge_inside(&c->slabs[page], &c->slabs[page + n]);
+    os_purge_inside(&c->links[(page + 1) >> 1], &c->links[(page + n) >> 1]);
 }
 
-/* Clear the resident bits of [page, page + n) where set: a store to an
- * entry run_purge_descriptor gave back would fault its page in again. */
-static void clear_resident(tm_chunk_t *c, uint32_t page, uint32_t n) {
-    for (uint32_t i = page; i < page + n; i++)
-        if (c->pages[i].resident) c->pages[i].resident = 0;
-}
 
 /* ---- purge ------------------------------------------------------------------
  * Under the lock, take dirty free runs out of the index (their first/last
@@ -506,13 +605,12 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
                 chunk_attach_locked(a, empty[i]);
                 empty[i]->pages[0].zeroed = 0;
                 empty[i]->pages[0].dirty = 1;
-                set_resident(empty[i], 0, TM_CHUNK_PAGES, 1);
+                set_resident(empty[i], 0, TM_CHUNK_PAGES, true);
                 rss[a->index].resident += TM_CHUNK_PAGES;
             }
             /* a run the kernel would not purge keeps its dirty bytes */
             for (int i = 0; i < nruns; i++) {
-                if (purged[i]) clear_resident(runs[i].c, runs[i].page, runs[i].n);
-                else set_resident(runs[i].c, runs[i].page, runs[i].n, 1);
+                set_resident(runs[i].c, runs[i].page, runs[i].n, !purged[i]);
                 if (!purged[i]) rss[a->index].resident += runs[i].n;
                 run_insert_free_locked(a, runs[i].c, runs[i].page, runs[i].n, purged[i],
                                        !purged[i]);

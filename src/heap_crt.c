@@ -105,6 +105,7 @@ typedef struct chk_sums {
     size_t out[TM_NCLASSES + 1]; /* blocks not free in their bitmap */
     size_t large_bytes;
     size_t free_runs;
+    size_t chunk_slabs; /* slabs met in the chunk being checked */
 } chk_sums_t;
 
 static bool chunk_is_ours(tm_arena_t *a, tm_chunk_t *c) {
@@ -115,7 +116,11 @@ static bool chunk_is_ours(tm_arena_t *a, tm_chunk_t *c) {
 static int check_slab_locked(tm_chunk_t *c, uint32_t p, uint32_t n, chk_sums_t *s) {
     tm_slab_t *sl = chunk_slab(c, p);
     uintptr_t start = chunk_page_addr(c, p);
-    if (!sl || slab_chunk(sl) != c || sl->start != start) return _HEAPBADPTR;
+    if (!sl || sl->start != start || slab_chunk(sl) != c) return _HEAPBADPTR;
+    /* its slot is marked used, below the pool's high-water mark */
+    uint32_t slot = c->pages[p].index;
+    if (slot >= c->slab_hwm || !((c->slab_used[slot >> 6] >> (slot & 63)) & 1))
+        return _HEAPBADPTR;
     unsigned cls = sl->cls;
     if (cls < 1 || cls > TM_NCLASSES) return _HEAPBADNODE;
     const tm_class_t *k = &tm_classes[cls];
@@ -149,6 +154,7 @@ static int check_slab_locked(tm_chunk_t *c, uint32_t p, uint32_t n, chk_sums_t *
     /* the bin's partial list holds exactly the slabs with free blocks */
     if ((sl->nfree != 0) != (sl->on_list != 0)) return _HEAPBADNODE;
     s->nslabs[cls]++;
+    s->chunk_slabs++;
     s->on_list[cls] += sl->on_list != 0;
     s->out[cls] += sl->nblocks - sl->nfree;
     return _HEAPOK;
@@ -158,6 +164,7 @@ static int check_chunk_locked(tm_arena_t *a, tm_chunk_t *c, chk_sums_t *s) {
     if (!chunk_is_ours(a, c)) return _HEAPBADPTR;
     uint32_t free_pages = 0;
     bool prev_free = false;
+    s->chunk_slabs = 0;
     for (uint32_t p = 0; p < TM_CHUNK_PAGES;) {
         tm_page_t *h = &c->pages[p];
         uint32_t n = h->npages;
@@ -172,8 +179,9 @@ static int check_chunk_locked(tm_arena_t *a, tm_chunk_t *c, chk_sums_t *s) {
             if (prev_free) return _HEAPBADNODE; /* two free runs side by side */
             if (t->kind != PAGE_FREE || page_chunk(h) != c) return _HEAPBADNODE;
             /* linked into the index list for its length */
-            if (h->prev ? h->prev->next != h : a->runs[n] != h) return _HEAPBADNODE;
-            if (h->next && h->next->prev != h) return _HEAPBADNODE;
+            tm_run_link_t *l = &c->links[p >> 1];
+            if (l->prev ? page_link(l->prev)->next != h : a->runs[n] != h) return _HEAPBADNODE;
+            if (l->next && page_link(l->next)->prev != h) return _HEAPBADNODE;
             for (uint32_t i = p; i < p + n; i++)
                 if (c->fast[i]) return _HEAPBADNODE;
             free_pages += n;
@@ -195,7 +203,15 @@ static int check_chunk_locked(tm_arena_t *a, tm_chunk_t *c, chk_sums_t *s) {
         prev_free = h->kind == PAGE_FREE;
         p += n;
     }
-    return free_pages == c->free_pages ? _HEAPOK : _HEAPBADNODE;
+    if (free_pages != c->free_pages) return _HEAPBADNODE;
+    /* every used slot of the slab pool holds a slab met above (which each
+     * have a used slot of their own), and no give-back is under way (the
+     * trim lock keeps _heapmin out) */
+    unsigned used = 0;
+    for (unsigned w = 0; w < TM_CHUNK_PAGES / 64; w++)
+        used += (unsigned)__builtin_popcountll(c->slab_used[w]);
+    if (used != s->chunk_slabs || c->nslabs != used || c->slab_busy) return _HEAPBADNODE;
+    return _HEAPOK;
 }
 
 static bool page_in_chunk(tm_chunk_t *c, const tm_page_t *h) {
@@ -220,11 +236,11 @@ static int check_arena_locked(tm_arena_t *a, chk_sums_t *s) {
         bool bit = (a->runs_nonempty[n >> 6] >> (n & 63)) & 1;
         if (bit != (a->runs[n] != NULL)) return _HEAPBADBEGIN;
         tm_page_t *hp = NULL;
-        for (tm_page_t *h = a->runs[n]; h; hp = h, h = h->next) {
-            if (n == 0 || ++indexed > s->free_runs || h->prev != hp) return _HEAPBADBEGIN;
-            if (h->index >= TM_CHUNK_PAGES || !chunk_is_ours(a, page_chunk(h)) ||
-                !page_in_chunk(page_chunk(h), h))
+        for (tm_page_t *h = a->runs[n]; h; hp = h, h = page_link(h)->next) {
+            if (n == 0 || ++indexed > s->free_runs) return _HEAPBADBEGIN;
+            if (!chunk_is_ours(a, page_chunk(h)) || !page_in_chunk(page_chunk(h), h))
                 return _HEAPBADPTR;
+            if (page_link(h)->prev != hp) return _HEAPBADBEGIN;
             if (h->kind != PAGE_FREE || h->npages != n) return _HEAPBADNODE;
         }
     }

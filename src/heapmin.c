@@ -3,8 +3,11 @@
  *   1. world stop: every thread cache (running, blocked, idle) is emptied
  *      into its arenas (world.c); exited threads emptied theirs at exit;
  *   2. each arena in turn: empty chunks are detached and unmapped, the free
- *      pages of the other chunks are madvised away -- the arena lock is
- *      held only while its lists change, never across the system calls;
+ *      pages of the other chunks are madvised away, then the pages inside
+ *      slabs that hold no live block, and the slab descriptors are packed
+ *      so that the descriptor pages above them go back too -- the arena
+ *      lock is held only while its lists change, never across the system
+ *      calls;
  *   3. cached huge mappings are unmapped.
  * Concurrent calls are serialised by trim_lock, which fork's prepare
  * handler also takes.
@@ -28,6 +31,7 @@ static size_t trim_all(unsigned *failures) {
         if (a) {
             released += arena_purge(a, true, failures);
             released += arena_purge_slab_pages(a);
+            arena_compact_slabs(a); /* descriptor pages: not counted as released */
         }
     }
     released += huge_release_cache(failures);

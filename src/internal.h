@@ -168,20 +168,44 @@ TM_INLINE uintptr_t chunk_page_addr(tm_chunk_t *c, uint32_t page) {
 TM_INLINE tm_chunk_t *chunk_of_entry(uintptr_t e) {
     return (e & 1) ? (tm_chunk_t *)(e - 1) : NULL;
 }
-/* Descriptors keep no back pointers (they would cost a sixth of the
- * chunk descriptor): a free run's first page entry holds its index, a
- * slab its start address, and each leads back to the chunk. */
+/* Descriptors keep no back pointers (they would grow every page entry): a
+ * chunk's page entries fill one page of its page-aligned descriptor, and
+ * a slab's start address leads back to its chunk. */
 TM_INLINE tm_chunk_t *page_chunk(tm_page_t *h) {
-    return (tm_chunk_t *)((char *)(h - h->index) - offsetof(tm_chunk_t, pages));
+    return (tm_chunk_t *)(((uintptr_t)h & ~(uintptr_t)TM_PAGE_MASK) - offsetof(tm_chunk_t, pages));
 }
 TM_INLINE tm_chunk_t *slab_chunk(tm_slab_t *s) {
-    return (tm_chunk_t *)((char *)(s - ((s->start & TM_CHUNK_MASK) >> TM_PAGE_SHIFT)) -
-                          offsetof(tm_chunk_t, slabs));
+    return chunk_of_entry(pagemap_lookup(s->start));
 }
-/* The slab starting at page p, or NULL if none starts there. */
+/* The links of the free run whose first page entry is h (types.h). */
+TM_INLINE tm_run_link_t *page_link(tm_page_t *h) {
+    return &page_chunk(h)->links[(((uintptr_t)h & TM_PAGE_MASK) / sizeof *h) >> 1];
+}
+/* tm_page_t.index, which slab_of reads without the lock: the whole entry
+ * is stored at once (the lock is held: nobody else writes it). */
+TM_INLINE void page_set_index(tm_page_t *h, uint32_t v) {
+    tm_page_t e = *h;
+    e.index = v & (TM_CHUNK_PAGES - 1);
+    __atomic_store_n(&h->word, e.word, __ATOMIC_RELEASE);
+}
+TM_INLINE uint32_t page_index_read(tm_page_t *h) {
+    tm_page_t e;
+    e.word = __atomic_load_n(&h->word, __ATOMIC_ACQUIRE);
+    return e.index;
+}
+/* The slab starting at page p, or NULL if none starts there (lock held). */
 TM_INLINE tm_slab_t *chunk_slab(tm_chunk_t *c, uint32_t p) {
-    return c->pages[p].kind == PAGE_SLAB ? &c->slabs[p] : NULL;
+    return c->pages[p].kind == PAGE_SLAB ? &c->slabs[c->pages[p].index & (TM_CHUNK_PAGES - 1)]
+                                         : NULL;
 }
+/* The slab pool (chunk.c): take the lowest free slot of c for a slab on
+ * the run [page, page + npages) just carved; may drop and retake the lock
+ * (only while _heapmin gives pool pages back). Put a slot back. */
+uint32_t chunk_slot_take_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages);
+void chunk_slot_put_locked(tm_chunk_t *c, uint32_t slot);
+/* Give back the pool pages of c above its last used slot (slots must be
+ * packed: [0, nslabs) in use). Drops and retakes the lock; returns bytes. */
+size_t chunk_slab_pool_release_locked(tm_arena_t *a, tm_chunk_t *c);
 /* Purge: release free pages of every chunk of arena a; return bytes.
  * *failures counts system calls the kernel refused. */
 size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures);
@@ -210,6 +234,9 @@ size_t arena_large_usable(tm_chunk_t *c, uint32_t page);
 bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size);
 void arena_release_empty_slabs_locked(tm_arena_t *a);
 size_t arena_purge_slab_pages(tm_arena_t *a); /* free pages inside live slabs */
+/* Pack each chunk's slab descriptors into its lowest slots and give back
+ * the slab pool pages above them (_heapmin; trim lock held). */
+size_t arena_compact_slabs(tm_arena_t *a);
 void arena_fork_prepare(void);
 void arena_fork_parent(void);
 void arena_fork_child(void);

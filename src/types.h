@@ -14,7 +14,8 @@
  *   size class  one of TM_NCLASSES small block sizes (16 B .. 32 KiB), four
  *               per doubling above 128 B, so internal waste is under 20%.
  *   slab        a run cut into blocks of one size class; a bitmap in its
- *               descriptor (slab_t) says which blocks are free in the arena.
+ *               descriptor (slab_t, a slot of its chunk's slab pool) says
+ *               which blocks are free in the arena.
  *   large       a block of 32 KiB < size <= huge threshold: a run of pages.
  *   huge        a block above the huge threshold: its own kernel mapping,
  *               chunk-aligned, described by a huge_t.
@@ -92,25 +93,34 @@ enum { PAGE_INTERIOR = 0, PAGE_FREE, PAGE_SLAB, PAGE_LARGE, PAGE_UNUSED };
 struct tm_slab;
 struct tm_arena;
 
-/* Per-page metadata. Only a run's first and last page carry kind and
- * npages (interior pages read PAGE_INTERIOR); a free run's first page links
- * it into its arena's free-run index. */
-typedef struct tm_page {
-    uint8_t kind;
-    uint8_t zeroed;     /* free run: every byte is known zero (fresh/purged) */
-    uint8_t dirty;      /* free run: has pages not yet returned to the kernel */
-    uint8_t resident;   /* free run's page: may still be resident (chunk.c) */
-    uint16_t npages;    /* run length, on first and last page */
-    uint16_t index;     /* free run's first page: its own index, which leads
-                           back to its chunk (page_chunk) */
-    struct tm_page *next, *prev;    /* free-run index links */
-} tm_page_t;            /* 24 bytes; a PAGE_SLAB first page's slab is
-                           chunk->slabs[index] (chunk_slab) */
+/* Per-page metadata, 4 bytes. Only a run's first and last page carry kind
+ * and npages (interior pages read PAGE_INTERIOR). A free run's first page
+ * is linked into its arena's free-run index through chunk_t.links. */
+typedef union tm_page {
+    struct {
+        uint32_t kind : 8;
+        uint32_t zeroed : 1;    /* free run: every byte is known zero (fresh/purged) */
+        uint32_t dirty : 1;     /* free run: has pages not yet returned to the kernel */
+        uint32_t npages : 11;   /* run length (1..1024), on first and last page */
+        uint32_t index : 10;    /* a slab's first page: its descriptor's slot in
+                                   chunk_t.slabs (chunk_slab), read without
+                                   locks by slab_of */
+    };
+    uint32_t word;              /* the whole entry: index is written and read
+                                   without the lock through it (page_set_index) */
+} tm_page_t;
 
-/* A slab's descriptor, embedded in its chunk's descriptor (chunk_t.slabs,
- * indexed by the slab's first page), so slab metadata goes away with the
- * chunk. bitmap bit i set = block i free in the arena (not in a thread
- * cache, not held by the program). */
+/* A free run's links in its arena's index (by exact length). Two free runs
+ * never touch (they coalesce), so their first pages are at least two apart
+ * and links[p >> 1] belongs to the free run whose first page is p. */
+typedef struct tm_run_link {
+    union tm_page *next, *prev;
+} tm_run_link_t;
+
+/* A slab's descriptor, in its chunk's slab pool (chunk_t.slabs); the slot
+ * is named by the slab's first page entry (tm_page_t.index). bitmap bit i
+ * set = block i free in the arena (not in a thread cache, not held by the
+ * program). */
 typedef struct tm_slab {
     uintptr_t start;                /* leads back to its chunk (slab_chunk) */
     struct tm_slab *next, *prev;    /* bin's partial list */
@@ -127,18 +137,34 @@ typedef struct tm_slab {
     uint64_t bitmap[TM_SLAB_MAX_BLOCKS / 64];
 } tm_slab_t;                        /* 64 bytes */
 
+/* A chunk's descriptor: its own page-aligned mapping (meta.c), laid out so
+ * that what a chunk with few live runs keeps resident is a few pages: the
+ * fast[] page, the page entries (one page, which page_chunk relies on),
+ * the links, and the header page, which starts the slab pool. Slab descriptors are slots of the pool, handed out
+ * lowest first and packed down by _heapmin (arena_compact_slabs), which
+ * then gives back the pool pages above the last live slot (chunk.c). */
 typedef struct tm_chunk {
     /* fast[i]: small class of page i in bits 0..7 (0 = not a slab page),
      * the slab's byte offset in the chunk in bits 12..21, and the index of
      * the owning arena in bits 22..31 (TM_FAST_* in internal.h). free()
      * reads only this. */
-    uint32_t fast[TM_CHUNK_PAGES];
+    uint32_t fast[TM_CHUNK_PAGES];          /* page 0 */
+    tm_page_t pages[TM_CHUNK_PAGES];        /* page 1 */
+    tm_run_link_t links[TM_CHUNK_PAGES / 2];/* pages 2-3 */
+    /* header, on the first page of the slab pool */
     uintptr_t base;
     struct tm_arena *arena;
     struct tm_chunk *next, *prev;   /* arena's chunk list */
     uint32_t free_pages;            /* pages in free runs */
-    tm_page_t pages[TM_CHUNK_PAGES];
-    tm_slab_t slabs[TM_CHUNK_PAGES]; /* slabs[p]: the slab whose first page is p */
+    uint16_t nslabs;                /* slots in use */
+    uint16_t slab_hwm;              /* no slot at or above it was used since
+                                       the pool was last given back */
+    uint32_t slab_busy;             /* bit j: pool page j is being given back,
+                                       no slot on it is handed out */
+    uint64_t resident[TM_CHUNK_PAGES / 64]; /* bit p: free page p may be resident
+                                       (chunk.c) */
+    uint64_t slab_used[TM_CHUNK_PAGES / 64]; /* bit s: slot s holds a slab */
+    _Alignas(64) tm_slab_t slabs[TM_CHUNK_PAGES]; /* the slab pool */
 } tm_chunk_t;
 
 /* ---- Huge blocks ---------------------------------------------------------- */

@@ -464,7 +464,7 @@ static void breakdown_take(breakdown_t *b)
                 for (uint32_t k = p; k < p + n && k < TM_CHUNK_PAGES; k++)
                     res += (vec[k] & 1) ? 4096 : 0;
                 if (h->kind == PAGE_SLAB) {
-                    tm_slab_t *sl = h->slab;
+                    tm_slab_t *sl = chunk_slab(c, p);
                     b->nslabs++;
                     if (sl->nfree == sl->nblocks) {
                         b->nslabs_empty++;
