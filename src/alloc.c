@@ -108,7 +108,7 @@ TM_EXPORT void TM_API(free)(void *p) {
     uint32_t f;
     if (likely(small_block(a, &cls, &f))) {
         uint64_t cookie = a ^ tm_cookie_key;
-        if (likely(*tm_cookie_slot(p) != cookie) && likely(!(f & TM_FAST_PURGED))) {
+        if (likely(*tm_cookie_slot(p) != cookie) && likely(!(f & TM_FAST_CHECK))) {
             free_to_cache(p, cls, f, cookie);
             return;
         }
@@ -172,23 +172,28 @@ static void free_generic(void *p, const char *call) {
     tm_invalid_pointer(call, p);
 }
 
-/* free() found the free-block cookie in p's second word, or p lies in a
- * purged slab. Every free small block in a cache carries the cookie, and
- * malloc clears it, so with the cookie there p is free already: a double
- * free. (A program cannot write the cookie by accident: it is the address
- * xor a random per-process key.) In a purged slab, _heapmin gave back pages
- * of free blocks and their cookie words read zero, so the cookie proves
- * nothing there: the slab's bitmap says whether p is free in it. */
+/* free() found the free-block cookie in p's second word, or p lies on a
+ * page of a purged slab or one with blocks never handed out. Every free
+ * small block in a cache carries the cookie, and malloc clears it, so with
+ * the cookie there p is free already: a double free. (A program cannot
+ * write the cookie by accident: it is the address xor a random per-process
+ * key.) Blocks never handed out carry no cookie, and in a purged slab
+ * _heapmin gave back pages of free blocks, whose cookie words read zero: on
+ * those pages the slab's bitmap says whether p is free in the arena. */
 static void free_suspect_double(void *p, unsigned cls, uint32_t f) {
     if (!cls) { /* a large block starting a chunk: not cookie-protected */
         free_generic(p, "free");
         return;
     }
-    if (*tm_cookie_slot(p) != tm_cookie_of(p) && !arena_block_is_free(p)) {
+    bool cookie = *tm_cookie_slot(p) == tm_cookie_of(p);
+    if (!cookie && !arena_block_is_free(p)) {
         free_to_cache(p, cls, f, tm_cookie_of(p));
         return;
     }
-    tm_double_free("free", p);
+    if (!cookie && !(f & TM_FAST_PURGED)) /* free in a slab that never handed it out */
+        tm_invalid_pointer("free", p);
+    else
+        tm_double_free("free", p);
 }
 
 void tm_free_impl(void *p) { TM_API(free)(p); }
@@ -207,8 +212,12 @@ size_t tm_usable_size(void *p, const char *caller) {
                 tm_invalid_pointer(caller, p);
                 return 0;
             }
-            if (*tm_cookie_slot(p) == tm_cookie_of(p)) {
-                tm_double_free(caller, p);
+            bool cookie = *tm_cookie_slot(p) == tm_cookie_of(p);
+            if (cookie || ((c->fast[page] & TM_FAST_CHECK) && arena_block_is_free(p))) {
+                /* free in a cache or its slab; without a cookie outside a
+                 * purged slab, never handed out (free_suspect_double) */
+                if (!cookie && !(c->fast[page] & TM_FAST_PURGED)) tm_invalid_pointer(caller, p);
+                else tm_double_free(caller, p);
                 return 0;
             }
             return tm_classes[cls].size;

@@ -167,15 +167,46 @@ static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
     s->nblocks = (uint16_t)k->nblocks;
     s->nfree = (uint16_t)k->nblocks;
     /* No cookies yet: writing them would touch every page of the slab now
-     * (s->fresh = 0; arena_refill writes each when it first hands it out). */
+     * (s->fresh = 0; arena_refill writes each when it first hands it out),
+     * so every page is marked fresh: free() asks the bitmap there. */
     for (uint32_t w = 0; w < TM_SLAB_MAX_BLOCKS; w += 64)
         bm_store(s, w >> 6, w >= k->nblocks ? 0 : k->nblocks - w >= 64 ? ~0ull
                                                  : (1ull << (k->nblocks - w)) - 1);
-    uint32_t fast = TM_FAST(cls, page, a->index);
+    uint32_t fast = TM_FAST(cls, page, a->index) | TM_FAST_FRESH;
     for (uint32_t i = 0; i < k->slab_pages; i++)
         __atomic_store_n(&c->fast[page + i], fast, __ATOMIC_RELEASE);
     a->bins[cls].nslabs++;
     return s;
+}
+
+void slab_set_fresh_locked(tm_slab_t *s, uint32_t fresh) {
+    s->fresh = (uint16_t)fresh;
+    tm_chunk_t *c = slab_chunk(s);
+    const tm_class_t *k = &tm_classes[s->cls];
+    uint32_t page = (uint32_t)((s->start - c->base) >> TM_PAGE_SHIFT);
+    uint32_t first = slab_fresh_page(fresh, s->nblocks, k->size);
+    for (uint32_t i = 0; i < k->slab_pages; i++) {
+        uint32_t f = c->fast[page + i], g = i >= first ? f | TM_FAST_FRESH : f & ~TM_FAST_FRESH;
+        if (g != f) __atomic_store_n(&c->fast[page + i], g, __ATOMIC_RELEASE);
+    }
+}
+
+/* Block i of slab s, never handed out (i >= fresh), is being handed out.
+ * Every other block that starts on its page gets its cookie now -- the page
+ * is being touched anyway -- so fresh can move to the first block that
+ * starts on a later page: a page keeps TM_FAST_FRESH only while it holds no
+ * block ever handed out, and free() of a block there is always a bad one
+ * (the fast path's cookie test holds everywhere else). Returns the new
+ * fresh. */
+static uint32_t slab_fresh_past_locked(const tm_slab_t *s, uint32_t i, uint32_t size) {
+    uintptr_t next_page = ((uintptr_t)i * size + TM_PAGE) & ~(uintptr_t)TM_PAGE_MASK;
+    uint32_t f = (uint32_t)((next_page + size - 1) / size);
+    if (f > s->nblocks) f = s->nblocks;
+    for (uint32_t j = i + 1; j < f; j++) {
+        void *q = (void *)(s->start + (uintptr_t)j * size);
+        *tm_cookie_slot(q) = tm_cookie_of(q);
+    }
+    return f;
 }
 
 static void slab_destroy_locked(tm_arena_t *a, tm_slab_t *s) {
@@ -201,15 +232,16 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
             if (!s) break;
             bin_push_locked(b, s);
         }
+        uint32_t fresh = s->fresh;
         for (unsigned w = s->hint; w < TM_SLAB_MAX_BLOCKS / 64 && got < n; w++) {
             uint64_t bits = s->bitmap[w];
             while (bits && got < n) {
                 unsigned i = w * 64 + (unsigned)__builtin_ctzll(bits);
                 bits &= bits - 1;
                 void *p = (void *)(s->start + (uintptr_t)i * size);
-                if (i >= s->fresh || s->purged) { /* it may have no cookie: give it one */
+                if (i >= fresh || s->purged) { /* it may have no cookie: give it one */
                     *tm_cookie_slot(p) = tm_cookie_of(p);
-                    if (i >= s->fresh) s->fresh = (uint16_t)(i + 1);
+                    if (i >= fresh) fresh = slab_fresh_past_locked(s, i, size);
                 }
                 slots[got++] = p;
                 s->nfree--;
@@ -222,6 +254,7 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
             bm_store(s, w, bits);
             if (!bits) s->hint = (uint16_t)(w + 1);
         }
+        if (fresh != s->fresh) slab_set_fresh_locked(s, fresh);
         if (s->nfree == 0) {
             bin_remove_locked(b, s);
             /* every free block has been handed out, with its cookie */
@@ -406,7 +439,7 @@ static void slab_put_back_locked(tm_arena_t *a, const slab_plan_t *pl) {
      * it could reach fresh only through them): they become blocks never
      * handed out. Without lower, an unheld block past fresh may have been
      * handed out meanwhile, and fresh must stay where the refill left it. */
-    if (pl->lower) s->fresh = (uint16_t)pl->tail;
+    if (pl->lower) slab_set_fresh_locked(s, pl->tail);
     /* a refill may have emptied the bitmap meanwhile and cleared purged */
     if (pl->purges) slab_set_purged_locked(s, true);
     /* A block freed meanwhile may have emptied it: it stays on the list,

@@ -127,8 +127,9 @@ static int check_slab_locked(tm_chunk_t *c, uint32_t p, uint32_t n, chk_sums_t *
     if (n != k->slab_pages || sl->nblocks != k->nblocks) return _HEAPBADNODE;
     if (n > 1 && c->pages[p + n - 1].kind != PAGE_INTERIOR) return _HEAPBADNODE;
     uint32_t fast = TM_FAST(cls, p, c->arena->index) | (sl->purged ? TM_FAST_PURGED : 0);
+    uint32_t fresh_page = slab_fresh_page(sl->fresh, sl->nblocks, k->size);
     for (uint32_t i = p; i < p + n; i++)
-        if (c->fast[i] != fast) return _HEAPBADNODE;
+        if (c->fast[i] != (fast | (i - p >= fresh_page ? TM_FAST_FRESH : 0))) return _HEAPBADNODE;
     if (sl->hint > TM_SLAB_MAX_BLOCKS / 64) return _HEAPBADNODE;
     unsigned nfree = 0;
     for (unsigned w = 0; w < TM_SLAB_MAX_BLOCKS / 64; w++) {
@@ -344,7 +345,7 @@ static void fill_arena_locked(tm_arena_t *a, unsigned char fill) {
                         *tm_cookie_slot(b) = tm_cookie_of(b);
                     }
                 }
-                sl->fresh = sl->nblocks; /* every free block now has its cookie */
+                slab_set_fresh_locked(sl, sl->nblocks); /* every free block has its cookie */
             }
             p += n;
         }

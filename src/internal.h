@@ -218,6 +218,11 @@ extern unsigned tm_narenas;
 #define TM_FAST_ARENA_SHIFT 22
 #define TM_FAST_CLS(f) ((f) & 0xffu)
 #define TM_FAST_PURGED 0x100u /* the slab is purged (types.h): free() checks its bitmap */
+/* the page holds blocks never handed out (index >= slab.fresh), which carry
+ * no cookie: free() checks the bitmap there too, or free() of such a block
+ * would put a block the arena still counts free into a cache */
+#define TM_FAST_FRESH 0x200u
+#define TM_FAST_CHECK (TM_FAST_PURGED | TM_FAST_FRESH)
 #define TM_FAST_SLAB_OFF(f) ((f) & 0x3ff000u) /* the slab's byte offset in its chunk */
 #define TM_FAST(cls, page, arena) \
     ((uint32_t)(cls) | (uint32_t)(page) << TM_PAGE_SHIFT | (uint32_t)(arena) << TM_FAST_ARENA_SHIFT)
@@ -233,6 +238,12 @@ void arena_free_large(tm_chunk_t *c, uint32_t page, void *p);
 size_t arena_large_usable(tm_chunk_t *c, uint32_t page);
 bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size);
 void arena_release_empty_slabs_locked(tm_arena_t *a);
+/* Set slab s's fresh mark and the TM_FAST_FRESH bits of its pages. */
+void slab_set_fresh_locked(tm_slab_t *s, uint32_t fresh);
+/* The first page of slab s (0-based) that holds a block at or past fresh. */
+TM_INLINE uint32_t slab_fresh_page(uint32_t fresh, uint32_t nblocks, uint32_t size) {
+    return fresh >= nblocks ? UINT32_MAX : (uint32_t)(((uintptr_t)fresh * size) >> TM_PAGE_SHIFT);
+}
 size_t arena_purge_slab_pages(tm_arena_t *a); /* free pages inside live slabs */
 /* Pack each chunk's slab descriptors into its lowest slots and give back
  * the slab pool pages above them (_heapmin; trim lock held). */

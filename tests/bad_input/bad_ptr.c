@@ -103,6 +103,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(what, "interior-large-page")) p = (char *)malloc(100000) + 8192;
     else if (!strcmp(what, "interior-huge")) p = (char *)malloc(3 << 20) + 4096;
     else if (!strcmp(what, "interior-huge-far")) p = (char *)malloc(12 << 20) + (6 << 20);
+    /* a block start in a young slab that was never handed out: free in the
+     * arena, no cookie (a 1 KiB slab holds 8 blocks on 2 pages; the first
+     * refill hands out 4, so p is one of blocks 0-3 and p + 4 KiB one of
+     * blocks 4-7) */
+    else if (!strcmp(what, "unallocated")) p = (char *)malloc(1024) + 4096;
     else if (!strcmp(what, "mmap")) {
         p = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED) return 3;

@@ -9,6 +9,7 @@
 #         (a small one; a large one, mid-page and page-aligned; a huge one,
 #         in its first chunk and 6 MiB in)
 #         mmap: memory the program mapped itself (another allocator's)
+#         unallocated: a block start in a slab that never handed it out
 #         double-tcache: freed before, still in the thread cache
 #         double-arena: freed before, back in its slab after _heapmin
 #         double-large, double-huge: a freed large block, a freed huge block
@@ -112,7 +113,7 @@ run_case() {
 
 for call in free realloc usable; do
     for what in stack global interior-small interior-large interior-large-page interior-huge \
-        interior-huge-far mmap double-tcache double-arena double-large double-huge \
+        interior-huge-far mmap unallocated double-tcache double-arena double-large double-huge \
         double-huge-unmapped; do
         for mode in abort warn; do
             run_case "$call-$what" "$mode"
