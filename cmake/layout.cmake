@@ -122,6 +122,21 @@ INSERT AFTER .rodata1;
 
 SECTIONS
 {
+  /* The thread-cache sentinel: read by every thread's first allocation,
+   * never written (its bins are empty with no room), so it can share the
+   * page the loader writes relocations to and then makes read-only (a
+   * write to it now faults, as it should). */
+  .data.rel.ro :
+  {
+    *(.data.rel.ro.local* .gnu.linkonce.d.rel.ro.local.*)
+    *(.data.rel.ro .data.rel.ro.* .gnu.linkonce.d.rel.ro.*)
+    *(.bss.tm_tcache_sentinel)
+  }
+}
+INSERT BEFORE .data.rel.ro;
+
+SECTIONS
+{
   .bss.tm_hot :
   {
     /* the C runtime's (crtstuff's flag for its exit-time destructors) */
