@@ -287,7 +287,7 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
         resident = count_resident(c, start, (uint32_t)npages);
         runs_index_remove_locked(a, h);
         if (!may_purge || resident == npages) break;
-        size_t idle = rss[a->index].resident - count_resident(c, page, len);
+        size_t idle = rss[a->index].resident ? rss[a->index].resident - count_resident(c, page, len) : 0;
         size_t want = growth_purge_pages_locked(a, (uint32_t)npages - resident, idle);
         if (!want) break;
         /* held while the lock is dropped, the run is no free run: its

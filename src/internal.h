@@ -107,8 +107,15 @@ TM_INLINE unsigned size_class_of(size_t size) {
 }
 
 /* ---- pagemap.c ------------------------------------------------------------------ */
+/* The root covers the user half of the address space (47 bits on x86-64,
+ * 48 elsewhere), so its last entries are those for the top of it, where
+ * the kernel places mappings. */
 #define PM_LEAF_BITS 13
+#if defined(__x86_64__)
+#define PM_ROOT_BITS 12
+#else
 #define PM_ROOT_BITS 13
+#endif
 #define PM_ROOT_SHIFT (TM_CHUNK_SHIFT + PM_LEAF_BITS) /* 35 */
 #define PM_ROOT_SIZE ((uintptr_t)1 << PM_ROOT_BITS)
 #define PM_LEAF_SIZE ((uintptr_t)1 << PM_LEAF_BITS)
@@ -116,11 +123,13 @@ TM_INLINE unsigned size_class_of(size_t size) {
  * block, 0 for nothing of ours. */
 typedef struct { uintptr_t e[PM_LEAF_SIZE]; } pm_leaf_t;
 /* The root holds each leaf's distance from the shared zero leaf, so the
- * all-zero root (.bss: no relocations, no pages touched at load) reads as
- * "every slot -> zero leaf". One base register reaches both. */
+ * all-zero .bss root reads as "every slot -> zero leaf". One base register
+ * reaches both. The zero leaf follows the root: a process's lookups of its
+ * own blocks (the root's last entries) and of NULL (the zero leaf's first)
+ * then share a page, and root[0] starts the pagemap (pagemap.c). */
 typedef struct pm_map {
-    pm_leaf_t zero;
     intptr_t root[PM_ROOT_SIZE];
+    pm_leaf_t zero;
 } pm_map_t;
 extern pm_map_t pm_map;
 TM_INLINE uintptr_t pagemap_lookup(uintptr_t a) {

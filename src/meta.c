@@ -19,6 +19,7 @@ typedef struct meta_free { struct meta_free *next; } meta_free_t;
 static pthread_mutex_t meta_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *meta_cur, *meta_end;
 static meta_free_t *meta_lists[META_LISTS];
+static bool meta_freed; /* meta_lists[] is read only once something was freed (8 KiB a small process need not touch) */
 static size_t meta_total;
 
 size_t meta_mapped(void) { return __atomic_load_n(&meta_total, __ATOMIC_RELAXED); }
@@ -32,7 +33,7 @@ void *meta_alloc(size_t size) {
         return p; /* fresh pages are zero */
     }
     pthread_mutex_lock(&meta_lock);
-    meta_free_t *f = meta_lists[size / META_STEP];
+    meta_free_t *f = meta_freed ? meta_lists[size / META_STEP] : NULL;
     if (f) {
         meta_lists[size / META_STEP] = f->next;
         pthread_mutex_unlock(&meta_lock);
@@ -71,6 +72,7 @@ void meta_free(void *p, size_t size) {
     }
     pthread_mutex_lock(&meta_lock);
     meta_free_t *f = p;
+    meta_freed = true;
     f->next = meta_lists[size / META_STEP];
     meta_lists[size / META_STEP] = f;
     pthread_mutex_unlock(&meta_lock);

@@ -8,6 +8,7 @@
 
 #include <limits.h>
 #include <stdlib.h>
+#include <unistd.h> /* environ */
 
 tm_opts_t tm_opt;
 
@@ -86,9 +87,21 @@ static bool parse_long(const char *s, size_t len, long *out) {
     return true;
 }
 
+/* getenv(name), read from environ directly: libc's getenv sits on a page
+ * of libc a small program may never execute otherwise (os.c says why that
+ * costs memory). */
+static const char *options_getenv(const char *name) {
+    for (char **e = environ; e && *e; e++) {
+        const char *v = *e, *n = name;
+        while (*n && *v == *n) v++, n++;
+        if (!*n && *v == '=') return v + 1;
+    }
+    return NULL;
+}
+
 void options_init(void) {
     for (size_t i = 0; i < NOPTS; i++) *opt_field(&opt_table[i]) = opt_table[i].def;
-    const char *conf = getenv("TRIMALLOC_CONF");
+    const char *conf = options_getenv("TRIMALLOC_CONF");
     if (!conf) return;
     char what[160];
     for (const char *p = conf; *p;) {

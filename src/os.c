@@ -4,6 +4,15 @@
  * Contract: sizes and addresses are page multiples; failures return NULL or
  * -1 and never abort. A fault-injection hook (os_set_fail_after) makes the
  * n-th subsequent mapping fail, so out-of-memory paths can be tested.
+ *
+ * On x86-64 the system calls are made directly (os_sys below), not through
+ * libc's wrappers: each wrapper lives on its own stretch of libc's text,
+ * and the kernel maps up to 64 KiB of already-cached file pages around
+ * every page a process first executes (fault-around), so a wrapper that
+ * the program itself never calls costs a small process up to 64 KiB of
+ * resident libc text (measured: sched_getaffinity and the mmap family
+ * added such windows). Sanitizer builds keep the wrappers, which the
+ * sanitizers intercept to track mappings.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -12,10 +21,76 @@
 #include <sched.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define OS_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer)
+#define OS_SANITIZED 1
+#endif
+#endif
+#if !defined(OS_SANITIZED) && TM_TSAN
+#define OS_SANITIZED 1
+#endif
+
+#if defined(__x86_64__) && defined(__linux__) && !defined(OS_SANITIZED)
+#define OS_RAW 1
+/* A system call without libc: returns the result, or -errno. */
+static inline long os_sys(long nr, long a, long b, long c, long d, long e, long f) {
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+#else
+#define OS_RAW 0
+static inline long os_sys(long nr, long a, long b, long c, long d, long e, long f) {
+    long r = syscall(nr, a, b, c, d, e, f);
+    return r == -1 ? -errno : r;
+}
+#endif
+
+/* For calls whose contract is "0, or -1 with errno". */
+static int os_sys_status(long r) {
+    if (r >= 0) return 0;
+    errno = (int)-r;
+    return -1;
+}
+
+static void *os_mmap(size_t size) {
+    int prot = PROT_READ | PROT_WRITE, flags = MAP_PRIVATE | MAP_ANONYMOUS;
+#if OS_RAW
+    long r = os_sys(SYS_mmap, 0, (long)size, prot, flags, -1, 0);
+    return (unsigned long)r > -4096ul ? NULL : (void *)r;
+#else
+    void *p = mmap(NULL, size, prot, flags, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+#endif
+}
+
+static int os_munmap(void *p, size_t size) {
+#if OS_RAW
+    return os_sys_status(os_sys(SYS_munmap, (long)p, (long)size, 0, 0, 0, 0));
+#else
+    return munmap(p, size);
+#endif
+}
+
+static int os_mprotect(void *p, size_t size, int prot) {
+#if OS_RAW
+    return os_sys_status(os_sys(SYS_mprotect, (long)p, (long)size, prot, 0, 0, 0));
+#else
+    return mprotect(p, size, prot);
+#endif
+}
 
 /* Fault injection: when > 0, counts down on every map; the map that takes
  * it to 0 fails, and the later ones succeed again -- or, after
@@ -50,8 +125,7 @@ static bool inject_failure(void) {
 
 void *os_map(size_t size) {
     if (inject_failure()) return NULL;
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
+    return os_mmap(size);
 }
 
 /* Map size bytes aligned to align (a power of two >= page): over-map, then
@@ -61,25 +135,29 @@ void *os_map_aligned(size_t size, size_t align) {
     if (size + align < size) return NULL;
     if (inject_failure()) return NULL;
     size_t total = size + align - TM_PAGE;
-    char *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return NULL;
+    char *p = os_mmap(total);
+    if (!p) return NULL;
     uintptr_t a = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
     size_t head = a - (uintptr_t)p;
     size_t tail = total - head - size;
-    if (head) munmap(p, head);
-    if (tail) munmap((char *)a + size, tail);
+    if (head) os_munmap(p, head);
+    if (tail) os_munmap((char *)a + size, tail);
     return (void *)a;
 }
 
 int os_unmap(void *p, size_t size) {
     if (!p || !size) return 0;
-    return munmap(p, size);
+    return os_munmap(p, size);
 }
 
 int os_purge(void *p, size_t size) {
     /* MADV_DONTNEED on private anonymous memory frees the pages now and
      * makes them read zero: RSS drops at once and calloc can trust it. */
+#if OS_RAW
+    return os_sys_status(os_sys(SYS_madvise, (long)p, (long)size, MADV_DONTNEED, 0, 0, 0));
+#else
     return madvise(p, size, MADV_DONTNEED);
+#endif
 }
 
 /* Give back the whole pages inside [lo, hi): the partial pages at either
@@ -90,17 +168,21 @@ size_t os_purge_inside(const void *lo, const void *hi) {
     return b > a && os_purge((void *)a, b - a) == 0 ? b - a : 0;
 }
 
-int os_protect_none(void *p, size_t size) { return mprotect(p, size, PROT_NONE); }
+int os_protect_none(void *p, size_t size) { return os_mprotect(p, size, PROT_NONE); }
 
 /* mremap: grow/shrink in place (may_move 0), anywhere (may_move 1), or to
  * the fixed address given (a reserved, aligned spot). */
 void *os_remap(void *p, size_t old, size_t new_size, int may_move, void *fixed) {
     if (new_size > old && inject_failure()) return NULL;
     int flags = may_move ? MREMAP_MAYMOVE : 0;
-    void *r;
-    if (fixed) r = mremap(p, old, new_size, MREMAP_MAYMOVE | MREMAP_FIXED, fixed);
-    else r = mremap(p, old, new_size, flags);
+    if (fixed) flags = MREMAP_MAYMOVE | MREMAP_FIXED;
+#if OS_RAW
+    long r = os_sys(SYS_mremap, (long)p, (long)old, (long)new_size, flags, (long)fixed, 0);
+    return (unsigned long)r > -4096ul ? NULL : (void *)r;
+#else
+    void *r = fixed ? mremap(p, old, new_size, flags, fixed) : mremap(p, old, new_size, flags);
     return r == MAP_FAILED ? NULL : r;
+#endif
 }
 
 /* A full memory barrier on every thread of the process that is running now
@@ -114,22 +196,22 @@ static char *barrier_page;
 
 int os_heavy_barrier(void) {
     if (membarrier_state == 0) {
-        long r = syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0);
+        long r = os_sys(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0, 0, 0, 0);
         membarrier_state = (r == 0) ? 1 : -1;
     }
     if (membarrier_state == 1 &&
-        syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
+        os_sys(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0, 0, 0, 0) == 0)
         return 0;
     membarrier_state = -1;
     if (!barrier_page) {
-        void *p = mmap(NULL, TM_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) return -1;
+        void *p = os_mmap(TM_PAGE);
+        if (!p) return -1;
         barrier_page = p;
     }
     /* The page must be present for the downgrade to shoot down TLBs. */
     __atomic_fetch_add((volatile int *)barrier_page, 1, __ATOMIC_SEQ_CST);
-    if (mprotect(barrier_page, TM_PAGE, PROT_READ) != 0) return -1;
-    if (mprotect(barrier_page, TM_PAGE, PROT_READ | PROT_WRITE) != 0) return -1;
+    if (os_mprotect(barrier_page, TM_PAGE, PROT_READ) != 0) return -1;
+    if (os_mprotect(barrier_page, TM_PAGE, PROT_READ | PROT_WRITE) != 0) return -1;
     return 0;
 }
 
@@ -139,20 +221,24 @@ uint64_t os_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-void os_yield(void) { sched_yield(); }
+void os_yield(void) { os_sys(SYS_sched_yield, 0, 0, 0, 0, 0, 0); }
 
 unsigned os_ncpus(void) {
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0) {
-        int n = CPU_COUNT(&set);
-        if (n > 0) return (unsigned)n;
+    /* The raw call returns the bytes of mask the kernel wrote. */
+    uint64_t mask[1024 / 64] = {0};
+    long r = os_sys(SYS_sched_getaffinity, 0, (long)sizeof mask, (long)mask, 0, 0, 0);
+    if (r > 0) {
+        unsigned n = 0;
+        for (size_t i = 0; i < sizeof mask / sizeof mask[0]; i++) n += (unsigned)__builtin_popcountll(mask[i]);
+        if (n > 0) return n;
     }
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (unsigned)n : 1;
 }
 
 void os_random(void *buf, size_t n) {
-    if (getrandom(buf, n, GRND_NONBLOCK) == (ssize_t)n) return;
+    if (os_sys(SYS_getrandom, (long)buf, (long)n, 0x0001 /* GRND_NONBLOCK */, 0, 0, 0) == (long)n)
+        return;
     /* AT_RANDOM: 16 random bytes the kernel gave the process at exec. */
     const unsigned char *r = (const unsigned char *)getauxval(AT_RANDOM);
     uint64_t x = os_now_ns() ^ (uint64_t)(uintptr_t)&n;

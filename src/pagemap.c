@@ -1,15 +1,23 @@
 /*
  * pagemap.c -- address -> descriptor, for free() and every lookup by pointer.
  *
- * A two-level radix tree over the 48-bit address space at chunk (4 MiB)
- * granularity: 2^13 root slots of 2^13 leaf entries. Every root slot starts
- * out pointing at one shared all-zero leaf (it stores the leaf's distance
- * from that zero leaf, so an all-zero .bss root needs no initialisation), so
- * a lookup never tests for a missing level and works before initialisation
- * (free(NULL) from another library's constructor). Leaves are mapped on demand and never freed.
+ * A two-level radix tree over the user address space at chunk (4 MiB)
+ * granularity: 2^12 root slots (2^13 where user space has 48 bits) of 2^13
+ * leaf entries. Every root slot starts out pointing at one shared all-zero
+ * leaf (it stores the leaf's distance from that zero leaf, so an all-zero
+ * .bss root needs no initialisation), so a lookup never tests for a missing
+ * level and works before initialisation (free(NULL) from another library's
+ * constructor). Leaves are mapped on demand and never freed.
  * Readers take no lock; writers hold pm_lock and publish with release
  * stores. An arena chunk's entry is its chunk_t* | 1; a huge block's entry
  * (on its first chunk only) is its huge_t*.
+ *
+ * Pages a small process touches here (where a read of untouched memory
+ * costs a page too, as on kernels that do not map the shared zero page):
+ * root[0] and the zero leaf's first entry for free(NULL), the root's last
+ * entries for its own blocks. The zero leaf follows the root (internal.h),
+ * so the last two share a page, and the linker script (cmake/layout.cmake)
+ * puts root[0] on a page of other start-up data.
  */
 #include "internal.h"
 

@@ -1,0 +1,149 @@
+# cmake/layout.cmake -- where the drop-in library's code and data lie in
+# memory, so that a small process touches as few of its pages as it can.
+#
+# Why: the kernel maps up to 64 KiB of already-cached file pages around every
+# page of a mapping that a process first touches (fault-around), so one call
+# into a rarely used function maps its neighbours too, and all 62 KiB of
+# text were resident in every process. trimalloc_layout_script() writes a
+# linker script (GNU ld/lld INSERT form, which augments the default script)
+# that puts:
+#   - the code a small process runs (start-up, the malloc family, thread
+#     caches, slabs, thread exit, fork) in .text;
+#   - everything else (_heapmin, _heapwalk and the CRT heap family, stats,
+#     huge blocks, purge, diagnostics) in .text.tm_cold, after .rodata, so it
+#     is a mapping of its own that fault-around never reaches from hot code;
+#     the unwind tables follow in a read-only mapping of their own and stay
+#     out of memory unless something unwinds;
+#   - in .bss, the variables a small process writes (or reads: where the
+#     kernel maps no shared zero page, a read of untouched memory costs a
+#     page too) together, from the page the dynamic loader dirties anyway
+#     (the end of .data), then the rest.
+# A function or variable missing from these lists still works; it only costs
+# memory when a small process uses it. tests/api/footprint.c fails when a
+# small workload runs cold code. Valgrind (3.19) takes symbols only from the
+# section named .text, so its tools name cold functions "???"; configure
+# with -DTRIMALLOC_LAYOUT=OFF to profile those. Needs -ffunction-sections -fdata-sections;
+# a function NAME is matched as .text.NAME, its clones (.text.NAME.*), the
+# part GCC splits off as unlikely (.text.unlikely.NAME[.*]) and, for a
+# constructor, .text.startup.NAME.
+
+set(TRIMALLOC_HOT_FUNCTIONS
+  # alloc.c
+  malloc free calloc realloc reallocarray aligned_alloc memalign posix_memalign
+  valloc pvalloc malloc_usable_size free_sized free_aligned_sized
+  tm_malloc_impl tm_free_impl tm_realloc_impl tm_alloc_aligned tm_usable_size
+  large_alloc free_generic
+  # override.c
+  __libc_malloc __libc_free __libc_calloc __libc_realloc __libc_memalign
+  __libc_valloc __libc_pvalloc __libc_cfree cfree __posix_memalign
+  # init.c, options.c, size_class.c
+  tm_constructor tm_init_slow fork_prepare fork_parent fork_child
+  options_init size_class_init
+  # os.c
+  os_map os_map_aligned os_unmap os_purge os_purge_inside os_ncpus os_random os_now_ns
+  # meta.c, pagemap.c
+  meta_alloc meta_free meta_fork_prepare meta_fork_parent meta_fork_child
+  pagemap_set pagemap_clear pagemap_fork_prepare pagemap_fork_parent pagemap_fork_child
+  # tcache.c
+  tcache_malloc_slow tcache_free_slow tcache_get_slow tcache_create tcache_init
+  tcache_settle_locked tcache_destructor tcache_drain_locked tcache_gc_locked
+  tcache_arena xfer_get xfer_put xfer_gc tcache_registry_lock tcache_registry_unlock
+  tcache_registry_first xfer_fork_prepare xfer_fork_parent xfer_fork_child
+  tcache_fork_child
+  # arena.c
+  arena_get arena_choose_locked arena_refill arena_flush arena_alloc_large
+  arena_free_large arena_large_usable arena_large_resize_in_place slab_of
+  arena_fork_prepare arena_fork_parent arena_fork_child
+  # chunk.c
+  chunk_create chunk_attach_locked run_alloc_locked run_free_locked
+  run_insert_free_locked runs_index_insert_locked runs_index_remove_locked
+  run_try_grow_locked run_shrink_locked
+  # huge.c, heapmin.c, stats.c: what fork, exit and a purge call
+  huge_fork_prepare huge_fork_parent huge_fork_child
+  heapmin_lock heapmin_unlock heapmin_fork_child
+  stats_add_released stats_print_at_exit)
+
+set(TRIMALLOC_HOT_DATA
+  # Indexed by arena, 16 KiB: a small process writes the first entries,
+  # which land on the page the loader dirties anyway.
+  rss
+  # Written at start-up or by any allocation: 4.8 KiB, ordered so that the
+  # 32-byte-aligned ones (locks, tables) leave no padding before the next
+  # (the 8-, 4- and 1-byte ones fill their tails).
+  init_lock init_owner tm_cookie_key slot_total
+  tm_opt slot_grown_start
+  tm_class_tiny tc_key_ok tm_initialized init_running tc_key registry_count tm_narenas registry
+  tm_class_fast recycled meta_cur meta_end
+  tm_classes meta_total
+  slot_grown os_fail_countdown_active
+  slot_first xfer registry_lock arenas_lock meta_lock pm_lock tm_gstats meta_freed
+  # Indexed by arena too, 3 KiB.
+  arena_bound tm_arenas
+  # The pagemap: root[0] (free(NULL)) shares the page above; its last root
+  # entries and the zero leaf's first share one more (pagemap.c).
+  pm_map)
+
+# Write the linker script to OUT.
+function(trimalloc_layout_script out)
+  set(text "")
+  foreach(f IN LISTS TRIMALLOC_HOT_FUNCTIONS)
+    string(APPEND text "    *(.text.${f} .text.${f}.* .text.unlikely.${f} .text.unlikely.${f}.* .text.startup.${f})\n")
+  endforeach()
+  set(data "")
+  foreach(v IN LISTS TRIMALLOC_HOT_DATA)
+    string(APPEND data "    *(.bss.${v})\n")
+  endforeach()
+  file(WRITE ${out}.tmp
+"/* Generated by cmake/layout.cmake, which says why. */
+SECTIONS
+{
+  .text :
+  {
+    /* C runtime, libgcc and libc_nonshared code (pthread_atfork, atexit) */
+    EXCLUDE_FILE(*.c.o) *(.text .text.*)
+${text}  }
+}
+INSERT BEFORE .text;
+
+SECTIONS
+{
+  . = ALIGN(CONSTANT (MAXPAGESIZE));
+  .text.tm_cold :
+  {
+    *(.text.unlikely .text.*_unlikely .text.unlikely.*)
+    *(.text.exit .text.exit.*)
+    *(.text.startup .text.startup.*)
+    *(.text.hot .text.hot.*)
+    *(.text .stub .text.*)
+  }
+  . = ALIGN(CONSTANT (MAXPAGESIZE));
+}
+INSERT AFTER .rodata1;
+
+SECTIONS
+{
+  /* The thread-cache sentinel: read by every thread's first allocation,
+   * never written (its bins are empty with no room), so it can share the
+   * page the loader writes relocations to and then makes read-only (a
+   * write to it now faults, as it should). */
+  .data.rel.ro :
+  {
+    *(.data.rel.ro.local* .gnu.linkonce.d.rel.ro.local.*)
+    *(.data.rel.ro .data.rel.ro.* .gnu.linkonce.d.rel.ro.*)
+    *(.bss.tm_tcache_sentinel)
+  }
+}
+INSERT BEFORE .data.rel.ro;
+
+SECTIONS
+{
+  .bss.tm_hot :
+  {
+    /* the C runtime's (crtstuff's flag for its exit-time destructors) */
+    EXCLUDE_FILE(*.c.o) *(.bss)
+${data}  }
+}
+INSERT BEFORE .bss;
+")
+  configure_file(${out}.tmp ${out} COPYONLY) # rewritten only when it changes
+endfunction()
