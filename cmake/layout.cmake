@@ -53,11 +53,12 @@ set(TRIMALLOC_HOT_FUNCTIONS
   # arena.c
   arena_get arena_choose_locked arena_refill arena_flush arena_alloc_large
   arena_free_large arena_large_usable arena_large_resize_in_place slab_of
+  slab_destroy_locked slab_set_fresh_locked
   arena_fork_prepare arena_fork_parent arena_fork_child
   # chunk.c
   chunk_create chunk_attach_locked run_alloc_locked run_free_locked
   run_insert_free_locked runs_index_insert_locked runs_index_remove_locked
-  run_try_grow_locked run_shrink_locked
+  run_try_grow_locked run_shrink_locked chunk_slot_take_locked chunk_slot_put_locked
   # huge.c, heapmin.c, stats.c: what fork, exit and a purge call
   huge_fork_prepare huge_fork_parent huge_fork_child
   heapmin_lock heapmin_unlock heapmin_fork_child
