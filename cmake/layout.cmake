@@ -33,6 +33,12 @@ set(TRIMALLOC_HOT_FUNCTIONS
   valloc pvalloc malloc_usable_size free_sized free_aligned_sized
   tm_malloc_impl tm_free_impl tm_realloc_impl tm_alloc_aligned tm_usable_size
   large_alloc free_generic
+  # alloc.c: the C++ operators
+  _Znwm _Znam _ZnwmRKSt9nothrow_t _ZnamRKSt9nothrow_t _ZnwmSt11align_val_t
+  _ZnamSt11align_val_t _ZnwmSt11align_val_tRKSt9nothrow_t _ZnamSt11align_val_tRKSt9nothrow_t
+  _ZdlPv _ZdaPv _ZdlPvm _ZdaPvm _ZdlPvRKSt9nothrow_t _ZdaPvRKSt9nothrow_t _ZdlPvSt11align_val_t
+  _ZdaPvSt11align_val_t _ZdlPvmSt11align_val_t _ZdaPvmSt11align_val_t
+  _ZdlPvSt11align_val_tRKSt9nothrow_t _ZdaPvSt11align_val_tRKSt9nothrow_t
   # override.c
   __libc_malloc __libc_free __libc_calloc __libc_realloc __libc_memalign
   __libc_valloc __libc_pvalloc __libc_cfree cfree __posix_memalign

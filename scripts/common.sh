@@ -30,7 +30,7 @@ TM_JOBS=${TRIMALLOC_JOBS:-2}
 # Packages the test suite needs. make and libc6-dev are named explicitly
 # because apt-get runs with --no-install-recommends (cmake and gcc only
 # recommend them); libclang-rt-dev holds clang's sanitizer runtimes.
-TM_REQUIRED_PKGS=(cmake make gcc libc6-dev clang libclang-rt-dev libcmocka-dev
+TM_REQUIRED_PKGS=(cmake make gcc g++ libc6-dev clang libclang-rt-dev libcmocka-dev
                   pkg-config valgrind python3 sqlite3 redis-server memcached)
 # What a plain Release build of the library needs (demo.sh).
 TM_BUILD_PKGS=(cmake make gcc libc6-dev pkg-config)
@@ -68,7 +68,7 @@ tm_dpkg_installed() {
 tm_have_pkg() {
     local pkg=$1
     case $pkg in
-    cmake | make | gcc | clang | pkg-config | valgrind | python3 | sqlite3)
+    cmake | make | gcc | g++ | clang | pkg-config | valgrind | python3 | sqlite3)
         command -v "$pkg" >/dev/null 2>&1
         ;;
     gnuplot-nox)

@@ -53,12 +53,15 @@ static TM_COLD void *large_alloc(size_t size, size_t align, bool zero);
 static TM_COLD void free_generic(void *p, const char *call);
 static TM_COLD void free_suspect_double(void *p, unsigned cls, uint32_t f);
 
-TM_EXPORT void *TM_API(malloc)(size_t size) {
+/* malloc's body, inlined into the C++ operators too */
+TM_INLINE void *malloc_inline(size_t size) {
     /* the common sizes first: one test, one table load */
     if (likely(size <= TM_TINY_MAX)) return small_alloc(size, tm_class_tiny[(size + 15) >> 4]);
     if (likely(size <= TM_SMALL_MAX)) return small_alloc(size, size_class_of(size));
     return large_alloc(size, 0, false);
 }
+
+TM_EXPORT void *TM_API(malloc)(size_t size) { return malloc_inline(size); }
 
 /* True if p is the start of a block in a small-class slab; sets cls and
  * the page's fast[] entry. */
@@ -102,7 +105,8 @@ TM_INLINE void free_to_cache(void *p, unsigned cls, uint32_t f, uint64_t cookie)
     free_generic(p, "free");
 }
 
-TM_EXPORT void TM_API(free)(void *p) {
+/* free's body, inlined into the C++ operators too */
+TM_INLINE void free_inline(void *p) {
     uintptr_t a = (uintptr_t)p;
     unsigned cls;
     uint32_t f;
@@ -117,6 +121,8 @@ TM_EXPORT void TM_API(free)(void *p) {
     }
     free_generic(p, "free");
 }
+
+TM_EXPORT void TM_API(free)(void *p) { free_inline(p); }
 
 /* ---- slow paths ---------------------------------------------------------------------- */
 
@@ -371,6 +377,14 @@ TM_EXPORT void *TM_API(pvalloc)(size_t size) {
 }
 
 TM_EXPORT size_t TM_API(malloc_usable_size)(void *p) {
+    /* A small block the program holds, found as free() finds it (programs
+     * that account their memory ask this on every allocation); anything
+     * else, and a block that looks free, goes to the full check. */
+    unsigned cls;
+    uint32_t f;
+    if (likely(small_block((uintptr_t)p, &cls, &f)) && likely(cls != 0) &&
+        likely(!(f & TM_FAST_CHECK)) && likely(*tm_cookie_slot(p) != tm_cookie_of(p)))
+        return tm_classes[cls].size;
     if (!p) return 0;
     return tm_usable_size(p, "malloc_usable_size");
 }
@@ -385,3 +399,98 @@ TM_EXPORT void TM_API(free_aligned_sized)(void *p, size_t align, size_t size) {
     (void)size;
     TM_API(free)(p);
 }
+
+/* ---- C++ operators ------------------------------------------------------------
+ * Defined here so that they share malloc's and free's inlined fast paths: a
+ * C++ program otherwise reaches us through libstdc++'s operators, which
+ * call malloc and free through the PLT. What operator new must do when
+ * there is no memory -- call the new_handler until it gives up, then throw
+ * std::bad_alloc, or return NULL for the nothrow forms -- is C++, which
+ * this library is not written in: on failure each operator calls the next
+ * definition of its own symbol (libstdc++'s), which runs that loop around
+ * malloc or aligned_alloc, that is, around trimalloc again. Without a next
+ * definition a throwing new cannot throw, so it aborts with a message; a
+ * nothrow new returns NULL. Sized deletes ignore the size (free() finds it).
+ * Not in the prefixed build. */
+#ifndef TRIMALLOC_PREFIX
+#include <dlfcn.h>
+
+typedef struct { char unused; } tm_nothrow_t; /* std::nothrow_t: empty, passed by reference */
+static const tm_nothrow_t tm_nothrow;
+
+static TM_COLD void *cxx_new_failed(const char *sym, size_t size, size_t align, bool nothrow) {
+    void *next = dlsym(RTLD_NEXT, sym);
+    if (next) {
+        if (align && nothrow)
+            return ((void *(*)(size_t, size_t, const tm_nothrow_t *))next)(size, align, &tm_nothrow);
+        if (align) return ((void *(*)(size_t, size_t))next)(size, align);
+        if (nothrow) return ((void *(*)(size_t, const tm_nothrow_t *))next)(size, &tm_nothrow);
+        return ((void *(*)(size_t))next)(size);
+    }
+    if (nothrow) return NULL;
+    tm_fatal("operator new: out of memory, and no C++ runtime to throw std::bad_alloc");
+}
+
+TM_INLINE void *cxx_new(const char *sym, size_t size, bool nothrow) {
+    void *p = malloc_inline(size);
+    if (likely(p != NULL)) return p;
+    return cxx_new_failed(sym, size, 0, nothrow);
+}
+
+TM_INLINE void *cxx_new_aligned(const char *sym, size_t size, size_t align, bool nothrow) {
+    /* C++ passes a power of two; anything else is not ours to serve */
+    void *p = align && !(align & (align - 1)) ? tm_alloc_aligned(align, size, false) : NULL;
+    if (likely(p != NULL)) return p;
+    return cxx_new_failed(sym, size, align, nothrow);
+}
+
+#define TM_CXX_NEW(sym, ...)   \
+    TM_EXPORT void *sym(__VA_ARGS__);   \
+    void *sym(__VA_ARGS__)
+TM_CXX_NEW(_Znwm, size_t n) { return cxx_new("_Znwm", n, false); }
+TM_CXX_NEW(_Znam, size_t n) { return cxx_new("_Znam", n, false); }
+TM_CXX_NEW(_ZnwmRKSt9nothrow_t, size_t n, const tm_nothrow_t *t) {
+    (void)t;
+    return cxx_new("_ZnwmRKSt9nothrow_t", n, true);
+}
+TM_CXX_NEW(_ZnamRKSt9nothrow_t, size_t n, const tm_nothrow_t *t) {
+    (void)t;
+    return cxx_new("_ZnamRKSt9nothrow_t", n, true);
+}
+TM_CXX_NEW(_ZnwmSt11align_val_t, size_t n, size_t al) {
+    return cxx_new_aligned("_ZnwmSt11align_val_t", n, al, false);
+}
+TM_CXX_NEW(_ZnamSt11align_val_t, size_t n, size_t al) {
+    return cxx_new_aligned("_ZnamSt11align_val_t", n, al, false);
+}
+TM_CXX_NEW(_ZnwmSt11align_val_tRKSt9nothrow_t, size_t n, size_t al, const tm_nothrow_t *t) {
+    (void)t;
+    return cxx_new_aligned("_ZnwmSt11align_val_tRKSt9nothrow_t", n, al, true);
+}
+TM_CXX_NEW(_ZnamSt11align_val_tRKSt9nothrow_t, size_t n, size_t al, const tm_nothrow_t *t) {
+    (void)t;
+    return cxx_new_aligned("_ZnamSt11align_val_tRKSt9nothrow_t", n, al, true);
+}
+
+#define TM_CXX_DELETE(sym, ...)        \
+    TM_EXPORT void sym(void *p, ##__VA_ARGS__); \
+    void sym(void *p, ##__VA_ARGS__)
+TM_CXX_DELETE(_ZdlPv) { free_inline(p); }
+TM_CXX_DELETE(_ZdaPv) { free_inline(p); }
+TM_CXX_DELETE(_ZdlPvm, size_t n) { (void)n; free_inline(p); }
+TM_CXX_DELETE(_ZdaPvm, size_t n) { (void)n; free_inline(p); }
+TM_CXX_DELETE(_ZdlPvRKSt9nothrow_t, const tm_nothrow_t *t) { (void)t; free_inline(p); }
+TM_CXX_DELETE(_ZdaPvRKSt9nothrow_t, const tm_nothrow_t *t) { (void)t; free_inline(p); }
+TM_CXX_DELETE(_ZdlPvSt11align_val_t, size_t al) { (void)al; free_inline(p); }
+TM_CXX_DELETE(_ZdaPvSt11align_val_t, size_t al) { (void)al; free_inline(p); }
+TM_CXX_DELETE(_ZdlPvmSt11align_val_t, size_t n, size_t al) { (void)n, (void)al; free_inline(p); }
+TM_CXX_DELETE(_ZdaPvmSt11align_val_t, size_t n, size_t al) { (void)n, (void)al; free_inline(p); }
+TM_CXX_DELETE(_ZdlPvSt11align_val_tRKSt9nothrow_t, size_t al, const tm_nothrow_t *t) {
+    (void)al, (void)t;
+    free_inline(p);
+}
+TM_CXX_DELETE(_ZdaPvSt11align_val_tRKSt9nothrow_t, size_t al, const tm_nothrow_t *t) {
+    (void)al, (void)t;
+    free_inline(p);
+}
+#endif
