@@ -96,6 +96,9 @@ typedef struct tm_class_fast {
 } tm_class_fast_t;
 extern tm_class_fast_t tm_class_fast;
 extern uint8_t tm_class_tiny[(TM_TINY_MAX >> 4) + 1];
+/* Classes above this size are "big": smaller slabs (size_class.c), and
+ * thread-cache bins and transfer caches bounded by bytes (tcache.c). */
+#define TM_BIG_CLASS_SIZE 8192u
 void size_class_init(void);
 /* 1024 < size <= 32 KiB: with s = size - 1 and k = floor(log2 s), the class
  * is the j-th of group k where j = (s >> (k - 2)) - 3 (size_class.c). */
@@ -209,6 +212,7 @@ void arena_free_large(tm_chunk_t *c, uint32_t page, void *p);
 size_t arena_large_usable(tm_chunk_t *c, uint32_t page);
 bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size);
 void arena_release_empty_slabs_locked(tm_arena_t *a);
+void arena_release_idle_slab(tm_arena_t *a, unsigned cls);
 size_t arena_purge_slab_pages(tm_arena_t *a); /* free pages inside live slabs */
 void arena_fork_prepare(void);
 void arena_fork_parent(void);
