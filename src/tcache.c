@@ -43,7 +43,7 @@ static bool tc_key_ok;
  * TM_BIG_CLASS_SIZE) to XFER_BIG_BYTES, 1 to 3 blocks: for one thread a
  * transfer cache is a second cache level, and a program that moves through
  * the big classes left up to 128 KiB in each (measured: realloc 1 thread
- * peak RSS 7.60 -> 7.38 MiB at 32 KiB rather than 64); idle ones are emptied
+ * peak RSS 7.59 -> 7.37 MiB at 32 KiB rather than 64); idle ones are emptied
  * by the caches' garbage collection, and _heapmin (world.c) empties all
  * into the arenas. Lock rank: after tc->mu, before any arena lock. */
 #define XFER_BYTES (128u << 10)
@@ -167,23 +167,22 @@ unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_R
  * at least 1 unless caching is off) and may grow to TC_GROW_MAX times
  * that, but not past tc_grow_bytes() of blocks: 64 KiB up to 1 KiB, where
  * a grown bin would otherwise hold many blocks a producer/consumer pair
- * keeps cycling; 256 KiB up to 8 KiB, where the first capacities are small
- * (16-32 blocks) and a program that handles its 1-8 KiB blocks in batches
+ * keeps cycling, and 256 KiB above, where the first capacities are small
+ * (1-32 blocks) and a program that handles its 1-8 KiB blocks in batches
  * of 64 swung every batch through the transfer cache (measured: the size
  * sweep's 1 and 2 threads ran 8-9% faster at 256 KiB, same peak RSS; 512
- * KiB gained nothing more); 64 KiB for the big classes (2 to 6 blocks),
- * whose bins otherwise kept up to 256 KiB each of a class a program had
- * moved through (realloc, 1 thread: 1.1 MiB in the bins above 8 KiB at
- * the peak). See
+ * KiB gained nothing more). The big classes, which start with 1-3 blocks,
+ * thus grow to 4-12 (at most 128 KiB). Bounding their growth to 64 KiB
+ * too was tried: 0.27 MiB less peak RSS in realloc with 2 threads, but
+ * 10% more CPU time there -- a block that comes back from the bin is warm
+ * in the CPU cache, one from the arena is not. See
  * tcache_free_slow. A cache's slots are one mapping: first every bin's
  * slots at its first size, packed, so a thread that uses a few classes
  * touches a page or two of them; then, for each class that can grow, room
  * for its largest size, where a bin moves when it first grows and which
  * stays untouched otherwise. */
 #define TC_GROW_MAX 4
-static uint32_t tc_grow_bytes(uint32_t size) {
-    return size <= 1024 ? 64u << 10 : size <= TM_BIG_CLASS_SIZE ? 256u << 10 : 64u << 10;
-}
+static uint32_t tc_grow_bytes(uint32_t size) { return size <= 1024 ? 64u << 10 : 256u << 10; }
 
 static uint32_t bin_cap(unsigned cls) {
     uint64_t cap = (uint64_t)tm_classes[cls].tc_cap * (uint64_t)tm_opt.tcache_scale_pct / 100;
@@ -423,7 +422,7 @@ void tcache_settle_locked(tm_tcache_t *tc) {
 }
 
 /* ---- garbage collection --------------------------------------------------
- * A cache holds up to about 1.7 MiB of blocks (more once bins grow), and
+ * A cache holds about 1.7 MiB of blocks at most (4.7 once bins grow), and
  * what it holds of a class the thread stopped using stays out of the
  * arenas (and keeps its slab's pages resident) until _heapmin. So every
  * TC_GC_EVERY slow-path calls the owner visits one class, round robin: if
@@ -483,7 +482,7 @@ TM_INLINE void tcache_gc_tick_locked(tm_tcache_t *tc) {
  * of the arena through that whole phase -- pinning their slabs, which the
  * arena's growth purge cannot see -- while the large runs fault in fresh
  * pages. So every TC_GC_EVERY large allocations also count one tick
- * (measured: the size sweep, 1 thread, peak RSS 6.12 -> 5.91 MiB). The
+ * (measured: the size sweep, 1 thread, peak RSS 6.15 -> 5.96 MiB). The
  * count is the owner's alone, in TLS; tc->mu is taken once per tick. */
 static __thread unsigned large_ticks __attribute__((tls_model("initial-exec")));
 
