@@ -59,7 +59,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   # arena.c
   arena_get arena_choose_locked arena_refill arena_flush arena_alloc_large
   arena_free_large arena_large_usable arena_large_resize_in_place slab_of
-  slab_destroy_locked slab_set_fresh_locked
+  slab_destroy_locked slab_set_fresh_locked arena_release_idle_slab
   arena_fork_prepare arena_fork_parent arena_fork_child
   # chunk.c
   chunk_create chunk_attach_locked run_alloc_locked run_free_locked

@@ -332,6 +332,20 @@ void arena_flush(unsigned cls, void **blocks, unsigned n) {
     }
 }
 
+/* Give back class cls's empty slab, kept against thrashing, once a thread
+ * cache's garbage collection finds the class idle (tcache.c): free runs
+ * are what the growth purge can give back. */
+void arena_release_idle_slab(tm_arena_t *a, unsigned cls) {
+    pthread_mutex_lock(&a->lock);
+    tm_arena_bin_t *b = &a->bins[cls];
+    tm_slab_t *s = b->partial;
+    if (s && !s->next && s->nfree == s->nblocks) {
+        bin_remove_locked(b, s);
+        slab_destroy_locked(a, s);
+    }
+    pthread_mutex_unlock(&a->lock);
+}
+
 /* Give back the empty slabs the bins keep against thrashing (_heapmin). */
 void arena_release_empty_slabs_locked(tm_arena_t *a) {
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {

@@ -96,6 +96,9 @@ typedef struct tm_class_fast {
 } tm_class_fast_t;
 extern tm_class_fast_t tm_class_fast;
 extern uint8_t tm_class_tiny[(TM_TINY_MAX >> 4) + 1];
+/* Classes above this size are "big": smaller slabs (size_class.c), and
+ * thread-cache bins and transfer caches bounded by bytes (tcache.c). */
+#define TM_BIG_CLASS_SIZE 8192u
 void size_class_init(void);
 /* 1024 < size <= 32 KiB: with s = size - 1 and k = floor(log2 s), the class
  * is the j-th of group k where j = (s >> (k - 2)) - 3 (size_class.c). */
@@ -253,6 +256,7 @@ void slab_set_fresh_locked(tm_slab_t *s, uint32_t fresh);
 TM_INLINE uint32_t slab_fresh_page(uint32_t fresh, uint32_t nblocks, uint32_t size) {
     return fresh >= nblocks ? UINT32_MAX : (uint32_t)(((uintptr_t)fresh * size) >> TM_PAGE_SHIFT);
 }
+void arena_release_idle_slab(tm_arena_t *a, unsigned cls);
 size_t arena_purge_slab_pages(tm_arena_t *a); /* free pages inside live slabs */
 /* Pack each chunk's slab descriptors into its lowest slots and give back
  * the slab pool pages above them (_heapmin; trim lock held). */
