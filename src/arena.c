@@ -305,6 +305,11 @@ static void slab_return_locked(tm_arena_t *a, tm_chunk_t *c, void *p) {
     }
 }
 
+/* Blocks returned under one hold of an arena lock, at most: a drain of a
+ * whole cache (_heapmin, thread exit) must not keep the threads that share
+ * the arena waiting for thousands of them. */
+#define FLUSH_BATCH 128u
+
 void arena_flush(unsigned cls, void **blocks, unsigned n) {
     (void)cls;
     while (n) {
@@ -316,19 +321,25 @@ void arena_flush(unsigned cls, void **blocks, unsigned n) {
             continue;
         }
         tm_arena_t *a = c0->arena;
-        unsigned keep = 0;
+        unsigned keep = 0, i = 0, done = 0;
         pthread_mutex_lock(&a->lock);
-        for (unsigned i = 0; i < n; i++) {
+        for (; i < n && done < FLUSH_BATCH; i++) {
             tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)blocks[i]));
             if (unlikely(!c)) {
                 tm_invalid_pointer("free", blocks[i]);
                 continue;
             }
-            if (c->arena == a) slab_return_locked(a, c, blocks[i]);
-            else blocks[keep++] = blocks[i];
+            if (c->arena == a) {
+                slab_return_locked(a, c, blocks[i]);
+                done++;
+            } else {
+                blocks[keep++] = blocks[i];
+            }
         }
         pthread_mutex_unlock(&a->lock);
-        n = keep;
+        /* other arenas' blocks first, then those not looked at yet */
+        if (i < n) memmove(blocks + keep, blocks + i, (n - i) * sizeof *blocks);
+        n = keep + (n - i);
     }
 }
 
@@ -346,10 +357,13 @@ void arena_release_idle_slab(tm_arena_t *a, unsigned cls) {
     pthread_mutex_unlock(&a->lock);
 }
 
-/* Give back the empty slabs the bins keep against thrashing (_heapmin). */
-void arena_release_empty_slabs_locked(tm_arena_t *a) {
+/* Give back the empty slabs the bins keep against thrashing (_heapmin):
+ * one hold of the lock per class, so the threads that share the arena wait
+ * for one bin's walk at most. */
+void arena_release_empty_slabs(tm_arena_t *a) {
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         tm_arena_bin_t *b = &a->bins[c];
+        pthread_mutex_lock(&a->lock);
         for (tm_slab_t *s = b->partial, *next; s; s = next) {
             next = s->next;
             if (s->nfree == s->nblocks) {
@@ -357,6 +371,7 @@ void arena_release_empty_slabs_locked(tm_arena_t *a) {
                 slab_destroy_locked(a, s);
             }
         }
+        pthread_mutex_unlock(&a->lock);
     }
 }
 

@@ -530,11 +530,7 @@ static void run_purge_descriptor(tm_chunk_t *c, uint32_t page, uint32_t n) {
 size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
     size_t released = 0;
     bool may_unmap = unmap_empty;
-    if (unmap_empty) { /* a hold of its own: it walks every bin */
-        pthread_mutex_lock(&a->lock);
-        arena_release_empty_slabs_locked(a);
-        pthread_mutex_unlock(&a->lock);
-    }
+    if (unmap_empty) arena_release_empty_slabs(a); /* holds of its own: it walks every bin */
     /* Each round goes on where the last one stopped -- chunk c, its pages
      * from `from` on -- instead of walking again, under the lock, the runs
      * it already made clean. c stays valid while the lock is dropped:

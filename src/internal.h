@@ -249,7 +249,7 @@ void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero);
 void arena_free_large(tm_chunk_t *c, uint32_t page, void *p);
 size_t arena_large_usable(tm_chunk_t *c, uint32_t page);
 bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size);
-void arena_release_empty_slabs_locked(tm_arena_t *a);
+void arena_release_empty_slabs(tm_arena_t *a); /* takes the lock, per class */
 /* Set slab s's fresh mark and the TM_FAST_FRESH bits of its pages. */
 void slab_set_fresh_locked(tm_slab_t *s, uint32_t fresh);
 /* The first page of slab s (0-based) that holds a block at or past fresh. */
@@ -307,6 +307,7 @@ void tcache_settle_locked(tm_tcache_t *tc);
 void tcache_drain_locked(tm_tcache_t *tc);  /* tc->mu held; empty every bin */
 size_t tcache_slots_max(void);
 size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]); /* tc->mu held */
+void tcache_release_grown_slots(tm_tcache_t *tc); /* after take_locked, tc->mu dropped */
 size_t tcache_cached_bytes(void);
 unsigned tcache_count(void);
 void tcache_registry_lock(void);

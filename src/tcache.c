@@ -101,18 +101,23 @@ static uint32_t xfer_get(unsigned cls, void **blocks, uint32_t n) {
     return k;
 }
 
+/* Empty every transfer cache into the arenas (_heapmin) and give back its
+ * slots' pages. With cap 0 meanwhile every put is refused (the block goes
+ * to its arena), so once the gets have emptied it no one writes its slots
+ * while they are purged. The blocks leave in batches, each taken under the
+ * lock and given to the arenas without it: a thread that wants a batch
+ * meanwhile waits for one copy, not for the arena locks. */
+#define XFER_DRAIN_BATCH 256u
+
 void xfer_drain_all(void) {
+    void *batch[XFER_DRAIN_BATCH];
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         tm_xfer_t *x = &xfer[c];
         pthread_mutex_lock(&x->lock);
-        if (x->count) arena_flush(c, x->slots, x->count);
-        __atomic_store_n(&x->count, 0, __ATOMIC_RELAXED);
-        /* Its slot pages go back too: with cap 0 meanwhile, every put is
-         * refused (the block goes to its arena) and every get finds
-         * nothing, so no one writes them while the lock is dropped. */
         uint32_t cap = x->cap;
         __atomic_store_n(&x->cap, 0, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&x->lock);
+        for (uint32_t k; (k = xfer_get(c, batch, XFER_DRAIN_BATCH)) != 0;) arena_flush(c, batch, k);
         if (x->slots) os_purge_inside(x->slots, x->slots + cap); /* metadata: not counted */
         pthread_mutex_lock(&x->lock);
         __atomic_store_n(&x->cap, cap, __ATOMIC_RELAXED);
@@ -217,13 +222,29 @@ static void slot_layout_init(void) {
 }
 
 /* Give the pages of tc's grown-bin slots back to the kernel. Only once
- * every bin is back in its first-size slots (a drain), with tc->mu held
- * and the owner off its fast path: a bin that grew meanwhile would write
- * slots the kernel is zeroing. (tc->mu is held across the madvise: only
- * the owner, stopped by the drain anyway, and trimmers ever take it.) */
-static void slots_release_grown(tm_tcache_t *tc) {
+ * every bin is back in its first-size slots (a drain), and while no bin
+ * can grow into them: a bin that grew meanwhile would write slots the
+ * kernel is zeroing. The owner's own drains (settle, thread exit, fork
+ * child) call it with tc->mu held; a trimmer calls
+ * tcache_release_grown_slots after dropping tc->mu, with slots_releasing
+ * set, so the owner waits for neither the madvise nor its TLB shootdown. */
+static void slots_purge_grown(tm_tcache_t *tc) {
     void **slots = tc->slots_mem;
     os_purge_inside(slots + slot_grown_start, slots + slot_total); /* metadata: not counted */
+}
+
+static void slots_release_grown(tm_tcache_t *tc) {
+    if (!tc->slots_grown) return; /* nothing to give back: no madvise */
+    slots_purge_grown(tc);
+    tc->slots_grown = false;
+}
+
+void tcache_release_grown_slots(tm_tcache_t *tc) {
+    if (!__atomic_load_n(&tc->slots_releasing, __ATOMIC_RELAXED)) return;
+    slots_purge_grown(tc);
+    pthread_mutex_lock(&tc->mu);
+    __atomic_store_n(&tc->slots_releasing, false, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&tc->mu);
 }
 
 /* Put bin c of tc at its first size, in its first-size slots, with the
@@ -257,7 +278,9 @@ size_t tcache_slots_max(void) { return slot_total; } /* >= the sum of the larges
  * of class c) and reset the bins, so that a trimmer can give them to the
  * arenas after dropping tc->mu: the owner then waits only for this copy.
  * Caller holds tc->mu and the owner is off its fast path; out has room for
- * tcache_slots_max() blocks. Returns how many were moved. */
+ * tcache_slots_max() blocks. Returns how many were moved. The grown-bin
+ * slots' pages are left to tcache_release_grown_slots, which the caller
+ * runs once it has dropped tc->mu. */
 size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]) {
     size_t n = 0;
     counts[0] = 0;
@@ -271,7 +294,10 @@ size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]) {
         }
         bin_reset(tc, c, 0);
     }
-    if (tc->slots_mem) slots_release_grown(tc);
+    if (tc->slots_mem && tc->slots_grown) {
+        tc->slots_grown = false;
+        __atomic_store_n(&tc->slots_releasing, true, __ATOMIC_RELAXED);
+    }
     return n;
 }
 
@@ -581,7 +607,7 @@ void tcache_free_slow(void *p, unsigned cls) {
         pthread_mutex_unlock(&tc->mu);
         return;
     }
-    if (cap && count >= cap && b->missed && cap < bin_cap_max(cls)) {
+    if (cap && count >= cap && b->missed && cap < bin_cap_max(cls) && !tc->slots_releasing) {
         /* The bin ran dry since it last overflowed: the program's bursts
          * of frees and mallocs of this class are bigger than half the bin,
          * so it swings from empty to full and every swing is a round trip
@@ -591,6 +617,7 @@ void tcache_free_slow(void *p, unsigned cls) {
         cap = cap * 2 < bin_cap_max(cls) ? cap * 2 : bin_cap_max(cls);
         void **grown = (void **)tc->slots_mem + slot_grown[cls];
         if (b->base != grown) { /* first growth: move to the room for its largest size */
+            tc->slots_grown = true;
             memcpy(grown, b->base, count * sizeof(void *));
             b->base = grown;
             __atomic_store_n(&b->top, grown + count, __ATOMIC_RELAXED);

@@ -244,6 +244,10 @@ typedef struct tm_tcache {
     int state;
     void *slots_mem;
     size_t slots_size;
+    bool slots_grown;           /* a bin moved to its grown slots since they
+                                   were last given back (under mu) */
+    bool slots_releasing;       /* a trimmer is giving back the grown-bin
+                                   slots' pages: no bin may grow (tcache.c) */
     /* garbage collection of idle bins (tcache.c), under mu */
     unsigned gc_tick;           /* slow-path calls since the last visit */
     unsigned gc_next;           /* class the next visit looks at */

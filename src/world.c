@@ -77,10 +77,15 @@ static size_t take_cap;
 
 static bool take_buf_ready(void) {
     size_t need = tcache_slots_max();
-    if (take_cap >= need) return true;
-    if (take_buf) meta_free(take_buf, take_cap * sizeof(void *));
-    take_buf = meta_alloc(need * sizeof(void *));
-    take_cap = take_buf ? need : 0;
+    if (take_cap < need) {
+        if (take_buf) meta_free(take_buf, take_cap * sizeof(void *));
+        take_buf = meta_alloc(need * sizeof(void *));
+        take_cap = take_buf ? need : 0;
+    }
+    /* Its pages went back after the last trim: fault them in now, before
+     * any cache's lock is taken, not during the copies its owner waits for. */
+    for (size_t i = 0; i < take_cap; i += TM_PAGE / sizeof(void *))
+        __atomic_store_n(&take_buf[i], NULL, __ATOMIC_RELAXED);
     return take_buf != NULL;
 }
 
@@ -102,6 +107,7 @@ static uint64_t drain_one(tm_tcache_t *tc, bool buffered) {
     tcache_settle_locked(tc); /* nothing pending: only restores tls.tc */
     pthread_mutex_unlock(&tc->mu);
     uint64_t unlocked = os_now_ns();
+    tcache_release_grown_slots(tc);
     void **at = take_buf;
     for (unsigned c = 1; n && c <= TM_NCLASSES; c++) {
         if (counts[c]) arena_flush(c, at, counts[c]);
