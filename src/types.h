@@ -45,10 +45,15 @@
  *     slab's pages are not touched until blocks on them are used; and in a
  *     slab marked purged, _heapmin gave back pages of free blocks, whose
  *     cookie words then read zero. The refill writes the cookie of every
- *     such block it hands out, so every block in a cache carries one.
+ *     such block it hands out, so every block in a cache carries one, and
+ *     of every block that starts on the page of a never-handed-out block it
+ *     hands out: a page holds only blocks never handed out (TM_FAST_FRESH
+ *     in fast[]) or none.
  *   - chunk_t.fast[] is written only under the owning arena's lock and read
- *     without locks by free(); a page's entry changes only while no block of
- *     that page is held by the program.
+ *     without locks by free(); a page's class and slab offset change only
+ *     while no block of that page is held by the program; its flags
+ *     (TM_FAST_PURGED, TM_FAST_FRESH) at any time, and they only ever send
+ *     free() to the slow check.
  *   - No lock is held across a system call that maps or unmaps memory.
  */
 #ifndef TM_TYPES_H
