@@ -65,6 +65,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   chunk_create chunk_attach_locked run_alloc_locked run_free_locked
   run_insert_free_locked runs_index_insert_locked runs_index_remove_locked
   run_try_grow_locked run_shrink_locked chunk_slot_take_locked chunk_slot_put_locked
+  resident_set_locked purge_victim_next
   # huge.c, heapmin.c, stats.c: what fork, exit and a purge call
   huge_fork_prepare huge_fork_parent huge_fork_child
   heapmin_lock heapmin_unlock heapmin_fork_child
@@ -72,8 +73,9 @@ set(TRIMALLOC_HOT_FUNCTIONS
 
 set(TRIMALLOC_HOT_DATA
   # Indexed by arena, 16 KiB: a small process writes the first entries,
-  # which land on the page the loader dirties anyway.
-  rss
+  # which land on the page the loader dirties anyway (idle_arenas, 32 bytes
+  # read by every allocation on fresh pages, just before them).
+  idle_arenas rss
   # Written at start-up or by any allocation: 4.8 KiB, ordered so that the
   # 32-byte-aligned ones (locks, tables) leave no padding before the next
   # (the 8-, 4- and 1-byte ones fill their tails).

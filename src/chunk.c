@@ -29,14 +29,90 @@
  * stays what other files read: set if any page of the run may be resident.
  * A bitmap, so a run's count is a few popcounts, not a walk of its pages.
  *
- * rss[a->index] holds per arena, under its lock, the resident free pages
- * and the growth purge's budget (below); one cache line each, as arenas
- * exist to keep threads off each other's lines. */
+ * rss[a->index] holds per arena, under its lock, the resident free pages,
+ * how long they have been free (below) and the growth purge's budget; one
+ * cache line each, as arenas exist to keep threads off each other's lines.
+ * Other arenas read them without the lock, to choose whose pages to purge
+ * (relaxed atomics: a hint, read again under the lock), and idle_arenas
+ * says which arenas have enough of them to be worth a look, so that look
+ * reads a few words, not a line per arena.
+ *
+ * How long pages have been free is counted in epochs of a coarse clock,
+ * purge_epoch: at each change of the count, the lowest count of the
+ * current epoch and of the one before it are kept, so the lowest count
+ * since the previous epoch began -- the pages that stayed free and
+ * resident through at least one whole epoch -- is known at any time
+ * (idle_pages). The clock is read only where the count changes, that is
+ * where a run is freed or resident free pages are taken again. */
+#define PURGE_MIN 64u          /* pages (256 KiB) */
 static struct {
     _Alignas(64) size_t resident; /* pages of free runs with the resident bit set */
     size_t credit;                /* pages the growth purge may still release */
     uint64_t credit_ns;           /* when credit was last topped up */
+    uint64_t epoch;               /* purge_epoch() at the last change of resident */
+    size_t low, low_before;       /* the lowest resident in that epoch, in the one before */
+    uint64_t fresh_epoch;         /* purge_epoch() when it last faulted in fresh pages */
 } rss[TM_MAX_ARENAS];
+
+/* bit i: arena i holds at least PURGE_MIN resident free pages (changed
+ * under arena i's lock, only as its count crosses PURGE_MIN). */
+static uint64_t idle_arenas[TM_MAX_ARENAS / 64];
+
+/* The coarse clock: on x86 the time-stamp counter / 2^24, an epoch of 4
+ * to 17 ms at 1 to 4 GHz (8 ms on the 2.1 GHz test VM) that costs a few
+ * nanoseconds to read, with no system call and no page of libc (a small
+ * program that frees a run would otherwise fault in libc's clock_gettime
+ * and the pages around it); elsewhere CLOCK_MONOTONIC / 2^23 (8.4 ms). */
+static uint64_t purge_epoch(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_ia32_rdtsc() >> 24;
+#else
+    return os_now_ns() >> 23;
+#endif
+}
+
+#define RSS_LOAD(i, field) __atomic_load_n(&rss[i].field, __ATOMIC_RELAXED)
+#define RSS_STORE(i, field, v) __atomic_store_n(&rss[i].field, (v), __ATOMIC_RELAXED)
+
+static void resident_set_locked(tm_arena_t *a, size_t v) {
+    unsigned i = a->index;
+    size_t old = rss[i].resident;
+    uint64_t e = purge_epoch();
+    RSS_STORE(i, resident, v);
+    if (e > rss[i].epoch) {
+        /* `old` was the count from the last change to now: the lowest of
+         * that epoch is low, or old itself if that epoch had no change */
+        RSS_STORE(i, low_before, e == rss[i].epoch + 1 ? rss[i].low : old);
+        RSS_STORE(i, low, old < v ? old : v);
+        RSS_STORE(i, epoch, e);
+    } else if (v < rss[i].low) {
+        RSS_STORE(i, low, v);
+    }
+    if ((old >= PURGE_MIN) == (v >= PURGE_MIN)) return;
+    uint64_t bit = 1ull << (i & 63);
+    if (v >= PURGE_MIN) __atomic_fetch_or(&idle_arenas[i >> 6], bit, __ATOMIC_RELAXED);
+    else __atomic_fetch_and(&idle_arenas[i >> 6], ~bit, __ATOMIC_RELAXED);
+}
+
+static void resident_add_locked(tm_arena_t *a, size_t n) {
+    if (n) resident_set_locked(a, rss[a->index].resident + n);
+}
+
+static void resident_sub_locked(tm_arena_t *a, size_t n) {
+    if (n) resident_set_locked(a, rss[a->index].resident - n);
+}
+
+/* Resident free pages of arena i that have stayed free since epoch `now`
+ * - 1 began, at least a whole epoch: the lowest count since then. Exact
+ * under i's lock, a hint without it. */
+static size_t idle_pages(unsigned i, uint64_t now) {
+    uint64_t e = RSS_LOAD(i, epoch);
+    size_t low = RSS_LOAD(i, low);
+    if (e + 1 < now) return RSS_LOAD(i, resident); /* no change since then */
+    if (e + 1 == now) return low;                  /* changes in the epoch before only */
+    size_t before = RSS_LOAD(i, low_before);       /* changes in this epoch */
+    return before < low ? before : low;
+}
 
 /* Bits [lo, hi) of a 64-bit word, 0 <= lo < hi <= 64. */
 static uint64_t bits_mask(uint32_t lo, uint32_t hi) {
@@ -60,6 +136,21 @@ static void set_resident(tm_chunk_t *c, uint32_t page, uint32_t n, bool bit) {
         if (bit) c->resident[page >> 6] |= m;
         else c->resident[page >> 6] &= ~m;
     }
+}
+
+/* The first and one past the last resident page of [page, page + n),
+ * which holds one at least (bits outside free runs may be stale, but the
+ * first set bit from `page` up and the last from its end down are the
+ * run's own). */
+static void resident_span(const tm_chunk_t *c, uint32_t page, uint32_t n, uint32_t *lo,
+                          uint32_t *hi) {
+    uint32_t p = page;
+    uint64_t w;
+    while (!(w = c->resident[p >> 6] & bits_mask(p & 63, 64))) p = (p | 63) + 1;
+    *lo = (p & ~63u) + (uint32_t)__builtin_ctzll(w);
+    p = page + n - 1;
+    while (!(w = c->resident[p >> 6] & bits_mask(0, (p & 63) + 1))) p = (p & ~63u) - 1;
+    *hi = (p & ~63u) + 64 - (uint32_t)__builtin_clzll(w);
 }
 
 /* ---- free-run index ------------------------------------------------------ */
@@ -158,13 +249,16 @@ static void run_insert_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, 
  * purges, and a program that reuses what it freed never gets here: only a
  * footprint that changes shape touches fresh pages.
  *
- * The cost is a fault for each released page that is used again, and the
- * madvise itself (about 2.4 us a page on the 2-core VM, several times that
- * with many threads, whose TLBs the madvise must shoot down). A budget per
- * arena bounds it whatever the program does: PURGE_BURST pages at once,
- * then PURGE_RATE pages a second, so a footprint that keeps changing shape
- * costs a few milliseconds a second at most. */
-#define PURGE_MIN 64u          /* pages (256 KiB) */
+ * The cost is a fault for each released page that is used again (about
+ * 10 us a page on the 2-core test VM, madvise and fault together), and
+ * each madvise call shoots down the TLBs of every thread of the process
+ * (some 30 us more per call there with a second thread running): so the
+ * longest runs go first, and a run is purged only as far as wanted, from
+ * its end. A budget per arena bounds the cost whatever the program does:
+ * PURGE_BURST pages at once, then PURGE_RATE pages a second, so a
+ * footprint that keeps changing shape costs a few milliseconds a second at
+ * most. An arena growing while others hold idle pages purges those too
+ * (below, "of other arenas"). */
 #define GROWTH_BIG 64u         /* fresh pages (256 KiB) */
 #define PURGE_RATE 256u        /* pages a second (1 MiB/s) */
 #define PURGE_BURST 4096u      /* pages (16 MiB) */
@@ -176,23 +270,42 @@ static size_t active_pages_locked(const tm_arena_t *a) {
     return a->nchunks * TM_CHUNK_PAGES - free_pages;
 }
 
-/* How many idle pages to give back before faulting in `fresh` pages while
- * `idle` resident free pages lie elsewhere; 0 for none. */
-static size_t growth_purge_pages_locked(tm_arena_t *a, uint32_t fresh, size_t idle) {
+/* Arena i's credit topped up to `now` (what growth_purge_pages_locked
+ * would find), read without its lock: a hint. */
+static size_t credit_peek(unsigned i, uint64_t now) {
+    uint64_t since = RSS_LOAD(i, credit_ns);
+    size_t credit = RSS_LOAD(i, credit);
+    uint64_t earned = now > since ? (now - since) / (1000000000u / PURGE_RATE) : 0;
+    return earned >= PURGE_BURST - credit ? PURGE_BURST : credit + (size_t)earned;
+}
+
+static void credit_set_locked(tm_arena_t *a, size_t credit) {
+    RSS_STORE(a->index, credit, credit);
+}
+
+/* Of `idle` resident free pages of arena a, how many its budget lets a
+ * growth purge give back now: 0 unless at least PURGE_MIN. */
+static size_t growth_purge_budget_locked(tm_arena_t *a, size_t idle) {
     if (idle < PURGE_MIN) return 0;
-    /* the budget; clock_gettime(CLOCK_MONOTONIC) is a vDSO call, not a
-     * system call */
+    /* clock_gettime(CLOCK_MONOTONIC) is a vDSO call, not a system call */
     uint64_t now = os_now_ns();
     uint64_t earned = (now - rss[a->index].credit_ns) / (1000000000u / PURGE_RATE);
     size_t credit = rss[a->index].credit;
     if (earned) {
         credit = earned >= PURGE_BURST - credit ? PURGE_BURST : credit + (size_t)earned;
-        rss[a->index].credit = credit;
-        rss[a->index].credit_ns = now;
+        credit_set_locked(a, credit);
+        RSS_STORE(a->index, credit_ns, now);
     }
     if (credit < PURGE_MIN) return 0;
-    if (fresh < GROWTH_BIG && idle < active_pages_locked(a)) return 0;
     return idle < credit ? idle : credit;
+}
+
+/* How many idle pages to give back before faulting in `fresh` pages while
+ * `idle` resident free pages lie elsewhere in the arena; 0 for none. */
+static size_t growth_purge_pages_locked(tm_arena_t *a, uint32_t fresh, size_t idle) {
+    if (idle < PURGE_MIN) return 0;
+    if (fresh < GROWTH_BIG && idle < active_pages_locked(a)) return 0;
+    return growth_purge_budget_locked(a, idle);
 }
 
 /* Take the run at `page` of c out of the free state into the one that
@@ -215,51 +328,165 @@ static bool run_still_held(const tm_chunk_t *c, uint32_t page, uint32_t n) {
     return c->pages[page].kind == PAGE_LARGE && c->pages[page].npages == n;
 }
 
-/* Give back about `want` resident free pages of arena a. While the lock is
+/* Give back about `want` resident free pages of arena a, the longest runs
+ * first; returns how many it gave back. While the lock is
  * dropped for the madvise calls the runs are out of the index and held as
  * large blocks of the allocator's own (PAGE_LARGE, counted in
  * large_allocated, not in free_pages): _heapchk, _heapwalk and a concurrent
  * trim all see a consistent heap, no free merges into them and no
  * allocation takes them. Called and returns with the lock held. */
-static void growth_purge_locked(tm_arena_t *a, size_t want) {
-    struct { tm_chunk_t *c; uint32_t page, n; bool purged; } runs[GROWTH_PURGE_BATCH];
+static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
+    struct {
+        tm_chunk_t *c;
+        uint32_t page, n;   /* the run held */
+        uint32_t lo, hi, r; /* purge [lo, hi), which holds r resident pages */
+        bool purged;
+    } runs[GROWTH_PURGE_BATCH];
     int nruns = 0;
-    size_t got = 0;
-    for (tm_chunk_t *c = a->chunks; c && got < want && nruns < GROWTH_PURGE_BATCH; c = c->next) {
-        for (uint32_t p = 0; p < TM_CHUNK_PAGES && got < want && nruns < GROWTH_PURGE_BATCH;) {
-            tm_page_t *h = &c->pages[p]; /* always a run's first page */
-            uint32_t n = h->npages, r;
-            if (h->kind == PAGE_FREE && h->dirty && (r = count_resident(c, p, n))) {
+    size_t got = 0, released = 0;
+    /* the longest runs first, from the index: fewer madvise calls, each of
+     * which must shoot down the TLBs of every thread of the process */
+    for (uint32_t w = sizeof a->runs_nonempty / sizeof a->runs_nonempty[0];
+         w-- > 0 && got < want && nruns < GROWTH_PURGE_BATCH;) {
+        for (uint64_t bits = a->runs_nonempty[w]; bits && got < want && nruns < GROWTH_PURGE_BATCH;) {
+            uint32_t n = w * 64 + 63 - (uint32_t)__builtin_clzll(bits);
+            bits &= ~(1ull << (n & 63));
+            for (tm_page_t *h = a->runs[n], *next; h && got < want && nruns < GROWTH_PURGE_BATCH;
+                 h = next) {
+                next = page_link(h)->next;
+                tm_chunk_t *c = page_chunk(h);
+                uint32_t p = chunk_page_index(c, h), r, lo, hi;
+                if (!h->dirty || !(r = count_resident(c, p, n))) continue;
+                /* the madvise spans the resident pages only */
+                resident_span(c, p, n, &lo, &hi);
+                if (r > want - got) {
+                    /* only as much of it as is wanted, from its end: a run
+                     * is carved from its first page on */
+                    for (uint32_t u = hi - 1; lo < u;) { /* the last lo with enough */
+                        uint32_t m = lo + (u - lo + 1) / 2;
+                        if (count_resident(c, m, hi - m) >= want - got) lo = m;
+                        else u = m - 1;
+                    }
+                }
                 runs_index_remove_locked(a, h);
                 run_hold_locked(a, c, p, n);
-                rss[a->index].resident -= r;
                 runs[nruns].c = c;
                 runs[nruns].page = p;
                 runs[nruns].n = n;
+                runs[nruns].lo = lo;
+                runs[nruns].hi = hi;
+                runs[nruns].r = count_resident(c, lo, hi - lo);
+                /* only the pages to purge leave the count: the rest stay
+                 * idle as they were, and the low-water mark of the count
+                 * (idle_pages) must not take them for reused */
+                resident_sub_locked(a, runs[nruns].r);
+                got += runs[nruns].r;
                 nruns++;
-                got += r;
             }
-            p += n;
         }
     }
-    if (!nruns) return;
-    rss[a->index].credit -= got < rss[a->index].credit ? got : rss[a->index].credit;
+    if (!nruns) return 0;
+    credit_set_locked(a, got < rss[a->index].credit ? rss[a->index].credit - got : 0);
     pthread_mutex_unlock(&a->lock);
     for (int i = 0; i < nruns; i++) {
-        size_t bytes = (size_t)runs[i].n << TM_PAGE_SHIFT;
-        runs[i].purged = os_purge((void *)chunk_page_addr(runs[i].c, runs[i].page), bytes) == 0;
+        size_t bytes = (size_t)(runs[i].hi - runs[i].lo) << TM_PAGE_SHIFT;
+        runs[i].purged = os_purge((void *)chunk_page_addr(runs[i].c, runs[i].lo), bytes) == 0;
         if (runs[i].purged) stats_add_released(bytes);
     }
     pthread_mutex_lock(&a->lock);
     for (int i = 0; i < nruns; i++) {
         tm_chunk_t *c = runs[i].c;
-        uint32_t p = runs[i].page, n = runs[i].n;
+        uint32_t p = runs[i].page, n = runs[i].n, lo = runs[i].lo;
         if (!run_still_held(c, p, n)) continue;
         run_unhold_locked(a, c, n);
-        set_resident(c, p, n, !runs[i].purged);
-        if (!runs[i].purged) rss[a->index].resident += n;
-        run_insert_free_locked(a, c, p, n, runs[i].purged, !runs[i].purged);
+        if (runs[i].purged) {
+            set_resident(c, lo, runs[i].hi - lo, false);
+            released += runs[i].r;
+        } else { /* the kernel refused: every page may hold data */
+            resident_add_locked(a, n - count_resident(c, p, n) + runs[i].r);
+            set_resident(c, p, n, true);
+        }
+        /* a page with no resident bit reads zero: fresh, or purged */
+        bool clean = count_resident(c, p, n) == 0;
+        run_insert_free_locked(a, c, p, n, clean, !clean);
     }
+    return released;
+}
+
+/* ---- growth purge of other arenas ------------------------------------------
+ * An arena about to fault in fresh pages may find idle resident pages not
+ * in itself but in other arenas: a producer's blocks freed by a consumer
+ * go home to the producer's arena, a thread that has moved on leaves its
+ * arena's pages behind. After its own growth purge it gives back idle
+ * pages of other arenas too, about as many as it is about to fault in.
+ *
+ * Another arena's free pages are idle only if they stay free: one whose
+ * threads free and allocate again in turn (batches, producer and consumer)
+ * has its working set among its free pages between the two, and purging
+ * them would cost it a fault per page, again and again. So another arena
+ * gives back only pages that have stayed free through a whole epoch of
+ * the coarse clock (idle_pages), at least PURGE_MIN of them, and never
+ * more than its own budget allows. (The runs purged are not necessarily
+ * the very pages that stayed free: their number is.)
+ *
+ * Nor is an arena that is itself faulting in fresh pages (in this epoch or
+ * the one before) purged by others: without that rule two arenas whose
+ * free runs are reused slowly (throughput realloc --threads 2) purge each
+ * other in turn, each refault being a fresh fault that purges the other,
+ * until both budgets are spent (faults 3.7x, throughput -36% there).
+ *
+ * The purged arena pays from its own budget: the faults a purge costs fall
+ * on the threads that use the purged pages again, so however many arenas
+ * grow, its threads fault at most at its own rate. The growing thread
+ * pays the madvise calls: about as many pages as it is about to fault in
+ * (PURGE_MIN at least), in at most GROWTH_PURGE_BATCH runs an arena.
+ *
+ * Locks: the growing arena's lock is dropped first (the run it is about
+ * to use is held, as for its own purge), and each other arena is taken
+ * with a trylock -- one that is busy is in use, and is skipped -- and
+ * purged as its own growth purge would, its lock dropped for the madvise.
+ * So no two arena locks are ever held together. Arenas are visited from
+ * self + 1 round the ring until enough pages are given back: one arena,
+ * usually. */
+
+/* The next arena after step *k from self round the ring, self excluded,
+ * that idle_arenas names and whose idle pages and budget look worth a
+ * purge, read without its lock; NULL when none is left. *now_ns is read
+ * on the first need of it. */
+static tm_arena_t *purge_victim_next(unsigned self, unsigned *k, uint64_t epoch,
+                                     uint64_t *now_ns) {
+    for (unsigned n = tm_narenas; ++*k < n;) {
+        unsigned i = (self + *k) % n;
+        uint64_t w = __atomic_load_n(&idle_arenas[i >> 6], __ATOMIC_RELAXED);
+        if (!((w >> (i & 63)) & 1)) {
+            if (!w) *k += (i | 63) < n ? 63 - (i & 63) : n - 1 - i; /* the rest of the word */
+            continue;
+        }
+        if (idle_pages(i, epoch) < PURGE_MIN) continue;
+        if (RSS_LOAD(i, fresh_epoch) + 1 >= epoch) continue; /* growing itself */
+        if (!*now_ns) *now_ns = os_now_ns();
+        if (credit_peek(i, *now_ns) < PURGE_MIN) continue;
+        tm_arena_t *b = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
+        if (b) return b;
+    }
+    return NULL;
+}
+
+/* Give back about `fresh` idle pages of other arenas, from victim b on.
+ * Called with no arena lock held. Returns the pages given back. */
+static size_t growth_purge_others(unsigned self, tm_arena_t *b, unsigned k, uint64_t epoch,
+                                  uint64_t now_ns, uint32_t fresh) {
+    size_t got = 0;
+    for (; b && got < fresh; b = purge_victim_next(self, &k, epoch, &now_ns)) {
+        if (pthread_mutex_trylock(&b->lock) != 0) continue;
+        size_t idle = idle_pages(b->index, epoch);
+        size_t need = fresh - got > PURGE_MIN ? fresh - got : PURGE_MIN;
+        if (idle > need) idle = need;
+        size_t want = growth_purge_budget_locked(b, idle);
+        if (want) got += growth_purge_locked(b, want); /* drops b's lock */
+        pthread_mutex_unlock(&b->lock);
+    }
+    return got;
 }
 
 /* Carve npages aligned to align_pages out of the best-fitting free run.
@@ -287,17 +514,27 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
         resident = count_resident(c, start, (uint32_t)npages);
         runs_index_remove_locked(a, h);
         if (!may_purge || resident == npages) break;
+        uint32_t fresh = (uint32_t)npages - resident;
         size_t idle = rss[a->index].resident ? rss[a->index].resident - count_resident(c, page, len) : 0;
-        size_t want = growth_purge_pages_locked(a, (uint32_t)npages - resident, idle);
-        if (!want) break;
+        size_t want = growth_purge_pages_locked(a, fresh, idle);
+        unsigned k = 0;
+        uint64_t epoch = purge_epoch(), now_ns = 0;
+        RSS_STORE(a->index, fresh_epoch, epoch);
+        tm_arena_t *victim = purge_victim_next(a->index, &k, epoch, &now_ns);
+        if (!want && !victim) break;
         /* held while the lock is dropped, the run is no free run: its
          * resident pages are counted again when it is one */
-        rss[a->index].resident -= count_resident(c, page, len);
+        resident_sub_locked(a, count_resident(c, page, len));
         run_hold_locked(a, c, page, len);
-        growth_purge_locked(a, want); /* drops the lock */
+        size_t got = want ? growth_purge_locked(a, want) : 0; /* drops the lock */
+        if (victim && got < fresh) {
+            pthread_mutex_unlock(&a->lock);
+            growth_purge_others(a->index, victim, k, epoch, now_ns, fresh - (uint32_t)got);
+            pthread_mutex_lock(&a->lock);
+        }
         if (run_still_held(c, page, len)) {
             run_unhold_locked(a, c, len);
-            rss[a->index].resident += count_resident(c, page, len);
+            resident_add_locked(a, count_resident(c, page, len));
             resident = count_resident(c, start, (uint32_t)npages);
             break;
         }
@@ -309,7 +546,7 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
     uint32_t end = start + (uint32_t)npages, rend = page + len;
     if (rend > end) run_insert_free_locked(a, c, end, rend - end, zeroed, dirty);
     for (uint32_t i = start; i < end; i++) c->pages[i].kind = PAGE_INTERIOR;
-    rss[a->index].resident -= resident;
+    resident_sub_locked(a, resident);
     c->free_pages -= (uint32_t)npages;
     *page_out = start;
     *zeroed_out = zeroed;
@@ -319,7 +556,7 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
 void run_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages) {
     for (uint32_t i = page; i < page + npages; i++) c->fast[i] = 0;
     set_resident(c, page, npages, true);
-    rss[a->index].resident += npages;
+    resident_add_locked(a, npages);
     c->free_pages += npages;
     run_insert_free_locked(a, c, page, npages, false, true);
 }
@@ -336,7 +573,7 @@ bool run_try_grow_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n
     rh->kind = PAGE_INTERIOR;
     c->pages[end + rn - 1].kind = PAGE_INTERIOR;
     if (rn > extra) run_insert_free_locked(a, c, end + extra, rn - extra, zeroed, dirty);
-    rss[a->index].resident -= count_resident(c, end, extra);
+    resident_sub_locked(a, count_resident(c, end, extra));
     for (uint32_t i = end; i < end + extra; i++) c->pages[i].kind = PAGE_INTERIOR;
     c->pages[page + npages - 1].kind = PAGE_INTERIOR;
     run_mark(c, page, new_npages, PAGE_LARGE);
@@ -478,7 +715,7 @@ void chunk_attach_locked(tm_arena_t *a, tm_chunk_t *c) {
 void chunk_detach_locked(tm_arena_t *a, tm_chunk_t *c) {
     tm_assert(c->free_pages == TM_CHUNK_PAGES);
     runs_index_remove_locked(a, &c->pages[0]);
-    rss[a->index].resident -= count_resident(c, 0, TM_CHUNK_PAGES);
+    resident_sub_locked(a, count_resident(c, 0, TM_CHUNK_PAGES));
     if (c->prev) c->prev->next = c->next;
     else a->chunks = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -559,7 +796,7 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
                 tm_assert(n >= 1);
                 if (p >= from && h->kind == PAGE_FREE && h->dirty) {
                     runs_index_remove_locked(a, h);
-                    rss[a->index].resident -= count_resident(c, p, n);
+                    resident_sub_locked(a, count_resident(c, p, n));
                     h->kind = PAGE_UNUSED;
                     c->pages[p + n - 1].kind = PAGE_UNUSED;
                     runs[nruns].c = c;
@@ -602,12 +839,12 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
                 empty[i]->pages[0].zeroed = 0;
                 empty[i]->pages[0].dirty = 1;
                 set_resident(empty[i], 0, TM_CHUNK_PAGES, true);
-                rss[a->index].resident += TM_CHUNK_PAGES;
+                resident_add_locked(a, TM_CHUNK_PAGES);
             }
             /* a run the kernel would not purge keeps its dirty bytes */
             for (int i = 0; i < nruns; i++) {
                 set_resident(runs[i].c, runs[i].page, runs[i].n, !purged[i]);
-                if (!purged[i]) rss[a->index].resident += runs[i].n;
+                if (!purged[i]) resident_add_locked(a, runs[i].n);
                 run_insert_free_locked(a, runs[i].c, runs[i].page, runs[i].n, purged[i],
                                        !purged[i]);
             }
