@@ -186,20 +186,24 @@ static void free_generic(void *p, const char *call) {
  * key.) Blocks never handed out carry no cookie, and in a purged slab
  * _heapmin gave back pages of free blocks, whose cookie words read zero: on
  * those pages the slab's bitmap says whether p is free in the arena. */
+/* Small block p, whose page entry is f: false if the program holds it;
+ * else it is free -- in a cache or its slab (a double free), or in a slab
+ * that never handed it out (no cookie outside a purged slab) -- and this
+ * reports it to `call`, and returns true if that returns. */
+static bool small_block_free_reported(void *p, uint32_t f, const char *call) {
+    bool cookie = *tm_cookie_slot(p) == tm_cookie_of(p);
+    if (!cookie && (!(f & TM_FAST_CHECK) || !arena_block_is_free(p))) return false;
+    if (!cookie && !(f & TM_FAST_PURGED)) tm_invalid_pointer(call, p);
+    else tm_double_free(call, p);
+    return true;
+}
+
 static void free_suspect_double(void *p, unsigned cls, uint32_t f) {
     if (!cls) { /* a large block starting a chunk: not cookie-protected */
         free_generic(p, "free");
         return;
     }
-    bool cookie = *tm_cookie_slot(p) == tm_cookie_of(p);
-    if (!cookie && !arena_block_is_free(p)) {
-        free_to_cache(p, cls, f, tm_cookie_of(p));
-        return;
-    }
-    if (!cookie && !(f & TM_FAST_PURGED)) /* free in a slab that never handed it out */
-        tm_invalid_pointer("free", p);
-    else
-        tm_double_free("free", p);
+    if (!small_block_free_reported(p, f, "free")) free_to_cache(p, cls, f, tm_cookie_of(p));
 }
 
 void tm_free_impl(void *p) { TM_API(free)(p); }
@@ -218,14 +222,7 @@ size_t tm_usable_size(void *p, const char *caller) {
                 tm_invalid_pointer(caller, p);
                 return 0;
             }
-            bool cookie = *tm_cookie_slot(p) == tm_cookie_of(p);
-            if (cookie || ((c->fast[page] & TM_FAST_CHECK) && arena_block_is_free(p))) {
-                /* free in a cache or its slab; without a cookie outside a
-                 * purged slab, never handed out (free_suspect_double) */
-                if (!cookie && !(c->fast[page] & TM_FAST_PURGED)) tm_invalid_pointer(caller, p);
-                else tm_double_free(caller, p);
-                return 0;
-            }
+            if (small_block_free_reported(p, c->fast[page], caller)) return 0;
             return tm_classes[cls].size;
         }
         size_t n = (a & TM_PAGE_MASK) ? 0 : arena_large_usable(c, page);

@@ -270,13 +270,20 @@ static size_t active_pages_locked(const tm_arena_t *a) {
     return a->nchunks * TM_CHUNK_PAGES - free_pages;
 }
 
-/* Arena i's credit topped up to `now` (what growth_purge_pages_locked
- * would find), read without its lock: a hint. */
-static size_t credit_peek(unsigned i, uint64_t now) {
+/* Arena i's credit topped up to `now`, with *earned set if any was earned
+ * since credit_ns: exact under its lock, a hint without it. */
+static size_t credit_topped(unsigned i, uint64_t now, bool *earned_out) {
     uint64_t since = RSS_LOAD(i, credit_ns);
     size_t credit = RSS_LOAD(i, credit);
     uint64_t earned = now > since ? (now - since) / (1000000000u / PURGE_RATE) : 0;
+    *earned_out = earned != 0;
     return earned >= PURGE_BURST - credit ? PURGE_BURST : credit + (size_t)earned;
+}
+
+/* What growth_purge_budget_locked would find, read without the lock. */
+static size_t credit_peek(unsigned i, uint64_t now) {
+    bool earned;
+    return credit_topped(i, now, &earned);
 }
 
 static void credit_set_locked(tm_arena_t *a, size_t credit) {
@@ -289,10 +296,9 @@ static size_t growth_purge_budget_locked(tm_arena_t *a, size_t idle) {
     if (idle < PURGE_MIN) return 0;
     /* clock_gettime(CLOCK_MONOTONIC) is a vDSO call, not a system call */
     uint64_t now = os_now_ns();
-    uint64_t earned = (now - rss[a->index].credit_ns) / (1000000000u / PURGE_RATE);
-    size_t credit = rss[a->index].credit;
+    bool earned;
+    size_t credit = credit_topped(a->index, now, &earned);
     if (earned) {
-        credit = earned >= PURGE_BURST - credit ? PURGE_BURST : credit + (size_t)earned;
         credit_set_locked(a, credit);
         RSS_STORE(a->index, credit_ns, now);
     }
