@@ -220,12 +220,23 @@ static void slab_destroy_locked(tm_arena_t *a, tm_slab_t *s) {
     chunk_slot_put_locked(c, (uint32_t)(s - c->slabs));
 }
 
+/* A refill writes the cookie of each block it hands out that may have none
+ * (a fresh block, or any block of a purged slab), and so touches its page,
+ * which may not be resident. It stops before a second such page: a refill
+ * that faulted in a page per block of a 4 KiB class (16 pages, each 40-400
+ * us on this VM while _heapmin madvises) was the worst stall another thread
+ * saw during a trim; now one call faults one page at most, and a growing
+ * program makes more, smaller refills instead (no change measured in the
+ * size sweep or the realloc benchmark). */
+#define REFILL_COLD_PAGES 1
 unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
     const uint32_t size = tm_classes[cls].size;
     tm_arena_bin_t *b = &a->bins[cls];
-    unsigned got = 0;
+    unsigned got = 0, cold_left = REFILL_COLD_PAGES;
+    uintptr_t cold_pg = 0;
+    bool stop = false;
     pthread_mutex_lock(&a->lock);
-    while (got < n) {
+    while (got < n && !stop) {
         tm_slab_t *s = b->partial;
         if (!s) {
             s = slab_create_locked(a, cls);
@@ -233,16 +244,25 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
             bin_push_locked(b, s);
         }
         uint32_t fresh = s->fresh;
-        for (unsigned w = s->hint; w < TM_SLAB_MAX_BLOCKS / 64 && got < n; w++) {
+        for (unsigned w = s->hint; w < TM_SLAB_MAX_BLOCKS / 64 && got < n && !stop; w++) {
             uint64_t bits = s->bitmap[w];
             while (bits && got < n) {
                 unsigned i = w * 64 + (unsigned)__builtin_ctzll(bits);
-                bits &= bits - 1;
                 void *p = (void *)(s->start + (uintptr_t)i * size);
                 if (i >= fresh || s->purged) { /* it may have no cookie: give it one */
+                    uintptr_t pg = (uintptr_t)p >> TM_PAGE_SHIFT;
+                    if (pg != cold_pg) {
+                        if (!cold_left && got) {
+                            stop = true;
+                            break;
+                        }
+                        cold_left -= cold_left != 0;
+                        cold_pg = pg;
+                    }
                     *tm_cookie_slot(p) = tm_cookie_of(p);
                     if (i >= fresh) fresh = slab_fresh_past_locked(s, i, size);
                 }
+                bits &= bits - 1;
                 slots[got++] = p;
                 s->nfree--;
                 /* counted as it goes: slab_create_locked may drop the lock

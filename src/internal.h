@@ -306,6 +306,7 @@ TM_COLD void tcache_free_slow(void *p, unsigned cls);
 void tcache_settle_locked(tm_tcache_t *tc);
 void tcache_drain_locked(tm_tcache_t *tc);  /* tc->mu held; empty every bin */
 size_t tcache_slots_max(void);
+size_t tcache_blocks_locked(tm_tcache_t *tc); /* tc->mu held; a snapshot */
 size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]); /* tc->mu held */
 void tcache_release_grown_slots(tm_tcache_t *tc); /* after take_locked, tc->mu dropped */
 size_t tcache_cached_bytes(void);

@@ -274,6 +274,18 @@ void tcache_drain_locked(tm_tcache_t *tc) {
 /* The most blocks one cache can hold, for the options in force. */
 size_t tcache_slots_max(void) { return slot_total; } /* >= the sum of the largest sizes */
 
+/* Blocks in tc's bins. Caller holds tc->mu, so no bin moves; the owner's
+ * fast path may still push and pop, so the count is a snapshot (world.c
+ * sizes its stop groups with it). */
+size_t tcache_blocks_locked(tm_tcache_t *tc) {
+    size_t n = 0;
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+        tm_tc_bin_t *b = &tc->bins[c];
+        n += (size_t)(__atomic_load_n(&b->top, __ATOMIC_RELAXED) - b->base);
+    }
+    return n;
+}
+
 /* Move every block out of tc's bins into out[] (class by class, counts[c]
  * of class c) and reset the bins, so that a trimmer can give them to the
  * arenas after dropping tc->mu: the owner then waits only for this copy.
