@@ -2,7 +2,8 @@
  * heapmin.c -- the basic contract of _heapmin(): it returns 0 on Linux and
  * leaves errno unchanged, whatever state the heap is in (fresh, busy, just
  * emptied, with another thread holding cached blocks), and the blocks the
- * program still holds keep their contents. The deep tests (how much memory
+ * program still holds keep their contents, and no thread cache keeps a
+ * block, however many threads there are. The deep tests (how much memory
  * comes back, concurrency with running threads) live elsewhere.
  */
 #include "test_cmocka.h"
@@ -117,12 +118,59 @@ static void test_heapmin_with_parked_thread(void **state)
     heapmin_checked();
 }
 
+/* More idle threads than one stop group holds (world.c: 64 caches), each
+ * with a few blocks cached: every cache is drained, whichever group it
+ * falls in, and each thread's live block survives. */
+enum { MANY = 150 };
+static pthread_barrier_t many_parked, many_release;
+
+static void *many_thread(void *arg)
+{
+    uintptr_t id = (uintptr_t)arg;
+    tu_block_t keep = tu_block_new(48 + id % 200, 1, id);
+    void *tmp[6];
+    for (int i = 0; i < 6; i++)
+        tmp[i] = TM_API(malloc)(16 + 16 * (size_t)i);
+    for (int i = 0; i < 6; i++)
+        TM_API(free)(tmp[i]); /* into this thread's cache */
+    pthread_barrier_wait(&many_parked);
+    pthread_barrier_wait(&many_release);
+    tu_block_check(&keep);
+    tu_block_free(&keep);
+    return NULL;
+}
+
+static void test_heapmin_many_idle_threads(void **state)
+{
+    (void)state;
+    pthread_t t[MANY];
+    pthread_barrier_init(&many_parked, NULL, MANY + 1);
+    pthread_barrier_init(&many_release, NULL, MANY + 1);
+    for (uintptr_t i = 0; i < MANY; i++)
+        tu_thread_create(&t[i], many_thread, (void *)i);
+    pthread_barrier_wait(&many_parked);
+    trimalloc_stats_t st;
+    assert_int_equal(TM_API(trimalloc_stats_get)(&st), 0);
+    if (st.tcache_bytes < (size_t)MANY * 6 * 16)
+        fail_msg("only %zu bytes cached by %d threads before the trim", st.tcache_bytes, MANY);
+    heapmin_checked();
+    assert_int_equal(TM_API(trimalloc_stats_get)(&st), 0);
+    if (st.tcache_bytes != 0)
+        fail_msg("%zu bytes still in thread caches after _heapmin", st.tcache_bytes);
+    pthread_barrier_wait(&many_release);
+    for (int i = 0; i < MANY; i++)
+        tu_thread_join(t[i]);
+    pthread_barrier_destroy(&many_parked);
+    pthread_barrier_destroy(&many_release);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_heapmin_first_call),
         cmocka_unit_test(test_heapmin_live_blocks),
         cmocka_unit_test(test_heapmin_with_parked_thread),
+        cmocka_unit_test(test_heapmin_many_idle_threads),
     };
     return cmocka_run_group_tests_name("api_heapmin (" TU_FLAVOUR ")", tests, NULL, NULL);
 }

@@ -1,0 +1,89 @@
+/*
+ * refill.c (unit) -- a refill writes the cookie of every block it hands
+ * out from a fresh slab, so it touches each block's page: it stops before
+ * a second page that may not be resident (arena.c, REFILL_COLD_PAGES), so
+ * one malloc faults in one page at most. Small classes still get a whole
+ * batch from one page, and a program that keeps asking gets every block.
+ *
+ * The test uses an arena of its own (an index no thread is bound to).
+ */
+#include "test_cmocka.h"
+#include "internal.h"
+
+/* The smallest class of at least `min` bytes. */
+static unsigned class_at_least(uint32_t min) {
+    for (unsigned c = 1; c <= TM_NCLASSES; c++)
+        if (tm_classes[c].size >= min) return c;
+    fail_msg("no class of %u bytes", min);
+    return 0;
+}
+
+static uintptr_t page_of(const void *p) { return (uintptr_t)p >> TM_PAGE_SHIFT; }
+
+static void test_refill_touches_one_new_page(void **state) {
+    (void)state;
+    tm_init();
+    tm_arena_t *a = arena_get(TM_MAX_ARENAS - 2);
+    assert_non_null(a);
+    const unsigned cls = class_at_least(2048);
+    const uint32_t size = tm_classes[cls].size, nb = tm_classes[cls].nblocks;
+    assert_true(nb >= 4); /* a slab of several pages */
+    void *blocks[64];
+    unsigned n = arena_refill(a, cls, blocks, 16);
+    assert_true(n >= 1);
+    if (n >= 16) fail_msg("a refill of %u-byte blocks from a fresh slab took %u", size, n);
+    for (unsigned i = 0; i < n; i++)
+        if (page_of(blocks[i]) != page_of(blocks[0]))
+            fail_msg("block %u of the refill is on another page", i);
+    /* the next refill goes on where the first stopped: one page further */
+    void *more[64];
+    unsigned m = arena_refill(a, cls, more, 16);
+    assert_true(m >= 1);
+    assert_true(page_of(more[0]) > page_of(blocks[n - 1]));
+    for (unsigned i = 0; i < m; i++)
+        for (unsigned j = 0; j < n; j++)
+            assert_ptr_not_equal(more[i], blocks[j]);
+    arena_flush(cls, blocks, n);
+    arena_flush(cls, more, m);
+}
+
+static void test_refill_small_class_gets_a_batch(void **state) {
+    (void)state;
+    tm_init();
+    tm_arena_t *a = arena_get(TM_MAX_ARENAS - 2);
+    const unsigned cls = class_at_least(16);
+    void *blocks[64];
+    /* 64 blocks of 16 B: one page holds them all */
+    assert_int_equal(arena_refill(a, cls, blocks, 64), 64);
+    arena_flush(cls, blocks, 64);
+}
+
+static void test_refill_hands_out_every_block(void **state) {
+    (void)state;
+    tm_init();
+    tm_arena_t *a = arena_get(TM_MAX_ARENAS - 2);
+    const unsigned cls = class_at_least(3000);
+    const uint32_t nb = tm_classes[cls].nblocks;
+    void *blocks[3 * TM_SLAB_MAX_BLOCKS];
+    unsigned want = 3 * nb, got = 0, calls = 0;
+    while (got < want) {
+        unsigned n = arena_refill(a, cls, blocks + got, want - got);
+        assert_true(n > 0);
+        got += n;
+        calls++;
+    }
+    assert_true(calls > 1);
+    for (unsigned i = 0; i < got; i++)
+        for (unsigned j = i + 1; j < got; j++)
+            assert_ptr_not_equal(blocks[i], blocks[j]);
+    arena_flush(cls, blocks, got);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_refill_touches_one_new_page),
+        cmocka_unit_test(test_refill_small_class_gets_a_batch),
+        cmocka_unit_test(test_refill_hands_out_every_block),
+    };
+    return cmocka_run_group_tests_name("unit_refill (" TU_FLAVOUR ")", tests, NULL, NULL);
+}
