@@ -138,6 +138,25 @@ static void set_resident(tm_chunk_t *c, uint32_t page, uint32_t n, bool bit) {
     }
 }
 
+/* Fill the resident pages of free run [page, page + n) with `fill`
+ * (_heapset). The others are left alone: a page whose resident bit is
+ * clear reads zero (fresh or purged), and the purges rely on that -- the
+ * growth purge gives back only the resident span of a run and then calls
+ * the run zeroed if no bit is left, so a clear page written here would be
+ * handed to calloc as zero. */
+void run_fill_resident_locked(tm_chunk_t *c, uint32_t page, uint32_t n, unsigned char fill) {
+    for (uint32_t p = page, end = page + n; p < end;) {
+        if (!count_resident(c, p, 1)) {
+            p++;
+            continue;
+        }
+        uint32_t q = p + 1;
+        while (q < end && count_resident(c, q, 1)) q++;
+        memset((void *)chunk_page_addr(c, p), fill, (size_t)(q - p) << TM_PAGE_SHIFT);
+        p = q;
+    }
+}
+
 /* The first and one past the last resident page of [page, page + n),
  * which holds one at least (bits outside free runs may be stale, but the
  * first set bit from `page` up and the last from its end down are the

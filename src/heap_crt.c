@@ -321,10 +321,11 @@ TM_EXPORT int TM_API(_heapchk)(void) {
 
 /* ---- _heapset ------------------------------------------------------------------
  * Fills the free small blocks, all of them (writing their cookie afresh in
- * bytes 8..15: double-free detection and _heapchk rely on it), and the free
- * runs with dirty pages (already resident; the purged and never-touched
- * ones read zero and are left alone, so _heapset never faults released
- * memory back in). A filled run is no longer known zero. */
+ * bytes 8..15: double-free detection and _heapchk rely on it), and the
+ * resident pages of free runs (the purged and never-touched ones read zero
+ * and are left alone, so _heapset never faults released memory back in,
+ * and a page the purges take for zero stays zero). A filled run is no
+ * longer known zero. */
 static void fill_arena_locked(tm_arena_t *a, unsigned char fill) {
     for (tm_chunk_t *c = a->chunks; c; c = c->next) {
         for (uint32_t p = 0; p < TM_CHUNK_PAGES;) {
@@ -332,7 +333,7 @@ static void fill_arena_locked(tm_arena_t *a, unsigned char fill) {
             uint32_t n = h->npages;
             if (n == 0 || n > TM_CHUNK_PAGES - p) break; /* checked before; never loop */
             if (h->kind == PAGE_FREE && h->dirty) {
-                memset((void *)chunk_page_addr(c, p), fill, (size_t)n << TM_PAGE_SHIFT);
+                run_fill_resident_locked(c, p, n, fill);
                 h->zeroed = 0;
             } else if (h->kind == PAGE_SLAB) {
                 tm_slab_t *sl = chunk_slab(c, p);

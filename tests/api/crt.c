@@ -326,10 +326,11 @@ static void test_heapset(void **state)
     assert_heap_ok();
     for (int i = 1; i < N; i += 2) /* held blocks are not touched */
         assert_int_equal(tu_find_not_byte(b[i], 200, 0x77), (size_t)-1);
-    /* Every free entry now holds the fill byte but in bytes 8..15 (a free
-     * block's cookie) -- or zeros, for a free run never written or purged,
-     * which _heapset leaves alone. The walk's drain adds nothing: our cache
-     * was drained by _heapset and nothing was freed since. */
+    /* Every free small block now holds the fill byte but in bytes 8..15
+     * (a free block's cookie); every page of a free run holds it too (the
+     * first page but in bytes 8..15), or zeros: a page never written or
+     * purged, which _heapset leaves alone. The walk's drain adds nothing:
+     * our cache was drained by _heapset and nothing was freed since. */
     _HEAPINFO e = {NULL, 0, 0};
     int rc, nfree = 0;
     while ((rc = TM_API(_heapwalk)(&e)) == _HEAPOK) {
@@ -337,10 +338,16 @@ static void test_heapset(void **state)
             continue;
         const unsigned char *q = (const unsigned char *)e._pentry;
         size_t small = e._size & 4095 ? 1 : 0; /* not a page multiple: a small block */
-        int filled = tu_find_not_byte(q, 8, 0xab) == (size_t)-1 &&
-                      tu_find_not_byte(q + 16, e._size - 16, 0xab) == (size_t)-1;
-        if (!filled && (small || tu_find_not_byte(q, e._size, 0) != (size_t)-1))
-            fail_msg("free entry %p (%zu bytes) was not filled", (void *)q, e._size);
+        size_t piece = small ? e._size : 4096;
+        for (size_t off = 0; off < e._size; off += piece) {
+            const unsigned char *pg = q + off;
+            size_t skip = off ? 0 : 16; /* the cookie bytes 8..15 of the entry */
+            int filled = tu_find_not_byte(pg, off ? piece : 8, 0xab) == (size_t)-1 &&
+                         tu_find_not_byte(pg + skip, piece - skip, 0xab) == (size_t)-1;
+            if (!filled && (small || tu_find_not_byte(pg, piece, 0) != (size_t)-1))
+                fail_msg("free entry %p (%zu bytes) was not filled at offset %zu", (void *)q,
+                         e._size, off);
+        }
         nfree++;
     }
     assert_int_equal(rc, _HEAPEND);
