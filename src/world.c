@@ -7,7 +7,7 @@
  *   tc = tls.tc       (plain load)              tc->drain_pending = 1
  *   ...pop or push on tc's bins...              owner's tls.tc = &sentinel
  *                                                 (both under tc->mu)
- *   tls.busy = 0      (release store)         heavy barrier (ONE membarrier)
+ *   tls.busy = 0      (release store)         heavy barrier (ONE membarrier per group)
  *                                             for every cache tc of the group:
  *                                               lock tc->mu
  *                                               if tc->drain_pending:
