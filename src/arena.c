@@ -222,15 +222,20 @@ static void slab_destroy_locked(tm_arena_t *a, tm_slab_t *s) {
 
 /* A refill writes the cookie of each block it hands out that may have none
  * (a fresh block, or any block of a purged slab), and so touches its page,
- * which may not be resident. It stops before a fifth such page. A refill
- * of a 4 KiB class used to fault in a page per block (8-12 pages, 330-540
- * us while _heapmin madvises, when a fault costs 40-400 us on this VM): the
+ * which may not be resident. It stops before a fifth such page. A refill of
+ * a 4 KiB class used to fault in a page per block (8-12 pages, 330-540 us
+ * while _heapmin madvises, when a fault costs 40-400 us on this VM): the
  * worst stall another thread saw during a trim. A growing program makes
- * more, smaller refills instead (no change measured in the size sweep or
- * the realloc benchmark). One page was tried too: a large block freed and
- * then reused for a slab came back as that slab's first block at the next
+ * more, smaller refills instead. Measured (bench/throughput, interleaved
+ * medians of 7, against no cap): the size sweep with 2 threads runs 10-15%
+ * slower, with 33% less peak RSS (9.9 -> 6.7 MiB) and 40% more page faults;
+ * with 1 thread, and larson, realloc and xmalloc, no change beyond the
+ * noise. A cap of 16 pages was slower still there (136 against 159 Mops/s)
+ * and kept the RSS. One page was tried too: a large block freed and then
+ * reused for a slab came back as that slab's first block at the next
  * malloc, so a double free of the large block freed the new one instead of
- * being caught (tests/bad_input, free-double-large). */
+ * being caught (tests/bad_input, free-double-large).
+ */
 #define REFILL_COLD_PAGES 4
 unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
     const uint32_t size = tm_classes[cls].size;
