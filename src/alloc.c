@@ -178,18 +178,17 @@ static void free_generic(void *p, const char *call) {
     tm_invalid_pointer(call, p);
 }
 
-/* free() found the free-block cookie in p's second word, or p lies on a
- * page of a purged slab or one with blocks never handed out. Every free
- * small block in a cache carries the cookie, and malloc clears it, so with
- * the cookie there p is free already: a double free. (A program cannot
- * write the cookie by accident: it is the address xor a random per-process
- * key.) Blocks never handed out carry no cookie, and in a purged slab
- * _heapmin gave back pages of free blocks, whose cookie words read zero: on
- * those pages the slab's bitmap says whether p is free in the arena. */
 /* Small block p, whose page entry is f: false if the program holds it;
  * else it is free -- in a cache or its slab (a double free), or in a slab
  * that never handed it out (no cookie outside a purged slab) -- and this
- * reports it to `call`, and returns true if that returns. */
+ * reports it to `call`, and returns true if that returns.
+ * Every free small block in a cache carries the cookie in its second word,
+ * and malloc clears it, so with the cookie there p is free already. (A
+ * program cannot write the cookie by accident: it is the address xor a
+ * random per-process key.) Blocks never handed out carry no cookie, and in
+ * a purged slab _heapmin gave back pages of free blocks, whose cookie words
+ * read zero: on those pages (TM_FAST_CHECK) the slab's bitmap says whether
+ * p is free in the arena. */
 static bool small_block_free_reported(void *p, uint32_t f, const char *call) {
     bool cookie = *tm_cookie_slot(p) == tm_cookie_of(p);
     if (!cookie && (!(f & TM_FAST_CHECK) || !arena_block_is_free(p))) return false;
@@ -198,6 +197,8 @@ static bool small_block_free_reported(void *p, uint32_t f, const char *call) {
     return true;
 }
 
+/* free() found the cookie in p's second word, or p lies on a page of a
+ * purged slab or one with blocks never handed out. */
 static void free_suspect_double(void *p, unsigned cls, uint32_t f) {
     if (!cls) { /* a large block starting a chunk: not cookie-protected */
         free_generic(p, "free");

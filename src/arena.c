@@ -259,12 +259,12 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
                 void *p = (void *)(s->start + (uintptr_t)i * size);
                 if (i >= fresh || s->purged) { /* it may have no cookie: give it one */
                     uintptr_t pg = (uintptr_t)p >> TM_PAGE_SHIFT;
-                    if (pg != cold_pg) {
-                        if (!cold_left && got) {
+                    if (pg != cold_pg) { /* a new page; the first always gets through */
+                        if (!cold_left) {
                             stop = true;
                             break;
                         }
-                        cold_left -= cold_left != 0;
+                        cold_left--;
                         cold_pg = pg;
                     }
                     *tm_cookie_slot(p) = tm_cookie_of(p);
