@@ -52,6 +52,9 @@ static struct {
     uint64_t epoch;               /* purge_epoch() at the last change of resident */
     size_t low, low_before;       /* the lowest resident in that epoch, in the one before */
     uint64_t fresh_epoch;         /* purge_epoch() when it last faulted in fresh pages */
+    uint64_t decay_ns;            /* os_now_ns() when the current decay window began */
+    size_t decay_low;             /* the lowest resident in that window */
+    size_t decay_due;             /* pages the decay may still give back */
 } rss[TM_MAX_ARENAS];
 
 /* bit i: arena i holds at least PURGE_MIN resident free pages (changed
@@ -88,6 +91,7 @@ static void resident_set_locked(tm_arena_t *a, size_t v) {
     } else if (v < rss[i].low) {
         RSS_STORE(i, low, v);
     }
+    if (v < rss[i].decay_low) RSS_STORE(i, decay_low, v);
     if ((old >= PURGE_MIN) == (v >= PURGE_MIN)) return;
     uint64_t bit = 1ull << (i & 63);
     if (v >= PURGE_MIN) __atomic_fetch_or(&idle_arenas[i >> 6], bit, __ATOMIC_RELAXED);
@@ -512,6 +516,61 @@ static size_t growth_purge_others(unsigned self, tm_arena_t *b, unsigned k, uint
         pthread_mutex_unlock(&b->lock);
     }
     return got;
+}
+
+/* ---- decay ----------------------------------------------------------------------
+ * Without it, a free page stays resident until _heapmin, or until a growth
+ * purge wants it: a program that shrinks after a spike and never calls
+ * _heapmin, nor grows again, keeps the spike's pages for good. So resident
+ * free pages that stay free for dirty_decay_ms (10 s by default; jemalloc
+ * has the same option and default) are given back.
+ *
+ * Each arena's count of resident free pages has a decay window: its lowest
+ * value since the window began (decay_low, kept by resident_set_locked) is
+ * how many pages stayed free and resident through the whole window. When a
+ * window of at least dirty_decay_ms closes, that many pages fall due, the
+ * longest runs first (the growth purge's own code, which drops the lock for
+ * its madvise calls); a new window begins with the current count.
+ *
+ * There is no background thread: a thread cache's garbage collection tick
+ * (every TC_GC_EVERY slow-path calls, tcache.c) calls arena_decay_tick()
+ * once it has dropped its cache lock, and that looks at every arena -- an
+ * idle thread's arena decays on the ticks of the threads still working.
+ * It costs a clock read (vDSO) and a relaxed load per arena when nothing
+ * is due; an arena whose lock is busy is skipped until the next tick. A
+ * tick gives back at most GROWTH_PURGE_BATCH runs an arena, so a ticking
+ * thread pays a bounded number of madvise calls (the rest stays due for the
+ * next tick). Pages that are given back cost a fault each when used again:
+ * -1 turns this off, 0 gives back whatever stayed free since the last tick. */
+void arena_decay_tick(void) {
+    long ms = __atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED);
+    if (ms < 0) return;
+    uint64_t now = os_now_ns(), window = (uint64_t)ms * 1000000u;
+    for (unsigned i = 0, n = tm_narenas; i < n; i++) {
+        tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
+        if (!a) continue;
+        uint64_t began = RSS_LOAD(i, decay_ns);
+        if (RSS_LOAD(i, decay_due) < PURGE_MIN && began <= now && now - began < window) continue;
+        if (pthread_mutex_trylock(&a->lock) != 0) continue;
+        began = rss[i].decay_ns;
+        if (began > now || now - began >= window) {
+            /* (a window another thread began after our clock read is not
+             * closed: began > now starts it again, harmlessly) */
+            RSS_STORE(i, decay_due, rss[i].decay_low);
+            RSS_STORE(i, decay_low, rss[i].resident);
+            RSS_STORE(i, decay_ns, now);
+        }
+        size_t due = rss[i].decay_due;
+        if (due >= PURGE_MIN) {
+            /* 0 while the lock is dropped: no other tick takes the same pages */
+            RSS_STORE(i, decay_due, 0);
+            size_t got = growth_purge_locked(a, due); /* drops the lock */
+            /* what is left stays due, unless nothing could be given back
+             * (no resident run left, or the kernel refused) */
+            if (got && got < due) RSS_STORE(i, decay_due, due - got);
+        }
+        pthread_mutex_unlock(&a->lock);
+    }
 }
 
 /* Carve npages aligned to align_pages out of the best-fitting free run.

@@ -222,6 +222,9 @@ size_t chunk_slab_pool_release_locked(tm_arena_t *a, tm_chunk_t *c);
 /* Purge: release free pages of every chunk of arena a; return bytes.
  * *failures counts system calls the kernel refused. */
 size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures);
+/* Give back resident free pages that stayed free for dirty_decay_ms, in
+ * every arena whose lock is free; no lock held (tcache.c's GC tick). */
+void arena_decay_tick(void);
 
 /* ---- arena.c ---------------------------------------------------------------------- */
 extern tm_arena_t *tm_arenas[];
@@ -361,6 +364,7 @@ typedef struct tm_opts {
     long verbose;
     long huge_cache_mb;
     long decay_ms;
+    long dirty_decay_ms;
 } tm_opts_t;
 extern tm_opts_t tm_opt;
 void options_init(void);

@@ -31,7 +31,9 @@ tm_opts_t tm_opt;
     X("huge_cache_mb", huge_cache_mb, 64, 0, 1 << 20, 1,                                     \
       "MiB of freed huge mappings kept for reuse (0 = unmap at once)")                       \
     X("decay_ms", decay_ms, 5000, 0, 3600000, 1,                                             \
-      "milliseconds a cached free huge mapping is kept before it is unmapped")
+      "milliseconds a cached free huge mapping is kept before it is unmapped")               \
+    X("dirty_decay_ms", dirty_decay_ms, 10000, -1, 3600000, 1,                               \
+      "milliseconds a free page of an arena stays resident before it is given back (-1 = never)")
 
 typedef struct opt_desc {
     const char *name;

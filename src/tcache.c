@@ -507,11 +507,13 @@ static void tcache_gc_locked(tm_tcache_t *tc) {
         arena_release_idle_slab(tc->arena, cls);
 }
 
-TM_INLINE void tcache_gc_tick_locked(tm_tcache_t *tc) {
-    if (++tc->gc_tick >= TC_GC_EVERY) {
-        tc->gc_tick = 0;
-        tcache_gc_locked(tc);
-    }
+/* True when the GC ran: the caller then calls arena_decay_tick() once it
+ * has dropped tc->mu (chunk.c, "decay"; it may make system calls). */
+TM_INLINE bool tcache_gc_tick_locked(tm_tcache_t *tc) {
+    if (++tc->gc_tick < TC_GC_EVERY) return false;
+    tc->gc_tick = 0;
+    tcache_gc_locked(tc);
+    return true;
 }
 
 /* A thread that allocates only large blocks for a while (a phase of big
@@ -530,8 +532,9 @@ static void tcache_gc_tick_large(void) {
     tm_tcache_t *tc = tm_tls.own;
     pthread_mutex_lock(&tc->mu);
     tcache_settle_locked(tc);
-    tcache_gc_tick_locked(tc);
+    bool decay = tcache_gc_tick_locked(tc);
     pthread_mutex_unlock(&tc->mu);
+    if (decay) arena_decay_tick();
 }
 
 /* Slow start: a class's first refills are small, so a thread that uses few
@@ -558,6 +561,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
      * the class tables are still zero and the fast path computed class 0. */
     if (unlikely(cls == 0)) cls = size_class_of(size);
     void *p = NULL;
+    bool decay = false;
     if (!tc) {
         arena_refill(uncached_arena(), cls, &p, 1);
     } else {
@@ -579,9 +583,10 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
                 p = b->top[-1];
                 __atomic_store_n(&b->top, b->top - 1, __ATOMIC_RELAXED);
             }
-            tcache_gc_tick_locked(tc);
+            decay = tcache_gc_tick_locked(tc);
         }
         pthread_mutex_unlock(&tc->mu);
+        if (decay) arena_decay_tick();
     }
     if (p) {
         *tm_cookie_slot(p) = 0;
@@ -644,14 +649,16 @@ void tcache_free_slow(void *p, unsigned cls) {
         memmove(b->base, b->base + n, (count - n) * sizeof(void *));
         count -= n;
     }
+    bool decay = false;
     if (cap) {
         b->base[count] = p;
         __atomic_store_n(&b->top, b->base + count + 1, __ATOMIC_RELAXED);
-        tcache_gc_tick_locked(tc);
+        decay = tcache_gc_tick_locked(tc);
     } else {
         arena_flush(cls, &p, 1);
     }
     pthread_mutex_unlock(&tc->mu);
+    if (decay) arena_decay_tick();
 }
 
 size_t tcache_cached_bytes(void) {

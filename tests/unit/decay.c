@@ -1,0 +1,197 @@
+/*
+ * decay.c (unit) -- the decay (chunk.c): resident free pages that stay
+ * free for dirty_decay_ms go back to the kernel on a later GC tick, pages
+ * freed or used again within the window do not, and -1 keeps them all.
+ *
+ * Arena X (the last one, which no thread of this program is bound to) is
+ * driven directly through arena_alloc_large; arena_decay_tick() is called
+ * by the test, as a thread cache's GC tick would; mincore() says which
+ * pages are resident. Where a window must have closed the test sleeps
+ * past it and tries again a few times (a preempted test can only make a
+ * window longer, never shorter). The last test goes through malloc and
+ * free: the ticks come from the thread cache's GC.
+ */
+#include "test_cmocka.h"
+#include "internal.h"
+
+#include <sys/mman.h>
+#include <time.h>
+
+#define BLK ((size_t)256 * 1024) /* 64 pages: a large block */
+#define PG(n) ((size_t)(n) << TM_PAGE_SHIFT)
+
+static tm_arena_t *X;
+static long saved_decay;
+
+static int setup(void **state) {
+    (void)state;
+    tm_init();
+    saved_decay = tm_opt.dirty_decay_ms;
+    X = arena_get(tm_narenas - 1);
+    return X ? 0 : -1;
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    tm_opt.dirty_decay_ms = saved_decay;
+    return 0;
+}
+
+static void *held[16];
+
+static void *big(size_t size) {
+    void *p = arena_alloc_large(X, size, 0, false);
+    assert_non_null(p);
+    for (unsigned i = 0; i < TU_ARRAY_LEN(held); i++)
+        if (!held[i]) {
+            held[i] = p;
+            return p;
+        }
+    fail_msg("more blocks than held[] has room for");
+    return NULL;
+}
+
+static void big_free(void *p) {
+    for (unsigned i = 0; i < TU_ARRAY_LEN(held); i++)
+        if (held[i] == p) held[i] = NULL;
+    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
+    assert_non_null(c);
+    arena_free_large(c, (uint32_t)(((uintptr_t)p - c->base) >> TM_PAGE_SHIFT), p);
+}
+
+/* Free what the test holds; X's empty chunks are unmapped. */
+static int teardown(void **state) {
+    (void)state;
+    for (unsigned i = 0; i < TU_ARRAY_LEN(held); i++)
+        if (held[i]) big_free(held[i]);
+    arena_purge(X, true, NULL);
+    return X->nchunks == 0 ? 0 : -1;
+}
+
+static size_t resident(void *p, size_t len) {
+    unsigned char vec[1024];
+    size_t n = len >> TM_PAGE_SHIFT, r = 0;
+    assert_true(n <= sizeof vec);
+    assert_int_equal(mincore(p, len, vec), 0);
+    for (size_t i = 0; i < n; i++) r += vec[i] & 1;
+    return r;
+}
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+static size_t released(void) {
+    return __atomic_load_n(&tm_gstats.released_bytes, __ATOMIC_RELAXED);
+}
+
+/* 8 blocks of X from its chunk's first page, written, then freed: one
+ * free run whose first 512 pages are resident. */
+static char *idle_region(void) {
+    void *p[8];
+    for (int i = 0; i < 8; i++) {
+        p[i] = big(BLK);
+        assert_ptr_equal(p[i], (char *)p[0] + i * BLK); /* carved in order */
+        memset(p[i], 0x5a, BLK);
+    }
+    for (int i = 0; i < 8; i++) big_free(p[i]);
+    assert_int_equal(resident(p[0], 8 * BLK), 512);
+    return p[0];
+}
+
+/* Runs first: a window of a minute, so the pages, free for a few
+ * milliseconds, are not due however the test is scheduled. */
+static void test_pages_freed_within_the_window_stay(void **state) {
+    (void)state;
+    tm_opt.dirty_decay_ms = 60000;
+    arena_decay_tick(); /* closes the window that began at start-up; a new one begins */
+    char *x = idle_region();
+    size_t before = released();
+    for (int i = 0; i < 3; i++) arena_decay_tick();
+    assert_int_equal(resident(x, 8 * BLK), 512);
+    assert_int_equal(released(), before);
+}
+
+static void test_idle_pages_go_back_after_the_window(void **state) {
+    (void)state;
+    tm_opt.dirty_decay_ms = 50;
+    char *x = idle_region();
+    size_t before = released();
+    /* the first window to close may have begun before the pages were
+     * freed; the one after it has them free throughout */
+    for (int i = 0; i < 10 && resident(x, 8 * BLK); i++) {
+        sleep_ms(60);
+        arena_decay_tick();
+    }
+    assert_int_equal(resident(x, 8 * BLK), 0);
+    assert_true(released() - before >= PG(512));
+}
+
+static void test_pages_used_in_the_window_are_not_due(void **state) {
+    (void)state;
+    tm_opt.dirty_decay_ms = 50;
+    char *x = idle_region();
+    sleep_ms(60);
+    arena_decay_tick(); /* a window begins with the 512 pages free */
+    /* used and freed again inside the window: the count of free resident
+     * pages dipped, so the pages did not stay free through it */
+    void *p = big(8 * BLK);
+    assert_ptr_equal(p, x);
+    big_free(p);
+    sleep_ms(60);
+    arena_decay_tick(); /* closes it: nothing is due */
+    assert_int_equal(resident(x, 8 * BLK), 512);
+    /* the window that began there has them free throughout */
+    for (int i = 0; i < 10 && resident(x, 8 * BLK); i++) {
+        sleep_ms(60);
+        arena_decay_tick();
+    }
+    assert_int_equal(resident(x, 8 * BLK), 0);
+}
+
+static void test_minus_one_keeps_them(void **state) {
+    (void)state;
+    tm_opt.dirty_decay_ms = -1;
+    char *x = idle_region();
+    for (int i = 0; i < 3; i++) {
+        sleep_ms(30);
+        arena_decay_tick();
+    }
+    assert_int_equal(resident(x, 8 * BLK), 512);
+}
+
+/* Through the public functions: a freed large block of 500 pages, then
+ * mallocs and frees of a 64 KiB block, whose slow path ticks once every
+ * TC_GC_EVERY large allocations (tcache.c). With dirty_decay_ms 0 each
+ * tick closes a window, so the 500 pages go back on the second tick after
+ * they were freed, but for the 16 the 64 KiB block takes again and again. */
+static void test_ticks_come_from_malloc(void **state) {
+    (void)state;
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 0), 0);
+    size_t before = released();
+    char *blk = TM_API(malloc)(PG(500)); /* large: below huge_threshold */
+    assert_non_null(blk);
+    memset(blk, 1, PG(500));
+    TM_API(free)(blk);
+    for (int i = 0; i < 200 && released() - before < PG(400); i++) {
+        char *p = TM_API(malloc)(PG(16));
+        assert_non_null(p);
+        p[0] = 1;
+        TM_API(free)(p);
+    }
+    assert_true(released() - before >= PG(400));
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_pages_freed_within_the_window_stay, teardown),
+        cmocka_unit_test_teardown(test_idle_pages_go_back_after_the_window, teardown),
+        cmocka_unit_test_teardown(test_pages_used_in_the_window_are_not_due, teardown),
+        cmocka_unit_test_teardown(test_minus_one_keeps_them, teardown),
+        cmocka_unit_test(test_ticks_come_from_malloc),
+    };
+    return cmocka_run_group_tests_name("unit_decay", tests, setup, group_teardown);
+}
