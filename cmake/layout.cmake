@@ -47,6 +47,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   options_init size_class_init
   # os.c
   os_map os_map_aligned os_unmap os_purge os_purge_inside os_ncpus os_random os_now_ns
+  os_now_ns_raw
   # meta.c, pagemap.c
   meta_alloc meta_free meta_fork_prepare meta_fork_parent meta_fork_child
   pagemap_set pagemap_clear pagemap_fork_prepare pagemap_fork_parent pagemap_fork_child
@@ -62,7 +63,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   slab_destroy_locked slab_set_fresh_locked arena_release_idle_slab
   arena_fork_prepare arena_fork_parent arena_fork_child
   # chunk.c
-  chunk_create chunk_attach_locked run_alloc_locked run_free_locked
+  chunk_create chunk_attach_locked run_alloc_locked run_free_locked arena_decay_tick
   run_insert_free_locked runs_index_insert_locked runs_index_remove_locked
   run_try_grow_locked run_shrink_locked chunk_slot_take_locked chunk_slot_put_locked
   resident_set_locked purge_victim_next

@@ -536,16 +536,25 @@ static size_t growth_purge_others(unsigned self, tm_arena_t *b, unsigned k, uint
  * (every TC_GC_EVERY slow-path calls, tcache.c) calls arena_decay_tick()
  * once it has dropped its cache lock, and that looks at every arena -- an
  * idle thread's arena decays on the ticks of the threads still working.
- * It costs a clock read (vDSO) and a relaxed load per arena when nothing
- * is due; an arena whose lock is busy is skipped until the next tick. A
+ * When nothing is due a tick costs a read of the time-stamp counter, and
+ * once an epoch of the coarse clock a system call for the time and a
+ * relaxed load per arena; an arena whose lock is busy is skipped until the
+ * next tick. A
  * tick gives back at most GROWTH_PURGE_BATCH runs an arena, so a ticking
  * thread pays a bounded number of madvise calls (the rest stays due for the
  * next tick). Pages that are given back cost a fault each when used again:
  * -1 turns this off, 0 gives back whatever stayed free since the last tick. */
+static uint64_t decay_epoch; /* purge_epoch() at the last tick that read the clock */
+
 void arena_decay_tick(void) {
     long ms = __atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED);
     if (ms < 0) return;
-    uint64_t now = os_now_ns(), window = (uint64_t)ms * 1000000u;
+    /* the clock once an epoch at most (4 to 17 ms), but at every tick
+     * for 0; a system call, not libc's clock_gettime (os.c says why) */
+    uint64_t e = purge_epoch();
+    if (ms > 0 && __atomic_load_n(&decay_epoch, __ATOMIC_RELAXED) == e) return;
+    __atomic_store_n(&decay_epoch, e, __ATOMIC_RELAXED);
+    uint64_t now = os_now_ns_raw(), window = (uint64_t)ms * 1000000u;
     for (unsigned i = 0, n = tm_narenas; i < n; i++) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (!a) continue;

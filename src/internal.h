@@ -77,6 +77,7 @@ int os_protect_none(void *p, size_t size);   /* guard page */
 void *os_remap(void *p, size_t old, size_t new_size, int may_move, void *fixed);
 int os_heavy_barrier(void);                  /* membarrier or fallback */
 uint64_t os_now_ns(void);
+uint64_t os_now_ns_raw(void); /* by a system call, no libc or vDSO page */
 void os_yield(void);
 unsigned os_ncpus(void);
 void os_random(void *buf, size_t n);

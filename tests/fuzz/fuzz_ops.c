@@ -407,6 +407,7 @@ static const struct { const char *name; long values[4]; } opt_choices[] = {
     {"huge_threshold", {64 << 10, 512 << 10, 2 << 20, 4 << 20}},
     {"huge_cache_mb", {0, 1, 64, 64}},
     {"decay_ms", {0, 1, 5000, 5000}},
+    {"dirty_decay_ms", {0, -1, 10000, 0}},
 };
 #define NOPT (sizeof opt_choices / sizeof opt_choices[0])
 static long opt_defaults[NOPT];
