@@ -539,11 +539,11 @@ static size_t growth_purge_others(unsigned self, tm_arena_t *b, unsigned k, uint
  * When nothing is due a tick costs a read of the time-stamp counter, and
  * once an epoch of the coarse clock a system call for the time and a
  * relaxed load per arena; an arena whose lock is busy is skipped until the
- * next tick. A
- * tick gives back at most GROWTH_PURGE_BATCH runs an arena, so a ticking
- * thread pays a bounded number of madvise calls (the rest stays due for the
- * next tick). Pages that are given back cost a fault each when used again:
- * -1 turns this off, 0 gives back whatever stayed free since the last tick. */
+ * next tick. A tick gives back at most GROWTH_PURGE_BATCH runs an arena, so
+ * a ticking thread pays a bounded number of madvise calls (the rest stays
+ * due for the next tick). Pages that are given back cost a fault each when
+ * used again: -1 turns this off, 0 gives back whatever stayed free since
+ * the last tick. */
 static uint64_t decay_epoch; /* purge_epoch() at the last tick that read the clock */
 
 void arena_decay_tick(void) {
