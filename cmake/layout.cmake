@@ -67,6 +67,8 @@ set(TRIMALLOC_HOT_FUNCTIONS
   run_insert_free_locked runs_index_insert_locked runs_index_remove_locked
   run_try_grow_locked run_shrink_locked chunk_slot_take_locked chunk_slot_put_locked
   resident_set_locked purge_victim_next
+  # background.c
+  background_maybe_start background_fork_child
   # huge.c, heapmin.c, stats.c: what fork, exit and a purge call
   huge_fork_prepare huge_fork_parent huge_fork_child
   heapmin_lock heapmin_unlock heapmin_fork_child

@@ -60,6 +60,7 @@ static void fork_child(void) {
     xfer_fork_child();
     tcache_fork_child();
     heapmin_fork_child();
+    background_fork_child();
 }
 
 void tm_init_slow(void) {

@@ -227,6 +227,10 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures);
  * every arena whose lock is free; no lock held (tcache.c's GC tick). */
 void arena_decay_tick(void);
 
+/* ---- background.c: the optional background thread -------------------------------- */
+void background_maybe_start(void); /* at a GC tick, no lock held */
+void background_fork_child(void);
+
 /* ---- arena.c ---------------------------------------------------------------------- */
 extern tm_arena_t *tm_arenas[];
 extern unsigned tm_narenas;
@@ -366,6 +370,7 @@ typedef struct tm_opts {
     long huge_cache_mb;
     long decay_ms;
     long dirty_decay_ms;
+    long background_thread;
 } tm_opts_t;
 extern tm_opts_t tm_opt;
 void options_init(void);

@@ -33,7 +33,9 @@ tm_opts_t tm_opt;
     X("decay_ms", decay_ms, 5000, 0, 3600000, 1,                                             \
       "milliseconds a cached free huge mapping is kept before it is unmapped")               \
     X("dirty_decay_ms", dirty_decay_ms, 10000, -1, 3600000, 1,                               \
-      "milliseconds a free page of an arena stays resident before it is given back (-1 = never)")
+      "milliseconds a free page of an arena stays resident before it is given back (-1 = never)") \
+    X("background_thread", background_thread, 0, 0, 1, 1,                                   \
+      "a thread of the allocator's own gives back decayed pages, whatever the program does")
 
 typedef struct opt_desc {
     const char *name;

@@ -507,13 +507,20 @@ static void tcache_gc_locked(tm_tcache_t *tc) {
         arena_release_idle_slab(tc->arena, cls);
 }
 
-/* True when the GC ran: the caller then calls arena_decay_tick() once it
- * has dropped tc->mu (chunk.c, "decay"; it may make system calls). */
+/* True when the GC ran: the caller then calls gc_tick_unlocked() once it
+ * has dropped tc->mu. */
 TM_INLINE bool tcache_gc_tick_locked(tm_tcache_t *tc) {
     if (++tc->gc_tick < TC_GC_EVERY) return false;
     tc->gc_tick = 0;
     tcache_gc_locked(tc);
     return true;
+}
+
+/* The part of a GC tick that may make system calls, with no lock held:
+ * the decay (chunk.c) and the start of the background thread. */
+static void gc_tick_unlocked(void) {
+    background_maybe_start();
+    arena_decay_tick();
 }
 
 /* A thread that allocates only large blocks for a while (a phase of big
@@ -534,7 +541,7 @@ static void tcache_gc_tick_large(void) {
     tcache_settle_locked(tc);
     bool decay = tcache_gc_tick_locked(tc);
     pthread_mutex_unlock(&tc->mu);
-    if (decay) arena_decay_tick();
+    if (decay) gc_tick_unlocked();
 }
 
 /* Slow start: a class's first refills are small, so a thread that uses few
@@ -586,7 +593,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
             decay = tcache_gc_tick_locked(tc);
         }
         pthread_mutex_unlock(&tc->mu);
-        if (decay) arena_decay_tick();
+        if (decay) gc_tick_unlocked();
     }
     if (p) {
         *tm_cookie_slot(p) = 0;
@@ -658,7 +665,7 @@ void tcache_free_slow(void *p, unsigned cls) {
         arena_flush(cls, &p, 1);
     }
     pthread_mutex_unlock(&tc->mu);
-    if (decay) arena_decay_tick();
+    if (decay) gc_tick_unlocked();
 }
 
 size_t tcache_cached_bytes(void) {

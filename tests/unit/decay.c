@@ -14,6 +14,7 @@
 #include "test_cmocka.h"
 #include "internal.h"
 
+#include <dirent.h>
 #include <sys/mman.h>
 #include <time.h>
 
@@ -22,6 +23,10 @@
 
 static tm_arena_t *X;
 static long saved_decay;
+
+/* An atomic store, as trimalloc_option_set makes: the background thread of
+ * the last test reads the option. */
+static void set_decay(long ms) { __atomic_store_n(&tm_opt.dirty_decay_ms, ms, __ATOMIC_RELAXED); }
 
 static int setup(void **state) {
     (void)state;
@@ -33,7 +38,7 @@ static int setup(void **state) {
 
 static int group_teardown(void **state) {
     (void)state;
-    tm_opt.dirty_decay_ms = saved_decay;
+    set_decay(saved_decay);
     return 0;
 }
 
@@ -105,7 +110,7 @@ static char *idle_region(void) {
  * milliseconds, are not due however the test is scheduled. */
 static void test_pages_freed_within_the_window_stay(void **state) {
     (void)state;
-    tm_opt.dirty_decay_ms = 60000;
+    set_decay(60000);
     arena_decay_tick(); /* closes the window that began at start-up; a new one begins */
     char *x = idle_region();
     size_t before = released();
@@ -116,7 +121,7 @@ static void test_pages_freed_within_the_window_stay(void **state) {
 
 static void test_idle_pages_go_back_after_the_window(void **state) {
     (void)state;
-    tm_opt.dirty_decay_ms = 50;
+    set_decay(50);
     char *x = idle_region();
     size_t before = released();
     /* the first window to close may have begun before the pages were
@@ -131,7 +136,7 @@ static void test_idle_pages_go_back_after_the_window(void **state) {
 
 static void test_pages_used_in_the_window_are_not_due(void **state) {
     (void)state;
-    tm_opt.dirty_decay_ms = 50;
+    set_decay(50);
     char *x = idle_region();
     sleep_ms(60);
     arena_decay_tick(); /* a window begins with the 512 pages free */
@@ -153,7 +158,7 @@ static void test_pages_used_in_the_window_are_not_due(void **state) {
 
 static void test_minus_one_keeps_them(void **state) {
     (void)state;
-    tm_opt.dirty_decay_ms = -1;
+    set_decay(-1);
     char *x = idle_region();
     for (int i = 0; i < 3; i++) {
         sleep_ms(30);
@@ -163,10 +168,11 @@ static void test_minus_one_keeps_them(void **state) {
 }
 
 /* Through the public functions: a freed large block of 500 pages, then
- * mallocs and frees of a 64 KiB block, whose slow path ticks once every
- * TC_GC_EVERY large allocations (tcache.c). With dirty_decay_ms 0 each
- * tick closes a window, so the 500 pages go back on the second tick after
- * they were freed, but for the 16 the 64 KiB block takes again and again. */
+ * mallocs and frees of a 64 KiB block; the thread cache's GC ticks once
+ * every 64 large allocations (tcache.c: 8 count as one slow-path call, and
+ * the GC runs every 8 of those). With dirty_decay_ms 0 each tick closes a
+ * window, so the 500 pages go back on the second tick after they were
+ * freed, but for the 16 the 64 KiB block takes again and again. */
 static void test_ticks_come_from_malloc(void **state) {
     (void)state;
     assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 0), 0);
@@ -185,6 +191,50 @@ static void test_ticks_come_from_malloc(void **state) {
     assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
 }
 
+/* Threads of this process named "trimalloc-bg" (the background thread). */
+static unsigned bg_threads(void) {
+    DIR *d = opendir("/proc/self/task");
+    assert_non_null(d);
+    unsigned n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        char path[300], comm[64] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue; /* a thread that has just exited */
+        if (fgets(comm, sizeof comm, f)) n += strcmp(comm, "trimalloc-bg\n") == 0;
+        fclose(f);
+    }
+    closedir(d);
+    return n;
+}
+
+/* background_thread:1 -- a GC tick starts the thread; from then on pages
+ * decay while the program makes no allocator call at all; turned off, the
+ * thread exits. (Runs last: the thread ticks every arena.) */
+static void test_background_thread(void **state) {
+    (void)state;
+    assert_int_equal(bg_threads(), 0);
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 50), 0);
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
+    for (int i = 0; i < 64; i++) { /* 64 large allocations: one GC tick */
+        char *p = TM_API(malloc)(PG(16));
+        assert_non_null(p);
+        TM_API(free)(p);
+    }
+    for (int i = 0; i < 100 && !bg_threads(); i++) sleep_ms(10);
+    assert_int_equal(bg_threads(), 1);
+    char *x = idle_region(); /* arena functions only: no tick from here on */
+    size_t before = released();
+    for (int i = 0; i < 60 && resident(x, 8 * BLK); i++) sleep_ms(50);
+    assert_int_equal(resident(x, 8 * BLK), 0);
+    assert_true(released() - before >= PG(512));
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 0), 0);
+    for (int i = 0; i < 300 && bg_threads(); i++) sleep_ms(10);
+    assert_int_equal(bg_threads(), 0);
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_pages_freed_within_the_window_stay, teardown),
@@ -192,6 +242,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_pages_used_in_the_window_are_not_due, teardown),
         cmocka_unit_test_teardown(test_minus_one_keeps_them, teardown),
         cmocka_unit_test(test_ticks_come_from_malloc),
+        cmocka_unit_test_teardown(test_background_thread, teardown),
     };
     return cmocka_run_group_tests_name("unit_decay", tests, setup, group_teardown);
 }

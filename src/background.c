@@ -1,0 +1,72 @@
+/*
+ * background.c -- the optional background thread (background_thread:1).
+ *
+ * The decay (chunk.c) runs on the GC ticks of thread caches, that is on
+ * slow-path calls; a program whose every malloc and free hits its cache
+ * never ticks, and keeps its free pages however long they stay free. With
+ * this option a thread of the allocator's own calls arena_decay_tick() every
+ * dirty_decay_ms / 8 (10 ms to 1 s), so they go back whatever the program
+ * does. Off by default, as in jemalloc: a thread the program did not create
+ * shows in its thread list and wakes up once a second.
+ *
+ * It is started lazily, by the first GC tick that finds the option on (not
+ * at start-up, where pthread_create, which calls malloc, would recurse into
+ * the initialisation), with every signal blocked, detached, and named
+ * "trimalloc-bg". It makes no
+ * allocation and has no thread cache. Turned off at run time, it exits at
+ * its next wake-up (and the next tick that finds it on again starts one).
+ *
+ * A fork child never starts one: after a fork of a multi-threaded process
+ * the child may call only async-signal-safe functions until it execs, and
+ * pthread_create is not one (ThreadSanitizer stops such a child). Its free
+ * pages still decay on its own GC ticks.
+ */
+#include "internal.h"
+
+#include <signal.h>
+#include <time.h>
+
+/* 0: none; 1: one is running (or being started); 2: never (a fork child).
+ * Set by the starter's CAS, cleared by the thread as it exits or by a
+ * failed start. */
+static int bg_running;
+
+static void *background_main(void *arg) {
+    (void)arg;
+    pthread_setname_np(pthread_self(), "trimalloc-bg"); /* as ps, top and gdb show it */
+    while (__atomic_load_n(&tm_opt.background_thread, __ATOMIC_RELAXED)) {
+        long ms = __atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED) / 8;
+        if (ms < 10) ms = ms < 0 ? 1000 : 10;
+        if (ms > 1000) ms = 1000;
+        struct timespec ts = {0, ms * 1000000L};
+        nanosleep(&ts, NULL);
+        arena_decay_tick();
+    }
+    int expect = 1; /* not 2: a fork child's state stays */
+    __atomic_compare_exchange_n(&bg_running, &expect, 0, false, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+void background_maybe_start(void) {
+    if (likely(!__atomic_load_n(&tm_opt.background_thread, __ATOMIC_RELAXED))) return;
+    int expect = 0;
+    if (__atomic_load_n(&bg_running, __ATOMIC_RELAXED) ||
+        !__atomic_compare_exchange_n(&bg_running, &expect, 1, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_RELAXED))
+        return;
+    pthread_attr_t attr;
+    sigset_t all, old;
+    pthread_t t;
+    int rc = pthread_attr_init(&attr);
+    if (rc == 0) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old); /* the new thread inherits it */
+        rc = pthread_create(&t, &attr, background_main, NULL);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&attr);
+    }
+    if (rc != 0) __atomic_store_n(&bg_running, 0, __ATOMIC_RELEASE); /* the next tick tries again */
+}
+
+void background_fork_child(void) { bg_running = 2; }
