@@ -45,6 +45,7 @@
  * (idle_pages). The clock is read only where the count changes, that is
  * where a run is freed or resident free pages are taken again. */
 #define PURGE_MIN 64u          /* pages (256 KiB) */
+#define DECAY_QUARTERS 4       /* a decay window's parts (see "decay") */
 static struct {
     _Alignas(64) size_t resident; /* pages of free runs with the resident bit set */
     size_t credit;                /* pages the growth purge may still release */
@@ -52,8 +53,9 @@ static struct {
     uint64_t epoch;               /* purge_epoch() at the last change of resident */
     size_t low, low_before;       /* the lowest resident in that epoch, in the one before */
     uint64_t fresh_epoch;         /* purge_epoch() when it last faulted in fresh pages */
-    uint64_t decay_ns;            /* os_now_ns() when the current decay window began */
-    size_t decay_low;             /* the lowest resident in that window */
+    uint64_t decay_ns;            /* os_now_ns() when the current decay quarter began */
+    size_t decay_low;             /* the lowest resident in that quarter */
+    size_t decay_before[DECAY_QUARTERS - 1]; /* the same, in the quarters before it */
     size_t decay_due;             /* pages the decay may still give back */
 } rss[TM_MAX_ARENAS];
 
@@ -525,17 +527,23 @@ static size_t growth_purge_others(unsigned self, tm_arena_t *b, unsigned k, uint
  * free pages that stay free for dirty_decay_ms (10 s by default; jemalloc
  * has the same option and default) are given back.
  *
- * Each arena's count of resident free pages has a decay window: its lowest
- * value since the window began (decay_low, kept by resident_set_locked) is
- * how many pages stayed free and resident through the whole window. When a
- * window of at least dirty_decay_ms closes, that many pages fall due, the
+ * Each arena keeps the lowest value of its count of resident free pages
+ * in each quarter of dirty_decay_ms (decay_low, kept by
+ * resident_set_locked, for the current quarter; decay_before for the three
+ * before it). When a quarter of at least dirty_decay_ms / 4 closes, the
+ * lowest of the last four quarters' values -- the pages that stayed free
+ * and resident through all four, at least dirty_decay_ms -- fall due, the
  * longest runs first (the growth purge's own code, which drops the lock for
- * its madvise calls); a new window begins with the current count.
+ * its madvise calls); a new quarter begins with the current count. So a
+ * page goes back between 1 and 1.25 times dirty_decay_ms after it was
+ * freed, if ticks come often enough (one window of the full length was
+ * tried first: between 1 and 2 times, 17 s for 10 s in tuning.md's demo).
  *
- * There is no background thread: a thread cache's garbage collection tick
- * (every TC_GC_EVERY slow-path calls, tcache.c) calls arena_decay_tick()
- * once it has dropped its cache lock, and that looks at every arena -- an
- * idle thread's arena decays on the ticks of the threads still working.
+ * By default no thread of the allocator's own runs it (background.c has
+ * the option): a thread cache's garbage collection tick (every TC_GC_EVERY
+ * slow-path calls, tcache.c) calls arena_decay_tick() once it has dropped
+ * its cache lock, and that looks at every arena -- an idle thread's arena
+ * decays on the ticks of the threads still working.
  * When nothing is due a tick costs a read of the time-stamp counter, and
  * once an epoch of the coarse clock a system call for the time and a
  * relaxed load per arena; an arena whose lock is busy is skipped until the
@@ -554,18 +562,24 @@ void arena_decay_tick(void) {
     uint64_t e = purge_epoch();
     if (ms > 0 && __atomic_load_n(&decay_epoch, __ATOMIC_RELAXED) == e) return;
     __atomic_store_n(&decay_epoch, e, __ATOMIC_RELAXED);
-    uint64_t now = os_now_ns_raw(), window = (uint64_t)ms * 1000000u;
+    uint64_t now = os_now_ns_raw(), quarter = (uint64_t)ms * (1000000u / DECAY_QUARTERS);
     for (unsigned i = 0, n = tm_narenas; i < n; i++) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (!a) continue;
         uint64_t began = RSS_LOAD(i, decay_ns);
-        if (RSS_LOAD(i, decay_due) < PURGE_MIN && began <= now && now - began < window) continue;
+        if (RSS_LOAD(i, decay_due) < PURGE_MIN && began <= now && now - began < quarter) continue;
         if (pthread_mutex_trylock(&a->lock) != 0) continue;
         began = rss[i].decay_ns;
-        if (began > now || now - began >= window) {
-            /* (a window another thread began after our clock read is not
+        if (began > now || now - began >= quarter) {
+            /* (a quarter another thread began after our clock read is not
              * closed: began > now starts it again, harmlessly) */
-            RSS_STORE(i, decay_due, rss[i].decay_low);
+            size_t due = rss[i].decay_low; /* 0: what stayed free since the last tick */
+            for (unsigned q = DECAY_QUARTERS - 1; q-- > 0;) {
+                size_t low = rss[i].decay_before[q];
+                if (low < due && ms) due = low;
+                RSS_STORE(i, decay_before[q], q ? rss[i].decay_before[q - 1] : rss[i].decay_low);
+            }
+            RSS_STORE(i, decay_due, due);
             RSS_STORE(i, decay_low, rss[i].resident);
             RSS_STORE(i, decay_ns, now);
         }

@@ -111,7 +111,7 @@ static char *idle_region(void) {
 static void test_pages_freed_within_the_window_stay(void **state) {
     (void)state;
     set_decay(60000);
-    arena_decay_tick(); /* closes the window that began at start-up; a new one begins */
+    arena_decay_tick(); /* closes the quarter that began at start-up; a new one begins */
     char *x = idle_region();
     size_t before = released();
     for (int i = 0; i < 3; i++) arena_decay_tick();
@@ -124,8 +124,8 @@ static void test_idle_pages_go_back_after_the_window(void **state) {
     set_decay(50);
     char *x = idle_region();
     size_t before = released();
-    /* the first window to close may have begun before the pages were
-     * freed; the one after it has them free throughout */
+    /* the quarters that close first may have begun before the pages
+     * were freed; four after them have them free throughout */
     for (int i = 0; i < 10 && resident(x, 8 * BLK); i++) {
         sleep_ms(60);
         arena_decay_tick();
@@ -134,21 +134,43 @@ static void test_idle_pages_go_back_after_the_window(void **state) {
     assert_true(released() - before >= PG(512));
 }
 
+/* The window is kept in quarters: pages freed just after a quarter began
+ * go back once the four quarters after it have closed, 1.25 windows after
+ * they were freed -- a single window of the full length would need two
+ * (its first close still counts the time before the free). Ticks every
+ * 25 ms: 20 of them make 1.25 windows of 400 ms, 32 make two; the test
+ * allows 26. (Preemption makes the ticks further apart, which only brings
+ * the pages back in fewer of them.) */
+static void test_idle_pages_go_back_a_quarter_after_the_window(void **state) {
+    (void)state;
+    set_decay(400);
+    sleep_ms(110);
+    arena_decay_tick(); /* a quarter begins */
+    char *x = idle_region();
+    int ticks = 0;
+    while (ticks < 26 && resident(x, 8 * BLK)) {
+        sleep_ms(25);
+        arena_decay_tick();
+        ticks++;
+    }
+    assert_int_equal(resident(x, 8 * BLK), 0);
+}
+
 static void test_pages_used_in_the_window_are_not_due(void **state) {
     (void)state;
     set_decay(50);
     char *x = idle_region();
     sleep_ms(60);
-    arena_decay_tick(); /* a window begins with the 512 pages free */
-    /* used and freed again inside the window: the count of free resident
-     * pages dipped, so the pages did not stay free through it */
+    arena_decay_tick(); /* a quarter begins with the 512 pages free */
+    /* used and freed again inside the quarter: the count of free resident
+     * pages dipped, so the pages did not stay free through the window */
     void *p = big(8 * BLK);
     assert_ptr_equal(p, x);
     big_free(p);
     sleep_ms(60);
     arena_decay_tick(); /* closes it: nothing is due */
     assert_int_equal(resident(x, 8 * BLK), 512);
-    /* the window that began there has them free throughout */
+    /* the four quarters after it have them free throughout */
     for (int i = 0; i < 10 && resident(x, 8 * BLK); i++) {
         sleep_ms(60);
         arena_decay_tick();
@@ -171,8 +193,9 @@ static void test_minus_one_keeps_them(void **state) {
  * mallocs and frees of a 64 KiB block; the thread cache's GC ticks once
  * every 64 large allocations (tcache.c: 8 count as one slow-path call, and
  * the GC runs every 8 of those). With dirty_decay_ms 0 each tick closes a
- * window, so the 500 pages go back on the second tick after they were
- * freed, but for the 16 the 64 KiB block takes again and again. */
+ * quarter and only that quarter counts, so the 500 pages go back on the
+ * second tick after they were freed, but for the 16 the 64 KiB block takes
+ * again and again. */
 static void test_ticks_come_from_malloc(void **state) {
     (void)state;
     assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 0), 0);
@@ -239,6 +262,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_pages_freed_within_the_window_stay, teardown),
         cmocka_unit_test_teardown(test_idle_pages_go_back_after_the_window, teardown),
+        cmocka_unit_test_teardown(test_idle_pages_go_back_a_quarter_after_the_window, teardown),
         cmocka_unit_test_teardown(test_pages_used_in_the_window_are_not_due, teardown),
         cmocka_unit_test_teardown(test_minus_one_keeps_them, teardown),
         cmocka_unit_test(test_ticks_come_from_malloc),
