@@ -12,9 +12,9 @@
  * It is started lazily, by the first GC tick that finds the option on (not
  * at start-up, where pthread_create, which calls malloc, would recurse into
  * the initialisation), with every signal blocked, detached, and named
- * "trimalloc-bg". It makes no
- * allocation and has no thread cache. Turned off at run time, it exits at
- * its next wake-up (and the next tick that finds it on again starts one).
+ * "trimalloc-bg". It makes no allocation and has no thread cache. Turned
+ * off at run time, it exits at its next wake-up (and the next tick that
+ * finds it on again starts one).
  *
  * A fork child never starts one: after a fork of a multi-threaded process
  * the child may call only async-signal-safe functions until it execs, and
