@@ -544,6 +544,7 @@ static size_t growth_purge_others(unsigned self, tm_arena_t *b, unsigned k, uint
  * slow-path calls, tcache.c) calls arena_decay_tick() once it has dropped
  * its cache lock, and that looks at every arena -- an idle thread's arena
  * decays on the ticks of the threads still working.
+ *
  * When nothing is due a tick costs a read of the time-stamp counter, and
  * once an epoch of the coarse clock a system call for the time and a
  * relaxed load per arena; an arena whose lock is busy is skipped until the
@@ -553,6 +554,20 @@ static size_t growth_purge_others(unsigned self, tm_arena_t *b, unsigned k, uint
  * used again: -1 turns this off, 0 gives back whatever stayed free since
  * the last tick. */
 static uint64_t decay_epoch; /* purge_epoch() at the last tick that read the clock */
+
+/* Close arena i's current quarter at `now`: the lowest count of the last
+ * four quarters (of this one alone for dirty_decay_ms 0) falls due, and a
+ * new quarter begins with the current count. Under the arena's lock. */
+static void decay_close_quarter_locked(unsigned i, uint64_t now, bool whole_window) {
+    size_t due = rss[i].decay_low;
+    for (unsigned q = DECAY_QUARTERS - 1; q-- > 0;) {
+        if (whole_window && rss[i].decay_before[q] < due) due = rss[i].decay_before[q];
+        RSS_STORE(i, decay_before[q], q ? rss[i].decay_before[q - 1] : rss[i].decay_low);
+    }
+    RSS_STORE(i, decay_due, due);
+    RSS_STORE(i, decay_low, rss[i].resident);
+    RSS_STORE(i, decay_ns, now);
+}
 
 void arena_decay_tick(void) {
     long ms = __atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED);
@@ -570,19 +585,9 @@ void arena_decay_tick(void) {
         if (RSS_LOAD(i, decay_due) < PURGE_MIN && began <= now && now - began < quarter) continue;
         if (pthread_mutex_trylock(&a->lock) != 0) continue;
         began = rss[i].decay_ns;
-        if (began > now || now - began >= quarter) {
-            /* (a quarter another thread began after our clock read is not
-             * closed: began > now starts it again, harmlessly) */
-            size_t due = rss[i].decay_low; /* 0: what stayed free since the last tick */
-            for (unsigned q = DECAY_QUARTERS - 1; q-- > 0;) {
-                size_t low = rss[i].decay_before[q];
-                if (low < due && ms) due = low;
-                RSS_STORE(i, decay_before[q], q ? rss[i].decay_before[q - 1] : rss[i].decay_low);
-            }
-            RSS_STORE(i, decay_due, due);
-            RSS_STORE(i, decay_low, rss[i].resident);
-            RSS_STORE(i, decay_ns, now);
-        }
+        /* (a quarter another thread began after our clock read is not
+         * closed: began > now starts it again, harmlessly) */
+        if (began > now || now - began >= quarter) decay_close_quarter_locked(i, now, ms > 0);
         size_t due = rss[i].decay_due;
         if (due >= PURGE_MIN) {
             /* 0 while the lock is dropped: no other tick takes the same pages */

@@ -13,13 +13,9 @@
  */
 #include "test_cmocka.h"
 #include "internal.h"
+#include "large_blocks.h"
 
 #include <dirent.h>
-#include <sys/mman.h>
-#include <time.h>
-
-#define BLK ((size_t)256 * 1024) /* 64 pages: a large block */
-#define PG(n) ((size_t)(n) << TM_PAGE_SHIFT)
 
 static tm_arena_t *X;
 static long saved_decay;
@@ -42,68 +38,12 @@ static int group_teardown(void **state) {
     return 0;
 }
 
-static void *held[16];
-
-static void *big(size_t size) {
-    void *p = arena_alloc_large(X, size, 0, false);
-    assert_non_null(p);
-    for (unsigned i = 0; i < TU_ARRAY_LEN(held); i++)
-        if (!held[i]) {
-            held[i] = p;
-            return p;
-        }
-    fail_msg("more blocks than held[] has room for");
-    return NULL;
-}
-
-static void big_free(void *p) {
-    for (unsigned i = 0; i < TU_ARRAY_LEN(held); i++)
-        if (held[i] == p) held[i] = NULL;
-    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
-    assert_non_null(c);
-    arena_free_large(c, (uint32_t)(((uintptr_t)p - c->base) >> TM_PAGE_SHIFT), p);
-}
-
 /* Free what the test holds; X's empty chunks are unmapped. */
 static int teardown(void **state) {
     (void)state;
-    for (unsigned i = 0; i < TU_ARRAY_LEN(held); i++)
-        if (held[i]) big_free(held[i]);
+    big_free_all();
     arena_purge(X, true, NULL);
     return X->nchunks == 0 ? 0 : -1;
-}
-
-static size_t resident(void *p, size_t len) {
-    unsigned char vec[1024];
-    size_t n = len >> TM_PAGE_SHIFT, r = 0;
-    assert_true(n <= sizeof vec);
-    assert_int_equal(mincore(p, len, vec), 0);
-    for (size_t i = 0; i < n; i++) r += vec[i] & 1;
-    return r;
-}
-
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0) {
-    }
-}
-
-static size_t released(void) {
-    return __atomic_load_n(&tm_gstats.released_bytes, __ATOMIC_RELAXED);
-}
-
-/* 8 blocks of X from its chunk's first page, written, then freed: one
- * free run whose first 512 pages are resident. */
-static char *idle_region(void) {
-    void *p[8];
-    for (int i = 0; i < 8; i++) {
-        p[i] = big(BLK);
-        assert_ptr_equal(p[i], (char *)p[0] + i * BLK); /* carved in order */
-        memset(p[i], 0x5a, BLK);
-    }
-    for (int i = 0; i < 8; i++) big_free(p[i]);
-    assert_int_equal(resident(p[0], 8 * BLK), 512);
-    return p[0];
 }
 
 /* Runs first: a window of a minute, so the pages, free for a few
@@ -112,7 +52,7 @@ static void test_pages_freed_within_the_window_stay(void **state) {
     (void)state;
     set_decay(60000);
     arena_decay_tick(); /* closes the quarter that began at start-up; a new one begins */
-    char *x = idle_region();
+    char *x = idle_region(X);
     size_t before = released();
     for (int i = 0; i < 3; i++) arena_decay_tick();
     assert_int_equal(resident(x, 8 * BLK), 512);
@@ -122,7 +62,7 @@ static void test_pages_freed_within_the_window_stay(void **state) {
 static void test_idle_pages_go_back_after_the_window(void **state) {
     (void)state;
     set_decay(50);
-    char *x = idle_region();
+    char *x = idle_region(X);
     size_t before = released();
     /* the quarters that close first may have begun before the pages
      * were freed; four after them have them free throughout */
@@ -146,7 +86,7 @@ static void test_idle_pages_go_back_a_quarter_after_the_window(void **state) {
     set_decay(400);
     sleep_ms(110);
     arena_decay_tick(); /* a quarter begins */
-    char *x = idle_region();
+    char *x = idle_region(X);
     int ticks = 0;
     while (ticks < 26 && resident(x, 8 * BLK)) {
         sleep_ms(25);
@@ -159,12 +99,12 @@ static void test_idle_pages_go_back_a_quarter_after_the_window(void **state) {
 static void test_pages_used_in_the_window_are_not_due(void **state) {
     (void)state;
     set_decay(50);
-    char *x = idle_region();
+    char *x = idle_region(X);
     sleep_ms(60);
     arena_decay_tick(); /* a quarter begins with the 512 pages free */
     /* used and freed again inside the quarter: the count of free resident
      * pages dipped, so the pages did not stay free through the window */
-    void *p = big(8 * BLK);
+    void *p = big(X, 8 * BLK);
     assert_ptr_equal(p, x);
     big_free(p);
     sleep_ms(60);
@@ -181,7 +121,7 @@ static void test_pages_used_in_the_window_are_not_due(void **state) {
 static void test_minus_one_keeps_them(void **state) {
     (void)state;
     set_decay(-1);
-    char *x = idle_region();
+    char *x = idle_region(X);
     for (int i = 0; i < 3; i++) {
         sleep_ms(30);
         arena_decay_tick();
@@ -247,7 +187,7 @@ static void test_background_thread(void **state) {
     }
     for (int i = 0; i < 100 && !bg_threads(); i++) sleep_ms(10);
     assert_int_equal(bg_threads(), 1);
-    char *x = idle_region(); /* arena functions only: no tick from here on */
+    char *x = idle_region(X); /* arena functions only: no tick from here on */
     size_t before = released();
     for (int i = 0; i < 60 && resident(x, 8 * BLK); i++) sleep_ms(50);
     assert_int_equal(resident(x, 8 * BLK), 0);

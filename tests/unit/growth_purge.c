@@ -13,12 +13,7 @@
  */
 #include "test_cmocka.h"
 #include "internal.h"
-
-#include <sys/mman.h>
-#include <time.h>
-
-#define BLK ((size_t)256 * 1024) /* 64 pages: a large block */
-#define PG(n) ((size_t)(n) << TM_PAGE_SHIFT)
+#include "large_blocks.h"
 
 static tm_arena_t *X, *Y;
 
@@ -31,79 +26,20 @@ static int setup(void **state) {
     return X && Y ? 0 : -1;
 }
 
-/* Every block a test holds, so that the teardown can free them after a
- * failure and the next test starts from arenas with no chunk. */
-static void *held[64];
-
-static void *big(tm_arena_t *a, size_t size) {
-    void *p = arena_alloc_large(a, size, 0, false);
-    assert_non_null(p);
-    for (unsigned i = 0; i < TU_ARRAY_LEN(held); i++)
-        if (!held[i]) {
-            held[i] = p;
-            return p;
-        }
-    fail_msg("more blocks than held[] has room for");
-    return NULL;
-}
-
-static void big_free(void *p) {
-    for (unsigned i = 0; i < TU_ARRAY_LEN(held); i++)
-        if (held[i] == p) held[i] = NULL;
-    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
-    assert_non_null(c);
-    arena_free_large(c, (uint32_t)(((uintptr_t)p - c->base) >> TM_PAGE_SHIFT), p);
-}
-
 /* Free what the test holds; empty chunks are unmapped. */
 static int teardown(void **state) {
     (void)state;
-    for (unsigned i = 0; i < TU_ARRAY_LEN(held); i++)
-        if (held[i]) big_free(held[i]);
+    big_free_all();
     if (tm_narenas < 2) return 0;
     arena_purge(X, true, NULL);
     arena_purge(Y, true, NULL);
     return X->nchunks == 0 && Y->nchunks == 0 ? 0 : -1;
 }
 
-/* Pages of [p, p + len) the kernel holds. */
-static size_t resident(void *p, size_t len) {
-    unsigned char vec[1024];
-    size_t n = len >> TM_PAGE_SHIFT, r = 0;
-    assert_true(n <= sizeof vec);
-    assert_int_equal(mincore(p, len, vec), 0);
-    for (size_t i = 0; i < n; i++) r += vec[i] & 1;
-    return r;
-}
-
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0) {
-    }
-}
-
-static size_t released(void) {
-    return __atomic_load_n(&tm_gstats.released_bytes, __ATOMIC_RELAXED);
-}
-
-/* X: 8 blocks from its chunk's first page, written, then freed: one free
- * run of the whole chunk whose first 512 pages are resident. */
-static char *x_idle_region(void) {
-    void *p[8];
-    for (int i = 0; i < 8; i++) {
-        p[i] = big(X, BLK);
-        assert_ptr_equal(p[i], (char *)p[0] + i * BLK); /* carved in order */
-        memset(p[i], 0x5a, BLK);
-    }
-    for (int i = 0; i < 8; i++) big_free(p[i]);
-    assert_int_equal(resident(p[0], 8 * BLK), 512);
-    return p[0];
-}
-
 static void test_idle_pages_of_another_arena_go_back(void **state) {
     (void)state;
     if (tm_narenas < 2) skip();
-    char *x = x_idle_region();
+    char *x = idle_region(X);
     sleep_ms(100); /* X's pages stay free through whole epochs */
     size_t before = released();
     for (int i = 0; i < 4; i++) {
@@ -121,10 +57,10 @@ static void test_pages_freed_just_now_stay(void **state) {
     int kept = 0;
     for (int attempt = 0; attempt < 5 && !kept; attempt++) {
         assert_int_equal(teardown(state), 0);
-        x_idle_region();
+        idle_region(X);
         sleep_ms(100); /* X has faulted in no fresh page for a while ... */
-        char *x = x_idle_region(); /* ... and uses and frees its pages again */
-        big(Y, BLK);               /* fresh pages, right after */
+        char *x = idle_region(X); /* ... and uses and frees its pages again */
+        big(Y, BLK);              /* fresh pages, right after */
         kept = resident(x, 8 * BLK) == 512;
     }
     assert_true(kept);
