@@ -168,7 +168,7 @@ static void free_generic(void *p, const char *call) {
             tm_invalid_pointer(call, p);
             return;
         }
-        arena_free_large(c, page, p);
+        tcache_free_large(c, page, p);
         return;
     }
     if (e) {

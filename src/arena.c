@@ -638,6 +638,7 @@ void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero) {
         c->pages[page + npages - 1].kind = PAGE_INTERIOR;
         c->pages[page + npages - 1].npages = (uint32_t)npages;
     }
+    __atomic_store_n(&c->fast[page], TM_FAST_LARGE, __ATOMIC_RELAXED); /* run_free_locked clears it */
     a->large_allocated += npages << TM_PAGE_SHIFT;
     a->large_nmalloc++;
     pthread_mutex_unlock(&a->lock);
@@ -646,23 +647,75 @@ void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero) {
     return p;
 }
 
-void arena_free_large(tm_chunk_t *c, uint32_t page, void *p) {
-    tm_arena_t *a = c->arena;
-    pthread_mutex_lock(&a->lock);
+/* Free the large run at page of c; 0 and no change if none starts there
+ * (*kind_out then says what does). */
+static size_t large_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, void *p,
+                                unsigned *kind_out) {
     tm_page_t *h = &c->pages[page];
-    if (unlikely(h->kind != PAGE_LARGE)) {
-        pthread_mutex_unlock(&a->lock);
-        if (h->kind == PAGE_FREE || h->kind == PAGE_UNUSED) tm_double_free("free", p);
-        else tm_invalid_pointer("free", p);
-        return;
-    }
+    *kind_out = h->kind;
+    if (unlikely(h->kind != PAGE_LARGE)) return 0;
     uint32_t n = h->npages;
     if (unlikely(tm_opt.junk)) memset(p, 0x5a, (size_t)n << TM_PAGE_SHIFT);
     a->large_allocated -= (size_t)n << TM_PAGE_SHIFT;
     a->large_nfree++;
     if (n > 1) c->pages[page + n - 1].kind = PAGE_INTERIOR;
     run_free_locked(a, c, page, n);
+    return (size_t)n << TM_PAGE_SHIFT;
+}
+
+static void large_free_report(unsigned kind, void *p) {
+    if (kind == PAGE_FREE || kind == PAGE_UNUSED) tm_double_free("free", p);
+    else tm_invalid_pointer("free", p);
+}
+
+void arena_free_large(tm_chunk_t *c, uint32_t page, void *p) {
+    tm_arena_t *a = c->arena;
+    unsigned kind;
+    pthread_mutex_lock(&a->lock);
+    size_t freed = large_free_locked(a, c, page, p, &kind);
     pthread_mutex_unlock(&a->lock);
+    if (unlikely(!freed)) large_free_report(kind, p);
+}
+
+/* Free n large runs that passed free()'s checks (a page-aligned address in
+ * a chunk, on a page that is not a slab's) some time ago, as arena_flush
+ * does blocks: one hold of each arena's lock per FLUSH_BATCH runs. Each
+ * address is looked up again, since its chunk may have gone meanwhile if
+ * the address was bad; a bad one is reported once the lock is dropped.
+ * Returns the bytes freed. */
+size_t arena_free_large_batch(void **runs, unsigned n) {
+    size_t bytes = 0;
+    while (n) {
+        tm_chunk_t *c0 = chunk_of_entry(pagemap_lookup((uintptr_t)runs[0]));
+        if (unlikely(!c0)) {
+            tm_invalid_pointer("free", runs[0]);
+            runs++;
+            n--;
+            continue;
+        }
+        tm_arena_t *a = c0->arena;
+        unsigned keep = 0, i = 0, done = 0, kind = 0;
+        void *bad = NULL;
+        pthread_mutex_lock(&a->lock);
+        for (; i < n && done < FLUSH_BATCH && !bad; i++) {
+            tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)runs[i]));
+            if (c && c->arena == a) {
+                uint32_t page = (uint32_t)(((uintptr_t)runs[i] - c->base) >> TM_PAGE_SHIFT);
+                size_t freed = large_free_locked(a, c, page, runs[i], &kind);
+                if (!freed) bad = runs[i];
+                bytes += freed;
+                done++;
+            } else {
+                runs[keep++] = runs[i];
+            }
+        }
+        pthread_mutex_unlock(&a->lock);
+        if (bad) large_free_report(kind, bad);
+        /* other arenas' runs first, then those not looked at yet */
+        if (i < n) memmove(runs + keep, runs + i, (n - i) * sizeof *runs);
+        n = keep + (n - i);
+    }
+    return bytes;
 }
 
 /* Usable size of the large block at page, 0 if none starts there. */

@@ -244,6 +244,10 @@ extern unsigned tm_narenas;
  * would put a block the arena still counts free into a cache */
 #define TM_FAST_FRESH 0x200u
 #define TM_FAST_CHECK (TM_FAST_PURGED | TM_FAST_FRESH)
+/* the first page of a large block the program holds (set when the arena
+ * hands it out, cleared when it comes back): what a free() by a thread of
+ * another arena checks before it queues the block (tcache_free_large) */
+#define TM_FAST_LARGE 0x400u
 #define TM_FAST_SLAB_OFF(f) ((f) & 0x3ff000u) /* the slab's byte offset in its chunk */
 #define TM_FAST(cls, page, arena) \
     ((uint32_t)(cls) | (uint32_t)(page) << TM_PAGE_SHIFT | (uint32_t)(arena) << TM_FAST_ARENA_SHIFT)
@@ -256,6 +260,7 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n);
 void arena_flush(unsigned cls, void **blocks, unsigned n);
 void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero);
 void arena_free_large(tm_chunk_t *c, uint32_t page, void *p);
+size_t arena_free_large_batch(void **runs, unsigned n); /* bytes freed */
 size_t arena_large_usable(tm_chunk_t *c, uint32_t page);
 bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size);
 void arena_release_empty_slabs(tm_arena_t *a); /* takes the lock, per class */
@@ -312,13 +317,15 @@ TM_INLINE uint64_t *tm_cookie_slot(void *p) { return (uint64_t *)((char *)p + si
 TM_INLINE uint64_t tm_cookie_of(const void *p) { return (uintptr_t)p ^ tm_cookie_key; }
 TM_COLD void *tcache_malloc_slow(size_t size, unsigned cls); /* sets ENOMEM */
 TM_COLD void tcache_free_slow(void *p, unsigned cls);
+void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p);
+unsigned tcache_take_remote_locked(tm_tcache_t *tc, void **out); /* tc->mu held; <= TM_RL_MAX */
 void tcache_settle_locked(tm_tcache_t *tc);
 void tcache_drain_locked(tm_tcache_t *tc);  /* tc->mu held; empty every bin */
 size_t tcache_slots_max(void);
 size_t tcache_blocks_locked(tm_tcache_t *tc); /* tc->mu held; a snapshot */
 size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]); /* tc->mu held */
 void tcache_release_grown_slots(tm_tcache_t *tc); /* after take_locked, tc->mu dropped */
-size_t tcache_cached_bytes(void);
+size_t tcache_cached_bytes(size_t *queued); /* small; *queued: large runs in remote-free queues */
 unsigned tcache_count(void);
 void tcache_registry_lock(void);
 void tcache_registry_unlock(void);

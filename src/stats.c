@@ -55,12 +55,12 @@ TM_EXPORT int TM_API(trimalloc_stats_get)(trimalloc_stats_t *out) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (a) arena_sum(a, &s);
     }
-    size_t cached = tcache_cached_bytes();
+    size_t queued, cached = tcache_cached_bytes(&queued);
     memset(out, 0, sizeof *out);
-    out->tcache_bytes = cached;
+    out->tcache_bytes = cached + queued;
     out->huge_allocated = huge_allocated();
-    out->allocated = (s.small_out > cached ? s.small_out - cached : 0) + s.large +
-                     out->huge_allocated;
+    out->allocated = (s.small_out > cached ? s.small_out - cached : 0) +
+                     (s.large > queued ? s.large - queued : 0) + out->huge_allocated;
     out->active = s.slab_bytes + s.large + out->huge_allocated;
     out->metadata = meta_mapped();
     out->mapped = s.chunks * TM_CHUNK + huge_mapped() + out->metadata;

@@ -187,6 +187,9 @@ unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_R
  * for its largest size, where a bin moves when it first grows and which
  * stays untouched otherwise. */
 #define TC_GROW_MAX 4
+/* the remote large-free queue (tcache_free_large) */
+#define TC_RL_BYTES (1024u << 10)
+#define TC_RL_FIRST 4
 static uint32_t tc_grow_bytes(uint32_t size) { return size <= 1024 ? 64u << 10 : 256u << 10; }
 
 static uint32_t bin_cap(unsigned cls) {
@@ -269,6 +272,8 @@ void tcache_drain_locked(tm_tcache_t *tc) {
         bin_reset(tc, c, 0); /* back to its first size */
     }
     if (tc->slots_mem) slots_release_grown(tc);
+    if (tc->rl_n) arena_free_large_batch(tc->rl, tc->rl_n);
+    tc->rl_n = 0;
 }
 
 /* The most blocks one cache can hold, for the options in force. */
@@ -375,6 +380,9 @@ static tm_tcache_t *tcache_create(void) {
         tc->bins[c].fill = (uint16_t)(cap >= 32 ? cap / 16 : 1);
     }
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
+    tc->rl_n = 0;
+    tc->rl_gc_n = 0;
+    tc->rl_cap = TC_RL_FIRST;
     tc->gc_tick = 0;
     tc->gc_next = 1;
     tc->owner_tls = &tm_tls;
@@ -477,6 +485,12 @@ void tcache_settle_locked(tm_tcache_t *tc) {
 #define TC_GC_EVERY 8
 
 static void tcache_gc_locked(tm_tcache_t *tc) {
+    /* remote large frees that have waited a whole visit go home */
+    if (tc->rl_n && tc->rl_n == tc->rl_gc_n) {
+        arena_free_large_batch(tc->rl, tc->rl_n);
+        tc->rl_n = 0;
+    }
+    tc->rl_gc_n = tc->rl_n;
     unsigned cls = tc->gc_next;
     tc->gc_next = cls == TM_NCLASSES ? 1 : cls + 1;
     tm_tc_bin_t *b = &tc->bins[cls];
@@ -668,13 +682,84 @@ void tcache_free_slow(void *p, unsigned cls) {
     if (decay) gc_tick_unlocked();
 }
 
-size_t tcache_cached_bytes(void) {
+/* ---- remote large frees -------------------------------------------------
+ * A large run is freed under its arena's lock. When the freeing thread is
+ * bound to another arena -- a consumer freeing the buffers a producer
+ * allocated -- that lock is the one the producer takes for every
+ * allocation, and the two threads fight over it on every call (measured:
+ * 2 threads passing each other 8-32 KiB blocks made 15 000 futex calls per
+ * 800 000 operations). So such runs wait in the freeing thread's cache and
+ * go home together when the queue is full: one hold of each arena's lock
+ * per batch (arena_free_large_batch). The size of a run is only known
+ * under its arena's lock, so the queue's length adapts after each batch
+ * to hold about TC_RL_BYTES (1 to TM_RL_MAX runs), starting at
+ * TC_RL_FIRST. Only the first page of a large block the program holds
+ * is queued (its fast[] entry carries TM_FAST_LARGE); any other address
+ * goes to arena_free_large, which reports it at once, and so does a run
+ * freed twice while queued (the queue is searched). The
+ * queue empties with the bins: _heapmin, thread exit, fork, and the
+ * garbage collection once it has not moved for a visit. Runs of the
+ * thread's own arena, and every run when caching is off, are freed at
+ * once. */
+
+void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
+    tm_tcache_t *tc = tm_tls.state == TLS_LIVE ? tm_tls.own : NULL;
+    if (!tc || c->arena == tc->arena || bin_cap(1) == 0 || tm_opt.junk ||
+        !(__atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & TM_FAST_LARGE)) {
+        arena_free_large(c, page, p);
+        return;
+    }
+    void *batch[TM_RL_MAX];
+    unsigned n = 0;
+    pthread_mutex_lock(&tc->mu);
+    tcache_settle_locked(tc);
+    for (unsigned i = 0; i < tc->rl_n; i++) {
+        if (tc->rl[i] == p) {
+            pthread_mutex_unlock(&tc->mu);
+            tm_double_free("free", p);
+            return;
+        }
+    }
+    tc->rl[tc->rl_n++] = p;
+    if (tc->rl_n >= tc->rl_cap) {
+        n = tc->rl_n;
+        memcpy(batch, tc->rl, n * sizeof *batch);
+        tc->rl_n = 0;
+    }
+    pthread_mutex_unlock(&tc->mu);
+    if (!n) return;
+    size_t bytes = arena_free_large_batch(batch, n);
+    size_t cap = bytes ? (size_t)TC_RL_BYTES * n / bytes : TM_RL_MAX;
+    tc->rl_cap = cap < 1 ? 1 : cap > TM_RL_MAX ? TM_RL_MAX : (uint32_t)cap;
+}
+
+/* Move tc's queued remote large frees to out (room for TM_RL_MAX), for a
+ * trimmer to send home after dropping tc->mu. */
+unsigned tcache_take_remote_locked(tm_tcache_t *tc, void **out) {
+    unsigned n = tc->rl_n;
+    memcpy(out, tc->rl, n * sizeof *out);
+    tc->rl_n = 0;
+    return n;
+}
+
+/* Bytes of small blocks in the caches; *queued gets the bytes of the large
+ * runs waiting in their remote-free queues (still held in their arenas'
+ * counts). Lock order: registry, tc->mu, arena. */
+size_t tcache_cached_bytes(size_t *queued) {
     size_t bytes = 0;
+    *queued = 0;
     pthread_mutex_lock(&registry_lock);
-    for (tm_tcache_t *tc = registry; tc; tc = tc->next)
+    for (tm_tcache_t *tc = registry; tc; tc = tc->next) {
         for (unsigned c = 1; c <= TM_NCLASSES; c++)
             bytes += (size_t)(__atomic_load_n(&tc->bins[c].top, __ATOMIC_RELAXED) -
                               tc->bins[c].base) * tm_classes[c].size;
+        pthread_mutex_lock(&tc->mu);
+        for (unsigned i = 0; i < tc->rl_n; i++) {
+            tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)tc->rl[i]));
+            if (c) *queued += arena_large_usable(c, (uint32_t)(((uintptr_t)tc->rl[i] - c->base) >> TM_PAGE_SHIFT));
+        }
+        pthread_mutex_unlock(&tc->mu);
+    }
     pthread_mutex_unlock(&registry_lock);
     return bytes + xfer_cached_bytes();
 }

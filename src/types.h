@@ -75,10 +75,11 @@
 #define TM_ALIGN 16                               /* malloc's alignment */
 
 /* ---- Size classes (size_class.c has the table and the reasoning) -------- */
-#define TM_NCLASSES 40                /* classes 1..40; 0 means "not small" */
-#define TM_SMALL_MAX ((size_t)32768)  /* largest small size */
+#define TM_NCLASSES 32                /* classes 1..40; 0 means "not small" */
+#define TM_SMALL_MAX ((size_t)8192)   /* largest small size */
 #define TM_TINY_MAX ((size_t)1024)    /* sizes looked up in one table */
 #define TM_SLAB_MAX_BLOCKS 256        /* bitmap bits in a slab */
+#define TM_RL_MAX 32                  /* remote large frees a cache queues */
 #define TM_LARGE_MAX_DEFAULT ((size_t)2 << 20) /* default huge threshold */
 
 typedef struct tm_class {
@@ -256,6 +257,10 @@ typedef struct tm_tcache {
     /* garbage collection of idle bins (tcache.c), under mu */
     unsigned gc_tick;           /* slow-path calls since the last visit */
     unsigned gc_next;           /* class the next visit looks at */
+    /* large runs of other arenas this thread freed, waiting to go home
+     * together (tcache.c): rl[0..rl_n) under mu; rl_cap, the owner's */
+    uint32_t rl_n, rl_cap, rl_gc_n;
+    void *rl[TM_RL_MAX];
 } tm_tcache_t;
 
 enum { TC_STATE_SENTINEL = 0, TC_STATE_LIVE, TC_STATE_FREE };

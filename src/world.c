@@ -114,9 +114,12 @@ static uint64_t drain_one(tm_tcache_t *tc, bool buffered) {
         return os_now_ns();
     }
     uint32_t counts[TM_NCLASSES + 1];
+    void *remote[TM_RL_MAX];
     size_t n = 0;
+    unsigned nremote = 0;
     if (__atomic_load_n(&tc->drain_pending, __ATOMIC_RELAXED)) {
         n = tcache_take_locked(tc, take_buf, counts);
+        nremote = tcache_take_remote_locked(tc, remote);
         __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
     }
     tcache_settle_locked(tc); /* nothing pending: only restores tls.tc */
@@ -128,6 +131,7 @@ static uint64_t drain_one(tm_tcache_t *tc, bool buffered) {
         if (counts[c]) arena_flush(c, at, counts[c]);
         at += counts[c];
     }
+    if (nremote) arena_free_large_batch(remote, nremote);
     return unlocked;
 }
 
