@@ -703,7 +703,7 @@ void tcache_free_slow(void *p, unsigned cls) {
  * once. */
 
 void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
-    tm_tcache_t *tc = tm_tls.state == TLS_LIVE ? tm_tls.own : NULL;
+    tm_tcache_t *tc = tcache_get_slow(); /* a thread that only frees gets a cache too */
     if (!tc || c->arena == tc->arena || bin_cap(1) == 0 || tm_opt.junk ||
         !(__atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & TM_FAST_LARGE)) {
         arena_free_large(c, page, p);

@@ -1,0 +1,207 @@
+/*
+ * remote_large.c -- large blocks freed by a thread of another arena wait in
+ * that thread's cache and go home to their arena together (tcache.c,
+ * tcache_free_large):
+ *   - the first frees wait (the arena's free count does not move, and the
+ *     statistics count the bytes as cached, not as held), later ones go
+ *     home in a few batches, not one by one;
+ *   - _heapmin() sends home what waits in the cache of a thread that is
+ *     alive and idle, and thread exit what waits in its own.
+ * What a bad free of such a block does is in tests/bad_input
+ * (double-remote-large, interior-remote-large-page).
+ */
+#include "test_cmocka.h"
+
+enum { NB = 40, BLOCK = 16 << 10 };
+
+static unsigned narenas(void)
+{
+    trimalloc_stats_t st;
+    assert_int_equal(TM_API(trimalloc_stats_get)(&st), 0);
+    return st.narenas;
+}
+
+static trimalloc_arena_stats_t arena_stats(unsigned i)
+{
+    trimalloc_arena_stats_t s;
+    assert_int_equal(TM_API(trimalloc_stats_arena)(i, &s), 0);
+    return s;
+}
+
+static uint64_t large_nfree(unsigned i) { return arena_stats(i).large_nfree; }
+
+static trimalloc_stats_t stats(void)
+{
+    trimalloc_stats_t st;
+    assert_int_equal(TM_API(trimalloc_stats_get)(&st), 0);
+    return st;
+}
+
+/* The arena whose large_nmalloc count grows by n while fn(arg) runs. */
+static unsigned arena_of(void (*fn)(void *), void *arg, unsigned n)
+{
+    unsigned na = narenas();
+    uint64_t before[256];
+    for (unsigned i = 0; i < na; i++)
+        before[i] = arena_stats(i).large_nmalloc;
+    fn(arg);
+    for (unsigned i = 0; i < na; i++)
+        if (arena_stats(i).large_nmalloc - before[i] == n)
+            return i;
+    fail_msg("no arena handed out the %u large blocks", n);
+    return 0;
+}
+
+static void *blocks[NB];
+
+static void alloc_blocks(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < NB; i++) {
+        blocks[i] = TM_API(malloc)(BLOCK);
+        TU_CHECK(blocks[i] != NULL, "malloc(%d) failed", BLOCK);
+        memset(blocks[i], i + 1, BLOCK);
+    }
+}
+
+static void *alloc_thread(void *arg)
+{
+    alloc_blocks(arg);
+    return NULL;
+}
+
+static void alloc_in_thread(void *arg)
+{
+    pthread_t t;
+    tu_thread_create(&t, alloc_thread, arg);
+    tu_thread_join(t);
+}
+
+static void check_blocks(int from)
+{
+    for (int i = from; i < NB; i++)
+        assert_int_equal(tu_find_not_byte(blocks[i], BLOCK, (unsigned char)(i + 1)), (size_t)-1);
+}
+
+static void test_remote_large_frees_go_home_in_batches(void **state)
+{
+    (void)state;
+    if (narenas() < 2)
+        skip(); /* one arena: no block is remote */
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    void *own = TM_API(malloc)(BLOCK); /* binds this thread to its arena */
+    assert_non_null(own);
+    /* a thread that has exited leaves its arena to the next one, so the
+     * blocks are made by a thread while this one holds its own arena */
+    unsigned x = arena_of(alloc_in_thread, NULL, NB);
+    unsigned me = arena_of(alloc_blocks, NULL, NB);
+    assert_int_not_equal(me, x); /* blocks[] are now this thread's own: free them */
+    for (int i = 0; i < NB; i++)
+        TM_API(free)(blocks[i]);
+    x = arena_of(alloc_in_thread, NULL, NB);
+    assert_int_not_equal(me, x);
+
+    check_blocks(0);
+    uint64_t nfree0 = large_nfree(x);
+    trimalloc_stats_t st0 = stats();
+    TM_API(free)(blocks[0]);
+    /* waits in this thread's cache: counted as cached, no longer as held */
+    assert_int_equal(large_nfree(x), nfree0);
+    trimalloc_stats_t st1 = stats();
+    assert_int_equal(st1.allocated, st0.allocated - BLOCK);
+    assert_int_equal(st1.tcache_bytes, st0.tcache_bytes + BLOCK);
+
+    unsigned batches = 0;
+    uint64_t last = nfree0;
+    for (int i = 1; i < NB; i++) {
+        TM_API(free)(blocks[i]);
+        uint64_t now = large_nfree(x);
+        if (now != last)
+            batches++;
+        last = now;
+    }
+    assert_true(batches >= 1);
+    if (batches > NB / 4)
+        fail_msg("%d remote frees went home in %u batches", NB, batches);
+    assert_true(last - nfree0 >= NB - 32);
+    /* _heapmin sends home what still waits */
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    assert_int_equal(large_nfree(x) - nfree0, NB);
+    assert_int_equal(stats().tcache_bytes, 0);
+    TM_API(free)(own);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+}
+
+/* A thread that frees two of this thread's blocks, then waits. */
+static pthread_barrier_t freed_two, go_on;
+static int exit_at_once;
+
+static void *free_two_thread(void *arg)
+{
+    (void)arg;
+    TM_API(free)(blocks[0]);
+    TM_API(free)(blocks[1]);
+    if (!exit_at_once) {
+        pthread_barrier_wait(&freed_two);
+        pthread_barrier_wait(&go_on); /* alive and idle meanwhile */
+    }
+    return NULL;
+}
+
+static void free_two_elsewhere(int at_once)
+{
+    if (narenas() < 2)
+        skip();
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    unsigned me = arena_of(alloc_blocks, NULL, NB);
+    uint64_t nfree0 = large_nfree(me);
+    exit_at_once = at_once;
+    pthread_t t;
+    if (!at_once) {
+        assert_int_equal(pthread_barrier_init(&freed_two, NULL, 2), 0);
+        assert_int_equal(pthread_barrier_init(&go_on, NULL, 2), 0);
+    }
+    tu_thread_create(&t, free_two_thread, NULL);
+    if (!at_once) {
+        pthread_barrier_wait(&freed_two);
+        /* the thread's arena is not this one (it is the only other
+         * thread), so both blocks wait in its cache */
+        assert_int_equal(large_nfree(me), nfree0);
+        assert_int_equal(TM_API(_heapmin)(), 0);
+        assert_int_equal(large_nfree(me) - nfree0, 2);
+        assert_int_equal(stats().tcache_bytes, 0);
+        pthread_barrier_wait(&go_on);
+    }
+    tu_thread_join(t);
+    assert_int_equal(large_nfree(me) - nfree0, 2);
+    check_blocks(2);
+    for (int i = 2; i < NB; i++)
+        TM_API(free)(blocks[i]);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+    if (!at_once) {
+        pthread_barrier_destroy(&freed_two);
+        pthread_barrier_destroy(&go_on);
+    }
+}
+
+static void test_heapmin_sends_home_an_idle_threads_queue(void **state)
+{
+    (void)state;
+    free_two_elsewhere(0);
+}
+
+static void test_thread_exit_sends_its_queue_home(void **state)
+{
+    (void)state;
+    free_two_elsewhere(1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_remote_large_frees_go_home_in_batches),
+        cmocka_unit_test(test_heapmin_sends_home_an_idle_threads_queue),
+        cmocka_unit_test(test_thread_exit_sends_its_queue_home),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
