@@ -227,8 +227,12 @@ size_t tm_usable_size(void *p, const char *caller) {
             return tm_classes[cls].size;
         }
         size_t n = (a & TM_PAGE_MASK) ? 0 : arena_large_usable(c, page);
-        if (!n) tm_invalid_pointer(caller, p);
-        return n;
+        if (n) return n;
+        if (__atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & TM_FAST_QUEUED)
+            tm_double_free(caller, p); /* waiting in a remote-free queue */
+        else
+            tm_invalid_pointer(caller, p);
+        return 0;
     }
     if (e) {
         tm_huge_t *h = (tm_huge_t *)e;

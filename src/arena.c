@@ -720,6 +720,12 @@ size_t arena_free_large_batch(void **runs, unsigned n) {
 
 /* Usable size of the large block at page, 0 if none starts there. */
 size_t arena_large_usable(tm_chunk_t *c, uint32_t page) {
+    if (__atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & TM_FAST_QUEUED) return 0;
+    return arena_large_size(c, page);
+}
+
+/* The size of the large run at page, freed or not; 0 if none starts there. */
+size_t arena_large_size(tm_chunk_t *c, uint32_t page) {
     tm_arena_t *a = c->arena;
     pthread_mutex_lock(&a->lock);
     tm_page_t *h = &c->pages[page];

@@ -248,6 +248,9 @@ extern unsigned tm_narenas;
  * hands it out, cleared when it comes back): what a free() by a thread of
  * another arena checks before it queues the block (tcache_free_large) */
 #define TM_FAST_LARGE 0x400u
+/* replaces TM_FAST_LARGE while the block, freed, waits in a thread's
+ * queue: free(), realloc() and malloc_usable_size() report a double free */
+#define TM_FAST_QUEUED 0x800u
 #define TM_FAST_SLAB_OFF(f) ((f) & 0x3ff000u) /* the slab's byte offset in its chunk */
 #define TM_FAST(cls, page, arena) \
     ((uint32_t)(cls) | (uint32_t)(page) << TM_PAGE_SHIFT | (uint32_t)(arena) << TM_FAST_ARENA_SHIFT)
@@ -261,7 +264,8 @@ void arena_flush(unsigned cls, void **blocks, unsigned n);
 void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero);
 void arena_free_large(tm_chunk_t *c, uint32_t page, void *p);
 size_t arena_free_large_batch(void **runs, unsigned n); /* bytes freed */
-size_t arena_large_usable(tm_chunk_t *c, uint32_t page);
+size_t arena_large_usable(tm_chunk_t *c, uint32_t page); /* 0 if freed (queued) */
+size_t arena_large_size(tm_chunk_t *c, uint32_t page);   /* queued or not */
 bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size);
 void arena_release_empty_slabs(tm_arena_t *a); /* takes the lock, per class */
 /* Set slab s's fresh mark and the TM_FAST_FRESH bits of its pages. */

@@ -694,32 +694,40 @@ void tcache_free_slow(void *p, unsigned cls) {
  * under its arena's lock, so the queue's length adapts after each batch
  * to hold about TC_RL_BYTES (1 to TM_RL_MAX runs), starting at
  * TC_RL_FIRST. Only the first page of a large block the program holds
- * is queued (its fast[] entry carries TM_FAST_LARGE); any other address
- * goes to arena_free_large, which reports it at once, and so does a run
- * freed twice while queued (the queue is searched). The
+ * is queued (its fast[] entry carries TM_FAST_LARGE, which the queueing
+ * swaps for TM_FAST_QUEUED); any other address goes to arena_free_large,
+ * which reports it at once, and a second free(), realloc() or
+ * malloc_usable_size() of a queued block reports a double free. The
  * queue empties with the bins: _heapmin, thread exit, fork, and the
  * garbage collection once it has not moved for a visit. Runs of the
  * thread's own arena, and every run when caching is off, are freed at
  * once. */
 
 void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
+    uint32_t *fast = &c->fast[page];
+    if (__atomic_load_n(fast, __ATOMIC_RELAXED) & TM_FAST_QUEUED) {
+        tm_double_free("free", p); /* waiting in some thread's queue */
+        return;
+    }
     tm_tcache_t *tc = tcache_get_slow(); /* a thread that only frees gets a cache too */
-    if (!tc || c->arena == tc->arena || bin_cap(1) == 0 || tm_opt.junk ||
-        !(__atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & TM_FAST_LARGE)) {
+    if (!tc || c->arena == tc->arena || bin_cap(1) == 0) {
         arena_free_large(c, page, p);
         return;
     }
     void *batch[TM_RL_MAX];
     unsigned n = 0;
     pthread_mutex_lock(&tc->mu);
-    tcache_settle_locked(tc);
-    for (unsigned i = 0; i < tc->rl_n; i++) {
-        if (tc->rl[i] == p) {
-            pthread_mutex_unlock(&tc->mu);
-            tm_double_free("free", p);
-            return;
-        }
+    /* Claim it: of two threads freeing it at once, one queues it and the
+     * other reports the double free. */
+    uint32_t f = TM_FAST_LARGE;
+    if (!__atomic_compare_exchange_n(fast, &f, TM_FAST_QUEUED, false, __ATOMIC_RELAXED,
+                                     __ATOMIC_RELAXED)) {
+        pthread_mutex_unlock(&tc->mu);
+        if (f & TM_FAST_QUEUED) tm_double_free("free", p);
+        else arena_free_large(c, page, p); /* not a block the program holds: reported */
+        return;
     }
+    tcache_settle_locked(tc);
     tc->rl[tc->rl_n++] = p;
     if (tc->rl_n >= tc->rl_cap) {
         n = tc->rl_n;
@@ -756,7 +764,9 @@ size_t tcache_cached_bytes(size_t *queued) {
         pthread_mutex_lock(&tc->mu);
         for (unsigned i = 0; i < tc->rl_n; i++) {
             tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)tc->rl[i]));
-            if (c) *queued += arena_large_usable(c, (uint32_t)(((uintptr_t)tc->rl[i] - c->base) >> TM_PAGE_SHIFT));
+            if (c)
+                *queued += arena_large_size(
+                    c, (uint32_t)(((uintptr_t)tc->rl[i] - c->base) >> TM_PAGE_SHIFT));
         }
         pthread_mutex_unlock(&tc->mu);
     }

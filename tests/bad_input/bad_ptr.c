@@ -13,6 +13,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <pthread.h>
 #include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -53,6 +54,25 @@ static void *freed(size_t size, int heapmin_after) {
     }
     sink = keep;
     return p;
+}
+
+/* A large block made by a thread of another arena (the thread has exited;
+ * this one keeps its own arena), which this thread's free() of it queues. */
+static void *remote_block;
+static void *make_remote(void *arg) {
+    remote_block = malloc((size_t)(uintptr_t)arg);
+    if (remote_block) memset(remote_block, 0x5d, (size_t)(uintptr_t)arg);
+    return NULL;
+}
+static void *remote_large(size_t size) {
+    sink = malloc(16); /* binds this thread to an arena first */
+    pthread_t t;
+    if (pthread_create(&t, NULL, make_remote, (void *)(uintptr_t)size) || pthread_join(t, NULL) ||
+        !remote_block) {
+        printf("no remote block\n");
+        exit(3);
+    }
+    return remote_block;
 }
 
 static int heap_still_works(void) {
@@ -115,6 +135,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(what, "double-arena")) p = freed(64, 1);
     else if (!strcmp(what, "double-large")) p = freed(100000, 0);
     else if (!strcmp(what, "double-huge")) p = freed(3 << 20, 0);
+    else if (!strcmp(what, "interior-remote-large-page")) p = (char *)remote_large(20000) + 8192;
+    else if (!strcmp(what, "double-remote-large")) {
+        p = remote_large(20000);
+        free(p); /* waits in this thread's queue (tcache.c) */
+    }
     else if (!strcmp(what, "double-huge-unmapped")) p = freed(3 << 20, 1);
     else {
         fprintf(stderr, "unknown case %s\n", c);

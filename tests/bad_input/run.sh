@@ -14,6 +14,9 @@
 #         double-arena: freed before, back in its slab after _heapmin
 #         double-large, double-huge: a freed large block, a freed huge block
 #         (in the huge cache); double-huge-unmapped: after _heapmin unmapped it
+#         interior-remote-large-page, double-remote-large: a page inside a
+#         large block another thread (another arena) made; that block,
+#         freed by this thread and waiting in its remote-free queue
 # Each case runs twice:
 #   default options          must die of SIGABRT with exactly one line on
 #                            stderr: "trimalloc: CALL(): invalid pointer P"
@@ -114,7 +117,7 @@ run_case() {
 for call in free realloc usable; do
     for what in stack global interior-small interior-large interior-large-page interior-huge \
         interior-huge-far mmap unallocated double-tcache double-arena double-large double-huge \
-        double-huge-unmapped; do
+        double-huge-unmapped interior-remote-large-page double-remote-large; do
         for mode in abort warn; do
             run_case "$call-$what" "$mode"
         done
