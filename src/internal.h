@@ -97,11 +97,8 @@ typedef struct tm_class_fast {
 } tm_class_fast_t;
 extern tm_class_fast_t tm_class_fast;
 extern uint8_t tm_class_tiny[(TM_TINY_MAX >> 4) + 1];
-/* Classes above this size are "big": smaller slabs (size_class.c), and
- * thread-cache bins and transfer caches bounded by bytes (tcache.c). */
-#define TM_BIG_CLASS_SIZE 8192u
 void size_class_init(void);
-/* 1024 < size <= 32 KiB: with s = size - 1 and k = floor(log2 s), the class
+/* 1024 < size <= TM_SMALL_MAX: with s = size - 1 and k = floor(log2 s), the class
  * is the j-th of group k where j = (s >> (k - 2)) - 3 (size_class.c). */
 TM_INLINE unsigned size_class_of(size_t size) {
     if (likely(size <= TM_TINY_MAX)) return tm_class_tiny[(size + 15) >> 4];

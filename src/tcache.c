@@ -39,15 +39,10 @@ static bool tc_key_ok;
  * producer/consumer pair then passes blocks in batches under one short
  * lock, without touching slab bitmaps. Bounded per class to about
  * XFER_BYTES, and to between 1 and 32 half-bin batches (4 for the classes
- * up to 1 KiB, where producer/consumer traffic is); the big classes (above
- * TM_BIG_CLASS_SIZE) to XFER_BIG_BYTES, 1 to 3 blocks: for one thread a
- * transfer cache is a second cache level, and a program that moves through
- * the big classes left up to 128 KiB in each (measured: realloc 1 thread
- * peak RSS 7.59 -> 7.37 MiB at 32 KiB rather than 64); idle ones are emptied
+ * up to 1 KiB, where producer/consumer traffic is); idle ones are emptied
  * by the caches' garbage collection, and _heapmin (world.c) empties all
  * into the arenas. Lock rank: after tc->mu, before any arena lock. */
 #define XFER_BYTES (128u << 10)
-#define XFER_BIG_BYTES (32u << 10) /* the big classes' bound: 1 to 3 blocks */
 
 typedef struct tm_xfer {
     pthread_mutex_t lock;
@@ -67,8 +62,6 @@ static void xfer_init(void) {
         if (batches < min_batches) batches = min_batches;
         if (batches > 32) batches = 32;
         uint32_t cap = batch * batches;
-        if (size > TM_BIG_CLASS_SIZE && cap > XFER_BIG_BYTES / size) /* bytes, not batches */
-            cap = XFER_BIG_BYTES / size ? XFER_BIG_BYTES / size : 1;
         xfer[c].slots = tm_opt.tcache_scale_pct ? meta_alloc(cap * sizeof(void *)) : NULL;
         xfer[c].cap = xfer[c].slots ? cap : 0;
     }
@@ -173,15 +166,10 @@ unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_R
  * that, but not past tc_grow_bytes() of blocks: 64 KiB up to 1 KiB, where
  * a grown bin would otherwise hold many blocks a producer/consumer pair
  * keeps cycling, and 256 KiB above, where the first capacities are small
- * (1-32 blocks) and a program that handles its 1-8 KiB blocks in batches
+ * (16-32 blocks) and a program that handles its 1-8 KiB blocks in batches
  * of 64 swung every batch through the transfer cache (measured: the size
  * sweep's 1 and 2 threads ran 8-9% faster at 256 KiB, same peak RSS; 512
- * KiB gained nothing more). The big classes, which start with 1-3 blocks,
- * thus grow to 4-12 (at most 128 KiB). Bounding their growth to 64 KiB
- * too was tried: 0.27 MiB less peak RSS in realloc with 2 threads, but
- * 10% more CPU time there -- a block that comes back from the bin is warm
- * in the CPU cache, one from the arena is not. See
- * tcache_free_slow. A cache's slots are one mapping: first every bin's
+ * KiB gained nothing more). See tcache_free_slow. A cache's slots are one mapping: first every bin's
  * slots at its first size, packed, so a thread that uses a few classes
  * touches a page or two of them; then, for each class that can grow, room
  * for its largest size, where a bin moves when it first grows and which
@@ -516,7 +504,7 @@ static void tcache_gc_locked(tm_tcache_t *tc) {
      * against thrashing (arena.c) goes too, to the free runs, where the
      * growth purge can give its pages back and other classes and large
      * blocks can use them. (A sweep through the sizes left one such slab
-     * in each of the 40 classes, 0.9 MiB.) */
+     * in each of the 40 classes there were then, 0.9 MiB.) */
     if (flushed && !count && !__atomic_load_n(&xfer[cls].count, __ATOMIC_RELAXED))
         arena_release_idle_slab(tc->arena, cls);
 }
