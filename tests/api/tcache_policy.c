@@ -58,8 +58,10 @@ static void test_big_sizes_are_not_cached(void **state) {
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, big_batches, &grew), 0);
     assert_int_equal(pthread_join(t, NULL), 0);
-    assert_int_equal(grew, 0);
-    assert_int_equal(cached_bytes(), base);
+    /* less than one of the blocks: small ones of libc's own (the thread's
+     * start and exit) may come and go */
+    assert_true(grew < big_sizes[0]);
+    assert_true(cached_bytes() < base + big_sizes[0]);
 }
 
 /* ---- an idle class goes back, slab included, during a large-only phase -- */
