@@ -24,7 +24,7 @@
  * at its tail.
  *
  * Thread cache. The capacity of a class's stack shrinks with the block size,
- * so a full cache holds a bounded number of bytes (at most about 1.7 MiB of
+ * so a full cache holds a bounded number of bytes (at most about 1.5 MiB of
  * blocks over all classes at the default scale, see tcache_cap_for()).
  *
  * The whole table is computed by size_class_init() from these rules: this

@@ -456,7 +456,7 @@ void tcache_settle_locked(tm_tcache_t *tc) {
 }
 
 /* ---- garbage collection --------------------------------------------------
- * A cache holds about 1.7 MiB of blocks at most (4.7 once bins grow), and
+ * A cache holds about 1.5 MiB of blocks at most (3.8 once bins grow), and
  * what it holds of a class the thread stopped using stays out of the
  * arenas (and keeps its slab's pages resident) until _heapmin. So every
  * TC_GC_EVERY slow-path calls the owner visits one class, round robin: if

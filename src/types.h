@@ -53,7 +53,10 @@
  *     without locks by free(); a page's class and slab offset change only
  *     while no block of that page is held by the program; its flags
  *     (TM_FAST_PURGED, TM_FAST_FRESH) at any time, and they only ever send
- *     free() to the slow check.
+ *     free() to the slow check. The one write without the lock: a large
+ *     block's first-page TM_FAST_LARGE, swapped for TM_FAST_QUEUED (CAS) by
+ *     the thread of another arena that frees it (tcache_free_large); the
+ *     arena writes the entry again only once the block is back.
  *   - No lock is held across a system call that maps or unmaps memory.
  */
 #ifndef TM_TYPES_H
