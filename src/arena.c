@@ -677,12 +677,12 @@ void arena_free_large(tm_chunk_t *c, uint32_t page, void *p) {
     if (unlikely(!freed)) large_free_report(kind, p);
 }
 
-/* Free n large runs that passed free()'s checks (a page-aligned address in
- * a chunk, on a page that is not a slab's) some time ago, as arena_flush
- * does blocks: one hold of each arena's lock per FLUSH_BATCH runs. Each
- * address is looked up again, since its chunk may have gone meanwhile if
- * the address was bad; a bad one is reported once the lock is dropped.
- * Returns the bytes freed. */
+/* Free n large blocks queued by a thread of another arena
+ * (tcache_free_large), as arena_flush does small ones: one hold of each
+ * arena's lock per FLUSH_BATCH blocks. Each address is looked up and
+ * checked again under the lock (a queued block is one the program held, so
+ * this only catches the allocator's own mistakes); a bad one is reported
+ * once the lock is dropped. Returns the bytes freed. */
 size_t arena_free_large_batch(void **runs, unsigned n) {
     size_t bytes = 0;
     while (n) {

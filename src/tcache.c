@@ -169,11 +169,11 @@ unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_R
  * (16-32 blocks) and a program that handles its 1-8 KiB blocks in batches
  * of 64 swung every batch through the transfer cache (measured: the size
  * sweep's 1 and 2 threads ran 8-9% faster at 256 KiB, same peak RSS; 512
- * KiB gained nothing more). See tcache_free_slow. A cache's slots are one mapping: first every bin's
- * slots at its first size, packed, so a thread that uses a few classes
- * touches a page or two of them; then, for each class that can grow, room
- * for its largest size, where a bin moves when it first grows and which
- * stays untouched otherwise. */
+ * KiB gained nothing more). See tcache_free_slow. A cache's slots are one
+ * mapping: first every bin's slots at its first size, packed, so a thread
+ * that uses a few classes touches a page or two of them; then, for each
+ * class that can grow, room for its largest size, where a bin moves when
+ * it first grows and which stays untouched otherwise. */
 #define TC_GROW_MAX 4
 /* the remote large-free queue (tcache_free_large) */
 #define TC_RL_BYTES (1024u << 10)
