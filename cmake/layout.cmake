@@ -56,7 +56,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   tcache_settle_locked tcache_destructor tcache_drain_locked tcache_gc_locked
   tcache_arena xfer_get xfer_put xfer_gc tcache_registry_lock tcache_registry_unlock
   tcache_registry_first xfer_fork_prepare xfer_fork_parent xfer_fork_child
-  tcache_fork_child tcache_free_large
+  tcache_fork_child tcache_free_large tcache_large_reuse
   # arena.c
   arena_get arena_choose_locked arena_refill arena_flush arena_alloc_large
   arena_free_large large_free_locked arena_free_large_batch arena_large_usable

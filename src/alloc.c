@@ -138,9 +138,10 @@ static void *large_alloc(size_t size, size_t align, bool zero) {
     zero |= tm_opt.zero != 0;
     size_t npages = (size + TM_PAGE_MASK) >> TM_PAGE_SHIFT;
     size_t align_pages = align > TM_PAGE ? align >> TM_PAGE_SHIFT : 1;
-    if (size <= huge_threshold() && npages + align_pages - 1 <= TM_CHUNK_PAGES)
-        p = arena_alloc_large(tcache_arena(), size, align, zero);
-    else
+    if (size <= huge_threshold() && npages + align_pages - 1 <= TM_CHUNK_PAGES) {
+        p = !zero && align_pages == 1 ? tcache_large_reuse((uint32_t)npages) : NULL;
+        if (!p) p = arena_alloc_large(tcache_arena(), size, align, zero);
+    } else
         p = huge_alloc(size ? size : 1, align, zero);
     if (unlikely(!p)) errno = ENOMEM;
     else if (unlikely(tm_opt.junk) && !zero) memset(p, 0xa5, size);

@@ -638,7 +638,8 @@ void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero) {
         c->pages[page + npages - 1].kind = PAGE_INTERIOR;
         c->pages[page + npages - 1].npages = (uint32_t)npages;
     }
-    __atomic_store_n(&c->fast[page], TM_FAST_LARGE, __ATOMIC_RELAXED); /* run_free_locked clears it */
+    /* run_free_locked clears it */
+    __atomic_store_n(&c->fast[page], TM_FAST_LARGE_ENTRY(TM_FAST_LARGE, npages), __ATOMIC_RELAXED);
     a->large_allocated += npages << TM_PAGE_SHIFT;
     a->large_nmalloc++;
     pthread_mutex_unlock(&a->lock);
@@ -751,6 +752,9 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
             a->large_allocated += (size_t)(nn - n) << TM_PAGE_SHIFT;
             ok = true;
         }
+        if (ok && nn != n && (c->fast[page] & TM_FAST_LARGE))
+            __atomic_store_n(&c->fast[page], TM_FAST_LARGE_ENTRY(TM_FAST_LARGE, nn),
+                             __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&a->lock);
     return ok;

@@ -190,9 +190,12 @@ static int check_chunk_locked(tm_arena_t *a, tm_chunk_t *c, chk_sums_t *s) {
             break;
         case PAGE_LARGE:
             if (n > 1 && t->kind != PAGE_INTERIOR) return _HEAPBADNODE;
-            /* the first page's TM_FAST_LARGE: 0 for a run the allocator
-             * holds for itself (a growth purge) */
-            if (c->fast[p] & ~(TM_FAST_LARGE | TM_FAST_QUEUED)) return _HEAPBADNODE;
+            /* the first page: TM_FAST_LARGE or _QUEUED and the length, or
+             * 0 for a run the allocator holds for itself (a growth purge) */
+            if (c->fast[p] &&
+                c->fast[p] != TM_FAST_LARGE_ENTRY(TM_FAST_LARGE, n) &&
+                c->fast[p] != TM_FAST_LARGE_ENTRY(TM_FAST_QUEUED, n))
+                return _HEAPBADNODE;
             for (uint32_t i = p + 1; i < p + n; i++)
                 if (c->fast[i]) return _HEAPBADNODE;
             s->large_bytes += (size_t)n << TM_PAGE_SHIFT;

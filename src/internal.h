@@ -248,6 +248,11 @@ extern unsigned tm_narenas;
 /* replaces TM_FAST_LARGE while the block, freed, waits in a thread's
  * queue: free(), realloc() and malloc_usable_size() report a double free */
 #define TM_FAST_QUEUED 0x800u
+/* With either flag, the block's length in pages (1..1024) stands in the
+ * arena bits: an entry with no class is never read for its arena. */
+#define TM_FAST_LARGE_ENTRY(flag, npages) \
+    ((uint32_t)(flag) | (uint32_t)((npages) - 1) << TM_FAST_ARENA_SHIFT)
+#define TM_FAST_LARGE_PAGES(f) (((f) >> TM_FAST_ARENA_SHIFT) + 1)
 #define TM_FAST_SLAB_OFF(f) ((f) & 0x3ff000u) /* the slab's byte offset in its chunk */
 #define TM_FAST(cls, page, arena) \
     ((uint32_t)(cls) | (uint32_t)(page) << TM_PAGE_SHIFT | (uint32_t)(arena) << TM_FAST_ARENA_SHIFT)
@@ -319,6 +324,7 @@ TM_INLINE uint64_t tm_cookie_of(const void *p) { return (uintptr_t)p ^ tm_cookie
 TM_COLD void *tcache_malloc_slow(size_t size, unsigned cls); /* sets ENOMEM */
 TM_COLD void tcache_free_slow(void *p, unsigned cls);
 void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p);
+void *tcache_large_reuse(uint32_t npages); /* a queued block of npages, or NULL */
 unsigned tcache_take_remote_locked(tm_tcache_t *tc, void **out); /* tc->mu held; <= TM_RL_MAX */
 void tcache_settle_locked(tm_tcache_t *tc);
 void tcache_drain_locked(tm_tcache_t *tc);  /* tc->mu held; empty every bin */

@@ -261,7 +261,7 @@ void tcache_drain_locked(tm_tcache_t *tc) {
     }
     if (tc->slots_mem) slots_release_grown(tc);
     if (tc->rl_n) arena_free_large_batch(tc->rl, tc->rl_n);
-    tc->rl_n = 0;
+    __atomic_store_n(&tc->rl_n, 0, __ATOMIC_RELAXED);
 }
 
 /* The most blocks one cache can hold, for the options in force. */
@@ -368,7 +368,7 @@ static tm_tcache_t *tcache_create(void) {
         tc->bins[c].fill = (uint16_t)(cap >= 32 ? cap / 16 : 1);
     }
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
-    tc->rl_n = 0;
+    __atomic_store_n(&tc->rl_n, 0, __ATOMIC_RELAXED);
     tc->rl_gc_n = 0;
     tc->rl_cap = TC_RL_FIRST;
     tc->gc_tick = 0;
@@ -476,7 +476,7 @@ static void tcache_gc_locked(tm_tcache_t *tc) {
     /* remote large frees that have waited a whole visit go home */
     if (tc->rl_n && tc->rl_n == tc->rl_gc_n) {
         arena_free_large_batch(tc->rl, tc->rl_n);
-        tc->rl_n = 0;
+        __atomic_store_n(&tc->rl_n, 0, __ATOMIC_RELAXED);
     }
     tc->rl_gc_n = tc->rl_n;
     unsigned cls = tc->gc_next;
@@ -692,8 +692,8 @@ void tcache_free_slow(void *p, unsigned cls) {
  * once. */
 
 void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
-    uint32_t *fast = &c->fast[page];
-    if (__atomic_load_n(fast, __ATOMIC_RELAXED) & TM_FAST_QUEUED) {
+    uint32_t *fast = &c->fast[page], f = __atomic_load_n(fast, __ATOMIC_RELAXED);
+    if (f & TM_FAST_QUEUED) {
         tm_double_free("free", p); /* waiting in some thread's queue */
         return;
     }
@@ -707,20 +707,22 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
     pthread_mutex_lock(&tc->mu);
     /* Claim it: of two threads freeing it at once, one queues it and the
      * other reports the double free. */
-    uint32_t f = TM_FAST_LARGE;
-    if (!__atomic_compare_exchange_n(fast, &f, TM_FAST_QUEUED, false, __ATOMIC_RELAXED,
-                                     __ATOMIC_RELAXED)) {
+    if (!(f & TM_FAST_LARGE) ||
+        !__atomic_compare_exchange_n(fast, &f, (f & ~TM_FAST_LARGE) | TM_FAST_QUEUED, false,
+                                     __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
         pthread_mutex_unlock(&tc->mu);
         if (f & TM_FAST_QUEUED) tm_double_free("free", p);
         else arena_free_large(c, page, p); /* not a block the program holds: reported */
         return;
     }
     tcache_settle_locked(tc);
-    tc->rl[tc->rl_n++] = p;
+    tc->rl[tc->rl_n] = p;
+    tc->rl_pages[tc->rl_n] = (uint16_t)TM_FAST_LARGE_PAGES(f);
+    __atomic_store_n(&tc->rl_n, tc->rl_n + 1, __ATOMIC_RELAXED);
     if (tc->rl_n >= tc->rl_cap) {
         n = tc->rl_n;
         memcpy(batch, tc->rl, n * sizeof *batch);
-        tc->rl_n = 0;
+        __atomic_store_n(&tc->rl_n, 0, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&tc->mu);
     if (!n) return;
@@ -734,8 +736,39 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
 unsigned tcache_take_remote_locked(tm_tcache_t *tc, void **out) {
     unsigned n = tc->rl_n;
     memcpy(out, tc->rl, n * sizeof *out);
-    tc->rl_n = 0;
+    __atomic_store_n(&tc->rl_n, 0, __ATOMIC_RELAXED);
     return n;
+}
+
+/* A block of npages pages from the caller's own queue, taken back for a
+ * malloc (the newest first, warm in the CPU cache): a thread that frees
+ * other threads' blocks and allocates blocks of the same lengths itself --
+ * both ends of a pair passing buffers -- then allocates without an arena
+ * lock. The block still counts as held in its arena; its fast[] entry goes
+ * back to TM_FAST_LARGE. NULL if none has that length. */
+void *tcache_large_reuse(uint32_t npages) {
+    if (tm_tls.state != TLS_LIVE) return NULL;
+    tm_tcache_t *tc = tm_tls.own;
+    if (!__atomic_load_n(&tc->rl_n, __ATOMIC_RELAXED)) return NULL; /* a peek: the owner's own */
+    void *p = NULL;
+    pthread_mutex_lock(&tc->mu);
+    tcache_settle_locked(tc);
+    for (unsigned i = tc->rl_n; i-- > 0;) {
+        if (tc->rl_pages[i] != npages) continue;
+        p = tc->rl[i];
+        unsigned last = tc->rl_n - 1;
+        tc->rl[i] = tc->rl[last];
+        tc->rl_pages[i] = tc->rl_pages[last];
+        __atomic_store_n(&tc->rl_n, last, __ATOMIC_RELAXED);
+        break;
+    }
+    pthread_mutex_unlock(&tc->mu);
+    if (p) {
+        tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
+        __atomic_store_n(&c->fast[((uintptr_t)p - c->base) >> TM_PAGE_SHIFT],
+                         TM_FAST_LARGE_ENTRY(TM_FAST_LARGE, npages), __ATOMIC_RELAXED);
+    }
+    return p;
 }
 
 /* Bytes of small blocks in the caches; *queued gets the bytes of the large

@@ -261,9 +261,11 @@ typedef struct tm_tcache {
     unsigned gc_tick;           /* slow-path calls since the last visit */
     unsigned gc_next;           /* class the next visit looks at */
     /* large runs of other arenas this thread freed, waiting to go home
-     * together (tcache.c): rl[0..rl_n) under mu; rl_cap, the owner's */
+     * together (tcache.c): rl[0..rl_n) and their lengths in pages under
+     * mu (rl_n also peeked at by the owner without it); rl_cap, the owner's */
     uint32_t rl_n, rl_cap, rl_gc_n;
     void *rl[TM_RL_MAX];
+    uint16_t rl_pages[TM_RL_MAX];
 } tm_tcache_t;
 
 enum { TC_STATE_SENTINEL = 0, TC_STATE_LIVE, TC_STATE_FREE };
