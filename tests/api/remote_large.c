@@ -6,7 +6,10 @@
  *     statistics count the bytes as cached, not as held), later ones go
  *     home in a few batches, not one by one;
  *   - _heapmin() sends home what waits in the cache of a thread that is
- *     alive and idle, and thread exit what waits in its own.
+ *     alive and idle, and thread exit what waits in its own;
+ *   - a malloc of the same length in pages takes a waiting block back (no
+ *     arena hands out a block), one of another length does not, and the
+ *     length is the block's current one after a realloc in place.
  * What a bad free of such a block does is in tests/bad_input
  * (double-remote-large, interior-remote-large-page).
  */
@@ -62,6 +65,15 @@ static void alloc_blocks(void *arg)
         TU_CHECK(blocks[i] != NULL, "malloc(%d) failed", BLOCK);
         memset(blocks[i], i + 1, BLOCK);
     }
+}
+
+static void *one;
+
+static void alloc_one(void *arg)
+{
+    (void)arg;
+    one = TM_API(malloc)(BLOCK);
+    TU_CHECK(one != NULL, "malloc(%d) failed", BLOCK);
 }
 
 static void *alloc_thread(void *arg)
@@ -196,12 +208,70 @@ static void test_thread_exit_sends_its_queue_home(void **state)
     free_two_elsewhere(1);
 }
 
+static void test_queued_block_taken_back_for_same_length(void **state)
+{
+    (void)state;
+    if (narenas() < 2)
+        skip();
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    void *own = TM_API(malloc)(BLOCK);
+    assert_non_null(own);
+    unsigned me = arena_of(alloc_one, NULL, 1);
+    TM_API(free)(one);
+    unsigned x = arena_of(alloc_in_thread, NULL, NB);
+    assert_int_not_equal(me, x);
+    uint64_t mine0 = arena_stats(me).large_nmalloc, theirs0 = arena_stats(x).large_nmalloc;
+
+    /* 16 KiB = 4 pages: a malloc of 13000 B (4 pages) takes it back */
+    TM_API(free)(blocks[0]);
+    void *p = TM_API(malloc)(13000);
+    assert_ptr_equal(p, blocks[0]);
+    assert_true(TM_API(malloc_usable_size)(p) >= 13000);
+    memset(p, 0x11, 13000);
+    assert_int_equal(arena_stats(me).large_nmalloc, mine0);
+    assert_int_equal(arena_stats(x).large_nmalloc, theirs0);
+
+    /* another length (5 pages) does not take a waiting 4-page block */
+    TM_API(free)(blocks[1]);
+    void *q = TM_API(malloc)(20000);
+    assert_non_null(q);
+    assert_ptr_not_equal(q, blocks[1]);
+    assert_int_equal(arena_stats(me).large_nmalloc, mine0 + 1);
+    memset(q, 0x22, 20000);
+
+    /* shrunk in place to 3 pages, then freed: a 4-page malloc must not get
+     * it (it would overrun it), a 3-page one does */
+    void *r = TM_API(realloc)(blocks[2], 9000);
+    assert_ptr_equal(r, blocks[2]);
+    TM_API(free)(r);
+    void *big = TM_API(malloc)(16000);
+    assert_non_null(big);
+    assert_ptr_not_equal(big, r);
+    assert_true(TM_API(malloc_usable_size)(big) >= 16000);
+    memset(big, 0x33, 16000);
+    void *small = TM_API(malloc)(10000);
+    assert_ptr_equal(small, r);
+    assert_true(TM_API(malloc_usable_size)(small) >= 10000);
+    memset(small, 0x44, 10000);
+
+    check_blocks(3);
+    TM_API(free)(p);
+    TM_API(free)(q);
+    TM_API(free)(big);
+    TM_API(free)(small);
+    for (int i = 3; i < NB; i++)
+        TM_API(free)(blocks[i]);
+    TM_API(free)(own);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_remote_large_frees_go_home_in_batches),
         cmocka_unit_test(test_heapmin_sends_home_an_idle_threads_queue),
         cmocka_unit_test(test_thread_exit_sends_its_queue_home),
+        cmocka_unit_test(test_queued_block_taken_back_for_same_length),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
