@@ -752,7 +752,7 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
             a->large_allocated += (size_t)(nn - n) << TM_PAGE_SHIFT;
             ok = true;
         }
-        if (ok && nn != n && (c->fast[page] & TM_FAST_LARGE))
+        if (ok && nn != n && (__atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & TM_FAST_LARGE))
             __atomic_store_n(&c->fast[page], TM_FAST_LARGE_ENTRY(TM_FAST_LARGE, nn),
                              __ATOMIC_RELAXED);
     }

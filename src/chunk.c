@@ -666,7 +666,10 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
 }
 
 void run_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages) {
-    for (uint32_t i = page; i < page + npages; i++) c->fast[i] = 0;
+    /* atomic: a large block's first entry is also written without the lock
+     * (tcache_free_large), if only by a bad concurrent free */
+    for (uint32_t i = page; i < page + npages; i++)
+        __atomic_store_n(&c->fast[i], 0, __ATOMIC_RELAXED);
     set_resident(c, page, npages, true);
     resident_add_locked(a, npages);
     c->free_pages += npages;

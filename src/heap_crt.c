@@ -191,10 +191,11 @@ static int check_chunk_locked(tm_arena_t *a, tm_chunk_t *c, chk_sums_t *s) {
         case PAGE_LARGE:
             if (n > 1 && t->kind != PAGE_INTERIOR) return _HEAPBADNODE;
             /* the first page: TM_FAST_LARGE or _QUEUED and the length, or
-             * 0 for a run the allocator holds for itself (a growth purge) */
-            if (c->fast[p] &&
-                c->fast[p] != TM_FAST_LARGE_ENTRY(TM_FAST_LARGE, n) &&
-                c->fast[p] != TM_FAST_LARGE_ENTRY(TM_FAST_QUEUED, n))
+             * 0 for a run the allocator holds for itself (a growth purge);
+             * a free() from another arena's thread may swap the flag now */
+            uint32_t f0 = __atomic_load_n(&c->fast[p], __ATOMIC_RELAXED);
+            if (f0 && f0 != TM_FAST_LARGE_ENTRY(TM_FAST_LARGE, n) &&
+                f0 != TM_FAST_LARGE_ENTRY(TM_FAST_QUEUED, n))
                 return _HEAPBADNODE;
             for (uint32_t i = p + 1; i < p + n; i++)
                 if (c->fast[i]) return _HEAPBADNODE;
@@ -422,7 +423,8 @@ static const walk_entry_t *walk_recent_find(uintptr_t p) {
  * step over. A slab page names its slab's first page in fast[]; anything
  * else is found by stepping over run heads from page 0. */
 static int32_t run_head_locked(tm_chunk_t *c, uint32_t ap) {
-    uint32_t f = c->fast[ap], sp = (f >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1);
+    uint32_t f = __atomic_load_n(&c->fast[ap], __ATOMIC_RELAXED);
+    uint32_t sp = (f >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1);
     if ((f & 0xff) && sp <= ap && c->pages[sp].kind == PAGE_SLAB &&
         ap - sp < c->pages[sp].npages)
         return (int32_t)sp;
