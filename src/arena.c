@@ -537,19 +537,15 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
         }
         pthread_mutex_unlock(&a->lock);
         if (!seen) break;
-        uintptr_t r0 = 0, r1 = 0; /* pages to madvise, grown while contiguous */
+        os_batch_t batch = {.n = 0, .released = 0}; /* contiguous pages merge */
         for (int k = 0; k < n; k++) {
             for (uint32_t pg = 0; pg < 32; pg++) {
                 if (!((plan[k].give >> pg) & 1)) continue;
                 uintptr_t at = plan[k].s->start + ((uintptr_t)pg << TM_PAGE_SHIFT);
-                if (at != r1) {
-                    released += os_purge_inside((void *)r0, (void *)r1);
-                    r0 = at;
-                }
-                r1 = at + TM_PAGE;
+                os_batch_add(&batch, (void *)at, (void *)(at + TM_PAGE));
             }
         }
-        released += os_purge_inside((void *)r0, (void *)r1);
+        released += os_batch_flush(&batch);
         if (!n) continue;
         pthread_mutex_lock(&a->lock);
         for (int k = 0; k < n; k++) slab_put_back_locked(a, &plan[k]);

@@ -419,11 +419,14 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
     if (!nruns) return 0;
     credit_set_locked(a, got < rss[a->index].credit ? rss[a->index].credit - got : 0);
     pthread_mutex_unlock(&a->lock);
+    os_range_t ranges[GROWTH_PURGE_BATCH];
+    bool purged[GROWTH_PURGE_BATCH];
     for (int i = 0; i < nruns; i++) {
-        size_t bytes = (size_t)(runs[i].hi - runs[i].lo) << TM_PAGE_SHIFT;
-        runs[i].purged = os_purge((void *)chunk_page_addr(runs[i].c, runs[i].lo), bytes) == 0;
-        if (runs[i].purged) stats_add_released(bytes);
+        ranges[i].base = (void *)chunk_page_addr(runs[i].c, runs[i].lo);
+        ranges[i].len = (size_t)(runs[i].hi - runs[i].lo) << TM_PAGE_SHIFT;
     }
+    stats_add_released(os_purge_ranges(ranges, (unsigned)nruns, purged));
+    for (int i = 0; i < nruns; i++) runs[i].purged = purged[i];
     pthread_mutex_lock(&a->lock);
     for (int i = 0; i < nruns; i++) {
         tm_chunk_t *c = runs[i].c;
@@ -863,9 +866,9 @@ bool chunk_destroy(tm_chunk_t *c) {
  * freed slab's run cut again, would write them while the lock is dropped.
  * (Slab descriptors are not per page: see the slab pool.) Best effort: a
  * refusal leaves them as they were. */
-static void run_purge_descriptor(tm_chunk_t *c, uint32_t page, uint32_t n) {
-    os_purge_inside(&c->pages[page + 1], &c->pages[page + n - 1]);
-    os_purge_inside(&c->links[(page + 1) >> 1], &c->links[(page + n) >> 1]);
+static void run_purge_descriptor(os_batch_t *b, tm_chunk_t *c, uint32_t page, uint32_t n) {
+    os_batch_add(b, &c->pages[page + 1], &c->pages[page + n - 1]);
+    os_batch_add(b, &c->links[(page + 1) >> 1], &c->links[(page + n) >> 1]);
 }
 
 
@@ -936,15 +939,18 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
             else empty[kept++] = empty[i];
         }
         bool purged[PURGE_BATCH];
+        os_range_t ranges[PURGE_BATCH];
         for (int i = 0; i < nruns; i++) {
-            size_t bytes = (size_t)runs[i].n << TM_PAGE_SHIFT;
-            purged[i] = os_purge((void *)chunk_page_addr(runs[i].c, runs[i].page), bytes) == 0;
-            if (purged[i]) {
-                released += bytes;
-                stats_add_released(bytes);
-                run_purge_descriptor(runs[i].c, runs[i].page, runs[i].n);
-            }
+            ranges[i].base = (void *)chunk_page_addr(runs[i].c, runs[i].page);
+            ranges[i].len = (size_t)runs[i].n << TM_PAGE_SHIFT;
         }
+        size_t bytes = os_purge_ranges(ranges, (unsigned)nruns, purged);
+        released += bytes;
+        stats_add_released(bytes);
+        os_batch_t desc = {.n = 0, .released = 0}; /* metadata: not counted */
+        for (int i = 0; i < nruns; i++)
+            if (purged[i]) run_purge_descriptor(&desc, runs[i].c, runs[i].page, runs[i].n);
+        os_batch_flush(&desc);
         unsigned failed = (unsigned)kept;
         for (int i = 0; i < nruns; i++) failed += !purged[i];
         if (nruns || kept) {

@@ -73,6 +73,24 @@ void *os_map_aligned(size_t size, size_t align);
 int os_unmap(void *p, size_t size);          /* 0, or -1 with errno */
 int os_purge(void *p, size_t size);          /* pages read zero afterwards */
 size_t os_purge_inside(const void *lo, const void *hi); /* whole pages in [lo, hi); bytes released */
+/* Many ranges with as few system calls as the kernel allows (os.c says
+ * why): ok[i] tells whether range i was purged; returns the bytes purged. */
+typedef struct os_range {
+    void *base; /* page-aligned */
+    size_t len; /* a page multiple */
+} os_range_t;
+size_t os_purge_ranges(const os_range_t *r, unsigned n, bool *ok);
+/* A best-effort batch: add the whole pages inside [lo, hi) (merged with
+ * the range before when they touch), purged when the batch is full or
+ * flushed; returns what it released so far. */
+#define OS_BATCH_RANGES 64
+typedef struct os_batch {
+    os_range_t r[OS_BATCH_RANGES];
+    unsigned n;
+    size_t released;
+} os_batch_t;
+void os_batch_add(os_batch_t *b, const void *lo, const void *hi);
+size_t os_batch_flush(os_batch_t *b);
 int os_protect_none(void *p, size_t size);   /* guard page */
 void *os_remap(void *p, size_t old, size_t new_size, int may_move, void *fixed);
 int os_heavy_barrier(void);                  /* membarrier or fallback */

@@ -97,23 +97,31 @@ static uint32_t xfer_get(unsigned cls, void **blocks, uint32_t n) {
 /* Empty every transfer cache into the arenas (_heapmin) and give back its
  * slots' pages. With cap 0 meanwhile every put is refused (the block goes
  * to its arena), so once the gets have emptied it no one writes its slots
- * while they are purged. The blocks leave in batches, each taken under the
+ * while they are purged; the classes reopen after one purge of all their
+ * slots. The blocks leave in batches, each taken under the
  * lock and given to the arenas without it: a thread that wants a batch
  * meanwhile waits for one copy, not for the arena locks. */
 #define XFER_DRAIN_BATCH 256u
 
 void xfer_drain_all(void) {
     void *batch[XFER_DRAIN_BATCH];
+    uint32_t caps[TM_NCLASSES + 1];
+    os_batch_t slots = {.n = 0, .released = 0}; /* metadata: not counted */
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         tm_xfer_t *x = &xfer[c];
         pthread_mutex_lock(&x->lock);
-        uint32_t cap = x->cap;
+        caps[c] = x->cap;
         __atomic_store_n(&x->cap, 0, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&x->lock);
         for (uint32_t k; (k = xfer_get(c, batch, XFER_DRAIN_BATCH)) != 0;) arena_flush(c, batch, k);
-        if (x->slots) os_purge_inside(x->slots, x->slots + cap); /* metadata: not counted */
+        if (x->slots) os_batch_add(&slots, x->slots, x->slots + caps[c]);
+    }
+    /* every class's slots in one call (os.c), then the classes reopen */
+    os_batch_flush(&slots);
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+        tm_xfer_t *x = &xfer[c];
         pthread_mutex_lock(&x->lock);
-        __atomic_store_n(&x->cap, cap, __ATOMIC_RELAXED);
+        __atomic_store_n(&x->cap, caps[c], __ATOMIC_RELAXED);
         pthread_mutex_unlock(&x->lock);
     }
 }

@@ -14,6 +14,7 @@
  * Threads (idle, exited, busy) are the stress tests' business
  * (tests/stress/heapmin_*.c).
  */
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -291,16 +292,23 @@ static void test_malloc_stats_prints(void **state)
 
 #if defined(TU_AUDIT_ARCH) && !TU_ASAN && !TU_TSAN
 #define HAVE_REFUSE 1
-/* madvise and munmap fail with ENOSYS; every other call is allowed. */
-static int refuse_release(void)
+#ifndef __NR_process_madvise
+#define __NR_process_madvise 440 /* the same number on every architecture */
+#endif
+
+/* With all = 1, madvise, process_madvise and munmap fail with ENOSYS; with
+ * all = 0 only process_madvise does (as on a kernel that predates it, or
+ * refuses it for the caller itself). Every other call is allowed. */
+static int refuse_release_calls(int all)
 {
     struct sock_filter f[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TU_AUDIT_ARCH, 1, 0),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_madvise, 2, 0),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_munmap, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_madvise, 3, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, all ? __NR_madvise : ~0u, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, all ? __NR_munmap : ~0u, 1, 0),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
     };
@@ -310,15 +318,17 @@ static int refuse_release(void)
     return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
 }
 
+static int refuse_release(void) { return refuse_release_calls(1); }
+
 /* Fork, run body in the child (exit status = its return), and return the
  * status; skips the test when the child says seccomp is unavailable. */
-static int in_refusing_child(int (*body)(void))
+static int in_child_refusing(int (*refuse)(void), int (*body)(void))
 {
     fflush(NULL);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        if (refuse_release() != 0)
+        if (refuse() != 0)
             _exit(77);
         _exit(body());
     }
@@ -330,6 +340,8 @@ static int in_refusing_child(int (*body)(void))
         skip();
     return WEXITSTATUS(status);
 }
+
+static int in_refusing_child(int (*body)(void)) { return in_child_refusing(refuse_release, body); }
 
 static int child_enosys(void)
 {
@@ -407,6 +419,62 @@ static void test_calloc_zero_after_refused_purge(void **state)
                  "purge marks runs zeroed whether or not madvise succeeded");
     assert_int_equal(st, 0);
 }
+
+/* Without process_madvise, _heapmin gives the pages back one madvise per
+ * range, as before it used the call: the freed runs are no longer
+ * resident afterwards. */
+static int refuse_vector(void) { return refuse_release_calls(0); }
+
+static int child_heapmin_without_process_madvise(void)
+{
+    enum { N = 48 };
+    size_t sz = 200 * TU_KIB, page = (size_t)sysconf(_SC_PAGESIZE);
+    void *keep = TM_API(malloc)(sz); /* keeps the chunk mapped: mincore can look */
+    char *b[N];
+    for (int i = 0; i < N; i++) {
+        b[i] = TM_API(malloc)(sz);
+        if (!b[i])
+            return 10;
+        memset(b[i], 0xab, sz);
+    }
+    /* every other block freed: runs apart from each other, many ranges */
+    for (int i = 0; i < N; i += 2)
+        TM_API(free)(b[i]);
+    if (TM_API(_heapmin)() != 0)
+        return 14;
+    size_t resident = 0, total = 0;
+    for (int i = 0; i < N; i += 2) {
+        unsigned char v[256];
+        char *lo = (char *)(((uintptr_t)b[i] + page - 1) & ~(uintptr_t)(page - 1));
+        size_t n = ((size_t)(b[i] + sz - lo)) / page;
+        if (n > sizeof v || mincore(lo, n * page, v) != 0)
+            return 15;
+        for (size_t k = 0; k < n; k++)
+            resident += v[k] & 1;
+        total += n;
+    }
+    for (int i = 1; i < N; i += 2) { /* the held ones kept their bytes */
+        if (tu_find_not_byte(b[i], sz, 0xab) != (size_t)-1)
+            return 16;
+        TM_API(free)(b[i]);
+    }
+    TM_API(free)(keep);
+    return resident * 10 > total ? 17 : 0;
+}
+
+static void test_heapmin_without_process_madvise(void **state)
+{
+    (void)state;
+    int st = in_child_refusing(refuse_vector, child_heapmin_without_process_madvise);
+    if (st == 14)
+        fail_msg("_heapmin() failed although only process_madvise was refused");
+    if (st == 17)
+        fail_msg("freed runs still resident after _heapmin() with process_madvise refused: "
+                 "no fallback to madvise");
+    if (st == 16)
+        fail_msg("a block the program holds lost its bytes");
+    assert_int_equal(st, 0);
+}
 #endif /* HAVE_REFUSE */
 
 int main(void)
@@ -421,6 +489,7 @@ int main(void)
 #ifdef HAVE_REFUSE
         cmocka_unit_test(test_heapmin_enosys_when_os_refuses),
         cmocka_unit_test(test_calloc_zero_after_refused_purge),
+        cmocka_unit_test(test_heapmin_without_process_madvise),
 #endif
     };
     return cmocka_run_group_tests_name("api_heapmin_contract (" TU_FLAVOUR ")", tests, NULL,
