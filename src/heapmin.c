@@ -24,6 +24,7 @@ void heapmin_fork_child(void) { pthread_mutex_init(&trim_lock, NULL); }
 static size_t trim_all(unsigned *failures) {
     tm_init();
     heapmin_lock();
+    os_purge_vectors_on();
     uint64_t pause = world_drain_all_caches();
     size_t released = 0;
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
@@ -35,6 +36,7 @@ static size_t trim_all(unsigned *failures) {
         }
     }
     released += huge_release_cache(failures);
+    os_purge_vectors_off();
     __atomic_add_fetch(&tm_gstats.heapmin_calls, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&tm_gstats.heapmin_bytes, released, __ATOMIC_RELAXED);
     tm_gstats.heapmin_last_pause_ns = pause;

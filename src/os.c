@@ -22,6 +22,7 @@
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <fcntl.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -187,7 +188,18 @@ size_t os_purge_inside(const void *lo, const void *hi) {
  * is not asked again: every range then gets its own madvise, as before.
  * A call that stops part-way (process_madvise returns the bytes it
  * advised) leaves the rest of its ranges to madvise one by one, so ok[]
- * is exact either way. */
+ * is exact either way.
+ *
+ * Vectors are used only inside _heapmin, and never under a seccomp
+ * filter: a filter that lists madvise but not this newer call may kill
+ * the process for it (systemd's SystemCallFilter= does, by default)
+ * rather than answer an error. So each _heapmin first reads the
+ * "Seccomp:" line of /proc/self/status (os_purge_vectors_on); a process
+ * under a filter, which it can never leave, gets plain madvise for good.
+ * The purges that run without an explicit call (decay, growth) keep one
+ * madvise per range: no check, so no filter installed since can meet the
+ * new call there. A filter installed by another thread while a _heapmin
+ * runs is the one case left open. */
 #define OS_PIDFD_SELF_THREAD (-10000) /* PIDFD_SELF_THREAD, <linux/pidfd.h> */
 #ifndef OS_PURGE_VEC
 #define OS_PURGE_VEC 16 /* ranges per call */
@@ -195,22 +207,58 @@ size_t os_purge_inside(const void *lo, const void *hi) {
 #ifndef OS_PURGE_CALL_BYTES
 #define OS_PURGE_CALL_BYTES (1u << 20) /* bytes per call: longer ranges are cut */
 #endif
-static int vec_refused;
+/* 1: vectors on (a _heapmin checked); 0: off; -1: refused for good */
+static int vec_state;
+unsigned long os_purge_syscalls; /* madvise + process_madvise calls made (tests) */
+
+/* True if /proc/self/status says no seccomp filter applies (see above). */
+static bool seccomp_off(void) {
+    static const char path[] = "/proc/self/status", key[] = "\nSeccomp:\t";
+    char buf[2048]; /* the line is about 900 bytes in; not found: no vectors */
+    long fd = os_sys(SYS_openat, AT_FDCWD, (long)path, O_RDONLY | O_CLOEXEC, 0, 0, 0);
+    if (fd < 0) return false;
+    long n = 0, r;
+    while (n < (long)sizeof buf - 1 &&
+           (r = os_sys(SYS_read, fd, (long)(buf + n), (long)sizeof buf - 1 - n, 0, 0, 0)) > 0)
+        n += r;
+    os_sys(SYS_close, fd, 0, 0, 0, 0, 0);
+    for (long i = 0; i + (long)sizeof key - 1 < n; i++) { /* no libc: its pages cost RSS */
+        size_t k = 0;
+        while (k < sizeof key - 1 && buf[i + (long)k] == key[k]) k++;
+        if (k == sizeof key - 1) return buf[i + (long)k] == '0';
+    }
+    return false;
+}
+
+void os_purge_vectors_on(void) {
+    if (__atomic_load_n(&vec_state, __ATOMIC_RELAXED) < 0) return;
+    __atomic_store_n(&vec_state, seccomp_off() ? 1 : -1, __ATOMIC_RELAXED);
+}
+
+int os_purge_vectors_state(void) { return __atomic_load_n(&vec_state, __ATOMIC_RELAXED); }
+
+void os_purge_vectors_off(void) {
+    int on = 1;
+    __atomic_compare_exchange_n(&vec_state, &on, 0, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
 
 /* Purge v[0..k); done[q] tells whether v[q] was. */
 static void purge_vec(struct iovec *v, unsigned k, bool *done) {
     unsigned q = 0;
-    if (k > 1 && !__atomic_load_n(&vec_refused, __ATOMIC_RELAXED)) {
+    if (k > 1 && __atomic_load_n(&vec_state, __ATOMIC_RELAXED) > 0) {
         long got = os_sys(SYS_process_madvise, OS_PIDFD_SELF_THREAD, (long)v, k, MADV_DONTNEED, 0, 0);
+        __atomic_add_fetch(&os_purge_syscalls, 1, __ATOMIC_RELAXED);
         if (got == -EBADF || got == -EINVAL || got == -ENOSYS || got == -EPERM)
-            __atomic_store_n(&vec_refused, 1, __ATOMIC_RELAXED);
+            __atomic_store_n(&vec_state, -1, __ATOMIC_RELAXED);
         for (size_t left = got > 0 ? (size_t)got : 0; q < k && left >= v[q].iov_len; q++) {
             left -= v[q].iov_len;
             done[q] = true;
         }
     }
-    for (; q < k; q++) /* one by one: refused, a single range, or the rest */
+    for (; q < k; q++) { /* one by one: refused, a single range, or the rest */
         done[q] = os_purge(v[q].iov_base, v[q].iov_len) == 0;
+        __atomic_add_fetch(&os_purge_syscalls, 1, __ATOMIC_RELAXED);
+    }
 }
 
 size_t os_purge_ranges(const os_range_t *r, unsigned n, bool *ok) {

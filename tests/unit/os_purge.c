@@ -4,7 +4,8 @@
  * every page it does not name keeps its bytes, ranges longer than one
  * call's bound are cut, more ranges than one call takes are split over
  * calls, and a range the kernel refuses is reported alone while the
- * others of its call still go.
+ * others of its call still go. Each case runs twice: with process_madvise
+ * vectors on (as inside _heapmin) and off (one madvise per range).
  */
 #include "test_cmocka.h"
 #include "internal.h"
@@ -40,8 +41,19 @@ static void check_pages(const char *m, size_t pages, const bool *want, int byte)
 
 /* 40 one-page ranges (more than one call takes), a 3-page range and a
  * 1.5 MiB range (longer than one call's bytes), all apart. */
-static void test_ranges_purged_others_kept(void **state) {
+/* state: NULL for vectors off, non-NULL for on */
+static int vectors_setup(void **state) {
+    if (*state) os_purge_vectors_on();
+    return 0;
+}
+
+static int vectors_teardown(void **state) {
     (void)state;
+    os_purge_vectors_off();
+    return 0;
+}
+
+static void test_ranges_purged_others_kept(void **state) {
     enum { PAGES = 1024 };
     char *m = map_filled(PAGES, 0xab);
     static bool want[PAGES];
@@ -64,7 +76,15 @@ static void test_ranges_purged_others_kept(void **state) {
     for (unsigned i = 0; i < n; i++) expect += r[i].len;
     bool ok[42];
     memset(ok, 0, sizeof ok);
+    unsigned long calls = os_purge_syscalls;
     assert_int_equal(os_purge_ranges(r, n, ok), expect);
+    calls = os_purge_syscalls - calls;
+    /* 40 + 1 + 1.5 MiB cut in 1 MiB pieces: 43 madvise calls, or with
+     * vectors 16 + 16 ranges, then 8 + 1 + 1 MiB, then 0.5 MiB: 4 calls */
+    if (!*state || os_purge_vectors_state() < 0) /* off, or the kernel refused them */
+        assert_true(calls >= 43);
+    else if (calls > 4)
+        fail_msg("%lu system calls for 42 ranges with vectors on (expected 4)", calls);
     for (unsigned i = 0; i < n; i++)
         if (!ok[i]) fail_msg("range %u reported not purged", i);
     check_pages(m, PAGES, want, 0xab);
@@ -75,7 +95,6 @@ static void test_ranges_purged_others_kept(void **state) {
  * is reported; the ranges before and after it in the same call are
  * purged, and the count is theirs. */
 static void test_refused_range_reported_alone(void **state) {
-    (void)state;
     enum { PAGES = 64 };
     char *m = map_filled(PAGES, 0x5c);
     assert_int_equal(munmap(m + 20 * TM_PAGE, 4 * TM_PAGE), 0); /* the hole */
@@ -85,6 +104,7 @@ static void test_refused_range_reported_alone(void **state) {
         {m + 40 * TM_PAGE, TM_PAGE},
     };
     bool ok[5];
+    (void)state;
     size_t got = os_purge_ranges(r, 5, ok);
     assert_true(ok[0] && ok[1] && !ok[2] && ok[3] && ok[4]);
     assert_int_equal(got, 7 * TM_PAGE);
@@ -132,10 +152,16 @@ static void test_batch_merges_and_flushes(void **state) {
 }
 
 int main(void) {
+    static int on = 1;
+#define BOTH(t)                                                                          \
+    {#t " (one madvise per range)", t, vectors_setup, vectors_teardown, NULL},           \
+    {                                                                                    \
+        #t " (vectors)", t, vectors_setup, vectors_teardown, &on                         \
+    }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ranges_purged_others_kept),
-        cmocka_unit_test(test_refused_range_reported_alone),
-        cmocka_unit_test(test_batch_merges_and_flushes),
+        BOTH(test_ranges_purged_others_kept),
+        BOTH(test_refused_range_reported_alone),
+        BOTH(test_batch_merges_and_flushes),
     };
     return cmocka_run_group_tests_name("unit_os_purge", tests, NULL, NULL);
 }
