@@ -298,19 +298,23 @@ static void test_malloc_stats_prints(void **state)
 
 /* With all = 1, madvise, process_madvise and munmap fail with ENOSYS; with
  * all = 0 only process_madvise does (as on a kernel that predates it, or
- * refuses it for the caller itself). Every other call is allowed. */
+ * refuses it for the caller itself); with all = -1 process_madvise kills
+ * the process, as a filter that does not list it may. Every other call is
+ * allowed. */
 static int refuse_release_calls(int all)
 {
+    unsigned refuse = all < 0 ? SECCOMP_RET_KILL_PROCESS
+                              : SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA);
     struct sock_filter f[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TU_AUDIT_ARCH, 1, 0),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_madvise, 3, 0),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, all ? __NR_madvise : ~0u, 2, 0),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, all ? __NR_munmap : ~0u, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, all > 0 ? __NR_madvise : ~0u, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, all > 0 ? __NR_munmap : ~0u, 1, 0),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, refuse),
     };
     struct sock_fprog prog = {.len = (unsigned short)TU_ARRAY_LEN(f), .filter = f};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
@@ -462,6 +466,32 @@ static int child_heapmin_without_process_madvise(void)
     return resident * 10 > total ? 17 : 0;
 }
 
+/* Under a filter that kills for process_madvise, _heapmin must not make
+ * the call at all: it reads "Seccomp:" in /proc/self/status first. */
+static int kill_on_vector(void) { return refuse_release_calls(-1); }
+
+static void test_heapmin_never_vectors_under_a_filter(void **state)
+{
+    (void)state;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (kill_on_vector() != 0)
+            _exit(77);
+        _exit(child_heapmin_without_process_madvise());
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (WIFSIGNALED(status))
+        fail_msg("the child died with signal %d: _heapmin() called process_madvise under a "
+                 "seccomp filter that kills for it",
+                 WTERMSIG(status));
+    if (WEXITSTATUS(status) == 77)
+        skip();
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 static void test_heapmin_without_process_madvise(void **state)
 {
     (void)state;
@@ -490,6 +520,7 @@ int main(void)
         cmocka_unit_test(test_heapmin_enosys_when_os_refuses),
         cmocka_unit_test(test_calloc_zero_after_refused_purge),
         cmocka_unit_test(test_heapmin_without_process_madvise),
+        cmocka_unit_test(test_heapmin_never_vectors_under_a_filter),
 #endif
     };
     return cmocka_run_group_tests_name("api_heapmin_contract (" TU_FLAVOUR ")", tests, NULL,
