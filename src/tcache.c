@@ -259,13 +259,26 @@ static void bin_reset(tm_tcache_t *tc, unsigned c, uint32_t count) {
     __atomic_store_n(&b->top, first + count, __ATOMIC_RELAXED);
 }
 
+/* After a drain a bin's next refill asks for one block, and the batch
+ * doubles from there (refill_want): the first refills after a _heapmin
+ * take blocks whose pages it has just given back, and a refill of `fill`
+ * blocks faulted in up to REFILL_COLD_PAGES (4) pages in one malloc --
+ * the worst call another thread saw during a trim (measured with a copy
+ * of bench/spike_trim that logs the faults of every call over 100 us: 5
+ * faults, 250-320 us, in 5 of 15 runs' worst calls). Ramping up again
+ * spreads those faults over the next calls, one or two each. */
+static void bin_restart(tm_tcache_t *tc, unsigned c) {
+    bin_reset(tc, c, 0); /* back to its first size */
+    tc->bins[c].fill = 1;
+}
+
 /* Empty every bin into the arenas. Caller holds tc->mu (or is the only
  * thread, in a fork child) and the owner is not on its fast path. */
 void tcache_drain_locked(tm_tcache_t *tc) {
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         tm_tc_bin_t *b = &tc->bins[c];
         if (b->top != b->base) arena_flush(c, b->base, tc_bin_count(b));
-        bin_reset(tc, c, 0); /* back to its first size */
+        bin_restart(tc, c);
     }
     if (tc->slots_mem) slots_release_grown(tc);
     if (tc->rl_n) arena_free_large_batch(tc->rl, tc->rl_n);
@@ -305,7 +318,7 @@ size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]) {
             memcpy(out + n, b->base, k * sizeof(void *));
             n += k;
         }
-        bin_reset(tc, c, 0);
+        bin_restart(tc, c);
     }
     if (tc->slots_mem && tc->slots_grown) {
         tc->slots_grown = false;

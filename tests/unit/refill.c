@@ -80,11 +80,39 @@ static void test_refill_hands_out_every_block(void **state) {
     arena_flush(cls, blocks, got);
 }
 
+/* A drain (here _heapmin's) restarts each bin's refill batch at one
+ * block: the first malloc after it takes one block from the arena, not a
+ * batch whose pages the trim has just given back (tcache.c, bin_restart). */
+static void test_refill_after_drain_takes_one_block(void **state) {
+    (void)state;
+    const unsigned cls = class_at_least(1024);
+    const size_t size = tm_classes[cls].size;
+    enum { N = 48 };
+    void *p[N];
+    for (int i = 0; i < N; i++) { /* several refills: the batch grows */
+        p[i] = TM_API(malloc)(size);
+        assert_non_null(p[i]);
+    }
+    tm_tcache_t *tc = tm_tls.tc;
+    assert_non_null(tc);
+    if (tc->bins[cls].fill <= 1) fail_msg("the refill batch did not grow (%u)", tc->bins[cls].fill);
+    for (int i = 0; i < N; i++) TM_API(free)(p[i]);
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    void *q = TM_API(malloc)(size);
+    assert_non_null(q);
+    tc = tm_tls.tc;
+    uint32_t left = tc_bin_count(&tc->bins[cls]);
+    if (left != 0)
+        fail_msg("the first refill after _heapmin took %u blocks (expected 1)", left + 1);
+    TM_API(free)(q);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refill_touches_at_most_four_pages),
         cmocka_unit_test(test_refill_small_class_gets_a_batch),
         cmocka_unit_test(test_refill_hands_out_every_block),
+        cmocka_unit_test(test_refill_after_drain_takes_one_block),
     };
     return cmocka_run_group_tests_name("unit_refill (" TU_FLAVOUR ")", tests, NULL, NULL);
 }
