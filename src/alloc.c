@@ -65,8 +65,7 @@ TM_EXPORT void *TM_API(malloc)(size_t size) { return malloc_inline(size); }
 
 /* True if p is the start of a block in a small-class slab; sets cls and
  * the page's fast[] entry. */
-TM_INLINE bool small_block(uintptr_t a, unsigned *cls_out, uint32_t *fast_out) {
-    uintptr_t e = pagemap_lookup(a);
+TM_INLINE bool small_block_e(uintptr_t a, uintptr_t e, unsigned *cls_out, uint32_t *fast_out) {
     if (unlikely(!(e & 1))) return false;
     const tm_chunk_t *c = (const tm_chunk_t *)(e - 1);
     uint32_t f = __atomic_load_n(&c->fast[(a >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1)],
@@ -77,6 +76,10 @@ TM_INLINE bool small_block(uintptr_t a, unsigned *cls_out, uint32_t *fast_out) {
     *fast_out = f;
     /* class 0 (div 1) fails unless off is 0 */
     return off * tm_class_fast.div[cls] < tm_class_fast.div[cls];
+}
+
+TM_INLINE bool small_block(uintptr_t a, unsigned *cls_out, uint32_t *fast_out) {
+    return small_block_e(a, pagemap_lookup(a), cls_out, fast_out);
 }
 
 /* Push small block p (class cls, page entry f) on the caller's cache. */
@@ -105,12 +108,12 @@ TM_INLINE void free_to_cache(void *p, unsigned cls, uint32_t f, uint64_t cookie)
     free_generic(p, "free");
 }
 
-/* free's body, inlined into the C++ operators too */
-TM_INLINE void free_inline(void *p) {
+/* free's body once the pagemap entry e of p is known */
+TM_INLINE void free_entry(void *p, uintptr_t e) {
     uintptr_t a = (uintptr_t)p;
     unsigned cls;
     uint32_t f;
-    if (likely(small_block(a, &cls, &f))) {
+    if (likely(small_block_e(a, e, &cls, &f))) {
         uint64_t cookie = a ^ tm_cookie_key;
         if (likely(*tm_cookie_slot(p) != cookie) && likely(!(f & TM_FAST_CHECK))) {
             free_to_cache(p, cls, f, cookie);
@@ -120,6 +123,24 @@ TM_INLINE void free_inline(void *p) {
         return;
     }
     free_generic(p, "free");
+}
+
+/* free of NULL, of a block outside the hot leaf (pagemap.c), or of a bad
+ * pointer: the same as free_inline, with the full lookup. */
+static void free_cold(void *p) __attribute__((noinline));
+static void free_cold(void *p) {
+    if (!p) return;
+    free_entry(p, pagemap_lookup((uintptr_t)p));
+}
+
+/* free's body, inlined into the C++ operators too */
+TM_INLINE void free_inline(void *p) {
+    uintptr_t e;
+    if (unlikely(!pagemap_lookup_hot((uintptr_t)p, &e))) {
+        free_cold(p);
+        return;
+    }
+    free_entry(p, e);
 }
 
 TM_EXPORT void TM_API(free)(void *p) { free_inline(p); }
