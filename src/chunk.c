@@ -371,7 +371,6 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
         tm_chunk_t *c;
         uint32_t page, n;   /* the run held */
         uint32_t lo, hi, r; /* purge [lo, hi), which holds r resident pages */
-        bool purged;
     } runs[GROWTH_PURGE_BATCH];
     int nruns = 0;
     size_t got = 0, released = 0;
@@ -426,14 +425,13 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
         ranges[i].len = (size_t)(runs[i].hi - runs[i].lo) << TM_PAGE_SHIFT;
     }
     stats_add_released(os_purge_ranges(ranges, (unsigned)nruns, purged));
-    for (int i = 0; i < nruns; i++) runs[i].purged = purged[i];
     pthread_mutex_lock(&a->lock);
     for (int i = 0; i < nruns; i++) {
         tm_chunk_t *c = runs[i].c;
         uint32_t p = runs[i].page, n = runs[i].n, lo = runs[i].lo;
         if (!run_still_held(c, p, n)) continue;
         run_unhold_locked(a, c, n);
-        if (runs[i].purged) {
+        if (purged[i]) {
             set_resident(c, lo, runs[i].hi - lo, false);
             released += runs[i].r;
         } else { /* the kernel refused: every page may hold data */

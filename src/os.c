@@ -164,10 +164,16 @@ int os_purge(void *p, size_t size) {
 
 /* Give back the whole pages inside [lo, hi): the partial pages at either
  * end may hold something else. Returns the bytes released (0 on refusal). */
+/* The whole pages inside [lo, hi) as [*a, *b); false if there are none. */
+static bool pages_inside(const void *lo, const void *hi, uintptr_t *a, uintptr_t *b) {
+    *a = ((uintptr_t)lo + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
+    *b = (uintptr_t)hi & ~(uintptr_t)TM_PAGE_MASK;
+    return *b > *a;
+}
+
 size_t os_purge_inside(const void *lo, const void *hi) {
-    uintptr_t a = ((uintptr_t)lo + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
-    uintptr_t b = (uintptr_t)hi & ~(uintptr_t)TM_PAGE_MASK;
-    return b > a && os_purge((void *)a, b - a) == 0 ? b - a : 0;
+    uintptr_t a, b;
+    return pages_inside(lo, hi, &a, &b) && os_purge((void *)a, b - a) == 0 ? b - a : 0;
 }
 
 /* ---- purging many ranges ---------------------------------------------------
@@ -201,12 +207,8 @@ size_t os_purge_inside(const void *lo, const void *hi) {
  * new call there. A filter installed by another thread while a _heapmin
  * runs is the one case left open. */
 #define OS_PIDFD_SELF_THREAD (-10000) /* PIDFD_SELF_THREAD, <linux/pidfd.h> */
-#ifndef OS_PURGE_VEC
-#define OS_PURGE_VEC 16 /* ranges per call */
-#endif
-#ifndef OS_PURGE_CALL_BYTES
+#define OS_PURGE_VEC 16                /* ranges per call */
 #define OS_PURGE_CALL_BYTES (1u << 20) /* bytes per call: longer ranges are cut */
-#endif
 /* 1: vectors on (a _heapmin checked); 0: off; -1: refused for good */
 static int vec_state;
 unsigned long os_purge_syscalls; /* madvise + process_madvise calls made (tests) */
@@ -291,9 +293,8 @@ size_t os_purge_ranges(const os_range_t *r, unsigned n, bool *ok) {
 }
 
 void os_batch_add(os_batch_t *b, const void *lo, const void *hi) {
-    uintptr_t a = ((uintptr_t)lo + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
-    uintptr_t e = (uintptr_t)hi & ~(uintptr_t)TM_PAGE_MASK;
-    if (e <= a) return;
+    uintptr_t a, e;
+    if (!pages_inside(lo, hi, &a, &e)) return;
     if (b->n && (uintptr_t)b->r[b->n - 1].base + b->r[b->n - 1].len == a) {
         b->r[b->n - 1].len += e - a;
         return;
