@@ -80,11 +80,12 @@ typedef struct os_range {
     size_t len; /* a page multiple */
 } os_range_t;
 size_t os_purge_ranges(const os_range_t *r, unsigned n, bool *ok);
-/* Between these, os_purge_ranges may use process_madvise (_heapmin only:
- * on checks that no seccomp filter applies; os.c says why). */
+/* Between these, os_purge_ranges in the calling thread may use
+ * process_madvise (_heapmin only: on checks that no seccomp filter applies
+ * to the caller; os.c says why). */
 void os_purge_vectors_on(void);
 void os_purge_vectors_off(void);
-int os_purge_vectors_state(void); /* 1 on, 0 off, -1 refused for good */
+int os_purge_vectors_state(void); /* the caller's: 1 on, 0 off; -1 refused for good */
 extern unsigned long os_purge_syscalls; /* calls os_purge_ranges made */
 /* A best-effort batch: add the whole pages inside [lo, hi) (merged with
  * the range before when they touch), purged when the batch is full or

@@ -196,26 +196,30 @@ size_t os_purge_inside(const void *lo, const void *hi) {
  * advised) leaves the rest of its ranges to madvise one by one, so ok[]
  * is exact either way.
  *
- * Vectors are used only inside _heapmin, and never under a seccomp
- * filter: a filter that lists madvise but not this newer call may kill
- * the process for it (systemd's SystemCallFilter= does, by default)
- * rather than answer an error. So each _heapmin first reads the
- * "Seccomp:" line of /proc/self/status (os_purge_vectors_on); a process
- * under a filter, which it can never leave, gets plain madvise for good.
- * The purges that run without an explicit call (decay, growth) keep one
- * madvise per range: no check, so no filter installed since can meet the
- * new call there. A filter installed by another thread while a _heapmin
- * runs is the one case left open. */
+ * Vectors are used only by the thread that calls _heapmin, while it runs,
+ * and never under a seccomp filter: a filter that lists madvise but not
+ * this newer call may kill the process for it (systemd's
+ * SystemCallFilter= does, by default) rather than answer an error. A
+ * filter belongs to a thread -- one can install its own, which no other
+ * thread has -- so each _heapmin first reads the "Seccomp:" line of its
+ * own thread's status, /proc/thread-self/status (os_purge_vectors_on;
+ * /proc/self/status shows the main thread's, and said 0 to a filtered
+ * thread); a filter seen there turns vectors off for good, in every
+ * thread. The permission is the caller's alone (vec_mine, in TLS): the
+ * purges other threads make meanwhile, and those that run without an
+ * explicit call (decay, growth), keep one madvise per range, so no
+ * thread that did not check its own filter ever makes the new call. */
 #define OS_PIDFD_SELF_THREAD (-10000) /* PIDFD_SELF_THREAD, <linux/pidfd.h> */
 #define OS_PURGE_VEC 16                /* ranges per call */
 #define OS_PURGE_CALL_BYTES (1u << 20) /* bytes per call: longer ranges are cut */
-/* 1: vectors on (a _heapmin checked); 0: off; -1: refused for good */
-static int vec_state;
+static bool vec_refused; /* the kernel refused them, or a filter was seen: for good */
+static __thread bool vec_mine __attribute__((tls_model("initial-exec"))); /* this thread checked */
 unsigned long os_purge_syscalls; /* madvise + process_madvise calls made (tests) */
 
-/* True if /proc/self/status says no seccomp filter applies (see above). */
+/* True if the calling thread's status says no seccomp filter applies to
+ * it (see above); false if it cannot be read. */
 static bool seccomp_off(void) {
-    static const char path[] = "/proc/self/status", key[] = "\nSeccomp:\t";
+    static const char path[] = "/proc/thread-self/status", key[] = "\nSeccomp:\t";
     char buf[2048]; /* the line is about 900 bytes in; not found: no vectors */
     long fd = os_sys(SYS_openat, AT_FDCWD, (long)path, O_RDONLY | O_CLOEXEC, 0, 0, 0);
     if (fd < 0) return false;
@@ -233,25 +237,25 @@ static bool seccomp_off(void) {
 }
 
 void os_purge_vectors_on(void) {
-    if (__atomic_load_n(&vec_state, __ATOMIC_RELAXED) < 0) return;
-    __atomic_store_n(&vec_state, seccomp_off() ? 1 : -1, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&vec_refused, __ATOMIC_RELAXED)) return;
+    if (seccomp_off()) vec_mine = true;
+    else __atomic_store_n(&vec_refused, true, __ATOMIC_RELAXED);
 }
 
-int os_purge_vectors_state(void) { return __atomic_load_n(&vec_state, __ATOMIC_RELAXED); }
-
-void os_purge_vectors_off(void) {
-    int on = 1;
-    __atomic_compare_exchange_n(&vec_state, &on, 0, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+int os_purge_vectors_state(void) {
+    return __atomic_load_n(&vec_refused, __ATOMIC_RELAXED) ? -1 : vec_mine;
 }
+
+void os_purge_vectors_off(void) { vec_mine = false; }
 
 /* Purge v[0..k); done[q] tells whether v[q] was. */
 static void purge_vec(struct iovec *v, unsigned k, bool *done) {
     unsigned q = 0;
-    if (k > 1 && __atomic_load_n(&vec_state, __ATOMIC_RELAXED) > 0) {
+    if (k > 1 && vec_mine && !__atomic_load_n(&vec_refused, __ATOMIC_RELAXED)) {
         long got = os_sys(SYS_process_madvise, OS_PIDFD_SELF_THREAD, (long)v, k, MADV_DONTNEED, 0, 0);
         __atomic_add_fetch(&os_purge_syscalls, 1, __ATOMIC_RELAXED);
         if (got == -EBADF || got == -EINVAL || got == -ENOSYS || got == -EPERM)
-            __atomic_store_n(&vec_state, -1, __ATOMIC_RELAXED);
+            __atomic_store_n(&vec_refused, true, __ATOMIC_RELAXED);
         for (size_t left = got > 0 ? (size_t)got : 0; q < k && left >= v[q].iov_len; q++) {
             left -= v[q].iov_len;
             done[q] = true;

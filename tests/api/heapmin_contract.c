@@ -22,6 +22,7 @@
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <pthread.h>
 
 #include "test_cmocka.h"
 
@@ -478,6 +479,40 @@ static void test_heapmin_never_vectors_under_a_filter(void **state)
     assert_int_equal(in_child_refusing(kill_on_vector, child_heapmin_without_process_madvise), 0);
 }
 
+/* A seccomp filter belongs to a thread: one thread can install its own,
+ * which the main thread does not have (and /proc/self/status, the main
+ * thread's, then still says "Seccomp: 0"). That thread calling _heapmin
+ * must not make the call its filter kills for. */
+static int no_filter(void) { return 0; }
+
+static void *filtered_thread(void *arg)
+{
+    *(int *)arg = kill_on_vector() != 0 ? 77 : child_heapmin_without_process_madvise();
+    return NULL;
+}
+
+static int child_heapmin_in_filtered_thread(void)
+{
+    int st = 10;
+    pthread_t t;
+    if (pthread_create(&t, NULL, filtered_thread, &st) != 0 || pthread_join(t, NULL) != 0)
+        return 10;
+    return st;
+}
+
+static void test_heapmin_in_a_filtered_thread(void **state)
+{
+    (void)state;
+    /* SIGSYS (the child dies of a signal) would mean _heapmin read the main
+     * thread's seccomp status, not its own, and called process_madvise */
+    int st = in_child_refusing(no_filter, child_heapmin_in_filtered_thread);
+    if (st == 77)
+        skip();
+    if (st == 17)
+        fail_msg("freed runs still resident after _heapmin() in a thread with a filter");
+    assert_int_equal(st, 0);
+}
+
 static void test_heapmin_without_process_madvise(void **state)
 {
     (void)state;
@@ -507,6 +542,7 @@ int main(void)
         cmocka_unit_test(test_calloc_zero_after_refused_purge),
         cmocka_unit_test(test_heapmin_without_process_madvise),
         cmocka_unit_test(test_heapmin_never_vectors_under_a_filter),
+        cmocka_unit_test(test_heapmin_in_a_filtered_thread),
 #endif
     };
     return cmocka_run_group_tests_name("api_heapmin_contract (" TU_FLAVOUR ")", tests, NULL,

@@ -10,6 +10,7 @@
 #include "test_cmocka.h"
 #include "internal.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 
 static char *map_filled(size_t pages, int byte) {
@@ -53,7 +54,9 @@ static int vectors_teardown(void **state) {
     return 0;
 }
 
-static void test_ranges_purged_others_kept(void **state) {
+/* Purges the 42 ranges, checks every page, and returns the system calls
+ * it took. */
+static unsigned long purge_42_ranges(void) {
     enum { PAGES = 1024 };
     char *m = map_filled(PAGES, 0xab);
     static bool want[PAGES];
@@ -79,16 +82,46 @@ static void test_ranges_purged_others_kept(void **state) {
     unsigned long calls = os_purge_syscalls;
     assert_int_equal(os_purge_ranges(r, n, ok), expect);
     calls = os_purge_syscalls - calls;
+    for (unsigned i = 0; i < n; i++)
+        if (!ok[i]) fail_msg("range %u reported not purged", i);
+    check_pages(m, PAGES, want, 0xab);
+    munmap(m, PAGES * TM_PAGE);
+    return calls;
+}
+
+static void test_ranges_purged_others_kept(void **state) {
+    unsigned long calls = purge_42_ranges();
     /* 40 + 1 + 1.5 MiB cut in 1 MiB pieces: 43 madvise calls, or with
      * vectors 16 + 16 ranges, then 8 + 1 + 1 MiB, then 0.5 MiB: 4 calls */
     if (!*state || os_purge_vectors_state() < 0) /* off, or the kernel refused them */
         assert_true(calls >= 43);
     else if (calls > 4)
         fail_msg("%lu system calls for 42 ranges with vectors on (expected 4)", calls);
-    for (unsigned i = 0; i < n; i++)
-        if (!ok[i]) fail_msg("range %u reported not purged", i);
-    check_pages(m, PAGES, want, 0xab);
-    munmap(m, PAGES * TM_PAGE);
+}
+
+static void *purge_in_thread(void *arg) {
+    *(unsigned long *)arg = purge_42_ranges();
+    return NULL;
+}
+
+/* Vectors are the permission of the thread that turned them on (a
+ * _heapmin caller, which checked its own seccomp filter): another thread
+ * purging meanwhile -- which may have a filter of its own -- makes one
+ * madvise per range. */
+static void test_vectors_are_the_callers_alone(void **state) {
+    (void)state;
+    os_purge_vectors_on();
+    int mine = os_purge_vectors_state();
+    unsigned long calls = 0;
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, purge_in_thread, &calls), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    if (calls < 43)
+        fail_msg("another thread used process_madvise (%lu calls for 42 ranges) while "
+                 "this one had vectors on", calls);
+    calls = purge_42_ranges();
+    if (mine > 0 && calls > 4)
+        fail_msg("%lu system calls for 42 ranges in the thread with vectors on", calls);
 }
 
 /* The middle range is not mapped: madvise refuses it (ENOMEM). It alone
@@ -162,6 +195,7 @@ int main(void) {
         BOTH(test_ranges_purged_others_kept),
         BOTH(test_refused_range_reported_alone),
         BOTH(test_batch_merges_and_flushes),
+        cmocka_unit_test_teardown(test_vectors_are_the_callers_alone, vectors_teardown),
     };
     return cmocka_run_group_tests_name("unit_os_purge", tests, NULL, NULL);
 }
