@@ -376,6 +376,8 @@ unsigned tcache_take_remote_locked(tm_tcache_t *tc, void **out); /* tc->mu held;
 void tcache_settle_locked(tm_tcache_t *tc);
 void tcache_drain_locked(tm_tcache_t *tc);  /* tc->mu held; empty every bin */
 size_t tcache_slots_max(void);
+#define TC_START_SLOTS 8 /* a bin's size until the thread holds more (tcache.c) */
+void tcache_slot_regions(size_t *first_start, size_t *grown_start); /* tests */
 size_t tcache_blocks_locked(tm_tcache_t *tc); /* tc->mu held; a snapshot */
 size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]); /* tc->mu held */
 void tcache_release_grown_slots(tm_tcache_t *tc); /* after take_locked, tc->mu dropped */

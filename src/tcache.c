@@ -169,19 +169,28 @@ void tcache_registry_unlock(void) { pthread_mutex_unlock(&registry_lock); }
 tm_tcache_t *tcache_registry_first(void) { return registry; }
 unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_RELAXED); }
 
-/* A bin starts at its class's capacity (scaled by the tcache_scale option,
- * at least 1 unless caching is off) and may grow to TC_GROW_MAX times
- * that, but not past tc_grow_bytes() of blocks: 64 KiB up to 1 KiB, where
+/* A bin starts small, at TC_START_SLOTS blocks (or its class's capacity if
+ * that is less), and grows by doubling each time it swings from empty to
+ * full (tcache_free_slow): to its class's capacity (scaled by the
+ * tcache_scale option, at least 1 unless caching is off), then on to
+ * TC_GROW_MAX times that, but not past tc_grow_bytes() of blocks: 64 KiB up to 1 KiB, where
  * a grown bin would otherwise hold many blocks a producer/consumer pair
  * keeps cycling, and 256 KiB above, where the first capacities are small
  * (16-32 blocks) and a program that handles its 1-8 KiB blocks in batches
  * of 64 swung every batch through the transfer cache (measured: the size
  * sweep's 1 and 2 threads ran 8-9% faster at 256 KiB, same peak RSS; 512
  * KiB gained nothing more). See tcache_free_slow. A cache's slots are one
- * mapping: first every bin's slots at its first size, packed, so a thread
- * that uses a few classes touches a page or two of them; then, for each
- * class that can grow, room for its largest size, where a bin moves when
- * it first grows and which stays untouched otherwise. */
+ * mapping in three parts: every bin's start slots, packed (2 KiB: a thread
+ * that holds few blocks of each class touches one page of its cache's
+ * slots, where the full capacities took five); then each class's room for
+ * its capacity, where a bin moves when it first grows; then, for each
+ * class that can grow further, room for its largest size. A drain puts
+ * every bin back in its start slots and gives back the pages of the
+ * grown-bin slots if a bin moved there (slots_grown, slots_purge_grown);
+ * those of the capacities' slots go back when the thread exits
+ * (slots_first, slots_release_first). A thread that uses few blocks also
+ * takes few: a refill asks for at most half the bin (refill_want), 4
+ * blocks while it is in its start slots. */
 #define TC_GROW_MAX 4
 /* the remote large-free queue (tcache_free_large) */
 #define TC_RL_BYTES (1024u << 10)
@@ -194,23 +203,34 @@ static uint32_t bin_cap(unsigned cls) {
     return cap > 65535 / TC_GROW_MAX ? 65535 / TC_GROW_MAX : (uint32_t)cap;
 }
 
+static uint32_t bin_cap_start(unsigned cls) {
+    uint32_t cap = bin_cap(cls);
+    return cap < TC_START_SLOTS ? cap : TC_START_SLOTS;
+}
+
 static uint32_t bin_cap_max(unsigned cls) {
     uint32_t cap = bin_cap(cls), by_bytes = tc_grow_bytes(tm_classes[cls].size) / tm_classes[cls].size;
     uint32_t max = cap * TC_GROW_MAX < by_bytes ? cap * TC_GROW_MAX : by_bytes;
     return max > cap ? max : cap;
 }
 
-/* Slot offsets of class c's bin at its first size and grown (0: cannot
- * grow), and the slots of a whole cache: fixed once the options are read
- * (tcache_scale is not settable after start). */
-static uint32_t slot_first[TM_NCLASSES + 1], slot_grown[TM_NCLASSES + 1];
-static size_t slot_grown_start, slot_total;
+/* Slot offsets of class c's bin at its start size, at its capacity (0:
+ * its capacity is its start size) and grown (0: cannot grow), and the
+ * slots of a whole cache: fixed once the options are read (tcache_scale is
+ * not settable after start). */
+static uint32_t slot_start[TM_NCLASSES + 1], slot_first[TM_NCLASSES + 1], slot_grown[TM_NCLASSES + 1];
+static size_t slot_first_start, slot_grown_start, slot_total;
 
 static void slot_layout_init(void) {
     size_t n = 0;
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
-        slot_first[c] = (uint32_t)n;
-        n += bin_cap(c);
+        slot_start[c] = (uint32_t)n;
+        n += bin_cap_start(c);
+    }
+    slot_first_start = n;
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+        slot_first[c] = bin_cap(c) > bin_cap_start(c) ? (uint32_t)n : 0;
+        if (slot_first[c]) n += bin_cap(c);
     }
     slot_grown_start = n;
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
@@ -221,15 +241,27 @@ static void slot_layout_init(void) {
 }
 
 /* Give the pages of tc's grown-bin slots back to the kernel. Only once
- * every bin is back in its first-size slots (a drain), and while no bin
- * can grow into them: a bin that grew meanwhile would write slots the
- * kernel is zeroing. The owner's own drains (settle, thread exit, fork
- * child) call it with tc->mu held; a trimmer calls
- * tcache_release_grown_slots after dropping tc->mu, with slots_releasing
- * set, so the owner waits for neither the madvise nor its TLB shootdown. */
+ * every bin is back in its start slots (a drain), and while no bin can
+ * grow into them: a bin that grew meanwhile would write slots the kernel
+ * is zeroing. The owner's own drains (settle, thread exit, fork child)
+ * call it with tc->mu held; a trimmer calls tcache_release_grown_slots
+ * after dropping tc->mu, with slots_releasing set, so the owner waits for
+ * neither the madvise nor its TLB shootdown. */
 static void slots_purge_grown(tm_tcache_t *tc) {
     void **slots = tc->slots_mem;
     os_purge_inside(slots + slot_grown_start, slots + slot_total); /* metadata: not counted */
+}
+
+/* The same for the slots at the bins' capacities, once the cache's thread
+ * has gone (thread exit, fork child): a live thread keeps them, because
+ * its next bin to leave its start slots would fault a page in inside a
+ * malloc or free (measured: that fault was the worst call the prober of
+ * bench/spike_trim saw after a _heapmin, 185-233 us, in 3 runs of 5). */
+static void slots_release_first(tm_tcache_t *tc) {
+    if (!tc->slots_mem || !tc->slots_first) return;
+    void **slots = tc->slots_mem;
+    os_purge_inside(slots + slot_first_start, slots + slot_grown_start); /* metadata */
+    tc->slots_first = false;
 }
 
 static void slots_release_grown(tm_tcache_t *tc) {
@@ -246,17 +278,24 @@ void tcache_release_grown_slots(tm_tcache_t *tc) {
     pthread_mutex_unlock(&tc->mu);
 }
 
-/* Put bin c of tc at its first size, in its first-size slots, with the
- * count blocks it holds moved there (count <= its first size). */
-static void bin_reset(tm_tcache_t *tc, unsigned c, uint32_t count) {
+/* Put bin c of tc at its capacity, in those slots, with the count blocks
+ * it holds moved there (count <= its capacity) -- or, with to_start and
+ * if they fit, at its start size, in its start slots. */
+static void bin_reset(tm_tcache_t *tc, unsigned c, uint32_t count, bool to_start) {
     tm_tc_bin_t *b = &tc->bins[c];
-    uint32_t cap = bin_cap(c);
-    void **first = (void **)tc->slots_mem + slot_first[c];
+    uint32_t cap = bin_cap_start(c);
+    void **to = (void **)tc->slots_mem + slot_start[c];
     if (!cap) return;
-    if (b->base != first && count) memmove(first, b->base, count * sizeof(void *));
-    b->base = first;
-    b->limit = first + cap;
-    __atomic_store_n(&b->top, first + count, __ATOMIC_RELAXED);
+    if ((count > cap || !to_start) && slot_first[c]) {
+        cap = bin_cap(c);
+        to = (void **)tc->slots_mem + slot_first[c];
+        tc->slots_first = true;
+    }
+    if (b->base != to && count) memmove(to, b->base, count * sizeof(void *));
+    b->base = to;
+    b->limit = to + cap;
+    b->taken = 0;
+    __atomic_store_n(&b->top, to + count, __ATOMIC_RELAXED);
 }
 
 /* After a drain a bin's next refill asks for one block, and the batch
@@ -268,7 +307,7 @@ static void bin_reset(tm_tcache_t *tc, unsigned c, uint32_t count) {
  * faults, 250-320 us, in 5 of 15 runs' worst calls). Ramping up again
  * spreads those faults over the next calls, one or two each. */
 static void bin_restart(tm_tcache_t *tc, unsigned c) {
-    bin_reset(tc, c, 0); /* back to its first size */
+    bin_reset(tc, c, 0, true); /* back to its start size */
     tc->bins[c].fill = 1;
 }
 
@@ -287,6 +326,13 @@ void tcache_drain_locked(tm_tcache_t *tc) {
 
 /* The most blocks one cache can hold, for the options in force. */
 size_t tcache_slots_max(void) { return slot_total; } /* >= the sum of the largest sizes */
+
+/* Where the slots at the bins' capacities lie in a cache's slots: from
+ * slot *first_start to slot *grown_start (tests). */
+void tcache_slot_regions(size_t *first_start, size_t *grown_start) {
+    *first_start = slot_first_start;
+    *grown_start = slot_grown_start;
+}
 
 /* Blocks in tc's bins. Caller holds tc->mu, so no bin moves; the owner's
  * fast path may still push and pop, so the count is a snapshot (world.c
@@ -334,6 +380,7 @@ static void tcache_destructor(void *arg) {
     tm_tls.state = TLS_DEAD; /* from now on no one points tls.tc back at tc */
     __atomic_store_n(&tm_tls.tc, &tm_tcache_sentinel, __ATOMIC_RELEASE);
     tcache_drain_locked(tc);
+    slots_release_first(tc);
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&tc->mu);
     pthread_mutex_lock(&registry_lock);
@@ -385,7 +432,7 @@ static tm_tcache_t *tcache_create(void) {
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         uint32_t cap = bin_cap(c);
         tc->bins[c] = (tm_tc_bin_t){0}; /* NULL base, top and limit if cap is 0 */
-        bin_reset(tc, c, 0);
+        bin_reset(tc, c, 0, true);
         tc->bins[c].fill = (uint16_t)(cap >= 32 ? cap / 16 : 1);
     }
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
@@ -512,11 +559,13 @@ static void tcache_gc_locked(tm_tcache_t *tc) {
         count -= n;
         __atomic_store_n(&b->top, b->base + count, __ATOMIC_RELAXED);
         b->fill = (uint16_t)(b->fill / 2 ? b->fill / 2 : 1);
-        /* a bin that grew shrinks by half (count <= cap / 2 already), and
-         * at its first size goes back to its first-size slots */
+        /* a bin that grew past its capacity shrinks by half (count <= cap
+         * / 2 already), and back to the slots for its capacity: an idle
+         * bin does not go back to its start size (a program that uses a
+         * class in bursts would grow it again each time); a drain does */
         uint32_t cap = tc_bin_cap(b), first = bin_cap(cls);
         if (cap / 2 > first) b->limit = b->base + cap / 2;
-        else if (cap > first) bin_reset(tc, cls, count);
+        else if (cap > first) bin_reset(tc, cls, count, false);
         flushed = true;
     }
     b->gc_count = (uint16_t)count;
@@ -603,10 +652,21 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
             arena_refill(tc->arena, cls, &p, 1);
         else {
             if (b->top == b->base) {
+                bool start = b->base == (void **)tc->slots_mem + slot_start[cls];
+                if (start && b->taken >= TC_START_SLOTS && slot_first[cls] && !tc->slots_releasing) {
+                    /* empty again after refills that brought a start
+                     * size of blocks, none of which came back: the
+                     * thread holds more than its start size, so the bin
+                     * moves to its capacity now */
+                    bin_reset(tc, cls, 0, false);
+                    cap = tc_bin_cap(b);
+                    start = false;
+                }
                 uint32_t want = refill_want(b, cap);
                 uint32_t got = xfer_get(cls, b->base, want);
                 if (got == 0) got = arena_refill(tc->arena, cls, b->base, want);
                 b->missed = 1;
+                if (start) b->taken = (uint8_t)(b->taken + got > 255 ? 255 : b->taken + got);
                 __atomic_store_n(&b->top, b->base + got, __ATOMIC_RELAXED);
             }
             if (b->top != b->base) {
@@ -661,19 +721,26 @@ void tcache_free_slow(void *p, unsigned cls) {
          * to the transfer cache (a producer that frees in batches, say).
          * Make it twice as big instead of flushing; an idle bin shrinks
          * back (tcache_gc_locked), and a drain resets it. */
-        cap = cap * 2 < bin_cap_max(cls) ? cap * 2 : bin_cap_max(cls);
-        void **grown = (void **)tc->slots_mem + slot_grown[cls];
-        if (b->base != grown) { /* first growth: move to the room for its largest size */
-            tc->slots_grown = true;
-            memcpy(grown, b->base, count * sizeof(void *));
-            b->base = grown;
-            __atomic_store_n(&b->top, grown + count, __ATOMIC_RELAXED);
+        if (cap < bin_cap(cls)) cap = bin_cap(cls); /* from its start size: at once */
+        else cap = cap * 2 < bin_cap_max(cls) ? cap * 2 : bin_cap_max(cls);
+        /* out of the start slots: to the room for its capacity, then to
+         * the room for its largest size */
+        bool first = cap <= bin_cap(cls);
+        void **to = (void **)tc->slots_mem + (first ? slot_first[cls] : slot_grown[cls]);
+        if (b->base != to) {
+            if (first) tc->slots_first = true;
+            else tc->slots_grown = true;
+            memcpy(to, b->base, count * sizeof(void *));
+            b->base = to;
+            __atomic_store_n(&b->top, to + count, __ATOMIC_RELAXED);
         }
         b->limit = b->base + cap;
         b->missed = 0;
+        b->taken = 0;
     } else if (cap && count >= cap) {
         /* Flush the older half (the bottom of the stack). */
         b->missed = 0;
+        b->taken = 0;
         uint32_t n = cap / 2 ? cap / 2 : count;
         if (!xfer_put(cls, b->base, n)) arena_flush(cls, b->base, n);
         memmove(b->base, b->base + n, (count - n) * sizeof(void *));
@@ -830,6 +897,7 @@ void tcache_fork_child(void) {
             continue;
         }
         tcache_drain_locked(tc);
+        slots_release_first(tc);
         if (tc->prev) tc->prev->next = tc->next;
         else registry = tc->next;
         if (tc->next) tc->next->prev = tc->prev;

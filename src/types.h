@@ -223,7 +223,9 @@ typedef struct tm_tc_bin {
                             doubles per refill up to half the capacity */
     uint16_t gc_count;   /* blocks held at the last garbage-collection visit */
     uint8_t missed;      /* a refill since the bin last overflowed */
-    uint8_t pad[3];
+    uint8_t taken;       /* blocks refills brought since the bin last
+                            overflowed, while at its start size (to 255) */
+    uint8_t pad[2];
 } tm_tc_bin_t;
 
 struct tm_tcache;
@@ -255,6 +257,8 @@ typedef struct tm_tcache {
     size_t slots_size;
     bool slots_grown;           /* a bin moved to its grown slots since they
                                    were last given back (under mu) */
+    bool slots_first;           /* a bin moved to the slots for its capacity
+                                   since they were last given back (under mu) */
     bool slots_releasing;       /* a trimmer is giving back the grown-bin
                                    slots' pages: no bin may grow (tcache.c) */
     /* garbage collection of idle bins (tcache.c), under mu */

@@ -1,0 +1,176 @@
+/*
+ * tcache_slots.c (unit) -- where a thread cache keeps its bins (tcache.c):
+ * a bin starts in its start slots, TC_START_SLOTS blocks packed with every
+ * other class's in the first 2 KiB, so a thread that holds a few blocks of
+ * each class touches one page of its cache's slots; it moves to the slots
+ * for its full capacity as soon as the thread takes more (a second refill
+ * with no free in between, or an overflow after a refill); and when the
+ * thread exits those slots' pages go back to the kernel, while a live
+ * thread keeps them through a _heapmin (its next move would fault).
+ *
+ * Each scenario runs on a fresh thread: it starts with an empty cache.
+ */
+#include "test_cmocka.h"
+#include "internal.h"
+
+#include <pthread.h>
+#include <sys/mman.h>
+
+static const size_t sizes[] = {16, 48, 64, 100, 200, 300, 500, 700, 1000,
+                               1500, 2500, 3500, 5000, 7000, 8192};
+
+static unsigned cls_of(size_t size) { return size_class_of(size); }
+
+static bool page_resident(const void *p) {
+    unsigned char v = 0;
+    uintptr_t pg = (uintptr_t)p & ~(uintptr_t)TM_PAGE_MASK;
+    assert_int_equal(mincore((void *)pg, TM_PAGE, &v), 0);
+    return v & 1;
+}
+
+/* ---- a few blocks of each class: the start slots only ------------------------ */
+
+static void *few_blocks(void *arg) {
+    const char **why = arg;
+    void *p[TU_ARRAY_LEN(sizes)][3];
+    for (size_t k = 0; k < TU_ARRAY_LEN(sizes); k++)
+        for (int i = 0; i < 3; i++) {
+            p[k][i] = TM_API(malloc)(sizes[k]);
+            if (!p[k][i]) *why = "malloc failed";
+        }
+    for (size_t k = 0; k < TU_ARRAY_LEN(sizes); k++)
+        for (int i = 0; i < 3; i++) TM_API(free)(p[k][i]);
+    tm_tcache_t *tc = tm_tls.own;
+    char *lo = tc->slots_mem, *hi = lo + TM_NCLASSES * TC_START_SLOTS * sizeof(void *);
+    for (size_t k = 0; k < TU_ARRAY_LEN(sizes); k++) {
+        tm_tc_bin_t *b = &tc->bins[cls_of(sizes[k])];
+        if (tc_bin_cap(b) > TC_START_SLOTS) { static char m[96]; snprintf(m, sizeof m, "the %zu-byte bin, holding 3 blocks, is at %u blocks", sizes[k], tc_bin_cap(b)); *why = m; }
+        else if ((char *)b->base < lo || (char *)b->limit > hi) *why = "a bin is outside the start slots";
+    }
+    return NULL;
+}
+
+static void test_few_blocks_stay_in_the_start_slots(void **state) {
+    (void)state;
+    const char *why = NULL;
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, few_blocks, &why), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    if (why) fail_msg("%s", why);
+}
+
+/* ---- a burst: the bin moves to its capacity ---------------------------------- */
+
+enum { BURST = 100 };
+
+typedef struct {
+    size_t size;
+    uint32_t cap_after_mallocs, cap_after_frees;
+    const char *why;
+} burst_t;
+
+static void *burst(void *arg) {
+    burst_t *r = arg;
+    void *p[BURST];
+    for (int i = 0; i < BURST; i++)
+        if (!(p[i] = TM_API(malloc)(r->size))) r->why = "malloc failed";
+    tm_tcache_t *tc = tm_tls.own;
+    tm_tc_bin_t *b = &tc->bins[cls_of(r->size)];
+    r->cap_after_mallocs = tc_bin_cap(b);
+    for (int i = 0; i < BURST; i++) TM_API(free)(p[i]);
+    r->cap_after_frees = tc_bin_cap(b);
+    return NULL;
+}
+
+static void test_a_burst_moves_the_bin_to_its_capacity(void **state) {
+    (void)state;
+    const size_t test_sizes[] = {64, 1000, 3500};
+    for (size_t k = 0; k < TU_ARRAY_LEN(test_sizes); k++) {
+        burst_t r = {.size = test_sizes[k]};
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, burst, &r), 0);
+        assert_int_equal(pthread_join(t, NULL), 0);
+        if (r.why) fail_msg("%s", r.why);
+        uint32_t cap = tm_classes[cls_of(r.size)].tc_cap; /* tcache_scale 100 */
+        if (r.cap_after_mallocs < cap)
+            fail_msg("%zu-byte bin at %u blocks after %d mallocs (its capacity: %u): it "
+                     "stayed small, every few mallocs a refill",
+                     r.size, r.cap_after_mallocs, BURST, cap);
+        if (r.cap_after_frees < cap)
+            fail_msg("%zu-byte bin shrank to %u after the frees", r.size, r.cap_after_frees);
+    }
+}
+
+/* ---- the capacity slots' pages: back at thread exit, kept through a trim ------ */
+
+typedef struct {
+    tm_tcache_t *tc;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int phase; /* 1: the worker has made its bursts; 2: it may exit */
+} worker_t;
+
+static void *bursts_then_wait(void *arg) {
+    worker_t *w = arg;
+    void *p[BURST];
+    for (size_t k = 0; k < TU_ARRAY_LEN(sizes); k++) {
+        for (int i = 0; i < BURST; i++) p[i] = TM_API(malloc)(sizes[k]);
+        for (int i = 0; i < BURST; i++) TM_API(free)(p[i]);
+    }
+    pthread_mutex_lock(&w->mu);
+    w->tc = tm_tls.own;
+    w->phase = 1;
+    pthread_cond_broadcast(&w->cv);
+    while (w->phase != 2) pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+/* Resident pages of tc's slots at the bins' capacities (whole pages of
+ * them only: the start slots and the grown slots share a page with them). */
+static unsigned capacity_pages_resident(const tm_tcache_t *tc) {
+    size_t first, grown;
+    tcache_slot_regions(&first, &grown);
+    uintptr_t lo = ((uintptr_t)tc->slots_mem + first * sizeof(void *) + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
+    uintptr_t hi = ((uintptr_t)tc->slots_mem + grown * sizeof(void *)) & ~(uintptr_t)TM_PAGE_MASK;
+    assert_true(hi > lo); /* at the default scale they span pages */
+    unsigned n = 0;
+    for (uintptr_t pg = lo; pg < hi; pg += TM_PAGE) n += page_resident((void *)pg);
+    return n;
+}
+
+static void test_capacity_slots_go_back_when_the_thread_exits(void **state) {
+    (void)state;
+    worker_t w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, bursts_then_wait, &w), 0);
+    pthread_mutex_lock(&w.mu);
+    while (w.phase != 1) pthread_cond_wait(&w.cv, &w.mu);
+    pthread_mutex_unlock(&w.mu);
+    unsigned live = capacity_pages_resident(w.tc);
+    if (live == 0) fail_msg("the bursts touched no page of the capacity slots: test is void");
+    /* A _heapmin drains the live worker's cache but keeps those pages. */
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    unsigned after_trim = capacity_pages_resident(w.tc);
+    if (after_trim < live)
+        fail_msg("_heapmin gave back %u of the %u capacity-slot pages of a live thread: its "
+                 "next bin to grow faults a page in inside malloc", live - after_trim, live);
+    pthread_mutex_lock(&w.mu);
+    w.phase = 2;
+    pthread_cond_broadcast(&w.cv);
+    pthread_mutex_unlock(&w.mu);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    /* The cache now waits for a new thread, with no page past the start slots. */
+    unsigned dead = capacity_pages_resident(w.tc);
+    if (dead)
+        fail_msg("%u of the exited thread's capacity-slot pages are still resident", dead);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_few_blocks_stay_in_the_start_slots),
+        cmocka_unit_test(test_a_burst_moves_the_bin_to_its_capacity),
+        cmocka_unit_test(test_capacity_slots_go_back_when_the_thread_exits),
+    };
+    return cmocka_run_group_tests_name("unit_tcache_slots (" TU_FLAVOUR ")", tests, NULL, NULL);
+}
