@@ -57,17 +57,18 @@ set(TRIMALLOC_HOT_FUNCTIONS
   tcache_arena xfer_get xfer_put xfer_gc tcache_registry_lock tcache_registry_unlock
   tcache_registry_first xfer_fork_prepare xfer_fork_parent xfer_fork_child
   tcache_fork_child tcache_free_large tcache_large_reuse
+  bin_reset bin_restart bin_cap_start refill_want slots_release_first slots_purge_grown
   # arena.c
   arena_get arena_choose_locked arena_refill arena_flush arena_alloc_large
   arena_free_large large_free_locked arena_free_large_batch arena_large_usable
   arena_large_resize_in_place slab_of
-  slab_destroy_locked slab_set_fresh_locked arena_release_idle_slab
+  slab_destroy_locked slab_set_fresh_locked slab_set_purged_locked arena_release_idle_slab
   arena_fork_prepare arena_fork_parent arena_fork_child
   # chunk.c
   chunk_create chunk_attach_locked run_alloc_locked run_free_locked arena_decay_tick
   run_insert_free_locked runs_index_insert_locked runs_index_remove_locked
   run_try_grow_locked run_shrink_locked chunk_slot_take_locked chunk_slot_put_locked
-  resident_set_locked purge_victim_next
+  resident_set_locked purge_victim_next count_resident set_resident idle_pages slot_find
   # background.c
   background_maybe_start background_fork_child
   # huge.c, heapmin.c, stats.c: what fork, exit and a purge call
@@ -89,7 +90,7 @@ set(TRIMALLOC_HOT_DATA
   tm_class_fast recycled meta_cur meta_end
   tm_classes meta_total
   slot_grown os_fail_countdown_active
-  slot_first xfer registry_lock arenas_lock meta_lock pm_lock tm_gstats meta_freed
+  slot_first slot_start slot_first_start xfer registry_lock arenas_lock meta_lock pm_lock tm_gstats meta_freed
   # Indexed by arena too, 3 KiB.
   arena_bound tm_arenas
   # The pagemap: root[0] (free(NULL)) shares the page above; its last root
