@@ -170,10 +170,12 @@ tm_tcache_t *tcache_registry_first(void) { return registry; }
 unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_RELAXED); }
 
 /* A bin starts small, at TC_START_SLOTS blocks (or its class's capacity if
- * that is less), and grows by doubling each time it swings from empty to
- * full (tcache_free_slow): to its class's capacity (scaled by the
- * tcache_scale option, at least 1 unless caching is off), then on to
- * TC_GROW_MAX times that, but not past tc_grow_bytes() of blocks: 64 KiB up to 1 KiB, where
+ * that is less), and moves to its class's capacity (scaled by the
+ * tcache_scale option, at least 1 unless caching is off) as soon as the
+ * thread holds more than that (tcache_malloc_slow, tcache_free_slow). From
+ * there it doubles each time it swings from empty to full, up to
+ * TC_GROW_MAX times its capacity, but not past tc_grow_bytes() of blocks:
+ * 64 KiB up to 1 KiB, where
  * a grown bin would otherwise hold many blocks a producer/consumer pair
  * keeps cycling, and 256 KiB above, where the first capacities are small
  * (16-32 blocks) and a program that handles its 1-8 KiB blocks in batches
