@@ -162,8 +162,6 @@ int os_purge(void *p, size_t size) {
 #endif
 }
 
-/* Give back the whole pages inside [lo, hi): the partial pages at either
- * end may hold something else. Returns the bytes released (0 on refusal). */
 /* The whole pages inside [lo, hi) as [*a, *b); false if there are none. */
 static bool pages_inside(const void *lo, const void *hi, uintptr_t *a, uintptr_t *b) {
     *a = ((uintptr_t)lo + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
@@ -171,6 +169,8 @@ static bool pages_inside(const void *lo, const void *hi, uintptr_t *a, uintptr_t
     return *b > *a;
 }
 
+/* Give back the whole pages inside [lo, hi): the partial pages at either
+ * end may hold something else. Returns the bytes released (0 on refusal). */
 size_t os_purge_inside(const void *lo, const void *hi) {
     uintptr_t a, b;
     return pages_inside(lo, hi, &a, &b) && os_purge((void *)a, b - a) == 0 ? b - a : 0;

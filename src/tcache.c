@@ -723,20 +723,19 @@ void tcache_free_slow(void *p, unsigned cls) {
          * to the transfer cache (a producer that frees in batches, say).
          * Make it twice as big instead of flushing; an idle bin shrinks
          * back (tcache_gc_locked), and a drain resets it. */
-        if (cap < bin_cap(cls)) cap = bin_cap(cls); /* from its start size: at once */
-        else cap = cap * 2 < bin_cap_max(cls) ? cap * 2 : bin_cap_max(cls);
-        /* out of the start slots: to the room for its capacity, then to
-         * the room for its largest size */
-        bool first = cap <= bin_cap(cls);
-        void **to = (void **)tc->slots_mem + (first ? slot_first[cls] : slot_grown[cls]);
-        if (b->base != to) {
-            if (first) tc->slots_first = true;
-            else tc->slots_grown = true;
-            memcpy(to, b->base, count * sizeof(void *));
-            b->base = to;
-            __atomic_store_n(&b->top, to + count, __ATOMIC_RELAXED);
+        if (cap < bin_cap(cls)) { /* from its start size to its capacity, at once */
+            bin_reset(tc, cls, count, false);
+        } else { /* past its capacity: to the room for its largest size */
+            cap = cap * 2 < bin_cap_max(cls) ? cap * 2 : bin_cap_max(cls);
+            void **grown = (void **)tc->slots_mem + slot_grown[cls];
+            if (b->base != grown) {
+                tc->slots_grown = true;
+                memcpy(grown, b->base, count * sizeof(void *));
+                b->base = grown;
+                __atomic_store_n(&b->top, grown + count, __ATOMIC_RELAXED);
+            }
+            b->limit = b->base + cap;
         }
-        b->limit = b->base + cap;
         b->missed = 0;
         b->taken = 0;
     } else if (cap && count >= cap) {
