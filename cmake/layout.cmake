@@ -43,11 +43,11 @@ set(TRIMALLOC_HOT_FUNCTIONS
   __libc_malloc __libc_free __libc_calloc __libc_realloc __libc_memalign
   __libc_valloc __libc_pvalloc __libc_cfree cfree __posix_memalign
   # init.c, options.c, size_class.c
-  tm_constructor tm_init_slow fork_prepare fork_parent fork_child
+  tm_constructor tm_init_slow tm_fork_register fork_prepare fork_parent fork_child
   options_init size_class_init
   # os.c
   os_map os_map_aligned os_unmap os_purge os_purge_inside os_ncpus os_random os_now_ns
-  os_now_ns_raw
+  os_now_ns_raw os_getpid os_yield
   # meta.c, pagemap.c
   meta_alloc meta_free meta_fork_prepare meta_fork_parent meta_fork_child
   pagemap_set pagemap_clear pagemap_fork_prepare pagemap_fork_parent pagemap_fork_child
@@ -86,7 +86,7 @@ set(TRIMALLOC_HOT_DATA
   # (the 8-, 4- and 1-byte ones fill their tails).
   init_lock init_owner pm_hot tm_cookie_key slot_total
   tm_opt slot_grown_start
-  tm_class_tiny tc_key_ok tm_initialized init_running tc_key registry_count tm_narenas registry
+  tm_class_tiny tc_key_ok tm_initialized tm_fork_ready init_running tc_key registry_count tm_narenas registry
   tm_class_fast recycled meta_cur meta_end
   tm_classes meta_total
   slot_grown os_fail_countdown_active

@@ -17,7 +17,7 @@ static pthread_mutex_t arenas_lock = PTHREAD_MUTEX_INITIALIZER;
 tm_arena_t *arena_get(unsigned index) {
     tm_arena_t *a = __atomic_load_n(&tm_arenas[index], __ATOMIC_ACQUIRE);
     if (likely(a)) return a;
-    pthread_mutex_lock(&arenas_lock);
+    tm_lock(&arenas_lock);
     a = tm_arenas[index];
     if (!a) {
         a = meta_alloc(sizeof(tm_arena_t));
@@ -52,7 +52,7 @@ unsigned arena_choose_locked(unsigned bound[]) {
 static bool arena_grow_locked(tm_arena_t *a) {
     pthread_mutex_unlock(&a->lock);
     tm_chunk_t *c = chunk_create(a);
-    pthread_mutex_lock(&a->lock);
+    tm_lock(&a->lock);
     if (!c) return false;
     chunk_attach_locked(a, c);
     return true;
@@ -243,7 +243,7 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
     unsigned got = 0, cold_left = REFILL_COLD_PAGES;
     uintptr_t cold_pg = 0;
     bool stop = false;
-    pthread_mutex_lock(&a->lock);
+    tm_lock(&a->lock);
     while (got < n && !stop) {
         tm_slab_t *s = b->partial;
         if (!s) {
@@ -350,7 +350,7 @@ void arena_flush(unsigned cls, void **blocks, unsigned n) {
         }
         tm_arena_t *a = c0->arena;
         unsigned keep = 0, i = 0, done = 0;
-        pthread_mutex_lock(&a->lock);
+        tm_lock(&a->lock);
         for (; i < n && done < FLUSH_BATCH; i++) {
             tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)blocks[i]));
             if (unlikely(!c)) {
@@ -375,7 +375,7 @@ void arena_flush(unsigned cls, void **blocks, unsigned n) {
  * cache's garbage collection finds the class idle (tcache.c): free runs
  * are what the growth purge can give back. */
 void arena_release_idle_slab(tm_arena_t *a, unsigned cls) {
-    pthread_mutex_lock(&a->lock);
+    tm_lock(&a->lock);
     tm_arena_bin_t *b = &a->bins[cls];
     tm_slab_t *s = b->partial;
     if (s && !s->next && s->nfree == s->nblocks) {
@@ -391,7 +391,7 @@ void arena_release_idle_slab(tm_arena_t *a, unsigned cls) {
 void arena_release_empty_slabs(tm_arena_t *a) {
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         tm_arena_bin_t *b = &a->bins[c];
-        pthread_mutex_lock(&a->lock);
+        tm_lock(&a->lock);
         for (tm_slab_t *s = b->partial, *next; s; s = next) {
             next = s->next;
             if (s->nfree == s->nblocks) {
@@ -512,7 +512,7 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
     for (bool first = true;; first = false) {
         slab_plan_t plan[SLAB_PURGE_BATCH];
         int n = 0;
-        pthread_mutex_lock(&a->lock);
+        tm_lock(&a->lock);
         if (first) c = a->chunks;
         int seen = 0; /* slabs looked at: bounds the hold, even where few give pages */
         while (c && seen < SLAB_PURGE_BATCH) {
@@ -547,7 +547,7 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
         }
         released += os_batch_flush(&batch);
         if (!n) continue;
-        pthread_mutex_lock(&a->lock);
+        tm_lock(&a->lock);
         for (int k = 0; k < n; k++) slab_put_back_locked(a, &plan[k]);
         pthread_mutex_unlock(&a->lock);
     }
@@ -602,7 +602,7 @@ static void chunk_pack_slabs_locked(tm_arena_t *a, tm_chunk_t *c) {
 
 size_t arena_compact_slabs(tm_arena_t *a) {
     size_t released = 0;
-    pthread_mutex_lock(&a->lock);
+    tm_lock(&a->lock);
     /* chunks stay while the lock is dropped: only _heapmin unmaps them */
     for (tm_chunk_t *c = a->chunks; c; c = c->next) {
         chunk_pack_slabs_locked(a, c);
@@ -619,7 +619,7 @@ void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero) {
     size_t align_pages = align > TM_PAGE ? align >> TM_PAGE_SHIFT : 1;
     uint32_t page;
     bool zeroed;
-    pthread_mutex_lock(&a->lock);
+    tm_lock(&a->lock);
     tm_chunk_t *c = run_alloc_locked(a, npages, align_pages, &page, &zeroed);
     if (!c) {
         if (!arena_grow_locked(a) ||
@@ -668,7 +668,7 @@ static void large_free_report(unsigned kind, void *p) {
 void arena_free_large(tm_chunk_t *c, uint32_t page, void *p) {
     tm_arena_t *a = c->arena;
     unsigned kind;
-    pthread_mutex_lock(&a->lock);
+    tm_lock(&a->lock);
     size_t freed = large_free_locked(a, c, page, p, &kind);
     pthread_mutex_unlock(&a->lock);
     if (unlikely(!freed)) large_free_report(kind, p);
@@ -693,7 +693,7 @@ size_t arena_free_large_batch(void **runs, unsigned n) {
         tm_arena_t *a = c0->arena;
         unsigned keep = 0, i = 0, done = 0, kind = 0;
         void *bad = NULL;
-        pthread_mutex_lock(&a->lock);
+        tm_lock(&a->lock);
         for (; i < n && done < FLUSH_BATCH && !bad; i++) {
             tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)runs[i]));
             if (c && c->arena == a) {
@@ -724,7 +724,7 @@ size_t arena_large_usable(tm_chunk_t *c, uint32_t page) {
 /* The size of the large run at page, freed or not; 0 if none starts there. */
 size_t arena_large_size(tm_chunk_t *c, uint32_t page) {
     tm_arena_t *a = c->arena;
-    pthread_mutex_lock(&a->lock);
+    tm_lock(&a->lock);
     tm_page_t *h = &c->pages[page];
     size_t r = h->kind == PAGE_LARGE ? (size_t)h->npages << TM_PAGE_SHIFT : 0;
     pthread_mutex_unlock(&a->lock);
@@ -735,7 +735,7 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
     tm_arena_t *a = c->arena;
     uint32_t nn = (uint32_t)((new_size + TM_PAGE_MASK) >> TM_PAGE_SHIFT);
     bool ok = false;
-    pthread_mutex_lock(&a->lock);
+    tm_lock(&a->lock);
     tm_page_t *h = &c->pages[page];
     if (h->kind == PAGE_LARGE) {
         uint32_t n = h->npages;
@@ -759,9 +759,9 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
 /* ---- fork ----------------------------------------------------------------------- */
 
 void arena_fork_prepare(void) {
-    pthread_mutex_lock(&arenas_lock);
+    tm_lock(&arenas_lock);
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++)
-        if (tm_arenas[i]) pthread_mutex_lock(&tm_arenas[i]->lock);
+        if (tm_arenas[i]) tm_lock(&tm_arenas[i]->lock);
 }
 
 void arena_fork_parent(void) {

@@ -60,6 +60,7 @@ void background_maybe_start(void) {
     int rc = pthread_attr_init(&attr);
     if (rc == 0) {
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        tm_fork_register(); /* before the process has a second thread (init.c) */
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old); /* the new thread inherits it */
         rc = pthread_create(&t, &attr, background_main, NULL);

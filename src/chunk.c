@@ -425,7 +425,7 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
         ranges[i].len = (size_t)(runs[i].hi - runs[i].lo) << TM_PAGE_SHIFT;
     }
     stats_add_released(os_purge_ranges(ranges, (unsigned)nruns, purged));
-    pthread_mutex_lock(&a->lock);
+    tm_lock(&a->lock);
     for (int i = 0; i < nruns; i++) {
         tm_chunk_t *c = runs[i].c;
         uint32_t p = runs[i].page, n = runs[i].n, lo = runs[i].lo;
@@ -510,7 +510,7 @@ static size_t growth_purge_others(unsigned self, tm_arena_t *b, unsigned k, uint
                                   uint64_t now_ns, uint32_t fresh) {
     size_t got = 0;
     for (; b && got < fresh; b = purge_victim_next(self, &k, epoch, &now_ns)) {
-        if (pthread_mutex_trylock(&b->lock) != 0) continue;
+        if (tm_trylock(&b->lock) != 0) continue;
         size_t idle = idle_pages(b->index, epoch);
         size_t need = fresh - got > PURGE_MIN ? fresh - got : PURGE_MIN;
         if (idle > need) idle = need;
@@ -584,7 +584,7 @@ void arena_decay_tick(void) {
         if (!a) continue;
         uint64_t began = RSS_LOAD(i, decay_ns);
         if (RSS_LOAD(i, decay_due) < PURGE_MIN && began <= now && now - began < quarter) continue;
-        if (pthread_mutex_trylock(&a->lock) != 0) continue;
+        if (tm_trylock(&a->lock) != 0) continue;
         began = rss[i].decay_ns;
         /* (a quarter another thread began after our clock read is not
          * closed: began > now starts it again, harmlessly) */
@@ -643,7 +643,7 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
         if (victim && got < fresh) {
             pthread_mutex_unlock(&a->lock);
             growth_purge_others(a->index, victim, k, epoch, now_ns, fresh - (uint32_t)got);
-            pthread_mutex_lock(&a->lock);
+            tm_lock(&a->lock);
         }
         if (run_still_held(c, page, len)) {
             run_unhold_locked(a, c, len);
@@ -756,7 +756,7 @@ uint32_t chunk_slot_take_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uin
         do {
             pthread_mutex_unlock(&a->lock);
             os_yield();
-            pthread_mutex_lock(&a->lock);
+            tm_lock(&a->lock);
         } while ((s = slot_find(c)) < 0);
     }
     c->slab_used[s >> 6] |= 1ull << (s & 63);
@@ -788,7 +788,7 @@ size_t chunk_slab_pool_release_locked(tm_arena_t *a, tm_chunk_t *c) {
     c->slab_busy = (uint32_t)(((1ull << p1) - 1) & ~((1ull << p0) - 1));
     pthread_mutex_unlock(&a->lock);
     size_t released = os_purge_inside((void *)lo, (void *)hi);
-    pthread_mutex_lock(&a->lock);
+    tm_lock(&a->lock);
     c->slab_busy = 0;
     if (!released && hwm > c->slab_hwm) c->slab_hwm = (uint16_t)hwm; /* refused: still there */
     return released;
@@ -894,7 +894,7 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
         struct { tm_chunk_t *c; uint32_t page, n; } runs[PURGE_BATCH];
         tm_chunk_t *empty[PURGE_BATCH];
         int nruns = 0, nempty = 0;
-        pthread_mutex_lock(&a->lock);
+        tm_lock(&a->lock);
         if (round == 0) c = a->chunks;
         while (c && nruns < PURGE_BATCH && nempty < PURGE_BATCH) {
             tm_chunk_t *next = c->next;
@@ -952,7 +952,7 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
         unsigned failed = (unsigned)kept;
         for (int i = 0; i < nruns; i++) failed += !purged[i];
         if (nruns || kept) {
-            pthread_mutex_lock(&a->lock);
+            tm_lock(&a->lock);
             for (int i = 0; i < kept; i++) { /* munmap refused: contents stay */
                 chunk_attach_locked(a, empty[i]);
                 empty[i]->pages[0].zeroed = 0;

@@ -84,7 +84,7 @@ static bool heap_ever_mapped(void) {
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (!a) continue;
-        pthread_mutex_lock(&a->lock);
+        tm_lock(&a->lock);
         size_t n = a->nchunks;
         pthread_mutex_unlock(&a->lock);
         if (n) return true;
@@ -299,7 +299,7 @@ static int check_all(void) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (!a) continue;
         memset(&s, 0, sizeof s);
-        pthread_mutex_lock(&a->lock);
+        tm_lock(&a->lock);
         int rc = check_arena_locked(a, &s);
         pthread_mutex_unlock(&a->lock);
         if (rc != _HEAPOK) return rc;
@@ -370,7 +370,7 @@ TM_EXPORT int TM_API(_heapset)(unsigned int fill) {
         for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
             tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
             if (!a) continue;
-            pthread_mutex_lock(&a->lock);
+            tm_lock(&a->lock);
             fill_arena_locked(a, (unsigned char)fill);
             pthread_mutex_unlock(&a->lock);
         }
@@ -519,7 +519,7 @@ static int walk_next(uintptr_t after, uintptr_t from, walk_entry_t *out) {
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (!a) continue;
-        pthread_mutex_lock(&a->lock);
+        tm_lock(&a->lock);
         size_t left = a->nchunks;
         for (tm_chunk_t *c = a->chunks; c && left; c = c->next, left--) {
             if (!valid && in_chunk(c, after)) valid = entry_at_locked(c, after);
@@ -555,7 +555,7 @@ static int walk_next(uintptr_t after, uintptr_t from, walk_entry_t *out) {
     if (best_chunk) {
         /* chunks are not unmapped while we hold the trim lock */
         tm_arena_t *a = best_chunk->arena;
-        pthread_mutex_lock(&a->lock);
+        tm_lock(&a->lock);
         int rc = chunk_next_locked(best_chunk, best_chunk->base, &best_e);
         pthread_mutex_unlock(&a->lock);
         if (rc != _HEAPOK) return rc == _HEAPEND ? _HEAPBADBEGIN : rc;

@@ -16,7 +16,7 @@
 
 static pthread_mutex_t trim_lock = PTHREAD_MUTEX_INITIALIZER;
 
-void heapmin_lock(void) { pthread_mutex_lock(&trim_lock); }
+void heapmin_lock(void) { tm_lock(&trim_lock); }
 void heapmin_unlock(void) { pthread_mutex_unlock(&trim_lock); }
 void heapmin_fork_child(void) { pthread_mutex_init(&trim_lock, NULL); }
 
@@ -51,7 +51,7 @@ static size_t trim_all(unsigned *failures) {
  * chunks staying mapped under the trim lock), and never waiting for it:
  * the caller may hold its cache's lock, which a trimmer takes. */
 bool heapmin_release_for_retry(void) {
-    if (pthread_mutex_trylock(&trim_lock) != 0) return false;
+    if (tm_trylock(&trim_lock) != 0) return false;
     size_t released = huge_release_cache(NULL);
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);

@@ -21,7 +21,7 @@ static size_t huge_live_bytes, huge_live_mapped, huge_cache_bytes;
 static unsigned huge_cache_count;
 #define HUGE_CACHE_MAX_COUNT 16
 
-void huge_lock(void) { pthread_mutex_lock(&huge_mu); }
+void huge_lock(void) { tm_lock(&huge_mu); }
 void huge_unlock(void) { pthread_mutex_unlock(&huge_mu); }
 
 static void list_push(tm_huge_t **head, tm_huge_t *h) {
@@ -54,7 +54,7 @@ static bool huge_unmap(tm_huge_t *h) {
 }
 
 static void huge_cache_put_back(tm_huge_t *h) {
-    pthread_mutex_lock(&huge_mu);
+    tm_lock(&huge_mu);
     list_push(&huge_cache, h);
     huge_cache_bytes += h->mapped;
     __atomic_store_n(&huge_cache_count, huge_cache_count + 1, __ATOMIC_RELAXED);
@@ -65,7 +65,7 @@ static void huge_cache_put_back(tm_huge_t *h) {
 static void huge_decay(uint64_t now) {
     if (!__atomic_load_n(&huge_cache_count, __ATOMIC_RELAXED)) return;
     tm_huge_t *old = NULL;
-    pthread_mutex_lock(&huge_mu);
+    tm_lock(&huge_mu);
     uint64_t limit = (uint64_t)tm_opt.decay_ms * 1000000ull;
     for (tm_huge_t *h = huge_cache, *next; h; h = next) {
         next = h->next;
@@ -91,7 +91,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
     tm_huge_t *h = NULL;
     bool guard = tm_opt.guard != 0;
     if (align <= TM_CHUNK && __atomic_load_n(&huge_cache_count, __ATOMIC_RELAXED) && !guard) {
-        pthread_mutex_lock(&huge_mu);
+        tm_lock(&huge_mu);
         tm_huge_t *best = NULL;
         for (tm_huge_t *it = huge_cache; it; it = it->next)
             if (it->mapped >= msize && (!best || it->mapped < best->mapped)) best = it;
@@ -135,7 +135,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
         }
     }
     h->size = msize;
-    pthread_mutex_lock(&huge_mu);
+    tm_lock(&huge_mu);
     list_push(&huge_live, h);
     huge_live_bytes += h->size;
     huge_live_mapped += h->mapped;
@@ -145,7 +145,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
 }
 
 void huge_free(tm_huge_t *h, void *p) {
-    pthread_mutex_lock(&huge_mu);
+    tm_lock(&huge_mu);
     if (unlikely(h->base != (uintptr_t)p)) {
         pthread_mutex_unlock(&huge_mu);
         tm_invalid_pointer("free", p);
@@ -191,7 +191,7 @@ void huge_free(tm_huge_t *h, void *p) {
 void *huge_realloc(tm_huge_t *h, void *p, size_t size) {
     size_t msize = huge_map_size(size);
     if (msize < size) return NULL;
-    pthread_mutex_lock(&huge_mu);
+    tm_lock(&huge_mu);
     size_t old_mapped = h->mapped, old_size = h->size;
     pthread_mutex_unlock(&huge_mu);
     if (old_mapped != old_size) { /* guarded: move to a new guarded block */
@@ -226,7 +226,7 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size) {
         }
         pagemap_clear((uintptr_t)p);
     }
-    pthread_mutex_lock(&huge_mu);
+    tm_lock(&huge_mu);
     huge_live_bytes += msize - h->size;
     huge_live_mapped += msize - h->mapped;
     h->base = (uintptr_t)np;
@@ -237,7 +237,7 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size) {
 }
 
 size_t huge_release_cache(unsigned *failures) {
-    pthread_mutex_lock(&huge_mu);
+    tm_lock(&huge_mu);
     tm_huge_t *all = huge_cache;
     huge_cache = NULL;
     huge_cache_bytes = 0;
@@ -267,7 +267,7 @@ void huge_foreach_locked(huge_visit_fn fn, void *arg) {
     for (tm_huge_t *h = huge_live; h; h = h->next) fn(h, arg);
 }
 
-void huge_fork_prepare(void) { pthread_mutex_lock(&huge_mu); }
+void huge_fork_prepare(void) { tm_lock(&huge_mu); }
 void huge_fork_parent(void) { pthread_mutex_unlock(&huge_mu); }
 void huge_fork_child(void) { pthread_mutex_init(&huge_mu, NULL); }
 
@@ -276,7 +276,7 @@ void huge_fork_child(void) { pthread_mutex_init(&huge_mu, NULL); }
 bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size) {
     size_t msize = huge_map_size(size);
     if (msize < size || h->base != (uintptr_t)p) return false;
-    pthread_mutex_lock(&huge_mu);
+    tm_lock(&huge_mu);
     size_t old_mapped = h->mapped, old_size = h->size;
     pthread_mutex_unlock(&huge_mu);
     if (old_mapped != old_size) return msize <= old_size; /* guarded: no resizing */
@@ -290,7 +290,7 @@ bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size) {
     } else if (!os_remap(p, old_mapped, msize, 0, NULL)) {
         return false;
     }
-    pthread_mutex_lock(&huge_mu);
+    tm_lock(&huge_mu);
     huge_live_bytes += msize - h->size;
     huge_live_mapped += msize - h->mapped;
     h->size = msize;

@@ -16,10 +16,35 @@
  * thread is inside the allocator's locked state when the address space is
  * copied; the child re-initialises the locks and drains the caches of the
  * threads that do not exist in it.
+ *
+ * The handlers are registered only once the process has a second thread.
+ * pthread_atfork faults in 128 KiB of libc a single-threaded program never
+ * touches otherwise (64 KiB of code around it, 64 KiB of read-only data
+ * around a constant it loads: measured, a program that makes no
+ * allocation of its own is resident 1348 KiB with it, 1156 without, 1140
+ * with glibc's malloc), and a single-threaded fork needs no handler: the
+ * forking thread is not inside the allocator, so every lock is free and
+ * every structure whole. What must hold is: when any thread forks while
+ * another is inside a locked section, the handlers are registered. Every
+ * allocator lock is taken through tm_lock (internal.h), which registers
+ * them first if glibc's __libc_single_threaded says another thread exists.
+ * A section that began with no other thread in the process cannot have one
+ * appear before it ends (its thread is in the allocator, not in
+ * pthread_create; the background thread registers before it starts), so
+ * the registration always happens at a section's first lock, with no
+ * allocator lock held, and pthread_atfork may allocate. Left out on
+ * purpose: a thread's fast path takes no lock, so a thread that never
+ * allocated before it forks while another's fast path runs gets a child
+ * that keeps that other cache (leaked in the child, skipped by _heapmin
+ * there if its busy flag was set: world.c); nothing is lost or locked.
  */
 #include "internal.h"
 
 volatile int tm_initialized;
+/* 0: the handlers are not registered; 2: they are; odd: a thread of the
+ * process (tm_fork_ready >> 2) is registering them */
+volatile int tm_fork_ready;
+static __thread bool fork_registering __attribute__((tls_model("initial-exec")));
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_t init_owner;
 static volatile int init_running;
@@ -53,6 +78,7 @@ static void fork_parent(void) {
 }
 
 static void fork_child(void) {
+    __atomic_store_n(&tm_fork_ready, 2, __ATOMIC_RELAXED); /* they ran: they are registered */
     meta_fork_child();
     pagemap_fork_child();
     huge_fork_child();
@@ -79,11 +105,44 @@ void tm_init_slow(void) {
         tm_narenas = n;
         tcache_init();
         __atomic_store_n(&tm_initialized, 1, __ATOMIC_RELEASE);
-        pthread_atfork(fork_prepare, fork_parent, fork_child);
+        if (!TM_LAZY_FORK || !__libc_single_threaded) tm_fork_register();
         atexit(stats_print_at_exit); /* prints if stats_print is set by then */
         init_running = 0;
     }
     pthread_mutex_unlock(&init_lock);
+}
+
+/* Register the fork handlers now, whether or not another thread exists
+ * (tm_fork_check calls it when one does). Called with no allocator lock
+ * held: pthread_atfork may allocate, which re-enters here and returns. One
+ * thread registers; any other waits until it has. A fork child whose
+ * parent forked in the middle of a registration has the handlers if the
+ * fork came after them (fork_child then set 2), and otherwise registers
+ * again itself. */
+void tm_fork_register(void) {
+    if (!tm_initialized) return; /* tm_init_slow registers once initialised */
+    for (;;) {
+        int s = __atomic_load_n(&tm_fork_ready, __ATOMIC_ACQUIRE);
+        if (s == 2) return;
+        if (s == 0) {
+            int mine = (int)(os_getpid() << 2) | 1; /* pids are below 2^22 */
+            if (!__atomic_compare_exchange_n(&tm_fork_ready, &s, mine, false, __ATOMIC_ACQ_REL,
+                                             __ATOMIC_ACQUIRE))
+                continue;
+            fork_registering = true;
+            pthread_atfork(fork_prepare, fork_parent, fork_child);
+            fork_registering = false;
+            __atomic_store_n(&tm_fork_ready, 2, __ATOMIC_RELEASE);
+            return;
+        }
+        if (fork_registering) return; /* pthread_atfork allocating */
+        if (s >> 2 != (int)os_getpid()) { /* a child: its parent's registration had not begun */
+            __atomic_compare_exchange_n(&tm_fork_ready, &s, 0, false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED);
+            continue;
+        }
+        os_yield();
+    }
 }
 
 __attribute__((constructor(101))) static void tm_constructor(void) { tm_init(); }

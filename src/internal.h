@@ -104,6 +104,7 @@ int os_heavy_barrier(void);                  /* membarrier or fallback */
 uint64_t os_now_ns(void);
 uint64_t os_now_ns_raw(void); /* by a system call, no libc or vDSO page */
 void os_yield(void);
+long os_getpid(void);                        /* a system call: libc's is not needed */
 unsigned os_ncpus(void);
 void os_random(void *buf, size_t n);
 void os_set_fail_after(long n);              /* fault injection: nth map fails */
@@ -417,6 +418,36 @@ extern volatile int tm_initialized;
 TM_COLD void tm_init_slow(void);
 TM_INLINE void tm_init(void) {
     if (unlikely(!tm_initialized)) tm_init_slow();
+}
+
+/* The fork handlers are registered when the process first has a second
+ * thread, not at start-up (init.c says why). tm_fork_ready is 2 once they
+ * are; every allocator lock is taken through tm_lock or tm_trylock, which
+ * register them first if another thread exists by then. */
+#if defined(__has_include)
+#if __has_include(<sys/single_threaded.h>)
+#include <sys/single_threaded.h>
+#define TM_LAZY_FORK 1
+#endif
+#endif
+#ifndef TM_LAZY_FORK
+#define TM_LAZY_FORK 0
+#endif
+extern volatile int tm_fork_ready;
+void tm_fork_register(void);
+TM_INLINE void tm_fork_check(void) {
+#if TM_LAZY_FORK
+    if (unlikely(__atomic_load_n(&tm_fork_ready, __ATOMIC_ACQUIRE) != 2) && !__libc_single_threaded)
+        tm_fork_register();
+#endif
+}
+TM_INLINE void tm_lock(pthread_mutex_t *m) {
+    tm_fork_check();
+    pthread_mutex_lock(m);
+}
+TM_INLINE int tm_trylock(pthread_mutex_t *m) {
+    tm_fork_check();
+    return pthread_mutex_trylock(m);
 }
 
 /* ---- options.c ------------------------------------------------------------------------ */

@@ -32,7 +32,7 @@ void *meta_alloc(size_t size) {
         if (p) __atomic_add_fetch(&meta_total, sz, __ATOMIC_RELAXED);
         return p; /* fresh pages are zero */
     }
-    pthread_mutex_lock(&meta_lock);
+    tm_lock(&meta_lock);
     meta_free_t *f = meta_freed ? meta_lists[size / META_STEP] : NULL;
     if (f) {
         meta_lists[size / META_STEP] = f->next;
@@ -70,7 +70,7 @@ void meta_free(void *p, size_t size) {
          * page, past the first page that holds the free-list link. */
         os_purge_inside((char *)p + TM_PAGE, (char *)p + size);
     }
-    pthread_mutex_lock(&meta_lock);
+    tm_lock(&meta_lock);
     meta_free_t *f = p;
     meta_freed = true;
     f->next = meta_lists[size / META_STEP];
@@ -78,6 +78,6 @@ void meta_free(void *p, size_t size) {
     pthread_mutex_unlock(&meta_lock);
 }
 
-void meta_fork_prepare(void) { pthread_mutex_lock(&meta_lock); }
+void meta_fork_prepare(void) { tm_lock(&meta_lock); }
 void meta_fork_parent(void) { pthread_mutex_unlock(&meta_lock); }
 void meta_fork_child(void) { pthread_mutex_init(&meta_lock, NULL); }

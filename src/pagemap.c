@@ -38,7 +38,7 @@ static pthread_mutex_t pm_lock = PTHREAD_MUTEX_INITIALIZER;
 int pagemap_set(uintptr_t chunk_addr, uintptr_t entry) {
     uintptr_t i1 = chunk_addr >> PM_ROOT_SHIFT;
     if (i1 >= PM_ROOT_SIZE) return -1;
-    pthread_mutex_lock(&pm_lock);
+    tm_lock(&pm_lock);
     pm_leaf_t *leaf = (pm_leaf_t *)((char *)&pm_map.zero + pm_map.root[i1]);
     if (leaf == &pm_map.zero) {
         /* Map outside the lock would be nicer; leaves are rare (one per
@@ -65,7 +65,7 @@ int pagemap_set(uintptr_t chunk_addr, uintptr_t entry) {
 void pagemap_clear(uintptr_t chunk_addr) {
     uintptr_t i1 = chunk_addr >> PM_ROOT_SHIFT;
     if (i1 >= PM_ROOT_SIZE) return;
-    pthread_mutex_lock(&pm_lock);
+    tm_lock(&pm_lock);
     pm_leaf_t *leaf = (pm_leaf_t *)((char *)&pm_map.zero + pm_map.root[i1]);
     if (leaf != &pm_map.zero)
         __atomic_store_n(&leaf->e[(chunk_addr >> TM_CHUNK_SHIFT) & (PM_LEAF_SIZE - 1)], 0,
@@ -76,6 +76,6 @@ void pagemap_clear(uintptr_t chunk_addr) {
 void pagemap_fork_prepare(void);
 void pagemap_fork_parent(void);
 void pagemap_fork_child(void);
-void pagemap_fork_prepare(void) { pthread_mutex_lock(&pm_lock); }
+void pagemap_fork_prepare(void) { tm_lock(&pm_lock); }
 void pagemap_fork_parent(void) { pthread_mutex_unlock(&pm_lock); }
 void pagemap_fork_child(void) { pthread_mutex_init(&pm_lock, NULL); }

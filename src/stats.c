@@ -26,7 +26,7 @@ typedef struct arena_sums {
 } arena_sums_t;
 
 static void arena_sum(tm_arena_t *a, arena_sums_t *s) {
-    pthread_mutex_lock(&a->lock);
+    tm_lock(&a->lock);
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         s->small_out += a->bins[c].cur_blocks * tm_classes[c].size;
         s->slab_bytes += a->bins[c].nslabs * tm_classes[c].slab_pages * TM_PAGE;
@@ -87,7 +87,7 @@ TM_EXPORT int TM_API(trimalloc_stats_arena)(unsigned index, trimalloc_arena_stat
     if (!a) return 0; /* not created yet: no thread has used it */
     arena_sums_t s = {0};
     arena_sum(a, &s);
-    pthread_mutex_lock(&a->lock);
+    tm_lock(&a->lock);
     out->nthreads = a->nthreads;
     out->large_nmalloc = a->large_nmalloc;
     out->large_nfree = a->large_nfree;
@@ -114,7 +114,7 @@ TM_EXPORT int TM_API(trimalloc_stats_class)(unsigned cls, trimalloc_class_stats_
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (!a) continue;
-        pthread_mutex_lock(&a->lock);
+        tm_lock(&a->lock);
         out->nslabs += a->bins[cls].nslabs;
         out->blocks_out += a->bins[cls].cur_blocks;
         out->nmalloc += a->bins[cls].nmalloc;

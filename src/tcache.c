@@ -71,7 +71,7 @@ static void xfer_init(void) {
 static bool xfer_put(unsigned cls, void **blocks, uint32_t n) {
     tm_xfer_t *x = &xfer[cls];
     if (__atomic_load_n(&x->count, __ATOMIC_RELAXED) + n > __atomic_load_n(&x->cap, __ATOMIC_RELAXED)) return false;
-    pthread_mutex_lock(&x->lock);
+    tm_lock(&x->lock);
     uint32_t cnt = x->count;
     bool ok = cnt + n <= x->cap;
     if (ok) {
@@ -86,7 +86,7 @@ static bool xfer_put(unsigned cls, void **blocks, uint32_t n) {
 static uint32_t xfer_get(unsigned cls, void **blocks, uint32_t n) {
     tm_xfer_t *x = &xfer[cls];
     if (!__atomic_load_n(&x->count, __ATOMIC_RELAXED)) return 0;
-    pthread_mutex_lock(&x->lock);
+    tm_lock(&x->lock);
     uint32_t cnt = x->count, k = cnt < n ? cnt : n;
     __atomic_store_n(&x->count, cnt - k, __ATOMIC_RELAXED);
     memcpy(blocks, x->slots + cnt - k, k * sizeof(void *));
@@ -109,7 +109,7 @@ void xfer_drain_all(void) {
     os_batch_t slots = {.n = 0, .released = 0}; /* metadata: not counted */
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         tm_xfer_t *x = &xfer[c];
-        pthread_mutex_lock(&x->lock);
+        tm_lock(&x->lock);
         caps[c] = x->cap;
         __atomic_store_n(&x->cap, 0, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&x->lock);
@@ -120,7 +120,7 @@ void xfer_drain_all(void) {
     os_batch_flush(&slots);
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         tm_xfer_t *x = &xfer[c];
-        pthread_mutex_lock(&x->lock);
+        tm_lock(&x->lock);
         __atomic_store_n(&x->cap, caps[c], __ATOMIC_RELAXED);
         pthread_mutex_unlock(&x->lock);
     }
@@ -134,7 +134,7 @@ static bool xfer_gc(unsigned cls) {
     uint32_t cnt = __atomic_load_n(&x->count, __ATOMIC_RELAXED);
     bool flushed = false;
     if (!cnt && !__atomic_load_n(&x->gc_count, __ATOMIC_RELAXED)) return false;
-    pthread_mutex_lock(&x->lock);
+    tm_lock(&x->lock);
     cnt = x->count;
     if (cnt && cnt == x->gc_count) {
         arena_flush(cls, x->slots, cnt);
@@ -155,7 +155,7 @@ static size_t xfer_cached_bytes(void) {
 }
 
 void xfer_fork_prepare(void) {
-    for (unsigned c = 1; c <= TM_NCLASSES; c++) pthread_mutex_lock(&xfer[c].lock);
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) tm_lock(&xfer[c].lock);
 }
 void xfer_fork_parent(void) {
     for (unsigned c = 1; c <= TM_NCLASSES; c++) pthread_mutex_unlock(&xfer[c].lock);
@@ -164,7 +164,7 @@ void xfer_fork_child(void) {
     for (unsigned c = 1; c <= TM_NCLASSES; c++) tm_mutex_init(&xfer[c].lock);
 }
 
-void tcache_registry_lock(void) { pthread_mutex_lock(&registry_lock); }
+void tcache_registry_lock(void) { tm_lock(&registry_lock); }
 void tcache_registry_unlock(void) { pthread_mutex_unlock(&registry_lock); }
 tm_tcache_t *tcache_registry_first(void) { return registry; }
 unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_RELAXED); }
@@ -275,7 +275,7 @@ static void slots_release_grown(tm_tcache_t *tc) {
 void tcache_release_grown_slots(tm_tcache_t *tc) {
     if (!__atomic_load_n(&tc->slots_releasing, __ATOMIC_RELAXED)) return;
     slots_purge_grown(tc);
-    pthread_mutex_lock(&tc->mu);
+    tm_lock(&tc->mu);
     __atomic_store_n(&tc->slots_releasing, false, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&tc->mu);
 }
@@ -378,14 +378,14 @@ size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]) {
 static void tcache_destructor(void *arg) {
     tm_tcache_t *tc = arg;
     if (!tc || tc == &tm_tcache_sentinel) return;
-    pthread_mutex_lock(&tc->mu);
+    tm_lock(&tc->mu);
     tm_tls.state = TLS_DEAD; /* from now on no one points tls.tc back at tc */
     __atomic_store_n(&tm_tls.tc, &tm_tcache_sentinel, __ATOMIC_RELEASE);
     tcache_drain_locked(tc);
     slots_release_first(tc);
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&tc->mu);
-    pthread_mutex_lock(&registry_lock);
+    tm_lock(&registry_lock);
     if (tc->prev) tc->prev->next = tc->next;
     else registry = tc->next;
     if (tc->next) tc->next->prev = tc->prev;
@@ -408,7 +408,7 @@ void tcache_init(void) {
 
 static tm_tcache_t *tcache_create(void) {
     tm_tls.state = TLS_BOOTING;
-    pthread_mutex_lock(&registry_lock);
+    tm_lock(&registry_lock);
     tm_tcache_t *tc = recycled;
     if (tc) recycled = tc->next;
     pthread_mutex_unlock(&registry_lock);
@@ -445,18 +445,18 @@ static tm_tcache_t *tcache_create(void) {
     tc->gc_next = 1;
     tc->owner_tls = &tm_tls;
     tm_mutex_init(&tc->mu);
-    pthread_mutex_lock(&registry_lock);
+    tm_lock(&registry_lock);
     unsigned ai = arena_choose_locked(arena_bound);
     pthread_mutex_unlock(&registry_lock);
     tc->arena = arena_get(ai);
     if (!tc->arena && (tc->arena = arena_get(0))) {
-        pthread_mutex_lock(&registry_lock);
+        tm_lock(&registry_lock);
         arena_bound[ai]--;
         arena_bound[0]++;
         pthread_mutex_unlock(&registry_lock);
     }
     if (!tc->arena) {
-        pthread_mutex_lock(&registry_lock);
+        tm_lock(&registry_lock);
         arena_bound[ai]--;
         pthread_mutex_unlock(&registry_lock);
         tm_tls.state = TLS_NONE;
@@ -467,7 +467,7 @@ static tm_tcache_t *tcache_create(void) {
     tm_tls.own = tc;
     tm_tls.arena = tc->arena->index;
     tm_tls.state = TLS_LIVE;
-    pthread_mutex_lock(&registry_lock);
+    tm_lock(&registry_lock);
     tc->arena->nthreads++;
     tc->state = TC_STATE_LIVE;
     tc->prev = NULL;
@@ -480,7 +480,7 @@ static tm_tcache_t *tcache_create(void) {
      * allocation goes straight to an arena. */
     if (tc_key_ok) pthread_setspecific(tc_key, tc);
     /* under tc->mu: a trimmer may be pointing tls.tc at the sentinel */
-    pthread_mutex_lock(&tc->mu);
+    tm_lock(&tc->mu);
     tcache_settle_locked(tc);
     pthread_mutex_unlock(&tc->mu);
     return tc;
@@ -611,7 +611,7 @@ static void tcache_gc_tick_large(void) {
     if (++large_ticks < TC_GC_EVERY) return;
     large_ticks = 0;
     tm_tcache_t *tc = tm_tls.own;
-    pthread_mutex_lock(&tc->mu);
+    tm_lock(&tc->mu);
     tcache_settle_locked(tc);
     bool decay = tcache_gc_tick_locked(tc);
     pthread_mutex_unlock(&tc->mu);
@@ -646,7 +646,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
     if (!tc) {
         arena_refill(uncached_arena(), cls, &p, 1);
     } else {
-        pthread_mutex_lock(&tc->mu);
+        tm_lock(&tc->mu);
         tcache_settle_locked(tc);
         tm_tc_bin_t *b = &tc->bins[cls];
         uint32_t cap = tc_bin_cap(b);
@@ -699,7 +699,7 @@ void tcache_free_slow(void *p, unsigned cls) {
         arena_flush(cls, &p, 1);
         return;
     }
-    pthread_mutex_lock(&tc->mu);
+    tm_lock(&tc->mu);
     tcache_settle_locked(tc);
     tm_tc_bin_t *b = &tc->bins[cls];
     uint32_t cap = tc_bin_cap(b), count = tc_bin_count(b);
@@ -793,7 +793,7 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
     }
     void *batch[TM_RL_MAX];
     unsigned n = 0;
-    pthread_mutex_lock(&tc->mu);
+    tm_lock(&tc->mu);
     /* Claim it: of two threads freeing it at once, one queues it and the
      * other reports the double free. */
     if (!(f & TM_FAST_LARGE) ||
@@ -840,7 +840,7 @@ void *tcache_large_reuse(uint32_t npages) {
     tm_tcache_t *tc = tm_tls.own;
     if (!__atomic_load_n(&tc->rl_n, __ATOMIC_RELAXED)) return NULL; /* a peek: the owner's own */
     void *p = NULL;
-    pthread_mutex_lock(&tc->mu);
+    tm_lock(&tc->mu);
     tcache_settle_locked(tc);
     for (unsigned i = tc->rl_n; i-- > 0;) {
         if (tc->rl_pages[i] != npages) continue;
@@ -866,12 +866,12 @@ void *tcache_large_reuse(uint32_t npages) {
 size_t tcache_cached_bytes(size_t *queued) {
     size_t bytes = 0;
     *queued = 0;
-    pthread_mutex_lock(&registry_lock);
+    tm_lock(&registry_lock);
     for (tm_tcache_t *tc = registry; tc; tc = tc->next) {
         for (unsigned c = 1; c <= TM_NCLASSES; c++)
             bytes += (size_t)(__atomic_load_n(&tc->bins[c].top, __ATOMIC_RELAXED) -
                               tc->bins[c].base) * tm_classes[c].size;
-        pthread_mutex_lock(&tc->mu);
+        tm_lock(&tc->mu);
         for (unsigned i = 0; i < tc->rl_n; i++) {
             tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)tc->rl[i]));
             if (c)

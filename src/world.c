@@ -144,7 +144,7 @@ static uint64_t drain_one(tm_tcache_t *tc, bool buffered) {
 static size_t stop_one(tm_tcache_t *tc) {
     /* Under tc->mu, so an owner's slow path cannot read drain_pending
      * before these stores and restore tls.tc after them. */
-    pthread_mutex_lock(&tc->mu);
+    tm_lock(&tc->mu);
     __atomic_store_n(&tc->drain_pending, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&tc->owner_tls->tc, &tm_tcache_sentinel,
                      TM_TSAN ? __ATOMIC_SEQ_CST : __ATOMIC_RELAXED);
@@ -165,7 +165,7 @@ uint64_t world_drain_all_caches(void) {
         if (!barrier_ok) continue; /* the group's owners drain their own caches */
         for (tm_tcache_t *g = first; g != tc; g = g->next) {
             uint64_t t0 = os_now_ns(), t1;
-            pthread_mutex_lock(&g->mu);
+            tm_lock(&g->mu);
             if (!__atomic_load_n(&g->drain_pending, __ATOMIC_RELAXED) ||
                 wait_not_busy(g->owner_tls)) {
                 t1 = drain_one(g, buffered); /* unlocks g->mu */
