@@ -25,9 +25,13 @@ static void test_refill_touches_at_most_four_pages(void **state) {
     tm_init();
     tm_arena_t *a = arena_get(TM_MAX_ARENAS - 2);
     assert_non_null(a);
-    const unsigned cls = class_at_least(4096);
+    /* the smallest class whose slab's blocks span more than four pages */
+    unsigned cls = 0;
+    for (unsigned c = 1; c <= TM_NCLASSES && !cls; c++)
+        if (tm_classes[c].slab_pages > 4 && tm_classes[c].nblocks * tm_classes[c].size > 4 * TM_PAGE)
+            cls = c;
+    assert_true(cls != 0);
     const uint32_t size = tm_classes[cls].size, nb = tm_classes[cls].nblocks;
-    assert_true(tm_classes[cls].slab_pages > 4 && nb * size > 4 * TM_PAGE);
     void *blocks[64];
     unsigned n = arena_refill(a, cls, blocks, nb);
     assert_true(n >= 1);
