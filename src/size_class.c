@@ -26,9 +26,10 @@
  * 64 KiB of slab resident, and a program that goes through the sizes of
  * 1-8 KiB kept a partly used slab of each. Measured, bench/throughput
  * interleaved medians of 7-11 runs: sizes T=2 peak RSS 10.1 -> 8.8 MiB
- * (glibc 8.9-9.9), 4.6% fewer operations per second (more slabs made and
- * destroyed; still 1.2x the best peer); realloc T=2 11.4 -> 11.1 MiB, 1%
- * slower; sizes and realloc T=1 unchanged within the noise.
+ * (glibc 8.9-9.9), 4.6% fewer operations per second (not profiled; more
+ * slabs are made and destroyed per block; still 1.2x the best peer);
+ * realloc T=2 11.4 -> 11.1 MiB, 1% slower; sizes and realloc T=1
+ * unchanged within the noise.
  *
  * Thread cache. The capacity of a class's stack shrinks with the block size,
  * so a full cache holds a bounded number of bytes (at most about 1.5 MiB of
