@@ -105,7 +105,7 @@ void tm_init_slow(void) {
         tm_narenas = n;
         tcache_init();
         __atomic_store_n(&tm_initialized, 1, __ATOMIC_RELEASE);
-        if (!TM_LAZY_FORK || !__libc_single_threaded) tm_fork_register();
+        if (!tm_single_threaded()) tm_fork_register();
         atexit(stats_print_at_exit); /* prints if stats_print is set by then */
         init_running = 0;
     }

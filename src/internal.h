@@ -433,13 +433,16 @@ TM_INLINE void tm_init(void) {
 #ifndef TM_LAZY_FORK
 #define TM_LAZY_FORK 0
 #endif
+#if TM_LAZY_FORK
+#define tm_single_threaded() (__libc_single_threaded != 0)
+#else
+#define tm_single_threaded() false /* unknown: register at start-up */
+#endif
 extern volatile int tm_fork_ready;
 void tm_fork_register(void);
 TM_INLINE void tm_fork_check(void) {
-#if TM_LAZY_FORK
-    if (unlikely(__atomic_load_n(&tm_fork_ready, __ATOMIC_ACQUIRE) != 2) && !__libc_single_threaded)
+    if (unlikely(__atomic_load_n(&tm_fork_ready, __ATOMIC_ACQUIRE) != 2) && !tm_single_threaded())
         tm_fork_register();
-#endif
 }
 TM_INLINE void tm_lock(pthread_mutex_t *m) {
     tm_fork_check();

@@ -716,16 +716,20 @@ void tcache_free_slow(void *p, unsigned cls) {
         pthread_mutex_unlock(&tc->mu);
         return;
     }
-    if (cap && count >= cap && b->missed && cap < bin_cap_max(cls) && !tc->slots_releasing) {
-        /* The bin ran dry since it last overflowed: the program's bursts
-         * of frees and mallocs of this class are bigger than half the bin,
-         * so it swings from empty to full and every swing is a round trip
-         * to the transfer cache (a producer that frees in batches, say).
-         * Make it twice as big instead of flushing; an idle bin shrinks
-         * back (tcache_gc_locked), and a drain resets it. */
-        if (cap < bin_cap(cls)) { /* from its start size to its capacity, at once */
+    if (cap && count >= cap) {
+        /* The bin overflows. If it ran dry since it last overflowed, the
+         * program's bursts of frees and mallocs of this class are bigger
+         * than half the bin, so it swings from empty to full and every
+         * swing is a round trip to the transfer cache (a producer that
+         * frees in batches, say): it grows to twice its size instead of
+         * flushing; an idle bin shrinks back (tcache_gc_locked), and a
+         * drain resets it. */
+        bool grow = b->missed && cap < bin_cap_max(cls) && !tc->slots_releasing;
+        b->missed = 0;
+        b->taken = 0;
+        if (grow && cap < bin_cap(cls)) { /* from its start size to its capacity, at once */
             bin_reset(tc, cls, count, false);
-        } else { /* past its capacity: to the room for its largest size */
+        } else if (grow) { /* past its capacity: to the room for its largest size */
             cap = cap * 2 < bin_cap_max(cls) ? cap * 2 : bin_cap_max(cls);
             void **grown = (void **)tc->slots_mem + slot_grown[cls];
             if (b->base != grown) {
@@ -735,17 +739,12 @@ void tcache_free_slow(void *p, unsigned cls) {
                 __atomic_store_n(&b->top, grown + count, __ATOMIC_RELAXED);
             }
             b->limit = b->base + cap;
+        } else { /* flush the older half (the bottom of the stack) */
+            uint32_t n = cap / 2 ? cap / 2 : count;
+            if (!xfer_put(cls, b->base, n)) arena_flush(cls, b->base, n);
+            memmove(b->base, b->base + n, (count - n) * sizeof(void *));
+            count -= n;
         }
-        b->missed = 0;
-        b->taken = 0;
-    } else if (cap && count >= cap) {
-        /* Flush the older half (the bottom of the stack). */
-        b->missed = 0;
-        b->taken = 0;
-        uint32_t n = cap / 2 ? cap / 2 : count;
-        if (!xfer_put(cls, b->base, n)) arena_flush(cls, b->base, n);
-        memmove(b->base, b->base + n, (count - n) * sizeof(void *));
-        count -= n;
     }
     bool decay = false;
     if (cap) {
