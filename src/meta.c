@@ -46,7 +46,7 @@ void *meta_alloc(size_t size) {
             pthread_mutex_unlock(&meta_lock);
             return NULL;
         }
-        meta_total += META_REGION;
+        __atomic_add_fetch(&meta_total, META_REGION, __ATOMIC_RELAXED); /* also added without the lock (large ones) */
         meta_cur = r;
         meta_end = r + META_REGION;
     }
