@@ -54,7 +54,8 @@ set(TRIMALLOC_HOT_FUNCTIONS
   # tcache.c
   tcache_malloc_slow tcache_free_slow tcache_get_slow tcache_create tcache_init
   tcache_settle_locked tcache_destructor tcache_drain_locked tcache_gc_locked
-  tcache_arena xfer_get xfer_put xfer_gc tcache_registry_lock tcache_registry_unlock
+  tcache_arena xfer_get xfer_put xfer_gc xfer_take xfer_of xfer_count xfer_set_make_locked
+  bin_flush block_arena tcache_registry_lock tcache_registry_unlock
   tcache_registry_first xfer_fork_prepare xfer_fork_parent xfer_fork_child
   tcache_fork_child tcache_free_large tcache_large_reuse
   bin_reset bin_restart bin_cap_start refill_want slots_release_first slots_purge_grown
@@ -81,7 +82,7 @@ set(TRIMALLOC_HOT_DATA
   # which land on the page the loader dirties anyway (idle_arenas, 32 bytes
   # read by every allocation on fresh pages, just before them).
   idle_arenas rss
-  # Written at start-up or by any allocation: 4.8 KiB, ordered so that the
+  # Written at start-up or by any allocation: 2.4 KiB, ordered so that the
   # 32-byte-aligned ones (locks, tables) leave no padding before the next
   # (the 8-, 4- and 1-byte ones fill their tails).
   init_lock init_owner pm_hot tm_cookie_key slot_total
@@ -90,9 +91,9 @@ set(TRIMALLOC_HOT_DATA
   tm_class_fast recycled meta_cur meta_end
   tm_classes meta_total
   slot_grown os_fail_countdown_active
-  slot_first slot_start slot_first_start xfer registry_lock arenas_lock meta_lock pm_lock tm_gstats meta_freed
-  # Indexed by arena too, 3 KiB.
-  arena_bound tm_arenas
+  slot_first slot_start slot_first_start xfer_cap registry_lock arenas_lock meta_lock pm_lock tm_gstats meta_freed
+  # Indexed by arena too, 5 KiB (a small process touches the first entries).
+  arena_bound tm_arenas xfer_sets
   # The pagemap: root[0] (free(NULL)) shares the page above; its last root
   # entries and the zero leaf's first share one more (pagemap.c).
   pm_map)

@@ -32,66 +32,168 @@ static unsigned arena_bound[TM_MAX_ARENAS]; /* live caches per arena index */
 static pthread_key_t tc_key;
 static bool tc_key_ok;
 
-/* ---- transfer cache ---------------------------------------------------------
- * Per size class, one shared stack of free blocks between the thread caches
- * and the arenas. A cache that overflows parks its batch here, and a cache
- * that runs dry takes a batch from here, before either goes to an arena: a
- * producer/consumer pair then passes blocks in batches under one short
- * lock, without touching slab bitmaps. Bounded per class to about
- * XFER_BYTES, and to between 1 and 32 half-bin batches (4 for the classes
- * up to 1 KiB, where producer/consumer traffic is); idle ones are emptied
- * by the caches' garbage collection, and _heapmin (world.c) empties all
- * into the arenas. Lock rank: after tc->mu, before any arena lock. */
+/* ---- transfer caches ---------------------------------------------------------
+ * Per arena and size class, a stack of free blocks between the thread
+ * caches and the arena. A cache that overflows parks its batch in the
+ * transfer cache of the arena that owns the blocks, and a cache that runs
+ * dry takes a batch from its own arena's, before either goes to an arena's
+ * slabs: a producer/consumer pair then passes blocks in batches under one
+ * short lock, without touching slab bitmaps -- the consumer parks the
+ * producer's blocks with the producer's arena, where the producer's next
+ * refill finds them. Bounded per class to about XFER_BYTES, and to between
+ * 1 and 32 half-bin batches (4 for the classes up to 1 KiB, where
+ * producer/consumer traffic is); idle ones are emptied by the caches'
+ * garbage collection, and _heapmin (world.c) empties all into the arenas.
+ *
+ * Until 2026-12-04 there was one transfer cache per class for the whole
+ * process: threads that each overflow and refill the same classes (every
+ * burst of a class bigger than its bin) then fought over its lock and
+ * took each other's blocks, whose frees went to the other thread's arena
+ * lock. Measured, a scratch sh6bench-like program (2 threads, each
+ * allocating 1000 blocks of 1-1000 B and freeing them, 10 000 times): 1650
+ * futex calls and 0.33 s of CPU against 0.20 s for the same work on one
+ * thread; with a cache per arena 0.14-0.16 s (docs/design.md has the
+ * rest). A refill whose own arena's is empty takes a batch from a
+ * neighbour's that is at least a quarter full (xfer_get): threads that free
+ * each other's blocks at different rates would otherwise strand them there
+ * (larson, 2 threads: 5% more peak RSS without it).
+ *
+ * A set (one per arena index, made with the arena's first cache, never
+ * freed) is published once in xfer_sets[]. Lock rank: after tc->mu, before
+ * any arena lock; the sets are made under the registry lock, which fork's
+ * prepare handler takes before the transfer caches' locks. */
 #define XFER_BYTES (128u << 10)
+#define XFER_STEAL_SCAN 8 /* neighbours a refill may take a batch from */
 
 typedef struct tm_xfer {
-    pthread_mutex_t lock;
+    pthread_mutex_t *lock;  /* its set's */
     uint32_t count, cap;
     uint32_t gc_count;  /* count at the last garbage-collection visit */
     void **slots;
 } tm_xfer_t;
 
-static tm_xfer_t xfer[TM_NCLASSES + 1];
+/* One lock for the whole set: a fork holds every transfer cache's lock,
+ * and a lock per class and arena made hundreds (ThreadSanitizer's lock
+ * tracking stops at 64 held at once). A set is shared by the threads of
+ * one arena and those parking its blocks; each hold is one copy of at most
+ * a batch of pointers. */
+typedef struct tm_xfer_set {
+    pthread_mutex_t lock;
+    tm_xfer_t x[TM_NCLASSES + 1];
+} tm_xfer_set_t;
+
+static tm_xfer_set_t *xfer_sets[TM_MAX_ARENAS];
+static uint32_t xfer_cap[TM_NCLASSES + 1];
 
 static void xfer_init(void) {
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
-        tm_mutex_init(&xfer[c].lock);
         uint32_t size = tm_classes[c].size, batch = tm_classes[c].tc_cap / 2 ? tm_classes[c].tc_cap / 2 : 1;
         uint32_t batches = XFER_BYTES / size / batch;
         uint32_t min_batches = size <= 1024 ? 4 : 1;
         if (batches < min_batches) batches = min_batches;
         if (batches > 32) batches = 32;
-        uint32_t cap = batch * batches;
-        xfer[c].slots = tm_opt.tcache_scale_pct ? meta_alloc(cap * sizeof(void *)) : NULL;
-        xfer[c].cap = xfer[c].slots ? cap : 0;
+        xfer_cap[c] = tm_opt.tcache_scale_pct ? batch * batches : 0;
     }
 }
 
-/* Park n blocks; false if there is no room (the caller flushes them). */
-static bool xfer_put(unsigned cls, void **blocks, uint32_t n) {
-    tm_xfer_t *x = &xfer[cls];
-    if (__atomic_load_n(&x->count, __ATOMIC_RELAXED) + n > __atomic_load_n(&x->cap, __ATOMIC_RELAXED)) return false;
-    tm_lock(&x->lock);
+/* The set of arena index ai, made if need be (caller holds registry_lock).
+ * Without memory for it, that arena's blocks go straight to the arena. */
+static void xfer_set_make_locked(unsigned ai) {
+    if (xfer_sets[ai] || !tm_opt.tcache_scale_pct) return;
+    tm_xfer_set_t *set = meta_alloc(sizeof *set);
+    if (!set) return;
+    tm_mutex_init(&set->lock);
+    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+        tm_xfer_t *x = &set->x[c];
+        x->lock = &set->lock;
+        x->cap = xfer_cap[c]; /* its slots come with its first put */
+    }
+    __atomic_store_n(&xfer_sets[ai], set, __ATOMIC_RELEASE);
+}
+
+static tm_xfer_t *xfer_of(unsigned ai, unsigned cls) {
+    tm_xfer_set_t *set = __atomic_load_n(&xfer_sets[ai], __ATOMIC_ACQUIRE);
+    return set ? &set->x[cls] : NULL;
+}
+
+/* Park n blocks of arena ai; false if there is no room (the caller
+ * flushes them). */
+static bool xfer_put(unsigned ai, unsigned cls, void **blocks, uint32_t n) {
+    tm_xfer_t *x = xfer_of(ai, cls);
+    if (!x || __atomic_load_n(&x->count, __ATOMIC_RELAXED) + n > __atomic_load_n(&x->cap, __ATOMIC_RELAXED))
+        return false;
+    tm_lock(x->lock);
     uint32_t cnt = x->count;
     bool ok = cnt + n <= x->cap;
+    if (ok && !x->slots) { /* made on first use: most arenas park few classes */
+        x->slots = meta_alloc(xfer_cap[cls] * sizeof(void *));
+        if (!x->slots) __atomic_store_n(&x->cap, 0, __ATOMIC_RELAXED); /* for good */
+        ok = x->slots != NULL;
+    }
     if (ok) {
         memcpy(x->slots + cnt, blocks, n * sizeof(void *));
         __atomic_store_n(&x->count, cnt + n, __ATOMIC_RELAXED);
     }
-    pthread_mutex_unlock(&x->lock);
+    pthread_mutex_unlock(x->lock);
     return ok;
 }
 
-/* Take up to n blocks; returns how many. */
-static uint32_t xfer_get(unsigned cls, void **blocks, uint32_t n) {
-    tm_xfer_t *x = &xfer[cls];
-    if (!__atomic_load_n(&x->count, __ATOMIC_RELAXED)) return 0;
-    tm_lock(&x->lock);
+/* Take up to n blocks from x; returns how many. */
+static uint32_t xfer_take(tm_xfer_t *x, void **blocks, uint32_t n) {
+    if (!x || !__atomic_load_n(&x->count, __ATOMIC_RELAXED)) return 0;
+    tm_lock(x->lock);
     uint32_t cnt = x->count, k = cnt < n ? cnt : n;
     __atomic_store_n(&x->count, cnt - k, __ATOMIC_RELAXED);
     memcpy(blocks, x->slots + cnt - k, k * sizeof(void *));
-    pthread_mutex_unlock(&x->lock);
+    pthread_mutex_unlock(x->lock);
     return k;
+}
+
+static uint32_t xfer_get(unsigned ai, unsigned cls, void **blocks, uint32_t n) {
+    uint32_t got = xfer_take(xfer_of(ai, cls), blocks, n);
+    /* Own one empty: a batch from a neighbour's that is at least a quarter
+     * full -- blocks parked there faster than its threads take them back
+     * (threads that free each other's blocks at different rates). One
+     * that holds less is left to its own threads, which are cycling it. */
+    for (unsigned k = 1; !got && k < tm_narenas && k <= XFER_STEAL_SCAN; k++) {
+        tm_xfer_t *o = xfer_of((ai + k) % tm_narenas, cls);
+        if (o && __atomic_load_n(&o->count, __ATOMIC_RELAXED) * 4 >= __atomic_load_n(&o->cap, __ATOMIC_RELAXED) &&
+            __atomic_load_n(&o->count, __ATOMIC_RELAXED))
+            got = xfer_take(o, blocks, n);
+    }
+    return got;
+}
+
+static unsigned block_arena(void *p);
+
+/* Flush the older n blocks of a bin: each arena's blocks into that
+ * arena's transfer cache if it has room, else to the arena. A bin holds
+ * blocks of its own arena and of those it freed for other threads, so the
+ * batch is split by owner first (in place: the order of a batch does not
+ * matter). A chunk has one owner, so the owner is looked up only where
+ * the chunk changes from one block to the next. */
+static void bin_flush(unsigned cls, void **blocks, uint32_t n) {
+    while (n) {
+        unsigned ai = block_arena(blocks[0]);
+        uintptr_t last = (uintptr_t)blocks[0] & ~TM_CHUNK_MASK;
+        bool last_ai = true;
+        uint32_t k = 1; /* blocks[0..k) are ai's */
+        for (uint32_t i = 1; i < n; i++) {
+            uintptr_t chunk = (uintptr_t)blocks[i] & ~TM_CHUNK_MASK;
+            if (chunk != last) {
+                last = chunk;
+                last_ai = block_arena(blocks[i]) == ai;
+            }
+            if (last_ai) {
+                void *t = blocks[k];
+                blocks[k++] = blocks[i];
+                blocks[i] = t;
+            }
+        }
+        if (!xfer_put(ai, cls, blocks, k)) arena_flush(cls, blocks, k);
+        blocks += k;
+        n -= k;
+    }
 }
 
 /* Empty every transfer cache into the arenas (_heapmin) and give back its
@@ -105,63 +207,82 @@ static uint32_t xfer_get(unsigned cls, void **blocks, uint32_t n) {
 
 void xfer_drain_all(void) {
     void *batch[XFER_DRAIN_BATCH];
-    uint32_t caps[TM_NCLASSES + 1];
-    os_batch_t slots = {.n = 0, .released = 0}; /* metadata: not counted */
-    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
-        tm_xfer_t *x = &xfer[c];
-        tm_lock(&x->lock);
-        caps[c] = x->cap;
-        __atomic_store_n(&x->cap, 0, __ATOMIC_RELAXED);
-        pthread_mutex_unlock(&x->lock);
-        for (uint32_t k; (k = xfer_get(c, batch, XFER_DRAIN_BATCH)) != 0;) arena_flush(c, batch, k);
-        if (x->slots) os_batch_add(&slots, x->slots, x->slots + caps[c]);
-    }
-    /* every class's slots in one call (os.c), then the classes reopen */
-    os_batch_flush(&slots);
-    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
-        tm_xfer_t *x = &xfer[c];
-        tm_lock(&x->lock);
-        __atomic_store_n(&x->cap, caps[c], __ATOMIC_RELAXED);
-        pthread_mutex_unlock(&x->lock);
+    for (unsigned ai = 0; ai < TM_MAX_ARENAS; ai++) {
+        tm_xfer_set_t *set = __atomic_load_n(&xfer_sets[ai], __ATOMIC_ACQUIRE);
+        if (!set) continue;
+        uint32_t caps[TM_NCLASSES + 1];
+        os_batch_t slots = {.n = 0, .released = 0}; /* metadata: not counted */
+        for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+            tm_xfer_t *x = &set->x[c];
+            tm_lock(x->lock);
+            caps[c] = x->cap;
+            __atomic_store_n(&x->cap, 0, __ATOMIC_RELAXED); /* no put makes slots now */
+            void **mem = x->slots;
+            pthread_mutex_unlock(x->lock);
+            for (uint32_t k; (k = xfer_take(x, batch, XFER_DRAIN_BATCH)) != 0;) arena_flush(c, batch, k);
+            if (mem) os_batch_add(&slots, mem, mem + xfer_cap[c]);
+        }
+        /* the set's slots in few calls (os.c), then its classes reopen */
+        os_batch_flush(&slots);
+        for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+            tm_xfer_t *x = &set->x[c];
+            tm_lock(x->lock);
+            __atomic_store_n(&x->cap, caps[c], __ATOMIC_RELAXED);
+            pthread_mutex_unlock(x->lock);
+        }
     }
 }
 
-/* Garbage collection of one class's transfer cache: blocks that sat there
- * since the last visit (the count did not move) go back to the arena.
- * True if it gave any back. */
-static bool xfer_gc(unsigned cls) {
-    tm_xfer_t *x = &xfer[cls];
+/* Garbage collection of one class's transfer cache in arena ai: blocks
+ * that sat there since the last visit (the count did not move) go back to
+ * the arena. True if it gave any back. */
+static bool xfer_gc(unsigned ai, unsigned cls) {
+    tm_xfer_t *x = xfer_of(ai, cls);
+    if (!x) return false;
     uint32_t cnt = __atomic_load_n(&x->count, __ATOMIC_RELAXED);
     bool flushed = false;
     if (!cnt && !__atomic_load_n(&x->gc_count, __ATOMIC_RELAXED)) return false;
-    tm_lock(&x->lock);
+    tm_lock(x->lock);
     cnt = x->count;
-    if (cnt && cnt == x->gc_count) {
-        arena_flush(cls, x->slots, cnt);
-        __atomic_store_n(&x->count, 0, __ATOMIC_RELAXED);
-        cnt = 0;
+    uint32_t idle = cnt && cnt == x->gc_count ? cnt : 0;
+    __atomic_store_n(&x->gc_count, idle ? 0 : cnt, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(x->lock);
+    /* out in batches, to the arenas without the set's lock */
+    void *batch[XFER_DRAIN_BATCH];
+    for (uint32_t k; idle && (k = xfer_take(x, batch, idle < XFER_DRAIN_BATCH ? idle : XFER_DRAIN_BATCH)) != 0;) {
+        arena_flush(cls, batch, k);
+        idle -= k;
         flushed = true;
     }
-    __atomic_store_n(&x->gc_count, cnt, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&x->lock);
     return flushed;
+}
+
+static uint32_t xfer_count(unsigned ai, unsigned cls) {
+    tm_xfer_t *x = xfer_of(ai, cls);
+    return x ? __atomic_load_n(&x->count, __ATOMIC_RELAXED) : 0;
 }
 
 static size_t xfer_cached_bytes(void) {
     size_t bytes = 0;
-    for (unsigned c = 1; c <= TM_NCLASSES; c++)
-        bytes += (size_t)__atomic_load_n(&xfer[c].count, __ATOMIC_RELAXED) * tm_classes[c].size;
+    for (unsigned ai = 0; ai < TM_MAX_ARENAS; ai++)
+        for (unsigned c = 1; c <= TM_NCLASSES; c++)
+            bytes += (size_t)xfer_count(ai, c) * tm_classes[c].size;
     return bytes;
 }
 
+/* fork: the sets cannot change meanwhile (they are made under the
+ * registry lock, which the prepare handler holds) */
 void xfer_fork_prepare(void) {
-    for (unsigned c = 1; c <= TM_NCLASSES; c++) tm_lock(&xfer[c].lock);
+    for (unsigned ai = 0; ai < TM_MAX_ARENAS; ai++)
+        if (xfer_sets[ai]) tm_lock(&xfer_sets[ai]->lock);
 }
 void xfer_fork_parent(void) {
-    for (unsigned c = 1; c <= TM_NCLASSES; c++) pthread_mutex_unlock(&xfer[c].lock);
+    for (unsigned ai = TM_MAX_ARENAS; ai-- > 0;)
+        if (xfer_sets[ai]) pthread_mutex_unlock(&xfer_sets[ai]->lock);
 }
 void xfer_fork_child(void) {
-    for (unsigned c = 1; c <= TM_NCLASSES; c++) tm_mutex_init(&xfer[c].lock);
+    for (unsigned ai = 0; ai < TM_MAX_ARENAS; ai++)
+        if (xfer_sets[ai]) tm_mutex_init(&xfer_sets[ai]->lock);
 }
 
 void tcache_registry_lock(void) { tm_lock(&registry_lock); }
@@ -469,6 +590,8 @@ static tm_tcache_t *tcache_create(void) {
     tm_tls.state = TLS_LIVE;
     tm_lock(&registry_lock);
     tc->arena->nthreads++;
+    xfer_set_make_locked(tc->arena->index);
+    tc->gc_xfer_arena = tc->arena->index;
     tc->state = TC_STATE_LIVE;
     tc->prev = NULL;
     tc->next = registry;
@@ -571,13 +694,19 @@ static void tcache_gc_locked(tm_tcache_t *tc) {
         flushed = true;
     }
     b->gc_count = (uint16_t)count;
-    flushed |= xfer_gc(cls);
+    flushed |= xfer_gc(tc->arena->index, cls);
+    /* and, in turn, another arena's: one whose threads have all gone
+     * keeps what other threads parked there for them */
+    if (tm_narenas > 1) {
+        unsigned other = tc->gc_xfer_arena = (tc->gc_xfer_arena + 1) % tm_narenas;
+        if (other != tc->arena->index) xfer_gc(other, cls);
+    }
     /* The last of an idle class went back: the empty slab its arena keeps
      * against thrashing (arena.c) goes too, to the free runs, where the
      * growth purge can give its pages back and other classes and large
      * blocks can use them. (A sweep through the sizes left one such slab
      * in each of the 40 classes there were then, 0.9 MiB.) */
-    if (flushed && !count && !__atomic_load_n(&xfer[cls].count, __ATOMIC_RELAXED))
+    if (flushed && !count && !xfer_count(tc->arena->index, cls))
         arena_release_idle_slab(tc->arena, cls);
 }
 
@@ -665,7 +794,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
                     start = false;
                 }
                 uint32_t want = refill_want(b, cap);
-                uint32_t got = xfer_get(cls, b->base, want);
+                uint32_t got = xfer_get(tc->arena->index, cls, b->base, want);
                 if (got == 0) got = arena_refill(tc->arena, cls, b->base, want);
                 b->missed = 1;
                 if (start) b->taken = (uint8_t)(b->taken + got > 255 ? 255 : b->taken + got);
@@ -709,7 +838,7 @@ void tcache_free_slow(void *p, unsigned cls) {
          * the refill brought, so malloc hands out those before it, and an
          * overflow (which flushes the bottom half) sends it home. */
         uint32_t want = refill_want(b, cap - 1);
-        uint32_t got = xfer_get(cls, b->base + 1, want);
+        uint32_t got = xfer_get(tc->arena->index, cls, b->base + 1, want);
         if (got == 0) got = arena_refill(tc->arena, cls, b->base + 1, want);
         b->base[0] = p;
         __atomic_store_n(&b->top, b->base + 1 + got, __ATOMIC_RELAXED);
@@ -741,7 +870,7 @@ void tcache_free_slow(void *p, unsigned cls) {
             b->limit = b->base + cap;
         } else { /* flush the older half (the bottom of the stack) */
             uint32_t n = cap / 2 ? cap / 2 : count;
-            if (!xfer_put(cls, b->base, n)) arena_flush(cls, b->base, n);
+            bin_flush(cls, b->base, n);
             memmove(b->base, b->base + n, (count - n) * sizeof(void *));
             count -= n;
         }

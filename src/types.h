@@ -264,6 +264,8 @@ typedef struct tm_tcache {
     /* garbage collection of idle bins (tcache.c), under mu */
     unsigned gc_tick;           /* slow-path calls since the last visit */
     unsigned gc_next;           /* class the next visit looks at */
+    unsigned gc_xfer_arena;     /* the other arena whose transfer cache it
+                                   looked at last */
     /* large runs of other arenas this thread freed, waiting to go home
      * together (tcache.c): rl[0..rl_n) and their lengths in pages under
      * mu (rl_n also peeked at by the owner without it); rl_cap, the owner's */
