@@ -15,7 +15,7 @@
 #   --alloc L      allocators (default: trimalloc glibc jemalloc tcmalloc mimalloc;
 #                  those not installed are skipped with a note)
 #   --workloads L  throughput workloads (default: larson xmalloc scratch thrash
-#                  sizes realloc tight; see bench/throughput.c)
+#                  sizes realloc tight batch; see bench/throughput.c)
 #   --no-doc       do not rewrite docs/benchmarks.md and docs/img/*.png
 #   --spike-only   only spike-and-trim, a compact table, no doc (bench/spike_demo.sh);
 #                  --png FILE writes its RSS-over-time plot there
@@ -32,7 +32,7 @@ NPROC=$(nproc 2>/dev/null || echo 2)
 REPS=3
 QUICK=0
 THREADS="1 2 $NPROC"
-WORKLOADS="larson xmalloc scratch thrash sizes realloc tight"
+WORKLOADS="larson xmalloc scratch thrash sizes realloc tight batch"
 SPIKE_MIB=256
 DO_SPIKE=1
 DO_CALLGRIND=1

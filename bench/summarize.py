@@ -32,6 +32,7 @@ WL_TEXT = {
     "sizes": "size sweep 8 B .. 1 MiB, every page of a block touched",
     "realloc": "realloc-heavy: grow by 1.5x to 64 KiB, shrink",
     "tight": "single tight malloc+free loop per thread, 16-512 B",
+    "batch": "batches of 1000 blocks of 8-1000 B allocated, then freed in two passes (sh6bench-like)",
 }
 MIB = 1 << 20
 PLOT_TMP = tempfile.mkdtemp(prefix="trimalloc-bench-")  # gnuplot's data files
@@ -169,7 +170,7 @@ def status_of(runs):
 def throughput_tables(d):
     """Rows of medians: workload, threads, {alloc: (mops, peak_rss, peak_live, status)}."""
     cells = d.cells("throughput")
-    wl_order = ["larson", "xmalloc", "scratch", "thrash", "sizes", "realloc", "tight"]
+    wl_order = ["larson", "xmalloc", "scratch", "thrash", "sizes", "realloc", "tight", "batch"]
     keys = sorted(cells, key=lambda k: (wl_order.index(k[0]) if k[0] in wl_order else 99, k[0], k[1]))
     rows = []
     for k in keys:

@@ -25,6 +25,10 @@
  *   realloc  128 buffers per thread grown by 1.5x per realloc up to 64 KiB,
  *            then shrunk back to 16-64 B.
  *   tight    a tight malloc+free loop over 8 small sizes (16-512 B).
+ *   batch    batches (after sh6bench): each thread allocates 1000 blocks of
+ *            1-1000 B, frees every other one from the end, then the rest
+ *            from the start, again and again: bursts of a size class bigger
+ *            than a thread cache holds, so caches overflow and refill.
  * T defaults to the number of online CPUs; S multiplies the work (default 1).
  *
  * Every block carries a tag that is checked before it is freed. Output: one
@@ -387,6 +391,43 @@ static void *tight_thread(void *arg)
     return NULL;
 }
 
+/* ---- batch ---- */
+#define BATCH_N 1000
+static inline void batch_free(tstate_t *t, void *p, size_t size)
+{
+    if (!tag_ok(p, size))
+        t->bad++;
+    free(p);
+    live_add(t, -(long)size);
+}
+
+static void *batch_thread(void *arg)
+{
+    tstate_t *t = arg;
+    void **v = xmalloc(BATCH_N * sizeof *v);
+    size_t *sz = xmalloc(BATCH_N * sizeof *sz);
+    uint64_t rounds = scaled(4000);
+    bench_go(t);
+    for (uint64_t r = 0; r < rounds; r++) {
+        for (int i = 0; i < BATCH_N; i++) {
+            sz[i] = 8 + bench_rand(&t->rng) % 993; /* tags need 8 bytes */
+            v[i] = xmalloc(sz[i]);
+            tag_set(v[i], sz[i]);
+            live_add(t, (long)sz[i]);
+        }
+        /* every other block from the end, then the rest from the start */
+        for (int i = BATCH_N - 1; i >= 0; i -= 2)
+            batch_free(t, v[i], sz[i]);
+        for (int i = 0; i < BATCH_N; i += 2)
+            batch_free(t, v[i], sz[i]);
+    }
+    t->ops += rounds * BATCH_N;
+    t->t_end = bench_now_ns();
+    free(v);
+    free(sz);
+    return NULL;
+}
+
 /* Start T threads on fn, release them together, wait for all: seconds from
  * the first thread's start to the last thread's end. */
 static double cpu_secs_total; /* process CPU time spent inside run_threads */
@@ -428,7 +469,7 @@ int main(int argc, char **argv)
     nthreads = ncpu > 0 ? (int)ncpu : 2;
     if (argc < 2) {
     usage:
-        fprintf(stderr, "usage: %s larson|xmalloc|scratch|thrash|sizes|realloc|tight "
+        fprintf(stderr, "usage: %s larson|xmalloc|scratch|thrash|sizes|realloc|tight|batch "
                         "[--threads T] [--scale S]\n", argv[0]);
         return 2;
     }
@@ -504,6 +545,8 @@ int main(int argc, char **argv)
         secs = run_threads(realloc_thread);
     } else if (!strcmp(wl, "tight")) {
         secs = run_threads(tight_thread);
+    } else if (!strcmp(wl, "batch")) {
+        secs = run_threads(batch_thread);
     } else {
         goto usage;
     }
@@ -520,7 +563,7 @@ int main(int argc, char **argv)
      * exact, and the sampler may have missed a short peak: take the larger.
      * (With remote frees a thread's own count only grows, so not there.) */
     bool local = !strcmp(wl, "sizes") || !strcmp(wl, "realloc") || !strcmp(wl, "tight") ||
-                 !strcmp(wl, "thrash");
+                 !strcmp(wl, "thrash") || !strcmp(wl, "batch");
     for (int i = 0; local && i < nthreads; i++)
         if (ts[i].peak > peak_live)
             peak_live = ts[i].peak;
