@@ -51,9 +51,9 @@ static bool tc_key_ok;
  * took each other's blocks, whose frees went to the other thread's arena
  * lock. Measured, a scratch sh6bench-like program (2 threads, each
  * allocating 1000 blocks of 1-1000 B and freeing them, 10 000 times): 1650
- * futex calls and 0.33 s of CPU against 0.20 s for the same work on one
- * thread; with a cache per arena 0.14-0.16 s (docs/design.md has the
- * rest). A refill whose own arena's is empty takes a batch from a
+ * futex calls and 0.27-0.34 s of CPU against 0.20 s for the same work on
+ * one thread; with a cache per arena 200-300 futex calls and 0.15-0.19 s
+ * (docs/design.md has the rest). A refill whose own arena's is empty takes a batch from a
  * neighbour's that is at least a quarter full (xfer_get): threads that free
  * each other's blocks at different rates would otherwise strand them there
  * (larson, 2 threads: 5% more peak RSS without it).
