@@ -60,12 +60,14 @@ static inline long os_sys(long nr, long a, long b, long c, long d, long e, long 
 }
 #endif
 
+#if OS_RAW
 /* For calls whose contract is "0, or -1 with errno". */
 static int os_sys_status(long r) {
     if (r >= 0) return 0;
     errno = (int)-r;
     return -1;
 }
+#endif
 
 static void *os_mmap(size_t size) {
     int prot = PROT_READ | PROT_WRITE, flags = MAP_PRIVATE | MAP_ANONYMOUS;
