@@ -54,7 +54,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   # tcache.c
   tcache_malloc_slow tcache_free_slow tcache_get_slow tcache_create tcache_init
   tcache_settle_locked tcache_destructor tcache_drain_locked tcache_gc_locked
-  tcache_arena xfer_get xfer_put xfer_gc xfer_take xfer_of xfer_count xfer_set_make_locked
+  tcache_arena xfer_get xfer_put xfer_gc xfer_take xfer_set xfer_count xfer_set_make_locked xfer_flush_out
   bin_flush block_arena tcache_registry_lock tcache_registry_unlock
   tcache_registry_first xfer_fork_prepare xfer_fork_parent xfer_fork_child
   tcache_fork_child tcache_free_large tcache_large_reuse

@@ -66,7 +66,6 @@ static bool tc_key_ok;
 #define XFER_STEAL_SCAN 8 /* neighbours a refill may take a batch from */
 
 typedef struct tm_xfer {
-    pthread_mutex_t *lock;  /* its set's */
     uint32_t count, cap;
     uint32_t gc_count;  /* count at the last garbage-collection visit */
     void **slots;
@@ -103,26 +102,29 @@ static void xfer_set_make_locked(unsigned ai) {
     tm_xfer_set_t *set = meta_alloc(sizeof *set);
     if (!set) return;
     tm_mutex_init(&set->lock);
-    for (unsigned c = 1; c <= TM_NCLASSES; c++) {
-        tm_xfer_t *x = &set->x[c];
-        x->lock = &set->lock;
-        x->cap = xfer_cap[c]; /* its slots come with its first put */
-    }
+    for (unsigned c = 1; c <= TM_NCLASSES; c++)
+        set->x[c].cap = xfer_cap[c]; /* its slots come with its first put */
     __atomic_store_n(&xfer_sets[ai], set, __ATOMIC_RELEASE);
 }
 
-static tm_xfer_t *xfer_of(unsigned ai, unsigned cls) {
-    tm_xfer_set_t *set = __atomic_load_n(&xfer_sets[ai], __ATOMIC_ACQUIRE);
-    return set ? &set->x[cls] : NULL;
+/* Arena ai's set, or NULL if it has none. */
+static tm_xfer_set_t *xfer_set(unsigned ai) {
+    return __atomic_load_n(&xfer_sets[ai], __ATOMIC_ACQUIRE);
+}
+
+static uint32_t xfer_count(const tm_xfer_set_t *set, unsigned cls) {
+    return set ? __atomic_load_n(&set->x[cls].count, __ATOMIC_RELAXED) : 0;
 }
 
 /* Park n blocks of arena ai; false if there is no room (the caller
  * flushes them). */
 static bool xfer_put(unsigned ai, unsigned cls, void **blocks, uint32_t n) {
-    tm_xfer_t *x = xfer_of(ai, cls);
-    if (!x || __atomic_load_n(&x->count, __ATOMIC_RELAXED) + n > __atomic_load_n(&x->cap, __ATOMIC_RELAXED))
+    tm_xfer_set_t *set = xfer_set(ai);
+    if (!set) return false;
+    tm_xfer_t *x = &set->x[cls];
+    if (__atomic_load_n(&x->count, __ATOMIC_RELAXED) + n > __atomic_load_n(&x->cap, __ATOMIC_RELAXED))
         return false;
-    tm_lock(x->lock);
+    tm_lock(&set->lock);
     uint32_t cnt = x->count;
     bool ok = cnt + n <= x->cap;
     if (ok && !x->slots) { /* made on first use: most arenas park few classes */
@@ -134,37 +136,59 @@ static bool xfer_put(unsigned ai, unsigned cls, void **blocks, uint32_t n) {
         memcpy(x->slots + cnt, blocks, n * sizeof(void *));
         __atomic_store_n(&x->count, cnt + n, __ATOMIC_RELAXED);
     }
-    pthread_mutex_unlock(x->lock);
+    pthread_mutex_unlock(&set->lock);
     return ok;
 }
 
-/* Take up to n blocks from x; returns how many. */
-static uint32_t xfer_take(tm_xfer_t *x, void **blocks, uint32_t n) {
-    if (!x || !__atomic_load_n(&x->count, __ATOMIC_RELAXED)) return 0;
-    tm_lock(x->lock);
+/* Take up to n blocks of class cls from set; returns how many. */
+static uint32_t xfer_take(tm_xfer_set_t *set, unsigned cls, void **blocks, uint32_t n) {
+    if (!xfer_count(set, cls)) return 0;
+    tm_xfer_t *x = &set->x[cls];
+    tm_lock(&set->lock);
     uint32_t cnt = x->count, k = cnt < n ? cnt : n;
     __atomic_store_n(&x->count, cnt - k, __ATOMIC_RELAXED);
     memcpy(blocks, x->slots + cnt - k, k * sizeof(void *));
-    pthread_mutex_unlock(x->lock);
+    pthread_mutex_unlock(&set->lock);
     return k;
 }
 
 static uint32_t xfer_get(unsigned ai, unsigned cls, void **blocks, uint32_t n) {
-    uint32_t got = xfer_take(xfer_of(ai, cls), blocks, n);
+    uint32_t got = xfer_take(xfer_set(ai), cls, blocks, n);
     /* Own one empty: a batch from a neighbour's that is at least a quarter
      * full -- blocks parked there faster than its threads take them back
      * (threads that free each other's blocks at different rates). One
      * that holds less is left to its own threads, which are cycling it. */
     for (unsigned k = 1; !got && k < tm_narenas && k <= XFER_STEAL_SCAN; k++) {
-        tm_xfer_t *o = xfer_of((ai + k) % tm_narenas, cls);
-        if (o && __atomic_load_n(&o->count, __ATOMIC_RELAXED) * 4 >= __atomic_load_n(&o->cap, __ATOMIC_RELAXED) &&
-            __atomic_load_n(&o->count, __ATOMIC_RELAXED))
-            got = xfer_take(o, blocks, n);
+        tm_xfer_set_t *o = xfer_set((ai + k) % tm_narenas);
+        uint32_t cnt = xfer_count(o, cls);
+        if (cnt && cnt * 4 >= __atomic_load_n(&o->x[cls].cap, __ATOMIC_RELAXED))
+            got = xfer_take(o, cls, blocks, n);
     }
     return got;
 }
 
-static unsigned block_arena(void *p);
+/* Up to max blocks of class cls out of set and back to their arenas, in
+ * batches, each taken under the set's lock and flushed without it: a
+ * thread that wants a batch meanwhile waits for one copy, not for the
+ * arena locks. Returns how many. */
+#define XFER_DRAIN_BATCH 256u
+
+static uint32_t xfer_flush_out(tm_xfer_set_t *set, unsigned cls, uint32_t max) {
+    void *batch[XFER_DRAIN_BATCH];
+    uint32_t done = 0;
+    for (uint32_t k; done < max &&
+                     (k = xfer_take(set, cls, batch, max - done < XFER_DRAIN_BATCH ? max - done : XFER_DRAIN_BATCH));
+         done += k)
+        arena_flush(cls, batch, k);
+    return done;
+}
+
+/* The index of the arena that owns small block p. */
+static unsigned block_arena(void *p) {
+    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
+    uint32_t f = __atomic_load_n(&c->fast[((uintptr_t)p - c->base) >> TM_PAGE_SHIFT], __ATOMIC_RELAXED);
+    return f >> TM_FAST_ARENA_SHIFT;
+}
 
 /* Flush the older n blocks of a bin: each arena's blocks into that
  * arena's transfer cache if it has room, else to the arena. A bin holds
@@ -199,37 +223,30 @@ static void bin_flush(unsigned cls, void **blocks, uint32_t n) {
 /* Empty every transfer cache into the arenas (_heapmin) and give back its
  * slots' pages. With cap 0 meanwhile every put is refused (the block goes
  * to its arena), so once the gets have emptied it no one writes its slots
- * while they are purged; the classes reopen after one purge of all their
- * slots. The blocks leave in batches, each taken under the
- * lock and given to the arenas without it: a thread that wants a batch
- * meanwhile waits for one copy, not for the arena locks. */
-#define XFER_DRAIN_BATCH 256u
-
+ * while they are purged; a set's classes reopen after one purge of all
+ * their slots. */
 void xfer_drain_all(void) {
-    void *batch[XFER_DRAIN_BATCH];
     for (unsigned ai = 0; ai < TM_MAX_ARENAS; ai++) {
-        tm_xfer_set_t *set = __atomic_load_n(&xfer_sets[ai], __ATOMIC_ACQUIRE);
+        tm_xfer_set_t *set = xfer_set(ai);
         if (!set) continue;
         uint32_t caps[TM_NCLASSES + 1];
+        void **mem[TM_NCLASSES + 1];
+        tm_lock(&set->lock);
+        for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+            caps[c] = set->x[c].cap;
+            mem[c] = set->x[c].slots;
+            __atomic_store_n(&set->x[c].cap, 0, __ATOMIC_RELAXED); /* no put makes slots now */
+        }
+        pthread_mutex_unlock(&set->lock);
         os_batch_t slots = {.n = 0, .released = 0}; /* metadata: not counted */
         for (unsigned c = 1; c <= TM_NCLASSES; c++) {
-            tm_xfer_t *x = &set->x[c];
-            tm_lock(x->lock);
-            caps[c] = x->cap;
-            __atomic_store_n(&x->cap, 0, __ATOMIC_RELAXED); /* no put makes slots now */
-            void **mem = x->slots;
-            pthread_mutex_unlock(x->lock);
-            for (uint32_t k; (k = xfer_take(x, batch, XFER_DRAIN_BATCH)) != 0;) arena_flush(c, batch, k);
-            if (mem) os_batch_add(&slots, mem, mem + xfer_cap[c]);
+            xfer_flush_out(set, c, UINT32_MAX);
+            if (mem[c]) os_batch_add(&slots, mem[c], mem[c] + xfer_cap[c]);
         }
-        /* the set's slots in few calls (os.c), then its classes reopen */
-        os_batch_flush(&slots);
-        for (unsigned c = 1; c <= TM_NCLASSES; c++) {
-            tm_xfer_t *x = &set->x[c];
-            tm_lock(x->lock);
-            __atomic_store_n(&x->cap, caps[c], __ATOMIC_RELAXED);
-            pthread_mutex_unlock(x->lock);
-        }
+        os_batch_flush(&slots); /* the set's slots in few calls (os.c) */
+        tm_lock(&set->lock);
+        for (unsigned c = 1; c <= TM_NCLASSES; c++) __atomic_store_n(&set->x[c].cap, caps[c], __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&set->lock);
     }
 }
 
@@ -237,36 +254,24 @@ void xfer_drain_all(void) {
  * that sat there since the last visit (the count did not move) go back to
  * the arena. True if it gave any back. */
 static bool xfer_gc(unsigned ai, unsigned cls) {
-    tm_xfer_t *x = xfer_of(ai, cls);
-    if (!x) return false;
-    uint32_t cnt = __atomic_load_n(&x->count, __ATOMIC_RELAXED);
-    bool flushed = false;
-    if (!cnt && !__atomic_load_n(&x->gc_count, __ATOMIC_RELAXED)) return false;
-    tm_lock(x->lock);
-    cnt = x->count;
-    uint32_t idle = cnt && cnt == x->gc_count ? cnt : 0;
+    tm_xfer_set_t *set = xfer_set(ai);
+    if (!set) return false;
+    tm_xfer_t *x = &set->x[cls];
+    if (!xfer_count(set, cls) && !__atomic_load_n(&x->gc_count, __ATOMIC_RELAXED)) return false;
+    tm_lock(&set->lock);
+    uint32_t cnt = x->count, idle = cnt && cnt == x->gc_count ? cnt : 0;
     __atomic_store_n(&x->gc_count, idle ? 0 : cnt, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(x->lock);
-    /* out in batches, to the arenas without the set's lock */
-    void *batch[XFER_DRAIN_BATCH];
-    for (uint32_t k; idle && (k = xfer_take(x, batch, idle < XFER_DRAIN_BATCH ? idle : XFER_DRAIN_BATCH)) != 0;) {
-        arena_flush(cls, batch, k);
-        idle -= k;
-        flushed = true;
-    }
-    return flushed;
-}
-
-static uint32_t xfer_count(unsigned ai, unsigned cls) {
-    tm_xfer_t *x = xfer_of(ai, cls);
-    return x ? __atomic_load_n(&x->count, __ATOMIC_RELAXED) : 0;
+    pthread_mutex_unlock(&set->lock);
+    return idle && xfer_flush_out(set, cls, idle) != 0;
 }
 
 static size_t xfer_cached_bytes(void) {
     size_t bytes = 0;
-    for (unsigned ai = 0; ai < TM_MAX_ARENAS; ai++)
-        for (unsigned c = 1; c <= TM_NCLASSES; c++)
-            bytes += (size_t)xfer_count(ai, c) * tm_classes[c].size;
+    for (unsigned ai = 0; ai < TM_MAX_ARENAS; ai++) {
+        tm_xfer_set_t *set = xfer_set(ai);
+        for (unsigned c = 1; set && c <= TM_NCLASSES; c++)
+            bytes += (size_t)xfer_count(set, c) * tm_classes[c].size;
+    }
     return bytes;
 }
 
@@ -706,7 +711,7 @@ static void tcache_gc_locked(tm_tcache_t *tc) {
      * growth purge can give its pages back and other classes and large
      * blocks can use them. (A sweep through the sizes left one such slab
      * in each of the 40 classes there were then, 0.9 MiB.) */
-    if (flushed && !count && !xfer_count(tc->arena->index, cls))
+    if (flushed && !count && !xfer_count(xfer_set(tc->arena->index), cls))
         arena_release_idle_slab(tc->arena, cls);
 }
 
@@ -757,12 +762,6 @@ static uint32_t refill_want(tm_tc_bin_t *b, uint32_t room) {
     return want < room ? want : room;
 }
 
-/* The index of the arena that owns small block p. */
-static unsigned block_arena(void *p) {
-    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
-    uint32_t f = __atomic_load_n(&c->fast[((uintptr_t)p - c->base) >> TM_PAGE_SHIFT], __ATOMIC_RELAXED);
-    return f >> TM_FAST_ARENA_SHIFT;
-}
 
 void *tcache_malloc_slow(size_t size, unsigned cls) {
     __atomic_store_n(&tm_tls.busy, 0, __ATOMIC_RELEASE);
