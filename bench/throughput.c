@@ -29,6 +29,12 @@
  *            1-1000 B, frees every other one from the end, then the rest
  *            from the start, again and again: bursts of a size class bigger
  *            than a thread cache holds, so caches overflow and refill.
+ *   huge     big buffers: each thread keeps 8 blocks of 5-25 MiB and
+ *            replaces a random one, again and again, writing every page of
+ *            the new block (the peers differ most in how often such a
+ *            block's pages are given back and faulted in again). Not in
+ *            bench/run.sh's default set: one op is a millisecond, not a
+ *            nanosecond, and it needs 200-400 MiB per thread.
  * T defaults to the number of online CPUs; S multiplies the work (default 1).
  *
  * Every block carries a tag that is checked before it is freed. Output: one
@@ -401,6 +407,40 @@ static inline void batch_free(tstate_t *t, void *p, size_t size)
     live_add(t, -(long)size);
 }
 
+/* ---- huge ---- */
+#define HUGE_SLOTS 8
+static inline void huge_touch(void *p, size_t size)
+{
+    for (size_t off = 4096; off < size; off += 4096)
+        ((volatile char *)p)[off] = (char)off;
+}
+
+static void *huge_thread(void *arg)
+{
+    tstate_t *t = arg;
+    void *v[HUGE_SLOTS] = {0};
+    size_t sz[HUGE_SLOTS] = {0};
+    uint64_t n = scaled(200);
+    bench_go(t);
+    for (uint64_t i = 0; i < n; i++) {
+        int k = (int)(bench_rand(&t->rng) % HUGE_SLOTS);
+        if (v[k]) {
+            batch_free(t, v[k], sz[k]);
+        }
+        sz[k] = ((size_t)5 << 20) + bench_rand(&t->rng) % ((size_t)20 << 20);
+        v[k] = xmalloc(sz[k]);
+        tag_set(v[k], sz[k]);
+        huge_touch(v[k], sz[k]);
+        live_add(t, (long)sz[k]);
+    }
+    t->ops += n;
+    t->t_end = bench_now_ns();
+    for (int k = 0; k < HUGE_SLOTS; k++)
+        if (v[k])
+            batch_free(t, v[k], sz[k]);
+    return NULL;
+}
+
 static void *batch_thread(void *arg)
 {
     tstate_t *t = arg;
@@ -469,7 +509,7 @@ int main(int argc, char **argv)
     nthreads = ncpu > 0 ? (int)ncpu : 2;
     if (argc < 2) {
     usage:
-        fprintf(stderr, "usage: %s larson|xmalloc|scratch|thrash|sizes|realloc|tight|batch "
+        fprintf(stderr, "usage: %s larson|xmalloc|scratch|thrash|sizes|realloc|tight|batch|huge "
                         "[--threads T] [--scale S]\n", argv[0]);
         return 2;
     }
@@ -547,6 +587,8 @@ int main(int argc, char **argv)
         secs = run_threads(tight_thread);
     } else if (!strcmp(wl, "batch")) {
         secs = run_threads(batch_thread);
+    } else if (!strcmp(wl, "huge")) {
+        secs = run_threads(huge_thread);
     } else {
         goto usage;
     }
@@ -563,7 +605,7 @@ int main(int argc, char **argv)
      * exact, and the sampler may have missed a short peak: take the larger.
      * (With remote frees a thread's own count only grows, so not there.) */
     bool local = !strcmp(wl, "sizes") || !strcmp(wl, "realloc") || !strcmp(wl, "tight") ||
-                 !strcmp(wl, "thrash") || !strcmp(wl, "batch");
+                 !strcmp(wl, "thrash") || !strcmp(wl, "batch") || !strcmp(wl, "huge");
     for (int i = 0; local && i < nthreads; i++)
         if (ts[i].peak > peak_live)
             peak_live = ts[i].peak;

@@ -7,7 +7,15 @@
  * Freed mappings are kept in a small cache (bounded in bytes and count)
  * and reused, because faulting pages back in is what makes repeated
  * multi-MiB allocations slow; the cache is emptied by _heapmin and entries
- * older than the decay time are unmapped on later huge operations.
+ * older than the decay time are unmapped on later huge operations. A
+ * request takes the smallest cached mapping that fits, else grows the
+ * largest (huge_grow: its resident pages serve again, only the growth
+ * faults in), and a reused mapping keeps a tail up to the block's own size
+ * for the block. Before (trimming every tail, never growing), a program
+ * that keeps 8 blocks of 5-25 MiB and replaces one at a time rarely found
+ * a cached mapping big enough, and those it found shrank at each reuse:
+ * measured with `bench/throughput huge` (every page written), see
+ * docs/design.md, "Huge blocks".
  *
  * Owner: huge_lock guards both lists and every huge_t's fields. Syscalls
  * run outside it.
@@ -83,6 +91,31 @@ static void huge_decay(uint64_t now) {
     }
 }
 
+/* Grow the mapping of h, which no other thread can reach (taken out of the
+ * cache, or a block the caller holds), to msize bytes: in place when the
+ * kernel can, else its pages move, without copying, to a fresh
+ * chunk-aligned spot. Returns the new base (h->base and h->mapped are the
+ * caller's to update), or NULL with the mapping unchanged. */
+static void *huge_grow(tm_huge_t *h, size_t msize) {
+    void *p = (void *)h->base;
+    if (os_remap(p, h->mapped, msize, 0, NULL)) return p;
+    void *spot = os_map_aligned(msize, TM_CHUNK);
+    if (!spot) return NULL;
+    void *np = os_remap(p, h->mapped, msize, 1, spot);
+    if (!np) {
+        os_unmap(spot, msize);
+        return NULL;
+    }
+    if (pagemap_set((uintptr_t)np, (uintptr_t)h) != 0) {
+        /* Put it back where it was; the old entry is still valid. */
+        void *back = os_remap(np, msize, h->mapped, 1, p);
+        if (back != p) tm_fatal("mremap back failed");
+        return NULL;
+    }
+    pagemap_clear((uintptr_t)p);
+    return np;
+}
+
 void *huge_alloc(size_t size, size_t align, bool zero) {
     size_t msize = huge_map_size(size);
     if (msize < size) return NULL;
@@ -92,23 +125,41 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
     bool guard = tm_opt.guard != 0;
     if (align <= TM_CHUNK && __atomic_load_n(&huge_cache_count, __ATOMIC_RELAXED) && !guard) {
         tm_lock(&huge_mu);
-        tm_huge_t *best = NULL;
-        for (tm_huge_t *it = huge_cache; it; it = it->next)
+        /* the smallest mapping that fits, else the largest one */
+        tm_huge_t *best = NULL, *largest = NULL;
+        for (tm_huge_t *it = huge_cache; it; it = it->next) {
             if (it->mapped >= msize && (!best || it->mapped < best->mapped)) best = it;
-        if (best) {
-            list_remove(&huge_cache, best);
-            huge_cache_bytes -= best->mapped;
+            if (!largest || it->mapped > largest->mapped) largest = it;
+        }
+        h = best ? best : largest;
+        if (h) {
+            list_remove(&huge_cache, h);
+            huge_cache_bytes -= h->mapped;
             __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
-            h = best;
         }
         pthread_mutex_unlock(&huge_mu);
-        if (h) {
-            if (h->mapped > msize) { /* give back the tail we do not need */
-                os_unmap((void *)(h->base + msize), h->mapped - msize);
-                stats_add_released(h->mapped - msize);
+        size_t used = h ? h->mapped : 0; /* bytes that may not be zero */
+        if (h && h->mapped < msize) {
+            /* Too small: grown, its resident pages keep serving (a fresh
+             * mapping would fault in every page); if it cannot grow, it
+             * goes back and a fresh mapping is made. */
+            void *np = huge_grow(h, msize);
+            if (np) {
+                h->base = (uintptr_t)np;
                 h->mapped = msize;
+            } else {
+                huge_cache_put_back(h);
+                h = NULL;
             }
-            if (zero) memset((void *)h->base, 0, msize);
+        } else if (h && h->mapped - msize > msize) {
+            /* a tail bigger than the block goes back to the kernel */
+            os_unmap((void *)(h->base + msize), h->mapped - msize);
+            stats_add_released(h->mapped - msize);
+            h->mapped = msize;
+        }
+        if (h) {
+            if (zero) memset((void *)h->base, 0, used < msize ? used : msize); /* grown pages are zero */
+            msize = h->mapped; /* the block may use all of its mapping */
         }
     }
     if (!h) {
@@ -209,22 +260,8 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size) {
         } else {
             msize = old_mapped;
         }
-    } else if (!os_remap(p, old_mapped, msize, 0, NULL)) {
-        /* Cannot grow in place: move the pages to a chunk-aligned spot. */
-        void *spot = os_map_aligned(msize, TM_CHUNK);
-        if (!spot) return NULL;
-        np = os_remap(p, old_mapped, msize, 1, spot);
-        if (!np) {
-            os_unmap(spot, msize);
-            return NULL;
-        }
-        if (pagemap_set((uintptr_t)np, (uintptr_t)h) != 0) {
-            /* Put it back where it was; the old entry is still valid. */
-            void *back = os_remap(np, msize, old_mapped, 1, p);
-            if (back != p) tm_fatal("mremap back failed");
-            return NULL;
-        }
-        pagemap_clear((uintptr_t)p);
+    } else if (!(np = huge_grow(h, msize))) {
+        return NULL;
     }
     tm_lock(&huge_mu);
     huge_live_bytes += msize - h->size;

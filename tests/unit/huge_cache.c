@@ -1,0 +1,120 @@
+/*
+ * huge_cache.c (unit) -- reuse of freed huge mappings (huge.c):
+ *   - a request bigger than every cached mapping grows the largest one (in
+ *     place, or moved to a fresh spot when the address space after it is
+ *     taken) instead of mapping a fresh one, and calloc gets zeroes from it;
+ *   - a cached mapping reused for a smaller block keeps a tail no bigger
+ *     than the block (the block may use it) and gives back a bigger one.
+ * huge_mapped() counts live and cached huge mappings, so it tells whether
+ * a fresh mapping was made.
+ */
+#include "test_cmocka.h"
+#include "internal.h"
+
+#include <sys/mman.h>
+
+#define MIB ((size_t)1 << 20)
+
+/* an empty huge cache and no huge block held */
+static int empty_cache(void **state) {
+    (void)state;
+    TM_API(_heapmin)();
+    return huge_mapped() == 0 ? 0 : -1;
+}
+
+static size_t stats_released(void) {
+    return __atomic_load_n(&tm_gstats.released_bytes, __ATOMIC_RELAXED);
+}
+
+static void fill(void *p, size_t n, unsigned char v) { memset(p, v, n); }
+
+static size_t count_not(const void *p, size_t n, unsigned char v) {
+    const unsigned char *c = p;
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += c[i] != v;
+    return bad;
+}
+
+/* A freed 6 MiB block, then calloc of 10 MiB: the cached mapping grows
+ * (6 + 10 MiB mapped if a fresh one were made), and every byte is zero --
+ * the old 6 MiB were written. */
+static void test_grow_smaller_cached_mapping(void **state) {
+    (void)state;
+    unsigned char *a = TM_API(malloc)(6 * MIB);
+    assert_non_null(a);
+    fill(a, 6 * MIB, 0xab);
+    TM_API(free)(a);
+    assert_int_equal(huge_mapped(), 6 * MIB); /* cached */
+    unsigned char *b = TM_API(calloc)(1, 10 * MIB);
+    assert_non_null(b);
+    assert_int_equal(huge_mapped(), 10 * MIB);
+    assert_int_equal(TM_API(malloc_usable_size)(b), 10 * MIB);
+    assert_int_equal(count_not(b, 10 * MIB, 0), 0);
+    fill(b, 10 * MIB, 0x5c);
+    TM_API(free)(b);
+    assert_int_equal(huge_mapped(), 10 * MIB);
+}
+
+/* The same when the pages after the cached mapping are taken: it moves
+ * (without copying) to a chunk-aligned spot, and the block at the new
+ * address is a working huge block (its size known, freed into the cache). */
+static void test_grow_moves_when_blocked(void **state) {
+    (void)state;
+    unsigned char *a = TM_API(malloc)(6 * MIB);
+    assert_non_null(a);
+    fill(a, 6 * MIB, 0x11);
+    TM_API(free)(a);
+    /* the page after it: mapped already (mincore fails with ENOMEM on an
+     * unmapped one), or mapped here */
+    unsigned char vec;
+    void *blocker = NULL;
+    if (mincore(a + 6 * MIB, TM_PAGE, &vec) != 0) {
+        assert_int_equal(errno, ENOMEM);
+        blocker = mmap(a + 6 * MIB, TM_PAGE, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+        assert_ptr_equal(blocker, a + 6 * MIB);
+    }
+    unsigned char *b = TM_API(calloc)(1, 10 * MIB);
+    assert_non_null(b);
+    assert_ptr_not_equal(b, a);
+    assert_int_equal((uintptr_t)b & TM_CHUNK_MASK, 0);
+    assert_int_equal(huge_mapped(), 10 * MIB);
+    assert_int_equal(TM_API(malloc_usable_size)(b), 10 * MIB);
+    assert_int_equal(count_not(b, 10 * MIB, 0), 0);
+    fill(b, 10 * MIB, 0x22);
+    TM_API(free)(b);
+    assert_int_equal(huge_mapped(), 10 * MIB);
+    if (blocker) munmap(blocker, TM_PAGE);
+}
+
+/* Reuse for a smaller block: a tail up to the block's size stays with it,
+ * a bigger one goes back to the kernel. */
+static void test_reuse_tail(void **state) {
+    (void)state;
+    unsigned char *a = TM_API(malloc)(10 * MIB);
+    assert_non_null(a);
+    TM_API(free)(a);
+    unsigned char *b = TM_API(malloc)(7 * MIB); /* 3 MiB tail: kept */
+    assert_ptr_equal(b, a);
+    assert_int_equal(TM_API(malloc_usable_size)(b), 10 * MIB);
+    assert_int_equal(huge_mapped(), 10 * MIB);
+    fill(b, 10 * MIB, 0x33); /* usable means usable */
+    TM_API(free)(b);
+    size_t released = stats_released();
+    unsigned char *c = TM_API(malloc)(3 * MIB); /* 7 MiB tail: given back */
+    assert_ptr_equal(c, a);
+    assert_int_equal(TM_API(malloc_usable_size)(c), 3 * MIB);
+    assert_int_equal(huge_mapped(), 3 * MIB);
+    assert_int_equal(stats_released() - released, 7 * MIB);
+    fill(c, 3 * MIB, 0x44);
+    TM_API(free)(c);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_grow_smaller_cached_mapping, empty_cache),
+        cmocka_unit_test_setup(test_grow_moves_when_blocked, empty_cache),
+        cmocka_unit_test_setup(test_reuse_tail, empty_cache),
+    };
+    return cmocka_run_group_tests_name("unit_huge_cache", tests, NULL, NULL);
+}
