@@ -15,7 +15,8 @@
 #   --alloc L      allocators (default: trimalloc glibc jemalloc tcmalloc mimalloc;
 #                  those not installed are skipped with a note)
 #   --workloads L  throughput workloads (default: larson xmalloc scratch thrash
-#                  sizes realloc tight batch; see bench/throughput.c)
+#                  sizes realloc tight batch; also huge, not in the default set:
+#                  see bench/throughput.c)
 #   --no-doc       do not rewrite docs/benchmarks.md and docs/img/*.png
 #   --spike-only   only spike-and-trim, a compact table, no doc (bench/spike_demo.sh);
 #                  --png FILE writes its RSS-over-time plot there

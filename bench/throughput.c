@@ -610,7 +610,7 @@ int main(int argc, char **argv)
         if (ts[i].peak > peak_live)
             peak_live = ts[i].peak;
     size_t peak_rss = bench_peak_rss();
-    printf("throughput workload=%s threads=%d alloc=%s ops=%llu secs=%.4f mops=%.3f "
+    printf("throughput workload=%s threads=%d alloc=%s ops=%llu secs=%.4f mops=%.6f "
            "cpu_secs=%.4f peak_live=%ld peak_rss=%zu rss_start=%zu verify=%s\n",
            wl, nthreads, bench_alloc_name(bench_alloc_detect()), (unsigned long long)ops, secs,
            (double)ops / secs / 1e6, cpu_secs_total, peak_live, peak_rss, rss_start,
