@@ -10,8 +10,9 @@
  * older than the decay time are unmapped on later huge operations. A
  * request takes the smallest cached mapping that fits, else grows the
  * largest (huge_grow: its resident pages serve again, only the growth
- * faults in), and a reused mapping keeps a tail up to the block's own size
- * for the block. Before (trimming every tail, never growing), a program
+ * faults in); a reused mapping keeps a tail up to the block's own size for
+ * the block, and a longer tail stays cached on its own (huge_split_tail).
+ * Before (trimming every tail, never growing), a program
  * that keeps 8 blocks of 5-25 MiB and replaces one at a time rarely found
  * a cached mapping big enough, and those it found shrank at each reuse:
  * measured with `bench/throughput huge` (every page written), see
@@ -116,6 +117,39 @@ static void *huge_grow(tm_huge_t *h, size_t msize) {
     return np;
 }
 
+/* True if the cache has room for a mapping of `bytes` more, now. */
+static bool huge_cache_room(size_t bytes) {
+    tm_lock(&huge_mu);
+    bool room = huge_cache_count < HUGE_CACHE_MAX_COUNT && tm_opt.decay_ms > 0 &&
+                huge_cache_bytes + bytes <= (size_t)tm_opt.huge_cache_mb << 20;
+    pthread_mutex_unlock(&huge_mu);
+    return room;
+}
+
+/* Cut h's mapping, too big for a block of msize bytes, after the block's
+ * last chunk: the tail stays in the cache as a mapping of its own (its
+ * resident pages serve a later block), or goes back to the kernel if it
+ * cannot be described. h must be out of the cache and not yet live. */
+static void huge_split_tail(tm_huge_t *h, size_t msize) {
+    size_t head = (msize + TM_CHUNK_MASK) & ~TM_CHUNK_MASK;
+    if (head >= h->mapped) return; /* the block keeps it all */
+    uintptr_t tail_base = h->base + head;
+    size_t tail_size = h->mapped - head;
+    tm_huge_t *t = huge_cache_room(tail_size) ? meta_alloc(sizeof *t) : NULL;
+    if (t && pagemap_set(tail_base, (uintptr_t)t) == 0) {
+        t->base = tail_base;
+        t->mapped = t->size = tail_size;
+        t->freed_ns = h->freed_ns;
+        h->mapped = head;
+        huge_cache_put_back(t); /* (past the bounds if others filled it meanwhile: the next free evicts) */
+        return;
+    }
+    if (t) meta_free(t, sizeof *t);
+    os_unmap((void *)(h->base + msize), h->mapped - msize);
+    stats_add_released(h->mapped - msize);
+    h->mapped = msize;
+}
+
 void *huge_alloc(size_t size, size_t align, bool zero) {
     size_t msize = huge_map_size(size);
     if (msize < size) return NULL;
@@ -152,10 +186,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
                 h = NULL;
             }
         } else if (h && h->mapped - msize > msize) {
-            /* a tail bigger than the block goes back to the kernel */
-            os_unmap((void *)(h->base + msize), h->mapped - msize);
-            stats_add_released(h->mapped - msize);
-            h->mapped = msize;
+            huge_split_tail(h, msize);
         }
         if (h) {
             if (zero) memset((void *)h->base, 0, used < msize ? used : msize); /* grown pages are zero */

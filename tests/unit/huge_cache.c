@@ -4,7 +4,9 @@
  *     place, or moved to a fresh spot when the address space after it is
  *     taken) instead of mapping a fresh one, and calloc gets zeroes from it;
  *   - a cached mapping reused for a smaller block keeps a tail no bigger
- *     than the block (the block may use it) and gives back a bigger one.
+ *     than the block (the block may use it); a bigger one is cut after the
+ *     block's last chunk and stays cached, or, with no room in the cache,
+ *     goes back to the kernel.
  * huge_mapped() counts live and cached huge mappings, so it tells whether
  * a fresh mapping was made.
  */
@@ -87,8 +89,9 @@ static void test_grow_moves_when_blocked(void **state) {
     if (blocker) munmap(blocker, TM_PAGE);
 }
 
-/* Reuse for a smaller block: a tail up to the block's size stays with it,
- * a bigger one goes back to the kernel. */
+/* Reuse for a smaller block: a tail up to the block's size stays with it;
+ * a bigger one is cut after the block's last chunk and stays cached as a
+ * mapping of its own, which the next block that fits takes. */
 static void test_reuse_tail(void **state) {
     (void)state;
     unsigned char *a = TM_API(malloc)(10 * MIB);
@@ -101,13 +104,41 @@ static void test_reuse_tail(void **state) {
     fill(b, 10 * MIB, 0x33); /* usable means usable */
     TM_API(free)(b);
     size_t released = stats_released();
-    unsigned char *c = TM_API(malloc)(3 * MIB); /* 7 MiB tail: given back */
+    unsigned char *c = TM_API(malloc)(3 * MIB); /* 7 MiB tail: split at 4 MiB */
+    assert_ptr_equal(c, a);
+    assert_int_equal(TM_API(malloc_usable_size)(c), 4 * MIB);
+    assert_int_equal(huge_mapped(), 10 * MIB); /* 4 held + 6 cached */
+    assert_int_equal(stats_released(), released);
+    fill(c, 4 * MIB, 0x44);
+    unsigned char *d = TM_API(malloc)(5 * MIB); /* the 6 MiB tail, its pages still there */
+    assert_ptr_equal(d, a + 4 * MIB);
+    assert_int_equal(TM_API(malloc_usable_size)(d), 6 * MIB);
+    assert_int_equal(count_not(d, 6 * MIB, 0x33), 0);
+    assert_int_equal(huge_mapped(), 10 * MIB);
+    fill(d, 6 * MIB, 0x55);
+    assert_int_equal(count_not(c, 4 * MIB, 0x44), 0);
+    TM_API(free)(c);
+    TM_API(free)(d);
+    assert_int_equal(huge_mapped(), 10 * MIB);
+}
+
+/* With no room in the cache for the tail, it goes back to the kernel. */
+static void test_reuse_tail_no_room(void **state) {
+    (void)state;
+    unsigned char *a = TM_API(malloc)(10 * MIB);
+    assert_non_null(a);
+    TM_API(free)(a);
+    assert_int_equal(huge_mapped(), 10 * MIB); /* cached */
+    assert_int_equal(TM_API(trimalloc_option_set)("huge_cache_mb", 5), 0);
+    size_t released = stats_released();
+    unsigned char *c = TM_API(malloc)(3 * MIB); /* a 6 MiB tail would not fit in 5 */
     assert_ptr_equal(c, a);
     assert_int_equal(TM_API(malloc_usable_size)(c), 3 * MIB);
     assert_int_equal(huge_mapped(), 3 * MIB);
     assert_int_equal(stats_released() - released, 7 * MIB);
-    fill(c, 3 * MIB, 0x44);
+    fill(c, 3 * MIB, 0x66);
     TM_API(free)(c);
+    assert_int_equal(TM_API(trimalloc_option_set)("huge_cache_mb", 64), 0);
 }
 
 int main(void) {
@@ -115,6 +146,7 @@ int main(void) {
         cmocka_unit_test_setup(test_grow_smaller_cached_mapping, empty_cache),
         cmocka_unit_test_setup(test_grow_moves_when_blocked, empty_cache),
         cmocka_unit_test_setup(test_reuse_tail, empty_cache),
+        cmocka_unit_test_setup(test_reuse_tail_no_room, empty_cache),
     };
     return cmocka_run_group_tests_name("unit_huge_cache", tests, NULL, NULL);
 }
