@@ -339,10 +339,13 @@ void *tm_realloc_impl(void *p, size_t size) {
             arena_large_resize_in_place(c, (uint32_t)((a - c->base) >> TM_PAGE_SHIFT), size))
             return p;
     } else if (size > huge_threshold()) {
+        /* in place or moved by mremap; if the kernel cannot (no memory, or
+         * the program split the block's mapping, say by mprotect or
+         * madvise on part of it), a copy below */
+        int saved = errno;
         void *np = huge_realloc((tm_huge_t *)e, p, size);
         if (np) return np;
-        errno = ENOMEM;
-        return NULL;
+        errno = saved;
     }
     void *q = TM_API(malloc)(size);
     if (!q) return NULL;

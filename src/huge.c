@@ -138,6 +138,7 @@ static void huge_split_tail(tm_huge_t *h, size_t msize) {
     tm_huge_t *t = huge_cache_room(tail_size) ? meta_alloc(sizeof *t) : NULL;
     if (t && pagemap_set(tail_base, (uintptr_t)t) == 0) {
         t->base = tail_base;
+        t->origin = h->origin;
         t->mapped = t->size = tail_size;
         t->freed_ns = h->freed_ns;
         h->mapped = head;
@@ -179,6 +180,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
              * goes back and a fresh mapping is made. */
             void *np = huge_grow(h, msize);
             if (np) {
+                if (np != (void *)h->base) h->origin = (uintptr_t)np; /* moved: a mapping of its own */
                 h->base = (uintptr_t)np;
                 h->mapped = msize;
             } else {
@@ -208,7 +210,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
             os_unmap(p, msize + gsize);
             return NULL;
         }
-        h->base = (uintptr_t)p;
+        h->base = h->origin = (uintptr_t)p;
         h->mapped = msize + gsize;
         if (pagemap_set(h->base, (uintptr_t)h) != 0) {
             os_unmap(p, msize + gsize);
@@ -224,6 +226,39 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
     h->freed_ns = 0;
     pthread_mutex_unlock(&huge_mu);
     return (void *)h->base;
+}
+
+/* h, just freed and about to enter the cache, merged with the cached
+ * mappings cut from the same kernel mapping right before and after it (a
+ * block and the tail huge_split_tail cut from it meet again): returns the
+ * descriptor that covers them all, out of the cache; the others leave the
+ * pagemap and go on *merged, for the caller to free once it has dropped
+ * huge_mu (lock order: huge_mu, then the pagemap's, as at fork). Only pieces of one mapping merge, because mremap
+ * (growth, realloc) works on one mapping at a time. */
+static tm_huge_t *huge_cache_merge_locked(tm_huge_t *h, tm_huge_t **merged) {
+    for (bool again = true; again;) {
+        again = false;
+        for (tm_huge_t *it = huge_cache; it; it = it->next) {
+            if (it->origin != h->origin) continue;
+            tm_huge_t *lo = it->base + it->mapped == h->base ? it : h->base + h->mapped == it->base ? h : NULL;
+            if (!lo) continue;
+            tm_huge_t *hi = lo == it ? h : it;
+            list_remove(&huge_cache, it);
+            huge_cache_bytes -= it->mapped;
+            __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
+            lo->mapped += hi->mapped;
+            lo->size = lo->mapped;
+            lo->freed_ns = h->freed_ns;
+            /* cleared now, under the lock: once the merged entry is in the
+             * cache another thread may cut it again at hi->base */
+            pagemap_clear(hi->base);
+            list_push(merged, hi);
+            h = lo;
+            again = true;
+            break;
+        }
+    }
+    return h;
 }
 
 void huge_free(tm_huge_t *h, void *p) {
@@ -245,7 +280,9 @@ void huge_free(tm_huge_t *h, void *p) {
     h->freed_ns = now ? now : 1;
     size_t cap = (size_t)tm_opt.huge_cache_mb << 20;
     tm_huge_t *evict = NULL;
+    tm_huge_t *merged = NULL;
     if (h->mapped <= cap && tm_opt.decay_ms > 0 && h->mapped == h->size) { /* no guard */
+        h = huge_cache_merge_locked(h, &merged);
         list_push(&huge_cache, h);
         huge_cache_bytes += h->mapped;
         __atomic_store_n(&huge_cache_count, huge_cache_count + 1, __ATOMIC_RELAXED);
@@ -262,6 +299,10 @@ void huge_free(tm_huge_t *h, void *p) {
         list_push(&evict, h);
     }
     pthread_mutex_unlock(&huge_mu);
+    for (tm_huge_t *m = merged, *next; m; m = next) { /* merged into another */
+        next = m->next;
+        meta_free(m, sizeof *m);
+    }
     for (tm_huge_t *e = evict, *next; e; e = next) {
         next = e->next;
         if (!huge_unmap(e)) huge_cache_put_back(e); /* retried by _heapmin */
@@ -297,6 +338,7 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size) {
     tm_lock(&huge_mu);
     huge_live_bytes += msize - h->size;
     huge_live_mapped += msize - h->mapped;
+    if (np != p) h->origin = (uintptr_t)np;
     h->base = (uintptr_t)np;
     h->size = msize;
     h->mapped = msize;

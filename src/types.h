@@ -183,6 +183,9 @@ typedef struct tm_huge {
     size_t mapped;      /* bytes mapped */
     struct tm_huge *next, *prev; /* all huge blocks, or the free cache */
     uint64_t freed_ns;  /* when it entered the cache */
+    uintptr_t origin;   /* start of the kernel mapping (VMA) it is part of:
+                           descriptors cut from one mapping share it, and
+                           only those merge again (huge_free) */
 } tm_huge_t;
 
 /* ---- Arenas ---------------------------------------------------------------- */

@@ -6,7 +6,9 @@
  *   - a cached mapping reused for a smaller block keeps a tail no bigger
  *     than the block (the block may use it); a bigger one is cut after the
  *     block's last chunk and stays cached, or, with no room in the cache,
- *     goes back to the kernel.
+ *     goes back to the kernel; freed, the block merges with it again;
+ *   - realloc of a huge block whose mapping the kernel cannot grow or move
+ *     as one (the program split it) copies the block instead of failing.
  * huge_mapped() counts live and cached huge mappings, so it tells whether
  * a fresh mapping was made.
  */
@@ -141,12 +143,54 @@ static void test_reuse_tail_no_room(void **state) {
     assert_int_equal(TM_API(trimalloc_option_set)("huge_cache_mb", 64), 0);
 }
 
+/* A block and the tail cut from it meet again in the cache: freed, the
+ * block merges with its cached tail, and a request for nearly all of it
+ * gets the whole mapping back, in place. */
+static void test_block_merges_with_its_tail(void **state) {
+    (void)state;
+    unsigned char *a = TM_API(malloc)(10 * MIB);
+    assert_non_null(a);
+    TM_API(free)(a);
+    unsigned char *c = TM_API(malloc)(3 * MIB); /* 4 MiB block + 6 MiB cached tail */
+    assert_ptr_equal(c, a);
+    assert_int_equal(TM_API(malloc_usable_size)(c), 4 * MIB);
+    TM_API(free)(c);
+    assert_int_equal(huge_mapped(), 10 * MIB);
+    unsigned char *b = TM_API(malloc)(9 * MIB); /* fits only the merged 10 MiB */
+    assert_ptr_equal(b, a);
+    assert_int_equal(TM_API(malloc_usable_size)(b), 10 * MIB);
+    assert_int_equal(huge_mapped(), 10 * MIB);
+    fill(b, 10 * MIB, 0x77);
+    TM_API(free)(b);
+}
+
+/* A huge block whose mapping the program split (madvise on part of it
+ * makes a second kernel mapping) cannot grow by mremap; realloc copies it
+ * instead of failing. */
+static void test_realloc_of_split_mapping_copies(void **state) {
+    (void)state;
+    unsigned char *a = TM_API(malloc)(8 * MIB);
+    assert_non_null(a);
+    for (size_t i = 0; i < 8 * MIB; i += 4096) a[i] = (unsigned char)(i >> 12);
+    assert_int_equal(madvise(a + 4 * MIB, 4 * MIB, MADV_DONTFORK), 0);
+    errno = 0;
+    unsigned char *b = TM_API(realloc)(a, 16 * MIB);
+    assert_non_null(b);
+    assert_int_equal(errno, 0);
+    assert_true(TM_API(malloc_usable_size)(b) >= 16 * MIB);
+    for (size_t i = 0; i < 8 * MIB; i += 4096) assert_int_equal(b[i], (unsigned char)(i >> 12));
+    fill(b, 16 * MIB, 0x88);
+    TM_API(free)(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_grow_smaller_cached_mapping, empty_cache),
         cmocka_unit_test_setup(test_grow_moves_when_blocked, empty_cache),
         cmocka_unit_test_setup(test_reuse_tail, empty_cache),
         cmocka_unit_test_setup(test_reuse_tail_no_room, empty_cache),
+        cmocka_unit_test_setup(test_block_merges_with_its_tail, empty_cache),
+        cmocka_unit_test_setup(test_realloc_of_split_mapping_copies, empty_cache),
     };
     return cmocka_run_group_tests_name("unit_huge_cache", tests, NULL, NULL);
 }
