@@ -11,7 +11,9 @@
  * request takes the smallest cached mapping that fits, else grows the
  * largest (huge_grow: its resident pages serve again, only the growth
  * faults in); a reused mapping keeps a tail up to the block's own size for
- * the block, and a longer tail stays cached on its own (huge_split_tail).
+ * the block, and a longer tail stays cached on its own (huge_split_tail),
+ * to merge with the block again when the block is freed
+ * (huge_cache_merge_locked).
  * Before (trimming every tail, never growing), a program
  * that keeps 8 blocks of 5-25 MiB and replaces one at a time rarely found
  * a cached mapping big enough, and those it found shrank at each reuse:
