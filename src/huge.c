@@ -20,8 +20,9 @@
  * measured with `bench/throughput huge` (every page written), see
  * docs/design.md, "Huge blocks".
  *
- * Owner: huge_lock guards both lists and every huge_t's fields. Syscalls
- * run outside it.
+ * Owner: huge_lock guards both lists and the fields of every huge_t on
+ * them; a huge_t on neither (taken out of the cache, not yet live) belongs
+ * to the thread that took it. Syscalls run outside the lock.
  */
 #include "internal.h"
 
