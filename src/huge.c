@@ -236,8 +236,9 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
  * block and the tail huge_split_tail cut from it meet again): returns the
  * descriptor that covers them all, out of the cache; the others leave the
  * pagemap and go on *merged, for the caller to free once it has dropped
- * huge_mu (lock order: huge_mu, then the pagemap's, as at fork). Only pieces of one mapping merge, because mremap
- * (growth, realloc) works on one mapping at a time. */
+ * huge_mu (lock order: huge_mu, then the pagemap's, as at fork). Only
+ * pieces of one mapping merge, because mremap (growth, realloc) works on
+ * one mapping at a time. */
 static tm_huge_t *huge_cache_merge_locked(tm_huge_t *h, tm_huge_t **merged) {
     for (bool again = true; again;) {
         again = false;
