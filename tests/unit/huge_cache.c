@@ -39,21 +39,35 @@ static size_t count_not(const void *p, size_t n, unsigned char v) {
     return bad;
 }
 
-/* A freed 6 MiB block, then calloc of 10 MiB: the cached mapping grows
- * (6 + 10 MiB mapped if a fresh one were made), and every byte is zero --
- * the old 6 MiB were written. */
-static void test_grow_smaller_cached_mapping(void **state) {
-    (void)state;
-    unsigned char *a = TM_API(malloc)(6 * MIB);
-    assert_non_null(a);
-    fill(a, 6 * MIB, 0xab);
-    TM_API(free)(a);
-    assert_int_equal(huge_mapped(), 6 * MIB); /* cached */
+/* A huge block of `size` bytes, written with v and freed into the cache:
+ * its address, for the next allocations to be compared with. */
+static unsigned char *cached_block(size_t size, unsigned char v) {
+    unsigned char *p = TM_API(malloc)(size);
+    assert_non_null(p);
+    fill(p, size, v);
+    TM_API(free)(p);
+    return p;
+}
+
+/* calloc of 10 MiB where the cache holds one smaller mapping: it grows
+ * (10 MiB mapped in all, not 10 more), and every byte reads zero. */
+static unsigned char *calloc_grown(void) {
     unsigned char *b = TM_API(calloc)(1, 10 * MIB);
     assert_non_null(b);
     assert_int_equal(huge_mapped(), 10 * MIB);
     assert_int_equal(TM_API(malloc_usable_size)(b), 10 * MIB);
     assert_int_equal(count_not(b, 10 * MIB, 0), 0);
+    return b;
+}
+
+/* A freed 6 MiB block, then calloc of 10 MiB: the cached mapping grows
+ * (6 + 10 MiB mapped if a fresh one were made), and every byte is zero --
+ * the old 6 MiB were written. */
+static void test_grow_smaller_cached_mapping(void **state) {
+    (void)state;
+    cached_block(6 * MIB, 0xab);
+    assert_int_equal(huge_mapped(), 6 * MIB); /* cached */
+    unsigned char *b = calloc_grown();
     fill(b, 10 * MIB, 0x5c);
     TM_API(free)(b);
     assert_int_equal(huge_mapped(), 10 * MIB);
@@ -64,10 +78,7 @@ static void test_grow_smaller_cached_mapping(void **state) {
  * address is a working huge block (its size known, freed into the cache). */
 static void test_grow_moves_when_blocked(void **state) {
     (void)state;
-    unsigned char *a = TM_API(malloc)(6 * MIB);
-    assert_non_null(a);
-    fill(a, 6 * MIB, 0x11);
-    TM_API(free)(a);
+    unsigned char *a = cached_block(6 * MIB, 0x11);
     /* the page after it: mapped already (mincore fails with ENOMEM on an
      * unmapped one), or mapped here */
     unsigned char vec;
@@ -78,13 +89,9 @@ static void test_grow_moves_when_blocked(void **state) {
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
         assert_ptr_equal(blocker, a + 6 * MIB);
     }
-    unsigned char *b = TM_API(calloc)(1, 10 * MIB);
-    assert_non_null(b);
+    unsigned char *b = calloc_grown();
     assert_ptr_not_equal(b, a);
     assert_int_equal((uintptr_t)b & TM_CHUNK_MASK, 0);
-    assert_int_equal(huge_mapped(), 10 * MIB);
-    assert_int_equal(TM_API(malloc_usable_size)(b), 10 * MIB);
-    assert_int_equal(count_not(b, 10 * MIB, 0), 0);
     fill(b, 10 * MIB, 0x22);
     TM_API(free)(b);
     assert_int_equal(huge_mapped(), 10 * MIB);
@@ -96,9 +103,7 @@ static void test_grow_moves_when_blocked(void **state) {
  * mapping of its own, which the next block that fits takes. */
 static void test_reuse_tail(void **state) {
     (void)state;
-    unsigned char *a = TM_API(malloc)(10 * MIB);
-    assert_non_null(a);
-    TM_API(free)(a);
+    unsigned char *a = cached_block(10 * MIB, 0x22);
     unsigned char *b = TM_API(malloc)(7 * MIB); /* 3 MiB tail: kept */
     assert_ptr_equal(b, a);
     assert_int_equal(TM_API(malloc_usable_size)(b), 10 * MIB);
@@ -127,9 +132,7 @@ static void test_reuse_tail(void **state) {
 /* With no room in the cache for the tail, it goes back to the kernel. */
 static void test_reuse_tail_no_room(void **state) {
     (void)state;
-    unsigned char *a = TM_API(malloc)(10 * MIB);
-    assert_non_null(a);
-    TM_API(free)(a);
+    unsigned char *a = cached_block(10 * MIB, 0x22);
     assert_int_equal(huge_mapped(), 10 * MIB); /* cached */
     assert_int_equal(TM_API(trimalloc_option_set)("huge_cache_mb", 5), 0);
     size_t released = stats_released();
@@ -148,9 +151,7 @@ static void test_reuse_tail_no_room(void **state) {
  * gets the whole mapping back, in place. */
 static void test_block_merges_with_its_tail(void **state) {
     (void)state;
-    unsigned char *a = TM_API(malloc)(10 * MIB);
-    assert_non_null(a);
-    TM_API(free)(a);
+    unsigned char *a = cached_block(10 * MIB, 0x22);
     unsigned char *c = TM_API(malloc)(3 * MIB); /* 4 MiB block + 6 MiB cached tail */
     assert_ptr_equal(c, a);
     assert_int_equal(TM_API(malloc_usable_size)(c), 4 * MIB);
