@@ -155,8 +155,10 @@ static void test_block_merges_with_its_tail(void **state) {
     unsigned char *c = TM_API(malloc)(3 * MIB); /* 4 MiB block + 6 MiB cached tail */
     assert_ptr_equal(c, a);
     assert_int_equal(TM_API(malloc_usable_size)(c), 4 * MIB);
+    assert_true(pagemap_lookup((uintptr_t)a + 4 * MIB) != 0); /* the tail's own descriptor */
     TM_API(free)(c);
     assert_int_equal(huge_mapped(), 10 * MIB);
+    assert_int_equal(pagemap_lookup((uintptr_t)a + 4 * MIB), 0); /* merged: no block starts there */
     unsigned char *b = TM_API(malloc)(9 * MIB); /* fits only the merged 10 MiB */
     assert_ptr_equal(b, a);
     assert_int_equal(TM_API(malloc_usable_size)(b), 10 * MIB);
