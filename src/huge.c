@@ -105,18 +105,23 @@ static void *huge_grow(tm_huge_t *h, size_t msize) {
     if (os_remap(p, h->mapped, msize, 0, NULL)) return p;
     void *spot = os_map_aligned(msize, TM_CHUNK);
     if (!spot) return NULL;
-    void *np = os_remap(p, h->mapped, msize, 1, spot);
-    if (!np) {
+    /* The entries change while both ranges are still ours: once the pages
+     * have moved, the old range is free address space, which another
+     * thread may map for a block of its own and enter in the pagemap -- a
+     * clear of the old entry after the move could wipe out that one (a
+     * later free of that block then read as an invalid pointer). */
+    if (pagemap_set((uintptr_t)spot, (uintptr_t)h) != 0) {
         os_unmap(spot, msize);
         return NULL;
     }
-    if (pagemap_set((uintptr_t)np, (uintptr_t)h) != 0) {
-        /* Put it back where it was; the old entry is still valid. */
-        void *back = os_remap(np, msize, h->mapped, 1, p);
-        if (back != p) tm_fatal("mremap back failed");
+    pagemap_clear((uintptr_t)p);
+    void *np = os_remap(p, h->mapped, msize, 1, spot);
+    if (!np) {
+        pagemap_set((uintptr_t)p, (uintptr_t)h); /* its leaf exists: cannot fail */
+        pagemap_clear((uintptr_t)spot);
+        os_unmap(spot, msize);
         return NULL;
     }
-    pagemap_clear((uintptr_t)p);
     return np;
 }
 

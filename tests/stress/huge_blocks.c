@@ -142,10 +142,70 @@ static void test_huge_blocks_shared(void **state)
     assert_true(atomic_load(&callocs) > 0);
 }
 
+/* ---- moves against fresh mappings ------------------------------------------
+ * A cached mapping that grows by moving (the address space after it is
+ * taken) leaves its old range free, and another thread's fresh mapping may
+ * land there at once and enter itself in the pagemap. Clearing the old
+ * entry after the move wiped out that thread's entry, and its free() then
+ * aborted with "invalid pointer" (in 4-5 runs of 6 of this loop; also
+ * through realloc, before the cache grew mappings). One thread walks its
+ * block up through 5..19 MiB (each size a growth of the cached mapping,
+ * emptied by _heapmin every 8), two others map and free 3 MiB blocks as
+ * fast as they can, checking the first page and the last byte. */
+static atomic_int moves_stop;
+
+/* malloc(size), the first page and the last byte written and checked,
+ * free: the pages a move would carry, without the cost of filling MiBs. */
+static void touch_and_free(size_t size, uint64_t id, uint64_t seq)
+{
+    unsigned char *p = TM_API(malloc)(size);
+    TU_CHECK(p != NULL, "malloc(%zu) failed", size);
+    uint64_t seed = tu_pattern_seed(p, id, seq);
+    tu_fill(p, 4096, seed);
+    p[size - 1] = (unsigned char)seq;
+    TU_CHECK_PATTERN(p, 4096, seed);
+    TU_CHECK(p[size - 1] == (unsigned char)seq, "last byte of %p changed", (void *)p);
+    TM_API(free)(p);
+}
+
+static void *mover(void *arg)
+{
+    long n = (long)(intptr_t)arg;
+    for (long i = 0; i < n; i++) {
+        touch_and_free(((size_t)5 + (size_t)(i % 8) * 2) * TU_MIB, 99, (uint64_t)i);
+        if (i % 8 == 7)
+            tu_heapmin_ok();
+    }
+    atomic_store(&moves_stop, 1);
+    return NULL;
+}
+
+static void *mapper(void *arg)
+{
+    uint64_t id = (uint64_t)(intptr_t)arg, seq = 0;
+    while (!atomic_load(&moves_stop))
+        touch_and_free(3 * TU_MIB, id, ++seq);
+    return NULL;
+}
+
+static void test_moves_against_fresh_mappings(void **state)
+{
+    (void)state;
+    atomic_store(&moves_stop, 0);
+    pthread_t t[3];
+    tu_thread_create(&t[0], mover, (void *)(intptr_t)tu_scaled(8000, 800));
+    tu_thread_create(&t[1], mapper, (void *)(intptr_t)1);
+    tu_thread_create(&t[2], mapper, (void *)(intptr_t)2);
+    for (int i = 0; i < 3; i++)
+        tu_thread_join(t[i]);
+    tu_heap_ok();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_huge_blocks_shared),
+        cmocka_unit_test(test_moves_against_fresh_mappings),
     };
     return cmocka_run_group_tests_name("stress_huge_blocks (" TU_FLAVOUR ")", tests, NULL, NULL);
 }
