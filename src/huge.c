@@ -125,11 +125,15 @@ static void *huge_grow(tm_huge_t *h, size_t msize) {
     return np;
 }
 
+/* The cache's bound in bytes, 0 when it is off (either option 0). */
+static size_t huge_cache_cap(void) {
+    return tm_opt.decay_ms > 0 ? (size_t)tm_opt.huge_cache_mb << 20 : 0;
+}
+
 /* True if the cache has room for a mapping of `bytes` more, now. */
 static bool huge_cache_room(size_t bytes) {
     tm_lock(&huge_mu);
-    bool room = huge_cache_count < HUGE_CACHE_MAX_COUNT && tm_opt.decay_ms > 0 &&
-                huge_cache_bytes + bytes <= (size_t)tm_opt.huge_cache_mb << 20;
+    bool room = huge_cache_count < HUGE_CACHE_MAX_COUNT && huge_cache_bytes + bytes <= huge_cache_cap();
     pthread_mutex_unlock(&huge_mu);
     return room;
 }
@@ -245,27 +249,28 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
  * pieces of one mapping merge, because mremap (growth, realloc) works on
  * one mapping at a time. */
 static tm_huge_t *huge_cache_merge_locked(tm_huge_t *h, tm_huge_t **merged) {
-    for (bool again = true; again;) {
-        again = false;
-        for (tm_huge_t *it = huge_cache; it; it = it->next) {
-            if (it->origin != h->origin) continue;
-            tm_huge_t *lo = it->base + it->mapped == h->base ? it : h->base + h->mapped == it->base ? h : NULL;
-            if (!lo) continue;
-            tm_huge_t *hi = lo == it ? h : it;
-            list_remove(&huge_cache, it);
-            huge_cache_bytes -= it->mapped;
-            __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
-            lo->mapped += hi->mapped;
-            lo->size = lo->mapped;
-            lo->freed_ns = h->freed_ns;
-            /* cleared now, under the lock: once the merged entry is in the
-             * cache another thread may cut it again at hi->base */
-            pagemap_clear(hi->base);
-            list_push(merged, hi);
-            h = lo;
-            again = true;
-            break;
+    for (tm_huge_t *it = huge_cache; it;) {
+        tm_huge_t *lo = it->origin != h->origin          ? NULL
+                        : it->base + it->mapped == h->base ? it
+                        : h->base + h->mapped == it->base ? h
+                                                          : NULL;
+        if (!lo) {
+            it = it->next;
+            continue;
         }
+        tm_huge_t *hi = lo == it ? h : it;
+        list_remove(&huge_cache, it);
+        huge_cache_bytes -= it->mapped;
+        __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
+        lo->mapped += hi->mapped;
+        lo->size = lo->mapped;
+        lo->freed_ns = h->freed_ns;
+        /* cleared now, under the lock: once the merged entry is in the
+         * cache another thread may cut it again at hi->base */
+        pagemap_clear(hi->base);
+        list_push(merged, hi);
+        h = lo;
+        it = huge_cache; /* the bigger piece may touch one seen before */
     }
     return h;
 }
@@ -287,10 +292,9 @@ void huge_free(tm_huge_t *h, void *p) {
     huge_live_mapped -= h->mapped;
     uint64_t now = os_now_ns();
     h->freed_ns = now ? now : 1;
-    size_t cap = (size_t)tm_opt.huge_cache_mb << 20;
-    tm_huge_t *evict = NULL;
-    tm_huge_t *merged = NULL;
-    if (h->mapped <= cap && tm_opt.decay_ms > 0 && h->mapped == h->size) { /* no guard */
+    size_t cap = huge_cache_cap();
+    tm_huge_t *evict = NULL, *merged = NULL;
+    if (h->mapped <= cap && h->mapped == h->size) { /* cache on; no guard */
         h = huge_cache_merge_locked(h, &merged);
         list_push(&huge_cache, h);
         huge_cache_bytes += h->mapped;
