@@ -85,7 +85,7 @@ set(TRIMALLOC_HOT_DATA
   # Written at start-up or by any allocation: 2.4 KiB, ordered so that the
   # 32-byte-aligned ones (locks, tables) leave no padding before the next
   # (the 8-, 4- and 1-byte ones fill their tails).
-  init_lock init_owner pm_hot tm_cookie_key slot_total
+  init_lock init_owner tm_cookie_key slot_total
   tm_opt slot_grown_start
   tm_class_tiny tc_key_ok tm_initialized tm_fork_ready init_running tc_key registry_count tm_narenas registry
   tm_class_fast recycled meta_cur meta_end

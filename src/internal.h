@@ -14,6 +14,19 @@
 
 #include <errno.h>
 #include <string.h>
+#if defined(__has_include)
+#if __has_include(<sys/single_threaded.h>)
+#include <sys/single_threaded.h>
+#define TM_LAZY_FORK 1
+#endif
+#endif
+
+/* Everything declared from here to the end of this file is the library's
+ * own: hidden, so a global is read with one PC-relative load, not a load
+ * of its GOT slot first (the linker relaxes that one to a lea, which is
+ * still one instruction more on every fast-path global). The exported
+ * functions say TM_EXPORT, which wins. */
+#pragma GCC visibility push(hidden)
 
 /* ---- Attributes ------------------------------------------------------------ */
 #define TM_EXPORT __attribute__((visibility("default")))
@@ -169,24 +182,21 @@ TM_INLINE uintptr_t pagemap_lookup(uintptr_t a) {
 }
 /* The hot leaf: the first leaf made, the one nearly every chunk lands in
  * (the kernel places mappings close together, and one leaf covers 32 GiB).
- * free() reads its entry without going through the root: one dependent
- * load fewer on the fast path (measured: the tight malloc/free loop 10%
- * faster, pagemap.c). `count` is 0 until the leaf exists (an all-zero
- * .bss struct is "no hot leaf"), then PM_LEAF_SIZE; `first` is the chunk
- * index (address >> TM_CHUNK_SHIFT) of the leaf's entry 0. Written once,
- * leaf and first before count; read count first. */
-typedef struct pm_hot {
-    uintptr_t count;
-    uintptr_t first;
-    const uintptr_t *leaf;
-} pm_hot_t;
-extern pm_hot_t pm_hot;
+ * Its entries live in .bss (pm_hot_leaf), so free() reads an entry with no
+ * load of the root and no load of a leaf pointer: one bounds test against
+ * a constant and one load (pagemap.c says what each load cost).
+ * pm_hot_first is the chunk index (address >> TM_CHUNK_SHIFT) of entry 0, or, until the
+ * leaf exists, PM_HOT_NONE, which puts every address out of range. It is
+ * written once, after the leaf's entries are zero and before any entry is
+ * set; entries are published with release stores as in every leaf. */
+#define PM_HOT_NONE ((uintptr_t)1 << 63)
+extern uintptr_t pm_hot_first;
+extern pm_leaf_t pm_hot_leaf;
 /* False if a lies outside the hot leaf; else *e is its entry. */
 TM_INLINE bool pagemap_lookup_hot(uintptr_t a, uintptr_t *e) {
-    uintptr_t n = __atomic_load_n(&pm_hot.count, __ATOMIC_ACQUIRE);
-    uintptr_t i = (a >> TM_CHUNK_SHIFT) - __atomic_load_n(&pm_hot.first, __ATOMIC_RELAXED);
-    if (unlikely(i >= n)) return false;
-    *e = __atomic_load_n(&__atomic_load_n(&pm_hot.leaf, __ATOMIC_RELAXED)[i], __ATOMIC_ACQUIRE);
+    uintptr_t i = (a >> TM_CHUNK_SHIFT) - __atomic_load_n(&pm_hot_first, __ATOMIC_RELAXED);
+    if (unlikely(i >= PM_LEAF_SIZE)) return false;
+    *e = __atomic_load_n(&pm_hot_leaf.e[i], __ATOMIC_ACQUIRE);
     return true;
 }
 int pagemap_set(uintptr_t chunk_addr, uintptr_t entry); /* -1 on OOM */
@@ -424,12 +434,6 @@ TM_INLINE void tm_init(void) {
  * thread, not at start-up (init.c says why). tm_fork_ready is 2 once they
  * are; every allocator lock is taken through tm_lock or tm_trylock, which
  * register them first if another thread exists by then. */
-#if defined(__has_include)
-#if __has_include(<sys/single_threaded.h>)
-#include <sys/single_threaded.h>
-#define TM_LAZY_FORK 1
-#endif
-#endif
 #ifndef TM_LAZY_FORK
 #define TM_LAZY_FORK 0
 #endif
@@ -499,5 +503,7 @@ void tm_warn(const char *msg1, const char *msg2);
  * %llu %d %u %p %x. */
 int tm_snprintf(char *buf, size_t n, const char *fmt, ...);
 void tm_write_fd(int fd, const char *s, size_t n);
+
+#pragma GCC visibility pop
 
 #endif /* TM_INTERNAL_H */
