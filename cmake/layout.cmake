@@ -32,7 +32,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   malloc free calloc realloc reallocarray aligned_alloc memalign posix_memalign
   valloc pvalloc malloc_usable_size free_sized free_aligned_sized
   tm_malloc_impl tm_free_impl tm_realloc_impl tm_alloc_aligned tm_usable_size
-  large_alloc free_generic free_cold
+  large_alloc free_generic free_cold free_to_cache_miss
   # alloc.c: the C++ operators
   _Znwm _Znam _ZnwmRKSt9nothrow_t _ZnamRKSt9nothrow_t _ZnwmSt11align_val_t
   _ZnamSt11align_val_t _ZnwmSt11align_val_tRKSt9nothrow_t _ZnamSt11align_val_tRKSt9nothrow_t
@@ -87,7 +87,7 @@ set(TRIMALLOC_HOT_DATA
   # (the 8-, 4- and 1-byte ones fill their tails).
   init_lock init_owner tm_cookie_key slot_total
   tm_opt slot_grown_start
-  tm_class_tiny tc_key_ok tm_initialized tm_fork_ready init_running tc_key registry_count tm_narenas registry
+  tm_class_tiny tm_bin_tiny tc_key_ok tm_initialized tm_fork_ready init_running tc_key registry_count tm_narenas registry
   tm_class_fast recycled meta_cur meta_end
   tm_classes meta_total
   slot_grown os_fail_countdown_active

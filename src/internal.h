@@ -136,6 +136,9 @@ typedef struct tm_class_fast {
 } tm_class_fast_t;
 extern tm_class_fast_t tm_class_fast;
 extern uint8_t tm_class_tiny[(TM_TINY_MAX >> 4) + 1];
+/* the same classes' bins as byte offsets in a thread cache (malloc's fast
+ * path: class << 5, see tm_tc_bin_t) */
+extern uint16_t tm_bin_tiny[(TM_TINY_MAX >> 4) + 1];
 void size_class_init(void);
 /* 1024 < size <= TM_SMALL_MAX: with s = size - 1 and k = floor(log2 s), the class
  * is the j-th of group k where j = (s >> (k - 2)) - 3 (size_class.c). */

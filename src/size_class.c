@@ -43,6 +43,7 @@
 tm_class_t tm_classes[TM_NCLASSES + 1];
 tm_class_fast_t tm_class_fast;
 uint8_t tm_class_tiny[(TM_TINY_MAX >> 4) + 1];
+uint16_t tm_bin_tiny[(TM_TINY_MAX >> 4) + 1];
 
 static uint32_t class_size_rule(unsigned cls) {
     if (cls <= 8) return 16u * cls;
@@ -94,5 +95,6 @@ void size_class_init(void) {
         size_t sz = i << 4;
         while (tm_classes[c].size < sz) c++;
         tm_class_tiny[i] = (uint8_t)c;
+        tm_bin_tiny[i] = (uint16_t)(c * sizeof(tm_tc_bin_t));
     }
 }
