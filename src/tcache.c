@@ -200,18 +200,30 @@ static void bin_flush(unsigned cls, void **blocks, uint32_t n) {
     while (n) {
         unsigned ai = block_arena(blocks[0]);
         uintptr_t last = (uintptr_t)blocks[0] & ~TM_CHUNK_MASK;
-        bool last_ai = true;
-        uint32_t k = 1; /* blocks[0..k) are ai's */
-        for (uint32_t i = 1; i < n; i++) {
-            uintptr_t chunk = (uintptr_t)blocks[i] & ~TM_CHUNK_MASK;
+        /* blocks[0..k) are ai's. First the run of ai's blocks at the
+         * start, which is usually the whole batch: no swaps. */
+        uint32_t k = 1;
+        for (; k < n; k++) {
+            uintptr_t chunk = (uintptr_t)blocks[k] & ~TM_CHUNK_MASK;
             if (chunk != last) {
+                if (block_arena(blocks[k]) != ai) break;
                 last = chunk;
-                last_ai = block_arena(blocks[i]) == ai;
             }
-            if (last_ai) {
-                void *t = blocks[k];
-                blocks[k++] = blocks[i];
-                blocks[i] = t;
+        }
+        if (k < n) { /* blocks[k] is another arena's: partition the rest */
+            last = (uintptr_t)blocks[k] & ~TM_CHUNK_MASK;
+            bool last_ai = false;
+            for (uint32_t i = k + 1; i < n; i++) {
+                uintptr_t chunk = (uintptr_t)blocks[i] & ~TM_CHUNK_MASK;
+                if (chunk != last) {
+                    last = chunk;
+                    last_ai = block_arena(blocks[i]) == ai;
+                }
+                if (last_ai) {
+                    void *t = blocks[k];
+                    blocks[k++] = blocks[i];
+                    blocks[i] = t;
+                }
             }
         }
         if (!xfer_put(ai, cls, blocks, k)) arena_flush(cls, blocks, k);
