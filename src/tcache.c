@@ -313,13 +313,25 @@ unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_R
  * thread holds more than that (tcache_malloc_slow, tcache_free_slow). From
  * there it doubles each time it swings from empty to full, up to
  * TC_GROW_MAX times its capacity, but not past tc_grow_bytes() of blocks:
- * 64 KiB up to 1 KiB, where
+ * 64 KiB up to 512 B, where
  * a grown bin would otherwise hold many blocks a producer/consumer pair
  * keeps cycling, and 256 KiB above, where the first capacities are small
- * (16-32 blocks) and a program that handles its 1-8 KiB blocks in batches
+ * (16-64 blocks) and a program that handles its 1-8 KiB blocks in batches
  * of 64 swung every batch through the transfer cache (measured: the size
  * sweep's 1 and 2 threads ran 8-9% faster at 256 KiB, same peak RSS; 512
- * KiB gained nothing more). See tcache_free_slow. A cache's slots are one
+ * KiB gained nothing more). The classes of 513 B-1 KiB were at 64 KiB
+ * too (64-102 blocks, 64 for 1 KiB: no growth at all) until 2026-12-04;
+ * at 256 KiB the batch workload (1000 blocks of 8-1000 B allocated, then
+ * freed: 129 per class of this range) stops swinging through the
+ * transfer cache every round -- bench/throughput batch, interleaved
+ * medians of 9: 1 thread +25%, 2 threads +29%; callgrind, 1 thread:
+ * 58.8M -> 53.2M instructions; peak RSS with 2 threads 4.0 -> 3.6 MiB,
+ * as blocks come back from the thread's bin instead of from slabs the
+ * transfer cache scattered them over. The cost: larson (random sizes of
+ * 16-1024 B, random frees), whose bins of this range now grow in their
+ * random walk, holds about 190 KiB more at its peak (4.30 -> 4.48 MiB
+ * with 1 thread, 6.66 -> 6.86 with 2; medians of 11), and ran no slower
+ * (+10% and +2%, within the noise). See tcache_free_slow. A cache's slots are one
  * mapping in three parts: every bin's start slots, packed (2 KiB: a thread
  * that holds few blocks of each class touches one page of its cache's
  * slots, where the full capacities took five); then each class's room for
@@ -335,7 +347,7 @@ unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_R
 /* the remote large-free queue (tcache_free_large) */
 #define TC_RL_BYTES (1024u << 10)
 #define TC_RL_FIRST 4
-static uint32_t tc_grow_bytes(uint32_t size) { return size <= 1024 ? 64u << 10 : 256u << 10; }
+static uint32_t tc_grow_bytes(uint32_t size) { return size <= 512 ? 64u << 10 : 256u << 10; }
 
 static uint32_t bin_cap(unsigned cls) {
     uint64_t cap = (uint64_t)tm_classes[cls].tc_cap * (uint64_t)tm_opt.tcache_scale_pct / 100;
