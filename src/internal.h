@@ -188,10 +188,11 @@ TM_INLINE uintptr_t pagemap_lookup(uintptr_t a) {
  * Its entries live in .bss (pm_hot_leaf), so free() reads an entry with no
  * load of the root and no load of a leaf pointer: one bounds test against
  * a constant and one load (pagemap.c says what each load cost).
- * pm_hot_first is the chunk index (address >> TM_CHUNK_SHIFT) of entry 0, or, until the
- * leaf exists, PM_HOT_NONE, which puts every address out of range. It is
- * written once, after the leaf's entries are zero and before any entry is
- * set; entries are published with release stores as in every leaf. */
+ * pm_hot_first is the chunk index (address >> TM_CHUNK_SHIFT) of entry 0,
+ * or, until the leaf exists, PM_HOT_NONE, which puts every address out of
+ * range. It is written once, after the leaf's entries are zero and before
+ * any entry is set; entries are published with release stores as in every
+ * leaf. */
 #define PM_HOT_NONE ((uintptr_t)1 << 63)
 extern uintptr_t pm_hot_first;
 extern pm_leaf_t pm_hot_leaf;
