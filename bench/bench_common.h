@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -167,6 +168,15 @@ static inline void *bench_map(size_t bytes)
     return p;
 }
 static inline void bench_unmap(void *p, size_t bytes) { munmap(p, bytes); }
+
+/* Involuntary context switches of the calling thread so far: a gap in a
+ * timing loop during which this moved was the scheduler's, not ours. */
+static inline long bench_thread_nivcsw(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_THREAD, &ru);
+    return ru.ru_nivcsw;
+}
 
 static inline void bench_sleep_us(long us)
 {

@@ -23,23 +23,11 @@
  * its own CPU only if the machine has two free; on a loaded one its gaps
  * include preemption, in both windows alike.
  */
-#define _GNU_SOURCE
+#include "bench_common.h"
+
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
-#include <time.h>
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 enum { IDLE, QUIET, PURGE, STOP };
 static atomic_int phase = IDLE;
@@ -49,41 +37,28 @@ static atomic_int phase = IDLE;
  * gaps over 20 us, since getrusage costs far more than a clock read) */
 static uint64_t worst_gap[STOP], worst_own[STOP];
 
-static long nivcsw(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_THREAD, &ru);
-    return ru.ru_nivcsw;
-}
-
 static void *victim(void *arg)
 {
     (void)arg;
-    long cs = nivcsw();
-    uint64_t last = now_ns();
+    long cs = bench_thread_nivcsw();
+    uint64_t last = bench_now_ns();
     int ph;
     while ((ph = atomic_load_explicit(&phase, memory_order_relaxed)) != STOP) {
-        uint64_t t = now_ns(), d = t - last;
+        uint64_t t = bench_now_ns(), d = t - last;
         if (d > worst_gap[ph])
             worst_gap[ph] = d;
         if (d > 20000) {
-            long now_cs = nivcsw();
+            long now_cs = bench_thread_nivcsw();
             if (now_cs == cs && d > worst_own[ph])
                 worst_own[ph] = d;
             cs = now_cs;
-            t = now_ns(); /* the getrusage call is not a gap */
+            t = bench_now_ns(); /* the getrusage call is not a gap */
         } else if (d > worst_own[ph]) {
             worst_own[ph] = d;
         }
         last = t;
     }
     return NULL;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -111,28 +86,28 @@ static int one_run(char *mem, size_t bytes, size_t call, result_t *r)
     pthread_t t;
     if (pthread_create(&t, NULL, victim, NULL) != 0)
         return -1;
-    sleep_ms(20); /* the victim is spinning */
+    bench_sleep_us(20000); /* the victim is spinning */
     atomic_store(&phase, QUIET);
-    uint64_t q0 = now_ns();
+    uint64_t q0 = bench_now_ns();
     uint64_t calls = 0, total = 0, longest = 0;
     /* the purge itself, timed by the victim meanwhile */
     atomic_store(&phase, PURGE);
     for (size_t off = 0; off < bytes; off += call) {
-        uint64_t a = now_ns();
+        uint64_t a = bench_now_ns();
         if (madvise(mem + off, call, MADV_DONTNEED) != 0) {
             perror("madvise");
             return -1;
         }
-        uint64_t d = now_ns() - a;
+        uint64_t d = bench_now_ns() - a;
         total += d;
         if (d > longest)
             longest = d;
         calls++;
     }
-    uint64_t purge_ns = now_ns() - q0;
+    uint64_t purge_ns = bench_now_ns() - q0;
     /* a quiet window as long as the purge, for the noise floor */
     atomic_store(&phase, QUIET);
-    sleep_ms((long)(purge_ns / 1000000u) + 1);
+    bench_sleep_us((long)(purge_ns / 1000u) + 1000);
     atomic_store(&phase, STOP);
     pthread_join(t, NULL);
     atomic_store(&phase, IDLE);

@@ -201,14 +201,6 @@ static uint64_t probe_max_ns[PROBE_MODES], probe_max_own_ns[PROBE_MODES], probe_
 
 static uint64_t max_u64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 
-/* Involuntary context switches of the calling thread so far. */
-static long thread_nivcsw(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_THREAD, &ru);
-    return ru.ru_nivcsw;
-}
-
 static void *prober_main(void *arg)
 {
     (void)arg;
@@ -220,14 +212,14 @@ static void *prober_main(void *arg)
         free(ring[i % RING]);
         ring[i % RING] = malloc(16u << (i % 10));
     }
-    long nivcsw = thread_nivcsw();
+    long nivcsw = bench_thread_nivcsw();
     for (;;) {
         int mode = atomic_load_explicit(&probe_mode, memory_order_acquire);
         if (mode == PROBE_EXIT)
             break;
         if (mode == PROBE_IDLE) {
             bench_sleep_us(500);
-            nivcsw = thread_nivcsw();
+            nivcsw = bench_thread_nivcsw();
             continue;
         }
         /* Sizes 16 B .. 8 KiB and a ring of 64 live blocks: most calls hit
@@ -255,7 +247,7 @@ static void *prober_main(void *arg)
             if (d > probe_max_own_ns[mode])
                 probe_max_own_ns[mode] = d;
         } else {
-            long now = thread_nivcsw();
+            long now = bench_thread_nivcsw();
             if (now != nivcsw)
                 probe_preempted[mode]++;
             else if (d > probe_max_own_ns[mode])
