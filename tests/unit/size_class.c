@@ -1,6 +1,7 @@
 /*
  * size_class.c (unit) -- the size-class table: every size maps to the
- * smallest class that holds it, waste is bounded, slabs are sane.
+ * smallest class that holds it (and malloc's bin-offset table agrees),
+ * waste is bounded, slabs are sane.
  */
 #include "test_cmocka.h"
 #include "internal.h"
@@ -15,6 +16,11 @@ static void test_every_size_maps_to_smallest_fitting_class(void **state) {
         if (c > 1) assert_true(tm_classes[c - 1].size < sz || (sz == 0 && c == 1));
     }
     assert_int_equal(tm_classes[TM_NCLASSES].size, TM_SMALL_MAX);
+    /* malloc's table for the sizes up to TM_TINY_MAX names the same class's
+     * bin, as its byte offset in a thread cache */
+    for (size_t sz = 0; sz <= TM_TINY_MAX; sz++)
+        assert_int_equal(tm_bin_tiny[(sz + 15) >> 4],
+                         (size_t)size_class_of(sz) * sizeof(tm_tc_bin_t));
 }
 
 static void test_waste_is_bounded(void **state) {
