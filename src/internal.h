@@ -193,7 +193,7 @@ TM_INLINE uintptr_t pagemap_lookup(uintptr_t a) {
  * range. It is written once, after the leaf's entries are zero and before
  * any entry is set; entries are published with release stores as in every
  * leaf. */
-#define PM_HOT_NONE ((uintptr_t)1 << 63)
+#define PM_HOT_NONE ((uintptr_t)1 << (sizeof(uintptr_t) * 8 - 1)) /* the top bit */
 extern uintptr_t pm_hot_first;
 extern pm_leaf_t pm_hot_leaf;
 /* False if a lies outside the hot leaf; else *e is its entry. */
