@@ -96,11 +96,7 @@ TM_INLINE bool small_block(uintptr_t a, unsigned *cls_out, uint32_t *fast_out) {
  * start) goes to free_generic. The class is read again from p's page, so
  * the fast path need not keep a copy of it in a register. */
 static TM_COLD void free_to_cache_miss(void *p) {
-    uintptr_t a = (uintptr_t)p;
-    const tm_chunk_t *c = (const tm_chunk_t *)(pagemap_lookup(a) - 1);
-    /* relaxed, as in small_block_e: a trimmer may change the flag bits */
-    unsigned cls = TM_FAST_CLS(__atomic_load_n(
-        &c->fast[(a >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1)], __ATOMIC_RELAXED));
+    unsigned cls = TM_FAST_CLS(block_fast((uintptr_t)p));
     if (likely(cls)) {
         tcache_free_slow(p, cls);
         return;

@@ -247,6 +247,14 @@ TM_INLINE tm_chunk_t *chunk_of_entry(uintptr_t e) {
 TM_INLINE tm_chunk_t *page_chunk(tm_page_t *h) {
     return (tm_chunk_t *)(((uintptr_t)h & ~(uintptr_t)TM_PAGE_MASK) - offsetof(tm_chunk_t, pages));
 }
+/* The fast[] entry (types.h) of the page of a, an address in one of our
+ * chunks, read as free() reads it: relaxed, since a trimmer may change its
+ * flag bits meanwhile. */
+TM_INLINE uint32_t block_fast(uintptr_t a) {
+    const tm_chunk_t *c = chunk_of_entry(pagemap_lookup(a));
+    return __atomic_load_n(&c->fast[(a >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1)],
+                           __ATOMIC_RELAXED);
+}
 TM_INLINE tm_chunk_t *slab_chunk(tm_slab_t *s) {
     return chunk_of_entry(pagemap_lookup(s->start));
 }

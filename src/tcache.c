@@ -184,11 +184,7 @@ static uint32_t xfer_flush_out(tm_xfer_set_t *set, unsigned cls, uint32_t max) {
 }
 
 /* The index of the arena that owns small block p. */
-static unsigned block_arena(void *p) {
-    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
-    uint32_t f = __atomic_load_n(&c->fast[((uintptr_t)p - c->base) >> TM_PAGE_SHIFT], __ATOMIC_RELAXED);
-    return f >> TM_FAST_ARENA_SHIFT;
-}
+static unsigned block_arena(void *p) { return block_fast((uintptr_t)p) >> TM_FAST_ARENA_SHIFT; }
 
 /* Flush the older n blocks of a bin: each arena's blocks into that
  * arena's transfer cache if it has room, else to the arena. A bin holds
@@ -200,30 +196,21 @@ static void bin_flush(unsigned cls, void **blocks, uint32_t n) {
     while (n) {
         unsigned ai = block_arena(blocks[0]);
         uintptr_t last = (uintptr_t)blocks[0] & ~TM_CHUNK_MASK;
-        /* blocks[0..k) are ai's. First the run of ai's blocks at the
-         * start, which is usually the whole batch: no swaps. */
-        uint32_t k = 1;
-        for (; k < n; k++) {
-            uintptr_t chunk = (uintptr_t)blocks[k] & ~TM_CHUNK_MASK;
+        bool last_ai = true;
+        uint32_t k = 1; /* blocks[0..k) are ai's */
+        for (uint32_t i = 1; i < n; i++) {
+            uintptr_t chunk = (uintptr_t)blocks[i] & ~TM_CHUNK_MASK;
             if (chunk != last) {
-                if (block_arena(blocks[k]) != ai) break;
                 last = chunk;
+                last_ai = block_arena(blocks[i]) == ai;
             }
-        }
-        if (k < n) { /* blocks[k] is another arena's: partition the rest */
-            last = (uintptr_t)blocks[k] & ~TM_CHUNK_MASK;
-            bool last_ai = false;
-            for (uint32_t i = k + 1; i < n; i++) {
-                uintptr_t chunk = (uintptr_t)blocks[i] & ~TM_CHUNK_MASK;
-                if (chunk != last) {
-                    last = chunk;
-                    last_ai = block_arena(blocks[i]) == ai;
-                }
-                if (last_ai) {
+            if (last_ai) {
+                if (i != k) { /* none before the first foreign block: usually none */
                     void *t = blocks[k];
-                    blocks[k++] = blocks[i];
+                    blocks[k] = blocks[i];
                     blocks[i] = t;
                 }
+                k++;
             }
         }
         if (!xfer_put(ai, cls, blocks, k)) arena_flush(cls, blocks, k);
