@@ -32,18 +32,19 @@ tm_arena_t *arena_get(unsigned index) {
 }
 
 /* The arena for a new thread: the one with the fewest threads bound to it,
- * the lowest index on a tie; bound[] counts them. So threads spread over
- * the arenas, and a thread that replaces one that exited (a pool, a
- * server's connection threads) takes over its arena -- and the memory the
- * exited thread left there, resident and warm -- instead of faulting in
- * fresh pages in the next arena round the ring. The caller holds the
- * thread-cache registry lock, which serialises every change of bound[],
- * and makes the arena (arena_get) after dropping it. */
-unsigned arena_choose_locked(unsigned bound[]) {
+ * the lowest index on a tie; bound[] counts them (the caller adds the new
+ * thread). So threads spread over the arenas, and a thread that replaces
+ * one that exited (a pool, a server's connection threads) takes over its
+ * arena -- and the memory the exited thread left there, resident and warm
+ * -- instead of faulting in fresh pages in the next arena round the ring.
+ * The process's initial thread is not counted (tcache.c): the first thread
+ * it starts shares arena 0 with it. The caller holds the thread-cache
+ * registry lock, which serialises every change of bound[], and makes the
+ * arena (arena_get) after dropping it. */
+unsigned arena_choose_locked(const unsigned bound[]) {
     unsigned best = 0;
     for (unsigned i = 1; i < tm_narenas && bound[best]; i++)
         if (bound[i] < bound[best]) best = i;
-    bound[best]++;
     return best;
 }
 

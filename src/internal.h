@@ -118,6 +118,7 @@ uint64_t os_now_ns(void);
 uint64_t os_now_ns_raw(void); /* by a system call, no libc or vDSO page */
 void os_yield(void);
 long os_getpid(void);                        /* a system call: libc's is not needed */
+long os_gettid(void);                        /* the same */
 unsigned os_ncpus(void);
 void os_random(void *buf, size_t n);
 void os_set_fail_after(long n);              /* fault injection: nth map fails */
@@ -327,7 +328,7 @@ extern unsigned tm_narenas;
 #define TM_FAST(cls, page, arena) \
     ((uint32_t)(cls) | (uint32_t)(page) << TM_PAGE_SHIFT | (uint32_t)(arena) << TM_FAST_ARENA_SHIFT)
 tm_arena_t *arena_get(unsigned index);        /* creates on first use */
-unsigned arena_choose_locked(unsigned bound[]); /* registry lock held; bound[i]++ */
+unsigned arena_choose_locked(const unsigned bound[]); /* registry lock held */
 bool arena_block_is_free(void *p);            /* small block p free in its slab (no lock) */
 /* Fill up to n slots of class cls; returns count (0 on OOM). */
 unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n);

@@ -383,6 +383,7 @@ uint64_t os_now_ns_raw(void) {
 void os_yield(void) { os_sys(SYS_sched_yield, 0, 0, 0, 0, 0, 0); }
 
 long os_getpid(void) { return os_sys(SYS_getpid, 0, 0, 0, 0, 0, 0); }
+long os_gettid(void) { return os_sys(SYS_gettid, 0, 0, 0, 0, 0, 0); }
 
 unsigned os_ncpus(void) {
     /* The raw call returns the bytes of mask the kernel wrote. */

@@ -28,7 +28,8 @@ static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static tm_tcache_t *registry;      /* live caches */
 static tm_tcache_t *recycled;      /* caches of exited threads, for reuse */
 static unsigned registry_count;
-static unsigned arena_bound[TM_MAX_ARENAS]; /* live caches per arena index */
+static unsigned arena_bound[TM_MAX_ARENAS]; /* live caches per arena index, the initial
+                                             thread's not counted (tc->unbound) */
 static pthread_key_t tc_key;
 static bool tc_key_ok;
 
@@ -529,7 +530,7 @@ static void tcache_destructor(void *arg) {
     registry_count--;
     tc->state = TC_STATE_FREE;
     tc->arena->nthreads--;
-    arena_bound[tc->arena->index]--;
+    if (!tc->unbound) arena_bound[tc->arena->index]--;
     tc->next = recycled;
     recycled = tc;
     pthread_mutex_unlock(&registry_lock);
@@ -582,19 +583,22 @@ static tm_tcache_t *tcache_create(void) {
     tc->gc_next = 1;
     tc->owner_tls = &tm_tls;
     tm_mutex_init(&tc->mu);
+    tc->unbound = os_gettid() == os_getpid();
+    unsigned one = tc->unbound ? 0 : 1;
     tm_lock(&registry_lock);
     unsigned ai = arena_choose_locked(arena_bound);
+    arena_bound[ai] += one;
     pthread_mutex_unlock(&registry_lock);
     tc->arena = arena_get(ai);
     if (!tc->arena && (tc->arena = arena_get(0))) {
         tm_lock(&registry_lock);
-        arena_bound[ai]--;
-        arena_bound[0]++;
+        arena_bound[ai] -= one;
+        arena_bound[0] += one;
         pthread_mutex_unlock(&registry_lock);
     }
     if (!tc->arena) {
         tm_lock(&registry_lock);
-        arena_bound[ai]--;
+        arena_bound[ai] -= one;
         pthread_mutex_unlock(&registry_lock);
         tm_tls.state = TLS_NONE;
         return NULL;
@@ -1042,7 +1046,7 @@ void tcache_fork_child(void) {
         if (tc->next) tc->next->prev = tc->prev;
         registry_count--;
         tc->arena->nthreads--;
-        arena_bound[tc->arena->index]--;
+        if (!tc->unbound) arena_bound[tc->arena->index]--;
         tc->state = TC_STATE_FREE;
         __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
         tc->next = recycled;

@@ -264,6 +264,8 @@ typedef struct tm_tcache {
                                    since they were last given back (under mu) */
     bool slots_releasing;       /* a trimmer is giving back the grown-bin
                                    slots' pages: no bin may grow (tcache.c) */
+    bool unbound;               /* the process's initial thread: not counted
+                                   in arena_bound (arena_choose_locked) */
     /* garbage collection of idle bins (tcache.c), under mu */
     unsigned gc_tick;           /* slow-path calls since the last visit */
     unsigned gc_next;           /* class the next visit looks at */

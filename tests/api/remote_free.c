@@ -7,7 +7,13 @@
  *     would go on writing the other thread's cache line (passive false
  *     sharing, as in Hoard's cache-scratch);
  *   - a thread that replaces one that exited takes over its arena, so it
- *     reuses the memory the first one left there.
+ *     reuses the memory the first one left there;
+ *   - the process's initial thread is not counted when threads are bound to
+ *     arenas: the first thread it starts shares arena 0 with it (a worker
+ *     that takes over the data the main thread built uses the same slabs),
+ *     the next one gets an arena of its own.
+ * The first two start an idle thread first (tu_arena_holder_start), so that
+ * the threads they look at are not the one that shares arena 0.
  */
 #include "test_cmocka.h"
 
@@ -43,6 +49,7 @@ static void test_remote_object_not_handed_back(void **state)
     (void)state;
     if (narenas() < 2)
         skip(); /* one arena: no block is remote */
+    tu_arena_holder_start();
     for (int i = 0; i < NOBJ; i++) {
         objs[i] = TM_API(malloc)(16);
         assert_non_null(objs[i]);
@@ -51,6 +58,7 @@ static void test_remote_object_not_handed_back(void **state)
     pthread_t t;
     tu_thread_create(&t, scratch_thread, NULL);
     tu_thread_join(t);
+    tu_arena_holder_stop();
     assert_true(got != objs[1]);
     for (int i = 0; i < NOBJ; i++)
         if (i != 1 && ((uintptr_t)got & ~(uintptr_t)(LINE - 1)) ==
@@ -81,12 +89,14 @@ static void test_replacement_thread_takes_arena(void **state)
     (void)state;
     if (narenas() < 2)
         skip();
+    tu_arena_holder_start();
     void *a = NULL, *b = NULL;
     pthread_t t;
     tu_thread_create(&t, first_block, &a);
     tu_thread_join(t);
     tu_thread_create(&t, first_block, &b);
     tu_thread_join(t);
+    tu_arena_holder_stop();
     uintptr_t chunk = (uintptr_t)4 << 20;
     if (((uintptr_t)a & ~(chunk - 1)) != ((uintptr_t)b & ~(chunk - 1)))
         fail_msg("a replacement thread allocated %p, not in the chunk of its predecessor's %p", b,
@@ -95,11 +105,65 @@ static void test_replacement_thread_takes_arena(void **state)
     TM_API(free)(b);
 }
 
+/* Threads bound to each arena, from the statistics. */
+static unsigned arena_threads(unsigned i)
+{
+    trimalloc_arena_stats_t s;
+    assert_int_equal(TM_API(trimalloc_stats_arena)(i, &s), 0);
+    return s.nthreads;
+}
+
+static pthread_barrier_t bound, release;
+
+static void *bound_thread(void *arg)
+{
+    (void)arg;
+    void *p = TM_API(malloc)(16); /* binds this thread to an arena */
+    TU_CHECK(p != NULL, "malloc(16) failed");
+    TM_API(free)(p);
+    pthread_barrier_wait(&bound);
+    pthread_barrier_wait(&release);
+    return NULL;
+}
+
+static void test_initial_thread_shares_arena_zero(void **state)
+{
+    (void)state;
+    if (narenas() < 2)
+        skip();
+    void *m = TM_API(malloc)(16); /* this (the initial) thread is bound */
+    assert_non_null(m);
+    unsigned before0 = arena_threads(0), before1 = arena_threads(1);
+    assert_int_equal(before0, 1); /* the other tests' threads have exited */
+    assert_int_equal(before1, 0);
+    assert_int_equal(pthread_barrier_init(&bound, NULL, 2), 0);
+    assert_int_equal(pthread_barrier_init(&release, NULL, 2), 0);
+    pthread_t t1, t2;
+    tu_thread_create(&t1, bound_thread, NULL);
+    pthread_barrier_wait(&bound);
+    assert_int_equal(arena_threads(0), 2); /* the first thread: arena 0 */
+    assert_int_equal(arena_threads(1), 0);
+    tu_thread_create(&t2, bound_thread, NULL);
+    pthread_barrier_wait(&bound);
+    assert_int_equal(arena_threads(0), 2);
+    assert_int_equal(arena_threads(1), 1); /* the second: one of its own */
+    pthread_barrier_wait(&release);
+    pthread_barrier_wait(&release);
+    tu_thread_join(t1);
+    tu_thread_join(t2);
+    assert_int_equal(arena_threads(0), 1);
+    assert_int_equal(arena_threads(1), 0);
+    pthread_barrier_destroy(&bound);
+    pthread_barrier_destroy(&release);
+    TM_API(free)(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_remote_object_not_handed_back),
         cmocka_unit_test(test_replacement_thread_takes_arena),
+        cmocka_unit_test(test_initial_thread_shares_arena_zero),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

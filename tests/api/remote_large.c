@@ -11,7 +11,9 @@
  *     arena hands out a block), one of another length does not, and the
  *     length is the block's current one after a realloc in place.
  * What a bad free of such a block does is in tests/bad_input
- * (double-remote-large, interior-remote-large-page).
+ * (double-remote-large, interior-remote-large-page). Each test first starts
+ * an idle thread (tu_arena_holder_start): the first thread the main thread
+ * starts shares its arena, and the threads here must not.
  */
 #include "test_cmocka.h"
 
@@ -100,6 +102,7 @@ static void test_remote_large_frees_go_home_in_batches(void **state)
     (void)state;
     if (narenas() < 2)
         skip(); /* one arena: no block is remote */
+    tu_arena_holder_start();
     assert_int_equal(TM_API(_heapmin)(), 0);
     void *own = TM_API(malloc)(BLOCK); /* binds this thread to its arena */
     assert_non_null(own);
@@ -142,6 +145,7 @@ static void test_remote_large_frees_go_home_in_batches(void **state)
     assert_int_equal(stats().tcache_bytes, 0);
     TM_API(free)(own);
     assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+    tu_arena_holder_stop();
 }
 
 /* A thread that frees two of this thread's blocks, then waits. */
@@ -164,6 +168,7 @@ static void free_two_elsewhere(int at_once)
 {
     if (narenas() < 2)
         skip();
+    tu_arena_holder_start();
     assert_int_equal(TM_API(_heapmin)(), 0);
     unsigned me = arena_of(alloc_blocks, NULL, NB);
     uint64_t nfree0 = large_nfree(me);
@@ -194,6 +199,7 @@ static void free_two_elsewhere(int at_once)
         pthread_barrier_destroy(&freed_two);
         pthread_barrier_destroy(&go_on);
     }
+    tu_arena_holder_stop();
 }
 
 static void test_heapmin_sends_home_an_idle_threads_queue(void **state)
@@ -213,6 +219,7 @@ static void test_queued_block_taken_back_for_same_length(void **state)
     (void)state;
     if (narenas() < 2)
         skip();
+    tu_arena_holder_start();
     assert_int_equal(TM_API(_heapmin)(), 0);
     void *own = TM_API(malloc)(BLOCK);
     assert_non_null(own);
@@ -263,6 +270,7 @@ static void test_queued_block_taken_back_for_same_length(void **state)
         TM_API(free)(blocks[i]);
     TM_API(free)(own);
     assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+    tu_arena_holder_stop();
 }
 
 int main(void)

@@ -348,6 +348,47 @@ static inline void *tu_thread_join(pthread_t t)
     return ret;
 }
 
+/* trimalloc does not count the process's initial thread when it binds a new
+ * thread to an arena (arena.c, arena_choose_locked): the first thread the
+ * main thread starts shares arena 0 with it, so no block either of them
+ * frees is remote to the other. A test that needs another thread on an
+ * arena of its own holds that first place with an idle thread:
+ * tu_arena_holder_start(), called from the main thread, binds it, then
+ * returns once the holder has allocated (which binds that too);
+ * tu_arena_holder_stop() ends the holder. */
+static pthread_barrier_t tu_holder_bound, tu_holder_release;
+static pthread_t tu_holder;
+
+static inline void *tu_holder_main(void *arg)
+{
+    (void)arg;
+    void *p = TM_API(malloc)(16);
+    TU_CHECK(p != NULL, "malloc(16) failed");
+    TM_API(free)(p);
+    pthread_barrier_wait(&tu_holder_bound);
+    pthread_barrier_wait(&tu_holder_release);
+    return NULL;
+}
+
+static inline void tu_arena_holder_start(void)
+{
+    void *p = TM_API(malloc)(16); /* the caller is bound first, to arena 0 */
+    TU_CHECK(p != NULL, "malloc(16) failed");
+    TM_API(free)(p);
+    TU_CHECK(pthread_barrier_init(&tu_holder_bound, NULL, 2) == 0, "pthread_barrier_init");
+    TU_CHECK(pthread_barrier_init(&tu_holder_release, NULL, 2) == 0, "pthread_barrier_init");
+    tu_thread_create(&tu_holder, tu_holder_main, NULL);
+    pthread_barrier_wait(&tu_holder_bound);
+}
+
+static inline void tu_arena_holder_stop(void)
+{
+    pthread_barrier_wait(&tu_holder_release);
+    tu_thread_join(tu_holder);
+    pthread_barrier_destroy(&tu_holder_bound);
+    pthread_barrier_destroy(&tu_holder_release);
+}
+
 static inline void tu_lock(pthread_mutex_t *m)
 {
     int rc = pthread_mutex_lock(m);
