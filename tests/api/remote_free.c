@@ -137,7 +137,7 @@ static void test_initial_thread_shares_arena_zero(void **state)
     assert_int_equal(before0, 1); /* the other tests' threads have exited */
     assert_int_equal(before1, 0);
     assert_int_equal(pthread_barrier_init(&bound, NULL, 2), 0);
-    assert_int_equal(pthread_barrier_init(&release, NULL, 2), 0);
+    assert_int_equal(pthread_barrier_init(&release, NULL, 3), 0); /* both threads and this one */
     pthread_t t1, t2;
     tu_thread_create(&t1, bound_thread, NULL);
     pthread_barrier_wait(&bound);
@@ -147,7 +147,6 @@ static void test_initial_thread_shares_arena_zero(void **state)
     pthread_barrier_wait(&bound);
     assert_int_equal(arena_threads(0), 2);
     assert_int_equal(arena_threads(1), 1); /* the second: one of its own */
-    pthread_barrier_wait(&release);
     pthread_barrier_wait(&release);
     tu_thread_join(t1);
     tu_thread_join(t2);
