@@ -294,6 +294,7 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures);
 /* Give back resident free pages that stayed free for dirty_decay_ms, in
  * every arena whose lock is free; no lock held (tcache.c's GC tick). */
 void arena_decay_tick(void);
+size_t arena_release_orphaned(tm_arena_t *a); /* its last thread exited; no lock held */
 
 /* ---- background.c: the optional background thread -------------------------------- */
 void background_maybe_start(void); /* at a GC tick, no lock held */

@@ -8,8 +8,14 @@
  * stays alive (so the next thread gets another arena) but idle. 100 ms
  * later thread B allocates and writes 8 MiB of its own: A's idle pages go
  * back as B's come in. Without that, B's 8 MiB would add to A's.
+ *
+ * And when the last thread but the main one exits, every arena left
+ * without a thread gives back its free pages at once, all but 1 MiB each,
+ * unless dirty_decay_ms is -1; the main thread's arena keeps them.
  */
 #include "test_cmocka.h"
+
+#include <stdbool.h>
 
 #define BLK ((size_t)256 * 1024) /* a large block, not a huge one */
 #define NBLK 32                  /* 8 MiB */
@@ -95,9 +101,70 @@ static void test_idle_pages_of_another_thread_go_back(void **state) {
     if (!TU_ASAN && !TU_TSAN) assert_true(r.rss_growth <= 5 * TU_MIB);
 }
 
+/* A thread that allocates, writes and frees 8 MiB, then, once told to,
+ * exits. */
+static int t_done, t_may_exit;
+
+static void *alloc_free_exit(void *arg) {
+    (void)arg;
+    void *p[NBLK];
+    touch_and_keep(p);
+    for (int i = 0; i < NBLK; i++) TM_API(free)(p[i]);
+    set(&t_done);
+    wait_for(&t_may_exit);
+    return NULL;
+}
+
+/* What the exit of such a thread releases when it is the last thread but
+ * this one (the main, initial thread): bound to an arena of its own, or
+ * (shared) to arena 0, which this thread keeps. */
+static size_t released_by_exit(bool shared) {
+    void *m = TM_API(malloc)(16); /* this thread is bound (to arena 0) */
+    TU_CHECK(m != NULL, "malloc(16)");
+    if (!shared)
+        tu_arena_holder_start(); /* takes this thread's place in arena 0 */
+    t_done = t_may_exit = 0;
+    pthread_t t;
+    tu_thread_create(&t, alloc_free_exit, NULL);
+    wait_for(&t_done);
+    if (!shared)
+        tu_arena_holder_stop(); /* so that the thread is the last one */
+    size_t released0 = released_bytes();
+    set(&t_may_exit);
+    tu_thread_join(t);
+    size_t released = released_bytes() - released0;
+    TM_API(free)(m);
+    return released;
+}
+
+static void test_arena_of_exited_thread_gives_back(void **state) {
+    (void)state;
+    trimalloc_stats_t st;
+    assert_int_equal(TM_API(trimalloc_stats_get)(&st), 0);
+    if (st.narenas < 2) skip();
+    long decay = 0;
+    assert_int_equal(TM_API(trimalloc_option_get)("dirty_decay_ms", &decay), 0);
+    if (decay < 0) skip(); /* TRIMALLOC_CONF turned it off */
+    size_t alone = released_by_exit(false);
+    print_message("the last thread but this one exited, alone in its arena: %zu KiB released\n",
+                  alone >> 10);
+    assert_true(alone >= 6 * TU_MIB); /* 8 MiB less the 1 MiB kept, less slack */
+    size_t shared = released_by_exit(true);
+    print_message("a thread sharing the main thread's arena exited: %zu KiB released\n",
+                  shared >> 10);
+    assert_true(shared < TU_MIB); /* nothing of arena 0 */
+    /* dirty_decay_ms:-1 keeps every free page */
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", -1), 0);
+    size_t off = released_by_exit(false);
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", decay), 0);
+    print_message("with dirty_decay_ms:-1: %zu KiB released\n", off >> 10);
+    assert_true(off < TU_MIB);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_idle_pages_of_another_thread_go_back),
+        cmocka_unit_test(test_arena_of_exited_thread_gives_back),
     };
     return cmocka_run_group_tests_name("api_idle_arenas", tests, NULL, NULL);
 }
