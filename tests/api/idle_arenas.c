@@ -59,6 +59,12 @@ typedef struct {
     size_t released, rss_growth;
 } b_result_t;
 
+static unsigned narenas(void) {
+    trimalloc_stats_t st;
+    TU_CHECK(TM_API(trimalloc_stats_get)(&st) == 0, "stats");
+    return st.narenas;
+}
+
 static size_t released_bytes(void) {
     trimalloc_stats_t st;
     TU_CHECK(TM_API(trimalloc_stats_get)(&st) == 0, "stats");
@@ -79,9 +85,7 @@ static void *thread_b(void *arg) {
 
 static void test_idle_pages_of_another_thread_go_back(void **state) {
     (void)state;
-    trimalloc_stats_t st;
-    assert_int_equal(TM_API(trimalloc_stats_get)(&st), 0);
-    if (st.narenas < 2) skip();
+    if (narenas() < 2) skip();
     pthread_t a, b;
     tu_thread_create(&a, thread_a, NULL);
     wait_for(&a_done);
@@ -101,36 +105,22 @@ static void test_idle_pages_of_another_thread_go_back(void **state) {
     if (!TU_ASAN && !TU_TSAN) assert_true(r.rss_growth <= 5 * TU_MIB);
 }
 
-/* A thread that allocates, writes and frees 8 MiB, then, once told to,
- * exits. */
-static int t_done, t_may_exit;
-
-static void *alloc_free_exit(void *arg) {
-    (void)arg;
-    void *p[NBLK];
-    touch_and_keep(p);
-    for (int i = 0; i < NBLK; i++) TM_API(free)(p[i]);
-    set(&t_done);
-    wait_for(&t_may_exit);
-    return NULL;
-}
-
-/* What the exit of such a thread releases when it is the last thread but
- * this one (the main, initial thread): bound to an arena of its own, or
- * (shared) to arena 0, which this thread keeps. */
+/* What the exit of a thread like A (thread_a) releases when it is the last
+ * thread but this one (the main, initial thread): bound to an arena of its
+ * own, or (shared) to arena 0, which this thread keeps. */
 static size_t released_by_exit(bool shared) {
     void *m = TM_API(malloc)(16); /* this thread is bound (to arena 0) */
     TU_CHECK(m != NULL, "malloc(16)");
     if (!shared)
         tu_arena_holder_start(); /* takes this thread's place in arena 0 */
-    t_done = t_may_exit = 0;
+    a_done = a_may_exit = 0;
     pthread_t t;
-    tu_thread_create(&t, alloc_free_exit, NULL);
-    wait_for(&t_done);
+    tu_thread_create(&t, thread_a, NULL);
+    wait_for(&a_done);
     if (!shared)
         tu_arena_holder_stop(); /* so that the thread is the last one */
     size_t released0 = released_bytes();
-    set(&t_may_exit);
+    set(&a_may_exit);
     tu_thread_join(t);
     size_t released = released_bytes() - released0;
     TM_API(free)(m);
@@ -139,9 +129,7 @@ static size_t released_by_exit(bool shared) {
 
 static void test_arena_of_exited_thread_gives_back(void **state) {
     (void)state;
-    trimalloc_stats_t st;
-    assert_int_equal(TM_API(trimalloc_stats_get)(&st), 0);
-    if (st.narenas < 2) skip();
+    if (narenas() < 2) skip();
     long decay = 0;
     assert_int_equal(TM_API(trimalloc_option_get)("dirty_decay_ms", &decay), 0);
     if (decay < 0) skip(); /* TRIMALLOC_CONF turned it off */
