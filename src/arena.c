@@ -37,13 +37,14 @@ tm_arena_t *arena_get(unsigned index) {
  * one that exited (a pool, a server's connection threads) takes over its
  * arena -- and the memory the exited thread left there, resident and warm
  * -- instead of faulting in fresh pages in the next arena round the ring.
- * The process's initial thread is not counted (tcache.c): the first thread
- * it starts shares arena 0 with it. The caller holds the thread-cache
- * registry lock, which serialises every change of bound[], and makes the
- * arena (arena_get) after dropping it. */
-unsigned arena_choose_locked(const unsigned bound[]) {
-    unsigned best = 0;
-    for (unsigned i = 1; i < tm_narenas && bound[best]; i++)
+ * The process's initial thread is not counted (tcache.c), and its arena,
+ * `first` (0 until it has one), wins a tie: the first thread it starts
+ * shares its arena. The caller holds the thread-cache registry lock, which
+ * serialises every change of bound[], and makes the arena (arena_get)
+ * after dropping it. */
+unsigned arena_choose_locked(const unsigned bound[], unsigned first) {
+    unsigned best = first < tm_narenas ? first : 0;
+    for (unsigned i = 0; i < tm_narenas && bound[best]; i++)
         if (bound[i] < bound[best]) best = i;
     return best;
 }

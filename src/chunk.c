@@ -622,7 +622,7 @@ void arena_decay_tick(void) {
  * allocates and frees 2 MiB of 4 KiB blocks, 300 in turn while another
  * thread stays alive: 150-250 -> 2700 us a thread; glibc 5400). As it is,
  * each such thread takes over the arena the one before it left, warm
- * (arena_choose_locked), or shares arena 0 with the main thread.
+ * (arena_choose_locked), or shares the main thread's arena.
  * Measured, scripts/demo.sh, RSS once its 8 threads have exited: 20.3 ->
  * 10.9-11.4 MiB (glibc 6.1; the rest is the main thread's arena, the 1 MiB
  * kept in each of the 3 others, and metadata). */

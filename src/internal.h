@@ -329,7 +329,7 @@ extern unsigned tm_narenas;
 #define TM_FAST(cls, page, arena) \
     ((uint32_t)(cls) | (uint32_t)(page) << TM_PAGE_SHIFT | (uint32_t)(arena) << TM_FAST_ARENA_SHIFT)
 tm_arena_t *arena_get(unsigned index);        /* creates on first use */
-unsigned arena_choose_locked(const unsigned bound[]); /* registry lock held */
+unsigned arena_choose_locked(const unsigned bound[], unsigned first); /* registry lock held */
 bool arena_block_is_free(void *p);            /* small block p free in its slab (no lock) */
 /* Fill up to n slots of class cls; returns count (0 on OOM). */
 unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n);

@@ -30,6 +30,7 @@ static tm_tcache_t *recycled;      /* caches of exited threads, for reuse */
 static unsigned registry_count;
 static unsigned arena_bound[TM_MAX_ARENAS]; /* live caches per arena index, the initial
                                              thread's not counted (tc->unbound) */
+static unsigned initial_arena;     /* the initial thread's arena (0 until it has one) */
 static pthread_key_t tc_key;
 static bool tc_key_ok;
 
@@ -622,14 +623,16 @@ static tm_tcache_t *tcache_create(void) {
     tc->unbound = os_gettid() == os_getpid();
     unsigned one = tc->unbound ? 0 : 1;
     tm_lock(&registry_lock);
-    unsigned ai = arena_choose_locked(arena_bound);
+    unsigned ai = arena_choose_locked(arena_bound, initial_arena);
     arena_bound[ai] += one;
+    if (tc->unbound) initial_arena = ai;
     pthread_mutex_unlock(&registry_lock);
     tc->arena = arena_get(ai);
     if (!tc->arena && (tc->arena = arena_get(0))) {
         tm_lock(&registry_lock);
         arena_bound[ai] -= one;
         arena_bound[0] += one;
+        if (tc->unbound) initial_arena = 0;
         pthread_mutex_unlock(&registry_lock);
     }
     if (!tc->arena) {
@@ -1073,6 +1076,12 @@ void tcache_fork_child(void) {
         tm_mutex_init(&tc->mu);
         if (tc == self) {
             tcache_settle_locked(tc);
+            /* the child's initial thread now: not counted (tc->unbound) */
+            if (!tc->unbound) {
+                arena_bound[tc->arena->index]--;
+                tc->unbound = true;
+            }
+            initial_arena = tc->arena->index;
             continue;
         }
         tcache_drain_locked(tc);

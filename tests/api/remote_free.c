@@ -11,11 +11,16 @@
  *   - the process's initial thread is not counted when threads are bound to
  *     arenas: the first thread it starts shares arena 0 with it (a worker
  *     that takes over the data the main thread built uses the same slabs),
- *     the next one gets an arena of its own.
+ *     the next one gets an arena of its own; in a fork child the thread
+ *     that forked is the initial thread, and the first thread it starts
+ *     shares its arena.
  * The first two start an idle thread first (tu_arena_holder_start), so that
  * the threads they look at are not the one that shares arena 0.
  */
 #include "test_cmocka.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define LINE 64
 
@@ -157,12 +162,69 @@ static void test_initial_thread_shares_arena_zero(void **state)
     TM_API(free)(m);
 }
 
+/* In a child forked by a thread other than the main one: that thread is
+ * the child's initial thread, so the first thread it starts shares its
+ * arena. Returns the child's exit status (0: as expected). */
+static int child_checks(void)
+{
+    void *m = TM_API(malloc)(16);
+    if (!m)
+        return 2;
+    unsigned mine = UINT32_MAX, n = narenas();
+    for (unsigned i = 0; i < n; i++)
+        if (arena_threads(i) == 1) /* the only thread with a cache */
+            mine = i;
+    if (mine == UINT32_MAX)
+        return 4;
+    assert_int_equal(pthread_barrier_init(&bound, NULL, 2), 0);
+    assert_int_equal(pthread_barrier_init(&release, NULL, 2), 0);
+    pthread_t t;
+    if (pthread_create(&t, NULL, bound_thread, NULL) != 0)
+        return 5;
+    pthread_barrier_wait(&bound);
+    int rc = arena_threads(mine) == 2 ? 0 : 6;
+    pthread_barrier_wait(&release);
+    pthread_join(t, NULL);
+    TM_API(free)(m);
+    return rc;
+}
+
+static void *forking_thread(void *arg)
+{
+    int *status = arg;
+    void *p = TM_API(malloc)(16); /* bound in the parent (counted there) */
+    TU_CHECK(p != NULL, "malloc(16)");
+    pid_t pid = fork();
+    TU_CHECK(pid >= 0, "fork");
+    if (pid == 0)
+        _exit(child_checks());
+    TU_CHECK(waitpid(pid, status, 0) == pid, "waitpid");
+    TM_API(free)(p);
+    return NULL;
+}
+
+static void test_fork_child_initial_thread(void **state)
+{
+    (void)state;
+    if (narenas() < 2)
+        skip();
+    tu_arena_holder_start(); /* the forking thread is not the one sharing arena 0 */
+    int status = -1;
+    pthread_t t;
+    tu_thread_create(&t, forking_thread, &status);
+    tu_thread_join(t);
+    tu_arena_holder_stop();
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_remote_object_not_handed_back),
         cmocka_unit_test(test_replacement_thread_takes_arena),
         cmocka_unit_test(test_initial_thread_shares_arena_zero),
+        cmocka_unit_test(test_fork_child_initial_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

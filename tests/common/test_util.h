@@ -350,7 +350,7 @@ static inline void *tu_thread_join(pthread_t t)
 
 /* trimalloc does not count the process's initial thread when it binds a new
  * thread to an arena (arena.c, arena_choose_locked): the first thread the
- * main thread starts shares arena 0 with it, so no block either of them
+ * main thread starts shares its arena (arena 0), so no block either of them
  * frees is remote to the other. A test that needs another thread on an
  * arena of its own holds that first place with an idle thread:
  * tu_arena_holder_start(), called from the main thread, binds it, then
