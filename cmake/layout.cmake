@@ -87,7 +87,7 @@ set(TRIMALLOC_HOT_DATA
   # (the 8-, 4- and 1-byte ones fill their tails).
   init_lock init_owner tm_cookie_key slot_total
   tm_opt slot_grown_start
-  tm_class_tiny tm_bin_tiny tc_key_ok tm_initialized tm_fork_ready init_running tc_key registry_count tm_narenas registry
+  tm_bin_tiny tc_key_ok tm_initialized tm_fork_ready init_running tc_key registry_count tm_narenas registry
   tm_class_fast recycled meta_cur meta_end
   tm_classes meta_total
   slot_grown os_fail_countdown_active

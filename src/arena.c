@@ -43,7 +43,7 @@ tm_arena_t *arena_get(unsigned index) {
  * serialises every change of bound[], and makes the arena (arena_get)
  * after dropping it. */
 unsigned arena_choose_locked(const unsigned bound[], unsigned first) {
-    unsigned best = first < tm_narenas ? first : 0;
+    unsigned best = first;
     for (unsigned i = 0; i < tm_narenas && bound[best]; i++)
         if (bound[i] < bound[best]) best = i;
     return best;

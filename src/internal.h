@@ -136,15 +136,15 @@ typedef struct tm_class_fast {
     uint64_t div[TM_NCLASSES + 1];
 } tm_class_fast_t;
 extern tm_class_fast_t tm_class_fast;
-extern uint8_t tm_class_tiny[(TM_TINY_MAX >> 4) + 1];
-/* the same classes' bins as byte offsets in a thread cache (malloc's fast
- * path: class << 5, see tm_tc_bin_t) */
+/* The classes of the sizes up to TM_TINY_MAX, as their bins' byte offsets in
+ * a thread cache (class << 5, see tm_tc_bin_t): malloc's fast path indexes
+ * the cache with it directly; size_class_of shifts it back. */
 extern uint16_t tm_bin_tiny[(TM_TINY_MAX >> 4) + 1];
 void size_class_init(void);
 /* 1024 < size <= TM_SMALL_MAX: with s = size - 1 and k = floor(log2 s), the class
  * is the j-th of group k where j = (s >> (k - 2)) - 3 (size_class.c). */
 TM_INLINE unsigned size_class_of(size_t size) {
-    if (likely(size <= TM_TINY_MAX)) return tm_class_tiny[(size + 15) >> 4];
+    if (likely(size <= TM_TINY_MAX)) return tm_bin_tiny[(size + 15) >> 4] / sizeof(tm_tc_bin_t);
     size_t s = size - 1;
     unsigned k = 63u - (unsigned)__builtin_clzl(s);
     return 8 + (k - 7) * 4 + (unsigned)(s >> (k - 2)) - 3;

@@ -42,7 +42,6 @@
 
 tm_class_t tm_classes[TM_NCLASSES + 1];
 tm_class_fast_t tm_class_fast;
-uint8_t tm_class_tiny[(TM_TINY_MAX >> 4) + 1];
 uint16_t tm_bin_tiny[(TM_TINY_MAX >> 4) + 1];
 
 static uint32_t class_size_rule(unsigned cls) {
@@ -94,7 +93,6 @@ void size_class_init(void) {
     for (size_t i = 0; i <= (TM_TINY_MAX >> 4); i++) {
         size_t sz = i << 4;
         while (tm_classes[c].size < sz) c++;
-        tm_class_tiny[i] = (uint8_t)c;
         tm_bin_tiny[i] = (uint16_t)(c * sizeof(tm_tc_bin_t));
     }
 }

@@ -526,20 +526,19 @@ size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]) {
     return n;
 }
 
-/* Every arena no thread is bound to gives back what waits in its transfer
- * cache for refills, then its free pages (chunk.c). Which arenas those are
- * is read under the registry lock; a thread bound to one of them after
- * that only faults in again what it uses. */
-static void release_orphaned_arenas(void) {
-    uint64_t orphans[TM_MAX_ARENAS / 64] = {0};
-    unsigned n = tm_narenas;
-    tm_lock(&registry_lock);
-    for (unsigned i = 0; i < n; i++) {
+/* The arenas no thread is bound to, as a bitmap; registry lock held. */
+static void orphaned_arenas_locked(uint64_t orphans[TM_MAX_ARENAS / 64]) {
+    for (unsigned i = 0; i < tm_narenas; i++) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (a && !a->nthreads) orphans[i / 64] |= 1ull << (i % 64);
     }
-    pthread_mutex_unlock(&registry_lock);
-    for (unsigned i = 0; i < n; i++)
+}
+
+/* Each of those gives back what waits in its transfer cache for refills,
+ * then its free pages (chunk.c); no lock held. A thread bound to one of
+ * them meanwhile only faults in again what it uses. */
+static void release_orphaned_arenas(const uint64_t orphans[TM_MAX_ARENAS / 64]) {
+    for (unsigned i = 0; i < tm_narenas; i++)
         if (orphans[i / 64] >> (i % 64) & 1) {
             xfer_flush_arena(i);
             arena_release_orphaned(arena_get(i));
@@ -568,9 +567,11 @@ static void tcache_destructor(void *arg) {
     recycled = tc;
     /* the last thread but the initial one (chunk.c, "arenas left without a
      * thread") */
+    uint64_t orphans[TM_MAX_ARENAS / 64] = {0};
     bool last = !registry || (!registry->next && registry->unbound);
+    if (last) orphaned_arenas_locked(orphans);
     pthread_mutex_unlock(&registry_lock);
-    if (last) release_orphaned_arenas();
+    if (last) release_orphaned_arenas(orphans);
 }
 
 void tcache_init(void) {
@@ -621,7 +622,7 @@ static tm_tcache_t *tcache_create(void) {
     tc->owner_tls = &tm_tls;
     tm_mutex_init(&tc->mu);
     tc->unbound = os_gettid() == os_getpid();
-    unsigned one = tc->unbound ? 0 : 1;
+    unsigned one = !tc->unbound;
     tm_lock(&registry_lock);
     unsigned ai = arena_choose_locked(arena_bound, initial_arena);
     arena_bound[ai] += one;
