@@ -139,7 +139,15 @@ def machine():
                     break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}"
+    # Transparent huge pages change every allocator's peak RSS (docs/options.md, "thp")
+    thp = "?"
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            words = f.read().split()
+        thp = next((w.strip("[]") for w in words if w.startswith("[")), "?")
+    except OSError:
+        thp = "not in this kernel"
+    return f"{cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, transparent huge pages: {thp}"
 
 
 class Data:

@@ -837,6 +837,10 @@ tm_chunk_t *chunk_create(tm_arena_t *a) {
     void *mem = os_map_aligned(TM_CHUNK, TM_CHUNK);
     if (!mem && heapmin_release_for_retry()) mem = os_map_aligned(TM_CHUNK, TM_CHUNK);
     if (!mem) return NULL;
+    /* Slabs and runs are carved, purged and faulted in 4 KiB at a time; a
+     * transparent huge page would make 2 MiB resident for the first block
+     * and bring purged pages back behind _heapmin's back (os.c). */
+    if (!tm_opt.thp) os_huge_pages_off(mem, TM_CHUNK);
     tm_chunk_t *c = meta_alloc(sizeof(tm_chunk_t));
     if (!c) {
         os_unmap(mem, TM_CHUNK);

@@ -85,6 +85,7 @@ void *os_map(size_t size);                   /* NULL on failure */
 void *os_map_aligned(size_t size, size_t align);
 int os_unmap(void *p, size_t size);          /* 0, or -1 with errno */
 int os_purge(void *p, size_t size);          /* pages read zero afterwards */
+void os_huge_pages_off(void *p, size_t size); /* no transparent huge pages there */
 size_t os_purge_inside(const void *lo, const void *hi); /* whole pages in [lo, hi); bytes released */
 /* Many ranges with as few system calls as the kernel allows (os.c says
  * why): ok[i] tells whether range i was purged; returns the bytes purged. */
@@ -486,6 +487,7 @@ typedef struct tm_opts {
     long decay_ms;
     long dirty_decay_ms;
     long background_thread;
+    long thp;
 } tm_opts_t;
 extern tm_opts_t tm_opt;
 void options_init(void);

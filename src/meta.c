@@ -29,7 +29,10 @@ void *meta_alloc(size_t size) {
     if (size > 65536) {
         size_t sz = (size + TM_PAGE_MASK) & ~TM_PAGE_MASK;
         void *p = os_map(sz);
-        if (p) __atomic_add_fetch(&meta_total, sz, __ATOMIC_RELAXED);
+        if (p) {
+            os_huge_pages_off(p, sz); /* merged with its neighbours, it could get one */
+            __atomic_add_fetch(&meta_total, sz, __ATOMIC_RELAXED);
+        }
         return p; /* fresh pages are zero */
     }
     tm_lock(&meta_lock);
@@ -46,6 +49,9 @@ void *meta_alloc(size_t size) {
             pthread_mutex_unlock(&meta_lock);
             return NULL;
         }
+        /* a 2 MiB region touched a few KiB at a time: a huge page would
+         * make all of it resident (os.c) */
+        os_huge_pages_off(r, META_REGION);
         __atomic_add_fetch(&meta_total, META_REGION, __ATOMIC_RELAXED); /* also added without the lock (large ones) */
         meta_cur = r;
         meta_end = r + META_REGION;

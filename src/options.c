@@ -35,7 +35,9 @@ tm_opts_t tm_opt;
     X("dirty_decay_ms", dirty_decay_ms, 10000, -1, 3600000, 1,                               \
       "milliseconds a free page of an arena stays resident before it is given back (-1 = never)") \
     X("background_thread", background_thread, 0, 0, 1, 1,                                   \
-      "a thread of the allocator's own gives back decayed pages, whatever the program does")
+      "a thread of the allocator's own gives back decayed pages, whatever the program does") \
+    X("thp", thp, 0, 0, 1, 1,                                                                \
+      "1 = arena chunks may get transparent huge pages where the kernel gives them; 0 = never")
 
 typedef struct opt_desc {
     const char *name;

@@ -164,6 +164,30 @@ int os_purge(void *p, size_t size) {
 #endif
 }
 
+/* Keep transparent huge pages out of [p, p + size): MADV_NOHUGEPAGE marks
+ * the mapping so that neither a page fault nor khugepaged puts a 2 MiB
+ * page there. Where the kernel's setting is "always" (the kernel's own
+ * default, and that of several distributions), the first touch of an
+ * aligned 2 MiB stretch of an anonymous mapping otherwise makes all of it
+ * resident, and khugepaged later collapses any stretch that still holds
+ * one resident page (max_ptes_none 511) -- undoing, in the background, the
+ * 4 KiB pages that a purge or _heapmin gave back: with "always", peak RSS
+ * was 1.5-4.7x glibc's in bench/throughput before the allocator's own
+ * mappings were marked (docs/options.md, "thp"). Errors are ignored: a
+ * kernel without THP answers EINVAL, and the mapping is then no worse off. */
+void os_huge_pages_off(void *p, size_t size) {
+#ifdef MADV_NOHUGEPAGE
+#if OS_RAW
+    (void)os_sys(SYS_madvise, (long)p, (long)size, MADV_NOHUGEPAGE, 0, 0, 0);
+#else
+    (void)madvise(p, size, MADV_NOHUGEPAGE);
+#endif
+#else
+    (void)p;
+    (void)size;
+#endif
+}
+
 /* The whole pages inside [lo, hi) as [*a, *b); false if there are none. */
 static bool pages_inside(const void *lo, const void *hi, uintptr_t *a, uintptr_t *b) {
     *a = ((uintptr_t)lo + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
