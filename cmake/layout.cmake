@@ -58,18 +58,21 @@ set(TRIMALLOC_HOT_FUNCTIONS
   bin_flush block_arena tcache_registry_lock tcache_registry_unlock
   tcache_registry_first xfer_fork_prepare xfer_fork_parent xfer_fork_child
   tcache_fork_child tcache_free_large tcache_large_reuse
-  bin_reset bin_restart bin_cap_start refill_want slots_release_first slots_purge_grown
+  bin_reset bin_restart bin_cap_start bin_cap_max refill_want slots_release_first slots_purge_grown
+  xfer_flush_arena
   # arena.c
   arena_get arena_choose_locked arena_refill arena_flush arena_alloc_large
   arena_free_large large_free_locked arena_free_large_batch arena_large_usable
   arena_large_resize_in_place slab_of
   slab_destroy_locked slab_set_fresh_locked slab_set_purged_locked arena_release_idle_slab
+  arena_release_empty_slabs
   arena_fork_prepare arena_fork_parent arena_fork_child
   # chunk.c
   chunk_create chunk_attach_locked run_alloc_locked run_free_locked arena_decay_tick
   run_insert_free_locked runs_index_insert_locked runs_index_remove_locked
   run_try_grow_locked run_shrink_locked chunk_slot_take_locked chunk_slot_put_locked
   resident_set_locked purge_victim_next count_resident set_resident idle_pages slot_find
+  arena_release_orphaned
   # background.c
   background_maybe_start background_fork_child
   # huge.c, heapmin.c, stats.c: what fork, exit and a purge call

@@ -5,8 +5,10 @@
  * kernel maps up to 64 KiB of cached file pages around every page a process
  * first touches: one call into a cold function would make its neighbours
  * resident too. So after a small workload -- malloc, free, calloc, realloc
- * of small and large blocks, the aligned family, free(NULL), a thread that
- * allocates and exits, a fork -- no page of the cold code may be resident.
+ * of small and large blocks, the aligned family, free(NULL), a size class
+ * used in bursts (its bin grows), two threads that allocate and exit (the
+ * last leaves an arena without a thread, which gives its pages back), a
+ * fork -- no page of the cold code may be resident.
  * A function added to one of those paths must go in the hot list there.
  */
 #include "test_cmocka.h"
@@ -40,13 +42,13 @@ static int tm_code_rss(long rss[], int max)
 
 static void *thread_work(void *arg)
 {
-    (void)arg;
     void *p[64];
     for (int i = 0; i < 64; i++) {
         p[i] = TM_API(malloc)((size_t)(i + 1) * 24);
         assert_non_null(p[i]);
         memset(p[i], i, (size_t)(i + 1) * 24);
     }
+    pthread_barrier_wait(arg); /* both threads hold blocks now */
     for (int i = 0; i < 64; i++)
         TM_API(free)(p[i]);
     return NULL; /* the exit drains this thread's cache */
@@ -86,9 +88,28 @@ static void small_workload(void)
     for (int i = 1; i < 256; i += 2)
         TM_API(free)(small[i]);
 
-    pthread_t t;
-    tu_thread_create(&t, thread_work, NULL);
-    tu_thread_join(t);
+    /* a class used in bursts bigger than its bin: the bin grows */
+    for (int round = 0; round < 32; round++) {
+        void *burst[300];
+        for (int i = 0; i < 300; i++) {
+            burst[i] = TM_API(malloc)(64);
+            assert_non_null(burst[i]);
+        }
+        for (int i = 0; i < 300; i++)
+            TM_API(free)(burst[i]);
+    }
+
+    /* Two threads alive at once: the second is bound to an arena of its
+     * own (the first shares the initial thread's), so the last one's exit
+     * leaves that arena without a thread, and it gives its pages back. */
+    pthread_t t[2];
+    pthread_barrier_t both;
+    assert_int_equal(pthread_barrier_init(&both, NULL, 2), 0);
+    for (int i = 0; i < 2; i++)
+        tu_thread_create(&t[i], thread_work, &both);
+    for (int i = 0; i < 2; i++)
+        tu_thread_join(t[i]);
+    pthread_barrier_destroy(&both);
 
     pid_t pid = fork();
     assert_true(pid >= 0);
