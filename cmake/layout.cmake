@@ -32,7 +32,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   malloc free calloc realloc reallocarray aligned_alloc memalign posix_memalign
   valloc pvalloc malloc_usable_size free_sized free_aligned_sized
   tm_malloc_impl tm_free_impl tm_realloc_impl tm_alloc_aligned tm_usable_size
-  large_alloc free_generic free_cold free_to_cache_miss
+  large_alloc free_generic free_cold free_to_cache_miss free_suspect_double small_block_free_reported
   # alloc.c: the C++ operators
   _Znwm _Znam _ZnwmRKSt9nothrow_t _ZnamRKSt9nothrow_t _ZnwmSt11align_val_t
   _ZnamSt11align_val_t _ZnwmSt11align_val_tRKSt9nothrow_t _ZnamSt11align_val_tRKSt9nothrow_t
@@ -46,7 +46,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   tm_constructor tm_init_slow tm_fork_register fork_prepare fork_parent fork_child
   options_init size_class_init
   # os.c
-  os_map os_map_aligned os_unmap os_purge os_purge_inside os_huge_pages_off os_ncpus os_random os_now_ns
+  os_map os_map_aligned os_unmap os_purge os_purge_inside os_purge_ranges os_huge_pages_off os_ncpus os_random os_now_ns
   os_now_ns_raw os_getpid os_gettid os_yield
   # meta.c, pagemap.c
   meta_alloc meta_free meta_fork_prepare meta_fork_parent meta_fork_child
@@ -72,7 +72,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   run_insert_free_locked runs_index_insert_locked runs_index_remove_locked
   run_try_grow_locked run_shrink_locked chunk_slot_take_locked chunk_slot_put_locked
   resident_set_locked purge_victim_next count_resident set_resident idle_pages slot_find
-  arena_release_orphaned
+  arena_release_orphaned growth_purge_locked growth_purge_budget_locked
   # background.c
   background_maybe_start background_fork_child
   # huge.c, heapmin.c, stats.c: what fork, exit and a purge call
