@@ -30,6 +30,10 @@ LIB=$TM_ROOT/build/libtrimalloc.so
 ${CC:-gcc} -O2 -Wall -Wextra -pthread examples/demo_threads.c -o build/demo_threads -ldl ||
     tm_die "examples/demo_threads.c did not compile"
 echo "built $LIB and build/demo_threads"
+# Every allocator's resident memory depends on the kernel's transparent huge
+# pages (docs/tuning.md, "thp"): say which setting these numbers come from.
+THP=$(sed -n 's/.*\[\(.*\)\].*/\1/p' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)
+echo "machine: $(nproc) CPUs, transparent huge pages: ${THP:-not in this kernel}"
 
 # run_demo LABEL [env assignments...] -- run the demo under env, report.
 FAILED=0
