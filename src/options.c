@@ -36,8 +36,8 @@ tm_opts_t tm_opt;
       "milliseconds a free page of an arena stays resident before it is given back (-1 = never)") \
     X("background_thread", background_thread, 0, 0, 1, 1,                                   \
       "a thread of the allocator's own gives back decayed pages, whatever the program does") \
-    X("thp", thp, 0, 0, 1, 1,                                                                \
-      "1 = arena chunks may get transparent huge pages where the kernel gives them; 0 = never")
+    X("thp", thp, 0, 0, 2, 1,                                                                \
+      "transparent huge pages for arena chunks: 0 = never, 1 = as the kernel's setting says, 2 = asked for")
 
 typedef struct opt_desc {
     const char *name;

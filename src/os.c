@@ -188,6 +188,22 @@ void os_huge_pages_off(void *p, size_t size) {
 #endif
 }
 
+/* The opposite, for thp:2: MADV_HUGEPAGE asks for 2 MiB pages even where
+ * the kernel's setting is "madvise" (and makes page faults there compact
+ * memory if the defrag setting says so). Errors are ignored likewise. */
+void os_huge_pages_on(void *p, size_t size) {
+#ifdef MADV_HUGEPAGE
+#if OS_RAW
+    (void)os_sys(SYS_madvise, (long)p, (long)size, MADV_HUGEPAGE, 0, 0, 0);
+#else
+    (void)madvise(p, size, MADV_HUGEPAGE);
+#endif
+#else
+    (void)p;
+    (void)size;
+#endif
+}
+
 /* The whole pages inside [lo, hi) as [*a, *b); false if there are none. */
 static bool pages_inside(const void *lo, const void *hi, uintptr_t *a, uintptr_t *b) {
     *a = ((uintptr_t)lo + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;

@@ -5,7 +5,8 @@
  * its first touch, and khugepaged would collapse purged stretches back
  * (src/os.c). So arena chunks (unless the thp option is 1) and metadata
  * regions are mapped MADV_NOHUGEPAGE, which the kernel shows as the "nh"
- * flag of the mapping in /proc/self/smaps; huge blocks, which the program
+ * flag of the mapping in /proc/self/smaps (thp:2 asks for huge pages
+ * instead, MADV_HUGEPAGE, flag "hg"); huge blocks, which the program
  * fills itself, are left to the kernel's setting, as glibc leaves its
  * mmapped blocks. Skipped where the kernel has no THP at all (there the
  * flag does not exist and there is nothing to keep out).
@@ -46,15 +47,20 @@ static void mapping_of(const void *p, char *flags, size_t n, long *huge_kb) {
     if (!found) fail_msg("no mapping holds %p", p);
 }
 
-static bool no_huge(const void *p) {
+/* Whether the mapping that holds p has VmFlag `flag` ("nh": no huge
+ * pages, MADV_NOHUGEPAGE; "hg": huge pages asked for, MADV_HUGEPAGE). */
+static bool has_flag(const void *p, const char *flag) {
     char flags[256];
     long huge_kb;
     mapping_of(p, flags, sizeof flags, &huge_kb);
     /* the flags are two-letter words separated by spaces */
-    char padded[260];
+    char padded[260], word[8];
     snprintf(padded, sizeof padded, " %s ", flags);
-    return strstr(padded, " nh ") != NULL;
+    snprintf(word, sizeof word, " %s ", flag);
+    return strstr(padded, word) != NULL;
 }
+
+static bool no_huge(const void *p) { return has_flag(p, "nh"); }
 
 static void skip_without_thp(void) {
     if (!kernel_has_thp()) {
@@ -104,24 +110,41 @@ static void test_chunks_and_metadata_opt_out(void **state) {
     TM_API(free)(large);
 }
 
-/* With thp:1 a chunk mapped from then on is left to the kernel. Blocks of
- * 1.5 MiB (large: under the 2 MiB huge threshold) fill a 4 MiB chunk two
- * at a time, so within a few of them one lands in a new chunk. */
+/* Under thp:`value`, blocks of 1.5 MiB (large: under the 2 MiB huge
+ * threshold) until one lands in a chunk mapped meanwhile (a 4 MiB chunk
+ * holds two, and the chunks an earlier case emptied are taken first, so a
+ * few dozen at most), whose mapping then has neither flag (thp:1, left to
+ * the kernel) or "hg" (thp:2, asked for). */
+static void new_chunk_under(long value) {
+    assert_int_equal(TM_API(trimalloc_option_set)("thp", value), 0);
+    enum { N = 64 };
+    void *b[N];
+    int found = -1, n = 0;
+    while (found < 0 && n < N) {
+        b[n] = TM_API(malloc)((size_t)3 << 19);
+        assert_non_null(b[n]);
+        bool ok = value == 1 ? !no_huge(b[n]) && !has_flag(b[n], "hg")
+                             : has_flag(b[n], "hg") && !no_huge(b[n]);
+        if (ok) found = n;
+        n++;
+    }
+    assert_int_equal(TM_API(trimalloc_option_set)("thp", 0), 0);
+    for (int i = 0; i < n; i++) TM_API(free)(b[i]);
+    if (found < 0) fail_msg("none of %d blocks of 1.5 MiB landed in a chunk mapped as thp:%ld says", N, value);
+}
+
 static void test_option_lets_new_chunks_in(void **state) {
     (void)state;
     skip_without_thp();
-    assert_int_equal(TM_API(trimalloc_option_set)("thp", 1), 0);
-    enum { N = 8 };
-    void *b[N];
-    int unmarked = -1;
-    for (int i = 0; i < N; i++) {
-        b[i] = TM_API(malloc)((size_t)3 << 19);
-        assert_non_null(b[i]);
-        if (unmarked < 0 && !no_huge(b[i])) unmarked = i;
-    }
-    assert_int_equal(TM_API(trimalloc_option_set)("thp", 0), 0);
-    for (int i = 0; i < N; i++) TM_API(free)(b[i]);
-    if (unmarked < 0) fail_msg("none of %d blocks of 1.5 MiB landed in a chunk mapped with thp:1", N);
+    new_chunk_under(1);
+}
+
+static void test_option_asks_for_huge_pages(void **state) {
+    (void)state;
+    skip_without_thp();
+    new_chunk_under(2);
+    assert_int_equal(TM_API(trimalloc_option_set)("thp", 3), -1); /* out of range */
+    assert_int_equal(errno, EINVAL);
 }
 
 static void test_huge_blocks_left_to_the_kernel(void **state) {
@@ -140,6 +163,7 @@ int main(void) {
         cmocka_unit_test(test_helper_marks_a_mapping),
         cmocka_unit_test(test_chunks_and_metadata_opt_out),
         cmocka_unit_test(test_option_lets_new_chunks_in),
+        cmocka_unit_test(test_option_asks_for_huge_pages),
         cmocka_unit_test(test_huge_blocks_left_to_the_kernel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
