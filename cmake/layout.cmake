@@ -46,7 +46,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   tm_constructor tm_init_slow tm_fork_register fork_prepare fork_parent fork_child
   options_init size_class_init
   # os.c
-  os_map os_map_aligned os_unmap os_purge os_purge_inside os_purge_ranges os_huge_pages_off os_huge_pages_on os_ncpus os_random os_now_ns
+  os_map os_map_aligned os_unmap os_purge os_purge_inside os_purge_ranges os_huge_pages os_ncpus os_random os_now_ns
   os_now_ns_raw os_getpid os_gettid os_yield
   # meta.c, pagemap.c
   meta_alloc meta_free meta_fork_prepare meta_fork_parent meta_fork_child

@@ -841,8 +841,7 @@ tm_chunk_t *chunk_create(tm_arena_t *a) {
      * transparent huge page would make 2 MiB resident for the first block
      * and bring purged pages back behind _heapmin's back (os.c). The thp
      * option trades that for fewer faults and TLB misses (options.md). */
-    if (tm_opt.thp == 0) os_huge_pages_off(mem, TM_CHUNK);
-    else if (tm_opt.thp == 2) os_huge_pages_on(mem, TM_CHUNK);
+    if (tm_opt.thp != 1) os_huge_pages(mem, TM_CHUNK, tm_opt.thp == 2);
     tm_chunk_t *c = meta_alloc(sizeof(tm_chunk_t));
     if (!c) {
         os_unmap(mem, TM_CHUNK);

@@ -85,8 +85,7 @@ void *os_map(size_t size);                   /* NULL on failure */
 void *os_map_aligned(size_t size, size_t align);
 int os_unmap(void *p, size_t size);          /* 0, or -1 with errno */
 int os_purge(void *p, size_t size);          /* pages read zero afterwards */
-void os_huge_pages_off(void *p, size_t size); /* no transparent huge pages there */
-void os_huge_pages_on(void *p, size_t size);  /* ... asked for there (MADV_HUGEPAGE) */
+void os_huge_pages(void *p, size_t size, bool on); /* THP off (NOHUGEPAGE) or asked for */
 size_t os_purge_inside(const void *lo, const void *hi); /* whole pages in [lo, hi); bytes released */
 /* Many ranges with as few system calls as the kernel allows (os.c says
  * why): ok[i] tells whether range i was purged; returns the bytes purged. */

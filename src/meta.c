@@ -30,7 +30,7 @@ void *meta_alloc(size_t size) {
         size_t sz = (size + TM_PAGE_MASK) & ~TM_PAGE_MASK;
         void *p = os_map(sz);
         if (p) {
-            os_huge_pages_off(p, sz); /* merged with its neighbours, it could get one */
+            os_huge_pages(p, sz, false); /* merged with its neighbours, it could get one */
             __atomic_add_fetch(&meta_total, sz, __ATOMIC_RELAXED);
         }
         return p; /* fresh pages are zero */
@@ -51,7 +51,7 @@ void *meta_alloc(size_t size) {
         }
         /* a 2 MiB region touched a few KiB at a time: a huge page would
          * make all of it resident (os.c) */
-        os_huge_pages_off(r, META_REGION);
+        os_huge_pages(r, META_REGION, false);
         __atomic_add_fetch(&meta_total, META_REGION, __ATOMIC_RELAXED); /* also added without the lock (large ones) */
         meta_cur = r;
         meta_end = r + META_REGION;

@@ -164,43 +164,32 @@ int os_purge(void *p, size_t size) {
 #endif
 }
 
-/* Keep transparent huge pages out of [p, p + size): MADV_NOHUGEPAGE marks
- * the mapping so that neither a page fault nor khugepaged puts a 2 MiB
- * page there. Where the kernel's setting is "always" (the kernel's own
+/* Transparent huge pages for [p, p + size): on = false marks the mapping
+ * MADV_NOHUGEPAGE, so that neither a page fault nor khugepaged puts a 2
+ * MiB page there. Where the kernel's setting is "always" (the kernel's own
  * default, and that of several distributions), the first touch of an
  * aligned 2 MiB stretch of an anonymous mapping otherwise makes all of it
  * resident, and khugepaged later collapses any stretch that still holds
  * one resident page (max_ptes_none 511) -- undoing, in the background, the
  * 4 KiB pages that a purge or _heapmin gave back: with "always", peak RSS
  * was 1.5-4.7x glibc's in bench/throughput before the allocator's own
- * mappings were marked (docs/options.md, "thp"). Errors are ignored: a
- * kernel without THP answers EINVAL, and the mapping is then no worse off. */
-void os_huge_pages_off(void *p, size_t size) {
-#ifdef MADV_NOHUGEPAGE
+ * mappings were marked (docs/options.md, "thp"). on = true (thp:2) marks
+ * it MADV_HUGEPAGE, which asks for 2 MiB pages even where the setting is
+ * "madvise" (and makes page faults there compact memory if the defrag
+ * setting says so). Errors are ignored: a kernel without THP answers
+ * EINVAL, and the mapping is then no worse off. */
+void os_huge_pages(void *p, size_t size, bool on) {
+#if defined(MADV_NOHUGEPAGE) && defined(MADV_HUGEPAGE)
+    int advice = on ? MADV_HUGEPAGE : MADV_NOHUGEPAGE;
 #if OS_RAW
-    (void)os_sys(SYS_madvise, (long)p, (long)size, MADV_NOHUGEPAGE, 0, 0, 0);
+    (void)os_sys(SYS_madvise, (long)p, (long)size, advice, 0, 0, 0);
 #else
-    (void)madvise(p, size, MADV_NOHUGEPAGE);
+    (void)madvise(p, size, advice);
 #endif
 #else
     (void)p;
     (void)size;
-#endif
-}
-
-/* The opposite, for thp:2: MADV_HUGEPAGE asks for 2 MiB pages even where
- * the kernel's setting is "madvise" (and makes page faults there compact
- * memory if the defrag setting says so). Errors are ignored likewise. */
-void os_huge_pages_on(void *p, size_t size) {
-#ifdef MADV_HUGEPAGE
-#if OS_RAW
-    (void)os_sys(SYS_madvise, (long)p, (long)size, MADV_HUGEPAGE, 0, 0, 0);
-#else
-    (void)madvise(p, size, MADV_HUGEPAGE);
-#endif
-#else
-    (void)p;
-    (void)size;
+    (void)on;
 #endif
 }
 

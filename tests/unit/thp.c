@@ -75,7 +75,7 @@ static void test_helper_marks_a_mapping(void **state) {
     void *m = os_map((size_t)4 << 20);
     assert_non_null(m);
     assert_false(no_huge(m)); /* a fresh mapping has no flag of its own */
-    os_huge_pages_off(m, (size_t)4 << 20);
+    os_huge_pages(m, (size_t)4 << 20, false);
     assert_true(no_huge(m));
     assert_true(no_huge((char *)m + ((size_t)4 << 20) - 1));
     assert_int_equal(os_unmap(m, (size_t)4 << 20), 0);
