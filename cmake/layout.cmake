@@ -49,7 +49,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   os_map os_map_aligned os_unmap os_purge os_purge_inside os_purge_ranges os_huge_pages os_ncpus os_random os_now_ns
   os_now_ns_raw os_getpid os_gettid os_yield
   # meta.c, pagemap.c
-  meta_alloc meta_free meta_fork_prepare meta_fork_parent meta_fork_child
+  meta_alloc meta_map meta_free meta_fork_prepare meta_fork_parent meta_fork_child
   pagemap_set pagemap_clear pagemap_fork_prepare pagemap_fork_parent pagemap_fork_child
   # tcache.c
   tcache_malloc_slow tcache_free_slow tcache_get_slow tcache_create tcache_init
@@ -59,7 +59,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   tcache_registry_first xfer_fork_prepare xfer_fork_parent xfer_fork_child
   tcache_fork_child tcache_free_large tcache_large_reuse
   bin_reset bin_restart bin_cap_start bin_cap_max refill_want slots_release_first slots_purge_grown
-  xfer_flush_arena
+  xfer_flush_arena arena_bind_locked
   # arena.c
   arena_get arena_choose_locked arena_refill arena_flush arena_alloc_large
   arena_free_large large_free_locked arena_free_large_batch arena_large_usable

@@ -841,7 +841,8 @@ tm_chunk_t *chunk_create(tm_arena_t *a) {
      * transparent huge page would make 2 MiB resident for the first block
      * and bring purged pages back behind _heapmin's back (os.c). The thp
      * option trades that for fewer faults and TLB misses (options.md). */
-    if (tm_opt.thp != 1) os_huge_pages(mem, TM_CHUNK, tm_opt.thp == 2);
+    long thp = __atomic_load_n(&tm_opt.thp, __ATOMIC_RELAXED); /* settable at run time */
+    if (thp != 1) os_huge_pages(mem, TM_CHUNK, thp == 2);
     tm_chunk_t *c = meta_alloc(sizeof(tm_chunk_t));
     if (!c) {
         os_unmap(mem, TM_CHUNK);

@@ -24,17 +24,22 @@ static size_t meta_total;
 
 size_t meta_mapped(void) { return __atomic_load_n(&meta_total, __ATOMIC_RELAXED); }
 
+/* A mapping of sz bytes for metadata, counted in meta_total (also added
+ * without the lock), without transparent huge pages: a region is touched a
+ * few KiB at a time, and a huge page would make 2 MiB of it resident; a
+ * mapping of its own could get one once merged with its neighbours (os.c). */
+static void *meta_map(size_t sz) {
+    void *p = os_map(sz);
+    if (p) {
+        os_huge_pages(p, sz, false);
+        __atomic_add_fetch(&meta_total, sz, __ATOMIC_RELAXED);
+    }
+    return p; /* fresh pages are zero */
+}
+
 void *meta_alloc(size_t size) {
     size = (size + META_STEP - 1) & ~(size_t)(META_STEP - 1);
-    if (size > 65536) {
-        size_t sz = (size + TM_PAGE_MASK) & ~TM_PAGE_MASK;
-        void *p = os_map(sz);
-        if (p) {
-            os_huge_pages(p, sz, false); /* merged with its neighbours, it could get one */
-            __atomic_add_fetch(&meta_total, sz, __ATOMIC_RELAXED);
-        }
-        return p; /* fresh pages are zero */
-    }
+    if (size > 65536) return meta_map((size + TM_PAGE_MASK) & ~TM_PAGE_MASK);
     tm_lock(&meta_lock);
     meta_free_t *f = meta_freed ? meta_lists[size / META_STEP] : NULL;
     if (f) {
@@ -44,15 +49,11 @@ void *meta_alloc(size_t size) {
         return f;
     }
     if ((size_t)(meta_end - meta_cur) < size) {
-        char *r = os_map(META_REGION);
+        char *r = meta_map(META_REGION);
         if (!r) {
             pthread_mutex_unlock(&meta_lock);
             return NULL;
         }
-        /* a 2 MiB region touched a few KiB at a time: a huge page would
-         * make all of it resident (os.c) */
-        os_huge_pages(r, META_REGION, false);
-        __atomic_add_fetch(&meta_total, META_REGION, __ATOMIC_RELAXED); /* also added without the lock (large ones) */
         meta_cur = r;
         meta_end = r + META_REGION;
     }

@@ -526,6 +526,20 @@ size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]) {
     return n;
 }
 
+/* Count tc as bound to arena ai (d = 1) or no longer (d = -1). The initial
+ * thread is not counted (tc->unbound), but its arena is remembered: the
+ * first thread it starts shares it (arena_choose_locked). Registry lock
+ * held. */
+static void arena_bind_locked(const tm_tcache_t *tc, unsigned ai, int d) {
+    if (tc->unbound) {
+        if (d > 0) initial_arena = ai;
+    } else if (d > 0) {
+        arena_bound[ai]++;
+    } else {
+        arena_bound[ai]--;
+    }
+}
+
 /* The arenas no thread is bound to, as a bitmap; registry lock held. */
 static void orphaned_arenas_locked(uint64_t orphans[TM_MAX_ARENAS / 64]) {
     for (unsigned i = 0; i < tm_narenas; i++) {
@@ -562,7 +576,7 @@ static void tcache_destructor(void *arg) {
     registry_count--;
     tc->state = TC_STATE_FREE;
     tc->arena->nthreads--;
-    if (!tc->unbound) arena_bound[tc->arena->index]--;
+    arena_bind_locked(tc, tc->arena->index, -1);
     tc->next = recycled;
     recycled = tc;
     /* the last thread but the initial one (chunk.c, "arenas left without a
@@ -622,23 +636,20 @@ static tm_tcache_t *tcache_create(void) {
     tc->owner_tls = &tm_tls;
     tm_mutex_init(&tc->mu);
     tc->unbound = os_gettid() == os_getpid();
-    unsigned one = !tc->unbound;
     tm_lock(&registry_lock);
     unsigned ai = arena_choose_locked(arena_bound, initial_arena);
-    arena_bound[ai] += one;
-    if (tc->unbound) initial_arena = ai;
+    arena_bind_locked(tc, ai, 1);
     pthread_mutex_unlock(&registry_lock);
     tc->arena = arena_get(ai);
     if (!tc->arena && (tc->arena = arena_get(0))) {
         tm_lock(&registry_lock);
-        arena_bound[ai] -= one;
-        arena_bound[0] += one;
-        if (tc->unbound) initial_arena = 0;
+        arena_bind_locked(tc, ai, -1);
+        arena_bind_locked(tc, 0, 1);
         pthread_mutex_unlock(&registry_lock);
     }
     if (!tc->arena) {
         tm_lock(&registry_lock);
-        arena_bound[ai] -= one;
+        arena_bind_locked(tc, ai, -1);
         pthread_mutex_unlock(&registry_lock);
         tm_tls.state = TLS_NONE;
         return NULL;
@@ -1078,11 +1089,9 @@ void tcache_fork_child(void) {
         if (tc == self) {
             tcache_settle_locked(tc);
             /* the child's initial thread now: not counted (tc->unbound) */
-            if (!tc->unbound) {
-                arena_bound[tc->arena->index]--;
-                tc->unbound = true;
-            }
-            initial_arena = tc->arena->index;
+            arena_bind_locked(tc, tc->arena->index, -1);
+            tc->unbound = true;
+            arena_bind_locked(tc, tc->arena->index, 1);
             continue;
         }
         tcache_drain_locked(tc);
@@ -1092,7 +1101,7 @@ void tcache_fork_child(void) {
         if (tc->next) tc->next->prev = tc->prev;
         registry_count--;
         tc->arena->nthreads--;
-        if (!tc->unbound) arena_bound[tc->arena->index]--;
+        arena_bind_locked(tc, tc->arena->index, -1);
         tc->state = TC_STATE_FREE;
         __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
         tc->next = recycled;
