@@ -243,6 +243,23 @@ size_t os_purge_inside(const void *lo, const void *hi) {
 #define OS_PIDFD_SELF_THREAD (-10000) /* PIDFD_SELF_THREAD, <linux/pidfd.h> */
 #define OS_PURGE_VEC 16                /* ranges per call */
 #define OS_PURGE_CALL_BYTES (1u << 20) /* bytes per call: longer ranges are cut */
+/* Page tables. One page table maps 2 MiB (on a 2 MiB boundary, on x86-64
+ * and arm64 with 4 KiB pages). A call that empties whole tables costs far
+ * less than one that clears the same entries a few at a time -- the kernel
+ * can drop a table it has emptied whole -- and on this VM the difference
+ * lands on the process's other threads too. bench/madvise_stall (256 MiB
+ * in 2 MiB calls, medians of 5, 2026-12-05): on table boundaries 164 us a
+ * call, and a thread that only read the clock lost 1.6 ms in all, its
+ * longest stall 71 us; the same calls 4 KiB off the boundaries 282 us a
+ * call, 29 ms lost, longest 358 us; 1 MiB calls 24-34 ms lost. So a range
+ * is cut where a table begins, and the whole tables it covers go in one
+ * call of their own, past the call's byte bound; only the ragged ends are
+ * cut by it. A scratch program that kept one 256 KiB block in 16 of 1024
+ * and called _heapmin with a thread spinning on the clock: 38-41 ms ->
+ * 14.6-15.1 ms, that thread's loss 24-29 ms -> 4.4-5.0 ms. After the
+ * spike of bench/spike_trim no change: scattered survivors leave 3-7
+ * whole tables in the 260 MiB it gives back. */
+#define OS_PMD_MASK (((uintptr_t)2 << 20) - 1) /* a page table's span, less one */
 static bool vec_refused; /* the kernel refused them, or a filter was seen: for good */
 static __thread bool vec_mine __attribute__((tls_model("initial-exec"))); /* this thread checked */
 unsigned long os_purge_syscalls; /* madvise + process_madvise calls made (tests) */
@@ -298,6 +315,16 @@ static void purge_vec(struct iovec *v, unsigned k, bool *done) {
     }
 }
 
+/* The next piece of a range at p with `left` bytes: the whole page tables
+ * from p if p starts one, else at most `room` bytes and never past the
+ * start of the next table (the "page tables" note above). */
+static size_t purge_piece(uintptr_t p, size_t left, size_t room) {
+    if (!(p & OS_PMD_MASK) && left > OS_PMD_MASK) return left & ~(size_t)OS_PMD_MASK;
+    size_t edge = OS_PMD_MASK + 1 - (p & OS_PMD_MASK); /* to the next table */
+    size_t take = left < edge ? left : edge;
+    return take < room ? take : room;
+}
+
 size_t os_purge_ranges(const os_range_t *r, unsigned n, bool *ok) {
     struct iovec v[OS_PURGE_VEC];
     unsigned owner[OS_PURGE_VEC];
@@ -308,9 +335,10 @@ size_t os_purge_ranges(const os_range_t *r, unsigned n, bool *ok) {
         unsigned k = 0;
         size_t bytes = 0;
         while (j < n && k < OS_PURGE_VEC && bytes < OS_PURGE_CALL_BYTES) {
-            size_t take = r[j].len - off;
-            if (take > OS_PURGE_CALL_BYTES - bytes) take = OS_PURGE_CALL_BYTES - bytes;
-            v[k].iov_base = (char *)r[j].base + off;
+            uintptr_t p = (uintptr_t)r[j].base + off;
+            size_t take = purge_piece(p, r[j].len - off, OS_PURGE_CALL_BYTES - bytes);
+            if (take > OS_PURGE_CALL_BYTES - bytes && k) break; /* whole tables: a call alone */
+            v[k].iov_base = (void *)p;
             v[k].iov_len = take;
             owner[k++] = j;
             bytes += take;

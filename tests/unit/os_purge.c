@@ -3,8 +3,9 @@
  * os_batch_*): every range the caller names is purged and reads zero,
  * every page it does not name keeps its bytes, ranges longer than one
  * call's bound are cut, more ranges than one call takes are split over
- * calls, and a range the kernel refuses is reported alone while the
- * others of its call still go. Each case runs twice: with process_madvise
+ * calls, whole page tables (2 MiB, aligned) go in one call however long,
+ * and a range the kernel refuses is reported alone while the others of
+ * its call still go. Each case runs twice: with process_madvise
  * vectors on (as inside _heapmin) and off (one madvise per range).
  */
 #include "test_cmocka.h"
@@ -150,6 +151,38 @@ static void test_refused_range_reported_alone(void **state) {
     munmap(m + 24 * TM_PAGE, (PAGES - 24) * TM_PAGE);
 }
 
+/* Whole page tables -- 2 MiB spans on a 2 MiB boundary -- go in one call
+ * however many there are, and a range is cut where a table begins, so the
+ * tables it covers whole stay whole (os.c's "page tables" note: such a
+ * call costs the process's other threads about a tenth). 6 MiB from a
+ * boundary: one call. The same 6 MiB less its first page: the rest of the
+ * first table, 1 MiB (one call's bound) and then to the boundary, then the
+ * two whole tables: three calls, where cuts every 1 MiB made six. */
+static void test_whole_page_tables_in_one_call(void **state) {
+    (void)state;
+    const size_t table = (size_t)2 << 20, pages = 3 * table / TM_PAGE;
+    char *map = mmap(NULL, 4 * table, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(map != MAP_FAILED);
+    char *m = (char *)(((uintptr_t)map + table - 1) & ~(uintptr_t)(table - 1));
+    static bool want[3 * (2 << 20) / 4096 + 1];
+    for (int pass = 0; pass < 2; pass++) {
+        size_t skip = pass ? TM_PAGE : 0;
+        memset(m, 0x3c, 3 * table + TM_PAGE);
+        os_range_t r = {m + skip, 3 * table - skip};
+        bool ok = false;
+        unsigned long calls = os_purge_syscalls;
+        assert_int_equal(os_purge_ranges(&r, 1, &ok), 3 * table - skip);
+        calls = os_purge_syscalls - calls;
+        assert_true(ok);
+        for (size_t i = 0; i <= pages; i++) want[i] = i >= skip / TM_PAGE && i < pages;
+        check_pages(m, pages + 1, want, 0x3c);
+        if (calls != (pass ? 3u : 1u))
+            fail_msg("%lu calls for 6 MiB %s a page-table boundary (expected %u)", calls,
+                     pass ? "starting a page after" : "starting on", pass ? 3u : 1u);
+    }
+    munmap(map, 4 * table);
+}
+
 /* A batch merges touching ranges, keeps only whole pages, flushes itself
  * when full, and counts what it released. */
 static void test_batch_merges_and_flushes(void **state) {
@@ -195,6 +228,7 @@ int main(void) {
         BOTH(test_ranges_purged_others_kept),
         BOTH(test_refused_range_reported_alone),
         BOTH(test_batch_merges_and_flushes),
+        BOTH(test_whole_page_tables_in_one_call),
         cmocka_unit_test_teardown(test_vectors_are_the_callers_alone, vectors_teardown),
     };
     return cmocka_run_group_tests_name("unit_os_purge", tests, NULL, NULL);
