@@ -245,9 +245,12 @@ size_t os_purge_inside(const void *lo, const void *hi) {
 #define OS_PURGE_CALL_BYTES (1u << 20) /* bytes per call: longer ranges are cut */
 /* Page tables. One page table maps 2 MiB (on a 2 MiB boundary, on x86-64
  * and arm64 with 4 KiB pages). A call that empties whole tables costs far
- * less than one that clears the same entries a few at a time -- the kernel
- * can drop a table it has emptied whole -- and on this VM the difference
- * lands on the process's other threads too. bench/madvise_stall (256 MiB
+ * less than one that clears the same entries a few at a time, and on this
+ * VM the difference lands on the process's other threads too. (Probably
+ * because its kernel, 6.18 with CONFIG_PT_RECLAIM, frees a table that one
+ * MADV_DONTNEED covers whole, where a partial one has its entries cleared
+ * one by one, which under its hypervisor, PVM, is what stalls the other
+ * CPU; measured, not traced.) bench/madvise_stall (256 MiB
  * in 2 MiB calls, medians of 5, 2026-12-05): on table boundaries 164 us a
  * call, and a thread that only read the clock lost 1.6 ms in all, its
  * longest stall 71 us; the same calls 4 KiB off the boundaries 282 us a
