@@ -2,14 +2,15 @@
  * spike_trim.c -- a server-like allocation spike, then each allocator's own
  * best "give memory back" call, with RSS recorded over time.
  *
- *   spike_trim [--threads N] [--mib M] [--keep PCT] [--settle-ms MS]
- *              [--after-ms MS] [--window-ms MS] [--sample-us US]
- *              [--rss-csv FILE] [--no-trim]
+ *   spike_trim [--threads N] [--mib M] [--keep PCT] [--size-kib K]
+ *              [--settle-ms MS] [--after-ms MS] [--window-ms MS]
+ *              [--sample-us US] [--rss-csv FILE] [--no-trim]
  *
  * The story, with its phase marks (milliseconds since start, in the output):
  *   start  N worker threads, an RSS sampler and a stall prober are running.
  *   spike  the workers allocate about M MiB together (mixed sizes, 16 B to
- *          256 KiB, every byte written), then free all but KEEP percent
+ *          256 KiB, or all of K KiB with --size-kib; every byte written),
+ *          then free all but KEEP percent
  *          (default 5): a quarter of the freed blocks are freed by the next
  *          worker, not the one that allocated them.
  *   idle   the workers stay alive, blocked, holding whatever their thread
@@ -62,6 +63,7 @@
 static int nworkers = 2;
 static size_t spike_bytes = 256u << 20;
 static unsigned keep_pct = 5;
+static size_t fixed_size; /* --size-kib: every block this size (0: the mix) */
 static long settle_ms = 300, after_ms = 300, window_ms = 100, sample_us = 2000;
 static const char *rss_csv;
 static bool no_trim;
@@ -94,6 +96,8 @@ static inline unsigned char tag_of(uint64_t id) { return (unsigned char)(bench_h
 /* Mixed sizes: 60% 16-128 B, 25% 128 B-1 KiB, 12% 1-16 KiB, 3% 16-256 KiB. */
 static size_t spike_size(uint64_t *rng)
 {
+    if (fixed_size)
+        return fixed_size;
     uint64_t r = bench_rand(rng);
     unsigned pick = (unsigned)(r % 100);
     r >>= 8;
@@ -303,8 +307,9 @@ static double ms_since_start(void) { return (double)(bench_now_ns() - t_start) /
 static void usage(const char *argv0)
 {
     fprintf(stderr,
-            "usage: %s [--threads N] [--mib M] [--keep PCT] [--settle-ms MS] [--after-ms MS]\n"
-            "          [--window-ms MS] [--sample-us US] [--rss-csv FILE] [--no-trim]\n",
+            "usage: %s [--threads N] [--mib M] [--keep PCT] [--size-kib K] [--settle-ms MS]\n"
+            "          [--after-ms MS] [--window-ms MS] [--sample-us US] [--rss-csv FILE]\n"
+            "          [--no-trim]\n",
             argv0);
     exit(2);
 }
@@ -328,6 +333,8 @@ int main(int argc, char **argv)
             spike_bytes = (size_t)atol(v) << 20;
         else if (!strcmp(a, "--keep"))
             keep_pct = (unsigned)atoi(v);
+        else if (!strcmp(a, "--size-kib"))
+            fixed_size = (size_t)atol(v) << 10;
         else if (!strcmp(a, "--settle-ms"))
             settle_ms = atol(v);
         else if (!strcmp(a, "--after-ms"))

@@ -259,9 +259,11 @@ size_t os_purge_inside(const void *lo, const void *hi) {
  * call of their own, past the call's byte bound; only the ragged ends are
  * cut by it. A scratch program that kept one 256 KiB block in 16 of 1024
  * and called _heapmin with a thread spinning on the clock: 38-41 ms ->
- * 14.6-15.1 ms, that thread's loss 24-29 ms -> 4.4-5.0 ms. After the
- * spike of bench/spike_trim no change: scattered survivors leave 3-7
- * whole tables in the 260 MiB it gives back. */
+ * 14.6-15.1 ms, that thread's loss 24-29 ms -> 4.4-5.0 ms. No change in
+ * bench/spike_trim, whose scattered survivors leave 3-7 whole tables in
+ * the 260 MiB it gives back, nor with --size-kib 256 --keep 6 (64 of 162
+ * MiB as whole tables), where its prober lost hardly any time to either
+ * build's call (heapmin.md). */
 #define OS_PMD_MASK (((uintptr_t)2 << 20) - 1) /* a page table's span, less one */
 static bool vec_refused; /* the kernel refused them, or a filter was seen: for good */
 static __thread bool vec_mine __attribute__((tls_model("initial-exec"))); /* this thread checked */
