@@ -219,8 +219,16 @@ size_t os_purge_inside(const void *lo, const void *hi) {
  * PIDFD_SELF_PROCESS in this call) the kernel here accepts
  * MADV_DONTNEED for it and pays one call for the whole vector: 2048
  * 16 KiB ranges took 115-140 ms one madvise each, 7-11 ms 16-64 per call
- * (a scratch program, with another thread running). OS_PURGE_VEC bounds
- * one call, so one stall stays short too. A kernel that refuses it
+ * (a scratch program, with another thread running). OS_PURGE_CALL_BYTES
+ * bounds one call's bytes, so one stall stays short too, and
+ * OS_PURGE_VEC its ranges: 64 since 2026-12-05, 16 before. Scratch, 1024
+ * ranges of 4 KiB 4 KiB apart, a thread spinning on the clock meanwhile:
+ * 16 a call 8.7-9.3 ms, that thread lost 3.3-3.4 ms; 64 a call 1.6-1.7
+ * ms, 1.4-1.5 ms lost. bench/spike_trim, 11 and 15 runs interleaved (an
+ * env-switched build): the _heapmin call's median 57.9 -> 55.7 ms, its
+ * worst stall's median 218 -> 191 us, the prober's time lost in calls
+ * over 10 us the same (median 23.9 vs 23.4 ms); the bytes bound the calls
+ * there. A kernel that refuses it
  * (older ones answer EBADF or EINVAL; a seccomp filter ENOSYS or EPERM)
  * is not asked again: every range then gets its own madvise, as before.
  * A call that stops part-way (process_madvise returns the bytes it
@@ -241,7 +249,7 @@ size_t os_purge_inside(const void *lo, const void *hi) {
  * explicit call (decay, growth), keep one madvise per range, so no
  * thread that did not check its own filter ever makes the new call. */
 #define OS_PIDFD_SELF_THREAD (-10000) /* PIDFD_SELF_THREAD, <linux/pidfd.h> */
-#define OS_PURGE_VEC 16                /* ranges per call */
+#define OS_PURGE_VEC 64                /* ranges per call */
 #define OS_PURGE_CALL_BYTES (1u << 20) /* bytes per call: longer ranges are cut */
 /* Page tables. One page table maps 2 MiB (on a 2 MiB boundary, on x86-64
  * and arm64 with 4 KiB pages). A call that empties whole tables costs far
