@@ -349,8 +349,9 @@ size_t os_purge_ranges(const os_range_t *r, unsigned n, bool *ok) {
         size_t bytes = 0;
         while (j < n && k < OS_PURGE_VEC && bytes < OS_PURGE_CALL_BYTES) {
             uintptr_t p = (uintptr_t)r[j].base + off;
-            size_t take = purge_piece(p, r[j].len - off, OS_PURGE_CALL_BYTES - bytes);
-            if (take > OS_PURGE_CALL_BYTES - bytes && k) break; /* whole tables: a call alone */
+            size_t room = OS_PURGE_CALL_BYTES - bytes;
+            size_t take = purge_piece(p, r[j].len - off, room);
+            if (take > room && k) break; /* whole tables: a call alone */
             v[k].iov_base = (void *)p;
             v[k].iov_len = take;
             owner[k++] = j;
