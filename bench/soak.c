@@ -19,11 +19,12 @@
  * their caches); a retiring worker hands half its blocks to the others.
  *
  * The trimmer thread calls _heapmin() every HEAPMIN_MS (must return 0) and
- * _heapchk() every 5 s (must return _HEAPOK), and samples RSS.
+ * _heapchk() every 5 s (must return _HEAPOK), and reads the peak RSS.
  *
  * At the end everything is freed, _heapmin() called once more, and a
  * summary printed: operations, blocks checked, bytes verified, _heapmin and
- * _heapchk calls, RSS at start/peak/end (from /proc/self/statm), errors.
+ * _heapchk calls, RSS at start/end (from /proc/self/statm) and its peak
+ * (VmHWM, from /proc/self/status), errors.
  * Exit status 1 on any error.
  */
 #define _GNU_SOURCE
@@ -80,6 +81,20 @@ static size_t rss_bytes(void) {
         fclose(f);
     }
     return (size_t)res * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* The kernel's high-water mark of the RSS (VmHWM): the true peak, where
+ * samples taken after each _heapmin() would miss what built up between. */
+static size_t rss_hwm_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t kb = 0;
+    if (f) {
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "VmHWM: %zu kB", &kb) == 1) break;
+        fclose(f);
+    }
+    return kb << 10;
 }
 
 static void error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -289,7 +304,7 @@ static void *trimmer_main(void *arg) {
         int rc = _heapmin();
         __atomic_add_fetch(&n_heapmin, 1, __ATOMIC_RELAXED);
         if (rc != 0) error("_heapmin() returned %d (errno %d)", rc, errno);
-        size_t r = rss_bytes();
+        size_t r = rss_hwm_bytes();
         if (r > rss_peak) rss_peak = r;
         if (now_ns() - last_chk > 5000000000ull) {
             rc = _heapchk();
@@ -350,6 +365,7 @@ int main(int argc, char **argv) {
             last_report = now_ns();
             trimalloc_stats_t st;
             trimalloc_stats_get(&st);
+            if (rss_hwm_bytes() > rss_peak) rss_peak = rss_hwm_bytes();
             printf("soak: %4.0f s: rss %zu MiB (peak %zu), allocated %zu MiB, mapped %zu MiB, "
                    "_heapmin calls %llu, errors %llu\n", (double)(last_report - start) / 1e9,
                    rss_bytes() >> 20, rss_peak >> 20, st.allocated >> 20, st.mapped >> 20,
@@ -401,6 +417,7 @@ int main(int argc, char **argv) {
            (unsigned long long)(t_checked_bytes >> 20));
     printf("soak: _heapmin calls %llu, _heapchk calls %llu\n", (unsigned long long)n_heapmin,
            (unsigned long long)n_heapchk);
+    if (rss_hwm_bytes() > rss_peak) rss_peak = rss_hwm_bytes();
     printf("soak: RSS start %zu MiB, peak %zu MiB, after freeing everything %zu MiB, after the "
            "last _heapmin %zu MiB (trimalloc: mapped %zu MiB, allocated %zu bytes)\n",
            rss_start >> 20, rss_peak >> 20, rss_before >> 20, rss_end >> 20, st.mapped >> 20,
