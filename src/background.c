@@ -31,14 +31,23 @@
  * failed start. */
 static int bg_running;
 
+/* The sleep between two ticks for a given dirty_decay_ms: an eighth of it,
+ * 10 ms to 1 s, and 1 s when the decay is off (-1). A whole second is
+ * {1, 0}: {0, 10^9} is no valid timespec, nanosleep refused it at once, and
+ * the thread spun on the decay tick at the default 10 s (before
+ * 2026-12-05). */
+struct timespec background_interval(long decay_ms) {
+    long ms = decay_ms < 0 ? 1000 : decay_ms / 8;
+    if (ms < 10) ms = 10;
+    if (ms > 1000) ms = 1000;
+    return (struct timespec){ms / 1000, (ms % 1000) * 1000000L};
+}
+
 static void *background_main(void *arg) {
     (void)arg;
     pthread_setname_np(pthread_self(), "trimalloc-bg"); /* as ps, top and gdb show it */
     while (__atomic_load_n(&tm_opt.background_thread, __ATOMIC_RELAXED)) {
-        long ms = __atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED) / 8;
-        if (ms < 10) ms = ms < 0 ? 1000 : 10;
-        if (ms > 1000) ms = 1000;
-        struct timespec ts = {0, ms * 1000000L};
+        struct timespec ts = background_interval(__atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED));
         nanosleep(&ts, NULL);
         arena_decay_tick();
     }

@@ -17,26 +17,31 @@
  * copied; the child re-initialises the locks and drains the caches of the
  * threads that do not exist in it.
  *
- * The handlers are registered only once the process has a second thread.
- * pthread_atfork faults in 128 KiB of libc a single-threaded program never
- * touches otherwise (64 KiB of code around it, 64 KiB of read-only data
- * around a constant it loads: measured, a program that makes no
- * allocation of its own is resident 1284 KiB with it, 1156 without, 1140
- * with glibc's malloc), and a single-threaded fork needs no handler: the
- * forking thread is not inside the allocator, so every lock is free and
- * every structure whole. What must hold is: when any thread forks while
- * another is inside a locked section, the handlers are registered. Every
- * allocator lock is taken through tm_lock (internal.h), which registers
- * them first if glibc's __libc_single_threaded says another thread exists.
- * A section that began with no other thread in the process cannot have one
- * appear before it ends (its thread is in the allocator, not in
- * pthread_create; the background thread registers before it starts), so
- * the registration always happens at a section's first lock, with no
- * allocator lock held, and pthread_atfork may allocate. Left out on
- * purpose: a thread's fast path takes no lock, so a thread that never
- * allocated before it forks while another's fast path runs gets a child
- * that keeps that other cache (leaked in the child, skipped by _heapmin
- * there if its busy flag was set: world.c); nothing is lost or locked.
+ * The handlers are registered at start-up, as soon as tm_initialized is
+ * set: glibc runs prepare handlers in the reverse order of their
+ * registration and parent/child handlers in that order, so registered
+ * first, ours take the allocator's locks after every handler the program
+ * and its libraries register later, and release them before theirs run:
+ * those may allocate. Until 2026-12-05 they were registered only once the
+ * process had a second thread (pthread_atfork faults in 128 KiB of libc a
+ * single-threaded program never touches otherwise: a program that makes
+ * no allocation of its own was resident 1284 KiB with it, 1156 without,
+ * 1140 with glibc's malloc). A program that registered a handler which
+ * allocates and then started a thread got ours after it, so its prepare
+ * handler ran with every allocator lock held and its fork hung, as did a
+ * child whose handler allocated; and where the first allocator lock after
+ * the second thread came from inside another library's prepare handler,
+ * glibc skipped the handlers registered during that fork
+ * (tests/unit/fork_handlers.c has both). Handlers registered before our
+ * initialisation (by a library constructor that runs before ours and does
+ * not allocate) still come before ours; jemalloc and tcmalloc, which also
+ * register with pthread_atfork, share that limit. tm_lock still registers
+ * them if they are not yet (a fork child of a registration in progress).
+ * Left out on purpose: a thread's fast path takes no lock, so a thread
+ * that never allocated before it forks while another's fast path runs gets
+ * a child that keeps that other cache (leaked in the child, skipped by
+ * _heapmin there if its busy flag was set: world.c); nothing is lost or
+ * locked.
  */
 #include "internal.h"
 
@@ -105,7 +110,7 @@ void tm_init_slow(void) {
         tm_narenas = n;
         tcache_init();
         __atomic_store_n(&tm_initialized, 1, __ATOMIC_RELEASE);
-        if (!tm_single_threaded()) tm_fork_register();
+        tm_fork_register();
         atexit(stats_print_at_exit); /* prints if stats_print is set by then */
         init_running = 0;
     }

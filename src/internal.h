@@ -14,12 +14,7 @@
 
 #include <errno.h>
 #include <string.h>
-#if defined(__has_include)
-#if __has_include(<sys/single_threaded.h>)
-#include <sys/single_threaded.h>
-#define TM_LAZY_FORK 1
-#endif
-#endif
+#include <time.h>
 
 /* Everything declared from here to the end of this file is the library's
  * own: hidden, so a global is read with one PC-relative load, not a load
@@ -300,6 +295,7 @@ size_t arena_release_orphaned(tm_arena_t *a); /* its last thread exited; no lock
 /* ---- background.c: the optional background thread -------------------------------- */
 void background_maybe_start(void); /* at a GC tick, no lock held */
 void background_fork_child(void);
+struct timespec background_interval(long decay_ms); /* the thread's sleep between ticks */
 
 /* ---- arena.c ---------------------------------------------------------------------- */
 extern tm_arena_t *tm_arenas[];
@@ -445,23 +441,14 @@ TM_INLINE void tm_init(void) {
     if (unlikely(!tm_initialized)) tm_init_slow();
 }
 
-/* The fork handlers are registered when the process first has a second
- * thread, not at start-up (init.c says why). tm_fork_ready is 2 once they
- * are; every allocator lock is taken through tm_lock or tm_trylock, which
- * register them first if another thread exists by then. */
-#ifndef TM_LAZY_FORK
-#define TM_LAZY_FORK 0
-#endif
-#if TM_LAZY_FORK
-#define tm_single_threaded() (__libc_single_threaded != 0)
-#else
-#define tm_single_threaded() false /* unknown: register at start-up */
-#endif
+/* The fork handlers are registered at start-up (init.c says why).
+ * tm_fork_ready is 2 once they are; every allocator lock is taken through
+ * tm_lock or tm_trylock, which register them first if they are not yet (a
+ * fork child of a process that forked while registering them). */
 extern volatile int tm_fork_ready;
 void tm_fork_register(void);
 TM_INLINE void tm_fork_check(void) {
-    if (unlikely(__atomic_load_n(&tm_fork_ready, __ATOMIC_ACQUIRE) != 2) && !tm_single_threaded())
-        tm_fork_register();
+    if (unlikely(__atomic_load_n(&tm_fork_ready, __ATOMIC_ACQUIRE) != 2)) tm_fork_register();
 }
 TM_INLINE void tm_lock(pthread_mutex_t *m) {
     tm_fork_check();

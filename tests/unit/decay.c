@@ -154,6 +154,24 @@ static void test_ticks_come_from_malloc(void **state) {
     assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
 }
 
+/* The background thread's sleep: an eighth of dirty_decay_ms, 10 ms to
+ * 1 s, 1 s with the decay off; always a timespec nanosleep accepts. At the
+ * default of 10 s it used to be {0, 10^9}, which nanosleep refuses at
+ * once: the thread spun. */
+static void test_background_interval(void **state) {
+    (void)state;
+    static const struct { long decay_ms, want_ms; } cases[] = {
+        {-1, 1000}, {0, 10}, {79, 10}, {80, 10}, {88, 11}, {4000, 500},
+        {7999, 999}, {8000, 1000}, {10000, 1000}, {3600000, 1000},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct timespec ts = background_interval(cases[i].decay_ms);
+        assert_true(ts.tv_nsec >= 0 && ts.tv_nsec < 1000000000L);
+        assert_int_equal(ts.tv_sec * 1000 + ts.tv_nsec / 1000000, cases[i].want_ms);
+        assert_int_equal(ts.tv_nsec % 1000000, 0);
+    }
+}
+
 /* Threads of this process named "trimalloc-bg" (the background thread). */
 static unsigned bg_threads(void) {
     DIR *d = opendir("/proc/self/task");
@@ -208,6 +226,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_pages_used_in_the_window_are_not_due, teardown),
         cmocka_unit_test_teardown(test_minus_one_keeps_them, teardown),
         cmocka_unit_test(test_ticks_come_from_malloc),
+        cmocka_unit_test(test_background_interval),
         cmocka_unit_test_teardown(test_background_thread, teardown),
     };
     return cmocka_run_group_tests_name("unit_decay", tests, setup, group_teardown);

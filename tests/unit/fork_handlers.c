@@ -1,10 +1,12 @@
 /*
- * fork_lazy.c (unit) -- the fork handlers are registered once the process
- * has a second thread, before any allocator lock is taken from then on
- * (init.c): a single-threaded process never registers them and its fork
- * children work without them; a thread that never allocated can fork while
- * another thread is inside the allocator's locked sections, and the child
- * can still take every lock.
+ * fork_handlers.c (unit) -- the fork handlers (init.c): registered at
+ * start-up, before any the program registers, so a program's own
+ * prepare, parent and child handlers may allocate, also when the program
+ * registered them before it started its first thread (with the handlers
+ * registered at the second thread, as until 2026-12-05, such a fork hung);
+ * a thread that never allocated can fork while another thread is inside
+ * the allocator's locked sections, and the child can still take every
+ * lock.
  *
  * The tests run in order: the first while this process has one thread.
  * In the prefixed library used here, pthread_create's own allocations go
@@ -51,26 +53,62 @@ static int fork_and_check(int expect_ready) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-static void test_one_thread_registers_nothing(void **state) {
+static void test_registered_at_start_up(void **state) {
     (void)state;
-#if !TM_LAZY_FORK
-    skip(); /* no __libc_single_threaded: registered at start-up */
-#else
-    assert_true(__libc_single_threaded);
-#endif
+    assert_int_equal(tm_fork_ready, 2);
     /* every kind of locked section: refills, large and huge blocks, a
      * trim (the trim lock, the cache registry, every arena) */
     for (int i = 0; i < 4; i++) assert_true(workout((unsigned char)i));
-    void *many[256];
-    for (int i = 0; i < 256; i++) assert_non_null(many[i] = TM_API(malloc)(16 + (size_t)i * 8));
-    for (int i = 0; i < 256; i++) TM_API(free)(many[i]);
     assert_int_equal(TM_API(_heapmin)(), 0);
-    assert_int_equal(tm_fork_ready, 0);
-    /* a single-threaded fork needs none: the child allocates, frees and
-     * trims. (Whether the child registers them is not checked: under
-     * ThreadSanitizer it does, after its first allocation.) */
-    assert_int_equal(fork_and_check(0), 0);
-    assert_int_equal(tm_fork_ready, 0);
+    assert_int_equal(fork_and_check(2), 0);
+}
+
+/* ---- the program's own handlers allocate ------------------------------------ */
+
+static int program_handler_calls;
+
+/* A large block: taken and given back under an arena lock, which the
+ * allocator's prepare handler holds until its parent or child handler. */
+static void program_handler(void) {
+    unsigned char *p = TM_API(malloc)(LARGE);
+    if (!p) abort();
+    memset(p, 0x77, LARGE);
+    TM_API(free)(p);
+    program_handler_calls++;
+}
+
+static void *allocate_a_little(void *arg) {
+    (void)arg;
+    TM_API(free)(TM_API(malloc)(LARGE));
+    return NULL;
+}
+
+/* Registered before the process has a second thread, as a library that
+ * sets itself up in main() would; then a thread, then a fork. glibc runs
+ * the program's prepare handler before ours (registered later, it comes
+ * first in prepare order) and its parent/child handlers after ours. A
+ * hang here is the bug: the alarm makes it a failure, in parent and
+ * child alike. */
+static void test_program_handlers_may_allocate(void **state) {
+    (void)state;
+    assert_int_equal(pthread_atfork(program_handler, program_handler, program_handler), 0);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, allocate_a_little, NULL), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    TM_API(free)(TM_API(malloc)(LARGE)); /* a locked section with two threads seen */
+    alarm(120);
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(120);
+        _exit(program_handler_calls == 2 && workout(0x21) ? 0 : 1);
+    }
+    assert_true(pid > 0);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    alarm(0);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(program_handler_calls, 2); /* prepare and parent */
 }
 
 /* ---- a thread that never allocated forks while this one is in locked sections */
@@ -137,9 +175,10 @@ static void test_children_inherit_the_registration(void **state) {
 int main(void) {
     tm_init();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_one_thread_registers_nothing),
+        cmocka_unit_test(test_registered_at_start_up),
+        cmocka_unit_test(test_program_handlers_may_allocate),
         cmocka_unit_test(test_fork_from_a_thread_that_never_allocated),
         cmocka_unit_test(test_children_inherit_the_registration),
     };
-    return cmocka_run_group_tests_name("unit_fork_lazy", tests, NULL, NULL);
+    return cmocka_run_group_tests_name("unit_fork_handlers", tests, NULL, NULL);
 }
