@@ -331,7 +331,13 @@ TM_EXPORT void *TM_API(calloc)(size_t nmemb, size_t size) {
     return large_alloc(total, 0, true);
 }
 
-void *tm_realloc_impl(void *p, size_t size) {
+void *tm_realloc_impl(void *p, size_t size) { return tm_realloc_ex(p, size, NULL); }
+
+/* realloc; *tail_zero (if given) is set when every byte past the old usable
+ * size is known to be zero: a huge block grown by mremap (_recalloc then
+ * need not touch those pages). */
+void *tm_realloc_ex(void *p, size_t size, bool *tail_zero) {
+    if (tail_zero) *tail_zero = false;
     if (!p) return TM_API(malloc)(size);
     if (size == 0) { /* glibc's behaviour: free, return NULL */
         TM_API(free)(p);
@@ -361,7 +367,7 @@ void *tm_realloc_impl(void *p, size_t size) {
          * the program split the block's mapping, say by mprotect or
          * madvise on part of it), a copy below */
         int saved = errno;
-        void *np = huge_realloc((tm_huge_t *)e, p, size);
+        void *np = huge_realloc((tm_huge_t *)e, p, size, tail_zero);
         if (np) return np;
         errno = saved;
     }

@@ -616,11 +616,6 @@ TM_EXPORT size_t TM_API(_msize)(void *memblock) {
     return n;
 }
 
-static bool is_huge(const void *p) {
-    uintptr_t e = pagemap_lookup((uintptr_t)p);
-    return e && !(e & 1);
-}
-
 /* Resize the live block at p (usable size old) to size bytes without
  * moving it, keeping its kind: a small block stays in its class, a large
  * run stays a run within its chunk, a huge mapping grows or shrinks with
@@ -676,14 +671,17 @@ TM_EXPORT void *TM_API(_recalloc)(void *memblock, size_t num, size_t size) {
         errno = EINVAL;
         return NULL;
     }
-    bool was_huge = is_huge(memblock);
-    void *q = tm_realloc_impl(memblock, total);
+    bool tail_zero;
+    void *q = tm_realloc_ex(memblock, total, &tail_zero);
     if (!q) return NULL;
     /* Every byte past min(old usable size, total) reads zero. A huge block
-     * that stayed huge grew by mremap, whose new pages are zero already. */
+     * grown by mremap has zero pages past its old size already; one that
+     * moved by malloc and copy (the mremap failed, or the block had a
+     * guard page) may have come from the cache of freed huge mappings,
+     * whose bytes are whatever they held (found by review, 2026-12-05). */
     size_t nu = tm_usable_size(q, "_recalloc");
     size_t lo = old < total ? old : total;
-    zero_range(q, lo, was_huge && is_huge(q) && nu > old ? old : nu);
+    zero_range(q, lo, tail_zero && nu > old ? old : nu);
     return q;
 }
 

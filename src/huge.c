@@ -324,7 +324,7 @@ void huge_free(tm_huge_t *h, void *p) {
 
 /* Resize the huge block at p to size bytes (size above the huge
  * threshold). Returns the new address, or NULL with the block unchanged. */
-void *huge_realloc(tm_huge_t *h, void *p, size_t size) {
+void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero) {
     size_t msize = huge_map_size(size);
     if (msize < size) return NULL;
     tm_lock(&huge_mu);
@@ -347,6 +347,8 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size) {
         }
     } else if (!(np = huge_grow(h, msize))) {
         return NULL;
+    } else if (grown_zero) {
+        *grown_zero = true; /* mremap's new pages */
     }
     tm_lock(&huge_mu);
     huge_live_bytes += msize - h->size;

@@ -360,7 +360,7 @@ tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out);
 /* ---- huge.c ------------------------------------------------------------------------- */
 void *huge_alloc(size_t size, size_t align, bool zero);
 void huge_free(tm_huge_t *h, void *p);
-void *huge_realloc(tm_huge_t *h, void *p, size_t size);
+void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero);
 bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size);
 size_t huge_release_cache(unsigned *failures); /* unmap cached huge mappings */
 size_t huge_allocated(void);
@@ -422,6 +422,7 @@ void tm_free_impl(void *p);
 void *tm_alloc_aligned(size_t align, size_t size, bool zero);
 size_t tm_usable_size(void *p, const char *caller); /* aborts on bad pointer */
 void *tm_realloc_impl(void *p, size_t size);
+void *tm_realloc_ex(void *p, size_t size, bool *tail_zero);
 
 /* ---- world.c: stop-the-world handshake ---------------------------------------------- */
 /* Drain every thread cache into the arenas; returns nanoseconds other

@@ -569,6 +569,37 @@ static void test_recalloc(void **state)
     assert_heap_ok();
 }
 
+/* A huge block that _recalloc moves by malloc and copy (here: it has a
+ * guard page, and the guard option was turned off since) can land on a
+ * freed huge mapping from the cache, still full of old bytes: the new
+ * bytes must read zero all the same. (Until 2026-12-05 _recalloc trusted
+ * every huge-to-huge growth to be mremap's zero pages.) */
+static void test_recalloc_huge_moved_zeroes(void **state)
+{
+    (void)state;
+    const size_t x = (size_t)8 << 20;
+    long guard = 0;
+    assert_int_equal(TM_API(trimalloc_option_get)("guard", &guard), 0);
+    assert_int_equal(TM_API(trimalloc_option_set)("guard", 1), 0);
+    unsigned char *a = TM_API(malloc)(x);
+    assert_non_null(a);
+    memset(a, 0x11, x);
+    assert_int_equal(TM_API(trimalloc_option_set)("guard", 0), 0);
+    unsigned char *b = TM_API(malloc)(2 * x); /* freed into the huge cache, dirty */
+    assert_non_null(b);
+    memset(b, 0xab, 2 * x);
+    TM_API(free)(b);
+    unsigned char *q = TM_API(_recalloc)(a, 1, 2 * x);
+    assert_non_null(q);
+    size_t nu = TM_API(_msize)(q);
+    assert_true(nu >= 2 * x);
+    assert_int_equal(tu_find_not_byte(q, x, 0x11), (size_t)-1);
+    assert_int_equal(tu_find_not_byte(q + x, nu - x, 0), (size_t)-1);
+    TM_API(free)(q);
+    assert_int_equal(TM_API(trimalloc_option_set)("guard", guard), 0);
+    assert_heap_ok();
+}
+
 /* ---- the aligned family ---------------------------------------------------------------- */
 
 static size_t eff_align(size_t a) { return a < sizeof(void *) ? sizeof(void *) : a; }
@@ -810,6 +841,7 @@ int main(void)
         cmocka_unit_test(test_msize),
         cmocka_unit_test(test_expand),
         cmocka_unit_test(test_recalloc),
+        cmocka_unit_test(test_recalloc_huge_moved_zeroes),
         cmocka_unit_test(test_aligned_malloc),
         cmocka_unit_test(test_aligned_errors),
         cmocka_unit_test(test_aligned_realloc),
