@@ -286,7 +286,9 @@ static void huge_check_one(tm_huge_t *h, void *arg) {
     k->n++;
     k->bytes += h->size;
     if (k->rc != _HEAPOK) return;
-    if ((h->base & TM_CHUNK_MASK) || pagemap_lookup(h->base) != (uintptr_t)h)
+    /* A block a realloc is moving (huge_realloc) has its entry at the new
+     * spot before its base changes: its other fields are checked. */
+    if ((h->base & TM_CHUNK_MASK) || (!h->moving && pagemap_lookup(h->base) != (uintptr_t)h))
         k->rc = _HEAPBADPTR;
     else if (h->freed_ns || !h->size || (h->size & TM_PAGE_MASK) || h->size > h->mapped)
         k->rc = _HEAPBADNODE;

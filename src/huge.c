@@ -329,6 +329,9 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero) {
     if (msize < size) return NULL;
     tm_lock(&huge_mu);
     size_t old_mapped = h->mapped, old_size = h->size;
+    /* a growth may move it: _heapchk, meanwhile, must not take the entry
+     * at the new spot for a broken heap */
+    h->moving = old_mapped == old_size && msize > old_mapped;
     pthread_mutex_unlock(&huge_mu);
     if (old_mapped != old_size) { /* guarded: move to a new guarded block */
         void *np = huge_alloc(size, 0, false);
@@ -346,11 +349,15 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero) {
             msize = old_mapped;
         }
     } else if (!(np = huge_grow(h, msize))) {
+        tm_lock(&huge_mu);
+        h->moving = false;
+        pthread_mutex_unlock(&huge_mu);
         return NULL;
     } else if (grown_zero) {
         *grown_zero = true; /* mremap's new pages */
     }
     tm_lock(&huge_mu);
+    h->moving = false;
     huge_live_bytes += msize - h->size;
     huge_live_mapped += msize - h->mapped;
     if (np != p) h->origin = (uintptr_t)np;
@@ -403,6 +410,9 @@ bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size) {
     if (msize < size || h->base != (uintptr_t)p) return false;
     tm_lock(&huge_mu);
     size_t old_mapped = h->mapped, old_size = h->size;
+    /* a growth may move it: _heapchk, meanwhile, must not take the entry
+     * at the new spot for a broken heap */
+    h->moving = old_mapped == old_size && msize > old_mapped;
     pthread_mutex_unlock(&huge_mu);
     if (old_mapped != old_size) return msize <= old_size; /* guarded: no resizing */
     if (msize <= old_mapped) {

@@ -186,6 +186,8 @@ typedef struct tm_huge {
     uintptr_t origin;   /* start of the kernel mapping (VMA) it is part of:
                            descriptors cut from one mapping share it, and
                            only those merge again (huge_free) */
+    bool moving;        /* a realloc is growing it outside huge_mu: its
+                           pagemap entry may be at the new spot already */
 } tm_huge_t;
 
 /* ---- Arenas ---------------------------------------------------------------- */

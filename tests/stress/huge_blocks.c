@@ -11,6 +11,7 @@
  * No time limits: the loops are counted, and shrink under sanitizers.
  */
 #include <stdatomic.h>
+#include <sys/mman.h>
 
 #include "test_cmocka.h"
 
@@ -201,11 +202,66 @@ static void test_moves_against_fresh_mappings(void **state)
     tu_heap_ok();
 }
 
+/* _heapchk while another thread grows a huge block that must move
+ * (a page is mapped right after it each time): huge_grow enters the block
+ * at its new spot before its descriptor's base changes, and _heapchk took
+ * that for a broken heap (_HEAPBADPTR in a third of its calls, until
+ * 2026-12-05). */
+static atomic_int checker_stop;
+
+static void *grow_and_block(void *arg)
+{
+    (void)arg;
+    long n = tu_scaled(3000, 300);
+    unsigned char *p = TM_API(malloc)(6 * TU_MIB);
+    TU_CHECK(p != NULL, "malloc(6 MiB) failed");
+    p[0] = 0x5c;
+    void *blk = NULL;
+    for (long i = 0; i < n; i++) {
+        unsigned char *q = TM_API(realloc)(p, (i & 1) ? 6 * TU_MIB : 12 * TU_MIB);
+        TU_CHECK(q != NULL, "realloc failed");
+        TU_CHECK(q[0] == 0x5c, "realloc lost the block's first byte");
+        p = q;
+        if (blk)
+            munmap(blk, 4096);
+        blk = mmap(p + TM_API(_msize)(p), 4096, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+        if (blk == MAP_FAILED)
+            blk = NULL;
+    }
+    if (blk)
+        munmap(blk, 4096);
+    TM_API(free)(p);
+    atomic_store(&checker_stop, 1);
+    return NULL;
+}
+
+static void test_heapchk_while_huge_blocks_move(void **state)
+{
+    (void)state;
+    atomic_store(&checker_stop, 0);
+    pthread_t t;
+    tu_thread_create(&t, grow_and_block, NULL);
+    long checks = 0, bad = 0;
+    int first = _HEAPOK;
+    while (!atomic_load(&checker_stop)) {
+        int rc = TM_API(_heapchk)();
+        checks++;
+        if (rc != _HEAPOK && !bad++)
+            first = rc;
+    }
+    tu_thread_join(t);
+    if (bad)
+        fail_msg("_heapchk: %ld of %ld calls failed, the first with %d", bad, checks, first);
+    tu_heap_ok();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_huge_blocks_shared),
         cmocka_unit_test(test_moves_against_fresh_mappings),
+        cmocka_unit_test(test_heapchk_while_huge_blocks_move),
     };
     return cmocka_run_group_tests_name("stress_huge_blocks (" TU_FLAVOUR ")", tests, NULL, NULL);
 }
