@@ -52,7 +52,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   meta_alloc meta_map meta_free meta_fork_prepare meta_fork_parent meta_fork_child
   pagemap_set pagemap_clear pagemap_fork_prepare pagemap_fork_parent pagemap_fork_child
   # tcache.c
-  tcache_malloc_slow tcache_free_slow tcache_get_slow tcache_create tcache_init
+  tcache_malloc_slow tcache_free_slow tcache_get_slow tcache_create tcache_init tc_key_create
   tcache_settle_locked tcache_destructor tcache_drain_locked tcache_gc_locked
   tcache_arena xfer_get xfer_put xfer_gc xfer_take xfer_set xfer_count xfer_set_make_locked xfer_flush_out
   bin_flush block_arena tcache_registry_lock tcache_registry_unlock

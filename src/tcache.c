@@ -588,10 +588,40 @@ static void tcache_destructor(void *arg) {
     if (last) release_orphaned_arenas(orphans);
 }
 
+/* The thread-exit key's index. glibc calls the key destructors of an
+ * exiting thread in rounds (at most PTHREAD_DESTRUCTOR_ITERATIONS, 4), in
+ * the order of the keys' indices within a round. A thread whose first
+ * allocation came from a destructor in the last round made its cache and
+ * set this key after glibc had passed it: tcache_destructor never ran,
+ * the cache stayed registered with owner_tls in the dead thread's memory,
+ * and the next _heapmin wrote there (found by review, 2026-12-05). With
+ * this key after the program's, the same round reaches it after any of
+ * theirs that allocates. So it takes index 31, the last that glibc keeps
+ * in the thread descriptor itself (keys from 32 on cost each thread an
+ * allocation), and keys created later take the indices below, which the
+ * spare keys made here hold only until it exists. (glibc's key is its
+ * index.) */
+#define TC_KEY_INDEX 31u
+
+static void tc_key_create(void) {
+    pthread_key_t spare[TC_KEY_INDEX], k;
+    unsigned n = 0;
+    while (n < TC_KEY_INDEX && pthread_key_create(&k, NULL) == 0) {
+        if (k >= TC_KEY_INDEX) { /* index 31 is taken: the next free one */
+            pthread_key_delete(k);
+            break;
+        }
+        spare[n++] = k;
+        if (k == TC_KEY_INDEX - 1) break;
+    }
+    tc_key_ok = pthread_key_create(&tc_key, tcache_destructor) == 0;
+    while (n) pthread_key_delete(spare[--n]);
+}
+
 void tcache_init(void) {
     slot_layout_init();
     xfer_init();
-    tc_key_ok = pthread_key_create(&tc_key, tcache_destructor) == 0;
+    tc_key_create();
     os_random(&tm_cookie_key, sizeof tm_cookie_key);
     tm_cookie_key |= 1; /* never zero: a zeroed block must not look free */
 }

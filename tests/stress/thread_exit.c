@@ -329,11 +329,71 @@ static void test_threads_without_allocations(void **state)
     orphans.cap = 0;
 }
 
+/* A thread whose first allocation comes from a key destructor in glibc's
+ * last round (the destructor re-arms itself until then). Its cache must
+ * not outlive it: until 2026-12-05 the allocator's exit key came before
+ * the program's, glibc had passed it in that round, the cache stayed
+ * registered with a pointer into the dead thread's memory, and the next
+ * _heapmin wrote there (a crash once the thread's stack was unmapped). */
+static pthread_key_t last_round_key;
+static __thread int last_round_calls;
+
+static void last_round_dtor(void *v)
+{
+    if (++last_round_calls < 4) { /* glibc runs at most 4 rounds */
+        int rc = pthread_setspecific(last_round_key, v);
+        TU_CHECK(rc == 0, "pthread_setspecific");
+        return;
+    }
+    unsigned char *p = TM_API(malloc)(40); /* this thread's first allocation */
+    TU_CHECK(p != NULL, "malloc in the last destructor round");
+    memset(p, 0x3d, 40);
+    TM_API(free)(p);
+}
+
+static void *arm_last_round(void *arg)
+{
+    (void)arg;
+    int rc = pthread_setspecific(last_round_key, (void *)1);
+    TU_CHECK(rc == 0, "pthread_setspecific");
+    return NULL;
+}
+
+static unsigned caches_now(void)
+{
+    trimalloc_stats_t st;
+    assert_int_equal(TM_API(trimalloc_stats_get)(&st), 0);
+    return st.nthreads;
+}
+
+static void test_first_allocation_in_the_last_destructor_round(void **state)
+{
+    (void)state;
+    assert_int_equal(pthread_key_create(&last_round_key, last_round_dtor), 0);
+    TM_API(free)(TM_API(malloc)(8)); /* this thread's cache exists */
+    unsigned before = caches_now();
+    pthread_attr_t attr;
+    assert_int_equal(pthread_attr_init(&attr), 0);
+    /* above glibc's cache of stacks: unmapped once joined */
+    assert_int_equal(pthread_attr_setstacksize(&attr, (size_t)64 << 20), 0);
+    for (int i = 0; i < 4; i++) {
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, &attr, arm_last_round, NULL), 0);
+        assert_int_equal(pthread_join(t, NULL), 0);
+        assert_int_equal(caches_now(), before); /* its cache went with it */
+    }
+    assert_int_equal(pthread_attr_destroy(&attr), 0);
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    assert_int_equal(pthread_key_delete(last_round_key), 0);
+    tu_heap_ok();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_short_lived_threads),
         cmocka_unit_test(test_threads_without_allocations),
+        cmocka_unit_test(test_first_allocation_in_the_last_destructor_round),
     };
     return cmocka_run_group_tests_name("stress_thread_exit (" TU_FLAVOUR ")", tests, NULL, NULL);
 }
