@@ -1091,10 +1091,14 @@ size_t tcache_cached_bytes(size_t *queued) {
     *queued = 0;
     tm_lock(&registry_lock);
     for (tm_tcache_t *tc = registry; tc; tc = tc->next) {
-        for (unsigned c = 1; c <= TM_NCLASSES; c++)
-            bytes += (size_t)(__atomic_load_n(&tc->bins[c].top, __ATOMIC_RELAXED) -
-                              tc->bins[c].base) * tm_classes[c].size;
+        /* under tc->mu: a bin's base moves only under it (bin_reset, growth),
+         * and the owner's fast path keeps top within the bin it sees */
         tm_lock(&tc->mu);
+        for (unsigned c = 1; c <= TM_NCLASSES; c++) {
+            void **top = __atomic_load_n(&tc->bins[c].top, __ATOMIC_RELAXED);
+            if (top > tc->bins[c].base)
+                bytes += (size_t)(top - tc->bins[c].base) * tm_classes[c].size;
+        }
         for (unsigned i = 0; i < tc->rl_n; i++) {
             tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)tc->rl[i]));
             if (c)
