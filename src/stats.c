@@ -218,8 +218,10 @@ TM_EXPORT struct mallinfo2 TM_API(mallinfo2)(void) {
     TM_API(trimalloc_stats_get)(&st);
     struct mallinfo2 mi;
     memset(&mi, 0, sizeof mi);
-    size_t huge_mapped_b = huge_mapped();
-    mi.arena = st.mapped - huge_mapped_b - st.metadata; /* bytes in chunks */
+    /* read again, after st.mapped: a huge block mapped in between would
+     * make a plain difference wrap */
+    size_t huge_mapped_b = huge_mapped(), not_chunks = huge_mapped_b + st.metadata;
+    mi.arena = st.mapped > not_chunks ? st.mapped - not_chunks : 0; /* bytes in chunks */
     mi.ordblks = st.narenas;
     mi.hblks = 0;
     mi.hblkhd = huge_mapped_b;
