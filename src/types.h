@@ -212,6 +212,10 @@ typedef struct tm_arena {
     uint64_t runs_nonempty[(TM_RUN_LISTS + 63) / 64];
     size_t large_allocated;     /* bytes in large runs held */
     uint64_t large_nmalloc, large_nfree;
+    unsigned dropped;           /* sections outside _heapmin that dropped the
+                                   lock while they hold runs (growth purge,
+                                   decay) or map a chunk: fork's prepare
+                                   handler waits for them (arena.c) */
 } tm_arena_t;
 
 /* ---- Thread caches ---------------------------------------------------------- */

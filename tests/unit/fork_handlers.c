@@ -15,6 +15,7 @@
 #include "test_cmocka.h"
 #include "internal.h"
 
+#include <stdatomic.h>
 #include <sys/wait.h>
 
 #define LARGE ((size_t)64 << 10)        /* a large block: taken under its arena's lock */
@@ -172,6 +173,50 @@ static void test_children_inherit_the_registration(void **state) {
     assert_int_equal(fork_and_check(2), 0);
 }
 
+/* ---- a fork waits for a section that dropped its arena's lock ------------------- */
+
+static atomic_int section_state; /* 1: in the section; 2: left it */
+
+/* What a growth purge does around its madvise calls: count itself in
+ * a->dropped under the lock, drop it, work, take it back and count itself
+ * out. */
+static void *dropped_section(void *arg) {
+    tm_arena_t *a = arg;
+    tm_lock(&a->lock);
+    a->dropped++;
+    pthread_mutex_unlock(&a->lock);
+    atomic_store(&section_state, 1);
+    struct timespec ts = {0, 100 * 1000 * 1000}; /* the fork comes meanwhile */
+    nanosleep(&ts, NULL);
+    tm_lock(&a->lock);
+    a->dropped--;
+    atomic_store(&section_state, 2);
+    pthread_mutex_unlock(&a->lock);
+    return NULL;
+}
+
+/* Until 2026-12-05 the prepare handler took the lock while such a section
+ * was under way, and the child kept what it held (runs being purged)
+ * for good. Now the fork waits: the child sees the section ended. */
+static void test_fork_waits_for_dropped_sections(void **state) {
+    (void)state;
+    TM_API(free)(TM_API(malloc)(LARGE));
+    tm_arena_t *a = arena_get(0);
+    assert_non_null(a);
+    atomic_store(&section_state, 0);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, dropped_section, a), 0);
+    while (atomic_load(&section_state) == 0) os_yield();
+    pid_t pid = fork();
+    if (pid == 0) _exit(a->dropped == 0 && atomic_load(&section_state) == 2 && workout(0x42) ? 0 : 1);
+    assert_true(pid > 0);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 int main(void) {
     tm_init();
     const struct CMUnitTest tests[] = {
@@ -179,6 +224,7 @@ int main(void) {
         cmocka_unit_test(test_program_handlers_may_allocate),
         cmocka_unit_test(test_fork_from_a_thread_that_never_allocated),
         cmocka_unit_test(test_children_inherit_the_registration),
+        cmocka_unit_test(test_fork_waits_for_dropped_sections),
     };
     return cmocka_run_group_tests_name("unit_fork_handlers", tests, NULL, NULL);
 }
