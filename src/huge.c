@@ -30,6 +30,11 @@ static pthread_mutex_t huge_mu = PTHREAD_MUTEX_INITIALIZER;
 static tm_huge_t *huge_live;     /* blocks the program holds */
 static tm_huge_t *huge_cache;    /* freed mappings kept for reuse */
 static size_t huge_live_bytes, huge_live_mapped, huge_cache_bytes;
+/* The three counters change under huge_mu and are read without it
+ * (huge_allocated, huge_mapped: statistics, _heapchk): the writes are
+ * atomic stores, the readers' loads relaxed. */
+#define HUGE_ADD(v, d) __atomic_store_n(&(v), (v) + (d), __ATOMIC_RELAXED)
+#define HUGE_SUB(v, d) __atomic_store_n(&(v), (v) - (d), __ATOMIC_RELAXED)
 static unsigned huge_cache_count;
 #define HUGE_CACHE_MAX_COUNT 16
 
@@ -68,7 +73,7 @@ static bool huge_unmap(tm_huge_t *h) {
 static void huge_cache_put_back(tm_huge_t *h) {
     tm_lock(&huge_mu);
     list_push(&huge_cache, h);
-    huge_cache_bytes += h->mapped;
+    HUGE_ADD(huge_cache_bytes, h->mapped);
     __atomic_store_n(&huge_cache_count, huge_cache_count + 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&huge_mu);
 }
@@ -83,7 +88,7 @@ static void huge_decay(uint64_t now) {
         next = h->next;
         if (now - h->freed_ns >= limit) {
             list_remove(&huge_cache, h);
-            huge_cache_bytes -= h->mapped;
+            HUGE_SUB(huge_cache_bytes, h->mapped);
             __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
             list_push(&old, h);
         }
@@ -181,7 +186,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
         h = best ? best : largest;
         if (h) {
             list_remove(&huge_cache, h);
-            huge_cache_bytes -= h->mapped;
+            HUGE_SUB(huge_cache_bytes, h->mapped);
             __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
         }
         pthread_mutex_unlock(&huge_mu);
@@ -233,8 +238,8 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
     h->size = msize;
     tm_lock(&huge_mu);
     list_push(&huge_live, h);
-    huge_live_bytes += h->size;
-    huge_live_mapped += h->mapped;
+    HUGE_ADD(huge_live_bytes, h->size);
+    HUGE_ADD(huge_live_mapped, h->mapped);
     h->freed_ns = 0;
     pthread_mutex_unlock(&huge_mu);
     return (void *)h->base;
@@ -260,7 +265,7 @@ static tm_huge_t *huge_cache_merge_locked(tm_huge_t *h, tm_huge_t **merged) {
         }
         tm_huge_t *hi = lo == it ? h : it;
         list_remove(&huge_cache, it);
-        huge_cache_bytes -= it->mapped;
+        HUGE_SUB(huge_cache_bytes, it->mapped);
         __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
         lo->mapped += hi->mapped;
         lo->size = lo->mapped;
@@ -288,8 +293,8 @@ void huge_free(tm_huge_t *h, void *p) {
         return;
     }
     list_remove(&huge_live, h);
-    huge_live_bytes -= h->size;
-    huge_live_mapped -= h->mapped;
+    HUGE_SUB(huge_live_bytes, h->size);
+    HUGE_SUB(huge_live_mapped, h->mapped);
     uint64_t now = os_now_ns();
     h->freed_ns = now ? now : 1;
     size_t cap = huge_cache_cap();
@@ -297,14 +302,14 @@ void huge_free(tm_huge_t *h, void *p) {
     if (h->mapped <= cap && h->mapped == h->size) { /* cache on; no guard */
         h = huge_cache_merge_locked(h, &merged);
         list_push(&huge_cache, h);
-        huge_cache_bytes += h->mapped;
+        HUGE_ADD(huge_cache_bytes, h->mapped);
         __atomic_store_n(&huge_cache_count, huge_cache_count + 1, __ATOMIC_RELAXED);
         /* Evict the oldest entries until within bounds. */
         while (huge_cache_bytes > cap || huge_cache_count > HUGE_CACHE_MAX_COUNT) {
             tm_huge_t *o = huge_cache;
             while (o->next) o = o->next;
             list_remove(&huge_cache, o);
-            huge_cache_bytes -= o->mapped;
+            HUGE_SUB(huge_cache_bytes, o->mapped);
             __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
             list_push(&evict, o);
         }
@@ -358,8 +363,8 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero) {
     }
     tm_lock(&huge_mu);
     h->moving = false;
-    huge_live_bytes += msize - h->size;
-    huge_live_mapped += msize - h->mapped;
+    HUGE_ADD(huge_live_bytes, msize - h->size);
+    HUGE_ADD(huge_live_mapped, msize - h->mapped);
     if (np != p) h->origin = (uintptr_t)np;
     h->base = (uintptr_t)np;
     h->size = msize;
@@ -372,7 +377,7 @@ size_t huge_release_cache(unsigned *failures) {
     tm_lock(&huge_mu);
     tm_huge_t *all = huge_cache;
     huge_cache = NULL;
-    huge_cache_bytes = 0;
+    __atomic_store_n(&huge_cache_bytes, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&huge_cache_count, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&huge_mu);
     size_t bytes = 0;
@@ -426,8 +431,8 @@ bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size) {
         return false;
     }
     tm_lock(&huge_mu);
-    huge_live_bytes += msize - h->size;
-    huge_live_mapped += msize - h->mapped;
+    HUGE_ADD(huge_live_bytes, msize - h->size);
+    HUGE_ADD(huge_live_mapped, msize - h->mapped);
     h->size = msize;
     h->mapped = msize;
     pthread_mutex_unlock(&huge_mu);
