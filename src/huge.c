@@ -415,9 +415,6 @@ bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size) {
     if (msize < size || h->base != (uintptr_t)p) return false;
     tm_lock(&huge_mu);
     size_t old_mapped = h->mapped, old_size = h->size;
-    /* a growth may move it: _heapchk, meanwhile, must not take the entry
-     * at the new spot for a broken heap */
-    h->moving = old_mapped == old_size && msize > old_mapped;
     pthread_mutex_unlock(&huge_mu);
     if (old_mapped != old_size) return msize <= old_size; /* guarded: no resizing */
     if (msize <= old_mapped) {
