@@ -23,6 +23,7 @@ tm_arena_t *arena_get(unsigned index) {
         a = meta_alloc(sizeof(tm_arena_t));
         if (a) {
             tm_mutex_init(&a->lock);
+            pthread_cond_init(&a->undropped, NULL);
             a->index = index;
             __atomic_store_n(&tm_arenas[index], a, __ATOMIC_RELEASE);
         }
@@ -52,11 +53,11 @@ unsigned arena_choose_locked(const unsigned bound[], unsigned first) {
 /* Grow the arena by one chunk. Called and returns with the lock held, but
  * drops it around the mmap. */
 static bool arena_grow_locked(tm_arena_t *a) {
-    a->dropped++;
+    arena_dropped_enter(a);
     pthread_mutex_unlock(&a->lock);
     tm_chunk_t *c = chunk_create(a);
     tm_lock(&a->lock);
-    a->dropped--;
+    arena_dropped_leave(a);
     if (!c) return false;
     chunk_attach_locked(a, c);
     return true;
@@ -769,18 +770,18 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
  * review, 2026-12-05: 3 of 300 children, 12-15 MiB each) and never
  * attached the chunk. Such a section takes no lock that this handler
  * holds: other arenas' locks only with trylock, and the huge, pagemap and
- * metadata locks come after the arenas here. */
+ * metadata locks come after the arenas here. (A fork from a signal handler
+ * that interrupted such a section of its own thread would wait for good;
+ * one that interrupted a locked section always did.) */
 void arena_fork_prepare(void) {
     tm_lock(&arenas_lock);
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
         tm_arena_t *a = tm_arenas[i];
         if (!a) continue;
         tm_lock(&a->lock);
-        while (a->dropped) {
-            pthread_mutex_unlock(&a->lock);
-            os_yield();
-            tm_lock(&a->lock);
-        }
+        /* blocks (a yield loop hung a SCHED_FIFO forker whose CPU the
+         * section's lower-priority thread then never got back) */
+        while (a->dropped) pthread_cond_wait(&a->undropped, &a->lock);
     }
 }
 
@@ -792,6 +793,9 @@ void arena_fork_parent(void) {
 
 void arena_fork_child(void) {
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++)
-        if (tm_arenas[i]) tm_mutex_init(&tm_arenas[i]->lock);
+        if (tm_arenas[i]) {
+            tm_mutex_init(&tm_arenas[i]->lock);
+            pthread_cond_init(&tm_arenas[i]->undropped, NULL);
+        }
     pthread_mutex_init(&arenas_lock, NULL);
 }

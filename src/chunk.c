@@ -417,7 +417,7 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
     }
     if (!nruns) return 0;
     credit_set_locked(a, got < rss[a->index].credit ? rss[a->index].credit - got : 0);
-    a->dropped++;
+    arena_dropped_enter(a);
     pthread_mutex_unlock(&a->lock);
     os_range_t ranges[GROWTH_PURGE_BATCH];
     bool purged[GROWTH_PURGE_BATCH];
@@ -427,7 +427,7 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
     }
     stats_add_released(os_purge_ranges(ranges, (unsigned)nruns, purged));
     tm_lock(&a->lock);
-    a->dropped--;
+    arena_dropped_leave(a);
     for (int i = 0; i < nruns; i++) {
         tm_chunk_t *c = runs[i].c;
         uint32_t p = runs[i].page, n = runs[i].n, lo = runs[i].lo;
@@ -678,14 +678,14 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
          * resident pages are counted again when it is one */
         resident_sub_locked(a, count_resident(c, page, len));
         run_hold_locked(a, c, page, len);
-        a->dropped++;
+        arena_dropped_enter(a);
         size_t got = want ? growth_purge_locked(a, want) : 0; /* drops the lock */
         if (victim && got < fresh) {
             pthread_mutex_unlock(&a->lock);
             growth_purge_others(a->index, victim, k, epoch, now_ns, fresh - (uint32_t)got);
             tm_lock(&a->lock);
         }
-        a->dropped--;
+        arena_dropped_leave(a);
         if (run_still_held(c, page, len)) {
             run_unhold_locked(a, c, len);
             resident_add_locked(a, count_resident(c, page, len));

@@ -326,6 +326,13 @@ extern unsigned tm_narenas;
 #define TM_FAST(cls, page, arena) \
     ((uint32_t)(cls) | (uint32_t)(page) << TM_PAGE_SHIFT | (uint32_t)(arena) << TM_FAST_ARENA_SHIFT)
 tm_arena_t *arena_get(unsigned index);        /* creates on first use */
+/* A section that drops a's lock while it holds runs or maps a chunk is
+ * counted in a->dropped from before the unlock to after the relock (fork's
+ * prepare handler waits for it to end: arena.c). Lock held for both. */
+TM_INLINE void arena_dropped_enter(tm_arena_t *a) { a->dropped++; }
+TM_INLINE void arena_dropped_leave(tm_arena_t *a) {
+    if (--a->dropped == 0) pthread_cond_broadcast(&a->undropped);
+}
 unsigned arena_choose_locked(const unsigned bound[], unsigned first); /* registry lock held */
 bool arena_block_is_free(void *p);            /* small block p free in its slab (no lock) */
 /* Fill up to n slots of class cls; returns count (0 on OOM). */

@@ -178,18 +178,18 @@ static void test_children_inherit_the_registration(void **state) {
 static atomic_int section_state; /* 1: in the section; 2: left it */
 
 /* What a growth purge does around its madvise calls: count itself in
- * a->dropped under the lock, drop it, work, take it back and count itself
- * out. */
+ * (arena_dropped_enter) under the lock, drop it, work, take it back and
+ * count itself out (arena_dropped_leave). */
 static void *dropped_section(void *arg) {
     tm_arena_t *a = arg;
     tm_lock(&a->lock);
-    a->dropped++;
+    arena_dropped_enter(a);
     pthread_mutex_unlock(&a->lock);
     atomic_store(&section_state, 1);
     struct timespec ts = {0, 100 * 1000 * 1000}; /* the fork comes meanwhile */
     nanosleep(&ts, NULL);
     tm_lock(&a->lock);
-    a->dropped--;
+    arena_dropped_leave(a);
     atomic_store(&section_state, 2);
     pthread_mutex_unlock(&a->lock);
     return NULL;
