@@ -331,12 +331,10 @@ TM_EXPORT void *TM_API(calloc)(size_t nmemb, size_t size) {
     return large_alloc(total, 0, true);
 }
 
-void *tm_realloc_impl(void *p, size_t size) { return tm_realloc_ex(p, size, NULL); }
-
 /* realloc; *tail_zero (if given) is set when every byte past the old usable
  * size is known to be zero: a huge block grown by mremap (_recalloc then
  * need not touch those pages). */
-void *tm_realloc_ex(void *p, size_t size, bool *tail_zero) {
+void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
     if (tail_zero) *tail_zero = false;
     if (!p) return TM_API(malloc)(size);
     if (size == 0) { /* glibc's behaviour: free, return NULL */
@@ -378,7 +376,7 @@ void *tm_realloc_ex(void *p, size_t size, bool *tail_zero) {
     return q;
 }
 
-TM_EXPORT void *TM_API(realloc)(void *p, size_t size) { return tm_realloc_impl(p, size); }
+TM_EXPORT void *TM_API(realloc)(void *p, size_t size) { return tm_realloc_impl(p, size, NULL); }
 
 TM_EXPORT void *TM_API(reallocarray)(void *p, size_t nmemb, size_t size) {
     size_t total;
@@ -386,7 +384,7 @@ TM_EXPORT void *TM_API(reallocarray)(void *p, size_t nmemb, size_t size) {
         errno = ENOMEM;
         return NULL;
     }
-    return tm_realloc_impl(p, total);
+    return tm_realloc_impl(p, total, NULL);
 }
 
 static bool pow2(size_t x) { return x && !(x & (x - 1)); }

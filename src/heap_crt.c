@@ -674,7 +674,7 @@ TM_EXPORT void *TM_API(_recalloc)(void *memblock, size_t num, size_t size) {
         return NULL;
     }
     bool tail_zero;
-    void *q = tm_realloc_ex(memblock, total, &tail_zero);
+    void *q = tm_realloc_impl(memblock, total, &tail_zero);
     if (!q) return NULL;
     /* Every byte past min(old usable size, total) reads zero. A huge block
      * grown by mremap has zero pages past its old size already; one that

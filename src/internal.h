@@ -428,8 +428,7 @@ void *tm_malloc_impl(size_t size);
 void tm_free_impl(void *p);
 void *tm_alloc_aligned(size_t align, size_t size, bool zero);
 size_t tm_usable_size(void *p, const char *caller); /* aborts on bad pointer */
-void *tm_realloc_impl(void *p, size_t size);
-void *tm_realloc_ex(void *p, size_t size, bool *tail_zero);
+void *tm_realloc_impl(void *p, size_t size, bool *tail_zero); /* tail_zero may be NULL */
 
 /* ---- world.c: stop-the-world handshake ---------------------------------------------- */
 /* Drain every thread cache into the arenas; returns nanoseconds other

@@ -48,7 +48,9 @@ static void arena_sum(tm_arena_t *a, arena_sums_t *s) {
     pthread_mutex_unlock(&a->lock);
 }
 
-TM_EXPORT int TM_API(trimalloc_stats_get)(trimalloc_stats_t *out) {
+/* The totals, and what mapped is made of (chunk_bytes, huge_bytes: either
+ * may be NULL), from one reading. */
+static void stats_fill(trimalloc_stats_t *out, size_t *chunk_bytes, size_t *huge_bytes) {
     tm_init();
     arena_sums_t s = {0};
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
@@ -63,7 +65,10 @@ TM_EXPORT int TM_API(trimalloc_stats_get)(trimalloc_stats_t *out) {
                      (s.large > queued ? s.large - queued : 0) + out->huge_allocated;
     out->active = s.slab_bytes + s.large + out->huge_allocated;
     out->metadata = meta_mapped();
-    out->mapped = s.chunks * TM_CHUNK + huge_mapped() + out->metadata;
+    size_t huge_b = huge_mapped();
+    out->mapped = s.chunks * TM_CHUNK + huge_b + out->metadata;
+    if (chunk_bytes) *chunk_bytes = s.chunks * TM_CHUNK;
+    if (huge_bytes) *huge_bytes = huge_b;
     out->resident = out->mapped - s.clean_free;
     out->released = __atomic_load_n(&tm_gstats.released_bytes, __ATOMIC_RELAXED);
     out->heapmin_calls = tm_gstats.heapmin_calls;
@@ -72,6 +77,10 @@ TM_EXPORT int TM_API(trimalloc_stats_get)(trimalloc_stats_t *out) {
     out->heapmin_max_pause_ns = tm_gstats.heapmin_max_pause_ns;
     out->narenas = tm_narenas;
     out->nthreads = tcache_count();
+}
+
+TM_EXPORT int TM_API(trimalloc_stats_get)(trimalloc_stats_t *out) {
+    stats_fill(out, NULL, NULL);
     return 0;
 }
 
@@ -215,13 +224,11 @@ void stats_print_at_exit(void) {
 
 TM_EXPORT struct mallinfo2 TM_API(mallinfo2)(void) {
     trimalloc_stats_t st;
-    TM_API(trimalloc_stats_get)(&st);
+    size_t chunk_bytes, huge_mapped_b;
+    stats_fill(&st, &chunk_bytes, &huge_mapped_b); /* one reading: no difference to wrap */
     struct mallinfo2 mi;
     memset(&mi, 0, sizeof mi);
-    /* read again, after st.mapped: a huge block mapped in between would
-     * make a plain difference wrap */
-    size_t huge_mapped_b = huge_mapped(), not_chunks = huge_mapped_b + st.metadata;
-    mi.arena = st.mapped > not_chunks ? st.mapped - not_chunks : 0; /* bytes in chunks */
+    mi.arena = chunk_bytes;
     mi.ordblks = st.narenas;
     mi.hblks = 0;
     mi.hblkhd = huge_mapped_b;
