@@ -461,6 +461,17 @@ TM_EXPORT void TM_API(free_aligned_sized)(void *p, size_t align, size_t size) {
  * malloc or aligned_alloc, that is, around trimalloc again. Without a next
  * definition a throwing new cannot throw, so it aborts with a message; a
  * nothrow new returns NULL. Sized deletes ignore the size (free() finds it).
+ *
+ * A program may replace any of these operators with its own (an allocation
+ * counter that puts a header before each block, say), and C++ then wants
+ * the ones it did not replace to call the ones it did: the sized delete
+ * calls the plain delete, the nothrow new calls the throwing one, new[]
+ * calls new. The program's definitions win over ours only for the symbols
+ * it defines, so ours would hand its blocks to free() (and abort there).
+ * So the first call of any operator looks them all up (cxx_resolve): if
+ * one of them is defined outside this library, every operator of ours
+ * forwards to libstdc++'s definition, which chains to the program's as the
+ * standard says and allocates with malloc (ours). Otherwise they stay ours.
  * Not in the prefixed build. */
 #ifndef TRIMALLOC_PREFIX
 #include <dlfcn.h>
@@ -468,8 +479,59 @@ TM_EXPORT void TM_API(free_aligned_sized)(void *p, size_t align, size_t size) {
 typedef struct { char unused; } tm_nothrow_t; /* std::nothrow_t: empty, passed by reference */
 static const tm_nothrow_t tm_nothrow;
 
-static TM_COLD void *cxx_new_failed(const char *sym, size_t size, size_t align, bool nothrow) {
-    void *next = dlsym(RTLD_NEXT, sym);
+#define TM_CXX_OPS(X)                                                              \
+    X(_Znwm) X(_Znam) X(_ZnwmRKSt9nothrow_t) X(_ZnamRKSt9nothrow_t)                \
+    X(_ZnwmSt11align_val_t) X(_ZnamSt11align_val_t)                                \
+    X(_ZnwmSt11align_val_tRKSt9nothrow_t) X(_ZnamSt11align_val_tRKSt9nothrow_t)    \
+    X(_ZdlPv) X(_ZdaPv) X(_ZdlPvm) X(_ZdaPvm)                                      \
+    X(_ZdlPvRKSt9nothrow_t) X(_ZdaPvRKSt9nothrow_t)                                \
+    X(_ZdlPvSt11align_val_t) X(_ZdaPvSt11align_val_t)                              \
+    X(_ZdlPvmSt11align_val_t) X(_ZdaPvmSt11align_val_t)                            \
+    X(_ZdlPvSt11align_val_tRKSt9nothrow_t) X(_ZdaPvSt11align_val_tRKSt9nothrow_t)
+#define CXX_ENUM(sym) CXX##sym,
+#define CXX_NAME(sym) #sym,
+enum { TM_CXX_OPS(CXX_ENUM) CXX_NOPS };
+static const char *const cxx_names[CXX_NOPS] = {TM_CXX_OPS(CXX_NAME)};
+
+enum { CXX_UNKNOWN, CXX_OURS, CXX_FORWARD };
+/* Written by cxx_resolve (any thread may, with the same results) before
+ * cxx_mode, which is stored with release and read with acquire. */
+static int cxx_mode;
+static void *cxx_next[CXX_NOPS]; /* the next definition of each (libstdc++'s), or NULL */
+static __thread bool cxx_resolving __attribute__((tls_model("initial-exec")));
+
+static TM_COLD void cxx_resolve(void) {
+    if (cxx_resolving) return; /* dlsym allocating C++-wise: ours serve it */
+    cxx_resolving = true;
+    Dl_info self, def_info;
+    int mode = CXX_OURS;
+    bool self_known = dladdr((void *)cxx_resolve, &self) != 0;
+    for (unsigned i = 0; i < CXX_NOPS; i++) {
+        void *def = dlsym(RTLD_DEFAULT, cxx_names[i]);
+        if (self_known && def && (!dladdr(def, &def_info) || def_info.dli_fbase != self.dli_fbase))
+            mode = CXX_FORWARD;
+        cxx_next[i] = dlsym(RTLD_NEXT, cxx_names[i]);
+    }
+    __atomic_store_n(&cxx_mode, mode, __ATOMIC_RELEASE);
+    cxx_resolving = false;
+}
+
+/* Operator op's next definition, or NULL (none, or in the middle of
+ * cxx_resolve). */
+static TM_COLD void *cxx_next_of(unsigned op) {
+    if (__atomic_load_n(&cxx_mode, __ATOMIC_ACQUIRE) == CXX_UNKNOWN) cxx_resolve();
+    return __atomic_load_n(&cxx_mode, __ATOMIC_ACQUIRE) == CXX_UNKNOWN ? NULL : cxx_next[op];
+}
+
+/* Where op must go instead of our body: its next definition when the
+ * program replaced an operator, else NULL. */
+static TM_COLD void *cxx_forward(unsigned op) {
+    void *next = cxx_next_of(op);
+    return __atomic_load_n(&cxx_mode, __ATOMIC_RELAXED) == CXX_FORWARD ? next : NULL;
+}
+
+static TM_COLD void *cxx_new_failed(unsigned op, size_t size, size_t align, bool nothrow) {
+    void *next = cxx_next_of(op);
     if (next) {
         if (align && nothrow)
             return ((void *(*)(size_t, size_t, const tm_nothrow_t *))next)(size, align, &tm_nothrow);
@@ -481,66 +543,77 @@ static TM_COLD void *cxx_new_failed(const char *sym, size_t size, size_t align, 
     tm_fatal("operator new: out of memory, and no C++ runtime to throw std::bad_alloc");
 }
 
-TM_INLINE void *cxx_new(const char *sym, size_t size, bool nothrow) {
+TM_INLINE void *cxx_new(unsigned op, size_t size, bool nothrow) {
     void *p = malloc_inline(size);
     if (likely(p != NULL)) return p;
-    return cxx_new_failed(sym, size, 0, nothrow);
+    return cxx_new_failed(op, size, 0, nothrow);
 }
 
-TM_INLINE void *cxx_new_aligned(const char *sym, size_t size, size_t align, bool nothrow) {
+TM_INLINE void *cxx_new_aligned(unsigned op, size_t size, size_t align, bool nothrow) {
     /* C++ passes a power of two; anything else is not ours to serve */
     void *p = align && !(align & (align - 1)) ? tm_alloc_aligned(align, size, false) : NULL;
     if (likely(p != NULL)) return p;
-    return cxx_new_failed(sym, size, align, nothrow);
+    return cxx_new_failed(op, size, align, nothrow);
 }
 
-#define TM_CXX_NEW(sym, ...)   \
-    TM_EXPORT void *sym(__VA_ARGS__);   \
-    void *sym(__VA_ARGS__)
-TM_CXX_NEW(_Znwm, size_t n) { return cxx_new("_Znwm", n, false); }
-TM_CXX_NEW(_Znam, size_t n) { return cxx_new("_Znam", n, false); }
-TM_CXX_NEW(_ZnwmRKSt9nothrow_t, size_t n, const tm_nothrow_t *t) {
-    (void)t;
-    return cxx_new("_ZnwmRKSt9nothrow_t", n, true);
-}
-TM_CXX_NEW(_ZnamRKSt9nothrow_t, size_t n, const tm_nothrow_t *t) {
-    (void)t;
-    return cxx_new("_ZnamRKSt9nothrow_t", n, true);
-}
-TM_CXX_NEW(_ZnwmSt11align_val_t, size_t n, size_t al) {
-    return cxx_new_aligned("_ZnwmSt11align_val_t", n, al, false);
-}
-TM_CXX_NEW(_ZnamSt11align_val_t, size_t n, size_t al) {
-    return cxx_new_aligned("_ZnamSt11align_val_t", n, al, false);
-}
-TM_CXX_NEW(_ZnwmSt11align_val_tRKSt9nothrow_t, size_t n, size_t al, const tm_nothrow_t *t) {
-    (void)t;
-    return cxx_new_aligned("_ZnwmSt11align_val_tRKSt9nothrow_t", n, al, true);
-}
-TM_CXX_NEW(_ZnamSt11align_val_tRKSt9nothrow_t, size_t n, size_t al, const tm_nothrow_t *t) {
-    (void)t;
-    return cxx_new_aligned("_ZnamSt11align_val_tRKSt9nothrow_t", n, al, true);
-}
+/* One operator. While the program has replaced any, or before the first
+ * call has looked, the cold sym_slow forwards it (or runs the body); the
+ * hot path pays one load and a branch not taken, and needs no frame. */
+#define TM_CXX_NEW(sym, params, args, body)                          \
+    static TM_COLD void *sym##_slow params {                         \
+        void *next_ = cxx_forward(CXX##sym);                         \
+        if (next_) return ((void *(*)params)next_)args;              \
+        return body;                                                 \
+    }                                                                \
+    TM_EXPORT void *sym params;                                      \
+    void *sym params {                                               \
+        if (unlikely(cxx_mode != CXX_OURS)) return sym##_slow args;  \
+        return body;                                                 \
+    }
+#define TM_CXX_DELETE(sym, params, args)                             \
+    static TM_COLD void sym##_slow params {                          \
+        void *next_ = cxx_forward(CXX##sym);                         \
+        if (next_)                                                   \
+            ((void (*)params)next_)args;                             \
+        else                                                         \
+            TM_API(free)(p);                                         \
+    }                                                                \
+    TM_EXPORT void sym params;                                       \
+    void sym params {                                                \
+        if (unlikely(cxx_mode != CXX_OURS)) {                        \
+            sym##_slow args;                                         \
+            return;                                                  \
+        }                                                            \
+        free_inline(p);                                              \
+    }
 
-#define TM_CXX_DELETE(sym, ...)        \
-    TM_EXPORT void sym(void *p, ##__VA_ARGS__); \
-    void sym(void *p, ##__VA_ARGS__)
-TM_CXX_DELETE(_ZdlPv) { free_inline(p); }
-TM_CXX_DELETE(_ZdaPv) { free_inline(p); }
-TM_CXX_DELETE(_ZdlPvm, size_t n) { (void)n; free_inline(p); }
-TM_CXX_DELETE(_ZdaPvm, size_t n) { (void)n; free_inline(p); }
-TM_CXX_DELETE(_ZdlPvRKSt9nothrow_t, const tm_nothrow_t *t) { (void)t; free_inline(p); }
-TM_CXX_DELETE(_ZdaPvRKSt9nothrow_t, const tm_nothrow_t *t) { (void)t; free_inline(p); }
-TM_CXX_DELETE(_ZdlPvSt11align_val_t, size_t al) { (void)al; free_inline(p); }
-TM_CXX_DELETE(_ZdaPvSt11align_val_t, size_t al) { (void)al; free_inline(p); }
-TM_CXX_DELETE(_ZdlPvmSt11align_val_t, size_t n, size_t al) { (void)n, (void)al; free_inline(p); }
-TM_CXX_DELETE(_ZdaPvmSt11align_val_t, size_t n, size_t al) { (void)n, (void)al; free_inline(p); }
-TM_CXX_DELETE(_ZdlPvSt11align_val_tRKSt9nothrow_t, size_t al, const tm_nothrow_t *t) {
-    (void)al, (void)t;
-    free_inline(p);
-}
-TM_CXX_DELETE(_ZdaPvSt11align_val_tRKSt9nothrow_t, size_t al, const tm_nothrow_t *t) {
-    (void)al, (void)t;
-    free_inline(p);
-}
+typedef const tm_nothrow_t *tm_nt;
+TM_CXX_NEW(_Znwm, (size_t n), (n), cxx_new(CXX_Znwm, n, false))
+TM_CXX_NEW(_Znam, (size_t n), (n), cxx_new(CXX_Znam, n, false))
+TM_CXX_NEW(_ZnwmRKSt9nothrow_t, (size_t n, tm_nt t), (n, t),
+           cxx_new(CXX_ZnwmRKSt9nothrow_t, n, true))
+TM_CXX_NEW(_ZnamRKSt9nothrow_t, (size_t n, tm_nt t), (n, t),
+           cxx_new(CXX_ZnamRKSt9nothrow_t, n, true))
+TM_CXX_NEW(_ZnwmSt11align_val_t, (size_t n, size_t al), (n, al),
+           cxx_new_aligned(CXX_ZnwmSt11align_val_t, n, al, false))
+TM_CXX_NEW(_ZnamSt11align_val_t, (size_t n, size_t al), (n, al),
+           cxx_new_aligned(CXX_ZnamSt11align_val_t, n, al, false))
+TM_CXX_NEW(_ZnwmSt11align_val_tRKSt9nothrow_t, (size_t n, size_t al, tm_nt t), (n, al, t),
+           cxx_new_aligned(CXX_ZnwmSt11align_val_tRKSt9nothrow_t, n, al, true))
+TM_CXX_NEW(_ZnamSt11align_val_tRKSt9nothrow_t, (size_t n, size_t al, tm_nt t), (n, al, t),
+           cxx_new_aligned(CXX_ZnamSt11align_val_tRKSt9nothrow_t, n, al, true))
+
+/* the sizes and alignments are not needed: free() finds them */
+TM_CXX_DELETE(_ZdlPv, (void *p), (p))
+TM_CXX_DELETE(_ZdaPv, (void *p), (p))
+TM_CXX_DELETE(_ZdlPvm, (void *p, size_t n), (p, n))
+TM_CXX_DELETE(_ZdaPvm, (void *p, size_t n), (p, n))
+TM_CXX_DELETE(_ZdlPvRKSt9nothrow_t, (void *p, tm_nt t), (p, t))
+TM_CXX_DELETE(_ZdaPvRKSt9nothrow_t, (void *p, tm_nt t), (p, t))
+TM_CXX_DELETE(_ZdlPvSt11align_val_t, (void *p, size_t al), (p, al))
+TM_CXX_DELETE(_ZdaPvSt11align_val_t, (void *p, size_t al), (p, al))
+TM_CXX_DELETE(_ZdlPvmSt11align_val_t, (void *p, size_t n, size_t al), (p, n, al))
+TM_CXX_DELETE(_ZdaPvmSt11align_val_t, (void *p, size_t n, size_t al), (p, n, al))
+TM_CXX_DELETE(_ZdlPvSt11align_val_tRKSt9nothrow_t, (void *p, size_t al, tm_nt t), (p, al, t))
+TM_CXX_DELETE(_ZdaPvSt11align_val_tRKSt9nothrow_t, (void *p, size_t al, tm_nt t), (p, al, t))
 #endif
