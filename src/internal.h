@@ -115,6 +115,7 @@ uint64_t os_now_ns_raw(void); /* by a system call, no libc or vDSO page */
 void os_yield(void);
 long os_getpid(void);                        /* a system call: libc's is not needed */
 long os_gettid(void);                        /* the same */
+bool os_thread_exiting(void);                /* past its key destructors (glibc >= 2.34) */
 unsigned os_ncpus(void);
 void os_random(void *buf, size_t n);
 void os_set_fail_after(long n);              /* fault injection: nth map fails */

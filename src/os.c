@@ -19,6 +19,7 @@
 
 #include <linux/membarrier.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -455,6 +456,19 @@ void os_yield(void) { os_sys(SYS_sched_yield, 0, 0, 0, 0, 0, 0); }
 
 long os_getpid(void) { return os_sys(SYS_getpid, 0, 0, 0, 0, 0, 0); }
 long os_gettid(void) { return os_sys(SYS_gettid, 0, 0, 0, 0, 0, 0); }
+
+/* True while glibc has blocked its own internal signal SIGCANCEL (32) in
+ * this thread. A program cannot block it: sigprocmask and pthread_sigmask
+ * leave it out of the set. glibc blocks it, with every other signal but
+ * SIGSETXID, in a thread's last stage of exit (since 2.34: after the key
+ * destructors, before it frees the TLS blocks of other exited threads'
+ * stacks that drop out of its stack cache), and around clone in
+ * pthread_create and posix_spawn. */
+bool os_thread_exiting(void) {
+    uint64_t mask = 0;
+    if (os_sys(SYS_rt_sigprocmask, SIG_BLOCK, 0, (long)&mask, sizeof mask, 0, 0) != 0) return false;
+    return mask >> (32 - 1) & 1;
+}
 
 unsigned os_ncpus(void) {
     /* The raw call returns the bytes of mask the kernel wrote. */

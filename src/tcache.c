@@ -626,7 +626,19 @@ void tcache_init(void) {
     tm_cookie_key |= 1; /* never zero: a zeroed block must not look free */
 }
 
+/* A thread makes its cache at its first allocation or free -- but not in
+ * the last stage of its exit. glibc runs the key destructors (ours among
+ * them) and then, in a thread that exits detached, frees the TLS blocks
+ * of other exited threads' stacks that drop out of its stack cache. A
+ * thread that had never allocated made its cache there: no destructor
+ * came to unregister it, the cache stayed registered with owner_tls in
+ * the thread's dead stack, and the next _heapmin wrote into that memory
+ * (a crash once glibc unmapped the stack; found by review, 2026-12-05;
+ * tests/stress/thread_exit.c). Such calls now run uncached, to and from
+ * the arenas directly. Costs one system call, in the thread's first call
+ * only. */
 static tm_tcache_t *tcache_create(void) {
+    if (os_thread_exiting()) return NULL;
     tm_tls.state = TLS_BOOTING;
     tm_lock(&registry_lock);
     tm_tcache_t *tc = recycled;

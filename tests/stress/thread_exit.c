@@ -391,12 +391,92 @@ static void test_first_allocation_in_the_last_destructor_round(void **state)
     tu_heap_ok();
 }
 
+/* Detached threads that never allocate, exiting while glibc's cache of
+ * thread stacks is full: in its last stage of exit (after the key
+ * destructors) such a thread frees the TLS blocks of the cached stacks
+ * that drop out, which is its first call into the allocator. Until
+ * 2026-12-05 that made it a cache no destructor came to unregister, with a
+ * pointer into the thread's stack, and the next _heapmin wrote there once
+ * glibc had unmapped the stack (a crash; found by review). Only the
+ * drop-in flavour sees glibc's frees. */
+static void *sleep_briefly(void *arg)
+{
+    struct timespec ts = {0, 20 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    return arg;
+}
+
+static int threads_now(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    int n = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "Threads: %d", &n) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+static void *allocate_once(void *arg)
+{
+    TM_API(free)(TM_API(malloc)(100));
+    return sleep_briefly(arg);
+}
+
+/* Threads with 8 MiB stacks (glibc's default here), joined: their stacks
+ * fill glibc's 40 MiB cache of stacks. */
+static void fill_stack_cache(void)
+{
+    pthread_t t[8];
+    for (int i = 0; i < 8; i++)
+        tu_thread_create(&t[i], allocate_once, NULL);
+    for (int i = 0; i < 8; i++)
+        tu_thread_join(t[i]);
+}
+
+static void test_detached_threads_that_never_allocate(void **state)
+{
+    (void)state;
+#ifdef TRIMALLOC_PREFIX
+    skip(); /* glibc's own frees go to glibc's malloc here */
+#endif
+    TM_API(free)(TM_API(malloc)(8)); /* this thread's cache exists */
+    unsigned before = caches_now();
+    fill_stack_cache();
+    fill_stack_cache();
+    pthread_attr_t attr;
+    assert_int_equal(pthread_attr_init(&attr), 0);
+    assert_int_equal(pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED), 0);
+    assert_int_equal(pthread_attr_setstacksize(&attr, (size_t)1 << 20), 0);
+    for (int i = 0; i < 20; i++) {
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, &attr, sleep_briefly, NULL), 0);
+    }
+    assert_int_equal(pthread_attr_destroy(&attr), 0);
+    /* detached threads cannot be joined: wait until all have gone */
+    for (int i = 0; i < 500 && threads_now() > 1; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    assert_int_equal(threads_now(), 1);
+    assert_int_equal(caches_now(), before);
+    /* cycle the stack cache: the exited threads' stacks are unmapped */
+    for (int i = 0; i < 4; i++)
+        fill_stack_cache();
+    assert_int_equal(caches_now(), before);
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    tu_heap_ok();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_short_lived_threads),
         cmocka_unit_test(test_threads_without_allocations),
         cmocka_unit_test(test_first_allocation_in_the_last_destructor_round),
+        cmocka_unit_test(test_detached_threads_that_never_allocate),
     };
     return cmocka_run_group_tests_name("stress_thread_exit (" TU_FLAVOUR ")", tests, NULL, NULL);
 }
