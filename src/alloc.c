@@ -331,6 +331,14 @@ TM_EXPORT void *TM_API(calloc)(size_t nmemb, size_t size) {
     return large_alloc(total, 0, true);
 }
 
+/* The zero and junk options promise their fill for every byte a block
+ * gains in place, as for a fresh block (found by review, 2026-12-05: a
+ * large block grown in place kept what its pages held before). */
+TM_COLD void tm_fill_grown(void *p, size_t old) {
+    size_t now = tm_usable_size(p, "realloc");
+    if (now > old) memset((char *)p + old, tm_opt.zero ? 0 : 0xa5, now - old);
+}
+
 /* realloc; *tail_zero (if given) is set when every byte past the old usable
  * size is known to be zero: a huge block grown by mremap (_recalloc then
  * need not touch those pages). */
@@ -358,15 +366,22 @@ void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
         if (size <= old && size_class_of(size) == size_class_of(old)) return p;
     } else if (c) {
         if (size > TM_SMALL_MAX && size <= huge_threshold() &&
-            arena_large_resize_in_place(c, (uint32_t)((a - c->base) >> TM_PAGE_SHIFT), size))
+            arena_large_resize_in_place(c, (uint32_t)((a - c->base) >> TM_PAGE_SHIFT), size)) {
+            if (unlikely(tm_opt.zero | tm_opt.junk)) tm_fill_grown(p, old);
             return p;
+        }
     } else if (size > huge_threshold()) {
         /* in place or moved by mremap; if the kernel cannot (no memory, or
          * the program split the block's mapping, say by mprotect or
          * madvise on part of it), a copy below */
         int saved = errno;
-        void *np = huge_realloc((tm_huge_t *)e, p, size, tail_zero);
-        if (np) return np;
+        bool kernel_zero = false; /* grown by mremap: new pages */
+        void *np = huge_realloc((tm_huge_t *)e, p, size, &kernel_zero);
+        if (np) {
+            if (tail_zero) *tail_zero = kernel_zero;
+            if (unlikely(tm_opt.junk) || (unlikely(tm_opt.zero) && !kernel_zero)) tm_fill_grown(np, old);
+            return np;
+        }
         errno = saved;
     }
     void *q = TM_API(malloc)(size);

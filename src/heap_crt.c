@@ -649,6 +649,7 @@ TM_EXPORT void *TM_API(_expand)(void *memblock, size_t size) {
         errno = ENOMEM;
         return NULL;
     }
+    if (unlikely(tm_opt.zero | tm_opt.junk)) tm_fill_grown(memblock, old);
     return memblock;
 }
 

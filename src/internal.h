@@ -430,6 +430,7 @@ void tm_free_impl(void *p);
 void *tm_alloc_aligned(size_t align, size_t size, bool zero);
 size_t tm_usable_size(void *p, const char *caller); /* aborts on bad pointer */
 void *tm_realloc_impl(void *p, size_t size, bool *tail_zero); /* tail_zero may be NULL */
+void tm_fill_grown(void *p, size_t old); /* zero:1 / junk:1 fill for bytes gained in place */
 
 /* ---- world.c: stop-the-world handshake ---------------------------------------------- */
 /* Drain every thread cache into the arenas; returns nanoseconds other
