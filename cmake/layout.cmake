@@ -47,7 +47,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   options_init size_class_init
   # os.c
   os_map os_map_aligned os_unmap os_purge os_purge_inside os_purge_ranges os_huge_pages os_ncpus os_random os_now_ns
-  os_now_ns_raw os_getpid os_gettid os_yield
+  os_now_ns_raw os_getpid os_gettid os_thread_exiting os_yield
   # meta.c, pagemap.c
   meta_alloc meta_map meta_free meta_fork_prepare meta_fork_parent meta_fork_child
   pagemap_set pagemap_clear pagemap_fork_prepare pagemap_fork_parent pagemap_fork_child

@@ -509,8 +509,10 @@ enum { TM_CXX_OPS(CXX_ENUM) CXX_NOPS };
 static const char *const cxx_names[CXX_NOPS] = {TM_CXX_OPS(CXX_NAME)};
 
 enum { CXX_UNKNOWN, CXX_OURS, CXX_FORWARD };
-/* Written by cxx_resolve (any thread may, with the same results) before
- * cxx_mode, which is stored with release and read with acquire. */
+/* Written by cxx_resolve (threads may race there, with the same results:
+ * the stores are atomic) before cxx_mode, stored with release and read
+ * with acquire (a plain load on the fast path: a stale value only sends
+ * the call to the cold path). */
 static int cxx_mode;
 static void *cxx_next[CXX_NOPS]; /* the next definition of each (libstdc++'s), or NULL */
 static __thread bool cxx_resolving __attribute__((tls_model("initial-exec")));
@@ -525,7 +527,7 @@ static TM_COLD void cxx_resolve(void) {
         void *def = dlsym(RTLD_DEFAULT, cxx_names[i]);
         if (self_known && def && (!dladdr(def, &def_info) || def_info.dli_fbase != self.dli_fbase))
             mode = CXX_FORWARD;
-        cxx_next[i] = dlsym(RTLD_NEXT, cxx_names[i]);
+        __atomic_store_n(&cxx_next[i], dlsym(RTLD_NEXT, cxx_names[i]), __ATOMIC_RELAXED);
     }
     __atomic_store_n(&cxx_mode, mode, __ATOMIC_RELEASE);
     cxx_resolving = false;
@@ -535,7 +537,8 @@ static TM_COLD void cxx_resolve(void) {
  * cxx_resolve). */
 static TM_COLD void *cxx_next_of(unsigned op) {
     if (__atomic_load_n(&cxx_mode, __ATOMIC_ACQUIRE) == CXX_UNKNOWN) cxx_resolve();
-    return __atomic_load_n(&cxx_mode, __ATOMIC_ACQUIRE) == CXX_UNKNOWN ? NULL : cxx_next[op];
+    if (__atomic_load_n(&cxx_mode, __ATOMIC_ACQUIRE) == CXX_UNKNOWN) return NULL;
+    return __atomic_load_n(&cxx_next[op], __ATOMIC_RELAXED);
 }
 
 /* Where op must go instead of our body: its next definition when the
