@@ -511,8 +511,8 @@ static const char *const cxx_names[CXX_NOPS] = {TM_CXX_OPS(CXX_NAME)};
 enum { CXX_UNKNOWN, CXX_OURS, CXX_FORWARD };
 /* Written by cxx_resolve (threads may race there, with the same results:
  * the stores are atomic) before cxx_mode, stored with release and read
- * with acquire (a plain load on the fast path: a stale value only sends
- * the call to the cold path). */
+ * with acquire (relaxed on the fast path, a plain load: a stale value
+ * only sends the call to the cold path). */
 static int cxx_mode;
 static void *cxx_next[CXX_NOPS]; /* the next definition of each (libstdc++'s), or NULL */
 static __thread bool cxx_resolving __attribute__((tls_model("initial-exec")));
@@ -577,6 +577,7 @@ TM_INLINE void *cxx_new_aligned(unsigned op, size_t size, size_t align, bool not
 /* One operator. While the program has replaced any, or before the first
  * call has looked, the cold sym_slow forwards it (or runs the body); the
  * hot path pays one load and a branch not taken, and needs no frame. */
+#define CXX_OURS_NOW() (__atomic_load_n(&cxx_mode, __ATOMIC_RELAXED) == CXX_OURS)
 #define TM_CXX_NEW(sym, params, args, body)                          \
     static TM_COLD void *sym##_slow params {                         \
         void *next_ = cxx_forward(CXX##sym);                         \
@@ -585,7 +586,7 @@ TM_INLINE void *cxx_new_aligned(unsigned op, size_t size, size_t align, bool not
     }                                                                \
     TM_EXPORT void *sym params;                                      \
     void *sym params {                                               \
-        if (unlikely(cxx_mode != CXX_OURS)) return sym##_slow args;  \
+        if (unlikely(!CXX_OURS_NOW())) return sym##_slow args;       \
         return body;                                                 \
     }
 #define TM_CXX_DELETE(sym, params, args)                             \
@@ -598,7 +599,7 @@ TM_INLINE void *cxx_new_aligned(unsigned op, size_t size, size_t align, bool not
     }                                                                \
     TM_EXPORT void sym params;                                       \
     void sym params {                                                \
-        if (unlikely(cxx_mode != CXX_OURS)) {                        \
+        if (unlikely(!CXX_OURS_NOW())) {                             \
             sym##_slow args;                                         \
             return;                                                  \
         }                                                            \
