@@ -179,7 +179,8 @@ static void *large_alloc(size_t size, size_t align, bool zero) {
     size_t align_pages = align > TM_PAGE ? align >> TM_PAGE_SHIFT : 1;
     if (size <= huge_threshold() && npages + align_pages - 1 <= TM_CHUNK_PAGES) {
         p = !zero && align_pages == 1 ? tcache_large_reuse((uint32_t)npages) : NULL;
-        if (!p) p = arena_alloc_large(tcache_arena(), size, align, zero);
+        tm_arena_t *a = p ? NULL : tcache_arena(); /* NULL: no memory for its metadata */
+        if (a) p = arena_alloc_large(a, size, align, zero);
     } else
         p = huge_alloc(size ? size : 1, align, zero);
     if (unlikely(!p)) errno = ENOMEM;

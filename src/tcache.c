@@ -722,7 +722,7 @@ static tm_tcache_t *tcache_create(void) {
     return tc;
 }
 
-/* The arena a thread without a cache uses. */
+/* The arena a thread without a cache uses; NULL if it cannot be made. */
 static tm_arena_t *uncached_arena(void) {
     if (tm_tls.state == TLS_LIVE) return tm_tls.own->arena;
     return arena_get(0);
@@ -880,7 +880,10 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
     void *p = NULL;
     bool decay = false;
     if (!tc) {
-        arena_refill(uncached_arena(), cls, &p, 1);
+        /* NULL when not even the first arena's metadata could be mapped
+         * (a tight RLIMIT_DATA or RLIMIT_AS at the first call): NULL, ENOMEM */
+        tm_arena_t *a = uncached_arena();
+        if (a) arena_refill(a, cls, &p, 1);
     } else {
         tm_lock(&tc->mu);
         tcache_settle_locked(tc);

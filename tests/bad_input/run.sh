@@ -32,6 +32,7 @@
 # oom.c under `ulimit -v 262144` (env BAD_INPUT_VMEM_KB): small, large and
 # huge blocks until ENOMEM, every entry point at the limit, held blocks
 # intact, _heapmin() == 0 at the limit, allocation works again after frees.
+# oom_first.c under `ulimit -d 1000`: the first calls return NULL, ENOMEM.
 #
 # Exits non-zero if any case failed.
 
@@ -50,7 +51,7 @@ LIB=$(readlink -f "$LIB")
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/trimalloc-bad.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 CC=${CC:-gcc}
-for prog in bad_ptr oom; do
+for prog in bad_ptr oom oom_first; do
     # -fno-builtin: the compiler must not reason about free()/malloc() of
     # these pointers (it could drop or fold the calls).
     "$CC" -O1 -g -Wall -Wextra -Wno-free-nonheap-object -fno-builtin "$HERE/$prog.c" \
@@ -132,6 +133,17 @@ if [ $rc -eq 0 ] && grep -q '^oom: all checks passed$' "$WORK/out" && [ ! -s "$W
     sed 's/^/    /' "$WORK/out"
 else
     fail "oom (ulimit -v $VMEM_KB)" "(exit status $rc)"
+fi
+
+# The first calls of a process whose data limit leaves no room for the
+# allocator's own metadata.
+(ulimit -d 1000 && LD_PRELOAD="$LIB" timeout 60 "$WORK/oom_first" >"$WORK/out" 2>"$WORK/err")
+rc=$?
+if [ $rc -eq 0 ] && grep -q '^oom first calls: NULL with ENOMEM$' "$WORK/out"; then
+    pass "oom first calls (ulimit -d 1000)" ""
+else
+    fail "oom first calls (ulimit -d 1000)" "(exit status $rc)"
+    sed 's/^/    /' "$WORK/out" "$WORK/err"
 fi
 
 echo "bad-input tests: $PASSES passed, $FAILS failed ($NOTES notes)"
