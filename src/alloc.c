@@ -379,7 +379,7 @@ void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
         bool kernel_zero = false; /* grown by mremap: new pages */
         void *np = huge_realloc((tm_huge_t *)e, p, size, &kernel_zero);
         if (np) {
-            if (tail_zero) *tail_zero = kernel_zero;
+            if (tail_zero) *tail_zero = kernel_zero && !tm_opt.junk; /* junk fills them next */
             if (unlikely(tm_opt.junk) || (unlikely(tm_opt.zero) && !kernel_zero)) tm_fill_grown(np, old);
             return np;
         }

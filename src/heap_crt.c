@@ -820,7 +820,11 @@ static void *aligned_realloc_impl(void *p, size_t size, size_t align, size_t off
         /* same alignment: shrink or grow the raw block where it is (a
          * shrink that cannot give memory back still fits) */
         size_t raw_usable = (u - raw) + old, need = (u - raw) + size;
-        if (expand_in_place((void *)raw, raw_usable, need) || size <= old) return p;
+        if (expand_in_place((void *)raw, raw_usable, need)) {
+            if (unlikely(tm_opt.zero | tm_opt.junk)) tm_fill_grown((void *)raw, raw_usable);
+            return p;
+        }
+        if (size <= old) return p;
     }
     void *q = aligned_alloc_impl(size, align, offset, false);
     if (!q) return NULL;

@@ -1,8 +1,9 @@
 /*
  * fill_options.c -- the zero and junk options (docs/options.md): with
  * zero:1 every byte a block gains is zero, with junk:1 it is 0xa5 -- from
- * malloc, from realloc growing a large or huge block in place, and from
- * _expand. Each option runs in a child started with TRIMALLOC_CONF set
+ * malloc, from realloc growing a large or huge block in place, from
+ * _expand and from _aligned_realloc; _recalloc's new bytes are zero under
+ * either. Each option runs in a child started with TRIMALLOC_CONF set
  * (both are start-up only). Until 2026-12-05 a large block grown in place
  * kept whatever its new pages held (found by review).
  */
@@ -74,11 +75,46 @@ static int child(unsigned char want)
     if (first_wrong(h, h1, h2, want) != h2)
         return 10;
     TM_API(free)(h);
+    /* _aligned_realloc grows the block under the alignment in place */
+    unsigned aligned_in_place = 0;
+    for (unsigned r = 0; r < 50; r++) {
+        size_t s1 = 20000 + 4096 * r, s2 = s1 + 3 * 4096;
+        unsigned char *d = TM_API(malloc)(2 * s2);
+        if (!d)
+            return 13;
+        memset(d, 0xee, 2 * s2);
+        TM_API(free)(launder(d));
+        unsigned char *p = TM_API(_aligned_malloc)(s1, 64);
+        if (!p)
+            return 14;
+        size_t u = TM_API(_aligned_msize)(p, 64, 0);
+        memset(p, 0x11, u);
+        unsigned char *q = TM_API(_aligned_realloc)(launder(p), s2, 64);
+        if (!q || first_wrong(q, 0, u, 0x11) != u)
+            return 15;
+        if (first_wrong(q, u, s2, want) != s2)
+            return 16;
+        aligned_in_place += q == p;
+        TM_API(_aligned_free)(q);
+    }
+    /* _recalloc zeroes what it adds, whatever junk:1 says (a huge block
+     * grown by mremap: until 2026-12-05 junk:1 filled those bytes after
+     * _recalloc had been told they were zero) */
+    unsigned char *z = TM_API(_recalloc)(NULL, 1, h1);
+    if (!z)
+        return 17;
+    memset(z, 0x44, h1);
+    z = TM_API(_recalloc)(launder(z), 1, h2);
+    if (!z || first_wrong(z, 0, h1, 0x44) != h1 || first_wrong(z, h1, h2, 0) != h2)
+        return 18;
+    TM_API(free)(z);
     /* the checks above must have met the in-place paths */
     if (grown_in_place == 0)
         return 11;
     if (expanded == 0)
         return 12;
+    if (aligned_in_place == 0)
+        return 19;
     return 0;
 }
 
