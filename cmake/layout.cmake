@@ -43,7 +43,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   __libc_malloc __libc_free __libc_calloc __libc_realloc __libc_memalign
   __libc_valloc __libc_pvalloc __libc_cfree cfree __posix_memalign
   # init.c, options.c, size_class.c
-  tm_constructor tm_init_slow tm_fork_register fork_prepare fork_parent fork_child
+  tm_constructor tm_cxx_init cxx_resolve cxx_defined_elsewhere tm_init_slow tm_fork_register fork_prepare fork_parent fork_child
   options_init size_class_init
   # os.c
   os_map os_map_aligned os_unmap os_purge os_purge_inside os_purge_ranges os_huge_pages os_ncpus os_random os_now_ns
@@ -52,7 +52,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   meta_alloc meta_map meta_free meta_fork_prepare meta_fork_parent meta_fork_child
   pagemap_set pagemap_clear pagemap_fork_prepare pagemap_fork_parent pagemap_fork_child
   # tcache.c
-  tcache_malloc_slow tcache_free_slow tcache_get_slow tcache_create tcache_init tc_key_create
+  tcache_malloc_slow tcache_free_slow tcache_get_slow tcache_create may_make_cache tcache_init tc_key_create
   tcache_settle_locked tcache_destructor tcache_drain_locked tcache_gc_locked
   tcache_arena xfer_get xfer_put xfer_gc xfer_take xfer_set xfer_count xfer_set_make_locked xfer_flush_out
   bin_flush block_arena tcache_registry_lock tcache_registry_unlock

@@ -491,6 +491,7 @@ TM_EXPORT void TM_API(free_aligned_sized)(void *p, size_t align, size_t size) {
  * Not in the prefixed build. */
 #ifndef TRIMALLOC_PREFIX
 #include <dlfcn.h>
+#include <link.h>
 
 typedef struct { char unused; } tm_nothrow_t; /* std::nothrow_t: empty, passed by reference */
 static const tm_nothrow_t tm_nothrow;
@@ -518,16 +519,32 @@ static int cxx_mode;
 static void *cxx_next[CXX_NOPS]; /* the next definition of each (libstdc++'s), or NULL */
 static __thread bool cxx_resolving __attribute__((tls_model("initial-exec")));
 
+/* Is the definition at def another object's own? A non-PIE executable
+ * that takes an operator's address gets a PLT stub that stands for the
+ * symbol (an undefined symbol with an address): not a replacement. */
+static bool cxx_defined_elsewhere(void *def, const Dl_info *self) {
+    Dl_info info;
+    const ElfW(Sym) *sym = NULL;
+    if (!dladdr1(def, &info, (void **)&sym, RTLD_DL_SYMENT)) return true;
+    if (info.dli_fbase == self->dli_fbase) return false;
+    return !sym || sym->st_shndx != SHN_UNDEF;
+}
+
+/* Run by trimalloc's constructor (tm_cxx_init): dladdr and dlsym take the
+ * loader's lock, so a first call made later, from a thread a library
+ * constructor waits for inside dlopen, or from a dl_iterate_phdr callback
+ * while another thread loads a library, deadlocked (found by review). An
+ * operator called before the constructor runs (another library's
+ * constructor) resolves here itself, in the start-up thread. */
 static TM_COLD void cxx_resolve(void) {
     if (cxx_resolving) return; /* dlsym allocating C++-wise: ours serve it */
     cxx_resolving = true;
-    Dl_info self, def_info;
+    Dl_info self;
     int mode = CXX_OURS;
     bool self_known = dladdr((void *)cxx_resolve, &self) != 0;
     for (unsigned i = 0; i < CXX_NOPS; i++) {
         void *def = dlsym(RTLD_DEFAULT, cxx_names[i]);
-        if (self_known && def && (!dladdr(def, &def_info) || def_info.dli_fbase != self.dli_fbase))
-            mode = CXX_FORWARD;
+        if (self_known && def && cxx_defined_elsewhere(def, &self)) mode = CXX_FORWARD;
         __atomic_store_n(&cxx_next[i], dlsym(RTLD_NEXT, cxx_names[i]), __ATOMIC_RELAXED);
     }
     __atomic_store_n(&cxx_mode, mode, __ATOMIC_RELEASE);
@@ -549,8 +566,14 @@ static TM_COLD void *cxx_forward(unsigned op) {
     return __atomic_load_n(&cxx_mode, __ATOMIC_RELAXED) == CXX_FORWARD ? next : NULL;
 }
 
+void tm_cxx_init(void) {
+    if (__atomic_load_n(&cxx_mode, __ATOMIC_ACQUIRE) == CXX_UNKNOWN) cxx_resolve();
+}
+
 static TM_COLD void *cxx_new_failed(unsigned op, size_t size, size_t align, bool nothrow) {
     void *next = cxx_next_of(op);
+    /* a C program may have loaded libstdc++ (dlopen) after start-up */
+    if (!next) next = dlsym(RTLD_NEXT, cxx_names[op]);
     if (next) {
         if (align && nothrow)
             return ((void *(*)(size_t, size_t, const tm_nothrow_t *))next)(size, align, &tm_nothrow);

@@ -150,4 +150,9 @@ void tm_fork_register(void) {
     }
 }
 
-__attribute__((constructor(101))) static void tm_constructor(void) { tm_init(); }
+__attribute__((constructor(101))) static void tm_constructor(void) {
+    tm_init();
+#ifndef TRIMALLOC_PREFIX
+    tm_cxx_init(); /* which C++ operators serve: alloc.c */
+#endif
+}

@@ -383,7 +383,7 @@ void huge_unlock(void);
 
 /* ---- tcache.c ------------------------------------------------------------------------ */
 extern __thread tm_tls_t tm_tls __attribute__((tls_model("initial-exec")));
-enum { TLS_NONE = 0, TLS_BOOTING, TLS_LIVE, TLS_DEAD };
+enum { TLS_NONE = 0, TLS_BOOTING, TLS_LIVE, TLS_DEAD, TLS_EXITING };
 extern tm_tcache_t tm_tcache_sentinel;
 TM_INLINE uint32_t tc_bin_count(const tm_tc_bin_t *b) { return (uint32_t)(b->top - b->base); }
 TM_INLINE uint32_t tc_bin_cap(const tm_tc_bin_t *b) { return (uint32_t)(b->limit - b->base); }
@@ -430,6 +430,7 @@ void tm_free_impl(void *p);
 void *tm_alloc_aligned(size_t align, size_t size, bool zero);
 size_t tm_usable_size(void *p, const char *caller); /* aborts on bad pointer */
 void *tm_realloc_impl(void *p, size_t size, bool *tail_zero); /* tail_zero may be NULL */
+void tm_cxx_init(void);                      /* decide the C++ operators' mode (drop-in build) */
 void tm_fill_grown(void *p, size_t old); /* zero:1 / junk:1 fill for bytes gained in place */
 
 /* ---- world.c: stop-the-world handshake ---------------------------------------------- */

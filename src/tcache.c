@@ -635,10 +635,19 @@ void tcache_init(void) {
  * the thread's dead stack, and the next _heapmin wrote into that memory
  * (a crash once glibc unmapped the stack; found by review, 2026-12-05;
  * tests/stress/thread_exit.c). Such calls now run uncached, to and from
- * the arenas directly. Costs one system call, in the thread's first call
- * only. */
+ * the arenas directly (TLS_EXITING), and look again every
+ * TC_EXITING_RECHECK calls: a thread that blocked SIGCANCEL by a raw
+ * system call, or a signal handler's first call, is not exiting, and
+ * paying a system call on each of its calls made it 200x slower (found
+ * by review). Costs one system call in a thread's first call. */
+#define TC_EXITING_RECHECK 256u
+
 static tm_tcache_t *tcache_create(void) {
-    if (os_thread_exiting()) return NULL;
+    if (os_thread_exiting()) {
+        tm_tls.state = TLS_EXITING;
+        tm_tls.recheck = TC_EXITING_RECHECK;
+        return NULL;
+    }
     tm_tls.state = TLS_BOOTING;
     tm_lock(&registry_lock);
     tm_tcache_t *tc = recycled;
@@ -730,9 +739,15 @@ static tm_arena_t *uncached_arena(void) {
 
 static void tcache_gc_tick_large(void);
 
+/* True if the calling thread has no cache and may make one now. */
+static bool may_make_cache(void) {
+    if (tm_tls.state == TLS_EXITING && --tm_tls.recheck == 0) tm_tls.state = TLS_NONE;
+    return tm_tls.state == TLS_NONE;
+}
+
 /* The calling thread's arena, for a large allocation. */
 tm_arena_t *tcache_arena(void) {
-    if (tm_tls.state == TLS_NONE) {
+    if (may_make_cache()) {
         tm_init();
         tcache_create();
     }
@@ -745,7 +760,7 @@ tm_arena_t *tcache_arena(void) {
 static tm_tcache_t *tcache_get_slow(void) {
     if (likely(tm_tls.state == TLS_LIVE)) return tm_tls.own;
     tm_init();
-    if (tm_tls.state == TLS_NONE) return tcache_create();
+    if (may_make_cache()) return tcache_create();
     return NULL;
 }
 

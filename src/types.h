@@ -247,9 +247,10 @@ struct tm_tcache;
 typedef struct tm_tls {
     struct tm_tcache *tc;
     volatile int busy;
-    int state;                  /* TLS_NONE, TLS_BOOTING, TLS_LIVE, TLS_DEAD */
+    int state;                  /* TLS_NONE, TLS_BOOTING, TLS_LIVE, TLS_DEAD, TLS_EXITING */
     struct tm_tcache *own;      /* the thread's cache, whatever tc says */
     unsigned arena;             /* own's arena index, once the cache exists */
+    unsigned recheck;           /* TLS_EXITING: calls left before the next look */
 } tm_tls_t;
 
 typedef struct tm_tcache {
