@@ -43,7 +43,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   __libc_malloc __libc_free __libc_calloc __libc_realloc __libc_memalign
   __libc_valloc __libc_pvalloc __libc_cfree cfree __posix_memalign
   # init.c, options.c, size_class.c
-  tm_constructor tm_cxx_init cxx_resolve cxx_defined_elsewhere tm_init_slow tm_fork_register fork_prepare fork_parent fork_child
+  tm_constructor tm_cxx_init cxx_resolve tm_init_slow tm_fork_register fork_prepare fork_parent fork_child
   options_init size_class_init
   # os.c
   os_map os_map_aligned os_unmap os_purge os_purge_inside os_purge_ranges os_huge_pages os_ncpus os_random os_now_ns

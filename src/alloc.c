@@ -519,37 +519,7 @@ static int cxx_mode;
 static void *cxx_next[CXX_NOPS]; /* the next definition of each (libstdc++'s), or NULL */
 static __thread bool cxx_resolving __attribute__((tls_model("initial-exec")));
 
-/* Is the definition at def another object's own? A non-PIE executable
- * that takes an operator's address gets a PLT stub that stands for the
- * symbol (an undefined symbol with an address): not a replacement. */
-static bool cxx_defined_elsewhere(void *def, const Dl_info *self) {
-    Dl_info info;
-    const ElfW(Sym) *sym = NULL;
-    if (!dladdr1(def, &info, (void **)&sym, RTLD_DL_SYMENT)) return true;
-    if (info.dli_fbase == self->dli_fbase) return false;
-    return !sym || sym->st_shndx != SHN_UNDEF;
-}
-
-/* Run by trimalloc's constructor (tm_cxx_init): dladdr and dlsym take the
- * loader's lock, so a first call made later, from a thread a library
- * constructor waits for inside dlopen, or from a dl_iterate_phdr callback
- * while another thread loads a library, deadlocked (found by review). An
- * operator called before the constructor runs (another library's
- * constructor) resolves here itself, in the start-up thread. */
-static TM_COLD void cxx_resolve(void) {
-    if (cxx_resolving) return; /* dlsym allocating C++-wise: ours serve it */
-    cxx_resolving = true;
-    Dl_info self;
-    int mode = CXX_OURS;
-    bool self_known = dladdr((void *)cxx_resolve, &self) != 0;
-    for (unsigned i = 0; i < CXX_NOPS; i++) {
-        void *def = dlsym(RTLD_DEFAULT, cxx_names[i]);
-        if (self_known && def && cxx_defined_elsewhere(def, &self)) mode = CXX_FORWARD;
-        __atomic_store_n(&cxx_next[i], dlsym(RTLD_NEXT, cxx_names[i]), __ATOMIC_RELAXED);
-    }
-    __atomic_store_n(&cxx_mode, mode, __ATOMIC_RELEASE);
-    cxx_resolving = false;
-}
+static void cxx_resolve(void);
 
 /* Operator op's next definition, or NULL (none, or in the middle of
  * cxx_resolve). */
@@ -564,10 +534,6 @@ static TM_COLD void *cxx_next_of(unsigned op) {
 static TM_COLD void *cxx_forward(unsigned op) {
     void *next = cxx_next_of(op);
     return __atomic_load_n(&cxx_mode, __ATOMIC_RELAXED) == CXX_FORWARD ? next : NULL;
-}
-
-void tm_cxx_init(void) {
-    if (__atomic_load_n(&cxx_mode, __ATOMIC_ACQUIRE) == CXX_UNKNOWN) cxx_resolve();
 }
 
 static TM_COLD void *cxx_new_failed(unsigned op, size_t size, size_t align, bool nothrow) {
@@ -612,7 +578,8 @@ TM_INLINE void *cxx_new_aligned(unsigned op, size_t size, size_t align, bool not
     void *sym params {                                               \
         if (unlikely(!CXX_OURS_NOW())) return sym##_slow args;       \
         return body;                                                 \
-    }
+    }                                                                \
+    extern __typeof(sym) sym##_self __attribute__((alias(#sym), visibility("hidden")));
 #define TM_CXX_DELETE(sym, params, args)                             \
     static TM_COLD void sym##_slow params {                          \
         void *next_ = cxx_forward(CXX##sym);                         \
@@ -628,7 +595,8 @@ TM_INLINE void *cxx_new_aligned(unsigned op, size_t size, size_t align, bool not
             return;                                                  \
         }                                                            \
         free_inline(p);                                              \
-    }
+    }                                                                \
+    extern __typeof(sym) sym##_self __attribute__((alias(#sym), visibility("hidden")));
 
 typedef const tm_nothrow_t *tm_nt;
 TM_CXX_NEW(_Znwm, (size_t n), (n), cxx_new(CXX_Znwm, n, false))
@@ -659,4 +627,50 @@ TM_CXX_DELETE(_ZdlPvmSt11align_val_t, (void *p, size_t n, size_t al), (p, n, al)
 TM_CXX_DELETE(_ZdaPvmSt11align_val_t, (void *p, size_t n, size_t al), (p, n, al))
 TM_CXX_DELETE(_ZdlPvSt11align_val_tRKSt9nothrow_t, (void *p, size_t al, tm_nt t), (p, al, t))
 TM_CXX_DELETE(_ZdaPvSt11align_val_tRKSt9nothrow_t, (void *p, size_t al, tm_nt t), (p, al, t))
+
+/* Each operator's own address here (a hidden alias: a reference to the
+ * exported name could resolve to a replacement). */
+#define CXX_SELF(sym) (void *)&sym##_self,
+static void *const cxx_self[CXX_NOPS] = {TM_CXX_OPS(CXX_SELF)};
+
+/* Is the definition at def another object's own? A non-PIE executable
+ * that takes an operator's address gets a PLT stub that stands for the
+ * symbol (an undefined symbol with an address): not a replacement. */
+static bool cxx_defined_elsewhere(void *def) {
+    Dl_info info, self;
+    const ElfW(Sym) *sym = NULL;
+    if (!dladdr((void *)cxx_resolve, &self)) return false;
+    if (!dladdr1(def, &info, (void **)&sym, RTLD_DL_SYMENT)) return true;
+    if (info.dli_fbase == self.dli_fbase) return false;
+    return !sym || sym->st_shndx != SHN_UNDEF;
+}
+
+/* Run by trimalloc's constructor (tm_cxx_init): dlsym and dladdr take the
+ * loader's lock, so a first call made later, from a thread a library
+ * constructor waits for inside dlopen, or from a dl_iterate_phdr callback
+ * while another thread loads a library, deadlocked (found by review). An
+ * operator called before the constructor runs (another library's
+ * constructor) resolves here itself, in the start-up thread. Where every
+ * name resolves to our own definition -- every program that replaces
+ * none -- it costs 20 symbol lookups that succeed; the next definitions
+ * (libstdc++'s) are looked up only when a replacement is found, or when
+ * memory runs out (cxx_new_failed). */
+static TM_COLD void cxx_resolve(void) {
+    if (cxx_resolving) return; /* dlsym allocating C++-wise: ours serve it */
+    cxx_resolving = true;
+    int mode = CXX_OURS;
+    for (unsigned i = 0; i < CXX_NOPS; i++) {
+        void *def = dlsym(RTLD_DEFAULT, cxx_names[i]);
+        if (def && def != cxx_self[i] && cxx_defined_elsewhere(def)) mode = CXX_FORWARD;
+    }
+    if (mode == CXX_FORWARD)
+        for (unsigned i = 0; i < CXX_NOPS; i++)
+            __atomic_store_n(&cxx_next[i], dlsym(RTLD_NEXT, cxx_names[i]), __ATOMIC_RELAXED);
+    __atomic_store_n(&cxx_mode, mode, __ATOMIC_RELEASE);
+    cxx_resolving = false;
+}
+
+void tm_cxx_init(void) {
+    if (__atomic_load_n(&cxx_mode, __ATOMIC_ACQUIRE) == CXX_UNKNOWN) cxx_resolve();
+}
 #endif
