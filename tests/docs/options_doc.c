@@ -25,6 +25,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -395,6 +397,57 @@ static void check_c_api(void)
     printf("api: trimalloc_option_get/set return codes and errno as documented\n");
 }
 
+/* ---- 3. set-user-ID programs ignore TRIMALLOC_CONF ------------------------------ */
+
+/* A copy of the probe, set-user-ID to nobody, run by root with
+ * TRIMALLOC_CONF set: the kernel marks that run secure (AT_SECURE) and
+ * the option must keep its default. Needs root, and a file system that
+ * honours set-user-ID bits: skipped with a message otherwise. */
+static void check_secure_mode(const char *probe)
+{
+    if (geteuid() != 0) {
+        printf("SKIP: set-user-ID run (needs root)\n");
+        return;
+    }
+    char copy[4096];
+    snprintf(copy, sizeof copy, "%s_setuid", probe);
+    char *bytes = NULL;
+    FILE *in = fopen(probe, "rb");
+    int out = open(copy, O_WRONLY | O_CREAT | O_TRUNC, 0755);
+    if (!in || out < 0) {
+        fail("cannot copy %s to %s", probe, copy);
+        if (in)
+            fclose(in);
+        if (out >= 0)
+            close(out);
+        return;
+    }
+    bytes = slurp_fd(fileno(in));
+    fclose(in);
+    struct stat st;
+    if (stat(probe, &st) != 0 || !bytes || write(out, bytes, (size_t)st.st_size) != st.st_size ||
+        close(out) != 0 || chown(copy, 65534, 65534) != 0 || chmod(copy, 04755) != 0) {
+        fail("cannot make %s set-user-ID: %s", copy, strerror(errno));
+        free(bytes);
+        unlink(copy);
+        return;
+    }
+    free(bytes);
+    probe_result_t r = run_probe(copy, "narenas:3,verbose:1", (char *[]){"at_secure", "narenas", NULL});
+    if (probe_value(&r, "at_secure") != 1) {
+        printf("SKIP: set-user-ID run (not secure here: a nosuid file system, or the copy did not run: %s)\n",
+               r.err ? r.err : "");
+    } else {
+        if (probe_value(&r, "narenas") == 3)
+            fail("a set-user-ID program took narenas:3 from TRIMALLOC_CONF");
+        if (r.err && *r.err)
+            fail("a set-user-ID program printed on stderr: %s", r.err);
+    }
+    free(r.out);
+    free(r.err);
+    unlink(copy);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 2 && !strcmp(argv[1], "--print")) {
@@ -409,6 +462,7 @@ int main(int argc, char **argv)
     }
     check_doc_table(argv[1]);
     check_conf_env(argv[2]);
+    check_secure_mode(argv[2]);
     check_c_api();
     if (failures) {
         printf("%d check(s) failed\n", failures);
