@@ -524,7 +524,13 @@ static void cxx_resolve(void);
 /* Operator op's next definition, or NULL (none, or in the middle of
  * cxx_resolve). */
 static TM_COLD void *cxx_next_of(unsigned op) {
-    if (__atomic_load_n(&cxx_mode, __ATOMIC_ACQUIRE) == CXX_UNKNOWN) cxx_resolve();
+    /* Before trimalloc's constructor, only the start-up thread decides: a
+     * thread that a library constructor started and waits for inside
+     * dlopen (trimalloc loaded with that library) would wait for the
+     * loader's lock in dlsym for good (found by review). It gets our own
+     * operator meanwhile. */
+    if (__atomic_load_n(&cxx_mode, __ATOMIC_ACQUIRE) == CXX_UNKNOWN && os_gettid() == os_getpid())
+        cxx_resolve();
     if (__atomic_load_n(&cxx_mode, __ATOMIC_ACQUIRE) == CXX_UNKNOWN) return NULL;
     return __atomic_load_n(&cxx_next[op], __ATOMIC_RELAXED);
 }
