@@ -36,6 +36,7 @@ static size_t trim_all(unsigned *failures) {
         }
     }
     released += huge_release_cache(failures);
+    tcache_release_recycled(); /* address space, not counted as released */
     os_purge_vectors_off();
     __atomic_add_fetch(&tm_gstats.heapmin_calls, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&tm_gstats.heapmin_bytes, released, __ATOMIC_RELAXED);

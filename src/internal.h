@@ -413,6 +413,7 @@ size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]); /* tc
 void tcache_release_grown_slots(tm_tcache_t *tc); /* after take_locked, tc->mu dropped */
 size_t tcache_cached_bytes(size_t *queued); /* small; *queued: large runs in remote-free queues */
 unsigned tcache_count(void);
+void tcache_release_recycled(void);      /* _heapmin: unmap exited threads' slot arrays */
 void tcache_registry_lock(void);
 void tcache_registry_unlock(void);
 tm_tcache_t *tcache_registry_first(void);
