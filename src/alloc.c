@@ -179,8 +179,10 @@ static void *large_alloc(size_t size, size_t align, bool zero) {
     size_t align_pages = align > TM_PAGE ? align >> TM_PAGE_SHIFT : 1;
     if (size <= huge_threshold() && npages + align_pages - 1 <= TM_CHUNK_PAGES) {
         p = !zero && align_pages == 1 ? tcache_large_reuse((uint32_t)npages) : NULL;
-        tm_arena_t *a = p ? NULL : tcache_arena(); /* NULL: no memory for its metadata */
-        if (a) p = arena_alloc_large(a, size, align, zero);
+        if (!p) {
+            tm_arena_t *a = tcache_arena(); /* NULL: no memory for its metadata */
+            if (a) p = arena_alloc_large(a, size, align, zero);
+        }
     } else
         p = huge_alloc(size ? size : 1, align, zero);
     if (unlikely(!p)) errno = ENOMEM;
@@ -484,9 +486,9 @@ TM_EXPORT void TM_API(free_aligned_sized)(void *p, size_t align, size_t size) {
  * calls the plain delete, the nothrow new calls the throwing one, new[]
  * calls new. The program's definitions win over ours only for the symbols
  * it defines, so ours would hand its blocks to free() (and abort there).
- * So the first call of any operator looks them all up (cxx_resolve): if
- * one of them is defined outside this library, every operator of ours
- * forwards to libstdc++'s definition, which chains to the program's as the
+ * So trimalloc's constructor looks them all up (cxx_resolve): if one of
+ * them is defined outside this library, every operator of ours forwards
+ * to libstdc++'s definition, which chains to the program's as the
  * standard says and allocates with malloc (ours). Otherwise they stay ours.
  * Not in the prefixed build. */
 #ifndef TRIMALLOC_PREFIX
@@ -521,31 +523,23 @@ static __thread bool cxx_resolving __attribute__((tls_model("initial-exec")));
 
 static void cxx_resolve(void);
 
-/* Operator op's next definition, or NULL (none, or in the middle of
- * cxx_resolve). */
-static TM_COLD void *cxx_next_of(unsigned op) {
-    /* Before trimalloc's constructor, only the start-up thread decides: a
-     * thread that a library constructor started and waits for inside
-     * dlopen (trimalloc loaded with that library) would wait for the
-     * loader's lock in dlsym for good (found by review). It gets our own
-     * operator meanwhile. */
+/* Where op must go instead of our body: its next definition when the
+ * program replaced an operator, else NULL (also while the mode is not
+ * known). Before trimalloc's constructor, only the start-up thread
+ * decides: a thread that a library constructor started and waits for
+ * inside dlopen (trimalloc loaded with that library) would wait for the
+ * loader's lock in dlsym for good (found by review); it gets our own
+ * operator meanwhile. */
+static TM_COLD void *cxx_forward(unsigned op) {
     if (__atomic_load_n(&cxx_mode, __ATOMIC_ACQUIRE) == CXX_UNKNOWN && os_gettid() == os_getpid())
         cxx_resolve();
-    if (__atomic_load_n(&cxx_mode, __ATOMIC_ACQUIRE) == CXX_UNKNOWN) return NULL;
+    if (__atomic_load_n(&cxx_mode, __ATOMIC_ACQUIRE) != CXX_FORWARD) return NULL;
     return __atomic_load_n(&cxx_next[op], __ATOMIC_RELAXED);
 }
 
-/* Where op must go instead of our body: its next definition when the
- * program replaced an operator, else NULL. */
-static TM_COLD void *cxx_forward(unsigned op) {
-    void *next = cxx_next_of(op);
-    return __atomic_load_n(&cxx_mode, __ATOMIC_RELAXED) == CXX_FORWARD ? next : NULL;
-}
-
 static TM_COLD void *cxx_new_failed(unsigned op, size_t size, size_t align, bool nothrow) {
-    void *next = cxx_next_of(op);
-    /* a C program may have loaded libstdc++ (dlopen) after start-up */
-    if (!next) next = dlsym(RTLD_NEXT, cxx_names[op]);
+    /* looked up now: a C program may have loaded libstdc++ after start-up */
+    void *next = dlsym(RTLD_NEXT, cxx_names[op]);
     if (next) {
         if (align && nothrow)
             return ((void *(*)(size_t, size_t, const tm_nothrow_t *))next)(size, align, &tm_nothrow);
