@@ -387,8 +387,16 @@ void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
         }
         errno = saved;
     }
+    int saved = errno;
     void *q = TM_API(malloc)(size);
-    if (!q) return NULL;
+    if (!q) {
+        if (size > old) return NULL;
+        /* A shrink that cannot move keeps its block: glibc shrinks in
+         * place and never fails there, and p = realloc(p, smaller) is
+         * common code that does not check. */
+        errno = saved;
+        return p;
+    }
     memcpy(q, p, old < size ? old : size);
     TM_API(free)(p);
     return q;

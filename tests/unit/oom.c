@@ -3,7 +3,8 @@
  * every mapping from the n-th on fails (os_set_fail_from, so the allocator's
  * own release-and-retry cannot absorb it). Every entry point returns NULL
  * with ENOMEM, no lock stays held, blocks already held are intact, and
- * allocation works again once mappings succeed.
+ * allocation works again once mappings succeed. A realloc that shrinks a
+ * block never fails for want of memory: it keeps the block where it is.
  */
 #include "test_cmocka.h"
 #include "internal.h"
@@ -118,10 +119,53 @@ static void test_new_thread_small_alloc_fails_then_recovers(void **state) {
     TM_API(free)(v);
 }
 
+/* Shrinking needs no memory: when the smaller block it would move to cannot
+ * be had, realloc keeps the block where it is (glibc shrinks in place and
+ * never fails there; a program that writes p = realloc(p, smaller) without
+ * a check would lose the block). Every kind of move is tried: huge to
+ * large and to small, large to small, small to a smaller class. */
+static void test_shrinking_realloc_keeps_block_when_memory_is_out(void **state) {
+    (void)state;
+    enum { N = 1 << 20 };
+    static const struct { size_t from, to; } cases[] = {
+        {8u << 20, 1u << 20}, {8u << 20, 100}, {100000, 50}, {1000, 16},
+    };
+    void **v = TM_API(malloc)(N * sizeof(void *));
+    assert_non_null(v);
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        unsigned char *b = TM_API(malloc)(cases[k].from);
+        assert_non_null(b);
+        fill(b, cases[k].from, (int)k + 1);
+        /* no new mapping from here; use up what the arenas already have,
+         * down to the size the block would move to */
+        os_set_fail_from(1);
+        size_t n = 0;
+        static const size_t fillers[] = {65536, 4096, 16};
+        for (size_t f = 0; f < 3; f++)
+            while (n < N && (v[n] = TM_API(malloc)(fillers[f])) != NULL) n++;
+        while (n < N && (v[n] = TM_API(malloc)(cases[k].to)) != NULL) n++;
+        assert_true(n < N);
+        errno = 0;
+        unsigned char *q = TM_API(realloc)(b, cases[k].to);
+        int err = errno;
+        os_set_fail_after(0);
+        if (q != b)
+            fail_msg("realloc(%zu-byte block, %zu) with no memory left = %p (errno %d), not the block %p",
+                     cases[k].from, cases[k].to, (void *)q, err, (void *)b);
+        assert_int_equal(err, 0);
+        check(b, cases[k].to, (int)k + 1);
+        assert_true(TM_API(malloc_usable_size)(b) >= cases[k].to);
+        for (size_t i = 0; i < n; i++) TM_API(free)(v[i]);
+        TM_API(free)(b);
+    }
+    TM_API(free)(v);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_entry_point_fails_cleanly),
         cmocka_unit_test(test_new_thread_small_alloc_fails_then_recovers),
+        cmocka_unit_test(test_shrinking_realloc_keeps_block_when_memory_is_out),
     };
     return cmocka_run_group_tests_name("unit_oom", tests, NULL, NULL);
 }
