@@ -1001,8 +1001,14 @@ void tcache_free_slow(void *p, unsigned cls) {
          * swing is a round trip to the transfer cache (a producer that
          * frees in batches, say): it grows to twice its size instead of
          * flushing; an idle bin shrinks back (tcache_gc_locked), and a
-         * drain resets it. */
-        bool grow = b->missed && cap < bin_cap_max(cls) && !tc->slots_releasing;
+         * drain resets it. A bin in its start slots moves to its capacity
+         * on its first overflow whether or not it ran dry: the thread
+         * holds more than its start size, and one that only frees (a
+         * consumer of another thread's blocks) never runs it dry -- left
+         * there it flushed every 4 frees (mimalloc-bench's xmalloc-test,
+         * 2 producers and 2 consumers of 64 B blocks: 2.3x slower than
+         * before the start slots). */
+        bool grow = (b->missed || cap < bin_cap(cls)) && cap < bin_cap_max(cls) && !tc->slots_releasing;
         b->missed = 0;
         b->taken = 0;
         if (grow && cap < bin_cap(cls)) { /* from its start size to its capacity, at once */
