@@ -37,8 +37,17 @@ static void *meta_map(size_t sz) {
     return p; /* fresh pages are zero */
 }
 
+/* Sizes round up to META_STEP, and a zero-byte request takes one step: a
+ * cache's slot array has no slots when caching is off, and a request that
+ * left the bump pointer where it was shared its memory with the next
+ * descriptor, whose first word meta_free then overwrote with its link
+ * (an arena's lock, found by a tester; tests/unit/meta.c). */
+static size_t meta_round(size_t size) {
+    return size ? (size + META_STEP - 1) & ~(size_t)(META_STEP - 1) : META_STEP;
+}
+
 void *meta_alloc(size_t size) {
-    size = (size + META_STEP - 1) & ~(size_t)(META_STEP - 1);
+    size = meta_round(size);
     if (size > 65536) return meta_map((size + TM_PAGE_MASK) & ~TM_PAGE_MASK);
     tm_lock(&meta_lock);
     meta_free_t *f = meta_freed ? meta_lists[size / META_STEP] : NULL;
@@ -65,7 +74,7 @@ void *meta_alloc(size_t size) {
 
 void meta_free(void *p, size_t size) {
     if (!p) return;
-    size = (size + META_STEP - 1) & ~(size_t)(META_STEP - 1);
+    size = meta_round(size);
     if (size > 65536) {
         size_t sz = (size + TM_PAGE_MASK) & ~TM_PAGE_MASK;
         os_unmap(p, sz);
