@@ -186,7 +186,8 @@ static void *large_alloc(size_t size, size_t align, bool zero) {
     } else
         p = huge_alloc(size ? size : 1, align, zero);
     if (unlikely(!p)) errno = ENOMEM;
-    else if (unlikely(tm_opt.junk) && !zero) memset(p, 0xa5, size);
+    else if (unlikely(tm_opt.junk) && !zero) /* every usable byte: a growth in place shows them */
+        memset(p, 0xa5, tm_usable_size(p, "malloc"));
     return p;
 }
 

@@ -208,8 +208,12 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
             huge_split_tail(h, msize);
         }
         if (h) {
-            if (zero) memset((void *)h->base, 0, used < msize ? used : msize); /* grown pages are zero */
-            msize = h->mapped; /* the block may use all of its mapping */
+            /* The block may use all of its mapping, so all of it that may
+             * hold old bytes is zeroed, not only the pages asked for: a
+             * growth in place inside it (realloc, _recalloc) would hand
+             * them out (found by a tester). Grown pages are zero. */
+            if (zero) memset((void *)h->base, 0, used < h->mapped ? used : h->mapped);
+            msize = h->mapped;
         }
     }
     if (!h) {

@@ -52,12 +52,28 @@ static void arena_sum(tm_arena_t *a, arena_sums_t *s) {
  * may be NULL), from one reading. */
 static void stats_fill(trimalloc_stats_t *out, size_t *chunk_bytes, size_t *huge_bytes) {
     tm_init();
-    arena_sums_t s = {0};
-    for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
-        tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
-        if (a) arena_sum(a, &s);
-    }
+    /* The arenas count the blocks the caches hold as handed out, so the
+     * caches' bytes are taken off; blocks that move between the two
+     * readings (another thread's flush, the background thread's garbage
+     * collection) would be counted twice or not at all. So the caches are
+     * read before and after the arenas, and the reading is taken again
+     * if they changed (a few times at most: the numbers are a snapshot).
+     * Found by a tester: `allocated` above what an idle program held, with
+     * background_thread:1, dirty_decay_ms:0. */
+    arena_sums_t s;
     size_t queued, cached = tcache_cached_bytes(&queued);
+    for (int tries = 0;; tries++) {
+        s = (arena_sums_t){0};
+        for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
+            tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
+            if (a) arena_sum(a, &s);
+        }
+        size_t queued2, cached2 = tcache_cached_bytes(&queued2);
+        bool same = cached2 == cached && queued2 == queued;
+        cached = cached2;
+        queued = queued2;
+        if (same || tries == 7) break;
+    }
     memset(out, 0, sizeof *out);
     out->tcache_bytes = cached + queued;
     out->huge_allocated = huge_allocated();
