@@ -362,6 +362,7 @@ void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
         errno = EINVAL;
         return NULL;
     }
+    int saved = errno; /* a failed attempt below leaves it as it was */
     uintptr_t a = (uintptr_t)p;
     uintptr_t e = pagemap_lookup(a);
     tm_chunk_t *c = chunk_of_entry(e);
@@ -378,7 +379,6 @@ void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
         /* in place or moved by mremap; if the kernel cannot (no memory, or
          * the program split the block's mapping, say by mprotect or
          * madvise on part of it), a copy below */
-        int saved = errno;
         bool kernel_zero = false; /* grown by mremap: new pages */
         void *np = huge_realloc((tm_huge_t *)e, p, size, &kernel_zero);
         if (np) {
@@ -388,7 +388,6 @@ void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
         }
         errno = saved;
     }
-    int saved = errno;
     void *q = TM_API(malloc)(size);
     if (!q) {
         if (size > old) return NULL;

@@ -1008,10 +1008,11 @@ void tcache_free_slow(void *p, unsigned cls) {
          * there it flushed every 4 frees (mimalloc-bench's xmalloc-test,
          * 2 producers and 2 consumers of 64 B blocks: 2.3x slower than
          * before the start slots). */
-        bool grow = (b->missed || cap < bin_cap(cls)) && cap < bin_cap_max(cls) && !tc->slots_releasing;
+        bool start = cap < bin_cap(cls); /* in its start slots */
+        bool grow = (b->missed || start) && cap < bin_cap_max(cls) && !tc->slots_releasing;
         b->missed = 0;
         b->taken = 0;
-        if (grow && cap < bin_cap(cls)) { /* from its start size to its capacity, at once */
+        if (grow && start) { /* from its start size to its capacity, at once */
             bin_reset(tc, cls, count, false);
         } else if (grow) { /* past its capacity: to the room for its largest size */
             cap = cap * 2 < bin_cap_max(cls) ? cap * 2 : bin_cap_max(cls);

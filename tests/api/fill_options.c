@@ -9,8 +9,6 @@
  */
 #include "test_cmocka.h"
 
-#include <sys/wait.h>
-
 /* Hide where a pointer came from (the compiler must not reason about it). */
 static void *launder(void *p)
 {
@@ -18,12 +16,11 @@ static void *launder(void *p)
     return p;
 }
 
+/* The first index in [from, to) whose byte is not want, else to. */
 static size_t first_wrong(const unsigned char *p, size_t from, size_t to, unsigned char want)
 {
-    for (size_t i = from; i < to; i++)
-        if (p[i] != want)
-            return i;
-    return to;
+    size_t k = to > from ? tu_find_not_byte(p + from, to - from, want) : (size_t)-1;
+    return k == (size_t)-1 ? to : from + k;
 }
 
 /* The child: checks under the options it was started with; exit status 0
@@ -143,30 +140,16 @@ static int child(unsigned char want)
     return 0;
 }
 
-static int run_child(const char *conf)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("TRIMALLOC_CONF", conf, 1);
-        execl("/proc/self/exe", "fill_options", "child", conf, (char *)NULL);
-        _exit(127);
-    }
-    int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) != pid)
-        return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
 static void test_zero_option(void **state)
 {
     (void)state;
-    assert_int_equal(run_child("zero:1"), 0);
+    assert_int_equal(tu_run_self_child("zero:1"), 0);
 }
 
 static void test_junk_option(void **state)
 {
     (void)state;
-    assert_int_equal(run_child("junk:1"), 0);
+    assert_int_equal(tu_run_self_child("junk:1"), 0);
 }
 
 int main(int argc, char **argv)

@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 #include "trimalloc.h"
 
@@ -333,6 +334,25 @@ static inline size_t tu_rss_bytes(void)
 }
 
 /* ---- Threads --------------------------------------------------------------- */
+
+/* Run this test program again as a child, `/proc/self/exe child conf`, with
+ * TRIMALLOC_CONF=conf (for start-up-only options); a child that hangs is
+ * ended by SIGALRM after 60 s. Returns its exit status, 128 + the signal
+ * that ended it, or -1. */
+static inline int tu_run_self_child(const char *conf)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("TRIMALLOC_CONF", conf, 1);
+        alarm(60);
+        execl("/proc/self/exe", "child", "child", conf, (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid)
+        return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
 
 static inline void tu_thread_create(pthread_t *t, void *(*fn)(void *), void *arg)
 {

@@ -16,8 +16,6 @@
 #include "internal.h"
 
 #include <pthread.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 static void test_zero_byte_requests_get_memory_of_their_own(void **state) {
     (void)state;
@@ -75,30 +73,17 @@ static int child(void) {
     return 0;
 }
 
-static int run_child(const char *conf) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("TRIMALLOC_CONF", conf, 1);
-        alarm(60); /* a hang on a corrupted lock ends as SIGALRM, not a stuck test */
-        execl("/proc/self/exe", "unit_meta", "child", (char *)NULL);
-        _exit(127);
-    }
-    int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) != pid) return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
 static void test_caches_off_threads_exit_then_heapmin(void **state) {
     (void)state;
     static const char *confs[] = {"tcache_scale:0", "zero:1", "junk:1"};
     for (size_t k = 0; k < TU_ARRAY_LEN(confs); k++) {
-        int rc = run_child(confs[k]);
+        int rc = tu_run_self_child(confs[k]);
         if (rc != 0) fail_msg("TRIMALLOC_CONF=%s: child exit status %d", confs[k], rc);
     }
 }
 
 int main(int argc, char **argv) {
-    if (argc == 2 && strcmp(argv[1], "child") == 0) return child();
+    if (argc >= 2 && strcmp(argv[1], "child") == 0) return child();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_zero_byte_requests_get_memory_of_their_own),
         cmocka_unit_test(test_caches_off_threads_exit_then_heapmin),
