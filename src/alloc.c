@@ -199,13 +199,17 @@ static void free_generic(void *p, const char *call) {
     tm_chunk_t *c = chunk_of_entry(e);
     if (c) {
         uint32_t page = (uint32_t)((a - c->base) >> TM_PAGE_SHIFT);
-        if (c->fast[page] & 0xff) { /* a small-class page, but not a block start */
+        /* atomic: a large block's entry is written without the arena's lock
+         * by a thread that queues it (tcache_free_large), by a second,
+         * racing free() too */
+        uint32_t f = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED);
+        if (f & 0xff) { /* a small-class page, but not a block start */
             uint32_t idx;
             if (!slab_of(c, a, &idx)) {
                 tm_invalid_pointer(call, p);
                 return;
             }
-            tcache_free_slow(p, c->fast[page] & 0xff);
+            tcache_free_slow(p, f & 0xff);
             return;
         }
         if (a & TM_PAGE_MASK) {
@@ -261,22 +265,25 @@ size_t tm_usable_size(void *p, const char *caller) {
     tm_chunk_t *c = chunk_of_entry(e);
     if (c) {
         uint32_t page = (uint32_t)((a - c->base) >> TM_PAGE_SHIFT);
-        unsigned cls = c->fast[page] & 0xff;
+        uint32_t f = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED); /* as free_generic */
+        unsigned cls = f & 0xff;
         if (cls) {
             uint32_t idx;
             if (!slab_of(c, a, &idx)) {
                 tm_invalid_pointer(caller, p);
                 return 0;
             }
-            if (small_block_free_reported(p, c->fast[page], caller)) return 0;
+            if (small_block_free_reported(p, f, caller)) return 0;
             return tm_classes[cls].size;
         }
-        size_t n = (a & TM_PAGE_MASK) ? 0 : arena_large_usable(c, page);
+        bool freed = false;
+        size_t n = (a & TM_PAGE_MASK) ? 0 : arena_large_usable(c, page, &freed);
         if (n) return n;
-        if (__atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & TM_FAST_QUEUED)
-            tm_double_free(caller, p); /* waiting in a remote-free queue */
-        else
-            tm_invalid_pointer(caller, p);
+        /* named as free() names it: freed (or waiting in a remote-free
+         * queue), or not a block start (before 2026-12-05 a freed large
+         * block was an "invalid pointer" here) */
+        if (freed) tm_double_free(caller, p);
+        else tm_invalid_pointer(caller, p);
         return 0;
     }
     if (e) {
@@ -350,6 +357,12 @@ void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
     if (tail_zero) *tail_zero = false;
     if (!p) return TM_API(malloc)(size);
     if (size == 0) { /* glibc's behaviour: free, return NULL */
+        /* a bad p is reported as realloc's, and is EINVAL in the
+         * abort_on_error:0 mode, as for any other size */
+        if (!tm_usable_size(p, "realloc")) {
+            errno = EINVAL;
+            return NULL;
+        }
         TM_API(free)(p);
         return NULL;
     }

@@ -715,7 +715,7 @@ static size_t live_block_size(uintptr_t a) {
                 return 0; /* freed */
             return tm_classes[f & 0xff].size;
         }
-        return (a & TM_PAGE_MASK) ? 0 : arena_large_usable(c, page);
+        return (a & TM_PAGE_MASK) ? 0 : arena_large_usable(c, page, NULL);
     }
     if (!e) return 0;
     tm_huge_t *h = (tm_huge_t *)e;

@@ -343,7 +343,9 @@ void arena_flush(unsigned cls, void **blocks, unsigned n);
 void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero);
 void arena_free_large(tm_chunk_t *c, uint32_t page, void *p);
 size_t arena_free_large_batch(void **runs, unsigned n); /* bytes freed */
-size_t arena_large_usable(tm_chunk_t *c, uint32_t page); /* 0 if freed (queued) */
+/* 0 unless a large block the program holds starts at page; *freed (if not
+ * NULL) says whether free() would call it a double free */
+size_t arena_large_usable(tm_chunk_t *c, uint32_t page, bool *freed);
 size_t arena_large_size(tm_chunk_t *c, uint32_t page);   /* queued or not */
 bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size);
 void arena_release_empty_slabs(tm_arena_t *a); /* takes the lock, per class */

@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <malloc.h>
 #include <stdint.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +31,7 @@ static int (*heapchk)(void);
 /* Keep the compiler from reasoning about the calls (-fno-builtin too). */
 static void *volatile sink;
 
-enum { CALL_FREE, CALL_REALLOC, CALL_USABLE };
+enum { CALL_FREE, CALL_REALLOC, CALL_REALLOC0, CALL_USABLE };
 
 static void bad_call(int call, void *p) {
     printf("pointer %p\n", p);
@@ -38,6 +39,16 @@ static void bad_call(int call, void *p) {
     switch (call) {
     case CALL_FREE: free(p); break;
     case CALL_REALLOC: sink = realloc(p, 100); break;
+    case CALL_REALLOC0:
+        /* glibc's realloc(p, 0) frees p; a bad p is realloc's error, and
+         * EINVAL where the call comes back (abort_on_error:0) */
+        errno = 0;
+        sink = realloc(p, 0);
+        if (sink || errno != EINVAL) {
+            printf("realloc(p, 0) returned %p with errno %d, not NULL with EINVAL\n", sink, errno);
+            exit(1);
+        }
+        break;
     case CALL_USABLE: sink = (void *)(uintptr_t)malloc_usable_size(p); break;
     }
 }
@@ -103,12 +114,19 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *c = argv[1];
+    /* stdout's buffer is allocated now, not by the printf of the pointer:
+     * made after the bad pointer's block was freed, that 4-8 KiB buffer
+     * could take the freed block's pages (a slab), and the case would test
+     * a small block, not the large one it names */
+    printf("case %s\n", c);
+    fflush(stdout);
     char stack_buf[64];
     sink = stack_buf;
     int call = CALL_FREE;
     const char *what = c;
     if (!strncmp(c, "free-", 5)) call = CALL_FREE, what = c + 5;
     else if (!strncmp(c, "realloc-", 8)) call = CALL_REALLOC, what = c + 8;
+    else if (!strncmp(c, "realloc0-", 9)) call = CALL_REALLOC0, what = c + 9;
     else if (!strncmp(c, "usable-", 7)) call = CALL_USABLE, what = c + 7;
     else {
         fprintf(stderr, "unknown case %s\n", c);

@@ -3,7 +3,9 @@
 # with no memory left, with LD_PRELOAD=LIB (default build/libtrimalloc.so).
 #
 # bad_ptr.c CASE, for CASE = CALL-WHAT:
-#   CALL  free, realloc, usable (malloc_usable_size)
+#   CALL  free, realloc, realloc0 (realloc(p, 0), which frees p: reported
+#         as realloc's, NULL with EINVAL when ignored), usable
+#         (malloc_usable_size)
 #   WHAT  stack, global: a pointer into the stack or the program's data
 #         interior-small/-large/-large-page/-huge/-huge-far: inside a block
 #         (a small one; a large one, mid-page and page-aligned; a huge one,
@@ -75,7 +77,7 @@ run_case() {
     local c=$1 mode=$2 call what rc ptr line expect_word word conf=()
     call=${c%%-*}
     what=${c#*-}
-    case $call in usable) call=malloc_usable_size ;; esac
+    case $call in usable) call=malloc_usable_size ;; realloc0) call=realloc ;; esac
     case $what in double-*) expect_word="double free of pointer" ;; *) expect_word="invalid pointer" ;; esac
     [ "$mode" = warn ] && conf=(TRIMALLOC_CONF=abort_on_error:0)
     # In a subshell that waits (not execs), so the shell's own "Aborted"
@@ -115,7 +117,7 @@ run_case() {
     fi
 }
 
-for call in free realloc usable; do
+for call in free realloc realloc0 usable; do
     for what in stack global interior-small interior-large interior-large-page interior-huge \
         interior-huge-far mmap unallocated double-tcache double-arena double-large double-huge \
         double-huge-unmapped interior-remote-large-page double-remote-large; do

@@ -97,13 +97,13 @@ static void test_resize_in_place(void **state) {
     tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
     uint32_t page = (uint32_t)(((uintptr_t)p - c->base) >> TM_PAGE_SHIFT);
     assert_true(arena_large_resize_in_place(c, page, 40 * 1024));
-    assert_int_equal(arena_large_usable(c, page), 40 * 1024);
+    assert_int_equal(arena_large_usable(c, page, NULL), 40 * 1024);
     pthread_mutex_lock(&a->lock);
     check_chunk(c);
     pthread_mutex_unlock(&a->lock);
     /* the pages just given back are free right after it: growing works */
     assert_true(arena_large_resize_in_place(c, page, 90 * 1024));
-    assert_int_equal(arena_large_usable(c, page), 92 * 1024);
+    assert_int_equal(arena_large_usable(c, page, NULL), 92 * 1024);
     arena_free_large(c, page, p);
 }
 
