@@ -199,9 +199,9 @@ static void free_generic(void *p, const char *call) {
     tm_chunk_t *c = chunk_of_entry(e);
     if (c) {
         uint32_t page = (uint32_t)((a - c->base) >> TM_PAGE_SHIFT);
-        /* atomic: a large block's entry is written without the arena's lock
-         * by a thread that queues it (tcache_free_large), by a second,
-         * racing free() too */
+        /* atomic: a thread that queues a large block writes its entry
+         * without the arena's lock (tcache_free_large), and that thread
+         * may be a second free() of the block racing this one */
         uint32_t f = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED);
         if (f & 0xff) { /* a small-class page, but not a block start */
             uint32_t idx;

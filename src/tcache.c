@@ -67,9 +67,11 @@ static bool tc_key_ok;
 /* 256 KiB: a producer/consumer pair on one CPU passes a time slice's worth
  * of blocks at once (bench/throughput xmalloc, 2 threads, taskset -c 0:
  * with 128 KiB, until 2026-12-05, the classes above 256 B overflowed and
- * 20% of the frees went to the slabs and back, 83-86 M operations/s; with
- * 256 KiB 98-103, peak RSS 6.3 -> 6.6 MiB; on two CPUs no change beyond
- * the noise in xmalloc, larson or batch, throughput or peak RSS). */
+ * 20% of the frees went to the slabs and back, 76-87 M operations/s; with
+ * 256 KiB 98-105, peak RSS 6.2-6.3 -> 6.55-6.85 MiB). On two quiet CPUs
+ * no change beyond the noise in xmalloc, larson or batch, throughput or
+ * peak RSS; on a loaded machine, where the pair often shares a CPU,
+ * xmalloc's peak RSS rose by about 0.4 MiB (medians of 6). */
 #define XFER_BYTES (256u << 10)
 #define XFER_STEAL_SCAN 8 /* neighbours a refill may take a batch from */
 
