@@ -622,6 +622,15 @@ TM_EXPORT size_t TM_API(_msize)(void *memblock) {
  * moving it, keeping its kind: a small block stays in its class, a large
  * run stays a run within its chunk, a huge mapping grows or shrinks with
  * mremap in place. */
+/* Resize p (usable size old) to size without moving it. A block keeps its
+ * kind: a large block is resized in place only to another large size, a
+ * huge one only to another huge size. A shrink always succeeds, as
+ * Microsoft's does: one to another kind's size leaves the block as it is
+ * (as Microsoft's low-fragmentation heap does with its blocks). Until
+ * 2026-12-05 such a shrink failed, and with it every _expand of a block
+ * whose kind does not follow from its size -- an aligned allocation's, a
+ * 12 KiB huge block of 8 MiB alignment, say -- even to its own size
+ * (found by a tester). */
 static bool expand_in_place(void *p, size_t old, size_t size) {
     uintptr_t a = (uintptr_t)p, e = pagemap_lookup(a);
     tm_chunk_t *c = chunk_of_entry(e);
@@ -629,10 +638,12 @@ static bool expand_in_place(void *p, size_t old, size_t size) {
     if (c) {
         uint32_t page = (uint32_t)((a - c->base) >> TM_PAGE_SHIFT);
         if (__atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & 0xff) return size <= old;
-        return size > TM_SMALL_MAX && size <= huge_min &&
-               arena_large_resize_in_place(c, page, size);
+        if (size > TM_SMALL_MAX && size <= huge_min && arena_large_resize_in_place(c, page, size))
+            return true;
+    } else if (size > huge_min && huge_resize_in_place((tm_huge_t *)e, p, size)) {
+        return true;
     }
-    return size > huge_min && huge_resize_in_place((tm_huge_t *)e, p, size);
+    return size <= old;
 }
 
 TM_EXPORT void *TM_API(_expand)(void *memblock, size_t size) {
