@@ -3,7 +3,7 @@
  * huge_t, tcaches, pagemap leaves), kept in mappings of its own so that no
  * user overflow can run into them.
  *
- * A bump allocator over 2 MiB regions with one free list per rounded size
+ * A bump allocator over 2 MiB regions (the first 256 KiB) with one free list per rounded size
  * (64-byte steps up to 64 KiB; larger requests get their own mapping). The
  * lock is a leaf (highest rank): nothing is locked while holding it, and
  * the region map happens under it -- metadata regions are rare.
@@ -11,6 +11,8 @@
 #include "internal.h"
 
 #define META_REGION ((size_t)2 << 20)
+#define META_REGION_FIRST ((size_t)256 << 10)
+#define META_REGION_MIN ((size_t)64 << 10) /* the largest request kept in a region */
 #define META_STEP 64
 #define META_LISTS (65536 / META_STEP + 1)
 
@@ -58,13 +60,21 @@ void *meta_alloc(size_t size) {
         return f;
     }
     if ((size_t)(meta_end - meta_cur) < size) {
-        char *r = meta_map(META_REGION);
+        /* The first region is small: a small process needs 100-200 KiB
+         * of metadata, and under a tight address-space limit (RLIMIT_AS)
+         * the 2 MiB of a full region could leave no room for the first
+         * arena chunk (a tester's C++ program under `ulimit -v 12000` got
+         * no memory at all; glibc ran it). A smaller one still, where
+         * even that is refused. */
+        size_t len = meta_total ? META_REGION : META_REGION_FIRST;
+        char *r = meta_map(len);
+        if (!r) r = meta_map(len = META_REGION_MIN);
         if (!r) {
             pthread_mutex_unlock(&meta_lock);
             return NULL;
         }
         meta_cur = r;
-        meta_end = r + META_REGION;
+        meta_end = r + len;
     }
     void *p = meta_cur;
     meta_cur += size;

@@ -70,16 +70,20 @@ static int os_sys_status(long r) {
 }
 #endif
 
-static void *os_mmap(size_t size) {
+/* hint: where the mapping should go if that spot is free (no MAP_FIXED:
+ * the kernel picks another spot otherwise), or NULL */
+static void *os_mmap_hint(void *hint, size_t size) {
     int prot = PROT_READ | PROT_WRITE, flags = MAP_PRIVATE | MAP_ANONYMOUS;
 #if OS_RAW
-    long r = os_sys(SYS_mmap, 0, (long)size, prot, flags, -1, 0);
+    long r = os_sys(SYS_mmap, (long)hint, (long)size, prot, flags, -1, 0);
     return (unsigned long)r > -4096ul ? NULL : (void *)r;
 #else
-    void *p = mmap(NULL, size, prot, flags, -1, 0);
+    void *p = mmap(hint, size, prot, flags, -1, 0);
     return p == MAP_FAILED ? NULL : p;
 #endif
 }
+
+static void *os_mmap(size_t size) { return os_mmap_hint(NULL, size); }
 
 static int os_munmap(void *p, size_t size) {
 #if OS_RAW
@@ -133,15 +137,42 @@ void *os_map(size_t size) {
     return os_mmap(size);
 }
 
+/* The over-map of os_map_aligned did not fit: it asks for almost size +
+ * align for a moment, which a tight address-space limit (RLIMIT_AS) can
+ * refuse when size alone would fit. Map just size bytes; if they are not
+ * aligned, give them back and ask for the aligned spots just below and
+ * just above by address hint (the kernel places new mappings top-down, so
+ * below is the likelier to be free). A hint the kernel cannot honour
+ * gives another address, which goes back too. Found by a tester: under
+ * `ulimit -v 16000` a C++ program's first malloc, the first arena chunk
+ * (8 MiB for a moment), failed, and its first throw ended in
+ * std::terminate; glibc ran it. */
+static void *os_map_aligned_exact(size_t size, size_t align) {
+    char *p = os_mmap(size);
+    if (!p) return NULL;
+    uintptr_t a = (uintptr_t)p;
+    if (!(a & (align - 1))) return p;
+    os_munmap(p, size);
+    uintptr_t spots[2] = {a & ~(uintptr_t)(align - 1), (a + align - 1) & ~(uintptr_t)(align - 1)};
+    for (int i = 0; i < 2; i++) {
+        if (!spots[i]) continue;
+        char *q = os_mmap_hint((void *)spots[i], size);
+        if (q == (char *)spots[i]) return q;
+        if (q) os_munmap(q, size);
+    }
+    return NULL;
+}
+
 /* Map size bytes aligned to align (a power of two >= page): over-map, then
- * trim the ends. */
+ * trim the ends; if the over-map is refused, the exact size at an aligned
+ * spot (os_map_aligned_exact). */
 void *os_map_aligned(size_t size, size_t align) {
     if (align <= TM_PAGE) return os_map(size);
     if (size + align < size) return NULL;
     if (inject_failure()) return NULL;
     size_t total = size + align - TM_PAGE;
     char *p = os_mmap(total);
-    if (!p) return NULL;
+    if (!p) return os_map_aligned_exact(size, align);
     uintptr_t a = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
     size_t head = a - (uintptr_t)p;
     size_t tail = total - head - size;

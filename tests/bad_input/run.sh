@@ -35,6 +35,8 @@
 # huge blocks until ENOMEM, every entry point at the limit, held blocks
 # intact, _heapmin() == 0 at the limit, allocation works again after frees.
 # oom_first.c under `ulimit -d 1000`: the first calls return NULL, ENOMEM.
+# tight_as.c sets RLIMIT_AS from its own VmSize: the first malloc under
+# VmSize + 5 MiB succeeds, and three 3 MiB blocks fit in 10 MiB more.
 #
 # Exits non-zero if any case failed.
 
@@ -53,7 +55,7 @@ LIB=$(readlink -f "$LIB")
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/trimalloc-bad.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 CC=${CC:-gcc}
-for prog in bad_ptr oom oom_first; do
+for prog in bad_ptr oom oom_first tight_as; do
     # -fno-builtin: the compiler must not reason about free()/malloc() of
     # these pointers (it could drop or fold the calls).
     "$CC" -O1 -g -Wall -Wextra -Wno-free-nonheap-object -fno-builtin "$HERE/$prog.c" \
@@ -146,6 +148,17 @@ if [ $rc -eq 0 ] && grep -q '^oom first calls: NULL with ENOMEM$' "$WORK/out"; t
 else
     fail "oom first calls (ulimit -d 1000)" "(exit status $rc)"
     sed 's/^/    /' "$WORK/out" "$WORK/err"
+fi
+
+# A tight address-space limit, set by the program from its own VmSize:
+# what fits must be had (an aligned mapping of the exact size when the
+# over-map is refused).
+(LD_PRELOAD="$LIB" timeout 60 "$WORK/tight_as" >"$WORK/out" 2>"$WORK/err")
+rc=$?
+if [ $rc -eq 0 ] && grep -q '^tight address space: ok$' "$WORK/out"; then
+    pass "tight RLIMIT_AS" "($(sed -n 's/^3 MiB blocks under VmSize + 10 MiB: //p' "$WORK/out") blocks of 3 MiB in 10 MiB)"
+else
+    fail "tight RLIMIT_AS" "(exit status $rc)"
 fi
 
 echo "bad-input tests: $PASSES passed, $FAILS failed ($NOTES notes)"
