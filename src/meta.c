@@ -66,7 +66,7 @@ void *meta_alloc(size_t size) {
          * arena chunk (a tester's C++ program under `ulimit -v 12000` got
          * no memory at all; glibc ran it). A smaller one still, where
          * even that is refused. */
-        size_t len = meta_total ? META_REGION : META_REGION_FIRST;
+        size_t len = meta_cur ? META_REGION : META_REGION_FIRST; /* none yet: the first */
         char *r = meta_map(len);
         if (!r) r = meta_map(len = META_REGION_MIN);
         if (!r) {
