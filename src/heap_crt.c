@@ -620,11 +620,9 @@ TM_EXPORT size_t TM_API(_msize)(void *memblock) {
 
 /* Resize the live block at p (usable size old) to size bytes without
  * moving it, keeping its kind: a small block stays in its class, a large
- * run stays a run within its chunk, a huge mapping grows or shrinks with
- * mremap in place. */
-/* Resize p (usable size old) to size without moving it. A block keeps its
- * kind: a large block is resized in place only to another large size, a
- * huge one only to another huge size. A shrink always succeeds, as
+ * run stays a run within its chunk (resized only to another large size),
+ * a huge mapping grows or shrinks with mremap in place (only to another
+ * huge size). A shrink always succeeds, as
  * Microsoft's does: one to another kind's size leaves the block as it is
  * (as Microsoft's low-fragmentation heap does with its blocks). Until
  * 2026-12-05 such a shrink failed, and with it every _expand of a block
