@@ -5,9 +5,9 @@
  *
  * A bump allocator over 2 MiB regions (the first one 256 KiB) with one
  * free list per rounded size (64-byte steps up to 64 KiB; larger requests
- * get their own mapping). The
- * lock is a leaf (highest rank): nothing is locked while holding it, and
- * the region map happens under it -- metadata regions are rare.
+ * get their own mapping). The lock is a leaf (highest rank): nothing is
+ * locked while holding it, and the region map happens under it --
+ * metadata regions are rare.
  */
 #include "internal.h"
 
