@@ -514,7 +514,7 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *wl = argv[1];
-    for (int i = 2; i < argc; i++) {
+    for (int i = 2; i < argc; i += 2) { /* --flag value pairs */
         if (i + 1 >= argc)
             goto usage;
         if (!strcmp(argv[i], "--threads"))
@@ -523,7 +523,6 @@ int main(int argc, char **argv)
             scale = atof(argv[i + 1]);
         else
             goto usage;
-        i++;
     }
     if (nthreads < 1 || nthreads > 1024 || !(scale > 0))
         goto usage;

@@ -15,7 +15,7 @@
 
 #include <sys/wait.h>
 
-#ifndef TRIMALLOC_PREFIX
+#if !defined(TRIMALLOC_PREFIX) && defined(__OPTIMIZE__) /* see the test */
 /* Rss (kB) of each r-xp mapping of libtrimalloc, in address order. */
 static int tm_code_rss(long rss[], int max)
 {
@@ -130,6 +130,13 @@ static void test_cold_code_stays_out_of_memory(void **state)
     (void)state;
 #ifdef TRIMALLOC_PREFIX
     skip(); /* linked in statically: no mapping of its own */
+#elif !defined(__OPTIMIZE__)
+    /* A build without optimisation (Debug) keeps the hot path's inline
+     * helpers as functions of their own, which the hot list does not name:
+     * the layout is for optimised builds (found by a tester: 56-68 kB of
+     * cold code resident in Debug builds, gcc and clang). */
+    print_message("built without optimisation: the code layout is not kept\n");
+    skip();
 #else
     small_workload();
     long rss[4];
