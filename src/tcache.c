@@ -369,8 +369,17 @@ static uint32_t bin_cap_start(unsigned cls) {
     return cap < TC_START_SLOTS ? cap : TC_START_SLOTS;
 }
 
+/* The growth bound in bytes scales down with tcache_scale as the
+ * capacities do (not up: a scale above 100 already raises the capacities
+ * it multiplies by TC_GROW_MAX). Until 2026-12-05 it did not, and at
+ * tcache_scale:25 a grown bin could reach the default capacity: an outside
+ * tester's threads, cycling bursts of 48 sizes up to 8 KiB, held 1.09 MiB
+ * of cache each (2.5 at the default scale), where tuning.md promised a
+ * quarter. */
 static uint32_t bin_cap_max(unsigned cls) {
-    uint32_t cap = bin_cap(cls), by_bytes = tc_grow_bytes(tm_classes[cls].size) / tm_classes[cls].size;
+    uint64_t pct = tm_opt.tcache_scale_pct < 100 ? (uint64_t)tm_opt.tcache_scale_pct : 100;
+    uint32_t grow = (uint32_t)((uint64_t)tc_grow_bytes(tm_classes[cls].size) * pct / 100);
+    uint32_t cap = bin_cap(cls), by_bytes = grow / tm_classes[cls].size;
     uint32_t max = cap * TC_GROW_MAX < by_bytes ? cap * TC_GROW_MAX : by_bytes;
     return max > cap ? max : cap;
 }

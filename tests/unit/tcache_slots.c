@@ -204,12 +204,63 @@ static void test_capacity_slots_go_back_when_the_thread_exits(void **state) {
         fail_msg("%u of the exited thread's capacity-slot pages are still resident", dead);
 }
 
-int main(void) {
+/* ---- growth scales down with tcache_scale ------------------------------------------
+ * A thread that allocates and frees bursts of 64 blocks of 4 KiB grows that
+ * bin. At tcache_scale:25 its capacity is 8 blocks, and it may grow to 4
+ * times that and to a quarter of the 256 KiB growth bound: 16 blocks. Until
+ * 2026-12-05 the bound in bytes did not scale, and the bin reached 32
+ * blocks, the default capacity (found by a tester: 1.09 MiB of cache per
+ * thread at tcache_scale:25, where a quarter of 2.5 was expected). Runs in
+ * a child started with TRIMALLOC_CONF (tcache_scale is start-up only). */
+enum { GROW_SIZE = 4096, GROW_BURST = 64, GROW_LIMIT = 16 };
+
+static void *grow_bursts(void *arg) {
+    uint32_t *cap = arg;
+    void *p[GROW_BURST];
+    for (int round = 0; round < 30; round++) {
+        for (int i = 0; i < GROW_BURST; i++)
+            if (!(p[i] = TM_API(malloc)(GROW_SIZE))) return (void *)1;
+        for (int i = 0; i < GROW_BURST; i++) TM_API(free)(p[i]);
+    }
+    *cap = tc_bin_cap(&tm_tls.own->bins[cls_of(GROW_SIZE)]);
+    return NULL;
+}
+
+static int child(const char *conf) {
+    uint32_t cap = 0;
+    pthread_t t;
+    void *r = NULL;
+    if (pthread_create(&t, NULL, grow_bursts, &cap) || pthread_join(t, &r) || r) return 10;
+    if (strcmp(conf, "tcache_scale:25") == 0 && cap > GROW_LIMIT) {
+        fprintf(stderr, "the %d-byte bin grew to %u blocks at %s (at most %d)\n", GROW_SIZE, cap,
+                conf, GROW_LIMIT);
+        return 1;
+    }
+    if (strcmp(conf, "tcache_scale:100") == 0 && cap <= 32) {
+        fprintf(stderr, "the %d-byte bin did not grow past its capacity of 32 at %s (%u)\n",
+                GROW_SIZE, conf, cap);
+        return 2;
+    }
+    return 0;
+}
+
+static void test_growth_scales_with_tcache_scale(void **state) {
+    (void)state;
+    static const char *confs[] = {"tcache_scale:25", "tcache_scale:100"};
+    for (size_t k = 0; k < TU_ARRAY_LEN(confs); k++) {
+        int rc = tu_run_self_child(confs[k]);
+        if (rc != 0) fail_msg("TRIMALLOC_CONF=%s: child exit status %d", confs[k], rc);
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 3 && strcmp(argv[1], "child") == 0) return child(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_few_blocks_stay_in_the_start_slots),
         cmocka_unit_test(test_a_burst_moves_the_bin_to_its_capacity),
         cmocka_unit_test(test_a_consumer_moves_the_bin_to_its_capacity),
         cmocka_unit_test(test_capacity_slots_go_back_when_the_thread_exits),
+        cmocka_unit_test(test_growth_scales_with_tcache_scale),
     };
     return cmocka_run_group_tests_name("unit_tcache_slots (" TU_FLAVOUR ")", tests, NULL, NULL);
 }
