@@ -379,7 +379,7 @@ void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
     uintptr_t a = (uintptr_t)p;
     uintptr_t e = pagemap_lookup(a);
     tm_chunk_t *c = chunk_of_entry(e);
-    if (c && (c->fast[(a - c->base) >> TM_PAGE_SHIFT] & 0xff)) {
+    if (c && (__atomic_load_n(&c->fast[(a - c->base) >> TM_PAGE_SHIFT], __ATOMIC_RELAXED) & 0xff)) {
         /* small: keep the block while the new size lands in the same class */
         if (size <= old && size_class_of(size) == size_class_of(old)) return p;
     } else if (c) {

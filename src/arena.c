@@ -674,7 +674,8 @@ static void large_free_report(unsigned kind, void *p) {
  * takes the block's TM_FAST_LARGE first, as a thread of another arena does
  * when it queues the block (tcache_free_large, with a CAS and without this
  * lock): of two threads freeing one block at the same moment, one frees or
- * queues it and the other reports a double free. Before 2026-12-05 this
+ * queues it and the other is reported (a double free, or an invalid
+ * pointer once the winner merged the run with a free neighbour). Before 2026-12-05 this
  * path read only pages[].kind, so a queueing CAS between the other
  * thread's test and this free went unseen, and the run was freed twice
  * (found by a tester: 3-9 blocks handed out twice per 40 000 racing double
@@ -689,8 +690,18 @@ void arena_free_large(tm_chunk_t *c, uint32_t page, void *p) {
            !__atomic_compare_exchange_n(&c->fast[page], &f, f & ~TM_FAST_LARGE, false,
                                         __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
     }
-    if (f & TM_FAST_QUEUED) kind = PAGE_FREE; /* another thread queued it first */
-    else freed = large_free_locked(a, c, page, p, &kind);
+    if (f & TM_FAST_LARGE) {
+        freed = large_free_locked(a, c, page, p, &kind);
+    } else {
+        /* Not a block the program holds: queued by another thread (freed
+         * already), a free run, or a run the allocator holds for itself
+         * while it gives its pages back with the lock dropped (PAGE_LARGE
+         * with a zero entry: run_hold_locked). Until 2026-12-05 that last
+         * one was freed here, under the purge's madvise, by a late double
+         * free (a reviewer's finding). Each is reported, none freed. */
+        kind = c->pages[page].kind;
+        if (f & TM_FAST_QUEUED || kind == PAGE_LARGE) kind = PAGE_FREE; /* a double free */
+    }
     pthread_mutex_unlock(&a->lock);
     if (unlikely(!freed)) large_free_report(kind, p);
 }
@@ -742,10 +753,13 @@ size_t arena_large_usable(tm_chunk_t *c, uint32_t page, bool *freed) {
     size_t r = 0;
     tm_lock(&a->lock);
     tm_page_t *h = &c->pages[page];
-    bool queued = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & TM_FAST_QUEUED;
-    if (h->kind == PAGE_LARGE && !queued) r = (size_t)h->npages << TM_PAGE_SHIFT;
-    /* what free() would call it (large_free_report) */
-    if (freed) *freed = queued || h->kind == PAGE_FREE || h->kind == PAGE_UNUSED;
+    uint32_t f = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED);
+    /* the program holds it only with TM_FAST_LARGE (arena_free_large) */
+    if (h->kind == PAGE_LARGE && (f & TM_FAST_LARGE)) r = (size_t)h->npages << TM_PAGE_SHIFT;
+    /* what free() would call it (arena_free_large, large_free_report) */
+    if (freed)
+        *freed = !r && ((f & TM_FAST_QUEUED) || h->kind == PAGE_LARGE || h->kind == PAGE_FREE ||
+                        h->kind == PAGE_UNUSED);
     pthread_mutex_unlock(&a->lock);
     return r;
 }
@@ -766,7 +780,8 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
     bool ok = false;
     tm_lock(&a->lock);
     tm_page_t *h = &c->pages[page];
-    if (h->kind == PAGE_LARGE) {
+    uint32_t f = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED);
+    if (h->kind == PAGE_LARGE && (f & TM_FAST_LARGE)) { /* a block the program holds */
         uint32_t n = h->npages;
         if (nn == n) ok = true;
         else if (nn < n) {
@@ -777,9 +792,11 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
             a->large_allocated += (size_t)(nn - n) << TM_PAGE_SHIFT;
             ok = true;
         }
-        if (ok && nn != n && (__atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & TM_FAST_LARGE))
-            __atomic_store_n(&c->fast[page], TM_FAST_LARGE_ENTRY(TM_FAST_LARGE, nn),
-                             __ATOMIC_RELAXED);
+        /* a CAS: a racing free() from another arena's thread may have
+         * queued the block meanwhile, and its entry must stay QUEUED */
+        if (ok && nn != n)
+            __atomic_compare_exchange_n(&c->fast[page], &f, TM_FAST_LARGE_ENTRY(TM_FAST_LARGE, nn),
+                                        false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&a->lock);
     return ok;

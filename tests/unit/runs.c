@@ -107,6 +107,49 @@ static void test_resize_in_place(void **state) {
     arena_free_large(c, page, p);
 }
 
+/* A run the allocator holds for itself -- a growth purge or decay gives
+ * its pages back with the lock dropped, and marks it PAGE_LARGE with a
+ * zero page entry meanwhile (run_hold_locked) -- is no block of the
+ * program's: a late double free of an address it starts with is reported
+ * and frees nothing (until 2026-12-05 it freed the run under the purge's
+ * madvise, found by a reviewer), and realloc and malloc_usable_size do not
+ * take it for a live block. Simulated with a block whose entry is cleared
+ * (the state run_hold_locked leaves); abort_on_error:0 lets the reports
+ * through. */
+static void test_a_held_run_is_not_the_programs(void **state) {
+    (void)state;
+    tm_init();
+    tm_arena_t *a = arena_get(0);
+    void *p = arena_alloc_large(a, 64 * 1024, 0, false);
+    assert_non_null(p);
+    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
+    uint32_t page = (uint32_t)(((uintptr_t)p - c->base) >> TM_PAGE_SHIFT);
+    uint32_t entry = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED);
+    assert_true(entry & TM_FAST_LARGE);
+    __atomic_store_n(&c->fast[page], 0, __ATOMIC_RELAXED); /* held by the allocator now */
+    size_t held = a->large_allocated;
+    long abort_was = tm_opt.abort_on_error;
+    tm_opt.abort_on_error = 0;
+    arena_free_large(c, page, p);
+    bool freed = false;
+    size_t usable = arena_large_usable(c, page, &freed);
+    bool resized = arena_large_resize_in_place(c, page, 32 * 1024);
+    tm_opt.abort_on_error = abort_was;
+    assert_int_equal(c->pages[page].kind, PAGE_LARGE); /* still held, still whole */
+    assert_int_equal(c->pages[page].npages, 16);
+    assert_int_equal(a->large_allocated, held);
+    assert_int_equal(usable, 0);
+    assert_true(freed); /* named a double free */
+    assert_false(resized);
+    /* the program's again: freed as usual */
+    __atomic_store_n(&c->fast[page], entry, __ATOMIC_RELAXED);
+    arena_free_large(c, page, p);
+    assert_int_equal(a->large_allocated, held - 64 * 1024);
+    pthread_mutex_lock(&a->lock);
+    check_chunk(c);
+    pthread_mutex_unlock(&a->lock);
+}
+
 static void test_purge_unmaps_empty_chunks(void **state) {
     (void)state;
     tm_init();
@@ -138,6 +181,7 @@ int main(void) {
         cmocka_unit_test(test_large_runs_coalesce),
         cmocka_unit_test(test_aligned_runs),
         cmocka_unit_test(test_resize_in_place),
+        cmocka_unit_test(test_a_held_run_is_not_the_programs),
         cmocka_unit_test(test_purge_unmaps_empty_chunks),
     };
     return cmocka_run_group_tests_name("unit_runs", tests, NULL, NULL);
