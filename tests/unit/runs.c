@@ -88,14 +88,23 @@ static void test_aligned_runs(void **state) {
     }
 }
 
+/* A large block of size bytes from arena 0, with its chunk and page. */
+static void *arena0_large(size_t size, tm_arena_t **a, tm_chunk_t **c, uint32_t *page) {
+    tm_init();
+    *a = arena_get(0);
+    void *p = arena_alloc_large(*a, size, 0, false);
+    assert_non_null(p);
+    *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
+    *page = (uint32_t)(((uintptr_t)p - (*c)->base) >> TM_PAGE_SHIFT);
+    return p;
+}
+
 static void test_resize_in_place(void **state) {
     (void)state;
-    tm_init();
-    tm_arena_t *a = arena_get(0);
-    void *p = arena_alloc_large(a, 100 * 1024, 0, false);
-    assert_non_null(p);
-    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
-    uint32_t page = (uint32_t)(((uintptr_t)p - c->base) >> TM_PAGE_SHIFT);
+    tm_arena_t *a;
+    tm_chunk_t *c;
+    uint32_t page;
+    void *p = arena0_large(100 * 1024, &a, &c, &page);
     assert_true(arena_large_resize_in_place(c, page, 40 * 1024));
     assert_int_equal(arena_large_usable(c, page, NULL), 40 * 1024);
     pthread_mutex_lock(&a->lock);
@@ -118,12 +127,10 @@ static void test_resize_in_place(void **state) {
  * through. */
 static void test_a_held_run_is_not_the_programs(void **state) {
     (void)state;
-    tm_init();
-    tm_arena_t *a = arena_get(0);
-    void *p = arena_alloc_large(a, 64 * 1024, 0, false);
-    assert_non_null(p);
-    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
-    uint32_t page = (uint32_t)(((uintptr_t)p - c->base) >> TM_PAGE_SHIFT);
+    tm_arena_t *a;
+    tm_chunk_t *c;
+    uint32_t page;
+    void *p = arena0_large(64 * 1024, &a, &c, &page);
     uint32_t entry = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED);
     assert_true(entry & TM_FAST_LARGE);
     __atomic_store_n(&c->fast[page], 0, __ATOMIC_RELAXED); /* held by the allocator now */
