@@ -392,8 +392,12 @@ void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
         /* in place or moved by mremap; if the kernel cannot (no memory, or
          * the program split the block's mapping, say by mprotect or
          * madvise on part of it), a copy below */
-        bool kernel_zero = false; /* grown by mremap: new pages */
-        void *np = huge_realloc((tm_huge_t *)e, p, size, &kernel_zero);
+        bool kernel_zero = false, refused = false; /* grown by mremap: new pages */
+        void *np = huge_realloc((tm_huge_t *)e, p, size, &kernel_zero, &refused);
+        if (refused) { /* freed or resized by another thread meanwhile: reported */
+            errno = EINVAL;
+            return NULL;
+        }
         if (np) {
             if (tail_zero) *tail_zero = kernel_zero && !tm_opt.junk; /* junk fills them next */
             if (unlikely(tm_opt.junk) || (unlikely(tm_opt.zero) && !kernel_zero)) tm_fill_grown(np, old);

@@ -470,7 +470,13 @@ static int chunk_next_locked(tm_chunk_t *c, uintptr_t from, walk_entry_t *out) {
         uintptr_t rs = chunk_page_addr(c, p);
         if (h->kind != PAGE_SLAB) {
             if (rs >= from) {
-                *out = (walk_entry_t){rs, (size_t)n << TM_PAGE_SHIFT, h->kind == PAGE_LARGE};
+                /* used only if the program holds it: a run the allocator
+                 * holds while it purges (a zero entry) or a block waiting
+                 * in a remote-free queue is free to the program (until
+                 * 2026-12-05 both were listed as used; a reviewer) */
+                bool used = h->kind == PAGE_LARGE &&
+                            (__atomic_load_n(&c->fast[p], __ATOMIC_RELAXED) & TM_FAST_LARGE);
+                *out = (walk_entry_t){rs, (size_t)n << TM_PAGE_SHIFT, used};
                 return _HEAPOK;
             }
         } else {

@@ -291,7 +291,7 @@ void huge_free(tm_huge_t *h, void *p) {
         tm_invalid_pointer("free", p);
         return;
     }
-    if (unlikely(h->freed_ns)) {
+    if (unlikely(h->freed_ns || h->moving)) { /* freed, or a resize of it is under way */
         pthread_mutex_unlock(&huge_mu);
         tm_double_free("free", p);
         return;
@@ -331,22 +331,56 @@ void huge_free(tm_huge_t *h, void *p) {
     }
 }
 
+/* Claim the live huge block h at p for a resize by this thread: under
+ * huge_mu, p must be h's base and h neither freed nor being resized by
+ * another call, and h->moving is set until the resize ends -- huge_free
+ * refuses such a block, and _heapchk meanwhile does not take the entry at
+ * a grown block's new spot for a broken heap. false (reported under the
+ * caller's name) when the program frees or resizes one block from two
+ * threads at once. Until 2026-12-05 the resize read h under the lock but
+ * worked on it after, unclaimed: a free() of the block meanwhile put it
+ * in the huge cache, the resize then wrote its new address into the
+ * cached descriptor, and the next huge malloc got the same block (found
+ * by a reviewer; 3 runs of 3). */
+static bool huge_claim(tm_huge_t *h, void *p, const char *call, size_t *mapped, size_t *size) {
+    tm_lock(&huge_mu);
+    bool base = h->base == (uintptr_t)p, ok = base && !h->freed_ns && !h->moving;
+    if (ok) {
+        h->moving = true;
+        *mapped = h->mapped;
+        *size = h->size;
+    }
+    pthread_mutex_unlock(&huge_mu);
+    if (!ok) {
+        if (base) tm_double_free(call, p);
+        else tm_invalid_pointer(call, p);
+    }
+    return ok;
+}
+
+static void huge_unclaim(tm_huge_t *h) {
+    tm_lock(&huge_mu);
+    h->moving = false;
+    pthread_mutex_unlock(&huge_mu);
+}
+
 /* Resize the huge block at p to size bytes (size above the huge
- * threshold). Returns the new address, or NULL with the block unchanged. */
-void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero) {
+ * threshold). Returns the new address, or NULL with the block unchanged;
+ * *refused is set if the block could not be claimed (reported), when the
+ * caller must not fall back to a copy. */
+void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero, bool *refused) {
     size_t msize = huge_map_size(size);
     if (msize < size) return NULL;
-    tm_lock(&huge_mu);
-    size_t old_mapped = h->mapped, old_size = h->size;
-    /* a growth may move it: _heapchk, meanwhile, must not take the entry
-     * at the new spot for a broken heap */
-    h->moving = old_mapped == old_size && msize > old_mapped;
-    pthread_mutex_unlock(&huge_mu);
+    size_t old_mapped, old_size;
+    if (!huge_claim(h, p, "realloc", &old_mapped, &old_size)) {
+        *refused = true;
+        return NULL;
+    }
     if (old_mapped != old_size) { /* guarded: move to a new guarded block */
         void *np = huge_alloc(size, 0, false);
-        if (!np) return NULL;
-        memcpy(np, p, old_size < msize ? old_size : msize);
-        huge_free(h, p);
+        if (np) memcpy(np, p, old_size < msize ? old_size : msize);
+        huge_unclaim(h);
+        if (np) huge_free(h, p);
         return np;
     }
     void *np = p;
@@ -358,9 +392,7 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero) {
             msize = old_mapped;
         }
     } else if (!(np = huge_grow(h, msize))) {
-        tm_lock(&huge_mu);
-        h->moving = false;
-        pthread_mutex_unlock(&huge_mu);
+        huge_unclaim(h);
         return NULL;
     } else if (grown_zero) {
         *grown_zero = true; /* mremap's new pages */
@@ -415,12 +447,12 @@ void huge_fork_child(void) { pthread_mutex_init(&huge_mu, NULL); }
 /* Resize without moving (for _expand): shrink, or grow with mremap in
  * place. Returns true on success. */
 bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size) {
-    size_t msize = huge_map_size(size);
-    if (msize < size || h->base != (uintptr_t)p) return false;
-    tm_lock(&huge_mu);
-    size_t old_mapped = h->mapped, old_size = h->size;
-    pthread_mutex_unlock(&huge_mu);
-    if (old_mapped != old_size) return msize <= old_size; /* guarded: no resizing */
+    size_t msize = huge_map_size(size), old_mapped, old_size;
+    if (msize < size || !huge_claim(h, p, "_expand", &old_mapped, &old_size)) return false;
+    if (old_mapped != old_size) { /* guarded: no resizing */
+        huge_unclaim(h);
+        return msize <= old_size;
+    }
     if (msize <= old_mapped) {
         if (old_mapped - msize >= TM_CHUNK) {
             os_unmap((char *)p + msize, old_mapped - msize);
@@ -429,9 +461,11 @@ bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size) {
             msize = old_mapped;
         }
     } else if (!os_remap(p, old_mapped, msize, 0, NULL)) {
+        huge_unclaim(h);
         return false;
     }
     tm_lock(&huge_mu);
+    h->moving = false;
     HUGE_ADD(huge_live_bytes, msize - h->size);
     HUGE_ADD(huge_live_mapped, msize - h->mapped);
     h->size = msize;

@@ -370,7 +370,7 @@ tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out);
 /* ---- huge.c ------------------------------------------------------------------------- */
 void *huge_alloc(size_t size, size_t align, bool zero);
 void huge_free(tm_huge_t *h, void *p);
-void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero);
+void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero, bool *refused);
 bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size);
 size_t huge_release_cache(unsigned *failures); /* unmap cached huge mappings */
 size_t huge_allocated(void);

@@ -121,8 +121,8 @@ static void test_resize_in_place(void **state) {
  * zero page entry meanwhile (run_hold_locked) -- is no block of the
  * program's: a late double free of an address it starts with is reported
  * and frees nothing (until 2026-12-05 it freed the run under the purge's
- * madvise, found by a reviewer), and realloc and malloc_usable_size do not
- * take it for a live block. Simulated with a block whose entry is cleared
+ * madvise, found by a reviewer), and realloc, malloc_usable_size and
+ * _heapwalk do not take it for a live block. Simulated with a block whose entry is cleared
  * (the state run_hold_locked leaves); abort_on_error:0 lets the reports
  * through. */
 static void test_a_held_run_is_not_the_programs(void **state) {
@@ -142,6 +142,12 @@ static void test_a_held_run_is_not_the_programs(void **state) {
     size_t usable = arena_large_usable(c, page, &freed);
     bool resized = arena_large_resize_in_place(c, page, 32 * 1024);
     tm_opt.abort_on_error = abort_was;
+    /* _heapwalk lists it as free to the program */
+    _HEAPINFO e = {0};
+    int useflag = -1;
+    while (TM_API(_heapwalk)(&e) == _HEAPOK)
+        if ((void *)e._pentry == p) useflag = e._useflag;
+    assert_int_equal(useflag, _FREEENTRY);
     assert_int_equal(c->pages[page].kind, PAGE_LARGE); /* still held, still whole */
     assert_int_equal(c->pages[page].npages, 16);
     assert_int_equal(a->large_allocated, held);
