@@ -665,8 +665,17 @@ static size_t large_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, voi
     return (size_t)n << TM_PAGE_SHIFT;
 }
 
-static void large_free_report(unsigned kind, void *p) {
-    if (kind == PAGE_FREE || kind == PAGE_UNUSED) tm_double_free("free", p);
+/* Whether a large-run address the program does not hold (its entry f has
+ * no TM_FAST_LARGE; kind is its page's) was freed before, as opposed to
+ * never a block start: queued by a remote free, a free run, or a run the
+ * allocator holds for itself while it purges (PAGE_LARGE with no flag:
+ * run_hold_locked). */
+static bool large_was_freed(uint32_t f, unsigned kind) {
+    return (f & TM_FAST_QUEUED) || kind == PAGE_LARGE || kind == PAGE_FREE || kind == PAGE_UNUSED;
+}
+
+static void large_free_report(uint32_t f, unsigned kind, void *p) {
+    if (large_was_freed(f, kind)) tm_double_free("free", p);
     else tm_invalid_pointer("free", p);
 }
 
@@ -693,17 +702,14 @@ void arena_free_large(tm_chunk_t *c, uint32_t page, void *p) {
     if (f & TM_FAST_LARGE) {
         freed = large_free_locked(a, c, page, p, &kind);
     } else {
-        /* Not a block the program holds: queued by another thread (freed
-         * already), a free run, or a run the allocator holds for itself
-         * while it gives its pages back with the lock dropped (PAGE_LARGE
-         * with a zero entry: run_hold_locked). Until 2026-12-05 that last
-         * one was freed here, under the purge's madvise, by a late double
-         * free (a reviewer's finding). Each is reported, none freed. */
+        /* Not a block the program holds (large_was_freed says which kind
+         * of address): reported, not freed. Until 2026-12-05 a run the
+         * allocator holds while it purges was freed here, under the
+         * purge's madvise, by a late double free (a reviewer's finding). */
         kind = c->pages[page].kind;
-        if (f & TM_FAST_QUEUED || kind == PAGE_LARGE) kind = PAGE_FREE; /* a double free */
     }
     pthread_mutex_unlock(&a->lock);
-    if (unlikely(!freed)) large_free_report(kind, p);
+    if (unlikely(!freed)) large_free_report(f, kind, p);
 }
 
 /* Free n large blocks queued by a thread of another arena
@@ -739,7 +745,7 @@ size_t arena_free_large_batch(void **runs, unsigned n) {
             }
         }
         pthread_mutex_unlock(&a->lock);
-        if (bad) large_free_report(kind, bad);
+        if (bad) large_free_report(0, kind, bad);
         /* other arenas' runs first, then those not looked at yet */
         if (i < n) memmove(runs + keep, runs + i, (n - i) * sizeof *runs);
         n = keep + (n - i);
@@ -756,10 +762,7 @@ size_t arena_large_usable(tm_chunk_t *c, uint32_t page, bool *freed) {
     uint32_t f = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED);
     /* the program holds it only with TM_FAST_LARGE (arena_free_large) */
     if (h->kind == PAGE_LARGE && (f & TM_FAST_LARGE)) r = (size_t)h->npages << TM_PAGE_SHIFT;
-    /* what free() would call it (arena_free_large, large_free_report) */
-    if (freed)
-        *freed = !r && ((f & TM_FAST_QUEUED) || h->kind == PAGE_LARGE || h->kind == PAGE_FREE ||
-                        h->kind == PAGE_UNUSED);
+    if (freed) *freed = !r && large_was_freed(f, h->kind); /* as free() names it */
     pthread_mutex_unlock(&a->lock);
     return r;
 }

@@ -88,32 +88,36 @@ static void test_aligned_runs(void **state) {
     }
 }
 
-/* A large block of size bytes from arena 0, with its chunk and page. */
-static void *arena0_large(size_t size, tm_arena_t **a, tm_chunk_t **c, uint32_t *page) {
+/* A large block of arena 0, with its chunk and page. */
+typedef struct large {
+    tm_arena_t *a;
+    tm_chunk_t *c;
+    uint32_t page;
+    void *p;
+} large_t;
+
+static large_t arena0_large(size_t size) {
     tm_init();
-    *a = arena_get(0);
-    void *p = arena_alloc_large(*a, size, 0, false);
-    assert_non_null(p);
-    *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
-    *page = (uint32_t)(((uintptr_t)p - (*c)->base) >> TM_PAGE_SHIFT);
-    return p;
+    large_t b = {.a = arena_get(0)};
+    b.p = arena_alloc_large(b.a, size, 0, false);
+    assert_non_null(b.p);
+    b.c = chunk_of_entry(pagemap_lookup((uintptr_t)b.p));
+    b.page = (uint32_t)(((uintptr_t)b.p - b.c->base) >> TM_PAGE_SHIFT);
+    return b;
 }
 
 static void test_resize_in_place(void **state) {
     (void)state;
-    tm_arena_t *a;
-    tm_chunk_t *c;
-    uint32_t page;
-    void *p = arena0_large(100 * 1024, &a, &c, &page);
-    assert_true(arena_large_resize_in_place(c, page, 40 * 1024));
-    assert_int_equal(arena_large_usable(c, page, NULL), 40 * 1024);
-    pthread_mutex_lock(&a->lock);
-    check_chunk(c);
-    pthread_mutex_unlock(&a->lock);
+    large_t b = arena0_large(100 * 1024);
+    assert_true(arena_large_resize_in_place(b.c, b.page, 40 * 1024));
+    assert_int_equal(arena_large_usable(b.c, b.page, NULL), 40 * 1024);
+    pthread_mutex_lock(&b.a->lock);
+    check_chunk(b.c);
+    pthread_mutex_unlock(&b.a->lock);
     /* the pages just given back are free right after it: growing works */
-    assert_true(arena_large_resize_in_place(c, page, 90 * 1024));
-    assert_int_equal(arena_large_usable(c, page, NULL), 92 * 1024);
-    arena_free_large(c, page, p);
+    assert_true(arena_large_resize_in_place(b.c, b.page, 90 * 1024));
+    assert_int_equal(arena_large_usable(b.c, b.page, NULL), 92 * 1024);
+    arena_free_large(b.c, b.page, b.p);
 }
 
 /* A run the allocator holds for itself -- a growth purge or decay gives
@@ -122,45 +126,42 @@ static void test_resize_in_place(void **state) {
  * program's: a late double free of an address it starts with is reported
  * and frees nothing (until 2026-12-05 it freed the run under the purge's
  * madvise, found by a reviewer), and realloc, malloc_usable_size and
- * _heapwalk do not take it for a live block. Simulated with a block whose entry is cleared
- * (the state run_hold_locked leaves); abort_on_error:0 lets the reports
- * through. */
+ * _heapwalk do not take it for a live block. Simulated with a block whose
+ * entry is cleared (the state run_hold_locked leaves); abort_on_error:0
+ * lets the reports through. */
 static void test_a_held_run_is_not_the_programs(void **state) {
     (void)state;
-    tm_arena_t *a;
-    tm_chunk_t *c;
-    uint32_t page;
-    void *p = arena0_large(64 * 1024, &a, &c, &page);
-    uint32_t entry = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED);
+    large_t b = arena0_large(64 * 1024);
+    uint32_t entry = __atomic_load_n(&b.c->fast[b.page], __ATOMIC_RELAXED);
     assert_true(entry & TM_FAST_LARGE);
-    __atomic_store_n(&c->fast[page], 0, __ATOMIC_RELAXED); /* held by the allocator now */
-    size_t held = a->large_allocated;
+    __atomic_store_n(&b.c->fast[b.page], 0, __ATOMIC_RELAXED); /* held by the allocator now */
+    size_t held = b.a->large_allocated;
     long abort_was = tm_opt.abort_on_error;
     tm_opt.abort_on_error = 0;
-    arena_free_large(c, page, p);
+    arena_free_large(b.c, b.page, b.p);
     bool freed = false;
-    size_t usable = arena_large_usable(c, page, &freed);
-    bool resized = arena_large_resize_in_place(c, page, 32 * 1024);
+    size_t usable = arena_large_usable(b.c, b.page, &freed);
+    bool resized = arena_large_resize_in_place(b.c, b.page, 32 * 1024);
     tm_opt.abort_on_error = abort_was;
     /* _heapwalk lists it as free to the program */
     _HEAPINFO e = {0};
     int useflag = -1;
     while (TM_API(_heapwalk)(&e) == _HEAPOK)
-        if ((void *)e._pentry == p) useflag = e._useflag;
+        if ((void *)e._pentry == b.p) useflag = e._useflag;
     assert_int_equal(useflag, _FREEENTRY);
-    assert_int_equal(c->pages[page].kind, PAGE_LARGE); /* still held, still whole */
-    assert_int_equal(c->pages[page].npages, 16);
-    assert_int_equal(a->large_allocated, held);
+    assert_int_equal(b.c->pages[b.page].kind, PAGE_LARGE); /* still held, still whole */
+    assert_int_equal(b.c->pages[b.page].npages, 16);
+    assert_int_equal(b.a->large_allocated, held);
     assert_int_equal(usable, 0);
     assert_true(freed); /* named a double free */
     assert_false(resized);
     /* the program's again: freed as usual */
-    __atomic_store_n(&c->fast[page], entry, __ATOMIC_RELAXED);
-    arena_free_large(c, page, p);
-    assert_int_equal(a->large_allocated, held - 64 * 1024);
-    pthread_mutex_lock(&a->lock);
-    check_chunk(c);
-    pthread_mutex_unlock(&a->lock);
+    __atomic_store_n(&b.c->fast[b.page], entry, __ATOMIC_RELAXED);
+    arena_free_large(b.c, b.page, b.p);
+    assert_int_equal(b.a->large_allocated, held - 64 * 1024);
+    pthread_mutex_lock(&b.a->lock);
+    check_chunk(b.c);
+    pthread_mutex_unlock(&b.a->lock);
 }
 
 static void test_purge_unmaps_empty_chunks(void **state) {
