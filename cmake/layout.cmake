@@ -59,6 +59,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   tcache_registry_first xfer_fork_prepare xfer_fork_parent xfer_fork_child
   tcache_fork_child tcache_free_large tcache_large_reuse
   bin_reset bin_restart bin_cap_start bin_cap_max refill_want slots_release_first slots_purge_grown
+  cache_share cap_now max_now
   xfer_flush_arena arena_bind_locked
   # arena.c
   arena_get arena_choose_locked arena_refill arena_flush arena_alloc_large
@@ -88,7 +89,7 @@ set(TRIMALLOC_HOT_DATA
   # Written at start-up or by any allocation: 2.4 KiB, ordered so that the
   # 32-byte-aligned ones (locks, tables) leave no padding before the next
   # (the 8-, 4- and 1-byte ones fill their tails).
-  init_lock init_owner tm_cookie_key slot_total
+  init_lock init_owner tm_cookie_key slot_total base_cache_bytes full_cache_bytes
   tm_opt slot_grown_start
   tm_bin_tiny tc_key_ok tm_initialized tm_fork_ready init_running tc_key registry_count tm_narenas registry
   tm_class_fast recycled meta_cur meta_end

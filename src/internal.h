@@ -476,6 +476,7 @@ TM_INLINE int tm_trylock(pthread_mutex_t *m) {
 typedef struct tm_opts {
     long narenas;
     long tcache_scale_pct;
+    long tcache_total_mb;
     long huge_threshold;
     long junk;
     long zero;

@@ -20,6 +20,8 @@ tm_opts_t tm_opt;
       "number of arenas; 0 = 2 x the CPUs this process may run on (at most 256)")             \
     X("tcache_scale", tcache_scale_pct, 100, 0, 1000, 0,                                     \
       "thread-cache capacity in percent of the default (0 disables caching)")                 \
+    X("tcache_total_mb", tcache_total_mb, 64, 0, 1 << 20, 1,                                 \
+      "MiB the caches of all threads may hold together, shared by the live threads (0 = no common bound)") \
     X("huge_threshold", huge_threshold, 2 << 20, 64 << 10, 4 << 20, 1,                      \
       "bytes above which a block gets its own mapping (64 KiB..4 MiB)")                      \
     X("junk", junk, 0, 0, 1, 0,                                                             \
