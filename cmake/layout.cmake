@@ -67,7 +67,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   arena_large_resize_in_place slab_of
   slab_destroy_locked slab_set_fresh_locked slab_set_purged_locked arena_release_idle_slab
   arena_release_empty_slabs
-  arena_fork_prepare arena_fork_parent arena_fork_child
+  arena_fork_prepare arena_fork_parent arena_fork_child arena_lock_settled
   # chunk.c
   chunk_create chunk_attach_locked run_alloc_locked run_free_locked arena_decay_tick
   run_insert_free_locked runs_index_insert_locked runs_index_remove_locked

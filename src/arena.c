@@ -817,16 +817,17 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
  * metadata locks come after the arenas here. (A fork from a signal handler
  * that interrupted such a section of its own thread would wait for good;
  * one that interrupted a locked section always did.) */
+void arena_lock_settled(tm_arena_t *a) {
+    tm_lock(&a->lock);
+    /* blocks (a yield loop hung a SCHED_FIFO forker whose CPU the
+     * section's lower-priority thread then never got back) */
+    while (a->dropped) pthread_cond_wait(&a->undropped, &a->lock);
+}
+
 void arena_fork_prepare(void) {
     tm_lock(&arenas_lock);
-    for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
-        tm_arena_t *a = tm_arenas[i];
-        if (!a) continue;
-        tm_lock(&a->lock);
-        /* blocks (a yield loop hung a SCHED_FIFO forker whose CPU the
-         * section's lower-priority thread then never got back) */
-        while (a->dropped) pthread_cond_wait(&a->undropped, &a->lock);
-    }
+    for (unsigned i = 0; i < TM_MAX_ARENAS; i++)
+        if (tm_arenas[i]) arena_lock_settled(tm_arenas[i]);
 }
 
 void arena_fork_parent(void) {

@@ -794,11 +794,16 @@ uint32_t chunk_slot_take_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uin
          * the free slots are all on pages being given back */
         tm_assert(c->slab_busy != 0);
         run_mark(c, page, npages, PAGE_UNUSED); /* no free merges into it */
+        /* counted as a dropped section: fork and _heapchk wait for it
+         * (until 2026-12-05 they did not: a child kept the run PAGE_UNUSED
+         * for good, and _heapchk reported it as a broken node) */
+        arena_dropped_enter(a);
         do {
             pthread_mutex_unlock(&a->lock);
             os_yield();
             tm_lock(&a->lock);
         } while ((s = slot_find(c)) < 0);
+        arena_dropped_leave(a);
     }
     c->slab_used[s >> 6] |= 1ull << (s & 63);
     c->nslabs++;

@@ -14,10 +14,14 @@
  * (heapmin_lock, the lowest rank) from start to end. That keeps _heapmin
  * out, and with it the only code that takes free runs out of the index
  * while it drops the arena lock (the purge marks them PAGE_UNUSED) and the
- * only code that unmaps chunks: so every chunk we meet stays mapped and
- * every run is in a settled state whenever we hold its arena's lock. Arena
- * locks are then taken one at a time, never two at once, and the huge lock
- * after them; pagemap reads take no lock.
+ * only code that unmaps chunks: so every chunk we meet stays mapped. The
+ * other sections that drop an arena's lock while they hold runs in a
+ * transient state (a growth, a growth purge, a new slab waiting for its
+ * pool slot) are counted in a->dropped, and we take each arena's lock
+ * once none is under way (arena_lock_settled), so every run is settled
+ * whenever we hold its arena's lock. Arena locks are then taken one at a
+ * time, never two at once, and the huge lock after them; pagemap reads
+ * take no lock.
  *
  * What the checker calls what (the first damage found is returned):
  *   _HEAPBADBEGIN  an arena's own header disagrees with what it heads: its
@@ -301,7 +305,7 @@ static int check_all(void) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (!a) continue;
         memset(&s, 0, sizeof s);
-        tm_lock(&a->lock);
+        arena_lock_settled(a);
         int rc = check_arena_locked(a, &s);
         pthread_mutex_unlock(&a->lock);
         if (rc != _HEAPOK) return rc;
@@ -372,7 +376,7 @@ TM_EXPORT int TM_API(_heapset)(unsigned int fill) {
         for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
             tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
             if (!a) continue;
-            tm_lock(&a->lock);
+            arena_lock_settled(a);
             fill_arena_locked(a, (unsigned char)fill);
             pthread_mutex_unlock(&a->lock);
         }
@@ -527,7 +531,7 @@ static int walk_next(uintptr_t after, uintptr_t from, walk_entry_t *out) {
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (!a) continue;
-        tm_lock(&a->lock);
+        arena_lock_settled(a);
         size_t left = a->nchunks;
         for (tm_chunk_t *c = a->chunks; c && left; c = c->next, left--) {
             if (!valid && in_chunk(c, after)) valid = entry_at_locked(c, after);
@@ -563,7 +567,7 @@ static int walk_next(uintptr_t after, uintptr_t from, walk_entry_t *out) {
     if (best_chunk) {
         /* chunks are not unmapped while we hold the trim lock */
         tm_arena_t *a = best_chunk->arena;
-        tm_lock(&a->lock);
+        arena_lock_settled(a);
         int rc = chunk_next_locked(best_chunk, best_chunk->base, &best_e);
         pthread_mutex_unlock(&a->lock);
         if (rc != _HEAPOK) return rc == _HEAPEND ? _HEAPBADBEGIN : rc;

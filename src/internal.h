@@ -334,6 +334,9 @@ TM_INLINE void arena_dropped_enter(tm_arena_t *a) { a->dropped++; }
 TM_INLINE void arena_dropped_leave(tm_arena_t *a) {
     if (--a->dropped == 0) pthread_cond_broadcast(&a->undropped);
 }
+/* a's lock, once no such section is under way (fork, _heapchk, _heapset,
+ * _heapwalk: they read every run of the arena) */
+void arena_lock_settled(tm_arena_t *a);
 unsigned arena_choose_locked(const unsigned bound[], unsigned first); /* registry lock held */
 bool arena_block_is_free(void *p);            /* small block p free in its slab (no lock) */
 /* Fill up to n slots of class cls; returns count (0 on OOM). */

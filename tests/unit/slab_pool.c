@@ -11,7 +11,9 @@
 #include "internal.h"
 
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 /* A class whose slabs are one page, with at least `min` blocks. */
 static unsigned one_page_class(uint32_t min) {
@@ -197,10 +199,103 @@ static void test_slab_waits_for_the_pool_give_back(void **state) {
     assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
 }
 
+/* ---- _heapchk and fork while a slab waits ---------------------------------
+ * While a new slab waits for its pool slot (the lock dropped, its run held
+ * as PAGE_UNUSED), that run is in no settled state: until 2026-12-05 a
+ * _heapchk then reported it as a broken node (_HEAPBADNODE), and a fork
+ * left it PAGE_UNUSED for good in the child. Both now wait for the section
+ * to end (arena_lock_settled, a->dropped). */
+typedef struct checker {
+    int rc;
+    volatile int done;
+} checker_t;
+
+static void *run_heapchk(void *arg) {
+    checker_t *k = arg;
+    k->rc = TM_API(_heapchk)();
+    __atomic_store_n(&k->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* In a fork child: 0 if no run of arena a is held PAGE_UNUSED and the heap checks. */
+static int child_check(tm_arena_t *a) {
+    for (tm_chunk_t *c = a->chunks; c; c = c->next)
+        for (uint32_t p = 0; p < TM_CHUNK_PAGES; p += c->pages[p].npages ? c->pages[p].npages : 1)
+            if (c->pages[p].kind == PAGE_UNUSED && c->pages[p].npages) return 1;
+    return TM_API(_heapchk)() == _HEAPOK ? 0 : 2;
+}
+
+typedef struct forker {
+    tm_arena_t *a;
+    int status;
+    volatile int done;
+} forker_t;
+
+static void *run_fork(void *arg) {
+    forker_t *f = arg;
+    pid_t pid = fork();
+    if (pid == 0) _exit(child_check(f->a));
+    f->status = -1;
+    if (pid > 0) waitpid(pid, &f->status, 0);
+    __atomic_store_n(&f->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+static void test_heapchk_and_fork_wait_for_a_waiting_slab(void **state) {
+    (void)state;
+    tm_init();
+    tm_arena_t *a = arena_get(TM_MAX_ARENAS - 3);
+    assert_non_null(a);
+    unsigned cls1 = one_page_class(2), cls2 = 0;
+    for (unsigned k = cls1 + 1; k <= TM_NCLASSES && !cls2; k++)
+        if (tm_classes[k].slab_pages == 1) cls2 = k;
+    assert_true(cls2 != 0);
+    void *b1;
+    assert_int_equal(arena_refill(a, cls1, &b1, 1), 1);
+    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)b1));
+    pthread_mutex_lock(&a->lock);
+    c->slab_busy = (1u << 17) - 1; /* as a give-back does */
+    pthread_mutex_unlock(&a->lock);
+
+    maker_t m = {.a = a, .cls = cls2};
+    checker_t k = {.rc = -100};
+    forker_t f = {.a = a};
+    pthread_t tm, tk, tf;
+    assert_int_equal(pthread_create(&tm, NULL, make_slab, &m), 0);
+    struct timespec ts = {0, 100 * 1000 * 1000};
+    nanosleep(&ts, NULL); /* the maker is stuck now */
+    assert_int_equal(pthread_create(&tk, NULL, run_heapchk, &k), 0);
+    assert_int_equal(pthread_create(&tf, NULL, run_fork, &f), 0);
+    nanosleep(&ts, NULL);
+    /* neither may have looked at the arena while the maker waits */
+    int early_rc = __atomic_load_n(&k.done, __ATOMIC_ACQUIRE) ? k.rc : -100;
+    int early_fork = __atomic_load_n(&f.done, __ATOMIC_ACQUIRE);
+    pthread_mutex_lock(&a->lock);
+    c->slab_busy = 0;
+    pthread_mutex_unlock(&a->lock);
+    assert_int_equal(pthread_join(tm, NULL), 0);
+    assert_int_equal(pthread_join(tk, NULL), 0);
+    assert_int_equal(pthread_join(tf, NULL), 0);
+    if (early_rc != -100)
+        fail_msg("_heapchk returned %d while a slab waited for its pool slot (it must wait)", early_rc);
+    assert_int_equal(k.rc, _HEAPOK);
+    if (!WIFEXITED(f.status) || WEXITSTATUS(f.status) != 0)
+        fail_msg("fork while a slab waited%s: the child's arena %s (status %#x)",
+                 early_fork ? " (it did not wait)" : "",
+                 WIFEXITED(f.status) && WEXITSTATUS(f.status) == 1 ? "kept the run PAGE_UNUSED"
+                                                                   : "failed _heapchk",
+                 f.status);
+    assert_int_equal(m.got, 1);
+    arena_flush(cls1, &b1, 1);
+    arena_flush(cls2, &m.block, 1);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_heapmin_packs_slabs_and_gives_back_the_pool),
         cmocka_unit_test(test_slab_waits_for_the_pool_give_back),
+        cmocka_unit_test(test_heapchk_and_fork_wait_for_a_waiting_slab),
     };
     return cmocka_run_group_tests_name("unit_slab_pool", tests, NULL, NULL);
 }
