@@ -135,7 +135,7 @@ void options_init(void) {
             tm_warn("TRIMALLOC_CONF: unknown option ignored: ", what);
         } else if (colon == end || !parse_long(colon + 1, (size_t)(end - colon - 1), &v) ||
                    v < d->min || v > d->max) {
-            tm_warn("TRIMALLOC_CONF: bad value, default kept for ", d->name);
+            tm_warn("TRIMALLOC_CONF: bad value ignored for ", d->name);
         } else {
             *opt_field(d) = v;
         }

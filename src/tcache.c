@@ -391,7 +391,7 @@ static uint32_t bin_cap_max(unsigned cls) {
  * peaked at 398 MiB for 53 MiB live, where tcmalloc, which bounds all its
  * caches together, stayed at 106-110. So the live caches share
  * tcache_total_mb: while the thread count times one cache with every bin
- * grown (full_cache_bytes, 3.8 MiB at the default scale) fits in it,
+ * grown (full_cache_bytes, 4.4 MiB at the default scale) fits in it,
  * nothing changes; past that, a cache's share (cache_share) bounds first
  * its bins' growth, then their capacities, never below a bin's start
  * size. A bin takes a new bound when it next overflows (it flushes
@@ -494,17 +494,23 @@ void tcache_release_grown_slots(tm_tcache_t *tc) {
     pthread_mutex_unlock(&tc->mu);
 }
 
-/* Put bin c of tc at its capacity (as the share of tcache_total_mb allows,
- * but at least count), in the slots for its capacity, with the count
- * blocks it holds moved there (count <= its full capacity) -- or, with
- * to_start and if they fit, at its start size, in its start slots. */
-static void bin_reset(tm_tcache_t *tc, unsigned c, uint32_t count, bool to_start) {
+/* Put bin c of tc at its capacity (as `share`, the caller's one reading of
+ * cache_share(), allows, but at least count), in the slots for its
+ * capacity, with the count blocks it holds moved there (count <= its full
+ * capacity) -- or, with to_start and if they fit, at its start size, in
+ * its start slots. The caller decides with the same share: read twice, a
+ * bound lowered in between gave a bin the free path had just found
+ * room to move for no room at all, and the free then pushed a block past
+ * its limit, where the fast path, which stops only at the limit, went on
+ * writing into the next bin's slots (found by an outside tester, flipping
+ * tcache_total_mb while threads freed: blocks handed out twice). */
+static void bin_reset(tm_tcache_t *tc, unsigned c, uint32_t count, bool to_start, size_t share) {
     tm_tc_bin_t *b = &tc->bins[c];
     uint32_t cap = bin_cap_start(c);
     void **to = (void **)tc->slots_mem + slot_start[c];
     if (!cap) return;
     if ((count > cap || !to_start) && slot_first[c]) {
-        uint32_t now = cap_now(c, cache_share());
+        uint32_t now = cap_now(c, share);
         cap = now > count ? now : count;
         to = (void **)tc->slots_mem + slot_first[c];
         tc->slots_first = true;
@@ -525,7 +531,7 @@ static void bin_reset(tm_tcache_t *tc, unsigned c, uint32_t count, bool to_start
  * faults, 250-320 us, in 5 of 15 runs' worst calls). Ramping up again
  * spreads those faults over the next calls, one or two each. */
 static void bin_restart(tm_tcache_t *tc, unsigned c) {
-    bin_reset(tc, c, 0, true); /* back to its start size */
+    bin_reset(tc, c, 0, true, SIZE_MAX); /* back to its start size */
     tc->bins[c].fill = 1;
 }
 
@@ -764,7 +770,7 @@ static tm_tcache_t *tcache_create(void) {
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         uint32_t cap = bin_cap(c);
         tc->bins[c] = (tm_tc_bin_t){0}; /* NULL base, top and limit if cap is 0 */
-        bin_reset(tc, c, 0, true);
+        bin_reset(tc, c, 0, true, SIZE_MAX);
         tc->bins[c].fill = (uint16_t)(cap >= 32 ? cap / 16 : 1);
     }
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
@@ -866,7 +872,7 @@ void tcache_settle_locked(tm_tcache_t *tc) {
 }
 
 /* ---- garbage collection --------------------------------------------------
- * A cache holds about 1.5 MiB of blocks at most (3.8 once bins grow), and
+ * A cache holds about 1.5 MiB of blocks at most (4.4 once bins grow), and
  * what it holds of a class the thread stopped using stays out of the
  * arenas (and keeps its slab's pages resident) until _heapmin. So every
  * TC_GC_EVERY slow-path calls the owner visits one class, round robin: if
@@ -905,9 +911,10 @@ static void tcache_gc_locked(tm_tcache_t *tc) {
          * / 2 already), and back to the slots for its capacity: an idle
          * bin does not go back to its start size (a program that uses a
          * class in bursts would grow it again each time); a drain does */
-        uint32_t cap = tc_bin_cap(b), first = cap_now(cls, cache_share());
+        size_t share = cache_share();
+        uint32_t cap = tc_bin_cap(b), first = cap_now(cls, share);
         if (cap / 2 > first) b->limit = b->base + cap / 2;
-        else if (cap > first) bin_reset(tc, cls, count, false);
+        else if (cap > first) bin_reset(tc, cls, count, false, share);
         flushed = true;
     }
     b->gc_count = (uint16_t)count;
@@ -998,13 +1005,14 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
         else {
             if (b->top == b->base) {
                 bool start = b->base == (void **)tc->slots_mem + slot_start[cls];
+                size_t share = cache_share();
                 if (start && b->taken >= TC_START_SLOTS && slot_first[cls] && !tc->slots_releasing &&
-                    cap_now(cls, cache_share()) > cap) {
+                    cap_now(cls, share) > cap) {
                     /* empty again after refills that brought a start
                      * size of blocks, none of which came back: the
                      * thread holds more than its start size, so the bin
                      * moves to its capacity now */
-                    bin_reset(tc, cls, 0, false);
+                    bin_reset(tc, cls, 0, false, share);
                     cap = tc_bin_cap(b);
                     start = false;
                 }
@@ -1083,7 +1091,7 @@ void tcache_free_slow(void *p, unsigned cls) {
         b->missed = 0;
         b->taken = 0;
         if (grow && start) { /* from its start size to its capacity, at once */
-            bin_reset(tc, cls, count, false);
+            bin_reset(tc, cls, count, false, share);
         } else if (grow) { /* doubled, in the room for its largest size if need be */
             cap = cap * 2 < max ? cap * 2 : max;
             void **grown = (void **)tc->slots_mem + slot_grown[cls];
@@ -1110,6 +1118,7 @@ void tcache_free_slow(void *p, unsigned cls) {
     }
     bool decay = false;
     if (cap) {
+        tm_assert(count < tc_bin_cap(b)); /* the fast path stops only at the limit */
         b->base[count] = p;
         __atomic_store_n(&b->top, b->base + count + 1, __ATOMIC_RELAXED);
         decay = tcache_gc_tick_locked(tc);

@@ -303,6 +303,10 @@ static void check_conf_env(const char *probe)
                                        {"decay_ms", 5000},
                                        {"zero", 0},
                                        {NULL, 0}});
+    /* A bad repeat leaves the earlier entry's value, not the default. */
+    check_conf(probe, "tcache_total_mb:12,tcache_total_mb:abc", 1,
+               (const char *const[]){"tcache_total_mb", NULL},
+               (const struct expect[]){{"tcache_total_mb", 12}, {NULL, 0}});
     /* Unset: no output at all, defaults. */
     check_conf(probe, NULL, 0, NULL,
                (const struct expect[]){{"narenas", -1},
