@@ -152,23 +152,34 @@ static void *make_slab(void *arg) {
     return NULL;
 }
 
+/* Arena `index` with one slab (of class *cls1, block *b1) in chunk *c,
+ * and every free pool slot of c on a page marked as being given back, as
+ * a give-back does: the next slab made there (class *cls2) must wait. */
+static tm_arena_t *pool_busy_setup(unsigned index, unsigned *cls1, unsigned *cls2, void **b1,
+                                   tm_chunk_t **c) {
+    tm_init();
+    tm_arena_t *a = arena_get(index);
+    assert_non_null(a);
+    *cls1 = one_page_class(2);
+    *cls2 = 0;
+    for (unsigned k = *cls1 + 1; k <= TM_NCLASSES && !*cls2; k++)
+        if (tm_classes[k].slab_pages == 1) *cls2 = k;
+    assert_true(*cls2 != 0);
+    assert_int_equal(arena_refill(a, *cls1, b1, 1), 1);
+    *c = chunk_of_entry(pagemap_lookup((uintptr_t)*b1));
+    pthread_mutex_lock(&a->lock);
+    assert_int_equal((*c)->nslabs, 1);
+    (*c)->slab_busy = (1u << 17) - 1;
+    pthread_mutex_unlock(&a->lock);
+    return a;
+}
+
 static void test_slab_waits_for_the_pool_give_back(void **state) {
     (void)state;
-    tm_init();
-    tm_arena_t *a = arena_get(TM_MAX_ARENAS - 2);
-    assert_non_null(a);
-    unsigned cls1 = one_page_class(2), cls2 = 0;
-    for (unsigned k = cls1 + 1; k <= TM_NCLASSES && !cls2; k++)
-        if (tm_classes[k].slab_pages == 1) cls2 = k;
-    assert_true(cls2 != 0);
+    unsigned cls1, cls2;
     void *b1;
-    assert_int_equal(arena_refill(a, cls1, &b1, 1), 1);
-    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)b1));
-    /* as a give-back does: every free slot is on a page being given back */
-    pthread_mutex_lock(&a->lock);
-    assert_int_equal(c->nslabs, 1);
-    c->slab_busy = (1u << 17) - 1;
-    pthread_mutex_unlock(&a->lock);
+    tm_chunk_t *c;
+    tm_arena_t *a = pool_busy_setup(TM_MAX_ARENAS - 2, &cls1, &cls2, &b1, &c);
 
     maker_t m = {.a = a, .cls = cls2};
     pthread_t t;
@@ -243,19 +254,10 @@ static void *run_fork(void *arg) {
 
 static void test_heapchk_and_fork_wait_for_a_waiting_slab(void **state) {
     (void)state;
-    tm_init();
-    tm_arena_t *a = arena_get(TM_MAX_ARENAS - 3);
-    assert_non_null(a);
-    unsigned cls1 = one_page_class(2), cls2 = 0;
-    for (unsigned k = cls1 + 1; k <= TM_NCLASSES && !cls2; k++)
-        if (tm_classes[k].slab_pages == 1) cls2 = k;
-    assert_true(cls2 != 0);
+    unsigned cls1, cls2;
     void *b1;
-    assert_int_equal(arena_refill(a, cls1, &b1, 1), 1);
-    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)b1));
-    pthread_mutex_lock(&a->lock);
-    c->slab_busy = (1u << 17) - 1; /* as a give-back does */
-    pthread_mutex_unlock(&a->lock);
+    tm_chunk_t *c;
+    tm_arena_t *a = pool_busy_setup(TM_MAX_ARENAS - 3, &cls1, &cls2, &b1, &c);
 
     maker_t m = {.a = a, .cls = cls2};
     checker_t k = {.rc = -100};
