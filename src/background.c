@@ -49,6 +49,7 @@ static void *background_main(void *arg) {
     while (__atomic_load_n(&tm_opt.background_thread, __ATOMIC_RELAXED)) {
         struct timespec ts = background_interval(__atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED));
         nanosleep(&ts, NULL);
+        world_drain_idle_caches(os_now_ns());
         arena_decay_tick();
     }
     int expect = 1; /* not 2: a fork child's state stays */

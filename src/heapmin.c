@@ -18,6 +18,7 @@ static pthread_mutex_t trim_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void heapmin_lock(void) { tm_lock(&trim_lock); }
 void heapmin_unlock(void) { pthread_mutex_unlock(&trim_lock); }
+bool heapmin_trylock(void) { return tm_trylock(&trim_lock) == 0; }
 void heapmin_fork_child(void) { pthread_mutex_init(&trim_lock, NULL); }
 
 /* Returns bytes released; *failures counts release calls the OS refused. */

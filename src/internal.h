@@ -443,10 +443,13 @@ void tm_fill_grown(void *p, size_t old); /* zero:1 / junk:1 fill for bytes gaine
 /* Drain every thread cache into the arenas; returns nanoseconds other
  * threads were held (the longest single hold). Caller holds the trim lock. */
 uint64_t world_drain_all_caches(void);
+unsigned world_drain_idle_caches(uint64_t now); /* background thread; returns caches drained */
+void xfer_gc_all(void);                          /* tcache.c */
 
 /* ---- heapmin.c ---------------------------------------------------------------------- */
 void heapmin_lock(void);
 void heapmin_unlock(void);
+bool heapmin_trylock(void); /* true: the trim lock is now held */
 void heapmin_fork_child(void);
 bool heapmin_release_for_retry(void); /* after a failed mapping; true if worth retrying */
 
@@ -503,6 +506,7 @@ typedef struct tm_global_stats {
     uint64_t heapmin_bytes;
     uint64_t heapmin_last_pause_ns;
     uint64_t heapmin_max_pause_ns;
+    uint64_t idle_drains;         /* caches the background thread drained (world.c), atomic */
 } tm_global_stats_t;
 extern tm_global_stats_t tm_gstats;
 void stats_add_released(size_t bytes);

@@ -286,6 +286,14 @@ static bool xfer_gc(unsigned ai, unsigned cls) {
     return idle && xfer_flush_out(set, cls, idle) != 0;
 }
 
+/* Every transfer cache's garbage collection (the background thread's
+ * idle scan, world.c): those that did not move since the last visit go
+ * back to their arenas. Caller holds no lock of rank above the trim lock. */
+void xfer_gc_all(void) {
+    for (unsigned ai = 0; ai < TM_MAX_ARENAS; ai++)
+        for (unsigned c = 1; xfer_set(ai) && c <= TM_NCLASSES; c++) (void)xfer_gc(ai, c);
+}
+
 static size_t xfer_cached_bytes(void) {
     size_t bytes = 0;
     for (unsigned ai = 0; ai < TM_MAX_ARENAS; ai++) {

@@ -285,6 +285,9 @@ typedef struct tm_tcache {
     uint32_t rl_n, rl_cap, rl_gc_n;
     void *rl[TM_RL_MAX];
     uint16_t rl_pages[TM_RL_MAX];
+    /* the background thread's view of the cache (world.c), under mu: a
+     * digest of its bins' tops and since when it has not changed */
+    uint64_t idle_sig, idle_since;
 } tm_tcache_t;
 
 enum { TC_STATE_SENTINEL = 0, TC_STATE_LIVE, TC_STATE_FREE };

@@ -153,14 +153,25 @@ static size_t stop_one(tm_tcache_t *tc) {
     return n;
 }
 
-uint64_t world_drain_all_caches(void) {
+/* Stop and drain every live cache that pick() selects (every one without
+ * pick), a group at a time. Caller holds the trim lock. Returns the
+ * longest a drain held an owner's tc->mu; *drained counts the caches
+ * stopped. */
+static uint64_t drain_where(bool (*pick)(tm_tcache_t *, uint64_t), uint64_t now, bool buffered,
+                            unsigned *drained) {
     uint64_t max_hold = 0;
-    bool buffered = take_buf_ready(), barrier_ok = true;
+    bool barrier_ok = true;
     tcache_registry_lock();
     for (tm_tcache_t *tc = tcache_registry_first(), *first; (first = tc) != NULL;) {
         size_t blocks = 0;
+        unsigned stopped = 0;
         for (unsigned n = 0; tc && n < GROUP_CACHES && blocks < GROUP_BLOCKS; n++, tc = tc->next)
-            blocks += stop_one(tc);
+            if (!pick || pick(tc, now)) {
+                blocks += stop_one(tc);
+                stopped++;
+            }
+        *drained += stopped;
+        if (!stopped) continue; /* nothing to wait for: no barrier */
         if (barrier_ok) barrier_ok = os_heavy_barrier() == 0 || TM_TSAN;
         if (!barrier_ok) continue; /* the group's owners drain their own caches */
         for (tm_tcache_t *g = first; g != tc; g = g->next) {
@@ -178,8 +189,67 @@ uint64_t world_drain_all_caches(void) {
         }
     }
     tcache_registry_unlock();
+    return max_hold;
+}
+
+uint64_t world_drain_all_caches(void) {
+    bool buffered = take_buf_ready();
+    unsigned drained = 0;
+    uint64_t max_hold = drain_where(NULL, 0, buffered, &drained);
     xfer_drain_all();
     /* the buffer is only ours (trim lock): its pages go back until next time */
     if (buffered) os_purge_inside(take_buf, take_buf + take_cap); /* metadata: not counted */
     return max_hold;
+}
+
+/* ---- idle caches (background_thread:1) ------------------------------------
+ * A thread that sleeps keeps the blocks in its cache, and with them their
+ * slabs' pages, until it calls again, exits or someone calls _heapmin: the
+ * decay cannot give back pages that hold cached blocks. With the background
+ * thread on, every wake-up also looks at each live cache, under its tc->mu,
+ * for a digest of its bins' tops: a cache that holds blocks and whose
+ * digest has not changed for a whole window (dirty_decay_ms, at least 1 s;
+ * never with -1) is stopped and drained as _heapmin drains it, and its
+ * pages then decay with the arena's; the transfer caches get a garbage-
+ * collection visit every half window too (those that did not move since
+ * the last one go back). A thread that does nothing but
+ * malloc/free pairs of the same sizes also keeps its digest and is drained
+ * once a window: its next calls refill, a few microseconds once every ten
+ * seconds at the default. Unbuffered (drain_one): the owner is idle, and a
+ * scan that drains nothing touches no buffer and makes no barrier. The
+ * trim lock is only tried: a _heapmin, _heapchk or _heapwalk under way
+ * drains every cache anyway. */
+static uint64_t idle_window_ns, idle_xfer_gc_ns;
+
+static bool idle_pick(tm_tcache_t *tc, uint64_t now) {
+    tm_lock(&tc->mu);
+    uint64_t sig = tc->rl_n;
+    for (unsigned c = 1; c <= TM_NCLASSES; c++)
+        sig = sig * 0x9e3779b97f4a7c15ull +
+              (uint64_t)(uintptr_t)__atomic_load_n(&tc->bins[c].top, __ATOMIC_RELAXED);
+    bool holds = tc->rl_n || tcache_blocks_locked(tc), pick = false;
+    if (sig != tc->idle_sig || !holds) {
+        tc->idle_sig = sig;
+        tc->idle_since = now;
+    } else if (now - tc->idle_since >= idle_window_ns) {
+        pick = true;
+        tc->idle_since = now;
+    }
+    pthread_mutex_unlock(&tc->mu);
+    return pick;
+}
+
+unsigned world_drain_idle_caches(uint64_t now) {
+    long ms = __atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED);
+    if (ms < 0 || !heapmin_trylock()) return 0;
+    idle_window_ns = (uint64_t)(ms < 1000 ? 1000 : ms) * 1000000ull;
+    unsigned drained = 0;
+    (void)drain_where(idle_pick, now, false, &drained);
+    if (drained) __atomic_fetch_add(&tm_gstats.idle_drains, drained, __ATOMIC_RELAXED);
+    if (now - idle_xfer_gc_ns >= idle_window_ns / 2) {
+        idle_xfer_gc_ns = now;
+        xfer_gc_all();
+    }
+    heapmin_unlock();
+    return drained;
 }

@@ -37,6 +37,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/wait.h>
+#include <dirent.h>
 
 #include "trimalloc.h"
 
@@ -307,6 +308,27 @@ static inline size_t tu_find_not_byte(const void *p, size_t n, unsigned char c)
 }
 
 /* ---- Memory and the OS ----------------------------------------------------- */
+
+/* Threads of this process whose name (comm) is `name`, e.g. the
+ * allocator's background thread, "trimalloc-bg". */
+static inline unsigned tu_threads_named(const char *name)
+{
+    DIR *d = opendir("/proc/self/task");
+    unsigned n = 0;
+    if (!d) return 0;
+    size_t len = strlen(name);
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        char path[300], comm[64] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue; /* a thread that has just exited */
+        if (fgets(comm, sizeof comm, f)) n += strncmp(comm, name, len) == 0 && comm[len] == '\n';
+        fclose(f);
+    }
+    closedir(d);
+    return n;
+}
 
 static inline size_t tu_page_size(void)
 {

@@ -172,23 +172,8 @@ static void test_background_interval(void **state) {
     }
 }
 
-/* Threads of this process named "trimalloc-bg" (the background thread). */
-static unsigned bg_threads(void) {
-    DIR *d = opendir("/proc/self/task");
-    assert_non_null(d);
-    unsigned n = 0;
-    for (struct dirent *e; (e = readdir(d));) {
-        if (e->d_name[0] == '.') continue;
-        char path[300], comm[64] = "";
-        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
-        FILE *f = fopen(path, "r");
-        if (!f) continue; /* a thread that has just exited */
-        if (fgets(comm, sizeof comm, f)) n += strcmp(comm, "trimalloc-bg\n") == 0;
-        fclose(f);
-    }
-    closedir(d);
-    return n;
-}
+/* the background thread, running */
+static unsigned bg_threads(void) { return tu_threads_named("trimalloc-bg"); }
 
 /* background_thread:1 -- a GC tick starts the thread; from then on pages
  * decay while the program makes no allocator call at all; turned off, the

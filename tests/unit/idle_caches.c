@@ -1,0 +1,172 @@
+/*
+ * idle_caches.c (unit) -- with background_thread:1, the cache of a thread
+ * that sleeps is drained once it has not moved for a whole window
+ * (dirty_decay_ms, at least 1 s: world.c), so its blocks go back to their
+ * slabs and the pages can decay; without the background thread it keeps
+ * them. The sleeping thread's own blocks keep their bytes, and its cache
+ * works when it wakes.
+ */
+#include "test_cmocka.h"
+#include "internal.h"
+
+#include <time.h>
+
+enum { NBLOCKS = 64, NHELD = 8, SIZE = 64 };
+
+typedef struct sleeper {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int phase; /* 1: cache filled, asleep; 2: wake up */
+    tm_tcache_t *tc;
+    const char *why;
+} sleeper_t;
+
+static void *sleeper_main(void *arg) {
+    sleeper_t *s = arg;
+    tu_block_t b[NBLOCKS];
+    for (int i = 0; i < NBLOCKS; i++) b[i] = tu_block_new(SIZE, 1, (uint64_t)i);
+    for (int i = NHELD; i < NBLOCKS; i++) tu_block_free(&b[i]); /* into the cache */
+    pthread_mutex_lock(&s->mu);
+    s->tc = tm_tls.own;
+    s->phase = 1;
+    pthread_cond_broadcast(&s->cv);
+    while (s->phase != 2) pthread_cond_wait(&s->cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+    /* awake: what it held is intact, and its cache serves it again */
+    for (int i = 0; i < NHELD; i++) tu_block_free(&b[i]);
+    for (int i = 0; i < NBLOCKS; i++) b[i] = tu_block_new(SIZE, 2, (uint64_t)i);
+    for (int i = 0; i < NBLOCKS; i++) tu_block_free(&b[i]);
+    if (tcache_blocks_locked(tm_tls.own) == 0) s->why = "the woken thread's cache holds nothing";
+    return NULL;
+}
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+static size_t cached(tm_tcache_t *tc) {
+    tm_lock(&tc->mu);
+    size_t n = tcache_blocks_locked(tc);
+    pthread_mutex_unlock(&tc->mu);
+    return n;
+}
+
+/* Start a sleeper, wait until its cache is filled; returns what it holds. */
+static size_t start_sleeper(sleeper_t *s, pthread_t *t) {
+    *s = (sleeper_t){PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NULL, NULL};
+    tu_thread_create(t, sleeper_main, s);
+    pthread_mutex_lock(&s->mu);
+    while (s->phase != 1) pthread_cond_wait(&s->cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+    return cached(s->tc);
+}
+
+static void wake_sleeper(sleeper_t *s, pthread_t t) {
+    pthread_mutex_lock(&s->mu);
+    s->phase = 2;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    tu_thread_join(t);
+    if (s->why) fail_msg("%s", s->why);
+}
+
+/* Without the background thread a sleeping thread keeps its cache: 3
+ * windows of 1 s, and every block still there. */
+static void test_without_the_background_thread_the_cache_stays(void **state) {
+    (void)state;
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 1000), 0);
+    sleeper_t s;
+    pthread_t t;
+    size_t before = start_sleeper(&s, &t);
+    assert_true(before >= NBLOCKS - NHELD);
+    sleep_ms(3000);
+    size_t after = cached(s.tc);
+    wake_sleeper(&s, t);
+    assert_int_equal(after, before);
+}
+
+/* With it, the cache is emptied after about a window (polled for up to 30
+ * windows: the machine may be busy), and the thread goes on normally. */
+static void test_the_background_thread_drains_a_sleeping_cache(void **state) {
+    (void)state;
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 1000), 0);
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
+    sleeper_t s;
+    pthread_t t;
+    assert_true(start_sleeper(&s, &t) >= NBLOCKS - NHELD);
+    /* the background thread starts at a GC tick: 64 large allocations make one */
+    for (int i = 0; i < 64; i++) TM_API(free)(TM_API(malloc)(64 << 10));
+    size_t left = cached(s.tc);
+    for (int i = 0; i < 300 && left; i++) {
+        sleep_ms(100);
+        left = cached(s.tc);
+    }
+    wake_sleeper(&s, t);
+    assert_int_equal(tu_threads_named("trimalloc-bg"), 1);
+    if (left) fail_msg("the sleeping thread's cache still holds %zu blocks after 30 windows", left);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 0), 0);
+    for (int i = 0; i < 300 && tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
+}
+
+/* A thread in a steady loop of malloc/free pairs keeps the same tops, so
+ * it is drained too, once a window, while it runs: the world stop's
+ * handshake then meets a live owner. Its blocks keep their bytes and the
+ * heap checks. (Most of each round is spent checking the held blocks, out
+ * of the allocator, so a scan mostly sees the same tops.) */
+typedef struct steady {
+    volatile int stop;
+    long rounds, bad;
+} steady_t;
+
+static void *steady_main(void *arg) {
+    steady_t *s = arg;
+    tu_block_t held[NHELD];
+    for (int i = 0; i < NHELD; i++) held[i] = tu_block_new(SIZE, 3, (uint64_t)i);
+    while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
+        tu_block_t b = tu_block_new(32, 4, (uint64_t)s->rounds);
+        if (tu_find_bad(b.p, b.size, b.seed) != SIZE_MAX) s->bad++;
+        TM_API(free)(b.p);
+        for (int k = 0; k < 50; k++)
+            for (int i = 0; i < NHELD; i++)
+                if (tu_find_bad(held[i].p, held[i].size, held[i].seed) != SIZE_MAX) s->bad++;
+        s->rounds++;
+    }
+    for (int i = 0; i < NHELD; i++) tu_block_free(&held[i]);
+    return NULL;
+}
+
+static void test_a_steady_thread_is_drained_while_it_runs(void **state) {
+    (void)state;
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 1000), 0);
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
+    for (int i = 0; i < 64; i++) TM_API(free)(TM_API(malloc)(64 << 10)); /* a GC tick */
+    steady_t s = {0, 0, 0};
+    pthread_t t;
+    uint64_t before = __atomic_load_n(&tm_gstats.idle_drains, __ATOMIC_RELAXED), got = 0;
+    tu_thread_create(&t, steady_main, &s);
+    for (int i = 0; i < 600 && got < 2; i++) {
+        sleep_ms(100);
+        got = __atomic_load_n(&tm_gstats.idle_drains, __ATOMIC_RELAXED) - before;
+    }
+    __atomic_store_n(&s.stop, 1, __ATOMIC_RELAXED);
+    tu_thread_join(t);
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 0), 0);
+    for (int i = 0; i < 300 && tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
+    if (got < 2) fail_msg("%llu idle drains in 60 s of a steady loop", (unsigned long long)got);
+    if (s.bad) fail_msg("%ld bad checks in %ld rounds", s.bad, s.rounds);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_without_the_background_thread_the_cache_stays),
+        cmocka_unit_test(test_the_background_thread_drains_a_sleeping_cache),
+        cmocka_unit_test(test_a_steady_thread_is_drained_while_it_runs),
+    };
+    return cmocka_run_group_tests_name("unit_idle_caches", tests, NULL, NULL);
+}
