@@ -787,6 +787,7 @@ static tm_tcache_t *tcache_create(void) {
     tc->rl_cap = TC_RL_FIRST;
     tc->gc_tick = 0;
     tc->gc_next = 1;
+    tc->idle_seen = 0; /* a new record for the background thread's scan (world.c) */
     tc->owner_tls = &tm_tls;
     tm_mutex_init(&tc->mu);
     tc->unbound = os_gettid() == os_getpid();

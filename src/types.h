@@ -286,8 +286,9 @@ typedef struct tm_tcache {
     void *rl[TM_RL_MAX];
     uint16_t rl_pages[TM_RL_MAX];
     /* the background thread's view of the cache (world.c), under mu: a
-     * digest of its bins' tops and since when it has not changed */
-    uint64_t idle_sig, idle_since;
+     * digest of its bins' tops, since when it has not changed, and when a
+     * scan last looked (0: never, since the cache was made or reused) */
+    uint64_t idle_sig, idle_since, idle_seen;
 } tm_tcache_t;
 
 enum { TC_STATE_SENTINEL = 0, TC_STATE_LIVE, TC_STATE_FREE };

@@ -221,6 +221,15 @@ uint64_t world_drain_all_caches(void) {
  * drains every cache anyway. */
 static uint64_t idle_window_ns, idle_xfer_gc_ns;
 
+/* The digest reflects how many blocks each bin holds (the tops point into
+ * the cache's own slots), so a record is only trusted from scans that
+ * followed each other: one the scans missed for half a window (scans
+ * paused by dirty_decay_ms:-1 or background_thread:0, or a loaded
+ * machine) starts again, and so does a cache made or reused for a new
+ * thread (idle_seen 0, tcache.c). Until 2026-12-05 neither did, and an
+ * outside tester saw caches drained 0.3-0.55 s after they last moved: a
+ * pool's new worker, whose recycled cache came back to its predecessor's
+ * counts, and a thread whose record predated a pause. */
 static bool idle_pick(tm_tcache_t *tc, uint64_t now) {
     tm_lock(&tc->mu);
     uint64_t sig = tc->rl_n;
@@ -228,7 +237,9 @@ static bool idle_pick(tm_tcache_t *tc, uint64_t now) {
         sig = sig * 0x9e3779b97f4a7c15ull +
               (uint64_t)(uintptr_t)__atomic_load_n(&tc->bins[c].top, __ATOMIC_RELAXED);
     bool holds = tc->rl_n || tcache_blocks_locked(tc), pick = false;
-    if (sig != tc->idle_sig || !holds) {
+    bool stale = !tc->idle_seen || now - tc->idle_seen > idle_window_ns / 2;
+    tc->idle_seen = now;
+    if (stale || sig != tc->idle_sig || !holds) {
         tc->idle_sig = sig;
         tc->idle_since = now;
     } else if (now - tc->idle_since >= idle_window_ns) {

@@ -112,6 +112,50 @@ static void test_the_background_thread_drains_a_sleeping_cache(void **state) {
     assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
 }
 
+/* A cache reused by a new thread starts a new record: the digest only
+ * reflects how many blocks each bin holds, and until 2026-12-05 a pool's
+ * new worker that came back to its predecessor's counts was drained at
+ * the first scan, 0.3 s into its idleness (found by an outside tester). */
+typedef struct idler {
+    tm_tcache_t *tc;
+    long idle_ms;
+    size_t before, after;
+} idler_t;
+
+static void *idler_main(void *arg) {
+    idler_t *a = arg;
+    void *p[20];
+    for (int i = 0; i < 20; i++) p[i] = TM_API(malloc)(SIZE);
+    for (int i = 0; i < 20; i++) TM_API(free)(p[i]);
+    a->tc = tm_tls.own;
+    a->before = cached(a->tc);
+    sleep_ms(a->idle_ms);
+    a->after = cached(a->tc);
+    return NULL;
+}
+
+static void test_a_reused_cache_starts_a_new_record(void **state) {
+    (void)state;
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 1000), 0);
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
+    for (int i = 0; i < 64; i++) TM_API(free)(TM_API(malloc)(64 << 10)); /* a GC tick */
+    for (int i = 0; i < 100 && !tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
+    idler_t a = {NULL, 500, 0, 0}, b = {NULL, 300, 0, 0};
+    pthread_t t;
+    tu_thread_create(&t, idler_main, &a); /* scanned while idle, then exits */
+    tu_thread_join(t);
+    sleep_ms(1200);
+    tu_thread_create(&t, idler_main, &b); /* the same work, likely in a's cache */
+    tu_thread_join(t);
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 0), 0);
+    for (int i = 0; i < 300 && tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
+    if (b.tc != a.tc) skip(); /* another cache: nothing inherited to test */
+    if (b.after != b.before)
+        fail_msg("a reused cache was drained %ld ms into its idleness (%zu -> %zu blocks); "
+                 "the window is 1 s", b.idle_ms, b.before, b.after);
+}
+
 /* A thread in a steady loop of malloc/free pairs keeps the same tops, so
  * it is drained too, once a window, while it runs: the world stop's
  * handshake then meets a live owner. Its blocks keep their bytes and the
@@ -166,6 +210,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_without_the_background_thread_the_cache_stays),
         cmocka_unit_test(test_the_background_thread_drains_a_sleeping_cache),
+        cmocka_unit_test(test_a_reused_cache_starts_a_new_record),
         cmocka_unit_test(test_a_steady_thread_is_drained_while_it_runs),
     };
     return cmocka_run_group_tests_name("unit_idle_caches", tests, NULL, NULL);
