@@ -445,6 +445,7 @@ void tm_fill_grown(void *p, size_t old); /* zero:1 / junk:1 fill for bytes gaine
 uint64_t world_drain_all_caches(void);
 unsigned world_drain_idle_caches(uint64_t now); /* background thread; returns caches drained */
 void xfer_gc_all(void);                          /* tcache.c */
+void tcache_mark_drained_locked(tm_tcache_t *tc); /* a trimmer emptied it (tcache.c) */
 
 /* ---- heapmin.c ---------------------------------------------------------------------- */
 void heapmin_lock(void);

@@ -408,11 +408,32 @@ static uint32_t bin_cap_max(unsigned cls) {
  * change of thread count or of the option applies from then on. */
 static size_t base_cache_bytes, full_cache_bytes;
 
+/* Caches a trimmer emptied (_heapmin, or the background thread's idle scan)
+ * whose owners have made no slow-path call since: they hold nothing, and
+ * are left out of the count the bound is shared by, so that the threads at
+ * work in a pool of mostly idle ones get the shares. A cache counts again
+ * at its owner's next refill or overflow, and leaves the count when its
+ * thread exits. Each flag changes under its tc->mu. */
+static unsigned drained_unused_caches;
+
+void tcache_mark_drained_locked(tm_tcache_t *tc) {
+    if (tc->drained_unused) return;
+    tc->drained_unused = true;
+    __atomic_add_fetch(&drained_unused_caches, 1, __ATOMIC_RELAXED);
+}
+
+static void tcache_mark_used_locked(tm_tcache_t *tc) {
+    if (likely(!tc->drained_unused)) return;
+    tc->drained_unused = false;
+    __atomic_sub_fetch(&drained_unused_caches, 1, __ATOMIC_RELAXED);
+}
+
 /* the bytes one live cache may hold now (SIZE_MAX: no common bound) */
 static size_t cache_share(void) {
     size_t total = (size_t)__atomic_load_n(&tm_opt.tcache_total_mb, __ATOMIC_RELAXED) << 20;
-    unsigned n = tcache_count();
-    if (!total || n == 0 || total / n >= full_cache_bytes) return SIZE_MAX;
+    unsigned n = tcache_count(), idle = __atomic_load_n(&drained_unused_caches, __ATOMIC_RELAXED);
+    n = n > idle ? n - idle : 1; /* two counters: read apart, keep at least one */
+    if (!total || total / n >= full_cache_bytes) return SIZE_MAX;
     return total / n;
 }
 
@@ -644,6 +665,7 @@ static void tcache_destructor(void *arg) {
     tm_lock(&tc->mu);
     tm_tls.state = TLS_DEAD; /* from now on no one points tls.tc back at tc */
     __atomic_store_n(&tm_tls.tc, &tm_tcache_sentinel, __ATOMIC_RELEASE);
+    tcache_mark_used_locked(tc); /* out of the idle count before the registry's */
     tcache_drain_locked(tc);
     slots_release_first(tc);
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
@@ -788,6 +810,7 @@ static tm_tcache_t *tcache_create(void) {
     tc->gc_tick = 0;
     tc->gc_next = 1;
     tc->idle_seen = 0; /* a new record for the background thread's scan (world.c) */
+    tc->drained_unused = false;
     tc->owner_tls = &tm_tls;
     tm_mutex_init(&tc->mu);
     tc->unbound = os_gettid() == os_getpid();
@@ -1007,6 +1030,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
     } else {
         tm_lock(&tc->mu);
         tcache_settle_locked(tc);
+        tcache_mark_used_locked(tc);
         tm_tc_bin_t *b = &tc->bins[cls];
         uint32_t cap = tc_bin_cap(b);
         if (cap == 0) /* caching off (tcache_scale:0, junk, zero) */
@@ -1062,6 +1086,7 @@ void tcache_free_slow(void *p, unsigned cls) {
     }
     tm_lock(&tc->mu);
     tcache_settle_locked(tc);
+    tcache_mark_used_locked(tc);
     tm_tc_bin_t *b = &tc->bins[cls];
     uint32_t cap = tc_bin_cap(b), count = tc_bin_count(b);
     if (cap >= 2 && count == 0 && block_arena(p) != tc->arena->index) {
@@ -1284,6 +1309,7 @@ void tcache_fork_child(void) {
             arena_bind_locked(tc, tc->arena->index, 1);
             continue;
         }
+        tcache_mark_used_locked(tc); /* gone: out of the idle count */
         tcache_drain_locked(tc);
         slots_release_first(tc);
         if (tc->prev) tc->prev->next = tc->next;

@@ -289,6 +289,9 @@ typedef struct tm_tcache {
      * digest of its bins' tops, since when it has not changed, and when a
      * scan last looked (0: never, since the cache was made or reused) */
     uint64_t idle_sig, idle_since, idle_seen;
+    bool drained_unused;        /* a trimmer emptied it and its owner has not
+                                   made a slow-path call since: not counted in
+                                   the shares of tcache_total_mb (tcache.c) */
 } tm_tcache_t;
 
 enum { TC_STATE_SENTINEL = 0, TC_STATE_LIVE, TC_STATE_FREE };

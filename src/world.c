@@ -148,6 +148,7 @@ static size_t stop_one(tm_tcache_t *tc) {
     __atomic_store_n(&tc->drain_pending, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&tc->owner_tls->tc, &tm_tcache_sentinel,
                      TM_TSAN ? __ATOMIC_SEQ_CST : __ATOMIC_RELAXED);
+    tcache_mark_drained_locked(tc); /* counts again at its owner's next slow path */
     size_t n = tcache_blocks_locked(tc);
     pthread_mutex_unlock(&tc->mu);
     return n;

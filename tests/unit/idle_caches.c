@@ -156,6 +156,78 @@ static void test_a_reused_cache_starts_a_new_record(void **state) {
                  "the window is 1 s", b.idle_ms, b.before, b.after);
 }
 
+/* Caches the scan emptied leave the count tcache_total_mb is shared by:
+ * with 4 MiB for 9 caches (this thread's, 7 sleepers', a worker's), a
+ * share of 455 KiB holds the worker's 4 KiB bin at 9 blocks; once the
+ * sleepers have been emptied, the worker's next bursts get a share of 2
+ * MiB or more, and the bin its whole capacity of 32 and more. */
+typedef struct burster {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int phase; /* 1: first bursts done; 2: go on */
+    uint32_t cap1, cap2;
+} burster_t;
+
+static uint32_t bursts_4k(void) {
+    void *p[64];
+    for (int round = 0; round < 10; round++) {
+        for (int i = 0; i < 64; i++) p[i] = TM_API(malloc)(4096);
+        for (int i = 0; i < 64; i++) TM_API(free)(p[i]);
+    }
+    return tc_bin_cap(&tm_tls.own->bins[size_class_of(4096)]);
+}
+
+static void *burster_main(void *arg) {
+    burster_t *b = arg;
+    uint32_t cap = bursts_4k();
+    pthread_mutex_lock(&b->mu);
+    b->cap1 = cap;
+    b->phase = 1;
+    pthread_cond_broadcast(&b->cv);
+    while (b->phase != 2) pthread_cond_wait(&b->cv, &b->mu);
+    pthread_mutex_unlock(&b->mu);
+    b->cap2 = bursts_4k();
+    return NULL;
+}
+
+static void test_emptied_caches_leave_the_share(void **state) {
+    (void)state;
+    enum { SLEEPERS = 7 };
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 1000), 0);
+    assert_int_equal(TM_API(trimalloc_option_set)("tcache_total_mb", 4), 0);
+    sleeper_t s[SLEEPERS];
+    pthread_t ts[SLEEPERS], tb;
+    for (int i = 0; i < SLEEPERS; i++) start_sleeper(&s[i], &ts[i]);
+    burster_t b = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
+    tu_thread_create(&tb, burster_main, &b);
+    pthread_mutex_lock(&b.mu);
+    while (b.phase != 1) pthread_cond_wait(&b.cv, &b.mu);
+    pthread_mutex_unlock(&b.mu);
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
+    for (int i = 0; i < 64; i++) TM_API(free)(TM_API(malloc)(64 << 10)); /* a GC tick */
+    size_t left = 1;
+    for (int i = 0; i < 300 && left; i++) {
+        sleep_ms(100);
+        left = 0;
+        for (int k = 0; k < SLEEPERS; k++) left += cached(s[k].tc);
+    }
+    pthread_mutex_lock(&b.mu);
+    b.phase = 2;
+    pthread_cond_broadcast(&b.cv);
+    pthread_mutex_unlock(&b.mu);
+    tu_thread_join(tb);
+    for (int i = 0; i < SLEEPERS; i++) wake_sleeper(&s[i], ts[i]);
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 0), 0);
+    for (int i = 0; i < 300 && tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
+    assert_int_equal(TM_API(trimalloc_option_set)("tcache_total_mb", 64), 0);
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
+    assert_int_equal(left, 0);
+    if (b.cap1 > 16) fail_msg("with 9 caches sharing 4 MiB the 4 KiB bin reached %u blocks", b.cap1);
+    if (b.cap2 < 32)
+        fail_msg("with the 7 sleepers' caches emptied the 4 KiB bin stayed at %u blocks (was %u)",
+                 b.cap2, b.cap1);
+}
+
 /* A thread in a steady loop of malloc/free pairs keeps the same tops, so
  * it is drained too, once a window, while it runs: the world stop's
  * handshake then meets a live owner. Its blocks keep their bytes and the
@@ -211,6 +283,7 @@ int main(void) {
         cmocka_unit_test(test_without_the_background_thread_the_cache_stays),
         cmocka_unit_test(test_the_background_thread_drains_a_sleeping_cache),
         cmocka_unit_test(test_a_reused_cache_starts_a_new_record),
+        cmocka_unit_test(test_emptied_caches_leave_the_share),
         cmocka_unit_test(test_a_steady_thread_is_drained_while_it_runs),
     };
     return cmocka_run_group_tests_name("unit_idle_caches", tests, NULL, NULL);
