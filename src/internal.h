@@ -446,6 +446,7 @@ uint64_t world_drain_all_caches(void);
 unsigned world_drain_idle_caches(uint64_t now); /* background thread; returns caches drained */
 void xfer_gc_all(void);                          /* tcache.c */
 void tcache_mark_drained_locked(tm_tcache_t *tc); /* a trimmer emptied it (tcache.c) */
+unsigned tcache_drained_unused(void);             /* live caches so marked */
 
 /* ---- heapmin.c ---------------------------------------------------------------------- */
 void heapmin_lock(void);

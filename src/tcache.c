@@ -422,6 +422,8 @@ void tcache_mark_drained_locked(tm_tcache_t *tc) {
     __atomic_add_fetch(&drained_unused_caches, 1, __ATOMIC_RELAXED);
 }
 
+unsigned tcache_drained_unused(void) { return __atomic_load_n(&drained_unused_caches, __ATOMIC_RELAXED); }
+
 static void tcache_mark_used_locked(tm_tcache_t *tc) {
     if (likely(!tc->drained_unused)) return;
     tc->drained_unused = false;

@@ -278,6 +278,72 @@ static void test_a_steady_thread_is_drained_while_it_runs(void **state) {
     assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
 }
 
+/* The count of emptied caches matches their flags after threads that
+ * allocate, free each other's blocks and exit while _heapmin and the idle
+ * scan empty caches: a count that drifted would make every share wrong
+ * (too high a count clamps to one cache: no bound at all). */
+typedef struct churner {
+    int id;
+    void *volatile *swap;
+    pthread_barrier_t *done, *go; /* emptied by _heapmin in between: exits marked */
+} churner_t;
+
+static void *churner_main(void *arg) {
+    churner_t *c = arg;
+    for (int round = 0; round < 200; round++) {
+        void *p[32];
+        for (int i = 0; i < 32; i++) p[i] = TM_API(malloc)((size_t)(16 + 48 * ((i + round) % 40)));
+        for (int i = 0; i < 31; i++) TM_API(free)(p[i]);
+        /* one block goes to whoever comes next */
+        TM_API(free)(__atomic_exchange_n(c->swap, p[31], __ATOMIC_ACQ_REL));
+        if (round % 50 == c->id % 50) sleep_ms(2);
+    }
+    pthread_barrier_wait(c->done);
+    pthread_barrier_wait(c->go);
+    return NULL;
+}
+
+static void test_the_count_of_emptied_caches_stays_exact(void **state) {
+    (void)state;
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 0), 0); /* 1 s window */
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
+    for (int i = 0; i < 64; i++) TM_API(free)(TM_API(malloc)(64 << 10)); /* a GC tick */
+    static void *volatile swap;
+    pthread_barrier_t done, go;
+    pthread_barrier_init(&done, NULL, 9);
+    pthread_barrier_init(&go, NULL, 9);
+    for (int wave = 0; wave < 8; wave++) {
+        churner_t c[8];
+        pthread_t t[8];
+        for (int i = 0; i < 8; i++) {
+            c[i] = (churner_t){wave * 8 + i, &swap, &done, &go};
+            tu_thread_create(&t[i], churner_main, &c[i]);
+        }
+        assert_int_equal(TM_API(_heapmin)(), 0); /* while they work */
+        pthread_barrier_wait(&done);
+        if (wave % 2) assert_int_equal(TM_API(_heapmin)(), 0); /* they exit marked */
+        pthread_barrier_wait(&go);
+        for (int i = 0; i < 8; i++) tu_thread_join(t[i]);
+    }
+    pthread_barrier_destroy(&done);
+    pthread_barrier_destroy(&go);
+    assert_int_equal(TM_API(_heapmin)(), 0); /* this thread's cache is marked too */
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 0), 0);
+    for (int i = 0; i < 300 && tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
+    TM_API(free)(swap);
+    unsigned flagged = 0, live = 0;
+    tcache_registry_lock();
+    for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next) {
+        live++;
+        flagged += tc->drained_unused;
+    }
+    tcache_registry_unlock();
+    if (tcache_drained_unused() != flagged || flagged > live)
+        fail_msg("the count of emptied caches is %u, %u of the %u live caches are flagged",
+                 tcache_drained_unused(), flagged, live);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_without_the_background_thread_the_cache_stays),
@@ -285,6 +351,7 @@ int main(void) {
         cmocka_unit_test(test_a_reused_cache_starts_a_new_record),
         cmocka_unit_test(test_emptied_caches_leave_the_share),
         cmocka_unit_test(test_a_steady_thread_is_drained_while_it_runs),
+        cmocka_unit_test(test_the_count_of_emptied_caches_stays_exact),
     };
     return cmocka_run_group_tests_name("unit_idle_caches", tests, NULL, NULL);
 }
