@@ -667,7 +667,6 @@ static void tcache_destructor(void *arg) {
     tm_lock(&tc->mu);
     tm_tls.state = TLS_DEAD; /* from now on no one points tls.tc back at tc */
     __atomic_store_n(&tm_tls.tc, &tm_tcache_sentinel, __ATOMIC_RELEASE);
-    tcache_mark_used_locked(tc); /* out of the idle count before the registry's */
     tcache_drain_locked(tc);
     slots_release_first(tc);
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
@@ -676,6 +675,16 @@ static void tcache_destructor(void *arg) {
     if (tc->prev) tc->prev->next = tc->next;
     else registry = tc->next;
     if (tc->next) tc->next->prev = tc->prev;
+    /* Out of the count of emptied caches, once out of the registry: a
+     * trimmer walks the registry under its lock, and could flag the cache
+     * again until then. (Until 2026-12-05 this came before the registry
+     * lock, and threads exiting during _heapmin left flags that no one
+     * took back: an outside tester's pool, exiting threads while trimming,
+     * counted 700+ emptied caches for one live one, and the bound was
+     * gone.) */
+    tm_lock(&tc->mu);
+    tcache_mark_used_locked(tc);
+    pthread_mutex_unlock(&tc->mu);
     __atomic_store_n(&registry_count, registry_count - 1, __ATOMIC_RELAXED);
     tc->state = TC_STATE_FREE;
     tc->arena->nthreads--;
@@ -812,7 +821,7 @@ static tm_tcache_t *tcache_create(void) {
     tc->gc_tick = 0;
     tc->gc_next = 1;
     tc->idle_seen = 0; /* a new record for the background thread's scan (world.c) */
-    tc->drained_unused = false;
+    tcache_mark_used_locked(tc); /* no lock: not in the registry yet */
     tc->owner_tls = &tm_tls;
     tm_mutex_init(&tc->mu);
     tc->unbound = os_gettid() == os_getpid();
