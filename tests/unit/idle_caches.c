@@ -53,6 +53,22 @@ static size_t cached(tm_tcache_t *tc) {
     return n;
 }
 
+/* The background thread on, with a window of decay_ms (at least 1 s), and
+ * running: it starts at a GC tick, which 64 large allocations make. */
+static void bg_on(long decay_ms) {
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", decay_ms), 0);
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
+    for (int i = 0; i < 64; i++) TM_API(free)(TM_API(malloc)(64 << 10));
+    for (int i = 0; i < 100 && !tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
+}
+
+/* Off again, gone, and the default window back. */
+static void bg_off(void) {
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 0), 0);
+    for (int i = 0; i < 300 && tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
+    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
+}
+
 /* Start a sleeper, wait until its cache is filled; returns what it holds. */
 static size_t start_sleeper(sleeper_t *s, pthread_t *t) {
     *s = (sleeper_t){PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NULL, NULL};
@@ -91,13 +107,10 @@ static void test_without_the_background_thread_the_cache_stays(void **state) {
  * windows: the machine may be busy), and the thread goes on normally. */
 static void test_the_background_thread_drains_a_sleeping_cache(void **state) {
     (void)state;
-    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 1000), 0);
-    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
     sleeper_t s;
     pthread_t t;
     assert_true(start_sleeper(&s, &t) >= NBLOCKS - NHELD);
-    /* the background thread starts at a GC tick: 64 large allocations make one */
-    for (int i = 0; i < 64; i++) TM_API(free)(TM_API(malloc)(64 << 10));
+    bg_on(1000);
     size_t left = cached(s.tc);
     for (int i = 0; i < 300 && left; i++) {
         sleep_ms(100);
@@ -107,9 +120,7 @@ static void test_the_background_thread_drains_a_sleeping_cache(void **state) {
     assert_int_equal(tu_threads_named("trimalloc-bg"), 1);
     if (left) fail_msg("the sleeping thread's cache still holds %zu blocks after 30 windows", left);
     assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
-    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 0), 0);
-    for (int i = 0; i < 300 && tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
-    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
+    bg_off();
 }
 
 /* A cache reused by a new thread starts a new record: the digest only
@@ -136,10 +147,7 @@ static void *idler_main(void *arg) {
 
 static void test_a_reused_cache_starts_a_new_record(void **state) {
     (void)state;
-    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 1000), 0);
-    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
-    for (int i = 0; i < 64; i++) TM_API(free)(TM_API(malloc)(64 << 10)); /* a GC tick */
-    for (int i = 0; i < 100 && !tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
+    bg_on(1000);
     idler_t a = {NULL, 500, 0, 0}, b = {NULL, 300, 0, 0};
     pthread_t t;
     tu_thread_create(&t, idler_main, &a); /* scanned while idle, then exits */
@@ -147,9 +155,7 @@ static void test_a_reused_cache_starts_a_new_record(void **state) {
     sleep_ms(1200);
     tu_thread_create(&t, idler_main, &b); /* the same work, likely in a's cache */
     tu_thread_join(t);
-    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 0), 0);
-    for (int i = 0; i < 300 && tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
-    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
+    bg_off();
     if (b.tc != a.tc) skip(); /* another cache: nothing inherited to test */
     if (b.after != b.before)
         fail_msg("a reused cache was drained %ld ms into its idleness (%zu -> %zu blocks); "
@@ -193,7 +199,6 @@ static void *burster_main(void *arg) {
 static void test_emptied_caches_leave_the_share(void **state) {
     (void)state;
     enum { SLEEPERS = 7 };
-    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 1000), 0);
     assert_int_equal(TM_API(trimalloc_option_set)("tcache_total_mb", 4), 0);
     sleeper_t s[SLEEPERS];
     pthread_t ts[SLEEPERS], tb;
@@ -203,8 +208,7 @@ static void test_emptied_caches_leave_the_share(void **state) {
     pthread_mutex_lock(&b.mu);
     while (b.phase != 1) pthread_cond_wait(&b.cv, &b.mu);
     pthread_mutex_unlock(&b.mu);
-    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
-    for (int i = 0; i < 64; i++) TM_API(free)(TM_API(malloc)(64 << 10)); /* a GC tick */
+    bg_on(1000);
     size_t left = 1;
     for (int i = 0; i < 300 && left; i++) {
         sleep_ms(100);
@@ -217,10 +221,8 @@ static void test_emptied_caches_leave_the_share(void **state) {
     pthread_mutex_unlock(&b.mu);
     tu_thread_join(tb);
     for (int i = 0; i < SLEEPERS; i++) wake_sleeper(&s[i], ts[i]);
-    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 0), 0);
-    for (int i = 0; i < 300 && tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
+    bg_off();
     assert_int_equal(TM_API(trimalloc_option_set)("tcache_total_mb", 64), 0);
-    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
     assert_int_equal(left, 0);
     if (b.cap1 > 16) fail_msg("with 9 caches sharing 4 MiB the 4 KiB bin reached %u blocks", b.cap1);
     if (b.cap2 < 32)
@@ -257,9 +259,7 @@ static void *steady_main(void *arg) {
 
 static void test_a_steady_thread_is_drained_while_it_runs(void **state) {
     (void)state;
-    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 1000), 0);
-    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
-    for (int i = 0; i < 64; i++) TM_API(free)(TM_API(malloc)(64 << 10)); /* a GC tick */
+    bg_on(1000);
     steady_t s = {0, 0, 0};
     pthread_t t;
     uint64_t before = __atomic_load_n(&tm_gstats.idle_drains, __ATOMIC_RELAXED), got = 0;
@@ -270,9 +270,7 @@ static void test_a_steady_thread_is_drained_while_it_runs(void **state) {
     }
     __atomic_store_n(&s.stop, 1, __ATOMIC_RELAXED);
     tu_thread_join(t);
-    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 0), 0);
-    for (int i = 0; i < 300 && tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
-    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
+    bg_off();
     if (got < 2) fail_msg("%llu idle drains in 60 s of a steady loop", (unsigned long long)got);
     if (s.bad) fail_msg("%ld bad checks in %ld rounds", s.bad, s.rounds);
     assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
@@ -317,9 +315,7 @@ static void *churner_main(void *arg) {
 
 static void test_the_count_of_emptied_caches_stays_exact(void **state) {
     (void)state;
-    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 0), 0); /* 1 s window */
-    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
-    for (int i = 0; i < 64; i++) TM_API(free)(TM_API(malloc)(64 << 10)); /* a GC tick */
+    bg_on(0); /* a window of 1 s, the least */
     static void *volatile swap;
     pthread_barrier_t done, go;
     pthread_barrier_init(&done, NULL, 9);
@@ -345,9 +341,7 @@ static void test_the_count_of_emptied_caches_stays_exact(void **state) {
     pthread_barrier_destroy(&done);
     pthread_barrier_destroy(&go);
     assert_int_equal(TM_API(_heapmin)(), 0); /* this thread's cache is marked too */
-    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 0), 0);
-    for (int i = 0; i < 300 && tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
-    assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
+    bg_off();
     TM_API(free)(swap);
     unsigned flagged = 0, live = 0;
     tcache_registry_lock();
