@@ -839,6 +839,11 @@ static tm_tcache_t *tcache_create(void) {
     if (!tc->arena) {
         tm_lock(&registry_lock);
         arena_bind_locked(tc, ai, -1);
+        /* kept for the next thread (it was dropped until 2026-12-05:
+         * noticed by an outside tester reading the code) */
+        tc->state = TC_STATE_FREE;
+        tc->next = recycled;
+        recycled = tc;
         pthread_mutex_unlock(&registry_lock);
         tm_tls.state = TLS_NONE;
         return NULL;
