@@ -291,7 +291,8 @@ static bool xfer_gc(unsigned ai, unsigned cls) {
  * back to their arenas. Caller holds no lock of rank above the trim lock. */
 void xfer_gc_all(void) {
     for (unsigned ai = 0; ai < TM_MAX_ARENAS; ai++)
-        for (unsigned c = 1; xfer_set(ai) && c <= TM_NCLASSES; c++) (void)xfer_gc(ai, c);
+        if (xfer_set(ai))
+            for (unsigned c = 1; c <= TM_NCLASSES; c++) (void)xfer_gc(ai, c);
 }
 
 static size_t xfer_cached_bytes(void) {
@@ -1054,16 +1055,19 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
         else {
             if (b->top == b->base) {
                 bool start = b->base == (void **)tc->slots_mem + slot_start[cls];
-                size_t share = cache_share();
-                if (start && b->taken >= TC_START_SLOTS && slot_first[cls] && !tc->slots_releasing &&
-                    cap_now(cls, share) > cap) {
+                if (start && b->taken >= TC_START_SLOTS && slot_first[cls] && !tc->slots_releasing) {
                     /* empty again after refills that brought a start
                      * size of blocks, none of which came back: the
                      * thread holds more than its start size, so the bin
-                     * moves to its capacity now */
-                    bin_reset(tc, cls, 0, false, share);
-                    cap = tc_bin_cap(b);
-                    start = false;
+                     * moves to its capacity now, if its share allows
+                     * more than the start size (the share read once,
+                     * here, and only here on this path) */
+                    size_t share = cache_share();
+                    if (cap_now(cls, share) > cap) {
+                        bin_reset(tc, cls, 0, false, share);
+                        cap = tc_bin_cap(b);
+                        start = false;
+                    }
                 }
                 uint32_t want = refill_want(b, cap);
                 uint32_t got = xfer_get(tc->arena->index, cls, b->base, want);

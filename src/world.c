@@ -176,6 +176,9 @@ static uint64_t drain_where(bool (*pick)(tm_tcache_t *, uint64_t), uint64_t now,
         if (barrier_ok) barrier_ok = os_heavy_barrier() == 0 || TM_TSAN;
         if (!barrier_ok) continue; /* the group's owners drain their own caches */
         for (tm_tcache_t *g = first; g != tc; g = g->next) {
+            /* with pick, those not stopped (nothing pending: stops are
+             * made under the registry lock, which we hold) need no visit */
+            if (pick && !__atomic_load_n(&g->drain_pending, __ATOMIC_RELAXED)) continue;
             uint64_t t0 = os_now_ns(), t1;
             tm_lock(&g->mu);
             if (!__atomic_load_n(&g->drain_pending, __ATOMIC_RELAXED) ||
