@@ -365,6 +365,8 @@ unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_R
 /* the remote large-free queue (tcache_free_large) */
 #define TC_RL_BYTES (1024u << 10)
 #define TC_RL_FIRST 4
+#define TC_OWN_PAGES 16       /* own-arena runs queued: up to 64 KiB */
+#define TC_OWN_QUEUE_PAGES 64 /* ... while the queue holds at most 256 KiB */
 static uint32_t tc_grow_bytes(uint32_t size) { return size <= 512 ? 64u << 10 : 256u << 10; }
 
 static uint32_t bin_cap(unsigned cls) {
@@ -1200,18 +1202,36 @@ void tcache_free_slow(void *p, unsigned cls) {
  * which reports it at once, and a second free(), realloc() or
  * malloc_usable_size() of a queued block reports a double free. The
  * queue empties with the bins: _heapmin, thread exit, fork, and the
- * garbage collection once it has not moved for a visit. Runs of the
- * thread's own arena, and every run when caching is off, are freed at
+ * garbage collection once it has not moved for a visit.
+ *
+ * A free() of a run of the thread's own arena joins the queue too when the
+ * run is at most TC_OWN_PAGES long and the queue then holds at most
+ * TC_OWN_QUEUE_PAGES: a thread that frees and allocates 8-64 KiB buffers
+ * in turn takes them back from its queue, not from the arena under its
+ * lock, whose run index and resident bitmap a program that touches much
+ * memory finds cold (measured: bench/throughput sizes spent a fifth of its
+ * time there). A full queue sends home its older half, so the newest runs
+ * stay for the next allocations. Longer runs of the own arena, runs that
+ * realloc moved away from (keep false: at home their pages can serve the
+ * next growth in place), and every run when caching is off, are freed at
  * once. */
 
-void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
+/* Pages of the runs in tc's queue. */
+static uint32_t queued_pages_locked(const tm_tcache_t *tc) {
+    uint32_t n = 0;
+    for (unsigned i = 0; i < tc->rl_n; i++) n += tc->rl_pages[i];
+    return n;
+}
+
+void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p, bool keep) {
     uint32_t *fast = &c->fast[page], f = __atomic_load_n(fast, __ATOMIC_RELAXED);
     if (f & TM_FAST_QUEUED) {
         tm_double_free("free", p); /* waiting in some thread's queue */
         return;
     }
     tm_tcache_t *tc = tcache_get_slow(); /* a thread that only frees gets a cache too */
-    if (!tc || c->arena == tc->arena || bin_cap(1) == 0) {
+    bool own = tc && c->arena == tc->arena;
+    if (!tc || (own && (!keep || TM_FAST_LARGE_PAGES(f) > TC_OWN_PAGES)) || bin_cap(1) == 0) {
         arena_free_large(c, page, p);
         return;
     }
@@ -1229,14 +1249,20 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
         return;
     }
     tcache_settle_locked(tc);
-    tc->rl[tc->rl_n] = p;
-    tc->rl_pages[tc->rl_n] = (uint16_t)TM_FAST_LARGE_PAGES(f);
-    __atomic_store_n(&tc->rl_n, tc->rl_n + 1, __ATOMIC_RELAXED);
-    if (tc->rl_n >= tc->rl_cap) {
-        n = tc->rl_n;
-        memcpy(batch, tc->rl, n * sizeof *batch);
-        __atomic_store_n(&tc->rl_n, 0, __ATOMIC_RELAXED);
+    if (own) { /* room for it within TC_OWN_QUEUE_PAGES: the oldest go home */
+        uint32_t need = TM_FAST_LARGE_PAGES(f), have = queued_pages_locked(tc);
+        while (n < tc->rl_n && have + need > TC_OWN_QUEUE_PAGES) have -= tc->rl_pages[n++];
     }
+    if (!n && tc->rl_n + 1 >= tc->rl_cap) n = (tc->rl_n + 1) / 2; /* full: the older half */
+    unsigned left = tc->rl_n - n;
+    if (n) {
+        memcpy(batch, tc->rl, n * sizeof *batch);
+        memmove(tc->rl, tc->rl + n, left * sizeof *tc->rl);
+        memmove(tc->rl_pages, tc->rl_pages + n, left * sizeof *tc->rl_pages);
+    }
+    tc->rl[left] = p;
+    tc->rl_pages[left] = (uint16_t)TM_FAST_LARGE_PAGES(f);
+    __atomic_store_n(&tc->rl_n, left + 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&tc->mu);
     if (!n) return;
     size_t bytes = arena_free_large_batch(batch, n);
@@ -1269,9 +1295,9 @@ void *tcache_large_reuse(uint32_t npages) {
     for (unsigned i = tc->rl_n; i-- > 0;) {
         if (tc->rl_pages[i] != npages) continue;
         p = tc->rl[i];
-        unsigned last = tc->rl_n - 1;
-        tc->rl[i] = tc->rl[last];
-        tc->rl_pages[i] = tc->rl_pages[last];
+        unsigned last = tc->rl_n - 1; /* the rest keep their order, oldest first */
+        memmove(tc->rl + i, tc->rl + i + 1, (last - i) * sizeof *tc->rl);
+        memmove(tc->rl_pages + i, tc->rl_pages + i + 1, (last - i) * sizeof *tc->rl_pages);
         __atomic_store_n(&tc->rl_n, last, __ATOMIC_RELAXED);
         break;
     }
@@ -1280,6 +1306,7 @@ void *tcache_large_reuse(uint32_t npages) {
         tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
         __atomic_store_n(&c->fast[((uintptr_t)p - c->base) >> TM_PAGE_SHIFT],
                          TM_FAST_LARGE_ENTRY(TM_FAST_LARGE, npages), __ATOMIC_RELAXED);
+        tcache_gc_tick_large(); /* a large allocation, as tcache_arena counts them */
     }
     return p;
 }
