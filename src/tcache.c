@@ -363,8 +363,7 @@ unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_R
  * blocks while it is in its start slots. */
 #define TC_GROW_MAX 4
 /* the remote large-free queue (tcache_free_large) */
-#define TC_RL_BYTES (1024u << 10)
-#define TC_RL_FIRST 4
+#define TC_RL_PAGES 256       /* 1 MiB of runs at most */
 #define TC_OWN_PAGES 16       /* own-arena runs queued: up to 64 KiB */
 #define TC_OWN_QUEUE_PAGES 64 /* ... while the queue holds at most 256 KiB */
 static uint32_t tc_grow_bytes(uint32_t size) { return size <= 512 ? 64u << 10 : 256u << 10; }
@@ -820,7 +819,6 @@ static tm_tcache_t *tcache_create(void) {
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&tc->rl_n, 0, __ATOMIC_RELAXED);
     tc->rl_gc_n = 0;
-    tc->rl_cap = TC_RL_FIRST;
     tc->gc_tick = 0;
     tc->gc_next = 1;
     tc->idle_seen = 0; /* a new record for the background thread's scan (world.c) */
@@ -1193,10 +1191,13 @@ void tcache_free_slow(void *p, unsigned cls) {
  * 2 threads passing each other 8-32 KiB blocks made 15 000 futex calls per
  * 800 000 operations). So such runs wait in the freeing thread's cache and
  * go home together when the queue is full: one hold of each arena's lock
- * per batch (arena_free_large_batch). The size of a run is only known
- * under its arena's lock, so the queue's length adapts after each batch
- * to hold about TC_RL_BYTES (1 to TM_RL_MAX runs), starting at
- * TC_RL_FIRST. Only the first page of a large block the program holds
+ * per batch (arena_free_large_batch). The queue holds at most TM_RL_MAX
+ * runs and TC_RL_PAGES pages (a longer run goes home at once); a run that
+ * would take it past either sends home its older half first, and more of
+ * its oldest runs if the new one still does not fit. (Until 2026-12-05
+ * the whole queue went, and its length adapted after each batch to the
+ * bytes the batch held; a tester found that a batch of short runs set it
+ * for long ones: 31 runs of 2 MiB queued.) Only the first page of a large block the program holds
  * is queued (its fast[] entry carries TM_FAST_LARGE, which the queueing
  * swaps for TM_FAST_QUEUED); any other address goes to arena_free_large,
  * which reports it at once, and a second free(), realloc() or
@@ -1210,8 +1211,7 @@ void tcache_free_slow(void *p, unsigned cls) {
  * in turn takes them back from its queue, not from the arena under its
  * lock, whose run index and resident bitmap a program that touches much
  * memory finds cold (measured: bench/throughput sizes spent a fifth of its
- * time there). A full queue sends home its older half, so the newest runs
- * stay for the next allocations. Longer runs of the own arena, runs that
+ * time there). The newest runs stay for the next allocations. Longer runs of the own arena, runs that
  * realloc moved away from (keep false: at home their pages can serve the
  * next growth in place), and every run when caching is off, are freed at
  * once. */
@@ -1231,7 +1231,8 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p, bool keep) {
     }
     tm_tcache_t *tc = tcache_get_slow(); /* a thread that only frees gets a cache too */
     bool own = tc && c->arena == tc->arena;
-    if (!tc || (own && (!keep || TM_FAST_LARGE_PAGES(f) > TC_OWN_PAGES)) || bin_cap(1) == 0) {
+    uint32_t need = TM_FAST_LARGE_PAGES(f), limit = own ? TC_OWN_QUEUE_PAGES : TC_RL_PAGES;
+    if (!tc || (own && (!keep || need > TC_OWN_PAGES)) || need > limit || bin_cap(1) == 0) {
         arena_free_large(c, page, p);
         return;
     }
@@ -1249,11 +1250,13 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p, bool keep) {
         return;
     }
     tcache_settle_locked(tc);
-    if (own) { /* room for it within TC_OWN_QUEUE_PAGES: the oldest go home */
-        uint32_t need = TM_FAST_LARGE_PAGES(f), have = queued_pages_locked(tc);
-        while (n < tc->rl_n && have + need > TC_OWN_QUEUE_PAGES) have -= tc->rl_pages[n++];
+    uint32_t have = queued_pages_locked(tc);
+    if (have + need > limit || tc->rl_n + 1 > TM_RL_MAX) {
+        /* no room: the older half goes home, and more of the oldest runs
+         * while the new one still does not fit */
+        for (; n < (tc->rl_n + 1) / 2; n++) have -= tc->rl_pages[n];
+        while (n < tc->rl_n && have + need > limit) have -= tc->rl_pages[n++];
     }
-    if (!n && tc->rl_n + 1 >= tc->rl_cap) n = (tc->rl_n + 1) / 2; /* full: the older half */
     unsigned left = tc->rl_n - n;
     if (n) {
         memcpy(batch, tc->rl, n * sizeof *batch);
@@ -1261,13 +1264,10 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p, bool keep) {
         memmove(tc->rl_pages, tc->rl_pages + n, left * sizeof *tc->rl_pages);
     }
     tc->rl[left] = p;
-    tc->rl_pages[left] = (uint16_t)TM_FAST_LARGE_PAGES(f);
+    tc->rl_pages[left] = (uint16_t)need;
     __atomic_store_n(&tc->rl_n, left + 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&tc->mu);
-    if (!n) return;
-    size_t bytes = arena_free_large_batch(batch, n);
-    size_t cap = bytes ? (size_t)TC_RL_BYTES * n / bytes : TM_RL_MAX;
-    tc->rl_cap = cap < 1 ? 1 : cap > TM_RL_MAX ? TM_RL_MAX : (uint32_t)cap;
+    if (n) arena_free_large_batch(batch, n);
 }
 
 /* Move tc's queued remote large frees to out (room for TM_RL_MAX), for a

@@ -279,10 +279,11 @@ typedef struct tm_tcache {
     unsigned gc_next;           /* class the next visit looks at */
     unsigned gc_xfer_arena;     /* the other arena whose transfer cache it
                                    looked at last */
-    /* large runs of other arenas this thread freed, waiting to go home
-     * together (tcache.c): rl[0..rl_n) and their lengths in pages under
-     * mu (rl_n also peeked at by the owner without it); rl_cap, the owner's */
-    uint32_t rl_n, rl_cap, rl_gc_n;
+    /* large runs this thread freed (of other arenas, and short ones of its
+     * own), waiting to go home together (tcache.c), oldest first:
+     * rl[0..rl_n) and their lengths in pages under mu (rl_n also peeked at
+     * by the owner without it) */
+    uint32_t rl_n, rl_gc_n;
     void *rl[TM_RL_MAX];
     uint16_t rl_pages[TM_RL_MAX];
     /* the background thread's view of the cache (world.c), under mu: a

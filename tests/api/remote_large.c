@@ -273,6 +273,65 @@ static void test_queued_block_taken_back_for_same_length(void **state)
     tu_arena_holder_stop();
 }
 
+enum { NBIG = 31, BIG = 1 << 20 };
+static void *bigs[NBIG];
+
+static void *alloc_bigs_thread(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < NBIG; i++) {
+        bigs[i] = TM_API(malloc)(BIG);
+        TU_CHECK(bigs[i] != NULL, "malloc(%d) failed", BIG);
+        memset(bigs[i], 0x5c, 4096);
+    }
+    return NULL;
+}
+
+static void alloc_bigs_in_thread(void *arg)
+{
+    pthread_t t;
+    tu_thread_create(&t, alloc_bigs_thread, arg);
+    tu_thread_join(t);
+}
+
+/* The queue holds at most 1 MiB of runs, however short the runs that went
+ * home before: a thread that had freed runs of its own, then frees 31 runs
+ * of 1 MiB made in another arena, kept up to 26 MiB of them out of their
+ * arena (found by a tester, 2026-12-05: the queue's length was set by the
+ * bytes of its last batch, short runs of its own). */
+static void test_the_queue_holds_at_most_a_mebibyte(void **state)
+{
+    (void)state;
+    if (narenas() < 2)
+        skip();
+    tu_arena_holder_start();
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    void *own = TM_API(malloc)(BLOCK);
+    assert_non_null(own);
+    unsigned me = arena_of(alloc_one, NULL, 1);
+    TM_API(free)(one);
+    unsigned x = arena_of(alloc_bigs_in_thread, NULL, NBIG);
+    assert_int_not_equal(me, x);
+    /* short runs of this thread's own arena come and go first */
+    void *mine[40];
+    for (int i = 0; i < 40; i++) {
+        mine[i] = TM_API(malloc)(12 << 10);
+        assert_non_null(mine[i]);
+    }
+    for (int i = 0; i < 40; i++)
+        TM_API(free)(mine[i]);
+    size_t base = stats().tcache_bytes, most = 0;
+    for (int i = 0; i < NBIG; i++) {
+        TM_API(free)(bigs[i]);
+        size_t now = stats().tcache_bytes;
+        if (now > most)
+            most = now;
+    }
+    assert_true(most <= base + BIG);
+    TM_API(free)(own);
+    tu_arena_holder_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -280,6 +339,7 @@ int main(void)
         cmocka_unit_test(test_heapmin_sends_home_an_idle_threads_queue),
         cmocka_unit_test(test_thread_exit_sends_its_queue_home),
         cmocka_unit_test(test_queued_block_taken_back_for_same_length),
+        cmocka_unit_test(test_the_queue_holds_at_most_a_mebibyte),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
