@@ -57,7 +57,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   tcache_arena xfer_get xfer_put xfer_gc xfer_take xfer_set xfer_count xfer_set_make_locked xfer_flush_out
   bin_flush block_arena tcache_registry_lock tcache_registry_unlock
   tcache_registry_first xfer_fork_prepare xfer_fork_parent xfer_fork_child
-  tcache_fork_child tcache_free_large queued_pages_locked tcache_gc_tick_large tcache_large_reuse
+  tcache_fork_child tcache_free_large queued_pages rl_push_owner tcache_gc_tick_large tcache_large_reuse
   bin_reset bin_restart bin_cap_start bin_cap_max refill_want slots_release_first slots_purge_grown
   cache_share cap_now max_now
   xfer_flush_arena arena_bind_locked

@@ -19,22 +19,6 @@
 
 #include <stdio.h>
 
-/* ---- the owner's half of the handshake ------------------------------------
- * busy = 1, then read which cache to use: a trimmer that wants this cache
- * first points tm_tls.tc at the sentinel, then runs a membarrier, then
- * waits for busy == 0 (world.c). */
-TM_INLINE tm_tcache_t *tc_enter(void) {
-#if TM_TSAN
-    __atomic_store_n(&tm_tls.busy, 1, __ATOMIC_SEQ_CST);
-    return __atomic_load_n(&tm_tls.tc, __ATOMIC_SEQ_CST);
-#else
-    __atomic_store_n(&tm_tls.busy, 1, __ATOMIC_RELAXED);
-    __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    return __atomic_load_n(&tm_tls.tc, __ATOMIC_ACQUIRE);
-#endif
-}
-TM_INLINE void tc_leave(void) { __atomic_store_n(&tm_tls.busy, 0, __ATOMIC_RELEASE); }
-
 /* ---- fast paths ------------------------------------------------------------------ */
 
 /* off: the class's bin, as a byte offset in the cache (cls << 5, see

@@ -390,6 +390,22 @@ void huge_unlock(void);
 extern __thread tm_tls_t tm_tls __attribute__((tls_model("initial-exec")));
 enum { TLS_NONE = 0, TLS_BOOTING, TLS_LIVE, TLS_DEAD, TLS_EXITING };
 extern tm_tcache_t tm_tcache_sentinel;
+/* The owner's half of the world-stop handshake (world.c): busy = 1, then
+ * read which cache to use. A trimmer that wants this cache first points
+ * tm_tls.tc at the sentinel, then runs a membarrier, then waits for busy ==
+ * 0. Used by the fast paths (alloc.c) and the owner's lockless use of its
+ * large-run queue (tcache.c); nothing between the two may block. */
+TM_INLINE tm_tcache_t *tc_enter(void) {
+#if TM_TSAN
+    __atomic_store_n(&tm_tls.busy, 1, __ATOMIC_SEQ_CST);
+    return __atomic_load_n(&tm_tls.tc, __ATOMIC_SEQ_CST);
+#else
+    __atomic_store_n(&tm_tls.busy, 1, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    return __atomic_load_n(&tm_tls.tc, __ATOMIC_ACQUIRE);
+#endif
+}
+TM_INLINE void tc_leave(void) { __atomic_store_n(&tm_tls.busy, 0, __ATOMIC_RELEASE); }
 TM_INLINE uint32_t tc_bin_count(const tm_tc_bin_t *b) { return (uint32_t)(b->top - b->base); }
 TM_INLINE uint32_t tc_bin_cap(const tm_tc_bin_t *b) { return (uint32_t)(b->limit - b->base); }
 extern uint64_t tm_cookie_key;

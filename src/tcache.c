@@ -1216,11 +1216,30 @@ void tcache_free_slow(void *p, unsigned cls) {
  * next growth in place), and every run when caching is off, are freed at
  * once. */
 
-/* Pages of the runs in tc's queue. */
-static uint32_t queued_pages_locked(const tm_tcache_t *tc) {
+/* Pages of the runs in tc's queue: under tc->mu, or by the owner inside
+ * the handshake (rl_push_owner). */
+static uint32_t queued_pages(const tm_tcache_t *tc) {
     uint32_t n = 0;
     for (unsigned i = 0; i < tc->rl_n; i++) n += tc->rl_pages[i];
     return n;
+}
+
+/* The owner's lockless push of the claimed run p (need pages) onto its own
+ * queue, when it fits: the world-stop handshake guards it as it guards the
+ * bins; rl[n] is written before rl_n is published, for a reader under mu
+ * (statistics) and for a fork child of this moment. False: the locked
+ * path's job (a trimmer stopped the cache, or the queue is full). */
+static bool rl_push_owner(tm_tcache_t *own, void *p, uint32_t need, uint32_t limit) {
+    tm_tcache_t *tc = tc_enter();
+    uint32_t n = __atomic_load_n(&own->rl_n, __ATOMIC_RELAXED);
+    bool ok = tc == own && n < TM_RL_MAX && queued_pages(own) + need <= limit;
+    if (ok) {
+        __atomic_store_n(&own->rl[n], p, __ATOMIC_RELAXED);
+        __atomic_store_n(&own->rl_pages[n], (uint16_t)need, __ATOMIC_RELAXED);
+        __atomic_store_n(&own->rl_n, n + 1, __ATOMIC_RELEASE);
+    }
+    tc_leave();
+    return ok;
 }
 
 void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p, bool keep) {
@@ -1236,21 +1255,21 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p, bool keep) {
         arena_free_large(c, page, p);
         return;
     }
-    void *batch[TM_RL_MAX];
-    unsigned n = 0;
-    tm_lock(&tc->mu);
     /* Claim it: of two threads freeing it at once, one queues it and the
      * other reports the double free. */
     if (!(f & TM_FAST_LARGE) ||
         !__atomic_compare_exchange_n(fast, &f, (f & ~TM_FAST_LARGE) | TM_FAST_QUEUED, false,
                                      __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-        pthread_mutex_unlock(&tc->mu);
         if (f & TM_FAST_QUEUED) tm_double_free("free", p);
         else arena_free_large(c, page, p); /* not a block the program holds: reported */
         return;
     }
+    if (rl_push_owner(tc, p, need, limit)) return;
+    void *batch[TM_RL_MAX];
+    unsigned n = 0;
+    tm_lock(&tc->mu);
     tcache_settle_locked(tc);
-    uint32_t have = queued_pages_locked(tc);
+    uint32_t have = queued_pages(tc);
     if (have + need > limit || tc->rl_n + 1 > TM_RL_MAX) {
         /* no room: the older half goes home, and more of the oldest runs
          * while the new one still does not fit */
@@ -1263,9 +1282,9 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p, bool keep) {
         memmove(tc->rl, tc->rl + n, left * sizeof *tc->rl);
         memmove(tc->rl_pages, tc->rl_pages + n, left * sizeof *tc->rl_pages);
     }
-    tc->rl[left] = p;
-    tc->rl_pages[left] = (uint16_t)need;
-    __atomic_store_n(&tc->rl_n, left + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&tc->rl[left], p, __ATOMIC_RELAXED);
+    __atomic_store_n(&tc->rl_pages[left], (uint16_t)need, __ATOMIC_RELAXED);
+    __atomic_store_n(&tc->rl_n, left + 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&tc->mu);
     if (n) arena_free_large_batch(batch, n);
 }
@@ -1290,6 +1309,16 @@ void *tcache_large_reuse(uint32_t npages) {
     tm_tcache_t *tc = tm_tls.own;
     if (!__atomic_load_n(&tc->rl_n, __ATOMIC_RELAXED)) return NULL; /* a peek: the owner's own */
     void *p = NULL;
+    /* the newest, without the lock if nothing stopped the cache (as
+     * rl_push_owner); a reader under mu may still count it a moment */
+    tm_tcache_t *now = tc_enter();
+    uint32_t n = __atomic_load_n(&tc->rl_n, __ATOMIC_RELAXED);
+    if (now == tc && n && tc->rl_pages[n - 1] == npages) {
+        p = tc->rl[n - 1];
+        __atomic_store_n(&tc->rl_n, n - 1, __ATOMIC_RELAXED);
+    }
+    tc_leave();
+    if (p) goto found;
     tm_lock(&tc->mu);
     tcache_settle_locked(tc);
     for (unsigned i = tc->rl_n; i-- > 0;) {
@@ -1302,6 +1331,7 @@ void *tcache_large_reuse(uint32_t npages) {
         break;
     }
     pthread_mutex_unlock(&tc->mu);
+found:
     if (p) {
         tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
         __atomic_store_n(&c->fast[((uintptr_t)p - c->base) >> TM_PAGE_SHIFT],
@@ -1327,11 +1357,12 @@ size_t tcache_cached_bytes(size_t *queued) {
             if (top > tc->bins[c].base)
                 bytes += (size_t)(top - tc->bins[c].base) * tm_classes[c].size;
         }
-        for (unsigned i = 0; i < tc->rl_n; i++) {
-            tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)tc->rl[i]));
-            if (c)
-                *queued += arena_large_size(
-                    c, (uint32_t)(((uintptr_t)tc->rl[i] - c->base) >> TM_PAGE_SHIFT));
+        /* the owner pushes and pops its newest run without mu
+         * (rl_push_owner, tcache_large_reuse): rl_n, then entries below it */
+        for (unsigned i = 0, n = __atomic_load_n(&tc->rl_n, __ATOMIC_ACQUIRE); i < n; i++) {
+            uintptr_t r = (uintptr_t)__atomic_load_n(&tc->rl[i], __ATOMIC_RELAXED);
+            tm_chunk_t *c = chunk_of_entry(pagemap_lookup(r));
+            if (c) *queued += arena_large_size(c, (uint32_t)((r - c->base) >> TM_PAGE_SHIFT));
         }
         pthread_mutex_unlock(&tc->mu);
     }

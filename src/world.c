@@ -236,11 +236,12 @@ static uint64_t idle_window_ns, idle_xfer_gc_ns;
  * counts, and a thread whose record predated a pause. */
 static bool idle_pick(tm_tcache_t *tc, uint64_t now) {
     tm_lock(&tc->mu);
-    uint64_t sig = tc->rl_n;
+    uint32_t queued = __atomic_load_n(&tc->rl_n, __ATOMIC_RELAXED); /* the owner's lockless push */
+    uint64_t sig = queued;
     for (unsigned c = 1; c <= TM_NCLASSES; c++)
         sig = sig * 0x9e3779b97f4a7c15ull +
               (uint64_t)(uintptr_t)__atomic_load_n(&tc->bins[c].top, __ATOMIC_RELAXED);
-    bool holds = tc->rl_n || tcache_blocks_locked(tc), pick = false;
+    bool holds = queued || tcache_blocks_locked(tc), pick = false;
     bool stale = !tc->idle_seen || now - tc->idle_seen > idle_window_ns / 2;
     tc->idle_seen = now;
     if (stale || sig != tc->idle_sig || !holds) {
