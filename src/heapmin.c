@@ -41,8 +41,10 @@ static size_t trim_all(unsigned *failures) {
     os_purge_vectors_off();
     __atomic_add_fetch(&tm_gstats.heapmin_calls, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&tm_gstats.heapmin_bytes, released, __ATOMIC_RELAXED);
-    tm_gstats.heapmin_last_pause_ns = pause;
-    if (pause > tm_gstats.heapmin_max_pause_ns) tm_gstats.heapmin_max_pause_ns = pause;
+    /* atomic: statistics read them without the trim lock */
+    __atomic_store_n(&tm_gstats.heapmin_last_pause_ns, pause, __ATOMIC_RELAXED);
+    if (pause > tm_gstats.heapmin_max_pause_ns)
+        __atomic_store_n(&tm_gstats.heapmin_max_pause_ns, pause, __ATOMIC_RELAXED);
     heapmin_unlock();
     return released;
 }

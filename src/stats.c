@@ -87,10 +87,11 @@ static void stats_fill(trimalloc_stats_t *out, size_t *chunk_bytes, size_t *huge
     if (huge_bytes) *huge_bytes = huge_b;
     out->resident = out->mapped - s.clean_free;
     out->released = __atomic_load_n(&tm_gstats.released_bytes, __ATOMIC_RELAXED);
-    out->heapmin_calls = tm_gstats.heapmin_calls;
-    out->heapmin_bytes_released = tm_gstats.heapmin_bytes;
-    out->heapmin_last_pause_ns = tm_gstats.heapmin_last_pause_ns;
-    out->heapmin_max_pause_ns = tm_gstats.heapmin_max_pause_ns;
+    /* written by _heapmin under the trim lock, read here without it */
+    out->heapmin_calls = __atomic_load_n(&tm_gstats.heapmin_calls, __ATOMIC_RELAXED);
+    out->heapmin_bytes_released = __atomic_load_n(&tm_gstats.heapmin_bytes, __ATOMIC_RELAXED);
+    out->heapmin_last_pause_ns = __atomic_load_n(&tm_gstats.heapmin_last_pause_ns, __ATOMIC_RELAXED);
+    out->heapmin_max_pause_ns = __atomic_load_n(&tm_gstats.heapmin_max_pause_ns, __ATOMIC_RELAXED);
     out->narenas = tm_narenas;
     out->nthreads = tcache_count();
 }

@@ -1343,7 +1343,7 @@ found:
 
 /* Bytes of small blocks in the caches; *queued gets the bytes of the large
  * runs waiting in their remote-free queues (still held in their arenas'
- * counts). Lock order: registry, tc->mu, arena. */
+ * counts). Lock order: registry, tc->mu. */
 size_t tcache_cached_bytes(size_t *queued) {
     size_t bytes = 0;
     *queued = 0;
@@ -1358,12 +1358,11 @@ size_t tcache_cached_bytes(size_t *queued) {
                 bytes += (size_t)(top - tc->bins[c].base) * tm_classes[c].size;
         }
         /* the owner pushes and pops its newest run without mu
-         * (rl_push_owner, tcache_large_reuse): rl_n, then entries below it */
-        for (unsigned i = 0, n = __atomic_load_n(&tc->rl_n, __ATOMIC_ACQUIRE); i < n; i++) {
-            uintptr_t r = (uintptr_t)__atomic_load_n(&tc->rl[i], __ATOMIC_RELAXED);
-            tm_chunk_t *c = chunk_of_entry(pagemap_lookup(r));
-            if (c) *queued += arena_large_size(c, (uint32_t)((r - c->base) >> TM_PAGE_SHIFT));
-        }
+         * (rl_push_owner, tcache_large_reuse): rl_n, then the lengths below
+         * it, never the runs themselves -- one just popped may have gone
+         * home and its chunk away (a tester's reading, 2026-12-05) */
+        for (unsigned i = 0, n = __atomic_load_n(&tc->rl_n, __ATOMIC_ACQUIRE); i < n; i++)
+            *queued += (size_t)__atomic_load_n(&tc->rl_pages[i], __ATOMIC_RELAXED) << TM_PAGE_SHIFT;
         pthread_mutex_unlock(&tc->mu);
     }
     pthread_mutex_unlock(&registry_lock);

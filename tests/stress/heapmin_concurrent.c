@@ -15,6 +15,8 @@
  *               again, each holding a live set that must survive.
  *   pause_mid   workers that stop inside a burst (blocked holding nothing
  *               of the allocator's) while others churn and trims run.
+ *   stats       statistics read back to back while two threads churn
+ *               large runs through their queues and another trims.
  * No time limits: all loops are counted. Iterations scale with
  * TRIMALLOC_TEST_SCALE and shrink under sanitizers.
  */
@@ -398,12 +400,73 @@ static void test_blocked_and_busy_owners(void **state)
     assert_int_equal(st.tcache_bytes, 0);
 }
 
+/* ---- statistics read while owners use their large-run queues and trims run -- */
+
+static atomic_int runs_left;
+
+/* Runs of 3-20 pages, mostly this thread's own: the owner's lockless
+ * append to and retake from its queue (tcache.c, rl_push_owner). */
+static void *run_churn(void *arg)
+{
+    tu_rng_t r;
+    tu_rng_seed(&r, (uint64_t)(uintptr_t)arg);
+    tu_block_t held[8] = {{0}};
+    long n = tu_scaled(20000, 2000);
+    for (long i = 0; i < n; i++) {
+        tu_block_t *b = &held[tu_rand(&r) % 8];
+        tu_block_free(b);
+        *b = tu_block_new(tu_rand_range(&r, 8 << 10, 80 << 10), (uint64_t)(uintptr_t)arg,
+                          (uint64_t)i);
+    }
+    for (int i = 0; i < 8; i++)
+        tu_block_free(&held[i]);
+    atomic_fetch_sub(&runs_left, 1);
+    return NULL;
+}
+
+static void *trims_while_runs(void *arg)
+{
+    (void)arg;
+    while (atomic_load(&runs_left) > 0)
+        tu_heapmin_ok();
+    return NULL;
+}
+
+/* trimalloc_stats_get() reads the queues (and _heapmin's counters) without
+ * stopping their owners: no race (the ThreadSanitizer flavour of this
+ * test found one on the _heapmin counters, 2026-12-05), and figures that
+ * stay plausible. */
+static void test_stats_while_queues_and_trims_move(void **state)
+{
+    (void)state;
+    enum { CHURNERS = 2 };
+    pthread_t t[CHURNERS], trimmer;
+    atomic_store(&runs_left, CHURNERS);
+    for (int i = 0; i < CHURNERS; i++)
+        tu_thread_create(&t[i], run_churn, (void *)(uintptr_t)(i + 1));
+    tu_thread_create(&trimmer, trims_while_runs, NULL);
+    long reads = 0;
+    while (atomic_load(&runs_left) > 0 || reads < 10) {
+        trimalloc_stats_t st;
+        assert_int_equal(TM_API(trimalloc_stats_get)(&st), 0);
+        /* two threads' queues (1 MiB each) and caches, far below this */
+        assert_true(st.tcache_bytes < 64 * TU_MIB);
+        assert_true(st.allocated <= st.mapped);
+        assert_true(st.heapmin_last_pause_ns <= st.heapmin_max_pause_ns);
+        reads++;
+    }
+    for (int i = 0; i < CHURNERS; i++)
+        tu_thread_join(t[i]);
+    tu_thread_join(trimmer);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_churn_with_trims_and_thread_churn),
         cmocka_unit_test(test_simultaneous_callers),
         cmocka_unit_test(test_blocked_and_busy_owners),
+        cmocka_unit_test(test_stats_while_queues_and_trims_move),
     };
     return cmocka_run_group_tests_name("stress_heapmin_concurrent (" TU_FLAVOUR ")", tests, NULL,
                                        NULL);
