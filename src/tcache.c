@@ -931,8 +931,8 @@ void tcache_settle_locked(tm_tcache_t *tc) {
  * finds it unchanged gives back half again. The class's transfer cache is
  * visited too (all of it goes back if its count did not move). When the
  * last block of an idle class has gone back, the arena's empty slab of
- * that class goes too. Large allocations count as slow-path calls, one
- * tick per TC_GC_EVERY of them (tcache_gc_tick_large). The fast path does
+ * that class goes too. Large allocations count too: one visit per
+ * TC_GC_EVERY^2 of them (tcache_gc_tick_large). The fast path does
  * no bookkeeping for this: a program that only ever hits its cache makes no
  * slow-path calls, and keeps its blocks until _heapmin or thread exit. */
 #define TC_GC_EVERY 8
@@ -1004,17 +1004,21 @@ static void gc_tick_unlocked(void) {
  * the blocks its cache holds of the classes it used before would stay out
  * of the arena through that whole phase -- pinning their slabs, which the
  * arena's growth purge cannot see -- while the large runs fault in fresh
- * pages. So every TC_GC_EVERY large allocations also count one tick
- * (measured: the size sweep, 1 thread, peak RSS 6.15 -> 5.96 MiB). The
- * count is the owner's alone, in TLS; tc->mu is taken once per tick. */
+ * pages. So every TC_GC_EVERY^2 (64) large allocations also make one GC
+ * visit, as TC_GC_EVERY ticks of TC_GC_EVERY each (measured: the size
+ * sweep, 1 thread, peak RSS 6.15 -> 5.96 MiB). The count is the owner's
+ * alone, in TLS; tc->mu is taken once per visit (until 2026-12-05 once
+ * per tick, 8 large allocations: 1% of the size sweep's samples, the
+ * lock's atomic waiting for the sweep's page writes). */
 static __thread unsigned large_ticks __attribute__((tls_model("initial-exec")));
 
 static void tcache_gc_tick_large(void) {
-    if (++large_ticks < TC_GC_EVERY) return;
+    if (++large_ticks < TC_GC_EVERY * TC_GC_EVERY) return;
     large_ticks = 0;
     tm_tcache_t *tc = tm_tls.own;
     tm_lock(&tc->mu);
     tcache_settle_locked(tc);
+    tc->gc_tick = TC_GC_EVERY - 1; /* the visit is due */
     bool decay = tcache_gc_tick_locked(tc);
     pthread_mutex_unlock(&tc->mu);
     if (decay) gc_tick_unlocked();

@@ -131,8 +131,7 @@ static void test_minus_one_keeps_them(void **state) {
 
 /* Through the public functions: a freed large block of 500 pages, then
  * mallocs and frees of a 64 KiB block; the thread cache's GC ticks once
- * every 64 large allocations (tcache.c: 8 count as one slow-path call, and
- * the GC runs every 8 of those). With dirty_decay_ms 0 each tick closes a
+ * every 64 large allocations (tcache.c, tcache_gc_tick_large). With dirty_decay_ms 0 each tick closes a
  * quarter and only that quarter counts, so the 500 pages go back on the
  * second tick after they were freed, but for the 16 the 64 KiB block takes
  * again and again. */
