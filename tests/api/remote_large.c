@@ -214,19 +214,30 @@ static void test_thread_exit_sends_its_queue_home(void **state)
     free_two_elsewhere(1);
 }
 
+/* Binds this thread to its arena (*own: a block that keeps it there), then
+ * has a thread of another arena make n blocks with fill; returns this
+ * thread's arena, *x the other. The caller frees *own and stops the
+ * holder thread. */
+static unsigned two_arenas(void (*fill)(void *), unsigned n, void **own, unsigned *x)
+{
+    tu_arena_holder_start();
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    *own = TM_API(malloc)(BLOCK);
+    assert_non_null(*own);
+    unsigned me = arena_of(alloc_one, NULL, 1);
+    TM_API(free)(one);
+    *x = arena_of(fill, NULL, n);
+    assert_int_not_equal(me, *x);
+    return me;
+}
+
 static void test_queued_block_taken_back_for_same_length(void **state)
 {
     (void)state;
     if (narenas() < 2)
         skip();
-    tu_arena_holder_start();
-    assert_int_equal(TM_API(_heapmin)(), 0);
-    void *own = TM_API(malloc)(BLOCK);
-    assert_non_null(own);
-    unsigned me = arena_of(alloc_one, NULL, 1);
-    TM_API(free)(one);
-    unsigned x = arena_of(alloc_in_thread, NULL, NB);
-    assert_int_not_equal(me, x);
+    void *own;
+    unsigned x, me = two_arenas(alloc_in_thread, NB, &own, &x);
     uint64_t mine0 = arena_stats(me).large_nmalloc, theirs0 = arena_stats(x).large_nmalloc;
 
     /* 16 KiB = 4 pages: a malloc of 13000 B (4 pages) takes it back */
@@ -304,14 +315,9 @@ static void test_the_queue_holds_at_most_a_mebibyte(void **state)
     (void)state;
     if (narenas() < 2)
         skip();
-    tu_arena_holder_start();
-    assert_int_equal(TM_API(_heapmin)(), 0);
-    void *own = TM_API(malloc)(BLOCK);
-    assert_non_null(own);
-    unsigned me = arena_of(alloc_one, NULL, 1);
-    TM_API(free)(one);
-    unsigned x = arena_of(alloc_bigs_in_thread, NULL, NBIG);
-    assert_int_not_equal(me, x);
+    void *own;
+    unsigned x;
+    two_arenas(alloc_bigs_in_thread, NBIG, &own, &x);
     /* short runs of this thread's own arena come and go first */
     void *mine[40];
     for (int i = 0; i < 40; i++) {
