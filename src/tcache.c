@@ -1201,8 +1201,9 @@ void tcache_free_slow(void *p, unsigned cls) {
  * its oldest runs if the new one still does not fit. (Until 2026-12-05
  * the whole queue went, and its length adapted after each batch to the
  * bytes the batch held; a tester found that a batch of short runs set it
- * for long ones: 31 runs of 2 MiB queued.) Only the first page of a large block the program holds
- * is queued (its fast[] entry carries TM_FAST_LARGE, which the queueing
+ * for long ones: 31 runs of 2 MiB queued.) Only the first page of a large
+ * block the program holds is queued (its fast[] entry carries
+ * TM_FAST_LARGE, which the queueing
  * swaps for TM_FAST_QUEUED); any other address goes to arena_free_large,
  * which reports it at once, and a second free(), realloc() or
  * malloc_usable_size() of a queued block reports a double free. The
@@ -1215,10 +1216,15 @@ void tcache_free_slow(void *p, unsigned cls) {
  * in turn takes them back from its queue, not from the arena under its
  * lock, whose run index and resident bitmap a program that touches much
  * memory finds cold (measured: bench/throughput sizes spent a fifth of its
- * time there). The newest runs stay for the next allocations. Longer runs of the own arena, runs that
- * realloc moved away from (keep false: at home their pages can serve the
- * next growth in place), and every run when caching is off, are freed at
- * once. */
+ * time there). The newest runs stay for the next allocations. Longer
+ * runs of the own arena, runs that realloc moved away from (keep false:
+ * at home their pages can serve the next growth in place), and every run
+ * when caching is off, are freed at once.
+ *
+ * The queue is the owner's, guarded as its bins are: the owner appends a
+ * run that fits and takes back its newest without tc->mu, inside the
+ * world-stop handshake (rl_push_owner, tcache_large_reuse); everything else
+ * happens under tc->mu, by the owner or by a trimmer that stopped it. */
 
 /* Pages of the runs in tc's queue: under tc->mu, or by the owner inside
  * the handshake (rl_push_owner). */

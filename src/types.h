@@ -281,8 +281,10 @@ typedef struct tm_tcache {
                                    looked at last */
     /* large runs this thread freed (of other arenas, and short ones of its
      * own), waiting to go home together (tcache.c), oldest first:
-     * rl[0..rl_n) and their lengths in pages under mu (rl_n also peeked at
-     * by the owner without it) */
+     * rl[0..rl_n) and their lengths in pages, under mu, except that the
+     * owner appends and takes back its newest inside the world-stop
+     * handshake, as for its bins; readers under mu that do not stop the
+     * owner load rl_n, then the lengths below it, atomically */
     uint32_t rl_n, rl_gc_n;
     void *rl[TM_RL_MAX];
     uint16_t rl_pages[TM_RL_MAX];
