@@ -200,7 +200,7 @@ static void free_generic(void *p, const char *call) {
             tm_invalid_pointer(call, p);
             return;
         }
-        tcache_free_large(c, page, p, true);
+        tcache_free_large(c, page, p);
         return;
     }
     if (e) {
@@ -399,11 +399,7 @@ void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
         return p;
     }
     memcpy(q, p, old < size ? old : size);
-    if (c && !(__atomic_load_n(&c->fast[(a - c->base) >> TM_PAGE_SHIFT], __ATOMIC_RELAXED) & 0xff))
-        /* a large run: home, not to the thread's queue (tcache_free_large) */
-        tcache_free_large(c, (uint32_t)((a - c->base) >> TM_PAGE_SHIFT), p, false);
-    else
-        TM_API(free)(p);
+    TM_API(free)(p);
     return q;
 }
 

@@ -421,7 +421,7 @@ TM_INLINE uint64_t *tm_cookie_slot(void *p) { return (uint64_t *)((char *)p + si
 TM_INLINE uint64_t tm_cookie_of(const void *p) { return (uintptr_t)p ^ tm_cookie_key; }
 TM_COLD void *tcache_malloc_slow(size_t size, unsigned cls); /* sets ENOMEM */
 TM_COLD void tcache_free_slow(void *p, unsigned cls);
-void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p, bool keep);
+void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p);
 void *tcache_large_reuse(uint32_t npages); /* a queued block of npages, or NULL */
 unsigned tcache_take_remote_locked(tm_tcache_t *tc, void **out); /* tc->mu held; <= TM_RL_MAX */
 void tcache_settle_locked(tm_tcache_t *tc);

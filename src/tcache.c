@@ -363,9 +363,7 @@ unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_R
  * blocks while it is in its start slots. */
 #define TC_GROW_MAX 4
 /* the remote large-free queue (tcache_free_large) */
-#define TC_RL_PAGES 256       /* 1 MiB of runs at most */
-#define TC_OWN_PAGES 16       /* own-arena runs queued: up to 64 KiB */
-#define TC_OWN_QUEUE_PAGES 64 /* ... while the queue holds at most 256 KiB */
+#define TC_RL_PAGES 256 /* 1 MiB of runs at most */
 static uint32_t tc_grow_bytes(uint32_t size) { return size <= 512 ? 64u << 10 : 256u << 10; }
 
 static uint32_t bin_cap(unsigned cls) {
@@ -1208,18 +1206,10 @@ void tcache_free_slow(void *p, unsigned cls) {
  * which reports it at once, and a second free(), realloc() or
  * malloc_usable_size() of a queued block reports a double free. The
  * queue empties with the bins: _heapmin, thread exit, fork, and the
- * garbage collection once it has not moved for a visit.
- *
- * A free() of a run of the thread's own arena joins the queue too when the
- * run is at most TC_OWN_PAGES long and the queue then holds at most
- * TC_OWN_QUEUE_PAGES: a thread that frees and allocates 8-64 KiB buffers
- * in turn takes them back from its queue, not from the arena under its
- * lock, whose run index and resident bitmap a program that touches much
- * memory finds cold (measured: bench/throughput sizes spent a fifth of its
- * time there). The newest runs stay for the next allocations. Longer
- * runs of the own arena, runs that realloc moved away from (keep false:
- * at home their pages can serve the next growth in place), and every run
- * when caching is off, are freed at once.
+ * garbage collection once it has not moved for a visit. Runs of the
+ * thread's own arena, and every run when caching is off, are freed at
+ * once (design.md, "Large blocks freed by their own arena's thread", says
+ * why: queueing short ones was tried and taken out).
  *
  * The queue is the owner's, guarded as its bins are: the owner appends a
  * run that fits and takes back its newest without tc->mu, inside the
@@ -1239,10 +1229,10 @@ static uint32_t queued_pages(const tm_tcache_t *tc) {
  * bins; rl[n] is written before rl_n is published, for a reader under mu
  * (statistics) and for a fork child of this moment. False: the locked
  * path's job (a trimmer stopped the cache, or the queue is full). */
-static bool rl_push_owner(tm_tcache_t *own, void *p, uint32_t need, uint32_t limit) {
+static bool rl_push_owner(tm_tcache_t *own, void *p, uint32_t need) {
     tm_tcache_t *tc = tc_enter();
     uint32_t n = __atomic_load_n(&own->rl_n, __ATOMIC_RELAXED);
-    bool ok = tc == own && n < TM_RL_MAX && queued_pages(own) + need <= limit;
+    bool ok = tc == own && n < TM_RL_MAX && queued_pages(own) + need <= TC_RL_PAGES;
     if (ok) {
         __atomic_store_n(&own->rl[n], p, __ATOMIC_RELAXED);
         __atomic_store_n(&own->rl_pages[n], (uint16_t)need, __ATOMIC_RELAXED);
@@ -1252,16 +1242,15 @@ static bool rl_push_owner(tm_tcache_t *own, void *p, uint32_t need, uint32_t lim
     return ok;
 }
 
-void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p, bool keep) {
+void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
     uint32_t *fast = &c->fast[page], f = __atomic_load_n(fast, __ATOMIC_RELAXED);
     if (f & TM_FAST_QUEUED) {
         tm_double_free("free", p); /* waiting in some thread's queue */
         return;
     }
     tm_tcache_t *tc = tcache_get_slow(); /* a thread that only frees gets a cache too */
-    bool own = tc && c->arena == tc->arena;
-    uint32_t need = TM_FAST_LARGE_PAGES(f), limit = own ? TC_OWN_QUEUE_PAGES : TC_RL_PAGES;
-    if (!tc || (own && (!keep || need > TC_OWN_PAGES)) || need > limit || bin_cap(1) == 0) {
+    uint32_t need = TM_FAST_LARGE_PAGES(f);
+    if (!tc || c->arena == tc->arena || need > TC_RL_PAGES || bin_cap(1) == 0) {
         arena_free_large(c, page, p);
         return;
     }
@@ -1274,17 +1263,17 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p, bool keep) {
         else arena_free_large(c, page, p); /* not a block the program holds: reported */
         return;
     }
-    if (rl_push_owner(tc, p, need, limit)) return;
+    if (rl_push_owner(tc, p, need)) return;
     void *batch[TM_RL_MAX];
     unsigned n = 0;
     tm_lock(&tc->mu);
     tcache_settle_locked(tc);
     uint32_t have = queued_pages(tc);
-    if (have + need > limit || tc->rl_n + 1 > TM_RL_MAX) {
+    if (have + need > TC_RL_PAGES || tc->rl_n + 1 > TM_RL_MAX) {
         /* no room: the older half goes home, and more of the oldest runs
          * while the new one still does not fit */
         for (; n < (tc->rl_n + 1) / 2; n++) have -= tc->rl_pages[n];
-        while (n < tc->rl_n && have + need > limit) have -= tc->rl_pages[n++];
+        while (n < tc->rl_n && have + need > TC_RL_PAGES) have -= tc->rl_pages[n++];
     }
     unsigned left = tc->rl_n - n;
     if (n) {

@@ -1,15 +1,12 @@
 /*
- * tcache_policy.c -- what a thread cache keeps of the large runs its
- * thread frees (8-64 KiB, in a bounded queue), and that a class a thread
- * stopped using goes back to the arena, slab included, even while the
- * thread allocates only large blocks.
+ * tcache_policy.c -- what a thread cache keeps of the big classes (above
+ * 8 KiB), and that a class a thread stopped using goes back to the arena,
+ * slab included, even while the thread allocates only large blocks.
  *
  * Each scenario runs on a fresh thread, so it starts with an empty cache;
  * the main thread (cmocka, stdio) uses only small classes.
  */
 #include "test_cmocka.h"
-
-#include <stdbool.h>
 
 static unsigned class_of_size(size_t size) {
     for (unsigned c = 1; c <= TM_API(trimalloc_nclasses)(); c++) {
@@ -26,34 +23,17 @@ static size_t cached_bytes(void) {
     return st.tcache_bytes; /* thread caches and transfer caches */
 }
 
-/* ---- blocks above 8 KiB are large runs: a thread keeps a few it freed ---- */
+/* ---- blocks above 8 KiB are large blocks: no cache holds them ----------- */
 
 static const size_t big_sizes[] = {8193, 20480, 24576, 32768};
-enum { BIG_N = 64, OWN_QUEUE_MAX = 256 << 10 /* tcache.c: TC_OWN_QUEUE_PAGES */ };
-
-static uint64_t large_counts(bool frees) {
-    trimalloc_stats_t st;
-    TU_CHECK(TM_API(trimalloc_stats_get)(&st) == 0, "stats");
-    uint64_t n = 0;
-    for (unsigned i = 0; i < st.narenas; i++) {
-        trimalloc_arena_stats_t as;
-        TU_CHECK(TM_API(trimalloc_stats_arena)(i, &as) == 0, "arena %u", i);
-        n += frees ? as.large_nfree : as.large_nmalloc;
-    }
-    return n;
-}
-
-typedef struct big_arg {
-    size_t grew;           /* cached bytes after the batches, over before */
-    uint64_t arena_mallocs; /* large runs the arenas handed out for the retake */
-    uint64_t arena_frees;   /* ... and took back for the frees before it */
-} big_arg_t;
+enum { BIG_N = 64 };
 
 static void *big_batches(void *arg) {
-    big_arg_t *r = arg;
+    size_t *grew = arg;
     size_t before = cached_bytes();
     void *p[BIG_N];
-    /* every size twice: batches of mallocs, then of frees */
+    /* every size twice: batches of mallocs, then of frees -- the swing
+     * that makes a cache bin grow */
     for (int round = 0; round < 2; round++)
         for (size_t k = 0; k < TU_ARRAY_LEN(big_sizes); k++) {
             for (int i = 0; i < BIG_N; i++) {
@@ -64,72 +44,24 @@ static void *big_batches(void *arg) {
             for (int i = 0; i < BIG_N; i++) TM_API(free)(p[i]);
         }
     size_t after = cached_bytes();
-    r->grew = after > before ? after - before : 0;
-    /* the last size's newest runs wait: taking as many back again needs
-     * no arena, and freeing them again sends none home */
-    enum { RETAKE = 4 };
-    uint64_t m0 = large_counts(false), f0 = large_counts(true);
-    for (int i = 0; i < RETAKE; i++) p[i] = TM_API(malloc)(32768);
-    r->arena_mallocs = large_counts(false) - m0;
-    for (int i = 0; i < RETAKE; i++) TM_API(free)(p[i]);
-    r->arena_frees = large_counts(true) - f0;
-    return NULL;
-}
-
-/* Runs of 8-64 KiB freed by the thread that made them wait in its cache,
- * at most 256 KiB of them, so the thread's next allocations of those
- * lengths take no arena lock; the rest go home to the arena's free runs,
- * where another size can use their pages, and thread exit sends home
- * what waited. (Up to 2026-12-04 they were size classes, cached by the
- * block; from then to 2026-12-05 no cache held them: bench/throughput
- * sizes spent a fifth of its time in the arena's large-run path.) */
-static void test_big_sizes_wait_in_a_bounded_queue(void **state) {
-    (void)state;
-    big_arg_t r = {0};
-    size_t base = cached_bytes();
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, big_batches, &r), 0);
-    assert_int_equal(pthread_join(t, NULL), 0);
-    /* some wait (small blocks of libc's own, the thread's start and exit,
-     * come to less than one of them), within the bound */
-    assert_true(r.grew >= 4 * big_sizes[0]);
-    assert_true(r.grew <= OWN_QUEUE_MAX + big_sizes[0]);
-    assert_int_equal(r.arena_mallocs, 0);
-    assert_int_equal(r.arena_frees, 0);
-    assert_true(cached_bytes() < base + big_sizes[0]); /* home at thread exit */
-}
-
-static void *long_runs(void *arg) {
-    size_t *grew = arg;
-    size_t before = cached_bytes();
-    void *p[8];
-    for (int i = 0; i < 8; i++) {
-        p[i] = TM_API(malloc)((64 << 10) + 1); /* 17 pages */
-        TU_CHECK(p[i] != NULL, "malloc");
-    }
-    for (int i = 0; i < 8; i++) TM_API(free)(p[i]);
-    /* a run realloc moves away from goes home too */
-    char *q = TM_API(malloc)(40 << 10);
-    TU_CHECK(q != NULL, "malloc");
-    char *block = TM_API(malloc)(40 << 10); /* in the way of growth in place */
-    TU_CHECK(block != NULL, "malloc");
-    char *moved = TM_API(realloc)(q, 48 << 10);
-    TU_CHECK(moved != NULL && moved != q, "realloc moved");
-    size_t after = cached_bytes();
     *grew = after > before ? after - before : 0;
-    TM_API(free)(moved);
-    TM_API(free)(block);
     return NULL;
 }
 
-/* Longer runs, and a run realloc moved away from, go home at once. */
-static void test_long_and_moved_runs_go_home(void **state) {
+/* Blocks of 8-32 KiB freed by the thread that made them go straight back
+ * to their arena's free runs, where another size can use their pages.
+ * (Up to 2026-12-04 they were size classes: a bin held 1-3 blocks of each,
+ * growing to 4-12, and a transfer cache 32 KiB more.) */
+static void test_big_sizes_are_not_cached(void **state) {
     (void)state;
-    size_t grew = 1;
+    size_t grew = 1, base = cached_bytes();
     pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, long_runs, &grew), 0);
+    assert_int_equal(pthread_create(&t, NULL, big_batches, &grew), 0);
     assert_int_equal(pthread_join(t, NULL), 0);
-    assert_true(grew < (8 << 10));
+    /* less than one of the blocks: small ones of libc's own (the thread's
+     * start and exit) may come and go */
+    assert_true(grew < big_sizes[0]);
+    assert_true(cached_bytes() < base + big_sizes[0]);
 }
 
 /* ---- an idle class goes back, slab included, during a large-only phase -- */
@@ -191,8 +123,7 @@ static void test_idle_class_released_in_large_phase(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_big_sizes_wait_in_a_bounded_queue),
-        cmocka_unit_test(test_long_and_moved_runs_go_home),
+        cmocka_unit_test(test_big_sizes_are_not_cached),
         cmocka_unit_test(test_idle_class_released_in_large_phase),
     };
     return cmocka_run_group_tests_name("api_tcache_policy (" TU_FLAVOUR ")", tests, NULL, NULL);
