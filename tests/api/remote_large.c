@@ -305,11 +305,12 @@ static void alloc_bigs_in_thread(void *arg)
     tu_thread_join(t);
 }
 
-/* The queue holds at most 1 MiB of runs, however short the runs that went
- * home before: a thread that had freed runs of its own, then frees 31 runs
- * of 1 MiB made in another arena, kept up to 26 MiB of them out of their
- * arena (found by a tester, 2026-12-05: the queue's length was set by the
- * bytes of its last batch, short runs of its own). */
+/* The queue holds at most 1 MiB of runs, whatever went home before. Its
+ * length used to adapt to the bytes of its last batch, starting at 4: the
+ * first three 1 MiB runs waited (3 MiB), and while short runs of the
+ * thread's own arena were queued too (c70872c, taken out), a thread that
+ * had freed some kept up to 26 MiB of these 31 out of their arena (found
+ * by a tester, 2026-12-05). The short runs of its own stay in the test. */
 static void test_the_queue_holds_at_most_a_mebibyte(void **state)
 {
     (void)state;
