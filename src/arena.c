@@ -767,16 +767,6 @@ size_t arena_large_usable(tm_chunk_t *c, uint32_t page, bool *freed) {
     return r;
 }
 
-/* The size of the large run at page, freed or not; 0 if none starts there. */
-size_t arena_large_size(tm_chunk_t *c, uint32_t page) {
-    tm_arena_t *a = c->arena;
-    tm_lock(&a->lock);
-    tm_page_t *h = &c->pages[page];
-    size_t r = h->kind == PAGE_LARGE ? (size_t)h->npages << TM_PAGE_SHIFT : 0;
-    pthread_mutex_unlock(&a->lock);
-    return r;
-}
-
 bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) {
     tm_arena_t *a = c->arena;
     uint32_t nn = (uint32_t)((new_size + TM_PAGE_MASK) >> TM_PAGE_SHIFT);

@@ -349,7 +349,6 @@ size_t arena_free_large_batch(void **runs, unsigned n); /* bytes freed */
 /* 0 unless a large block the program holds starts at page; *freed (if not
  * NULL) says whether free() would call it a double free */
 size_t arena_large_usable(tm_chunk_t *c, uint32_t page, bool *freed);
-size_t arena_large_size(tm_chunk_t *c, uint32_t page);   /* queued or not */
 bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size);
 void arena_release_empty_slabs(tm_arena_t *a); /* takes the lock, per class */
 /* Set slab s's fresh mark and the TM_FAST_FRESH bits of its pages. */

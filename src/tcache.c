@@ -1229,15 +1229,17 @@ static uint32_t queued_pages(const tm_tcache_t *tc) {
  * bins; rl[n] is written before rl_n is published, for a reader under mu
  * (statistics) and for a fork child of this moment. False: the locked
  * path's job (a trimmer stopped the cache, or the queue is full). */
+static void rl_append(tm_tcache_t *tc, unsigned n, void *p, uint32_t need) {
+    __atomic_store_n(&tc->rl[n], p, __ATOMIC_RELAXED);
+    __atomic_store_n(&tc->rl_pages[n], (uint16_t)need, __ATOMIC_RELAXED);
+    __atomic_store_n(&tc->rl_n, n + 1, __ATOMIC_RELEASE);
+}
+
 static bool rl_push_owner(tm_tcache_t *own, void *p, uint32_t need) {
     tm_tcache_t *tc = tc_enter();
     uint32_t n = __atomic_load_n(&own->rl_n, __ATOMIC_RELAXED);
     bool ok = tc == own && n < TM_RL_MAX && queued_pages(own) + need <= TC_RL_PAGES;
-    if (ok) {
-        __atomic_store_n(&own->rl[n], p, __ATOMIC_RELAXED);
-        __atomic_store_n(&own->rl_pages[n], (uint16_t)need, __ATOMIC_RELAXED);
-        __atomic_store_n(&own->rl_n, n + 1, __ATOMIC_RELEASE);
-    }
+    if (ok) rl_append(own, n, p, need);
     tc_leave();
     return ok;
 }
@@ -1281,9 +1283,7 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
         memmove(tc->rl, tc->rl + n, left * sizeof *tc->rl);
         memmove(tc->rl_pages, tc->rl_pages + n, left * sizeof *tc->rl_pages);
     }
-    __atomic_store_n(&tc->rl[left], p, __ATOMIC_RELAXED);
-    __atomic_store_n(&tc->rl_pages[left], (uint16_t)need, __ATOMIC_RELAXED);
-    __atomic_store_n(&tc->rl_n, left + 1, __ATOMIC_RELEASE);
+    rl_append(tc, left, p, need);
     pthread_mutex_unlock(&tc->mu);
     if (n) arena_free_large_batch(batch, n);
 }
@@ -1317,20 +1317,20 @@ void *tcache_large_reuse(uint32_t npages) {
         __atomic_store_n(&tc->rl_n, n - 1, __ATOMIC_RELAXED);
     }
     tc_leave();
-    if (p) goto found;
-    tm_lock(&tc->mu);
-    tcache_settle_locked(tc);
-    for (unsigned i = tc->rl_n; i-- > 0;) {
-        if (tc->rl_pages[i] != npages) continue;
-        p = tc->rl[i];
-        unsigned last = tc->rl_n - 1; /* the rest keep their order, oldest first */
-        memmove(tc->rl + i, tc->rl + i + 1, (last - i) * sizeof *tc->rl);
-        memmove(tc->rl_pages + i, tc->rl_pages + i + 1, (last - i) * sizeof *tc->rl_pages);
-        __atomic_store_n(&tc->rl_n, last, __ATOMIC_RELAXED);
-        break;
+    if (!p) { /* an older one, under mu */
+        tm_lock(&tc->mu);
+        tcache_settle_locked(tc);
+        for (unsigned i = tc->rl_n; i-- > 0;) {
+            if (tc->rl_pages[i] != npages) continue;
+            p = tc->rl[i];
+            unsigned last = tc->rl_n - 1; /* the rest keep their order, oldest first */
+            memmove(tc->rl + i, tc->rl + i + 1, (last - i) * sizeof *tc->rl);
+            memmove(tc->rl_pages + i, tc->rl_pages + i + 1, (last - i) * sizeof *tc->rl_pages);
+            __atomic_store_n(&tc->rl_n, last, __ATOMIC_RELAXED);
+            break;
+        }
+        pthread_mutex_unlock(&tc->mu);
     }
-    pthread_mutex_unlock(&tc->mu);
-found:
     if (p) {
         tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
         __atomic_store_n(&c->fast[((uintptr_t)p - c->base) >> TM_PAGE_SHIFT],

@@ -279,8 +279,8 @@ typedef struct tm_tcache {
     unsigned gc_next;           /* class the next visit looks at */
     unsigned gc_xfer_arena;     /* the other arena whose transfer cache it
                                    looked at last */
-    /* large runs this thread freed (of other arenas, and short ones of its
-     * own), waiting to go home together (tcache.c), oldest first:
+    /* large runs of other arenas this thread freed, waiting to go home
+     * together (tcache.c), oldest first:
      * rl[0..rl_n) and their lengths in pages, under mu, except that the
      * owner appends and takes back its newest inside the world-stop
      * handshake, as for its bins; readers under mu that do not stop the
