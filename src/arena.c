@@ -220,6 +220,10 @@ static void slab_destroy_locked(tm_arena_t *a, tm_slab_t *s) {
     const tm_class_t *k = &tm_classes[s->cls];
     a->bins[s->cls].nslabs--;
     if (k->slab_pages > 1) c->pages[page + k->slab_pages - 1].kind = PAGE_INTERIOR;
+    /* every page of a slab has its fast[] entry (free() reads them
+     * without the lock: atomic); run_free_locked clears the first */
+    for (uint32_t i = page + 1; i < page + k->slab_pages; i++)
+        __atomic_store_n(&c->fast[i], 0, __ATOMIC_RELAXED);
     run_free_locked(a, c, page, k->slab_pages);
     s->nblocks = 0;
     chunk_slot_put_locked(c, (uint32_t)(s - c->slabs));

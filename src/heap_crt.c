@@ -75,11 +75,11 @@ static bool slab_block_damaged(const tm_slab_t *sl, uint32_t i, uintptr_t b) {
     return w != (b ^ tm_cookie_key) && !(sl->purged && w == 0);
 }
 
-/* Pages inside a run (not its first or last) read PAGE_INTERIOR, or
- * PAGE_UNUSED in a chunk never carved there (types.h): a stale PAGE_FREE
- * would mislead coalescing, a stale PAGE_LARGE or PAGE_SLAB would let a
- * double free of an old block pass. */
-static bool interior_kind_ok(uint8_t k) { return k == PAGE_INTERIOR || k == PAGE_UNUSED; }
+/* Pages inside a run (not its first or last) read PAGE_INTERIOR: a stale
+ * PAGE_FREE would mislead coalescing, a stale PAGE_LARGE or PAGE_SLAB would
+ * let a double free of an old block pass, and carving a run does not
+ * rewrite them (run_alloc_locked). */
+static bool interior_kind_ok(uint8_t k) { return k == PAGE_INTERIOR; }
 
 /* ---- "nothing was ever mapped" ----------------------------------------------
  * Every chunk or huge mapping is either still mapped (an arena's chunk, a
@@ -257,6 +257,8 @@ static int check_arena_locked(tm_arena_t *a, chk_sums_t *s) {
         }
     }
     if (indexed != s->free_runs) return _HEAPBADNODE; /* a free run not in the index */
+    for (uint32_t w = 0; w < (TM_RUN_LISTS + 63) / 64; w++)
+        if (((a->runs_words >> w) & 1) != (a->runs_nonempty[w] != 0)) return _HEAPBADBEGIN;
 
     /* bins */
     if (a->bins[0].partial || a->bins[0].nslabs) return _HEAPBADBEGIN;

@@ -199,6 +199,7 @@ typedef struct tm_arena_bin {
 } tm_arena_bin_t;
 
 #define TM_RUN_LISTS (TM_CHUNK_PAGES + 1)
+_Static_assert((TM_RUN_LISTS + 63) / 64 <= 64, "runs_words has a bit per word of runs_nonempty");
 
 typedef struct tm_arena {
     pthread_mutex_t lock;
@@ -207,9 +208,11 @@ typedef struct tm_arena {
     tm_arena_bin_t bins[TM_NCLASSES + 1];
     tm_chunk_t *chunks;         /* every chunk of the arena */
     size_t nchunks;
-    /* free runs by exact length; bit n of runs_nonempty set if list n used */
+    /* free runs by exact length; bit n of runs_nonempty set if list n used,
+     * bit w of runs_words set if word w of runs_nonempty is not zero */
     tm_page_t *runs[TM_RUN_LISTS];
     uint64_t runs_nonempty[(TM_RUN_LISTS + 63) / 64];
+    uint64_t runs_words;
     size_t large_allocated;     /* bytes in large runs held */
     uint64_t large_nmalloc, large_nfree;
     unsigned dropped;           /* sections outside _heapmin that dropped the
