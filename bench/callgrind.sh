@@ -19,7 +19,7 @@ set -euo pipefail
 
 N1=100000
 N2=200000
-VARIANTS="16 64 256 1024 mixed batch"
+VARIANTS="16 64 256 1024 mixed batch 16384"
 CSV=$BENCH_DIR/results/callgrind.csv
 MD=""
 while [ $# -gt 0 ]; do
