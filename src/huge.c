@@ -190,6 +190,17 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
             __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
         }
         pthread_mutex_unlock(&huge_mu);
+        /* The program may have left protections or fork/dump advice on
+         * the pages of the block it freed: a reused mapping gets them
+         * undone, as a fresh one would not have them (a tester's program
+         * mprotect()ed a page read-only, freed the block, and crashed
+         * writing the next malloc's, the same mapping; another's fork
+         * child lost a MADV_DONTFORK range). A mapping that cannot be
+         * made writable goes back to the kernel. */
+        if (h && os_restore_block((void *)h->base, h->mapped) != 0) {
+            if (!huge_unmap(h)) huge_cache_put_back(h);
+            h = NULL;
+        }
         size_t used = h ? h->mapped : 0; /* bytes that may not be zero */
         if (h && h->mapped < msize) {
             /* Too small: grown, its resident pages keep serving (a fresh

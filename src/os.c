@@ -423,6 +423,36 @@ size_t os_batch_flush(os_batch_t *b) {
 
 int os_protect_none(void *p, size_t size) { return os_mprotect(p, size, PROT_NONE); }
 
+static void os_advise(void *p, size_t size, int advice) {
+#if OS_RAW
+    (void)os_sys(SYS_madvise, (long)p, (long)size, advice, 0, 0, 0);
+#else
+    (void)madvise(p, size, advice);
+#endif
+}
+
+/* Undo what a program may have done to a block's pages before it freed it
+ * (mprotect, MADV_DONTFORK, MADV_WIPEONFORK, MADV_DONTDUMP), so that a
+ * mapping kept for reuse is handed out as a fresh one would be: read and
+ * write, inherited by a fork child with its contents, dumped. Where
+ * nothing was changed these only walk the mapping (no TLB flush): a few
+ * microseconds against the milliseconds it takes to write a huge block.
+ * 0, or -1 if the pages cannot be made writable (part of the range was
+ * unmapped: the mapping must not be reused). */
+int os_restore_block(void *p, size_t size) {
+    if (os_mprotect(p, size, PROT_READ | PROT_WRITE) != 0) return -1;
+#ifdef MADV_DOFORK
+    os_advise(p, size, MADV_DOFORK);
+#endif
+#ifdef MADV_KEEPONFORK
+    os_advise(p, size, MADV_KEEPONFORK);
+#endif
+#ifdef MADV_DODUMP
+    os_advise(p, size, MADV_DODUMP);
+#endif
+    return 0;
+}
+
 /* mremap: grow/shrink in place (may_move 0), anywhere (may_move 1), or to
  * the fixed address given (a reserved, aligned spot). */
 void *os_remap(void *p, size_t old, size_t new_size, int may_move, void *fixed) {

@@ -8,7 +8,10 @@
  *     block's last chunk and stays cached, or, with no room in the cache,
  *     goes back to the kernel; freed, the block merges with it again;
  *   - realloc of a huge block whose mapping the kernel cannot grow or move
- *     as one (the program split it) copies the block instead of failing.
+ *     as one (the program split it) copies the block instead of failing;
+ *   - a block freed with protections or fork advice the program left on
+ *     its pages is handed out again read-write and inherited by a fork
+ *     child, and its mapping, one again, can grow.
  * huge_mapped() counts live and cached huge mappings, so it tells whether
  * a fresh mapping was made.
  */
@@ -16,6 +19,8 @@
 #include "internal.h"
 
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define MIB ((size_t)1 << 20)
 
@@ -186,6 +191,51 @@ static void test_realloc_of_split_mapping_copies(void **state) {
     TM_API(free)(b);
 }
 
+/* The program left a read-only page and MADV_DONTFORK on a block it
+ * freed: the next block, the same mapping, is written whole by a fork
+ * child and by the parent (before 2026-12-05 the cache handed the
+ * mapping out as it was, and both writes crashed: a tester's finding). */
+static void test_reused_mapping_is_fresh(void **state) {
+    (void)state;
+    unsigned char *a = TM_API(malloc)(8 * MIB);
+    assert_non_null(a);
+    fill(a, 8 * MIB, 0x11);
+    assert_int_equal(mprotect(a + 64 * 4096, 4096, PROT_READ), 0);
+    assert_int_equal(madvise(a + 4 * MIB, 2 * MIB, MADV_DONTFORK), 0);
+    TM_API(free)(a);
+    unsigned char *b = TM_API(malloc)(8 * MIB);
+    assert_ptr_equal(b, a); /* the cached mapping */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        fill(b, 8 * MIB, 0x22);
+        _exit(b[8 * MIB - 1] == 0x22 ? 0 : 3);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fail_msg("the fork child could not write the reused block (status %#x)", st);
+    fill(b, 8 * MIB, 0x33);
+    TM_API(free)(b);
+}
+
+/* A mapping the program split with madvise, freed and then wanted
+ * bigger, grows as one mapping (the advice undone merges it again): no
+ * fresh mapping beside it. */
+static void test_reused_split_mapping_grows(void **state) {
+    (void)state;
+    unsigned char *a = TM_API(malloc)(8 * MIB);
+    assert_non_null(a);
+    assert_int_equal(madvise(a + 4 * MIB, 2 * MIB, MADV_DONTFORK), 0);
+    TM_API(free)(a);
+    assert_int_equal(huge_mapped(), 8 * MIB);
+    unsigned char *b = TM_API(malloc)(12 * MIB);
+    assert_non_null(b);
+    assert_int_equal(huge_mapped(), 12 * MIB);
+    fill(b, 12 * MIB, 0x44);
+    TM_API(free)(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_grow_smaller_cached_mapping, empty_cache),
@@ -194,6 +244,8 @@ int main(void) {
         cmocka_unit_test_setup(test_reuse_tail_no_room, empty_cache),
         cmocka_unit_test_setup(test_block_merges_with_its_tail, empty_cache),
         cmocka_unit_test_setup(test_realloc_of_split_mapping_copies, empty_cache),
+        cmocka_unit_test_setup(test_reused_mapping_is_fresh, empty_cache),
+        cmocka_unit_test_setup(test_reused_split_mapping_grows, empty_cache),
     };
     return cmocka_run_group_tests_name("unit_huge_cache", tests, NULL, NULL);
 }
