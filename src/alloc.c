@@ -149,7 +149,7 @@ TM_EXPORT void TM_API(free)(void *p) { free_inline(p); }
 
 /* ---- slow paths ---------------------------------------------------------------------- */
 
-static size_t huge_threshold(void) { return (size_t)tm_opt.huge_threshold; }
+static size_t huge_threshold(void) { return (size_t)TM_OPT_NOW(huge_threshold); }
 
 static void *large_alloc(size_t size, size_t align, bool zero) {
     if (unlikely(size > PTRDIFF_MAX)) {

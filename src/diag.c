@@ -101,28 +101,31 @@ __attribute__((noreturn)) static void die(void) {
 }
 
 void tm_invalid_pointer(const char *call, const void *p) {
+    bool abort_now = TM_OPT_NOW(abort_on_error) != 0;
     char buf[160];
     int n = tm_snprintf(buf, sizeof buf, "trimalloc: %s(): invalid pointer %p%s\n", call, p,
-                        tm_opt.abort_on_error ? "" : " (ignored)");
+                        abort_now ? "" : " (ignored)");
     tm_write_fd(2, buf, (size_t)n);
-    if (tm_opt.abort_on_error) die();
+    if (abort_now) die();
 }
 
 void tm_double_free(const char *call, const void *p) {
+    bool abort_now = TM_OPT_NOW(abort_on_error) != 0;
     char buf[160];
     int n = tm_snprintf(buf, sizeof buf, "trimalloc: %s(): double free of pointer %p%s\n", call,
-                        p, tm_opt.abort_on_error ? "" : " (ignored)");
+                        p, abort_now ? "" : " (ignored)");
     tm_write_fd(2, buf, (size_t)n);
-    if (tm_opt.abort_on_error) die();
+    if (abort_now) die();
 }
 
 void tm_write_after_free(const void *p) {
+    bool abort_now = TM_OPT_NOW(abort_on_error) != 0;
     char buf[160];
     int n = tm_snprintf(buf, sizeof buf,
                         "trimalloc: heap corruption: block %p was written after free()%s\n", p,
-                        tm_opt.abort_on_error ? "" : " (ignored)");
+                        abort_now ? "" : " (ignored)");
     tm_write_fd(2, buf, (size_t)n);
-    if (tm_opt.abort_on_error) die();
+    if (abort_now) die();
 }
 
 void tm_fatal(const char *msg) {

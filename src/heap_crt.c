@@ -644,7 +644,7 @@ TM_EXPORT size_t TM_API(_msize)(void *memblock) {
 static bool expand_in_place(void *p, size_t old, size_t size) {
     uintptr_t a = (uintptr_t)p, e = pagemap_lookup(a);
     tm_chunk_t *c = chunk_of_entry(e);
-    size_t huge_min = (size_t)tm_opt.huge_threshold;
+    size_t huge_min = (size_t)TM_OPT_NOW(huge_threshold);
     if (c) {
         uint32_t page = (uint32_t)((a - c->base) >> TM_PAGE_SHIFT);
         if (__atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & 0xff) return size <= old;

@@ -83,7 +83,7 @@ static void huge_decay(uint64_t now) {
     if (!__atomic_load_n(&huge_cache_count, __ATOMIC_RELAXED)) return;
     tm_huge_t *old = NULL;
     tm_lock(&huge_mu);
-    uint64_t limit = (uint64_t)tm_opt.decay_ms * 1000000ull;
+    uint64_t limit = (uint64_t)TM_OPT_NOW(decay_ms) * 1000000ull;
     for (tm_huge_t *h = huge_cache, *next; h; h = next) {
         next = h->next;
         if (now - h->freed_ns >= limit) {
@@ -132,7 +132,7 @@ static void *huge_grow(tm_huge_t *h, size_t msize) {
 
 /* The cache's bound in bytes, 0 when it is off (either option 0). */
 static size_t huge_cache_cap(void) {
-    return tm_opt.decay_ms > 0 ? (size_t)tm_opt.huge_cache_mb << 20 : 0;
+    return TM_OPT_NOW(decay_ms) > 0 ? (size_t)TM_OPT_NOW(huge_cache_mb) << 20 : 0;
 }
 
 /* True if the cache has room for a mapping of `bytes` more, now. */
@@ -174,7 +174,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
     uint64_t now = os_now_ns();
     huge_decay(now);
     tm_huge_t *h = NULL;
-    bool guard = tm_opt.guard != 0;
+    bool guard = TM_OPT_NOW(guard) != 0;
     if (align <= TM_CHUNK && __atomic_load_n(&huge_cache_count, __ATOMIC_RELAXED) && !guard) {
         tm_lock(&huge_mu);
         /* the smallest mapping that fits, else the largest one */

@@ -515,6 +515,10 @@ typedef struct tm_opts {
     long thp;
 } tm_opts_t;
 extern tm_opts_t tm_opt;
+/* An option trimalloc_option_set may change while other threads run
+ * (options.c: the settable ones), read once: a relaxed atomic load, as
+ * the store is (ThreadSanitizer reported the plain reads: a tester). */
+#define TM_OPT_NOW(field) __atomic_load_n(&tm_opt.field, __ATOMIC_RELAXED)
 void options_init(void);
 
 /* ---- stats.c ---------------------------------------------------------------------------- */

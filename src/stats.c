@@ -236,7 +236,7 @@ TM_EXPORT void TM_API(trimalloc_stats_print)(int fd, int json) {
 
 
 void stats_print_at_exit(void) {
-    if (tm_opt.stats_print) TM_API(trimalloc_stats_print)(2, 0);
+    if (TM_OPT_NOW(stats_print)) TM_API(trimalloc_stats_print)(2, 0);
 }
 
 TM_EXPORT struct mallinfo2 TM_API(mallinfo2)(void) {
