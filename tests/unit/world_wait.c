@@ -1,0 +1,86 @@
+/*
+ * world_wait.c (unit) -- owners stuck on their fast path (busy set, as a
+ * thread preempted in malloc is) while _heapmin stops the world: the
+ * trimmer sets them aside and waits for them all in one window (world.c),
+ * not one window each, gives up on them at its end, and each then empties
+ * its own cache on its next call, with every block it holds intact.
+ * Before 2026-12-05 each busy owner had a 50 ms window of its own, one
+ * after another: with 64 busy threads one _heapmin took seconds.
+ */
+#include "test_cmocka.h"
+#include "internal.h"
+
+enum { STUCK = 4, NBLOCKS = 64, NHELD = 8, SIZE = 48 };
+
+extern unsigned long world_wait_windows, world_busy_skipped;
+
+typedef struct stuck {
+    pthread_mutex_t *mu;
+    pthread_cond_t *cv;
+    int *phase; /* 1 per thread ready; 2: let go */
+    int *ready;
+    tm_tcache_t *tc;
+    const char *why;
+} stuck_t;
+
+static void *stuck_main(void *arg) {
+    stuck_t *s = arg;
+    tu_block_t b[NBLOCKS];
+    for (int i = 0; i < NBLOCKS; i++) b[i] = tu_block_new(SIZE, 1, (uint64_t)i);
+    for (int i = NHELD; i < NBLOCKS; i++) tu_block_free(&b[i]); /* into the cache */
+    s->tc = tm_tls.own;
+    pthread_mutex_lock(s->mu);
+    /* as if preempted in the middle of a malloc (the fast path sets it) */
+    __atomic_store_n(&tm_tls.busy, 1, __ATOMIC_SEQ_CST);
+    (*s->ready)++;
+    pthread_cond_broadcast(s->cv);
+    while (*s->phase != 2) pthread_cond_wait(s->cv, s->mu);
+    pthread_mutex_unlock(s->mu);
+    __atomic_store_n(&tm_tls.busy, 0, __ATOMIC_RELEASE);
+    /* skipped by the trimmer: its cache still holds its blocks and drains
+     * on this first call; the blocks it held are intact */
+    if (tcache_blocks_locked(s->tc) == 0) s->why = "a skipped cache was emptied anyway";
+    for (int i = 0; i < NHELD; i++) tu_block_free(&b[i]);
+    if (!s->why && tcache_blocks_locked(s->tc) > NHELD)
+        s->why = "the skipped cache did not empty itself on its next call";
+    return NULL;
+}
+
+static void test_stuck_owners_share_one_window(void **state) {
+    (void)state;
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    int phase = 1, ready = 0;
+    stuck_t s[STUCK];
+    pthread_t t[STUCK];
+    for (int i = 0; i < STUCK; i++) {
+        s[i] = (stuck_t){&mu, &cv, &phase, &ready, NULL, NULL};
+        tu_thread_create(&t[i], stuck_main, &s[i]);
+    }
+    pthread_mutex_lock(&mu);
+    while (ready != STUCK) pthread_cond_wait(&cv, &mu);
+    pthread_mutex_unlock(&mu);
+
+    unsigned long windows = world_wait_windows, skipped = world_busy_skipped;
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    assert_int_equal(world_wait_windows - windows, 1);  /* one window for all four */
+    assert_int_equal(world_busy_skipped - skipped, STUCK); /* all four given up at its end */
+    for (int i = 0; i < STUCK; i++) assert_true(tcache_blocks_locked(s[i].tc) > 0);
+
+    pthread_mutex_lock(&mu);
+    phase = 2;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+    for (int i = 0; i < STUCK; i++) {
+        tu_thread_join(t[i]);
+        if (s[i].why) fail_msg("thread %d: %s", i, s[i].why);
+    }
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stuck_owners_share_one_window),
+    };
+    return cmocka_run_group_tests_name("unit_world_wait", tests, NULL, NULL);
+}
