@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
     --mib) MIB=$2; shift 2 ;;
     --reps) REPS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     *) echo "spike_demo.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done

@@ -10,7 +10,7 @@
 #   2. a short multi-threaded demo of _heapmin() (examples/demo_threads.c),
 #      once with the system malloc and once with LD_PRELOAD.
 # The exit status is non-zero if a build or a run failed (or data did not
-# verify). About a minute on 2 cores.
+# verify). About 15-30 s on 2 cores once built.
 
 set -u -o pipefail
 # shellcheck source=scripts/common.sh

@@ -15,7 +15,9 @@
 #      `pkg-config --cflags --libs trimalloc` (rpath from its libdir), run it;
 #   4. find_package: configure tests/install/consumer with
 #      -DCMAKE_PREFIX_PATH=P, build consumer_shared and consumer_static, run
-#      both (consumer_shared must map P's libtrimalloc.so, not the build's).
+#      both (consumer_shared must map P's libtrimalloc.so, not the build's);
+#      and libc_only (pkg-config, both CMake targets): a program that only
+#      allocates through libc must still bind libc's calls to trimalloc.
 # Environment: CC (compiler for everything), CMAKE (default: cmake),
 # CMAKE_GENERATOR (as cmake reads it), JOBS (default: number of CPUs).
 # Prints PASS/FAIL/SKIP per step; exits non-zero if a step failed. A missing
@@ -141,6 +143,16 @@ else
     else
         step PASS pkg-config "$flags"
         step PASS pkg-config-run "$out"
+        # a program that allocates only through libc keeps trimalloc too
+        # shellcheck disable=SC2086
+        if run "$WORK/pc-libc-only.log" "${CC:-cc}" -O2 "$HERE/consumer/libc_only.c" \
+                -o "$WORK/libc_only_pc" $flags -Wl,-rpath,"$pc_libdir" -ldl &&
+            out=$("$WORK/libc_only_pc" 2>&1); then
+            step PASS pkg-config-libc-only "$out"
+        else
+            echo "$out"
+            step FAIL pkg-config-libc-only
+        fi
     fi
     unset PKG_CONFIG_PATH
 fi
@@ -154,7 +166,7 @@ if ! run "$WORK/consumer-configure.log" "$CMAKE" -S "$HERE/consumer" -B "$CB" "$
 else
     step PASS find_package "$(sed -n 's/^-- \(trimalloc .* from .*\)/\1/p' \
         "$WORK/consumer-configure.log")"
-    for exe in consumer_shared consumer_static; do
+    for exe in consumer_shared consumer_static libc_only_shared libc_only_static; do
         arg=()
         [ $exe = consumer_shared ] && arg=("$LIB_REAL")
         if out=$("$CB/$exe" "${arg[@]}" 2>&1); then
