@@ -459,6 +459,7 @@ void tm_fill_grown(void *p, size_t old); /* zero:1 / junk:1 fill for bytes gaine
 /* Drain every thread cache into the arenas; returns nanoseconds other
  * threads were held (the longest single hold). Caller holds the trim lock. */
 uint64_t world_drain_all_caches(void);
+extern unsigned long world_wait_windows, world_busy_skipped; /* the world stop's waits (tests) */
 unsigned world_drain_idle_caches(uint64_t now); /* background thread; returns caches drained */
 void xfer_gc_all(void);                          /* tcache.c */
 void tcache_mark_drained_locked(tm_tcache_t *tc); /* a trimmer emptied it (tcache.c) */

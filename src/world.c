@@ -168,10 +168,6 @@ static size_t stop_one(tm_tcache_t *tc) {
     return n;
 }
 
-/* Stop and drain every live cache that pick() selects (every one without
- * pick), a group at a time. Caller holds the trim lock. Returns the
- * longest a drain held an owner's tc->mu; *drained counts the caches
- * stopped. */
 /* Visit cache g of a stopped group: lock g->mu and drain it, unless its
  * owner is still on its fast path after `spins` pauses. True if done
  * (drained, or its owner drained it itself); *max_hold then covers the
@@ -188,6 +184,10 @@ static bool visit_one(tm_tcache_t *g, bool buffered, unsigned spins, uint64_t *m
     return true;
 }
 
+/* Stop and drain every live cache that pick() selects (every one without
+ * pick), a group at a time. Caller holds the trim lock. Returns the
+ * longest a drain held an owner's tc->mu; *drained counts the caches
+ * stopped. */
 static uint64_t drain_where(bool (*pick)(tm_tcache_t *, uint64_t), uint64_t now, bool buffered,
                             unsigned *drained) {
     uint64_t max_hold = 0, deadline = 0;

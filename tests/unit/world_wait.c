@@ -12,8 +12,6 @@
 
 enum { STUCK = 4, NBLOCKS = 64, NHELD = 8, SIZE = 48 };
 
-extern unsigned long world_wait_windows, world_busy_skipped;
-
 typedef struct stuck {
     pthread_mutex_t *mu;
     pthread_cond_t *cv;
