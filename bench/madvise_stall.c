@@ -4,7 +4,8 @@
  * is involved: this measures the machine, and so the floor under any
  * allocator's "worst stall while it gives memory back" (spike_trim.c).
  *
- *   madvise_stall [--mib M] [--call-kib K ...] [--offset-kib O] [--reps R]
+ *   madvise_stall [--mib M] [--call-kib K]... [--offset-kib O] [--reps R]
+ *   (--call-kib may be given several times: one size each)
  *
  * A victim thread spins reading the clock and records the longest gap
  * between two reads, first while the main thread sleeps (the noise floor),
@@ -149,7 +150,8 @@ int main(int argc, char **argv)
             if (ncalls < 16)
                 calls_kib[ncalls++] = strtoul(argv[++i], NULL, 10);
         } else {
-            fprintf(stderr, "usage: %s [--mib M] [--call-kib K ...] [--offset-kib O] [--reps R]\n",
+            fprintf(stderr, "usage: %s [--mib M] [--call-kib K]... [--offset-kib O] [--reps R]\n"
+                            "  (--call-kib once per size, e.g. --call-kib 4 --call-kib 64)\n",
                     argv[0]);
             return 2;
         }
