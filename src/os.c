@@ -437,10 +437,18 @@ static void os_advise(void *p, size_t size, int advice) {
  * write, inherited by a fork child with its contents, dumped. Where
  * nothing was changed these only walk the mapping (no TLB flush): a few
  * microseconds against the milliseconds it takes to write a huge block.
- * 0, or -1 if the pages cannot be made writable (part of the range was
- * unmapped: the mapping must not be reused). */
+ * 0, or -1 if part of the range is not mapped any more (ENOMEM: the
+ * program unmapped some of it; the mapping must not be reused). A refusal
+ * of mprotect itself (EPERM or EACCES, under a seccomp or SELinux policy)
+ * leaves the mapping to be reused as it was before this was added, rather
+ * than turning the cache off. errno is left as it was. */
 int os_restore_block(void *p, size_t size) {
-    if (os_mprotect(p, size, PROT_READ | PROT_WRITE) != 0) return -1;
+    int saved = errno;
+    int rc = os_mprotect(p, size, PROT_READ | PROT_WRITE);
+    if (rc != 0 && errno == ENOMEM) {
+        errno = saved;
+        return -1;
+    }
 #ifdef MADV_DOFORK
     os_advise(p, size, MADV_DOFORK);
 #endif
@@ -450,6 +458,7 @@ int os_restore_block(void *p, size_t size) {
 #ifdef MADV_DODUMP
     os_advise(p, size, MADV_DODUMP);
 #endif
+    errno = saved;
     return 0;
 }
 

@@ -11,7 +11,8 @@
  *     as one (the program split it) copies the block instead of failing;
  *   - a block freed with protections or fork advice the program left on
  *     its pages is handed out again read-write and inherited by a fork
- *     child, and its mapping, one again, can grow.
+ *     child, and its mapping, one again, can grow; one with a hole the
+ *     program unmapped is not reused.
  * huge_mapped() counts live and cached huge mappings, so it tells whether
  * a fresh mapping was made.
  */
@@ -236,6 +237,25 @@ static void test_reused_split_mapping_grows(void **state) {
     TM_API(free)(b);
 }
 
+/* A cached mapping with a hole in it (the program unmapped a page of the
+ * block it freed) is not handed out again: the next block is a fresh
+ * mapping, written whole. */
+static void test_mapping_with_a_hole_is_not_reused(void **state) {
+    (void)state;
+    unsigned char *a = TM_API(malloc)(8 * MIB);
+    assert_non_null(a);
+    fill(a, 8 * MIB, 0x55);
+    TM_API(free)(a);
+    assert_int_equal(munmap(a + 4 * MIB, 4096), 0);
+    errno = 0;
+    unsigned char *b = TM_API(malloc)(8 * MIB);
+    assert_non_null(b);
+    assert_int_equal(errno, 0);
+    fill(b, 8 * MIB, 0x66);
+    assert_int_equal(huge_mapped(), 8 * MIB); /* the holed one went back */
+    TM_API(free)(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_grow_smaller_cached_mapping, empty_cache),
@@ -246,6 +266,7 @@ int main(void) {
         cmocka_unit_test_setup(test_realloc_of_split_mapping_copies, empty_cache),
         cmocka_unit_test_setup(test_reused_mapping_is_fresh, empty_cache),
         cmocka_unit_test_setup(test_reused_split_mapping_grows, empty_cache),
+        cmocka_unit_test_setup(test_mapping_with_a_hole_is_not_reused, empty_cache),
     };
     return cmocka_run_group_tests_name("unit_huge_cache", tests, NULL, NULL);
 }
