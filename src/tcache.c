@@ -1224,17 +1224,28 @@ static uint32_t queued_pages(const tm_tcache_t *tc) {
     return n;
 }
 
-/* The owner's lockless push of the claimed run p (need pages) onto its own
- * queue, when it fits: the world-stop handshake guards it as it guards the
- * bins; rl[n] is written before rl_n is published, for a reader under mu
- * (statistics) and for a fork child of this moment. False: the locked
- * path's job (a trimmer stopped the cache, or the queue is full). */
+/* Append run p (need pages) at index n of tc's queue: rl[n] is written
+ * before rl_n is published, for a reader under mu (statistics) and for a
+ * fork child of this moment. */
 static void rl_append(tm_tcache_t *tc, unsigned n, void *p, uint32_t need) {
     __atomic_store_n(&tc->rl[n], p, __ATOMIC_RELAXED);
     __atomic_store_n(&tc->rl_pages[n], (uint16_t)need, __ATOMIC_RELAXED);
     __atomic_store_n(&tc->rl_n, n + 1, __ATOMIC_RELEASE);
 }
 
+/* Take k runs out of tc's queue from index i on, the others keeping their
+ * order (oldest first). Under tc->mu. */
+static void rl_cut(tm_tcache_t *tc, unsigned i, unsigned k) {
+    unsigned rest = tc->rl_n - i - k;
+    memmove(tc->rl + i, tc->rl + i + k, rest * sizeof *tc->rl);
+    memmove(tc->rl_pages + i, tc->rl_pages + i + k, rest * sizeof *tc->rl_pages);
+    __atomic_store_n(&tc->rl_n, tc->rl_n - k, __ATOMIC_RELAXED);
+}
+
+/* The owner's lockless push of the claimed run p (need pages) onto its own
+ * queue, when it fits: the world-stop handshake guards it as it guards the
+ * bins. False: the locked path's job (a trimmer stopped the cache, or the
+ * queue is full). */
 static bool rl_push_owner(tm_tcache_t *own, void *p, uint32_t need) {
     tm_tcache_t *tc = tc_enter();
     uint32_t n = __atomic_load_n(&own->rl_n, __ATOMIC_RELAXED);
@@ -1277,13 +1288,11 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
         for (; n < (tc->rl_n + 1) / 2; n++) have -= tc->rl_pages[n];
         while (n < tc->rl_n && have + need > TC_RL_PAGES) have -= tc->rl_pages[n++];
     }
-    unsigned left = tc->rl_n - n;
     if (n) {
         memcpy(batch, tc->rl, n * sizeof *batch);
-        memmove(tc->rl, tc->rl + n, left * sizeof *tc->rl);
-        memmove(tc->rl_pages, tc->rl_pages + n, left * sizeof *tc->rl_pages);
+        rl_cut(tc, 0, n);
     }
-    rl_append(tc, left, p, need);
+    rl_append(tc, tc->rl_n, p, need);
     pthread_mutex_unlock(&tc->mu);
     if (n) arena_free_large_batch(batch, n);
 }
@@ -1323,10 +1332,7 @@ void *tcache_large_reuse(uint32_t npages) {
         for (unsigned i = tc->rl_n; i-- > 0;) {
             if (tc->rl_pages[i] != npages) continue;
             p = tc->rl[i];
-            unsigned last = tc->rl_n - 1; /* the rest keep their order, oldest first */
-            memmove(tc->rl + i, tc->rl + i + 1, (last - i) * sizeof *tc->rl);
-            memmove(tc->rl_pages + i, tc->rl_pages + i + 1, (last - i) * sizeof *tc->rl_pages);
-            __atomic_store_n(&tc->rl_n, last, __ATOMIC_RELAXED);
+            rl_cut(tc, i, 1);
             break;
         }
         pthread_mutex_unlock(&tc->mu);
