@@ -60,7 +60,8 @@ set(TRIMALLOC_HOT_FUNCTIONS
   tcache_fork_child tcache_free_large queued_pages rl_push_owner tcache_gc_tick_large tcache_large_reuse
   bin_reset bin_restart bin_cap_start bin_cap_max refill_want slots_release_first slots_purge_grown
   cache_share cap_now max_now
-  xfer_flush_arena arena_bind_locked
+  xfer_flush_arena arena_bind_locked orphans_release_now_locked orphan_gap_ns tcache_orphans_tick
+  release_orphaned_arenas orphaned_arenas_locked
   # arena.c
   arena_get arena_choose_locked arena_refill arena_flush arena_alloc_large
   arena_free_large large_free_locked arena_free_large_batch arena_large_usable
@@ -94,7 +95,7 @@ set(TRIMALLOC_HOT_DATA
   tm_bin_tiny tc_key_ok tm_initialized tm_fork_ready init_running tc_key registry_count tm_narenas registry
   tm_class_fast recycled meta_cur meta_end
   tm_classes meta_total
-  slot_grown os_fail_countdown_active
+  slot_grown os_fail_countdown_active orphan_last_ns orphan_due
   slot_first slot_start slot_first_start xfer_cap registry_lock arenas_lock meta_lock pm_lock tm_gstats meta_freed
   # Indexed by arena too, 5 KiB (a small process touches the first entries).
   arena_bound tm_arenas xfer_sets

@@ -50,6 +50,7 @@ static void *background_main(void *arg) {
         struct timespec ts = background_interval(__atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED));
         nanosleep(&ts, NULL);
         world_drain_idle_caches(os_now_ns());
+        tcache_orphans_tick();
         arena_decay_tick();
     }
     int expect = 1; /* not 2: a fork child's state stays */

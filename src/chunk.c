@@ -633,7 +633,9 @@ void arena_decay_tick(void) {
  * (arena_choose_locked), or shares the main thread's arena.
  * Measured, scripts/demo.sh, RSS once its 8 threads have exited: 20.3 ->
  * 10.9-11.4 MiB (glibc 6.1; the rest is the main thread's arena, the 1 MiB
- * kept in each of the 3 others, and metadata). */
+ * kept in each of the 3 others, and metadata). At most once a second, so
+ * that rounds of threads do not fault their pages in again every round
+ * (tcache.c, ORPHAN_GAP_MS). */
 #define ORPHAN_KEEP 256u /* pages (1 MiB) */
 
 size_t arena_release_orphaned(tm_arena_t *a) {

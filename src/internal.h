@@ -435,6 +435,7 @@ void tcache_release_grown_slots(tm_tcache_t *tc); /* after take_locked, tc->mu d
 size_t tcache_cached_bytes(size_t *queued); /* small; *queued: large runs in remote-free queues */
 unsigned tcache_count(void);
 void tcache_release_recycled(void);      /* _heapmin: unmap exited threads' slot arrays */
+void tcache_orphans_tick(void);          /* a deferred release of arenas left without a thread */
 void tcache_registry_lock(void);
 void tcache_registry_unlock(void);
 tm_tcache_t *tcache_registry_first(void);
