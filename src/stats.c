@@ -114,7 +114,7 @@ TM_EXPORT int TM_API(trimalloc_stats_arena)(unsigned index, trimalloc_arena_stat
     arena_sums_t s = {0};
     arena_sum(a, &s);
     tm_lock(&a->lock);
-    out->nthreads = a->nthreads;
+    out->nthreads = __atomic_load_n(&a->nthreads, __ATOMIC_RELAXED); /* the registry lock's (tcache.c) */
     out->large_nmalloc = a->large_nmalloc;
     out->large_nfree = a->large_nfree;
     pthread_mutex_unlock(&a->lock);

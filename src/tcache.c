@@ -642,6 +642,13 @@ static void arena_bind_locked(const tm_tcache_t *tc, unsigned ai, int d) {
     }
 }
 
+/* Count a thread bound to arena a (d = 1) or no longer (d = -1): under
+ * the registry lock, which every reader but the statistics holds (they
+ * read it atomically, with the arena's lock). */
+static void arena_count_thread_locked(tm_arena_t *a, int d) {
+    __atomic_store_n(&a->nthreads, a->nthreads + (unsigned)d, __ATOMIC_RELAXED);
+}
+
 /* The arenas no thread is bound to, as a bitmap; registry lock held. */
 static void orphaned_arenas_locked(uint64_t orphans[TM_MAX_ARENAS / 64]) {
     for (unsigned i = 0; i < tm_narenas; i++) {
@@ -734,7 +741,7 @@ static void tcache_destructor(void *arg) {
     pthread_mutex_unlock(&tc->mu);
     __atomic_store_n(&registry_count, registry_count - 1, __ATOMIC_RELAXED);
     tc->state = TC_STATE_FREE;
-    tc->arena->nthreads--;
+    arena_count_thread_locked(tc->arena, -1);
     arena_bind_locked(tc, tc->arena->index, -1);
     tc->next = recycled;
     recycled = tc;
@@ -900,7 +907,7 @@ static tm_tcache_t *tcache_create(void) {
     tm_tls.arena = tc->arena->index;
     tm_tls.state = TLS_LIVE;
     tm_lock(&registry_lock);
-    tc->arena->nthreads++;
+    arena_count_thread_locked(tc->arena, 1);
     xfer_set_make_locked(tc->arena->index);
     tc->gc_xfer_arena = tc->arena->index;
     tc->state = TC_STATE_LIVE;
@@ -910,8 +917,8 @@ static tm_tcache_t *tcache_create(void) {
     registry = tc;
     __atomic_store_n(&registry_count, registry_count + 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&registry_lock);
-    /* May allocate (keys past the first 32): we are BOOTING, so that
-     * allocation goes straight to an arena. */
+    /* May allocate (keys past the first 32): the state is LIVE by now, so
+     * that allocation uses the cache just made (see above). */
     if (tc_key_ok) pthread_setspecific(tc_key, tc);
     /* under tc->mu: a trimmer may be pointing tls.tc at the sentinel */
     tm_lock(&tc->mu);
@@ -1446,7 +1453,7 @@ void tcache_fork_child(void) {
         else registry = tc->next;
         if (tc->next) tc->next->prev = tc->prev;
         __atomic_store_n(&registry_count, registry_count - 1, __ATOMIC_RELAXED);
-        tc->arena->nthreads--;
+        arena_count_thread_locked(tc->arena, -1);
         arena_bind_locked(tc, tc->arena->index, -1);
         tc->state = TC_STATE_FREE;
         __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);

@@ -204,7 +204,7 @@ _Static_assert((TM_RUN_LISTS + 63) / 64 <= 64, "runs_words has a bit per word of
 typedef struct tm_arena {
     pthread_mutex_t lock;
     unsigned index;
-    unsigned nthreads;          /* threads bound to it */
+    unsigned nthreads;          /* threads bound to it (registry lock) */
     tm_arena_bin_t bins[TM_NCLASSES + 1];
     tm_chunk_t *chunks;         /* every chunk of the arena */
     size_t nchunks;
