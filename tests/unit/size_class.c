@@ -44,8 +44,11 @@ static void test_classes_sorted_aligned_and_slabs_sane(void **state) {
         assert_true(k->nblocks >= 1 && k->nblocks <= TM_SLAB_MAX_BLOCKS);
         size_t bytes = (size_t)k->slab_pages * TM_PAGE;
         assert_true((size_t)k->nblocks * k->size <= bytes);
-        /* tail waste at most 1/16 of the slab */
+        /* tail waste at most 1/16 of the slab, and none where one page
+         * more would hold whole blocks exactly (5120 B: 5 pages, not 4) */
         assert_true((bytes - (size_t)k->nblocks * k->size) * 16 <= bytes);
+        if ((size_t)k->nblocks * k->size != bytes && (bytes + TM_PAGE) / k->size <= TM_SLAB_MAX_BLOCKS)
+            assert_true((bytes + TM_PAGE) % k->size != 0);
         /* the magic divides exactly for every offset in the slab */
         for (uint64_t off = 0; off < bytes; off += 16) {
             uint64_t q = (off * k->magic) >> 40;
