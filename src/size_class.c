@@ -17,6 +17,14 @@
  * slab in each: the realloc benchmark's peak RSS fell from 7.05 to 6.45
  * MiB (1 thread) and from 12.9 to 11.2 MiB (2 threads) with runs instead,
  * throughput unchanged (bench/throughput, interleaved medians of 3).
+ * The cost shows in a program that holds many blocks just above 8 KiB:
+ * sqlite3 with 8 KiB database pages asks for 8464 bytes, a 3-page run,
+ * and peaked at 227.7 MB for 2 M rows in memory (glibc 154.5, jemalloc
+ * 190, tcmalloc 174; an outside tester). Classes on to 16 KiB (10, 12, 14,
+ * 16 KiB; caches of 4 blocks, grown to 64 KiB at most) took it to 191.4
+ * MB and the size sweep up 3-6%, and realloc's peak RSS up 3.5-5% (1
+ * thread) and 7-10% (2 threads), interleaved medians of 5 (2026-12-05):
+ * not kept, the benchmark's realloc row already being above target.
  *
  * Slabs. A class's slab is the smallest run of pages (1..32) that holds at
  * least min(8, 8 KiB / size) blocks (at least one) and wastes at most 1/16
