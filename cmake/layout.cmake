@@ -95,7 +95,7 @@ set(TRIMALLOC_HOT_DATA
   tm_bin_tiny tc_key_ok tm_initialized tm_fork_ready init_running tc_key registry_count tm_narenas registry
   tm_class_fast recycled meta_cur meta_end
   tm_classes meta_total
-  slot_grown os_fail_countdown_active orphan_last_ns orphan_due
+  slot_grown os_fail_countdown_active orphan_last_ns tm_orphan_due
   slot_first slot_start slot_first_start xfer_cap registry_lock arenas_lock meta_lock pm_lock tm_gstats meta_freed
   # Indexed by arena too, 5 KiB (a small process touches the first entries).
   arena_bound tm_arenas xfer_sets

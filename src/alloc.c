@@ -169,7 +169,7 @@ static void *large_alloc(size_t size, size_t align, bool zero) {
         }
     } else
         p = huge_alloc(size ? size : 1, align, zero);
-    tcache_orphans_tick(); /* a release of idle arenas that waited for a call (tcache.c) */
+    tcache_orphans_poll(); /* a release of idle arenas that waited for a call (tcache.c) */
     if (unlikely(!p)) errno = ENOMEM;
     else if (unlikely(tm_opt.junk) && !zero) /* every usable byte: a growth in place shows them */
         memset(p, 0xa5, tm_usable_size(p, "malloc"));

@@ -436,6 +436,10 @@ size_t tcache_cached_bytes(size_t *queued); /* small; *queued: large runs in rem
 unsigned tcache_count(void);
 void tcache_release_recycled(void);      /* _heapmin: unmap exited threads' slot arrays */
 void tcache_orphans_tick(void);          /* a deferred release of arenas left without a thread */
+extern uint64_t tm_orphan_due;           /* when it is due (0: none pending; tcache.c) */
+TM_INLINE void tcache_orphans_poll(void) {
+    if (unlikely(__atomic_load_n(&tm_orphan_due, __ATOMIC_RELAXED))) tcache_orphans_tick();
+}
 void tcache_registry_lock(void);
 void tcache_registry_unlock(void);
 tm_tcache_t *tcache_registry_first(void);

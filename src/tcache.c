@@ -683,10 +683,10 @@ static void release_orphaned_arenas(const uint64_t orphans[TM_MAX_ARENAS / 64]) 
  * until it does, or until _heapmin (an outside reviewer: 3 rounds of 4
  * threads 50 ms apart, each touching 32 MiB, then an idle main thread:
  * 129-138 MiB stayed, 42 MiB before this change). Both times are guarded
- * by the registry lock; orphan_due is read without it first. */
+ * by the registry lock; tm_orphan_due is read without it first. */
 #define ORPHAN_GAP_MS 1000
 static uint64_t orphan_last_ns; /* the last release (0: none yet) */
-static uint64_t orphan_due;     /* when a skipped one is due (0: none) */
+uint64_t tm_orphan_due;         /* when a skipped one is due (0: none) */
 
 static uint64_t orphan_gap_ns(void) {
     long ms = __atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED);
@@ -700,23 +700,23 @@ static bool orphans_release_now_locked(uint64_t now, uint64_t orphans[TM_MAX_ARE
     if (__atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED) < 0) return false; /* never */
     uint64_t gap = orphan_gap_ns();
     if (orphan_last_ns && (now < orphan_last_ns || now - orphan_last_ns < gap)) {
-        __atomic_store_n(&orphan_due, orphan_last_ns + gap, __ATOMIC_RELAXED);
+        __atomic_store_n(&tm_orphan_due, orphan_last_ns + gap, __ATOMIC_RELAXED);
         return false;
     }
     orphan_last_ns = now ? now : 1;
-    __atomic_store_n(&orphan_due, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&tm_orphan_due, 0, __ATOMIC_RELAXED);
     orphaned_arenas_locked(orphans);
     return true;
 }
 
 void tcache_orphans_tick(void) {
-    uint64_t due = __atomic_load_n(&orphan_due, __ATOMIC_RELAXED);
+    uint64_t due = __atomic_load_n(&tm_orphan_due, __ATOMIC_RELAXED);
     if (!due) return;
     uint64_t now = os_now_ns();
     if (now < due) return;
     uint64_t orphans[TM_MAX_ARENAS / 64] = {0};
     tm_lock(&registry_lock);
-    bool go = __atomic_load_n(&orphan_due, __ATOMIC_RELAXED) && orphans_release_now_locked(now, orphans);
+    bool go = __atomic_load_n(&tm_orphan_due, __ATOMIC_RELAXED) && orphans_release_now_locked(now, orphans);
     pthread_mutex_unlock(&registry_lock);
     if (go) release_orphaned_arenas(orphans);
 }
