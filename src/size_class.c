@@ -38,8 +38,10 @@
  * (glibc 163.8, jemalloc, whose slabs never leave a tail, about 190);
  * bench/throughput's peak RSS unchanged within 0.05-0.2 MiB (interleaved
  * medians of 5). Every tail at most 1/32 (eight more classes in larger
- * slabs) took xmalloc's and realloc's peak RSS up 4-5%. Until 2026-12-04 it was 8 blocks for every class
- * (an 8 KiB slab was 16 pages): a block the thread cache held kept up to
+ * slabs) took xmalloc's and realloc's peak RSS up 4-5%.
+ *
+ * Until 2026-12-04 it was 8 blocks for every class (an 8 KiB slab was 16
+ * pages): a block the thread cache held kept up to
  * 64 KiB of slab resident, and a program that goes through the sizes of
  * 1-8 KiB kept a partly used slab of each. Measured, bench/throughput
  * interleaved medians of 7-11 runs: sizes T=2 peak RSS 10.1 -> 8.8 MiB

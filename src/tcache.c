@@ -693,11 +693,15 @@ static uint64_t orphan_gap_ns(void) {
     return (uint64_t)(ms < ORPHAN_GAP_MS ? ms : ORPHAN_GAP_MS) * 1000000u;
 }
 
-/* The last thread but the initial one left (or a pending release is due):
- * the arenas without a thread into orphans, now or never. Registry lock
- * held. */
+/* The last thread but the initial one left, or a pending release is due:
+ * true if the release is to be made now (the arenas without a thread are
+ * in orphans), false if it waits (tm_orphan_due set) or the decay is off.
+ * Registry lock held. */
 static bool orphans_release_now_locked(uint64_t now, uint64_t orphans[TM_MAX_ARENAS / 64]) {
-    if (__atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED) < 0) return false; /* never */
+    if (__atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED) < 0) { /* never */
+        __atomic_store_n(&tm_orphan_due, 0, __ATOMIC_RELAXED);
+        return false;
+    }
     uint64_t gap = orphan_gap_ns();
     if (orphan_last_ns && (now < orphan_last_ns || now - orphan_last_ns < gap)) {
         __atomic_store_n(&tm_orphan_due, orphan_last_ns + gap, __ATOMIC_RELAXED);
