@@ -199,6 +199,15 @@ int os_purge(void *p, size_t size) {
 #endif
 }
 
+/* madvise as a hint: the answer is ignored (the callers say why) */
+static void os_advise(void *p, size_t size, int advice) {
+#if OS_RAW
+    (void)os_sys(SYS_madvise, (long)p, (long)size, advice, 0, 0, 0);
+#else
+    (void)madvise(p, size, advice);
+#endif
+}
+
 /* Transparent huge pages for [p, p + size): on = false marks the mapping
  * MADV_NOHUGEPAGE, so that neither a page fault nor khugepaged puts a 2
  * MiB page there. Where the kernel's setting is "always" (the kernel's own
@@ -215,12 +224,7 @@ int os_purge(void *p, size_t size) {
  * EINVAL, and the mapping is then no worse off. */
 void os_huge_pages(void *p, size_t size, bool on) {
 #if defined(MADV_NOHUGEPAGE) && defined(MADV_HUGEPAGE)
-    int advice = on ? MADV_HUGEPAGE : MADV_NOHUGEPAGE;
-#if OS_RAW
-    (void)os_sys(SYS_madvise, (long)p, (long)size, advice, 0, 0, 0);
-#else
-    (void)madvise(p, size, advice);
-#endif
+    os_advise(p, size, on ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
 #else
     (void)p;
     (void)size;
@@ -425,14 +429,6 @@ size_t os_batch_flush(os_batch_t *b) {
 }
 
 int os_protect_none(void *p, size_t size) { return os_mprotect(p, size, PROT_NONE); }
-
-static void os_advise(void *p, size_t size, int advice) {
-#if OS_RAW
-    (void)os_sys(SYS_madvise, (long)p, (long)size, advice, 0, 0, 0);
-#else
-    (void)madvise(p, size, advice);
-#endif
-}
 
 /* Undo what a program may have done to a block's pages before it freed it
  * (mprotect, MADV_DONTFORK, MADV_WIPEONFORK, MADV_DONTDUMP), so that a
