@@ -1274,12 +1274,26 @@ void tcache_free_slow(void *p, unsigned cls) {
  * garbage collection once it has not moved for a visit. Runs of the
  * thread's own arena, and every run when caching is off, are freed at
  * once (design.md, "Large blocks freed by their own arena's thread", says
- * why: queueing short ones was tried and taken out).
+ * why: queueing short ones was tried and taken out). Under tcache_total_mb
+ * the queue's bound shrinks as the bins' do (rl_bound): until 2026-12-06
+ * it stayed 1 MiB, so 128 threads that freed other arenas' runs could park
+ * 128 MiB outside the common bound.
  *
  * The queue is the owner's, guarded as its bins are: the owner appends a
  * run that fits and takes back its newest without tc->mu, inside the
  * world-stop handshake (rl_push_owner, tcache_large_reuse); everything else
  * happens under tc->mu, by the owner or by a trimmer that stopped it. */
+
+/* The queue's bound in pages: TC_RL_PAGES while a cache's share of
+ * tcache_total_mb covers a cache with every bin grown, scaled down with the
+ * share below that (as the bins' growth is, max_now), so the caches and
+ * their queues together hold at most (4.4 + 1) / 4.4 = 1.23 times the
+ * option's bytes at the default scale. 0: every run goes home at once. */
+static uint32_t rl_bound(void) {
+    size_t share = cache_share();
+    if (share >= full_cache_bytes) return TC_RL_PAGES;
+    return (uint32_t)((uint64_t)TC_RL_PAGES * share / full_cache_bytes);
+}
 
 /* Pages of the runs in tc's queue: under tc->mu, or by the owner inside
  * the handshake (rl_push_owner). */
@@ -1311,10 +1325,10 @@ static void rl_cut(tm_tcache_t *tc, unsigned i, unsigned k) {
  * queue, when it fits: the world-stop handshake guards it as it guards the
  * bins. False: the locked path's job (a trimmer stopped the cache, or the
  * queue is full). */
-static bool rl_push_owner(tm_tcache_t *own, void *p, uint32_t need) {
+static bool rl_push_owner(tm_tcache_t *own, void *p, uint32_t need, uint32_t bound) {
     tm_tcache_t *tc = tc_enter();
     uint32_t n = __atomic_load_n(&own->rl_n, __ATOMIC_RELAXED);
-    bool ok = tc == own && n < TM_RL_MAX && queued_pages(own) + need <= TC_RL_PAGES;
+    bool ok = tc == own && n < TM_RL_MAX && queued_pages(own) + need <= bound;
     if (ok) rl_append(own, n, p, need);
     tc_leave();
     return ok;
@@ -1327,8 +1341,8 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
         return;
     }
     tm_tcache_t *tc = tcache_get_slow(); /* a thread that only frees gets a cache too */
-    uint32_t need = TM_FAST_LARGE_PAGES(f);
-    if (!tc || c->arena == tc->arena || need > TC_RL_PAGES || bin_cap(1) == 0) {
+    uint32_t need = TM_FAST_LARGE_PAGES(f), bound = tc ? rl_bound() : 0;
+    if (!tc || c->arena == tc->arena || need > bound || bin_cap(1) == 0) {
         arena_free_large(c, page, p);
         return;
     }
@@ -1341,17 +1355,17 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
         else arena_free_large(c, page, p); /* not a block the program holds: reported */
         return;
     }
-    if (rl_push_owner(tc, p, need)) return;
+    if (rl_push_owner(tc, p, need, bound)) return;
     void *batch[TM_RL_MAX];
     unsigned n = 0;
     tm_lock(&tc->mu);
     tcache_settle_locked(tc);
     uint32_t have = queued_pages(tc);
-    if (have + need > TC_RL_PAGES || tc->rl_n + 1 > TM_RL_MAX) {
+    if (have + need > bound || tc->rl_n + 1 > TM_RL_MAX) {
         /* no room: the older half goes home, and more of the oldest runs
          * while the new one still does not fit */
         for (; n < (tc->rl_n + 1) / 2; n++) have -= tc->rl_pages[n];
-        while (n < tc->rl_n && have + need > TC_RL_PAGES) have -= tc->rl_pages[n++];
+        while (n < tc->rl_n && have + need > bound) have -= tc->rl_pages[n++];
     }
     if (n) {
         memcpy(batch, tc->rl, n * sizeof *batch);

@@ -339,6 +339,41 @@ static void test_the_queue_holds_at_most_a_mebibyte(void **state)
     tu_arena_holder_stop();
 }
 
+/* Under a small tcache_total_mb the queue shrinks with the bins: at 1 MiB
+ * a cache's share is at most 1 MiB, under a quarter of a cache with every
+ * bin grown (4.4 MiB), and the queue's bound scales down with it, to under
+ * 256 KiB. Until 2026-12-06 the queue kept its 1 MiB whatever the share
+ * (here: all 40 blocks, 640 KiB, waited). */
+static void test_the_queue_shrinks_with_the_share(void **state)
+{
+    (void)state;
+    if (narenas() < 2)
+        skip();
+    long total;
+    assert_int_equal(TM_API(trimalloc_option_get)("tcache_total_mb", &total), 0);
+    void *own;
+    unsigned x;
+    two_arenas(alloc_in_thread, NB, &own, &x);
+    assert_int_equal(TM_API(trimalloc_option_set)("tcache_total_mb", 1), 0);
+    uint64_t nfree0 = large_nfree(x);
+    size_t base = stats().tcache_bytes, most = 0;
+    for (int i = 0; i < NB; i++) {
+        TM_API(free)(blocks[i]);
+        size_t now = stats().tcache_bytes;
+        if (now > most)
+            most = now;
+    }
+    assert_true(most > base); /* the queue is still used */
+    if (most - base >= (256u << 10))
+        fail_msg("%zu bytes queued under tcache_total_mb:1", most - base);
+    assert_int_equal(TM_API(trimalloc_option_set)("tcache_total_mb", total), 0);
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    assert_int_equal(large_nfree(x) - nfree0, NB);
+    TM_API(free)(own);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+    tu_arena_holder_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -347,6 +382,7 @@ int main(void)
         cmocka_unit_test(test_thread_exit_sends_its_queue_home),
         cmocka_unit_test(test_queued_block_taken_back_for_same_length),
         cmocka_unit_test(test_the_queue_holds_at_most_a_mebibyte),
+        cmocka_unit_test(test_the_queue_shrinks_with_the_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
