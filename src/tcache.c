@@ -1341,8 +1341,8 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
         return;
     }
     tm_tcache_t *tc = tcache_get_slow(); /* a thread that only frees gets a cache too */
-    uint32_t need = TM_FAST_LARGE_PAGES(f), bound = tc ? rl_bound() : 0;
-    if (!tc || c->arena == tc->arena || need > bound || bin_cap(1) == 0) {
+    uint32_t need = TM_FAST_LARGE_PAGES(f), bound = 0;
+    if (!tc || c->arena == tc->arena || bin_cap(1) == 0 || need > (bound = rl_bound())) {
         arena_free_large(c, page, p);
         return;
     }
