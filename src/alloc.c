@@ -67,8 +67,9 @@ TM_INLINE bool small_block_e(uintptr_t a, uintptr_t e, unsigned *cls_out, uint32
     uint64_t off = (a & TM_CHUNK_MASK) - TM_FAST_SLAB_OFF(f);
     *cls_out = cls;
     *fast_out = f;
-    /* class 0 (div 1) fails unless off is 0 */
-    return off * tm_class_fast.div[cls] < tm_class_fast.div[cls];
+    /* a whole number of blocks, below the slab's end (internal.h); class
+     * 0 fails unless off is 0 */
+    return off * tm_class_fast.div[cls] < tm_class_fast.lim[cls];
 }
 
 TM_INLINE bool small_block(uintptr_t a, unsigned *cls_out, uint32_t *fast_out) {

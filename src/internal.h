@@ -125,13 +125,22 @@ extern unsigned long os_fail_countdown_active;
 
 /* ---- size_class.c ------------------------------------------------------------ */
 extern tm_class_t tm_classes[TM_NCLASSES + 1];
-/* What free() needs to know that an offset is a whole number of blocks:
- * div[c] = ceil(2^64 / size of class c), so that for any off < 2^32,
- * off % size == 0 exactly when off * div[c] (mod 2^64) < div[c] -- one
- * multiply, no division (Lemire, Kaser and Kurz, "Faster remainder by
- * direct computation", 2019). div[0] = 1: true only for off == 0. */
+/* What free() needs to know that byte offset off (from the slab's start)
+ * is the start of one of the slab's blocks: off % size == 0 and off / size
+ * < nblocks. With div[c] = floor(2^64 / size) + 1, off * div[c] (mod 2^64)
+ * is (off / size) * e, e = div[c] * size mod 2^64 (1 <= e <= size), when
+ * size divides off, and at least div[c] when it does not (for off < 2^32
+ * and size < 2^16: Lemire, Kaser and Kurz, "Faster remainder by direct
+ * computation", 2019). So one multiply and one compare with lim[c] =
+ * nblocks * e, far below div[c], test both: no division, no second
+ * branch. div[0] = lim[0] = 1: true only for off == 0. Until 2026-12-06
+ * the compare was with div[c], which took the bytes past a slab's last
+ * block, in the 15 classes whose slabs leave a tail, for a block (found by
+ * an outside tester: free(last + 1) went into the cache, and the next
+ * malloc handed out a block overlapping the next slab's first). */
 typedef struct tm_class_fast {
     uint64_t div[TM_NCLASSES + 1];
+    uint64_t lim[TM_NCLASSES + 1];
 } tm_class_fast_t;
 extern tm_class_fast_t tm_class_fast;
 /* The classes of the sizes up to TM_TINY_MAX, as their bins' byte offsets in

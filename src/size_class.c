@@ -104,14 +104,19 @@ void size_class_init(void) {
         k->nblocks = nb > TM_SLAB_MAX_BLOCKS ? TM_SLAB_MAX_BLOCKS : nb;
         k->tc_cap = tcache_cap_for(k->size);
         k->magic = ((1ull << 40) + k->size - 1) / k->size;
-        tm_class_fast.div[c] = UINT64_MAX / k->size + 1;
+        /* floor(2^64 / size) + 1 (for a power of two, UINT64_MAX / size
+         * is one short of 2^64 / size), so that e is never 0 */
+        uint64_t div = UINT64_MAX / k->size + 1;
+        if (!(k->size & (k->size - 1))) div++;
+        tm_class_fast.div[c] = div;
+        tm_class_fast.lim[c] = (uint64_t)k->nblocks * (div * k->size);
     }
     /* Class 0 ("not a small block") fails the free path's block check but
      * at offset 0 of a chunk (a large block there), where free() then reads
      * the cookie word inside that block; the bin of class 0 is always full,
      * so free() goes on to the slow path. */
     tm_classes[0] = (tm_class_t){0};
-    tm_class_fast.div[0] = 1;
+    tm_class_fast.div[0] = tm_class_fast.lim[0] = 1;
     unsigned c = 1;
     for (size_t i = 0; i <= (TM_TINY_MAX >> 4); i++) {
         size_t sz = i << 4;

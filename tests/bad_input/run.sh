@@ -12,6 +12,7 @@
 #         in its first chunk and 6 MiB in)
 #         mmap: memory the program mapped itself (another allocator's)
 #         unallocated: a block start in a slab that never handed it out
+#         past-end: one block past a slab's last block (in the slab's tail)
 #         double-tcache: freed before, still in the thread cache
 #         double-arena: freed before, back in its slab after _heapmin
 #         double-large, double-huge: a freed large block, a freed huge block
@@ -20,10 +21,11 @@
 #         large block another thread (another arena) made; that block,
 #         freed by this thread and waiting in its remote-free queue
 # Each case runs twice:
-#   default options          must die of SIGABRT with exactly one line on
-#                            stderr: "trimalloc: CALL(): invalid pointer P"
-#                            or "... double free of pointer P", P the pointer
-#                            the program printed; nothing else
+#   default options          must die of SIGABRT in the bad call, with
+#                            exactly one line on stderr: "trimalloc:
+#                            CALL(): invalid pointer P" or "... double free
+#                            of pointer P", P the pointer the program
+#                            printed; nothing else
 #   TRIMALLOC_CONF=abort_on_error:0
 #                            the same line plus " (ignored)", then the program
 #                            goes on, finds the heap working and exits 0
@@ -104,6 +106,10 @@ run_case() {
     word=${BASH_REMATCH[1]}
     if [ "$mode" = abort ]; then
         if [ $rc -ne 134 ]; then fail "$c ($mode)" "(exit status $rc, expected 134: SIGABRT)"; return; fi
+        if grep -q '^call returned' "$WORK/out"; then
+            fail "$c ($mode)" "(the bad call returned: reported later, not by the call)"
+            return
+        fi
         if grep -q '^continued' "$WORK/out"; then fail "$c ($mode)" "(the program went on)"; return; fi
     else
         if [ $rc -ne 0 ] || ! grep -q '^continued: heap OK$' "$WORK/out"; then
@@ -121,7 +127,7 @@ run_case() {
 
 for call in free realloc realloc0 usable; do
     for what in stack global interior-small interior-large interior-large-page interior-huge \
-        interior-huge-far mmap unallocated double-tcache double-arena double-large double-huge \
+        interior-huge-far mmap unallocated past-end double-tcache double-arena double-large double-huge \
         double-huge-unmapped interior-remote-large-page double-remote-large; do
         for mode in abort warn; do
             run_case "$call-$what" "$mode"

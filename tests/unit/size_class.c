@@ -57,22 +57,28 @@ static void test_classes_sorted_aligned_and_slabs_sane(void **state) {
     }
 }
 
-/* free()'s block-start test: off * div < div exactly when off is a whole
- * number of blocks, for every byte offset in a chunk (misaligned pointers
- * included); class 0 only at offset 0. */
+/* free()'s block-start test: off * div < lim exactly when off is the
+ * start of one of the slab's blocks -- a whole number of blocks, and not
+ * past its last (the tail some classes leave, or beyond) -- for every byte
+ * offset in a chunk (misaligned pointers included); class 0 only at offset
+ * 0. Until 2026-12-06 the test took off * div < div, which passed the
+ * block-sized steps past a slab's end: the loop below fails on that. */
 static void test_block_start_test_is_exact(void **state) {
     (void)state;
     tm_init();
+    unsigned tails = 0;
     for (unsigned c = 0; c <= TM_NCLASSES; c++) {
-        uint64_t d = tm_class_fast.div[c];
-        uint32_t size = tm_classes[c].size;
+        uint64_t d = tm_class_fast.div[c], lim = tm_class_fast.lim[c];
+        uint32_t size = tm_classes[c].size, nb = tm_classes[c].nblocks;
+        if (c && (uint64_t)nb * size < (uint64_t)tm_classes[c].slab_pages * TM_PAGE) tails++;
         for (uint64_t off = 0; off < TM_CHUNK; off += off < 65536 ? 1 : 7) {
-            bool start = c ? off % size == 0 : off == 0;
-            if ((off * d < d) != start)
-                fail_msg("class %u (size %u), offset %llu: test says %d", c, size,
-                         (unsigned long long)off, (int)(off * d < d));
+            bool start = c ? off % size == 0 && off / size < nb : off == 0;
+            if ((off * d < lim) != start)
+                fail_msg("class %u (size %u, %u blocks), offset %llu: test says %d", c, size,
+                         nb, (unsigned long long)off, (int)(off * d < lim));
         }
     }
+    assert_true(tails > 0); /* the case the bound is for exists */
 }
 
 int main(void) {
