@@ -97,6 +97,10 @@ static void stats_fill(trimalloc_stats_t *out, size_t *chunk_bytes, size_t *huge
 }
 
 TM_EXPORT int TM_API(trimalloc_stats_get)(trimalloc_stats_t *out) {
+    if (!out) { /* as its two siblings below (a SIGSEGV until 2026-12-06) */
+        errno = EINVAL;
+        return -1;
+    }
     stats_fill(out, NULL, NULL);
     return 0;
 }

@@ -66,6 +66,16 @@ static void test_bad_indexes(void **state) {
     errno = 0;
     assert_int_equal(TM_API(trimalloc_stats_class)(TM_API(trimalloc_nclasses)() + 1, &cs), -1);
     assert_int_equal(errno, EINVAL);
+    /* a NULL destination: each refuses it (trimalloc_stats_get crashed) */
+    errno = 0;
+    assert_int_equal(TM_API(trimalloc_stats_get)(NULL), -1);
+    assert_int_equal(errno, EINVAL);
+    errno = 0;
+    assert_int_equal(TM_API(trimalloc_stats_arena)(0, NULL), -1);
+    assert_int_equal(errno, EINVAL);
+    errno = 0;
+    assert_int_equal(TM_API(trimalloc_stats_class)(1, NULL), -1);
+    assert_int_equal(errno, EINVAL);
 }
 
 int main(void) {
