@@ -813,9 +813,17 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
  * one that interrupted a locked section always did.) */
 void arena_lock_settled(tm_arena_t *a) {
     tm_lock(&a->lock);
+    if (likely(!a->dropped)) return;
     /* blocks (a yield loop hung a SCHED_FIFO forker whose CPU the
-     * section's lower-priority thread then never got back) */
+     * section's lower-priority thread then never got back), with
+     * cancellation off: pthread_cond_wait is a cancellation point, and a
+     * thread with a cancel pending was cancelled here, inside fork() or
+     * _heapchk(), unwinding with this lock and its caller's held; the
+     * process then hung (an outside tester, 2026-12-06; tests/unit/cancel.c) */
+    int cancel;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
     while (a->dropped) pthread_cond_wait(&a->undropped, &a->lock);
+    pthread_setcancelstate(cancel, NULL);
 }
 
 void arena_fork_prepare(void) {

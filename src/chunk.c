@@ -809,11 +809,16 @@ uint32_t chunk_slot_take_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uin
          * (until 2026-12-05 they did not: a child kept the run PAGE_UNUSED
          * for good, and _heapchk reported it as a broken node) */
         arena_dropped_enter(a);
-        do {
-            pthread_mutex_unlock(&a->lock);
-            os_yield();
-            tm_lock(&a->lock);
-        } while ((s = slot_find(c)) < 0);
+        /* blocks until the release wakes it, with cancellation off (as
+         * arena_lock_settled): until 2026-12-06 this loop yielded, and a
+         * SCHED_FIFO thread here kept a lower-priority _heapmin on its CPU
+         * from ever finishing the release (an outside tester, with a delay
+         * added to the release to widen the window: 1-1.3 s stalls, bounded
+         * only by the kernel's real-time throttling) */
+        int cancel;
+        pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+        while ((s = slot_find(c)) < 0) pthread_cond_wait(&a->undropped, &a->lock);
+        pthread_setcancelstate(cancel, NULL);
         arena_dropped_leave(a);
     }
     c->slab_used[s >> 6] |= 1ull << (s & 63);
@@ -826,6 +831,11 @@ void chunk_slot_put_locked(tm_chunk_t *c, uint32_t slot) {
     tm_assert((c->slab_used[slot >> 6] >> (slot & 63)) & 1);
     c->slab_used[slot >> 6] &= ~(1ull << (slot & 63));
     c->nslabs--;
+}
+
+void chunk_slab_pool_done_locked(tm_arena_t *a, tm_chunk_t *c) {
+    c->slab_busy = 0;
+    pthread_cond_broadcast(&a->undropped); /* a chunk_slot_take_locked waiting */
 }
 
 size_t chunk_slab_pool_release_locked(tm_arena_t *a, tm_chunk_t *c) {
@@ -846,7 +856,7 @@ size_t chunk_slab_pool_release_locked(tm_arena_t *a, tm_chunk_t *c) {
     pthread_mutex_unlock(&a->lock);
     size_t released = os_purge_inside((void *)lo, (void *)hi);
     tm_lock(&a->lock);
-    c->slab_busy = 0;
+    chunk_slab_pool_done_locked(a, c);
     if (!released && hwm > c->slab_hwm) c->slab_hwm = (uint16_t)hwm; /* refused: still there */
     return released;
 }

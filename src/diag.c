@@ -9,16 +9,21 @@
 #include <stdarg.h>
 #include <unistd.h>
 
+/* write(2) is a cancellation point; a report is written with locks held
+ * at times, so cancellation is off for it */
 void tm_write_fd(int fd, const char *s, size_t n) {
+    int cancel;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
     while (n) {
         ssize_t w = write(fd, s, n);
         if (w <= 0) {
             if (w < 0 && errno == EINTR) continue;
-            return;
+            break;
         }
         s += w;
         n -= (size_t)w;
     }
+    pthread_setcancelstate(cancel, NULL);
 }
 
 static size_t fmt_u(char *out, unsigned long long v, unsigned base) {

@@ -295,6 +295,8 @@ void chunk_slot_put_locked(tm_chunk_t *c, uint32_t slot);
 /* Give back the pool pages of c above its last used slot (slots must be
  * packed: [0, nslabs) in use). Drops and retakes the lock; returns bytes. */
 size_t chunk_slab_pool_release_locked(tm_arena_t *a, tm_chunk_t *c);
+/* The give-back ended: no pool page busy, a slab waiting for a slot woken. */
+void chunk_slab_pool_done_locked(tm_arena_t *a, tm_chunk_t *c);
 /* Purge: release free pages of every chunk of arena a; return bytes.
  * *failures counts system calls the kernel refused. */
 size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures);

@@ -219,7 +219,8 @@ typedef struct tm_arena {
                                    lock while they hold runs (growth purge,
                                    decay) or map a chunk: fork's prepare
                                    handler waits for them (arena.c) */
-    pthread_cond_t undropped;   /* broadcast when dropped falls to 0 */
+    pthread_cond_t undropped;   /* broadcast when dropped falls to 0, and when
+                                   a slab pool release ends (chunk.c) */
 } tm_arena_t;
 
 /* ---- Thread caches ---------------------------------------------------------- */

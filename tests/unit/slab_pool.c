@@ -194,7 +194,7 @@ static void test_slab_waits_for_the_pool_give_back(void **state) {
     for (uint32_t p = 0; p < TM_CHUNK_PAGES; p += c->pages[p].npages ? c->pages[p].npages : 1)
         held += c->pages[p].kind == PAGE_UNUSED;
     assert_int_equal(held, 1);
-    c->slab_busy = 0;
+    chunk_slab_pool_done_locked(a, c); /* as the give-back ends */
     pthread_mutex_unlock(&a->lock);
     assert_int_equal(pthread_join(t, NULL), 0);
     assert_int_equal(m.got, 1);
@@ -273,7 +273,7 @@ static void test_heapchk_and_fork_wait_for_a_waiting_slab(void **state) {
     int early_rc = __atomic_load_n(&k.done, __ATOMIC_ACQUIRE) ? k.rc : -100;
     int early_fork = __atomic_load_n(&f.done, __ATOMIC_ACQUIRE);
     pthread_mutex_lock(&a->lock);
-    c->slab_busy = 0;
+    chunk_slab_pool_done_locked(a, c); /* as the give-back ends */
     pthread_mutex_unlock(&a->lock);
     assert_int_equal(pthread_join(tm, NULL), 0);
     assert_int_equal(pthread_join(tk, NULL), 0);
