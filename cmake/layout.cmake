@@ -63,14 +63,14 @@ set(TRIMALLOC_HOT_FUNCTIONS
   xfer_flush_arena arena_bind_locked orphans_release_now_locked orphan_gap_ns tcache_orphans_tick
   release_orphaned_arenas orphaned_arenas_locked
   # arena.c
-  arena_get arena_choose_locked arena_refill arena_flush arena_alloc_large
+  arena_get arena_choose_locked arena_grow_locked arena_refill arena_flush arena_alloc_large
   arena_free_large large_free_locked arena_free_large_batch arena_large_usable
   arena_large_resize_in_place slab_of
   slab_destroy_locked slab_set_fresh_locked slab_set_purged_locked arena_release_idle_slab
   arena_release_empty_slabs
   arena_fork_prepare arena_fork_parent arena_fork_child arena_lock_settled
   # chunk.c
-  chunk_create chunk_attach_locked run_alloc_locked run_free_locked arena_decay_tick
+  chunk_create chunk_attach_locked chunk_link_locked chunk_adopt chunk_attach_adopted_locked chunk_detach_locked run_alloc_locked run_free_locked arena_decay_tick
   run_insert_free_locked runs_index_insert_locked runs_index_remove_locked
   run_try_grow_locked run_shrink_locked chunk_slot_take_locked chunk_slot_put_locked
   resident_set_locked purge_victim_next count_resident set_resident idle_pages slot_find
@@ -79,7 +79,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   background_maybe_start background_fork_child
   # huge.c, heapmin.c, stats.c: what fork, exit and a purge call
   huge_fork_prepare huge_fork_parent huge_fork_child
-  heapmin_lock heapmin_unlock heapmin_fork_child
+  heapmin_lock heapmin_unlock heapmin_trylock heapmin_fork_child
   stats_add_released stats_print_at_exit)
 
 set(TRIMALLOC_HOT_DATA

@@ -50,16 +50,20 @@ unsigned arena_choose_locked(const unsigned bound[], unsigned first) {
     return best;
 }
 
-/* Grow the arena by one chunk. Called and returns with the lock held, but
- * drops it around the mmap. */
+/* Grow the arena by one chunk: an empty one of another arena's if there
+ * is one (chunk.c), else a new mapping. Called and returns with the lock
+ * held, but drops it meanwhile. */
 static bool arena_grow_locked(tm_arena_t *a) {
     arena_dropped_enter(a);
     pthread_mutex_unlock(&a->lock);
-    tm_chunk_t *c = chunk_create(a);
+    tm_chunk_t *c = chunk_adopt(a);
+    bool adopted = c != NULL;
+    if (!c) c = chunk_create(a);
     tm_lock(&a->lock);
     arena_dropped_leave(a);
     if (!c) return false;
-    chunk_attach_locked(a, c);
+    if (adopted) chunk_attach_adopted_locked(a, c);
+    else chunk_attach_locked(a, c);
     return true;
 }
 

@@ -233,14 +233,15 @@ static bool page_in_chunk(tm_chunk_t *c, const tm_page_t *h) {
 
 static int check_arena_locked(tm_arena_t *a, chk_sums_t *s) {
     /* chunks */
-    size_t nchunks = 0;
+    size_t nchunks = 0, nempty = 0;
     tm_chunk_t *prev = NULL;
     for (tm_chunk_t *c = a->chunks; c; prev = c, c = c->next) {
-        if (++nchunks > a->nchunks || c->prev != prev) return _HEAPBADBEGIN;
+        if (++nchunks > a->nchunks || c->prev != prev || c->arena != a) return _HEAPBADBEGIN;
         int rc = check_chunk_locked(a, c, s);
         if (rc != _HEAPOK) return rc;
+        nempty += c->free_pages == TM_CHUNK_PAGES;
     }
-    if (nchunks != a->nchunks) return _HEAPBADBEGIN;
+    if (nchunks != a->nchunks || nempty != a->nempty) return _HEAPBADBEGIN;
 
     /* the free-run index: exactly the free runs the chunks hold */
     size_t indexed = 0;

@@ -208,6 +208,8 @@ typedef struct tm_arena {
     tm_arena_bin_t bins[TM_NCLASSES + 1];
     tm_chunk_t *chunks;         /* every chunk of the arena */
     size_t nchunks;
+    unsigned nempty;            /* chunks with every page free (under the lock;
+                                   read without it by chunk_adopt, a hint) */
     /* free runs by exact length; bit n of runs_nonempty set if list n used,
      * bit w of runs_words set if word w of runs_nonempty is not zero */
     tm_page_t *runs[TM_RUN_LISTS];

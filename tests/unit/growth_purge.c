@@ -10,6 +10,8 @@
  * so the tests sleep 100 ms where pages must have stayed idle; where they
  * must not have, a preempted test could see an epoch pass, so those try up
  * to 5 times and need one success (without the rule, none succeeds).
+ * X keeps a page of its chunk in use (keep_chunk): an empty chunk would
+ * move to Y whole instead (chunk_adopt, tests/api/chunk_adopt.c).
  */
 #include "test_cmocka.h"
 #include "internal.h"
@@ -26,6 +28,12 @@ static int setup(void **state) {
     return X && Y ? 0 : -1;
 }
 
+/* A page of X's in use at the start of its idle region's chunk, so that
+ * the chunk is not empty. */
+static void keep_chunk(char *x) {
+    assert_ptr_equal(big(X, PG(1)), x);
+}
+
 /* Free what the test holds; empty chunks are unmapped. */
 static int teardown(void **state) {
     (void)state;
@@ -40,6 +48,7 @@ static void test_idle_pages_of_another_arena_go_back(void **state) {
     (void)state;
     if (tm_narenas < 2) skip();
     char *x = idle_region(X);
+    keep_chunk(x);
     sleep_ms(100); /* X's pages stay free through whole epochs */
     size_t before = released();
     for (int i = 0; i < 4; i++) {
@@ -60,6 +69,7 @@ static void test_pages_freed_just_now_stay(void **state) {
         idle_region(X);
         sleep_ms(100); /* X has faulted in no fresh page for a while ... */
         char *x = idle_region(X); /* ... and uses and frees its pages again */
+        keep_chunk(x);
         big(Y, BLK);              /* fresh pages, right after */
         kept = resident(x, 8 * BLK) == 512;
     }
