@@ -168,6 +168,21 @@ static void huge_split_tail(tm_huge_t *h, size_t msize) {
     h->mapped = msize;
 }
 
+/* Zero the first n bytes (whole pages) of a cached mapping for calloc:
+ * written over if most of its pages are in memory -- the block before used
+ * them, this one likely will, and a page fault costs more than writing a
+ * page -- else given back (MADV_DONTNEED), so that they read zero and only
+ * those the program touches fault in. Until 2026-12-06 it was always
+ * written over: an outside tester's callocs of 4-48 MiB, each touching one
+ * page in 64, made every page resident and took 2.4x glibc's CPU time.
+ * mincore only chooses: either way every byte reads zero (a page swapped
+ * out counts as not in memory, and the madvise drops it too). */
+static void huge_zero(void *p, size_t n) {
+    size_t in = os_resident_pages(p, n);
+    if (in != SIZE_MAX && in * 2 <= n >> TM_PAGE_SHIFT && os_purge(p, n) == 0) return;
+    memset(p, 0, n);
+}
+
 void *huge_alloc(size_t size, size_t align, bool zero) {
     size_t msize = huge_map_size(size);
     if (msize < size) return NULL;
@@ -215,7 +230,9 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
                 huge_cache_put_back(h);
                 h = NULL;
             }
-        } else if (h && h->mapped - msize > msize) {
+        } else if (h && (zero ? h->mapped > msize : h->mapped - msize > msize)) {
+            /* a tail up to the block's own size is kept, but not for
+             * calloc, which must zero all of it (below) */
             huge_split_tail(h, msize);
         }
         if (h) {
@@ -223,7 +240,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
              * hold old bytes is zeroed, not only the pages asked for: a
              * growth in place inside it (realloc, _recalloc) would hand
              * them out (found by a tester). Grown pages are zero. */
-            if (zero) memset((void *)h->base, 0, used < h->mapped ? used : h->mapped);
+            if (zero) huge_zero((void *)h->base, used < h->mapped ? used : h->mapped);
             msize = h->mapped;
         }
     }

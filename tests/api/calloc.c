@@ -11,6 +11,8 @@
  */
 #include "test_cmocka.h"
 
+#include <sys/mman.h>
+
 /* Dirty `count` blocks of `size` bytes, free them, then calloc `count`
  * blocks of the same size (split as nmemb * elem in a few ways) and check
  * every requested byte is zero. Repeated `rounds` times. */
@@ -198,6 +200,52 @@ static void test_calloc_after_heapmin(void **state)
 
 /* calloc with a zero count or size: no overflow, a free-able result (NULL
  * or a unique pointer; C leaves the choice to the implementation). */
+/* Pages of [p, p + n) in memory (mincore). */
+static size_t in_memory(void *p, size_t n)
+{
+    static unsigned char vec[(32 << 20) >> 12];
+    assert_true(n <= sizeof vec << 12);
+    assert_int_equal(mincore(p, n, vec), 0);
+    size_t k = 0;
+    for (size_t i = 0; i < (n + 4095) >> 12; i++)
+        k += vec[i] & 1;
+    return k;
+}
+
+/* A huge block from the cache of freed mappings, for calloc: where the
+ * block before used few of its pages, they are given back rather than
+ * written over (they read zero, and only what the program touches comes
+ * back); where it used most, they are written over. Zero either way.
+ * Until 2026-12-06 every page was written over, so a calloc of a block
+ * the program touches sparsely made all of it resident again. */
+static void test_calloc_huge_from_the_cache(void **state)
+{
+    (void)state;
+    enum { N = 16 << 20, PAGES = N >> 12 };
+    assert_int_equal(TM_API(_heapmin)(), 0); /* the cache empty: a new mapping */
+    unsigned char *p = TM_API(malloc)(N);
+    assert_non_null(p);
+    for (size_t k = 0; k < N; k += 64 << 12)
+        p[k] = 0x5a; /* one page in 64 */
+    TM_API(free)(p);
+    unsigned char *q = TM_API(calloc)(1, N);
+    assert_non_null(q);
+    assert_ptr_equal(q, p); /* the one mapping in the cache */
+    /* before the bytes are read: a read maps the kernel's zero page */
+    if (in_memory(q, N) > PAGES / 4)
+        fail_msg("%zu of %d pages in memory after calloc", in_memory(q, N), PAGES);
+    assert_int_equal(tu_find_not_byte(q, N, 0), (size_t)-1);
+
+    memset(q, 0x6b, N); /* every page */
+    TM_API(free)(q);
+    unsigned char *r = TM_API(calloc)(1, N);
+    assert_non_null(r);
+    assert_int_equal(tu_find_not_byte(r, N, 0), (size_t)-1);
+    assert_ptr_equal(r, q);
+    assert_true(in_memory(r, N) >= PAGES / 2); /* written over, not faulted in again */
+    TM_API(free)(r);
+}
+
 static void test_calloc_zero(void **state)
 {
     (void)state;
@@ -227,6 +275,7 @@ int main(void)
         cmocka_unit_test(test_calloc_after_thread_exit),
         cmocka_unit_test(test_calloc_after_heapmin),
         cmocka_unit_test(test_calloc_zero),
+        cmocka_unit_test(test_calloc_huge_from_the_cache),
     };
     return cmocka_run_group_tests_name("api_calloc (" TU_FLAVOUR ")", tests, NULL, NULL);
 }
