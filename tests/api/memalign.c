@@ -231,6 +231,35 @@ static void test_pvalloc(void **state)
 
 /* ---- aligned blocks and realloc -------------------------------------------------- */
 
+/* A small block aligned past a page is a run of the pages it needs, not
+ * of TM_SMALL_MAX + 1 bytes: until 2026-12-06, 100 bytes at 8 KiB took 3
+ * pages (12 KiB), 5000 at 16 KiB 3 too. Still aligned, still usable, and
+ * realloc within and past the page keeps the bytes. */
+static void test_small_blocks_aligned_past_a_page(void **state)
+{
+    (void)state;
+    static const struct { size_t align, size, usable; } cases[] = {
+        {8192, 100, 4096}, {8192, 1, 4096}, {16384, 5000, 8192}, {65536, 4096, 4096},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        void *p = NULL;
+        assert_int_equal(TM_API(posix_memalign)(&p, cases[i].align, cases[i].size), 0);
+        assert_non_null(p);
+        assert_int_equal((uintptr_t)p % cases[i].align, 0);
+        assert_int_equal(TM_API(malloc_usable_size)(p), cases[i].usable);
+        memset(p, 0x3c, cases[i].usable);
+        unsigned char *q = TM_API(realloc)(p, cases[i].usable + 3000);
+        assert_non_null(q);
+        assert_int_equal(tu_find_not_byte(q, cases[i].usable, 0x3c), (size_t)-1);
+        TM_API(free)(q);
+    }
+    void *z = TM_API(aligned_alloc)(8192, 0);
+    assert_non_null(z);
+    assert_int_equal((uintptr_t)z % 8192, 0);
+    TM_API(free)(z);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+}
+
 static void test_aligned_realloc(void **state)
 {
     (void)state;
@@ -274,6 +303,7 @@ int main(void)
         cmocka_unit_test(test_valloc),
         cmocka_unit_test(test_pvalloc),
         cmocka_unit_test(test_aligned_realloc),
+        cmocka_unit_test(test_small_blocks_aligned_past_a_page),
     };
     return cmocka_run_group_tests_name("api_memalign (" TU_FLAVOUR ")", tests, NULL, NULL);
 }
