@@ -345,9 +345,6 @@ static size_t growth_purge_pages_locked(tm_arena_t *a, uint32_t fresh, size_t id
     return growth_purge_budget_locked(a, idle);
 }
 
-/* Take the run at `page` of c out of the free state into the one that
- * walkers read as a large block the allocator holds (see growth_purge), or
- * back. Its first page must be out of the index. */
 /* c->free_pages += delta, keeping a's count of empty chunks (chunk_adopt
  * reads it without the lock, as a hint) */
 static void free_pages_add_locked(tm_arena_t *a, tm_chunk_t *c, int32_t delta) {
@@ -357,6 +354,9 @@ static void free_pages_add_locked(tm_arena_t *a, tm_chunk_t *c, int32_t delta) {
     if (was != is) __atomic_store_n(&a->nempty, a->nempty + (is ? 1u : -1u), __ATOMIC_RELAXED);
 }
 
+/* Take the run at `page` of c out of the free state into the one that
+ * walkers read as a large block the allocator holds (see growth_purge), or
+ * back. Its first page must be out of the index. */
 static void run_hold_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n) {
     run_mark(c, page, n, PAGE_LARGE);
     free_pages_add_locked(a, c, -(int32_t)n);
@@ -932,20 +932,23 @@ void chunk_detach_locked(tm_arena_t *a, tm_chunk_t *c) {
  * -- each allocates, frees everything, hands over to the next -- every
  * arena ends up holding a burst's worth of empty, resident chunks, and the
  * growth purge of other arenas gives back only what their budgets allow:
- * an outside tester's 4 threads taking turns at 200 MiB bursts peaked at
- * 872 MiB, where tcmalloc, with one page heap for all threads, took 248
- * (2026-12-06). So an arena that must grow first takes an empty chunk of
- * another arena, the one with the most resident pages found: no mapping,
- * no page faults for the pages still resident, and the donor's resident
- * free pages go with it (a purged one still saves the mapping). Its free pages are no working set of the donor's
- * that a purge would cost faults: the donor, growing again, takes one back
- * the same way. Only under the trim lock, taken with a trylock (arena_purge,
- * _heapchk and _heapwalk walk an arena's chunks with its lock dropped and
- * rely on no chunk leaving meanwhile), and each donor's lock with a trylock
- * with the growing arena's lock dropped: no two arena locks are held
- * together. A donor is looked at only if it counts an empty chunk
- * (nempty, read without its lock), and the walk of its chunks stops at the
- * ADOPT_SCAN-th empty one (a fully resident one at once). */
+ * an outside tester's 4 threads taking turns at 200 MiB bursts of 8-64 KiB
+ * blocks peaked at 928 MiB, where tcmalloc, with one page heap for all
+ * threads, took 272 (2026-12-06; 240 since). So an arena that must grow
+ * first takes an empty chunk of another arena, the one with the most
+ * resident pages found: no mapping, no page faults for the pages still
+ * resident, and the donor's resident free pages go with it (a purged one
+ * still saves the mapping). They are no working set of the donor's that a
+ * purge would cost faults: the donor, growing again, takes one back the
+ * same way. (Bursts of small blocks leave few chunks empty: the blocks the
+ * caches keep are spread over all of them.) Only under the trim lock,
+ * taken with a trylock (arena_purge, _heapchk and _heapwalk walk an
+ * arena's chunks with its lock dropped and rely on no chunk leaving
+ * meanwhile), and each donor's lock with a trylock with the growing
+ * arena's lock dropped: no two arena locks are held together. A donor is
+ * looked at only if it counts an empty chunk (nempty, read without its
+ * lock), and the walk of its chunks stops at the ADOPT_SCAN-th empty one
+ * (a fully resident one at once). */
 #define ADOPT_SCAN 64
 
 tm_chunk_t *chunk_adopt(tm_arena_t *a) {

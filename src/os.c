@@ -204,9 +204,10 @@ int os_purge(void *p, size_t size) {
  * page swapped out counts as not in memory. */
 size_t os_resident_pages(void *p, size_t size) {
     unsigned char vec[4096];
+    const size_t step = sizeof vec << TM_PAGE_SHIFT;
     size_t n = 0;
-    for (size_t off = 0; off < size; off += sizeof vec << TM_PAGE_SHIFT) {
-        size_t len = size - off < (sizeof vec << TM_PAGE_SHIFT) ? size - off : sizeof vec << TM_PAGE_SHIFT;
+    for (size_t off = 0; off < size; off += step) {
+        size_t len = size - off < step ? size - off : step;
 #if OS_RAW
         if (os_sys_status(os_sys(SYS_mincore, (long)((char *)p + off), (long)len, (long)vec, 0, 0, 0)))
             return SIZE_MAX;
