@@ -345,13 +345,16 @@ static size_t growth_purge_pages_locked(tm_arena_t *a, uint32_t fresh, size_t id
     return growth_purge_budget_locked(a, idle);
 }
 
-/* c->free_pages += delta, keeping a's count of empty chunks (chunk_adopt
- * reads it without the lock, as a hint) */
-static void free_pages_add_locked(tm_arena_t *a, tm_chunk_t *c, int32_t delta) {
-    bool was = c->free_pages == TM_CHUNK_PAGES;
-    c->free_pages = (uint32_t)((int32_t)c->free_pages + delta);
-    bool is = c->free_pages == TM_CHUNK_PAGES;
-    if (was != is) __atomic_store_n(&a->nempty, a->nempty + (is ? 1u : -1u), __ATOMIC_RELAXED);
+/* c->free_pages plus or minus n, keeping a's count of empty chunks
+ * (chunk_adopt reads it without the lock, as a hint) */
+static void free_pages_add_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t n) {
+    if ((c->free_pages += n) == TM_CHUNK_PAGES)
+        __atomic_store_n(&a->nempty, a->nempty + 1, __ATOMIC_RELAXED);
+}
+
+static void free_pages_sub_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t n) {
+    if (c->free_pages == TM_CHUNK_PAGES) __atomic_store_n(&a->nempty, a->nempty - 1, __ATOMIC_RELAXED);
+    c->free_pages -= n;
 }
 
 /* Take the run at `page` of c out of the free state into the one that
@@ -359,12 +362,12 @@ static void free_pages_add_locked(tm_arena_t *a, tm_chunk_t *c, int32_t delta) {
  * back. Its first page must be out of the index. */
 static void run_hold_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n) {
     run_mark(c, page, n, PAGE_LARGE);
-    free_pages_add_locked(a, c, -(int32_t)n);
+    free_pages_sub_locked(a, c, n);
     a->large_allocated += (size_t)n << TM_PAGE_SHIFT;
 }
 
 static void run_unhold_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t n) {
-    free_pages_add_locked(a, c, (int32_t)n);
+    free_pages_add_locked(a, c, n);
     a->large_allocated -= (size_t)n << TM_PAGE_SHIFT;
 }
 
@@ -720,7 +723,7 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
     uint32_t end = start + (uint32_t)npages, rend = page + len;
     if (rend > end) run_insert_free_locked(a, c, end, rend - end, zeroed, dirty);
     resident_sub_locked(a, resident);
-    free_pages_add_locked(a, c, -(int32_t)npages);
+    free_pages_sub_locked(a, c, (uint32_t)npages);
     *page_out = start;
     *zeroed_out = zeroed;
     return c;
@@ -735,7 +738,7 @@ void run_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npage
     __atomic_store_n(&c->fast[page], 0, __ATOMIC_RELAXED);
     set_resident(c, page, npages, true);
     resident_add_locked(a, npages);
-    free_pages_add_locked(a, c, (int32_t)npages);
+    free_pages_add_locked(a, c, npages);
     run_insert_free_locked(a, c, page, npages, false, true);
 }
 
@@ -754,7 +757,7 @@ bool run_try_grow_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n
     resident_sub_locked(a, count_resident(c, end, extra));
     c->pages[page + npages - 1].kind = PAGE_INTERIOR;
     run_mark(c, page, new_npages, PAGE_LARGE);
-    free_pages_add_locked(a, c, -(int32_t)extra);
+    free_pages_sub_locked(a, c, extra);
     return true;
 }
 
