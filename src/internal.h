@@ -80,7 +80,7 @@ void *os_map(size_t size);                   /* NULL on failure */
 void *os_map_aligned(size_t size, size_t align);
 int os_unmap(void *p, size_t size);          /* 0, or -1 with errno */
 int os_purge(void *p, size_t size);          /* pages read zero afterwards */
-size_t os_resident_pages(void *p, size_t size); /* in memory now (mincore); SIZE_MAX: unknown */
+bool os_in_memory(void *p, size_t size, unsigned char *vec); /* mincore; false: unknown */
 void os_huge_pages(void *p, size_t size, bool on); /* THP off (NOHUGEPAGE) or asked for */
 size_t os_purge_inside(const void *lo, const void *hi); /* whole pages in [lo, hi); bytes released */
 /* Many ranges with as few system calls as the kernel allows (os.c says

@@ -199,24 +199,15 @@ int os_purge(void *p, size_t size) {
 #endif
 }
 
-/* Pages of [p, p + size) (page-aligned) in memory now, by mincore, at
- * most 16 MiB a call; SIZE_MAX if the kernel will not say. A hint only: a
- * page swapped out counts as not in memory. */
-size_t os_resident_pages(void *p, size_t size) {
-    unsigned char vec[4096];
-    const size_t step = sizeof vec << TM_PAGE_SHIFT;
-    size_t n = 0;
-    for (size_t off = 0; off < size; off += step) {
-        size_t len = size - off < step ? size - off : step;
+/* mincore: vec[i] & 1 says whether page i of [p, p + size) (page-aligned)
+ * is in memory now; false if the kernel will not say. A hint only: a page
+ * swapped out counts as not in memory. */
+bool os_in_memory(void *p, size_t size, unsigned char *vec) {
 #if OS_RAW
-        if (os_sys_status(os_sys(SYS_mincore, (long)((char *)p + off), (long)len, (long)vec, 0, 0, 0)))
-            return SIZE_MAX;
+    return !os_sys_status(os_sys(SYS_mincore, (long)p, (long)size, (long)vec, 0, 0, 0));
 #else
-        if (mincore((char *)p + off, len, vec)) return SIZE_MAX;
+    return mincore(p, size, vec) == 0;
 #endif
-        for (size_t i = 0, k = (len + TM_PAGE_MASK) >> TM_PAGE_SHIFT; i < k; i++) n += vec[i] & 1;
-    }
-    return n;
 }
 
 /* madvise as a hint: the answer is ignored (the callers say why) */
