@@ -62,7 +62,7 @@ static bool arena_grow_locked(tm_arena_t *a) {
     tm_lock(&a->lock);
     arena_dropped_leave(a);
     if (!c) return false;
-    if (adopted) chunk_attach_adopted_locked(a, c);
+    if (adopted) chunk_attach_as_is_locked(a, c);
     else chunk_attach_locked(a, c);
     return true;
 }

@@ -900,6 +900,7 @@ tm_chunk_t *chunk_create(tm_arena_t *a) {
     return c;
 }
 
+/* Put empty chunk c, whose one free run is marked, in a's list and index. */
 static void chunk_link_locked(tm_arena_t *a, tm_chunk_t *c) {
     c->arena = a;
     c->next = a->chunks;
@@ -907,16 +908,16 @@ static void chunk_link_locked(tm_arena_t *a, tm_chunk_t *c) {
     if (a->chunks) a->chunks->prev = c;
     a->chunks = c;
     a->nchunks++;
+    __atomic_store_n(&a->nempty, a->nempty + 1, __ATOMIC_RELAXED);
+    runs_index_insert_locked(a, c, &c->pages[0]);
 }
 
 void chunk_attach_locked(tm_arena_t *a, tm_chunk_t *c) {
-    c->free_pages = 0;
-    chunk_link_locked(a, c);
-    free_pages_add_locked(a, c, TM_CHUNK_PAGES);
+    c->free_pages = TM_CHUNK_PAGES;
     run_mark(c, 0, TM_CHUNK_PAGES, PAGE_FREE);
     c->pages[0].zeroed = 1;
     c->pages[0].dirty = 0;
-    runs_index_insert_locked(a, c, &c->pages[0]);
+    chunk_link_locked(a, c);
 }
 
 void chunk_detach_locked(tm_arena_t *a, tm_chunk_t *c) {
@@ -980,13 +981,11 @@ tm_chunk_t *chunk_adopt(tm_arena_t *a) {
     return got;
 }
 
-/* Attach chunk c, detached from another arena by chunk_adopt, as it is:
- * its one free run keeps its zeroed and dirty flags and its pages their
- * resident bits. */
-void chunk_attach_adopted_locked(tm_arena_t *a, tm_chunk_t *c) {
+/* Attach chunk c, detached empty (by chunk_adopt from another arena, or by
+ * arena_purge when the kernel refused to unmap it), as it is: its one free
+ * run keeps its zeroed and dirty flags and its pages their resident bits. */
+void chunk_attach_as_is_locked(tm_arena_t *a, tm_chunk_t *c) {
     chunk_link_locked(a, c);
-    __atomic_store_n(&a->nempty, a->nempty + 1, __ATOMIC_RELAXED);
-    runs_index_insert_locked(a, c, &c->pages[0]);
     resident_add_locked(a, count_resident(c, 0, TM_CHUNK_PAGES));
 }
 
@@ -1106,11 +1105,10 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
         if (nruns || kept) {
             tm_lock(&a->lock);
             for (int i = 0; i < kept; i++) { /* munmap refused: contents stay */
-                chunk_attach_locked(a, empty[i]);
                 empty[i]->pages[0].zeroed = 0;
                 empty[i]->pages[0].dirty = 1;
                 set_resident(empty[i], 0, TM_CHUNK_PAGES, true);
-                resident_add_locked(a, TM_CHUNK_PAGES);
+                chunk_attach_as_is_locked(a, empty[i]);
             }
             /* a run the kernel would not purge keeps its dirty bytes */
             for (int i = 0; i < nruns; i++) {

@@ -229,9 +229,10 @@ bool chunk_destroy(tm_chunk_t *c);           /* unlocked, detached; false if mun
 void chunk_attach_locked(tm_arena_t *a, tm_chunk_t *c);
 void chunk_detach_locked(tm_arena_t *a, tm_chunk_t *c);
 /* An empty chunk of another arena for a to grow by, detached (no lock
- * held; NULL if none), and its attachment to a (chunk.c) */
+ * held; NULL if none); attaching a detached empty chunk as it is, resident
+ * pages and all (an adopted one, or one the kernel would not unmap) */
 tm_chunk_t *chunk_adopt(tm_arena_t *a);
-void chunk_attach_adopted_locked(tm_arena_t *a, tm_chunk_t *c);
+void chunk_attach_as_is_locked(tm_arena_t *a, tm_chunk_t *c);
 /* Take a run of npages aligned to align_pages from the arena's free runs;
  * returns its first page index's chunk and page, or NULL. May drop and
  * retake the arena lock (the growth purge, chunk.c), as arena_grow does. */
