@@ -19,7 +19,7 @@ set -euo pipefail
 
 N1=100000
 N2=200000
-VARIANTS="16 64 256 1024 mixed batch 16384"
+VARIANTS="16 64 256 1024 mixed batch burst 16384"
 CSV=$BENCH_DIR/results/callgrind.csv
 MD=""
 while [ $# -gt 0 ]; do
@@ -34,6 +34,13 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+# burst runs whole bursts of 100000 pairs: other counts would round (callgrind_pair.c)
+if [ $((N1 % 100000)) -ne 0 ] || [ $((N2 % 100000)) -ne 0 ]; then
+    case " $VARIANTS " in *" burst "*)
+        echo "note: skipped the burst variant: --n1 and --n2 must be multiples of 100000" >&2
+        VARIANTS=$(echo " $VARIANTS " | sed 's/ burst / /; s/^ //; s/ $//') ;;
+    esac
+fi
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 bench_build_programs
 bench_find_allocators
@@ -133,7 +140,7 @@ mkdir -p "$(dirname "$CSV")"
 } >"$CSV"
 
 # Markdown: instructions per pair, ratio to mimalloc in parentheses.
-label() { case $1 in mixed) echo "mixed 16-2048 B" ;; batch) echo "64 B x64 batch" ;; *) echo "$1 B" ;; esac; }
+label() { case $1 in mixed) echo "mixed 16-2048 B" ;; batch) echo "64 B x64 batch" ;; burst) echo "16-80 B x100000 burst" ;; *) echo "$1 B" ;; esac; }
 table() {
     printf '| allocator |'
     for v in $VARIANTS; do printf ' %s |' "$(label "$v")"; done

@@ -7,8 +7,11 @@
  * VARIANT is a size in bytes (16, 64, 256, 1024, ...), "mixed" (each pair
  * takes the next size from a fixed cycle of 16 small sizes, 16..2048 B),
  * "batch" (64 blocks of 64 B allocated, then freed in allocation order: the
- * thread cache sees runs of frees instead of one LIFO slot) or "null" (the
- * same loop calling an empty function pair, to size the harness itself).
+ * thread cache sees runs of frees instead of one LIFO slot), "burst"
+ * (100000 blocks of 16-80 B allocated, then freed in allocation order, as a
+ * program builds and drops a tree: far more than a thread cache holds, so
+ * this counts the batches to and from the arenas) or "null" (the same loop
+ * calling an empty function pair, to size the harness itself).
  *
  * Before anything else the program allocates a few "anchor" blocks of every
  * size it will use and keeps them live to the end, as any real program has
@@ -29,6 +32,10 @@
 #include "bench_common.h"
 
 #define BATCH 64
+#define BURST 100000 /* callgrind.sh counts 100000 and 200000 pairs: whole bursts */
+
+static const size_t burst_sizes[8] = {16, 24, 32, 40, 48, 56, 64, 80};
+static void *burst_blocks[BURST];
 
 static const size_t mixed_sizes[16] = {16, 24, 32, 48, 64, 96, 128, 256,
                                        512, 1024, 2048, 40, 80, 160, 320, 640};
@@ -51,7 +58,7 @@ CGP_KEEP void cgp_null_free(void *p);
 void *cgp_null_malloc(size_t size) { (void)size; __asm__ volatile(""); return null_block; }
 void cgp_null_free(void *p) { __asm__ volatile("" : : "r"(p) : "memory"); }
 
-enum variant { V_FIXED, V_MIXED, V_BATCH, V_NULL };
+enum variant { V_FIXED, V_MIXED, V_BATCH, V_BURST, V_NULL };
 
 /* One run of n pairs. Not static and not clonable, so callgrind can find it
  * by name. */
@@ -88,6 +95,18 @@ void cgp_measure(enum variant v, size_t size, long n)
                 free(blocks[j]);
         }
         break;
+    case V_BURST:
+        for (long i = 0; i < n; i += BURST) {
+            for (int j = 0; j < BURST; j++) {
+                char *p = malloc(burst_sizes[j & 7]);
+                p[0] = (char)j;
+                burst_blocks[j] = p;
+            }
+            cgp_sink = burst_blocks[BURST - 1];
+            for (int j = 0; j < BURST; j++)
+                free(burst_blocks[j]);
+        }
+        break;
     case V_NULL:
         for (long i = 0; i < n; i++) {
             char *p = cgp_null_malloc(size);
@@ -102,7 +121,7 @@ void cgp_measure(enum variant v, size_t size, long n)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s 16|64|256|1024|SIZE|mixed|batch|null N [WARMUP]\n", argv[0]);
+        fprintf(stderr, "usage: %s 16|64|256|1024|SIZE|mixed|batch|burst|null N [WARMUP]\n", argv[0]);
         return 2;
     }
     enum variant v = V_FIXED;
@@ -111,6 +130,8 @@ int main(int argc, char **argv)
         v = V_MIXED;
     else if (strcmp(argv[1], "batch") == 0)
         v = V_BATCH;
+    else if (strcmp(argv[1], "burst") == 0)
+        v = V_BURST;
     else if (strcmp(argv[1], "null") == 0)
         v = V_NULL;
     else
@@ -121,17 +142,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "callgrind_pair: bad arguments\n");
         return 2;
     }
-    if (v == V_BATCH) { /* whole batches only, so Δpairs is exact */
-        n = (n + BATCH - 1) / BATCH * BATCH;
-        warm = (warm + BATCH - 1) / BATCH * BATCH;
+    if (v == V_BATCH || v == V_BURST) { /* whole batches only, so Δpairs is exact */
+        long b = v == V_BATCH ? BATCH : BURST;
+        n = (n + b - 1) / b * b;
+        warm = (warm + b - 1) / b * b;
     }
 
     /* Anchors: 8 live blocks of each size the variant uses (never freed);
      * few enough that they cannot fill a page of any size class used. */
     static void *anchors[16 * 8];
-    int nanchors = v == V_MIXED ? 16 * 8 : v == V_NULL ? 0 : 8;
+    int nanchors = v == V_MIXED || v == V_BURST ? 16 * 8 : v == V_NULL ? 0 : 8;
     for (int k = 0; k < nanchors; k++) {
-        size_t sz = v == V_MIXED ? mixed_sizes[k & 15] : size;
+        size_t sz = v == V_MIXED ? mixed_sizes[k & 15] : v == V_BURST ? burst_sizes[k & 7] : size;
         anchors[k] = malloc(sz);
         if (!anchors[k])
             return 1;

@@ -65,7 +65,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   # arena.c
   arena_get arena_choose_locked arena_grow_locked arena_refill arena_flush arena_alloc_large
   arena_free_large large_free_locked arena_free_large_batch arena_large_usable
-  arena_large_resize_in_place slab_of
+  arena_large_resize_in_place slab_of slab_settle_locked
   slab_destroy_locked slab_set_fresh_locked slab_set_purged_locked arena_release_idle_slab
   arena_release_empty_slabs
   arena_fork_prepare arena_fork_parent arena_fork_child arena_lock_settled

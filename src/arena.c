@@ -78,7 +78,8 @@ TM_INLINE uint32_t slab_slot_read(tm_chunk_t *c, uint32_t sp) {
 /* First page of the slab that page entry f (fast[]) names. */
 TM_INLINE uint32_t fast_slab_page(uint32_t f) { return TM_FAST_SLAB_OFF(f) >> TM_PAGE_SHIFT; }
 
-tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out) {
+/* slab_of, inlined into the flush's loop over a batch of blocks */
+TM_INLINE tm_slab_t *slab_find(tm_chunk_t *c, uintptr_t p, uint32_t *index_out) {
     uint32_t e = __atomic_load_n(&c->fast[(p - c->base) >> TM_PAGE_SHIFT], __ATOMIC_RELAXED);
     unsigned cls = e & 0xff;
     if (!cls) return NULL;
@@ -88,6 +89,10 @@ tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out) {
     if (idx * k->size != off || idx >= k->nblocks) return NULL;
     *index_out = (uint32_t)idx;
     return &c->slabs[slab_slot_read(c, fast_slab_page(e))];
+}
+
+tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out) {
+    return slab_find(c, p, index_out);
 }
 
 static void bin_push_locked(tm_arena_bin_t *b, tm_slab_t *s) {
@@ -265,12 +270,15 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
             bin_push_locked(b, s);
         }
         uint32_t fresh = s->fresh;
+        const bool purged = s->purged;
+        const uintptr_t start = s->start;
+        const unsigned got0 = got;
         for (unsigned w = s->hint; w < TM_SLAB_MAX_BLOCKS / 64 && got < n && !stop; w++) {
             uint64_t bits = s->bitmap[w];
             while (bits && got < n) {
                 unsigned i = w * 64 + (unsigned)__builtin_ctzll(bits);
-                void *p = (void *)(s->start + (uintptr_t)i * size);
-                if (i >= fresh || s->purged) { /* it may have no cookie: give it one */
+                void *p = (void *)(start + (uintptr_t)i * size);
+                if (i >= fresh || purged) { /* it may have no cookie: give it one */
                     uintptr_t pg = (uintptr_t)p >> TM_PAGE_SHIFT;
                     if (pg != cold_pg) { /* a new page; the first always gets through */
                         if (!cold_left) {
@@ -285,16 +293,16 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
                 }
                 bits &= bits - 1;
                 slots[got++] = p;
-                s->nfree--;
-                /* counted as it goes: slab_create_locked may drop the lock
-                 * (chunk growth, growth purge), and a _heapchk then must
-                 * find the bin's count matching its slabs */
-                b->cur_blocks++;
-                b->nmalloc++;
             }
             bm_store(s, w, bits);
             if (!bits) s->hint = (uint16_t)(w + 1);
         }
+        /* counted per slab: slab_create_locked may drop the lock (chunk
+         * growth, growth purge), and a _heapchk then must find the bin's
+         * count matching its slabs */
+        s->nfree = (uint16_t)(s->nfree - (got - got0));
+        b->cur_blocks += got - got0;
+        b->nmalloc += got - got0;
         if (fresh != s->fresh) slab_set_fresh_locked(s, fresh);
         if (s->nfree == 0) {
             bin_remove_locked(b, s);
@@ -306,33 +314,17 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
     return got;
 }
 
-/* Return one block to its slab. Aborts on a block that is already free. */
-static void slab_return_locked(tm_arena_t *a, tm_chunk_t *c, void *p) {
-    uint32_t idx;
-    tm_slab_t *s = slab_of(c, (uintptr_t)p, &idx);
-    if (unlikely(!s)) {
-        tm_invalid_pointer("free", p);
-        return;
-    }
-    uint64_t bit = 1ull << (idx & 63);
-    if (unlikely(s->bitmap[idx >> 6] & bit)) {
-        tm_double_free("free", p);
-        return;
-    }
-    uint64_t *slot = tm_cookie_slot(p);
-    if (unlikely(*slot != tm_cookie_of(p))) { /* written to after it was freed */
-        tm_write_after_free(p);
-        *slot = tm_cookie_of(p);
-    }
-    bm_store(s, idx >> 6, s->bitmap[idx >> 6] | bit);
-    if ((idx >> 6) < s->hint) s->hint = (uint16_t)(idx >> 6);
-    s->nfree++;
-    tm_arena_bin_t *b = &a->bins[s->cls];
-    b->nfree++;
-    b->cur_blocks--;
+/* Count `freed` blocks just set free in slab s's bitmap (the lowest in
+ * word `minw`), in s and in its bin b, and place s: on its bin's partial list once it has room;
+ * back to the chunk once empty, unless it is the bin's only slab with room
+ * (keeps a steady state from thrashing). */
+static void slab_settle_locked(tm_arena_t *a, tm_arena_bin_t *b, tm_slab_t *s, uint32_t freed,
+                               unsigned minw) {
+    if (minw < s->hint) s->hint = (uint16_t)minw;
+    s->nfree = (uint16_t)(s->nfree + freed);
+    b->nfree += freed;
+    b->cur_blocks -= freed;
     if (s->nfree == s->nblocks) {
-        /* Empty: give its pages back to the chunk unless it is the bin's
-         * only slab with room (keeps a steady state from thrashing). */
         if (s->on_list && (b->partial != s || s->next)) {
             bin_remove_locked(b, s);
             slab_destroy_locked(a, s);
@@ -351,8 +343,20 @@ static void slab_return_locked(tm_arena_t *a, tm_chunk_t *c, void *p) {
  * the arena waiting for thousands of them. */
 #define FLUSH_BATCH 128u
 
+/* Return n blocks of class cls to their slabs, each arena's under one hold
+ * of its lock (FLUSH_BATCH at most). Every block a thread cache or a
+ * transfer cache holds is of its bin's class (free() took the class from
+ * the block's page), so the class's constants are read once; a block whose
+ * page says otherwise, or that is no block start, is reported as an invalid
+ * pointer, one already free in its slab as a double free, and a cookie
+ * overwritten since the free as a write after free. The blocks of a batch
+ * mostly share chunks and slabs (a burst of frees in allocation order), so
+ * the chunk is looked up, and a slab's counts and list placed, only where
+ * they change from one block to the next (slab_settle_locked). */
 void arena_flush(unsigned cls, void **blocks, unsigned n) {
-    (void)cls;
+    const tm_class_t *k = &tm_classes[cls];
+    const uint64_t magic = k->magic;
+    const uint32_t size = k->size, nblocks = k->nblocks;
     while (n) {
         tm_chunk_t *c0 = chunk_of_entry(pagemap_lookup((uintptr_t)blocks[0]));
         if (unlikely(!c0)) {
@@ -362,21 +366,64 @@ void arena_flush(unsigned cls, void **blocks, unsigned n) {
             continue;
         }
         tm_arena_t *a = c0->arena;
+        tm_arena_bin_t *b = &a->bins[cls];
         unsigned keep = 0, i = 0, done = 0;
+        /* the chunk of the block before: under a's lock a chunk of a's
+         * stays a's (only chunk_adopt and arena_purge detach one, under its
+         * arena's lock) */
+        tm_chunk_t *c = c0;
+        bool mine = true;
+        tm_slab_t *s = NULL; /* the slab of the blocks before, not settled yet */
+        uint32_t freed = 0;
+        unsigned minw = 0;
         tm_lock(&a->lock);
         for (; i < n && done < FLUSH_BATCH; i++) {
-            tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)blocks[i]));
-            if (unlikely(!c)) {
-                tm_invalid_pointer("free", blocks[i]);
+            void *p = blocks[i];
+            uintptr_t off = (uintptr_t)p - c->base;
+            if (off >= TM_CHUNK) {
+                tm_chunk_t *pc = chunk_of_entry(pagemap_lookup((uintptr_t)p));
+                if (unlikely(!pc)) {
+                    tm_invalid_pointer("free", p);
+                    continue;
+                }
+                c = pc;
+                mine = c->arena == a;
+                off = (uintptr_t)p - c->base;
+            }
+            if (!mine) {
+                blocks[keep++] = p;
                 continue;
             }
-            if (c->arena == a) {
-                slab_return_locked(a, c, blocks[i]);
-                done++;
-            } else {
-                blocks[keep++] = blocks[i];
+            done++;
+            uint32_t e = __atomic_load_n(&c->fast[off >> TM_PAGE_SHIFT], __ATOMIC_RELAXED);
+            uint64_t in = off - TM_FAST_SLAB_OFF(e), idx = (in * magic) >> 40;
+            if (unlikely((e & 0xff) != cls || idx * size != in || idx >= nblocks)) {
+                tm_invalid_pointer("free", p);
+                continue;
             }
+            tm_slab_t *t = &c->slabs[slab_slot_read(c, fast_slab_page(e))];
+            if (t != s) {
+                if (s) slab_settle_locked(a, b, s, freed, minw);
+                s = t;
+                freed = 0;
+                minw = TM_SLAB_MAX_BLOCKS / 64;
+            }
+            unsigned w = (unsigned)(idx >> 6);
+            uint64_t bit = 1ull << (idx & 63), word = s->bitmap[w];
+            if (unlikely(word & bit)) {
+                tm_double_free("free", p);
+                continue;
+            }
+            uint64_t *slot = tm_cookie_slot(p);
+            if (unlikely(*slot != tm_cookie_of(p))) { /* written to after it was freed */
+                tm_write_after_free(p);
+                *slot = tm_cookie_of(p);
+            }
+            bm_store(s, w, word | bit);
+            if (w < minw) minw = w;
+            freed++;
         }
+        if (s) slab_settle_locked(a, b, s, freed, minw);
         pthread_mutex_unlock(&a->lock);
         /* other arenas' blocks first, then those not looked at yet */
         if (i < n) memmove(blocks + keep, blocks + i, (n - i) * sizeof *blocks);
