@@ -295,11 +295,12 @@ static void run_insert_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, 
 #define PURGE_BURST 4096u      /* pages (16 MiB) */
 #define GROWTH_PURGE_BATCH 64  /* runs per purge */
 
-static size_t active_pages_locked(const tm_arena_t *a) {
-    size_t free_pages = 0;
-    for (const tm_chunk_t *c = a->chunks; c; c = c->next) free_pages += c->free_pages;
-    return a->nchunks * TM_CHUNK_PAGES - free_pages;
-}
+/* Kept by free_pages_add_locked and free_pages_sub_locked (a chunk joins
+ * and leaves an arena empty). Until 2026-12-06 a walk of the arena's
+ * chunks, at every growth purge's choice: an outside tester's program
+ * holding 2 GiB of mixed blocks (803 chunks) spent 28% of its time there,
+ * 1.64 s of user time against tcmalloc's 0.55. */
+static size_t active_pages_locked(const tm_arena_t *a) { return a->active_pages; }
 
 /* Arena i's credit topped up to `now`, with *earned set if any was earned
  * since credit_ns: exact under its lock, a hint without it. */
@@ -346,13 +347,15 @@ static size_t growth_purge_pages_locked(tm_arena_t *a, uint32_t fresh, size_t id
 }
 
 /* c->free_pages plus or minus n, keeping a's count of empty chunks
- * (chunk_adopt reads it without the lock, as a hint) */
+ * (chunk_adopt reads it without the lock, as a hint) and of active pages */
 static void free_pages_add_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t n) {
+    a->active_pages -= n;
     if ((c->free_pages += n) == TM_CHUNK_PAGES)
         __atomic_store_n(&a->nempty, a->nempty + 1, __ATOMIC_RELAXED);
 }
 
 static void free_pages_sub_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t n) {
+    a->active_pages += n;
     if (c->free_pages == TM_CHUNK_PAGES) __atomic_store_n(&a->nempty, a->nempty - 1, __ATOMIC_RELAXED);
     c->free_pages -= n;
 }

@@ -25,7 +25,8 @@
  *
  * What the checker calls what (the first damage found is returned):
  *   _HEAPBADBEGIN  an arena's own header disagrees with what it heads: its
- *                  chunk list or count, its free-run index bitmap, a bin's
+ *                  chunk list, chunk count, empty-chunk count or active-page
+ *                  count, its free-run index bitmap, a bin's
  *                  partial list or counters (nslabs, cur_blocks), the large
  *                  byte count, the total of live huge bytes; and, for
  *                  _heapwalk, a run header it cannot step over.
@@ -233,15 +234,17 @@ static bool page_in_chunk(tm_chunk_t *c, const tm_page_t *h) {
 
 static int check_arena_locked(tm_arena_t *a, chk_sums_t *s) {
     /* chunks */
-    size_t nchunks = 0, nempty = 0;
+    size_t nchunks = 0, nempty = 0, active = 0;
     tm_chunk_t *prev = NULL;
     for (tm_chunk_t *c = a->chunks; c; prev = c, c = c->next) {
         if (++nchunks > a->nchunks || c->prev != prev || c->arena != a) return _HEAPBADBEGIN;
         int rc = check_chunk_locked(a, c, s);
         if (rc != _HEAPOK) return rc;
         nempty += c->free_pages == TM_CHUNK_PAGES;
+        active += TM_CHUNK_PAGES - c->free_pages;
     }
-    if (nchunks != a->nchunks || nempty != a->nempty) return _HEAPBADBEGIN;
+    if (nchunks != a->nchunks || nempty != a->nempty || active != a->active_pages)
+        return _HEAPBADBEGIN;
 
     /* the free-run index: exactly the free runs the chunks hold */
     size_t indexed = 0;

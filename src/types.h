@@ -210,6 +210,7 @@ typedef struct tm_arena {
     size_t nchunks;
     unsigned nempty;            /* chunks with every page free (under the lock;
                                    read without it by chunk_adopt, a hint) */
+    size_t active_pages;        /* pages of its chunks in no free run */
     /* free runs by exact length; bit n of runs_nonempty set if list n used,
      * bit w of runs_words set if word w of runs_nonempty is not zero */
     tm_page_t *runs[TM_RUN_LISTS];
