@@ -445,6 +445,7 @@ void tcache_settle_locked(tm_tcache_t *tc);
 void tcache_drain_locked(tm_tcache_t *tc);  /* tc->mu held; empty every bin */
 size_t tcache_slots_max(void);
 #define TC_START_SLOTS 8 /* a bin's size until the thread holds more (tcache.c) */
+#define TC_RECYCLED_WARM 4u /* exited threads' caches that keep their capacity slots (tcache.c) */
 void tcache_slot_regions(size_t *first_start, size_t *grown_start); /* tests */
 size_t tcache_blocks_locked(tm_tcache_t *tc); /* tc->mu held; a snapshot */
 size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]); /* tc->mu held */

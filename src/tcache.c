@@ -27,6 +27,8 @@ uint64_t tm_cookie_key;
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static tm_tcache_t *registry;      /* live caches */
 static tm_tcache_t *recycled;      /* caches of exited threads, for reuse */
+static unsigned recycled_warm;     /* of them, those that kept their first slots
+                                      in memory (written under the registry lock) */
 static unsigned registry_count;
 static unsigned arena_bound[TM_MAX_ARENAS]; /* live caches per arena index, the initial
                                              thread's not counted (tc->unbound) */
@@ -511,6 +513,34 @@ static void slots_release_first(tm_tcache_t *tc) {
     tc->slots_first = false;
 }
 
+/* TC_RECYCLED_WARM: exited threads' caches whose first slots stay in
+ * memory for the next thread, at most (the rest give them back at exit). A program that runs
+ * short tasks on threads of their own faulted the pages back in at each
+ * thread: an outside tester's 20 000 threads, one after another, made
+ * 47 881 page faults and 20 000 madvise calls of trimalloc's, against 546
+ * faults for mimalloc; 2.25 -> 1.06 s of user time without the madvise
+ * (4 KiB slots a page: the first slots are 16 KiB a cache). */
+static void recycled_push_locked(tm_tcache_t *tc) {
+    tc->next = recycled;
+    recycled = tc;
+    if (tc->slots_first) __atomic_store_n(&recycled_warm, recycled_warm + 1, __ATOMIC_RELAXED);
+}
+
+static tm_tcache_t *recycled_pop_locked(void) {
+    tm_tcache_t *tc = recycled;
+    if (!tc) return NULL;
+    recycled = tc->next;
+    if (tc->slots_first) __atomic_store_n(&recycled_warm, recycled_warm - 1, __ATOMIC_RELAXED);
+    return tc;
+}
+
+/* At a thread's exit, with tc->mu held: its first slots go back unless
+ * fewer than TC_RECYCLED_WARM recycled caches keep theirs (read without the
+ * registry lock: threads exiting at once may keep a few more). */
+static void slots_release_first_at_exit(tm_tcache_t *tc) {
+    if (__atomic_load_n(&recycled_warm, __ATOMIC_RELAXED) >= TC_RECYCLED_WARM) slots_release_first(tc);
+}
+
 static void slots_release_grown(tm_tcache_t *tc) {
     if (!tc->slots_grown) return; /* nothing to give back: no madvise */
     slots_purge_grown(tc);
@@ -732,7 +762,7 @@ static void tcache_destructor(void *arg) {
     tm_tls.state = TLS_DEAD; /* from now on no one points tls.tc back at tc */
     __atomic_store_n(&tm_tls.tc, &tm_tcache_sentinel, __ATOMIC_RELEASE);
     tcache_drain_locked(tc);
-    slots_release_first(tc);
+    slots_release_first_at_exit(tc);
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&tc->mu);
     tm_lock(&registry_lock);
@@ -753,8 +783,7 @@ static void tcache_destructor(void *arg) {
     tc->state = TC_STATE_FREE;
     arena_count_thread_locked(tc->arena, -1);
     arena_bind_locked(tc, tc->arena->index, -1);
-    tc->next = recycled;
-    recycled = tc;
+    recycled_push_locked(tc);
     /* the last thread but the initial one (chunk.c, "arenas left without a
      * thread") */
     uint64_t orphans[TM_MAX_ARENAS / 64] = {0};
@@ -804,12 +833,14 @@ void tcache_release_recycled(void) {
     tm_lock(&registry_lock);
     tm_tcache_t *list = recycled;
     recycled = NULL;
+    __atomic_store_n(&recycled_warm, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&registry_lock);
     if (!list) return;
     tm_tcache_t *last = list;
     for (tm_tcache_t *tc = list; tc; tc = tc->next) {
         meta_free(tc->slots_mem, tc->slots_size);
         tc->slots_mem = NULL;
+        tc->slots_first = false;
         last = tc;
     }
     tm_lock(&registry_lock);
@@ -850,8 +881,7 @@ static tm_tcache_t *tcache_create(void) {
     }
     tm_tls.state = TLS_BOOTING;
     tm_lock(&registry_lock);
-    tm_tcache_t *tc = recycled;
-    if (tc) recycled = tc->next;
+    tm_tcache_t *tc = recycled_pop_locked();
     pthread_mutex_unlock(&registry_lock);
     size_t slots_size = slot_total * sizeof(void *);
     if (tc && tc->slots_size < slots_size) { /* option changed: resize */
@@ -905,8 +935,7 @@ static tm_tcache_t *tcache_create(void) {
         /* kept for the next thread (it was dropped until 2026-12-05:
          * noticed by an outside tester reading the code) */
         tc->state = TC_STATE_FREE;
-        tc->next = recycled;
-        recycled = tc;
+        recycled_push_locked(tc);
         pthread_mutex_unlock(&registry_lock);
         tm_tls.state = TLS_NONE;
         return NULL;
@@ -1481,7 +1510,6 @@ void tcache_fork_child(void) {
         arena_bind_locked(tc, tc->arena->index, -1);
         tc->state = TC_STATE_FREE;
         __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
-        tc->next = recycled;
-        recycled = tc;
+        recycled_push_locked(tc);
     }
 }

@@ -4,9 +4,10 @@
  * other class's in the first 2 KiB, so a thread that holds a few blocks of
  * each class touches one page of its cache's slots; it moves to the slots
  * for its full capacity as soon as the thread takes more (a second refill
- * with no free in between, or an overflow after a refill); and when the
- * thread exits those slots' pages go back to the kernel, while a live
- * thread keeps them through a _heapmin (its next move would fault).
+ * with no free in between, or an overflow after a refill); a live thread
+ * keeps those slots' pages through a _heapmin (its next move would fault),
+ * and so do the caches of the first TC_RECYCLED_WARM threads to exit,
+ * for the threads that take them next; the others give them back.
  *
  * Each scenario runs on a fresh thread: it starts with an empty cache.
  */
@@ -139,7 +140,7 @@ static void test_a_consumer_moves_the_bin_to_its_capacity(void **state) {
     }
 }
 
-/* ---- the capacity slots' pages: back at thread exit, kept through a trim ------ */
+/* ---- the capacity slots' pages: kept through a trim, and by a few exited caches - */
 
 typedef struct {
     tm_tcache_t *tc;
@@ -177,31 +178,59 @@ static unsigned capacity_pages_resident(const tm_tcache_t *tc) {
     return n;
 }
 
-static void test_capacity_slots_go_back_when_the_thread_exits(void **state) {
+static void test_a_few_exited_caches_keep_their_capacity_slots(void **state) {
     (void)state;
-    worker_t w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, bursts_then_wait, &w), 0);
-    pthread_mutex_lock(&w.mu);
-    while (w.phase != 1) pthread_cond_wait(&w.cv, &w.mu);
-    pthread_mutex_unlock(&w.mu);
-    unsigned live = capacity_pages_resident(w.tc);
+    enum { N = TC_RECYCLED_WARM + 3 };
+    static worker_t w[N];
+    pthread_t t[N];
+    for (int i = 0; i < N; i++) {
+        w[i] = (worker_t){.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+        assert_int_equal(pthread_create(&t[i], NULL, bursts_then_wait, &w[i]), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_mutex_lock(&w[i].mu);
+        while (w[i].phase != 1) pthread_cond_wait(&w[i].cv, &w[i].mu);
+        pthread_mutex_unlock(&w[i].mu);
+    }
+    /* all alive at once: N caches, which took whatever earlier tests' exited
+     * threads left for reuse */
+    unsigned live = capacity_pages_resident(w[0].tc);
     if (live == 0) fail_msg("the bursts touched no page of the capacity slots: test is void");
-    /* A _heapmin drains the live worker's cache but keeps those pages. */
+    /* A _heapmin drains a live worker's cache but keeps those pages. */
     assert_int_equal(TM_API(_heapmin)(), 0);
-    unsigned after_trim = capacity_pages_resident(w.tc);
+    unsigned after_trim = capacity_pages_resident(w[0].tc);
     if (after_trim < live)
         fail_msg("_heapmin gave back %u of the %u capacity-slot pages of a live thread: its "
                  "next bin to grow faults a page in inside malloc", live - after_trim, live);
-    pthread_mutex_lock(&w.mu);
-    w.phase = 2;
-    pthread_cond_broadcast(&w.cv);
-    pthread_mutex_unlock(&w.mu);
-    assert_int_equal(pthread_join(t, NULL), 0);
-    /* The cache now waits for a new thread, with no page past the start slots. */
-    unsigned dead = capacity_pages_resident(w.tc);
-    if (dead)
-        fail_msg("%u of the exited thread's capacity-slot pages are still resident", dead);
+    /* one exit at a time: the first TC_RECYCLED_WARM keep their pages */
+    unsigned kept[N];
+    for (int i = 0; i < N; i++) {
+        pthread_mutex_lock(&w[i].mu);
+        w[i].phase = 2;
+        pthread_cond_broadcast(&w[i].cv);
+        pthread_mutex_unlock(&w[i].mu);
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+        kept[i] = capacity_pages_resident(w[i].tc);
+    }
+    for (int i = 0; i < N; i++) {
+        if (i < (int)TC_RECYCLED_WARM && kept[i] == 0)
+            fail_msg("exited thread %d of %d gave back its capacity slots: the next thread "
+                     "faults them in again", i + 1, N);
+        if (i >= (int)TC_RECYCLED_WARM && kept[i] != 0)
+            fail_msg("exited thread %d of %d kept %u capacity-slot pages (at most %u caches "
+                     "keep theirs)", i + 1, N, kept[i], TC_RECYCLED_WARM);
+    }
+    /* the next thread takes the cache of the last one to exit */
+    worker_t next = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    pthread_t tn;
+    assert_int_equal(pthread_create(&tn, NULL, bursts_then_wait, &next), 0);
+    pthread_mutex_lock(&next.mu);
+    while (next.phase != 1) pthread_cond_wait(&next.cv, &next.mu);
+    next.phase = 2;
+    pthread_cond_broadcast(&next.cv);
+    pthread_mutex_unlock(&next.mu);
+    assert_int_equal(pthread_join(tn, NULL), 0);
+    assert_ptr_equal(next.tc, w[N - 1].tc);
 }
 
 /* ---- growth scales down with tcache_scale ------------------------------------------
@@ -259,7 +288,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_few_blocks_stay_in_the_start_slots),
         cmocka_unit_test(test_a_burst_moves_the_bin_to_its_capacity),
         cmocka_unit_test(test_a_consumer_moves_the_bin_to_its_capacity),
-        cmocka_unit_test(test_capacity_slots_go_back_when_the_thread_exits),
+        cmocka_unit_test(test_a_few_exited_caches_keep_their_capacity_slots),
         cmocka_unit_test(test_growth_scales_with_tcache_scale),
     };
     return cmocka_run_group_tests_name("unit_tcache_slots (" TU_FLAVOUR ")", tests, NULL, NULL);
