@@ -78,8 +78,7 @@ TM_INLINE uint32_t slab_slot_read(tm_chunk_t *c, uint32_t sp) {
 /* First page of the slab that page entry f (fast[]) names. */
 TM_INLINE uint32_t fast_slab_page(uint32_t f) { return TM_FAST_SLAB_OFF(f) >> TM_PAGE_SHIFT; }
 
-/* slab_of, inlined into the flush's loop over a batch of blocks */
-TM_INLINE tm_slab_t *slab_find(tm_chunk_t *c, uintptr_t p, uint32_t *index_out) {
+tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out) {
     uint32_t e = __atomic_load_n(&c->fast[(p - c->base) >> TM_PAGE_SHIFT], __ATOMIC_RELAXED);
     unsigned cls = e & 0xff;
     if (!cls) return NULL;
@@ -89,10 +88,6 @@ TM_INLINE tm_slab_t *slab_find(tm_chunk_t *c, uintptr_t p, uint32_t *index_out) 
     if (idx * k->size != off || idx >= k->nblocks) return NULL;
     *index_out = (uint32_t)idx;
     return &c->slabs[slab_slot_read(c, fast_slab_page(e))];
-}
-
-tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out) {
-    return slab_find(c, p, index_out);
 }
 
 static void bin_push_locked(tm_arena_bin_t *b, tm_slab_t *s) {
@@ -315,9 +310,9 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
 }
 
 /* Count `freed` blocks just set free in slab s's bitmap (the lowest in
- * word `minw`), in s and in its bin b, and place s: on its bin's partial list once it has room;
- * back to the chunk once empty, unless it is the bin's only slab with room
- * (keeps a steady state from thrashing). */
+ * word `minw`), in s and in its bin b, and place s: on the bin's partial
+ * list once it has room; back to the chunk once empty, unless it is the
+ * bin's only slab with room (keeps a steady state from thrashing). */
 static void slab_settle_locked(tm_arena_t *a, tm_arena_bin_t *b, tm_slab_t *s, uint32_t freed,
                                unsigned minw) {
     if (minw < s->hint) s->hint = (uint16_t)minw;
