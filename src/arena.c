@@ -367,11 +367,15 @@ void arena_flush(unsigned cls, void **blocks, unsigned n) {
          * stays a's (only chunk_adopt and arena_purge detach one, under its
          * arena's lock) */
         tm_chunk_t *c = c0;
-        bool mine = true;
         tm_slab_t *s = NULL; /* the slab of the blocks before, not settled yet */
         uint32_t freed = 0;
         unsigned minw = 0;
         tm_lock(&a->lock);
+        /* read again under the lock: c0's arena was read without it, and
+         * only a chunk left empty (by a racing double free of a block) can
+         * have moved since (a reviewer's interleaving); its blocks then
+         * wait for the next round, with their new arena */
+        bool mine = c0->arena == a;
         for (; i < n && done < FLUSH_BATCH; i++) {
             void *p = blocks[i];
             uintptr_t off = (uintptr_t)p - c->base;
