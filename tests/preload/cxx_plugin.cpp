@@ -5,9 +5,14 @@
 // trimalloc decided at that first call whether the program had replaced
 // operators, with dladdr and dlsym, which wait for the loader's lock: the
 // thread waited for the constructor, the constructor for the thread.
+// The thread also asks for more than any machine has: operator new must
+// throw std::bad_alloc and its nothrow form return nullptr. Until
+// 2026-12-06 trimalloc handed the failed request to libstdc++'s operator
+// found then by dlsym, which waits for the same lock (found by a tester).
 #include <pthread.h>
 
 #include <cstdio>
+#include <new>
 #include <string>
 
 static long total;
@@ -19,6 +24,14 @@ static void *worker(void *) {
     int *a = new int[10]();
     total += a[3];
     delete[] a;
+    volatile std::size_t huge = std::size_t(1) << 62;
+    try {
+        void *p = operator new(huge);
+        operator delete(p);
+    } catch (const std::bad_alloc &) {
+        total += 1000;
+    }
+    if (operator new(huge, std::nothrow) == nullptr) total += 10000;
     return nullptr;
 }
 

@@ -25,7 +25,8 @@
 #   c++-replaced     tests/preload/cxx_replaced.cpp: a program that replaces
 #                    some operators; the others must chain to them
 #   c++-plugin       a C program dlopens a C++ plugin whose constructor waits
-#                    for a thread that uses new and delete
+#                    for a thread that uses new and delete, and whose
+#                    operator new fails (bad_alloc, nullptr for nothrow)
 #   dlclose          tests/preload/dlclose.c: trimalloc opened with dlopen
 #                    and closed while a thread that used it lives on
 #   demo-threads     examples/demo_threads.c (8 threads, cross-thread frees,
