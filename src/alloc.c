@@ -566,8 +566,16 @@ static TM_COLD void *cxx_forward(unsigned op) {
  * executable -- what RTLD_NEXT finds for a preloaded library. */
 typedef struct {
     const char *name;
+    bool runtime_only; /* only libstdc++ or libc++ themselves */
     void *found;
 } cxx_find_t;
+
+/* Is the object at path a C++ runtime (libstdc++.so.*, libc++.so.*)? */
+static bool cxx_is_runtime(const char *path) {
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    return strncmp(base, "libstdc++.so", 12) == 0 || strncmp(base, "libc++.so", 9) == 0;
+}
 
 static uint32_t elf_gnu_hash(const char *s) {
     uint32_t h = 5381;
@@ -604,6 +612,7 @@ static int cxx_find_in(struct dl_phdr_info *info, size_t size, void *arg) {
     (void)size;
     cxx_find_t *f = arg;
     if (!info->dlpi_name || !info->dlpi_name[0]) return 0; /* the executable */
+    if (f->runtime_only && !cxx_is_runtime(info->dlpi_name)) return 0;
     const ElfW(Dyn) *dyn = NULL;
     uintptr_t self = (uintptr_t)cxx_find_in;
     for (ElfW(Half) i = 0; i < info->dlpi_phnum; i++) {
@@ -657,14 +666,21 @@ static int cxx_find_in(struct dl_phdr_info *info, size_t size, void *arg) {
     return 1; /* stops the walk */
 }
 
+/* The C++ runtime's own definition first: a plugin loaded before it that
+ * exports a copy (built with -static-libstdc++, or replacing the operator)
+ * has a new_handler of its own, and may be unloaded. Not kept between
+ * calls (a reviewer found a kept one dangling after dlclose, and, stored
+ * in cxx_next[], routing the operators of a trimalloc loaded by dlopen to
+ * libstdc++'s); this path runs only when memory is out. */
 static void *cxx_next_definition(unsigned op) {
-    void *next = __atomic_load_n(&cxx_next[op], __ATOMIC_RELAXED);
+    void *next = __atomic_load_n(&cxx_next[op], __ATOMIC_RELAXED); /* cxx_resolve's */
     if (next) return next;
-    cxx_find_t f = {.name = cxx_names[op], .found = NULL};
+    cxx_find_t f = {.name = cxx_names[op], .runtime_only = true, .found = NULL};
     dl_iterate_phdr(cxx_find_in, &f);
-    /* kept: only cxx_forward routes calls by it, and only when the program
-     * replaced an operator, which cxx_resolve found with every one set */
-    if (f.found) __atomic_store_n(&cxx_next[op], f.found, __ATOMIC_RELAXED);
+    if (!f.found) {
+        f.runtime_only = false;
+        dl_iterate_phdr(cxx_find_in, &f);
+    }
     return f.found;
 }
 

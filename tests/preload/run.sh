@@ -27,6 +27,9 @@
 #   c++-plugin       a C program dlopens a C++ plugin whose constructor waits
 #                    for a thread that uses new and delete, and whose
 #                    operator new fails (bad_alloc, nullptr for nothrow)
+#   c++-dlopen       tests/preload/cxx_dlopen.cpp: trimalloc opened with
+#                    dlopen; its operator new fails, then new and delete
+#                    must still agree
 #   dlclose          tests/preload/dlclose.c: trimalloc opened with dlopen
 #                    and closed while a thread that used it lives on
 #   demo-threads     examples/demo_threads.c (8 threads, cross-thread frees,
@@ -190,6 +193,11 @@ case_cxx_plugin() {
     t ./cxx_host
 }
 
+case_cxx_dlopen() {
+    g++ -O1 -std=c++17 -Wall -Wextra "$HERE/cxx_dlopen.cpp" -o cxx_dlopen -ldl || return 99
+    t ./cxx_dlopen "$LIB"
+}
+
 case_dlclose() {
     gcc -O1 -Wall -Wextra "$HERE/dlclose.c" -o dlclose -pthread -ldl || return 99
     t ./dlclose "$LIB"
@@ -270,6 +278,9 @@ need g++ && compare c++-replaced case_cxx_replaced
 
 CASE=c++-plugin
 need g++ gcc && compare c++-plugin case_cxx_plugin
+
+CASE=c++-dlopen
+need g++ && compare c++-dlopen case_cxx_dlopen
 
 CASE=dlclose
 need gcc && compare dlclose case_dlclose
