@@ -563,7 +563,7 @@ static TM_COLD void *cxx_forward(unsigned op) {
  * lock of the list of loaded objects, which dlopen does not hold while
  * constructors run, so the definition is looked up in each object's own
  * dynamic symbol table (GNU or SysV hash), skipping this library and the
- * executable -- what RTLD_NEXT finds for a preloaded library. */
+ * executable, the C++ runtime's own object first (cxx_next_definition). */
 typedef struct {
     const char *name;
     bool runtime_only; /* only libstdc++ or libc++ themselves */
