@@ -513,19 +513,19 @@ static void slots_release_first(tm_tcache_t *tc) {
     tc->slots_first = false;
 }
 
-/* TC_RECYCLED_WARM: exited threads' caches whose first slots stay in
- * memory for the next thread, at most (the rest give them back at exit). A program that runs
- * short tasks on threads of their own faulted the pages back in at each
- * thread: an outside tester's 20 000 threads, one after another, made
- * 47 881 page faults and 20 000 madvise calls of trimalloc's, against 546
- * faults for mimalloc; 2.25 -> 1.06 s of user time without the madvise
- * (4 KiB slots a page: the first slots are 16 KiB a cache). */
-/* The list holds the warm caches first, so that the next thread takes one
- * of them: a cold one pushed on top would be taken instead, give its slots
- * back at its exit (the warm count is full) and leave the warm ones unused
- * below it (found by a reviewer: after 32 threads exited at once, none of
- * the next 20 short threads kept its slots). The warm ones are few, so a
- * cold one walks past them. */
+/* Up to TC_RECYCLED_WARM exited threads' caches keep their first slots in
+ * memory for the next threads (the rest give them back at exit): a
+ * program that runs short tasks on threads of their own faulted those
+ * pages back in at each thread (an outside tester's 20 000 threads, one
+ * after another: 47 881 page faults and 20 000 madvise calls of
+ * trimalloc's, against 546 faults for mimalloc; 2.25 -> 1.06 s of user
+ * time without the madvise; the first slots are 16 KiB a cache).
+ * The recycled list holds the warm caches first, so that the next thread
+ * takes one of them: a cold one on top would be taken instead, give its
+ * slots back at its exit (the warm count is full) and leave the warm ones
+ * unused below it (found by a reviewer: after 32 threads exited at once,
+ * none of the next 20 short threads kept its slots). The warm ones are
+ * few, so a cold one walks past them. */
 static tm_tcache_t **recycled_cold_locked(void) {
     tm_tcache_t **at = &recycled;
     while (*at && (*at)->slots_first) at = &(*at)->next;
