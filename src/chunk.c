@@ -229,6 +229,19 @@ static void run_mark(tm_chunk_t *c, uint32_t page, uint32_t n, uint8_t kind) {
     }
 }
 
+/* Make [page, page+n), whose ends read PAGE_INTERIOR, one free run as it
+ * is: for a piece cut from a free run, whose neighbours are the block cut
+ * and what bordered the run, never free (free runs are merged as they
+ * form). */
+TM_INLINE void run_free_as_is_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n,
+                                bool zeroed, bool dirty) {
+    run_mark(c, page, n, PAGE_FREE);
+    tm_page_t *h = &c->pages[page];
+    h->zeroed = zeroed;
+    h->dirty = dirty;
+    runs_index_insert_locked(a, c, h);
+}
+
 /* Put [page, page+n) back as free, merging with free neighbours. */
 static void run_insert_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n,
                                    bool zeroed, bool dirty) {
@@ -263,11 +276,7 @@ static void run_insert_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, 
             n += rn;
         }
     }
-    run_mark(c, page, n, PAGE_FREE);
-    tm_page_t *h = &c->pages[page];
-    h->zeroed = zeroed;
-    h->dirty = dirty;
-    runs_index_insert_locked(a, c, h);
+    run_free_as_is_locked(a, c, page, n, zeroed, dirty);
 }
 
 /* ---- growth purge -------------------------------------------------------------
@@ -675,6 +684,7 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
     tm_page_t *h;
     tm_chunk_t *c;
     uint32_t len, page, start, resident;
+    bool dropped = false; /* the lock was: a neighbour may have been freed meanwhile */
     for (bool may_purge = true;; may_purge = false) {
         len = runs_find_locked(a, (uint32_t)need);
         if (!len) return NULL;
@@ -702,6 +712,7 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
         resident_sub_locked(a, count_resident(c, page, len));
         run_hold_locked(a, c, page, len);
         arena_dropped_enter(a);
+        dropped = true;
         size_t got = want ? growth_purge_locked(a, want) : 0; /* drops the lock */
         if (victim && got < fresh) {
             pthread_mutex_unlock(&a->lock);
@@ -722,9 +733,14 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
     bool zeroed = h->zeroed, dirty = h->dirty;
     h->kind = PAGE_INTERIOR;
     c->pages[page + len - 1].kind = PAGE_INTERIOR;
-    if (start > page) run_insert_free_locked(a, c, page, start - page, zeroed, dirty);
     uint32_t end = start + (uint32_t)npages, rend = page + len;
-    if (rend > end) run_insert_free_locked(a, c, end, rend - end, zeroed, dirty);
+    if (unlikely(dropped)) {
+        if (start > page) run_insert_free_locked(a, c, page, start - page, zeroed, dirty);
+        if (rend > end) run_insert_free_locked(a, c, end, rend - end, zeroed, dirty);
+    } else {
+        if (start > page) run_free_as_is_locked(a, c, page, start - page, zeroed, dirty);
+        if (rend > end) run_free_as_is_locked(a, c, end, rend - end, zeroed, dirty);
+    }
     resident_sub_locked(a, resident);
     free_pages_sub_locked(a, c, (uint32_t)npages);
     *page_out = start;
@@ -756,7 +772,7 @@ bool run_try_grow_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n
     runs_index_remove_locked(a, rh);
     rh->kind = PAGE_INTERIOR;
     c->pages[end + rn - 1].kind = PAGE_INTERIOR;
-    if (rn > extra) run_insert_free_locked(a, c, end + extra, rn - extra, zeroed, dirty);
+    if (rn > extra) run_free_as_is_locked(a, c, end + extra, rn - extra, zeroed, dirty);
     resident_sub_locked(a, count_resident(c, end, extra));
     c->pages[page + npages - 1].kind = PAGE_INTERIOR;
     run_mark(c, page, new_npages, PAGE_LARGE);
