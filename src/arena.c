@@ -164,13 +164,9 @@ static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
     tm_slab_t *s = &c->slabs[slot];
     memset(s, 0, offsetof(tm_slab_t, bitmap)); /* bm_store writes the bitmap */
     tm_page_t *h = &c->pages[page];
-    h->kind = PAGE_SLAB;
-    h->npages = k->slab_pages;
+    page_set_end(h, PAGE_SLAB, k->slab_pages);
     page_set_index(h, slot);
-    if (k->slab_pages > 1) {
-        c->pages[page + k->slab_pages - 1].kind = PAGE_INTERIOR;
-        c->pages[page + k->slab_pages - 1].npages = k->slab_pages;
-    }
+    if (k->slab_pages > 1) page_set_end(&c->pages[page + k->slab_pages - 1], PAGE_INTERIOR, k->slab_pages);
     s->start = chunk_page_addr(c, page);
     s->cls = (uint16_t)cls;
     s->nblocks = (uint16_t)k->nblocks;
@@ -223,7 +219,7 @@ static void slab_destroy_locked(tm_arena_t *a, tm_slab_t *s) {
     uint32_t page = (uint32_t)((s->start - c->base) >> TM_PAGE_SHIFT);
     const tm_class_t *k = &tm_classes[s->cls];
     a->bins[s->cls].nslabs--;
-    if (k->slab_pages > 1) c->pages[page + k->slab_pages - 1].kind = PAGE_INTERIOR;
+    if (k->slab_pages > 1) page_set_kind(&c->pages[page + k->slab_pages - 1], PAGE_INTERIOR);
     /* every page of a slab has its fast[] entry (free() reads them
      * without the lock: atomic); run_free_locked clears the first */
     for (uint32_t i = page + 1; i < page + k->slab_pages; i++)
@@ -690,12 +686,8 @@ void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero) {
             return NULL;
         }
     }
-    c->pages[page].kind = PAGE_LARGE;
-    c->pages[page].npages = (uint32_t)npages;
-    if (npages > 1) {
-        c->pages[page + npages - 1].kind = PAGE_INTERIOR;
-        c->pages[page + npages - 1].npages = (uint32_t)npages;
-    }
+    page_set_end(&c->pages[page], PAGE_LARGE, (uint32_t)npages);
+    if (npages > 1) page_set_end(&c->pages[page + npages - 1], PAGE_INTERIOR, (uint32_t)npages);
     /* run_free_locked clears it */
     __atomic_store_n(&c->fast[page], TM_FAST_LARGE_ENTRY(TM_FAST_LARGE, npages), __ATOMIC_RELAXED);
     a->large_allocated += npages << TM_PAGE_SHIFT;
@@ -717,7 +709,7 @@ static size_t large_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, voi
     if (unlikely(tm_opt.junk)) memset(p, 0x5a, (size_t)n << TM_PAGE_SHIFT);
     a->large_allocated -= (size_t)n << TM_PAGE_SHIFT;
     a->large_nfree++;
-    if (n > 1) c->pages[page + n - 1].kind = PAGE_INTERIOR;
+    if (n > 1) page_set_kind(&c->pages[page + n - 1], PAGE_INTERIOR);
     run_free_locked(a, c, page, n);
     return (size_t)n << TM_PAGE_SHIFT;
 }

@@ -226,14 +226,8 @@ static uint32_t runs_find_locked(tm_arena_t *a, uint32_t n) {
 }
 
 static void run_mark(tm_chunk_t *c, uint32_t page, uint32_t n, uint8_t kind) {
-    tm_page_t *h = &c->pages[page];
-    h->kind = kind;
-    h->npages = n;
-    if (n > 1) {
-        tm_page_t *t = &c->pages[page + n - 1];
-        t->kind = kind == PAGE_FREE ? PAGE_FREE : PAGE_INTERIOR;
-        t->npages = n;
-    }
+    page_set_end(&c->pages[page], kind, n);
+    if (n > 1) page_set_end(&c->pages[page + n - 1], kind == PAGE_FREE ? PAGE_FREE : PAGE_INTERIOR, n);
 }
 
 /* Make [page, page+n), whose ends read PAGE_INTERIOR, one free run as it
@@ -242,10 +236,13 @@ static void run_mark(tm_chunk_t *c, uint32_t page, uint32_t n, uint8_t kind) {
  * form). */
 TM_INLINE void run_free_as_is_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n,
                                 bool zeroed, bool dirty) {
-    run_mark(c, page, n, PAGE_FREE);
-    tm_page_t *h = &c->pages[page];
-    h->zeroed = zeroed;
-    h->dirty = dirty;
+    tm_page_t *h = &c->pages[page], e = page_get(h);
+    e.kind = PAGE_FREE;
+    e.npages = n;
+    e.zeroed = zeroed;
+    e.dirty = dirty;
+    page_put(h, e);
+    if (n > 1) page_set_end(&c->pages[page + n - 1], PAGE_FREE, n);
     runs_index_insert_locked(a, c, h);
 }
 
@@ -254,9 +251,10 @@ static void run_insert_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, 
                                    bool zeroed, bool dirty) {
     /* The run's own first and last page become interior pages if it merges:
      * no stale PAGE_LARGE/PAGE_SLAB may stay inside a free run, or a double
-     * free of the old block would look valid. run_mark sets the new ends. */
-    c->pages[page].kind = PAGE_INTERIOR;
-    c->pages[page + n - 1].kind = PAGE_INTERIOR;
+     * free of the old block would look valid. run_free_as_is_locked sets
+     * the new ends. */
+    page_set_kind(&c->pages[page], PAGE_INTERIOR);
+    page_set_kind(&c->pages[page + n - 1], PAGE_INTERIOR);
     if (page > 0) {
         tm_page_t *left_tail = &c->pages[page - 1];
         if (left_tail->kind == PAGE_FREE) {
@@ -265,8 +263,8 @@ static void run_insert_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, 
             runs_index_remove_locked(a, lh);
             zeroed = zeroed && lh->zeroed;
             dirty = dirty || lh->dirty;
-            lh->kind = PAGE_INTERIOR;
-            left_tail->kind = PAGE_INTERIOR;
+            page_set_kind(lh, PAGE_INTERIOR);
+            page_set_kind(left_tail, PAGE_INTERIOR);
             page -= ln;
             n += ln;
         }
@@ -278,8 +276,8 @@ static void run_insert_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, 
             runs_index_remove_locked(a, rh);
             zeroed = zeroed && rh->zeroed;
             dirty = dirty || rh->dirty;
-            rh->kind = PAGE_INTERIOR;
-            c->pages[page + n + rn - 1].kind = PAGE_INTERIOR;
+            page_set_kind(rh, PAGE_INTERIOR);
+            page_set_kind(&c->pages[page + n + rn - 1], PAGE_INTERIOR);
             n += rn;
         }
     }
@@ -738,8 +736,8 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
      * cleared, every page of the new run reads PAGE_INTERIOR, and the
      * caller marks its ends (_heapchk checks the interior) */
     bool zeroed = h->zeroed, dirty = h->dirty;
-    h->kind = PAGE_INTERIOR;
-    c->pages[page + len - 1].kind = PAGE_INTERIOR;
+    page_set_kind(h, PAGE_INTERIOR);
+    page_set_kind(&c->pages[page + len - 1], PAGE_INTERIOR);
     uint32_t end = start + (uint32_t)npages, rend = page + len;
     if (unlikely(dropped)) {
         if (start > page) run_insert_free_locked(a, c, page, start - page, zeroed, dirty);
@@ -777,11 +775,11 @@ bool run_try_grow_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n
     uint32_t rn = rh->npages;
     bool zeroed = rh->zeroed, dirty = rh->dirty;
     runs_index_remove_locked(a, rh);
-    rh->kind = PAGE_INTERIOR;
-    c->pages[end + rn - 1].kind = PAGE_INTERIOR;
+    page_set_kind(rh, PAGE_INTERIOR);
+    page_set_kind(&c->pages[end + rn - 1], PAGE_INTERIOR);
     if (rn > extra) run_free_as_is_locked(a, c, end + extra, rn - extra, zeroed, dirty);
     resident_sub_locked(a, count_resident(c, end, extra));
-    c->pages[page + npages - 1].kind = PAGE_INTERIOR;
+    page_set_kind(&c->pages[page + npages - 1], PAGE_INTERIOR);
     run_mark(c, page, new_npages, PAGE_LARGE);
     free_pages_sub_locked(a, c, extra);
     return true;
@@ -789,7 +787,7 @@ bool run_try_grow_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n
 
 void run_shrink_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages,
                        uint32_t new_npages) {
-    c->pages[page + npages - 1].kind = PAGE_INTERIOR;
+    page_set_kind(&c->pages[page + npages - 1], PAGE_INTERIOR);
     run_mark(c, page, new_npages, PAGE_LARGE);
     run_free_locked(a, c, page + new_npages, npages - new_npages);
 }
@@ -941,8 +939,7 @@ static void chunk_link_locked(tm_arena_t *a, tm_chunk_t *c) {
 void chunk_attach_locked(tm_arena_t *a, tm_chunk_t *c) {
     c->free_pages = TM_CHUNK_PAGES;
     run_mark(c, 0, TM_CHUNK_PAGES, PAGE_FREE);
-    c->pages[0].zeroed = 1;
-    c->pages[0].dirty = 0;
+    page_set_flags(&c->pages[0], true, false);
     chunk_link_locked(a, c);
 }
 
@@ -1090,8 +1087,8 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
                 if (p >= from && h->kind == PAGE_FREE && h->dirty) {
                     runs_index_remove_locked(a, h);
                     resident_sub_locked(a, count_resident(c, p, n));
-                    h->kind = PAGE_UNUSED;
-                    c->pages[p + n - 1].kind = PAGE_UNUSED;
+                    page_set_kind(h, PAGE_UNUSED);
+                    page_set_kind(&c->pages[p + n - 1], PAGE_UNUSED);
                     runs[nruns].c = c;
                     runs[nruns].page = p;
                     runs[nruns].n = n;
@@ -1131,8 +1128,7 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
         if (nruns || kept) {
             tm_lock(&a->lock);
             for (int i = 0; i < kept; i++) { /* munmap refused: contents stay */
-                empty[i]->pages[0].zeroed = 0;
-                empty[i]->pages[0].dirty = 1;
+                page_set_flags(&empty[i]->pages[0], false, true);
                 set_resident(empty[i], 0, TM_CHUNK_PAGES, true);
                 chunk_attach_as_is_locked(a, empty[i]);
             }

@@ -353,7 +353,7 @@ static void fill_arena_locked(tm_arena_t *a, unsigned char fill) {
             if (n == 0 || n > TM_CHUNK_PAGES - p) break; /* checked before; never loop */
             if (h->kind == PAGE_FREE && h->dirty) {
                 run_fill_resident_locked(c, p, n, fill);
-                h->zeroed = 0;
+                page_set_flags(h, false, true);
             } else if (h->kind == PAGE_SLAB) {
                 tm_slab_t *sl = chunk_slab(c, p);
                 size_t size = tm_classes[sl->cls].size;
