@@ -689,7 +689,7 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
     tm_page_t *h;
     tm_chunk_t *c;
     uint32_t len, page, start, resident;
-    bool dropped = false; /* the lock was: a neighbour may have been freed meanwhile */
+    bool dropped = false; /* the lock was, for a purge: a neighbour may be free now */
     for (bool may_purge = true;; may_purge = false) {
         len = runs_find_locked(a, (uint32_t)need);
         if (!len) return NULL;
