@@ -55,11 +55,11 @@ unsigned arena_choose_locked(const unsigned bound[], unsigned first) {
  * held, but drops it meanwhile. */
 static bool arena_grow_locked(tm_arena_t *a) {
     arena_dropped_enter(a);
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     tm_chunk_t *c = chunk_adopt(a);
     bool adopted = c != NULL;
     if (!c) c = chunk_create(a);
-    tm_lock(&a->lock);
+    arena_lock(a);
     arena_dropped_leave(a);
     if (!c) return false;
     if (adopted) chunk_attach_as_is_locked(a, c);
@@ -252,7 +252,7 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
     unsigned got = 0, cold_left = REFILL_COLD_PAGES;
     uintptr_t cold_pg = 0;
     bool stop = false;
-    tm_lock(&a->lock);
+    arena_lock(a);
     while (got < n && !stop) {
         tm_slab_t *s = b->partial;
         if (!s) {
@@ -301,7 +301,7 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
             slab_set_purged_locked(s, false);
         }
     }
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     return got;
 }
 
@@ -366,7 +366,7 @@ void arena_flush(unsigned cls, void **blocks, unsigned n) {
         tm_slab_t *s = NULL; /* the slab of the blocks before, not settled yet */
         uint32_t freed = 0;
         unsigned minw = 0;
-        tm_lock(&a->lock);
+        arena_lock(a);
         /* read again under the lock: c0's arena was read without it, and
          * only a chunk left empty (by a racing double free of a block) can
          * have moved since (a reviewer's interleaving); its blocks then
@@ -422,7 +422,7 @@ void arena_flush(unsigned cls, void **blocks, unsigned n) {
             freed++;
         }
         if (s) slab_settle_locked(a, b, s, freed, minw);
-        pthread_mutex_unlock(&a->lock);
+        arena_unlock(a);
         /* other arenas' blocks first, then those not looked at yet */
         if (i < n) memmove(blocks + keep, blocks + i, (n - i) * sizeof *blocks);
         n = keep + (n - i);
@@ -433,14 +433,14 @@ void arena_flush(unsigned cls, void **blocks, unsigned n) {
  * cache's garbage collection finds the class idle (tcache.c): free runs
  * are what the growth purge can give back. */
 void arena_release_idle_slab(tm_arena_t *a, unsigned cls) {
-    tm_lock(&a->lock);
+    arena_lock(a);
     tm_arena_bin_t *b = &a->bins[cls];
     tm_slab_t *s = b->partial;
     if (s && !s->next && s->nfree == s->nblocks) {
         bin_remove_locked(b, s);
         slab_destroy_locked(a, s);
     }
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
 }
 
 /* Give back the empty slabs the bins keep against thrashing (_heapmin):
@@ -449,7 +449,7 @@ void arena_release_idle_slab(tm_arena_t *a, unsigned cls) {
 void arena_release_empty_slabs(tm_arena_t *a) {
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         tm_arena_bin_t *b = &a->bins[c];
-        tm_lock(&a->lock);
+        arena_lock(a);
         for (tm_slab_t *s = b->partial, *next; s; s = next) {
             next = s->next;
             if (s->nfree == s->nblocks) {
@@ -457,7 +457,7 @@ void arena_release_empty_slabs(tm_arena_t *a) {
                 slab_destroy_locked(a, s);
             }
         }
-        pthread_mutex_unlock(&a->lock);
+        arena_unlock(a);
     }
 }
 
@@ -570,7 +570,7 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
     for (bool first = true;; first = false) {
         slab_plan_t plan[SLAB_PURGE_BATCH];
         int n = 0;
-        tm_lock(&a->lock);
+        arena_lock(a);
         if (first) c = a->chunks;
         int seen = 0; /* slabs looked at: bounds the hold, even where few give pages */
         while (c && seen < SLAB_PURGE_BATCH) {
@@ -593,7 +593,7 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
             c = c->next; /* chunks stay: only _heapmin, which is us, unmaps them */
             from = 0;
         }
-        pthread_mutex_unlock(&a->lock);
+        arena_unlock(a);
         if (!seen) break;
         os_batch_t batch = {.n = 0, .released = 0}; /* contiguous pages merge */
         for (int k = 0; k < n; k++) {
@@ -605,9 +605,9 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
         }
         released += os_batch_flush(&batch);
         if (!n) continue;
-        tm_lock(&a->lock);
+        arena_lock(a);
         for (int k = 0; k < n; k++) slab_put_back_locked(a, &plan[k]);
-        pthread_mutex_unlock(&a->lock);
+        arena_unlock(a);
     }
     stats_add_released(released);
     return released;
@@ -660,13 +660,13 @@ static void chunk_pack_slabs_locked(tm_arena_t *a, tm_chunk_t *c) {
 
 size_t arena_compact_slabs(tm_arena_t *a) {
     size_t released = 0;
-    tm_lock(&a->lock);
+    arena_lock(a);
     /* chunks stay while the lock is dropped: only _heapmin unmaps them */
     for (tm_chunk_t *c = a->chunks; c; c = c->next) {
         chunk_pack_slabs_locked(a, c);
         released += chunk_slab_pool_release_locked(a, c); /* drops the lock */
     }
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     return released;
 }
 
@@ -677,12 +677,12 @@ void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero) {
     size_t align_pages = align > TM_PAGE ? align >> TM_PAGE_SHIFT : 1;
     uint32_t page;
     bool zeroed;
-    tm_lock(&a->lock);
+    arena_lock(a);
     tm_chunk_t *c = run_alloc_locked(a, npages, align_pages, &page, &zeroed);
     if (!c) {
         if (!arena_grow_locked(a) ||
             !(c = run_alloc_locked(a, npages, align_pages, &page, &zeroed))) {
-            pthread_mutex_unlock(&a->lock);
+            arena_unlock(a);
             return NULL;
         }
     }
@@ -692,7 +692,7 @@ void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero) {
     __atomic_store_n(&c->fast[page], TM_FAST_LARGE_ENTRY(TM_FAST_LARGE, npages), __ATOMIC_RELAXED);
     a->large_allocated += npages << TM_PAGE_SHIFT;
     a->large_nmalloc++;
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     void *p = (void *)chunk_page_addr(c, page);
     if (zero && !zeroed) memset(p, 0, npages << TM_PAGE_SHIFT);
     return p;
@@ -742,7 +742,7 @@ void arena_free_large(tm_chunk_t *c, uint32_t page, void *p) {
     tm_arena_t *a = c->arena;
     unsigned kind;
     size_t freed = 0;
-    tm_lock(&a->lock);
+    arena_lock(a);
     uint32_t f = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED);
     while ((f & TM_FAST_LARGE) &&
            !__atomic_compare_exchange_n(&c->fast[page], &f, f & ~TM_FAST_LARGE, false,
@@ -757,7 +757,7 @@ void arena_free_large(tm_chunk_t *c, uint32_t page, void *p) {
          * purge's madvise, by a late double free (a reviewer's finding). */
         kind = c->pages[page].kind;
     }
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     if (unlikely(!freed)) large_free_report(f, kind, p);
 }
 
@@ -780,7 +780,7 @@ size_t arena_free_large_batch(void **runs, unsigned n) {
         tm_arena_t *a = c0->arena;
         unsigned keep = 0, i = 0, done = 0, kind = 0;
         void *bad = NULL;
-        tm_lock(&a->lock);
+        arena_lock(a);
         for (; i < n && done < FLUSH_BATCH && !bad; i++) {
             tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)runs[i]));
             if (c && c->arena == a) {
@@ -793,7 +793,7 @@ size_t arena_free_large_batch(void **runs, unsigned n) {
                 runs[keep++] = runs[i];
             }
         }
-        pthread_mutex_unlock(&a->lock);
+        arena_unlock(a);
         if (bad) large_free_report(0, kind, bad);
         /* other arenas' runs first, then those not looked at yet */
         if (i < n) memmove(runs + keep, runs + i, (n - i) * sizeof *runs);
@@ -806,13 +806,13 @@ size_t arena_free_large_batch(void **runs, unsigned n) {
 size_t arena_large_usable(tm_chunk_t *c, uint32_t page, bool *freed) {
     tm_arena_t *a = c->arena;
     size_t r = 0;
-    tm_lock(&a->lock);
+    arena_lock(a);
     tm_page_t *h = &c->pages[page];
     uint32_t f = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED);
     /* the program holds it only with TM_FAST_LARGE (arena_free_large) */
     if (h->kind == PAGE_LARGE && (f & TM_FAST_LARGE)) r = (size_t)h->npages << TM_PAGE_SHIFT;
     if (freed) *freed = !r && large_was_freed(f, h->kind); /* as free() names it */
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     return r;
 }
 
@@ -820,7 +820,7 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
     tm_arena_t *a = c->arena;
     uint32_t nn = (uint32_t)((new_size + TM_PAGE_MASK) >> TM_PAGE_SHIFT);
     bool ok = false;
-    tm_lock(&a->lock);
+    arena_lock(a);
     tm_page_t *h = &c->pages[page];
     uint32_t f = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED);
     if (h->kind == PAGE_LARGE && (f & TM_FAST_LARGE)) { /* a block the program holds */
@@ -840,7 +840,7 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
             __atomic_compare_exchange_n(&c->fast[page], &f, TM_FAST_LARGE_ENTRY(TM_FAST_LARGE, nn),
                                         false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
     }
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     return ok;
 }
 
@@ -857,7 +857,7 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
  * that interrupted such a section of its own thread would wait for good;
  * one that interrupted a locked section always did.) */
 void arena_lock_settled(tm_arena_t *a) {
-    tm_lock(&a->lock);
+    arena_lock(a);
     if (likely(!a->dropped)) return;
     /* blocks (a yield loop hung a SCHED_FIFO forker whose CPU the
      * section's lower-priority thread then never got back), with
@@ -867,7 +867,7 @@ void arena_lock_settled(tm_arena_t *a) {
      * process then hung (an outside tester, 2026-12-06; tests/unit/cancel.c) */
     int cancel;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-    while (a->dropped) pthread_cond_wait(&a->undropped, &a->lock);
+    while (a->dropped) arena_wait_undropped(a);
     pthread_setcancelstate(cancel, NULL);
 }
 
@@ -879,7 +879,7 @@ void arena_fork_prepare(void) {
 
 void arena_fork_parent(void) {
     for (unsigned i = TM_MAX_ARENAS; i-- > 0;)
-        if (tm_arenas[i]) pthread_mutex_unlock(&tm_arenas[i]->lock);
+        if (tm_arenas[i]) arena_unlock(tm_arenas[i]);
     pthread_mutex_unlock(&arenas_lock);
 }
 
@@ -887,6 +887,7 @@ void arena_fork_child(void) {
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++)
         if (tm_arenas[i]) {
             tm_mutex_init(&tm_arenas[i]->lock);
+            tm_arenas[i]->bare = false; /* taken bare by a one-thread parent */
             pthread_cond_init(&tm_arenas[i]->undropped, NULL);
         }
     pthread_mutex_init(&arenas_lock, NULL);

@@ -453,7 +453,7 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
     if (!nruns) return 0;
     credit_set_locked(a, got < rss[a->index].credit ? rss[a->index].credit - got : 0);
     arena_dropped_enter(a);
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     os_range_t ranges[GROWTH_PURGE_BATCH];
     bool purged[GROWTH_PURGE_BATCH];
     for (int i = 0; i < nruns; i++) {
@@ -461,7 +461,7 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
         ranges[i].len = (size_t)(runs[i].hi - runs[i].lo) << TM_PAGE_SHIFT;
     }
     stats_add_released(os_purge_ranges(ranges, (unsigned)nruns, purged));
-    tm_lock(&a->lock);
+    arena_lock(a);
     arena_dropped_leave(a);
     for (int i = 0; i < nruns; i++) {
         tm_chunk_t *c = runs[i].c;
@@ -547,13 +547,13 @@ static size_t growth_purge_others(unsigned self, tm_arena_t *b, unsigned k, uint
                                   uint64_t now_ns, uint32_t fresh) {
     size_t got = 0;
     for (; b && got < fresh; b = purge_victim_next(self, &k, epoch, &now_ns)) {
-        if (tm_trylock(&b->lock) != 0) continue;
+        if (arena_trylock(b) != 0) continue;
         size_t idle = idle_pages(b->index, epoch);
         size_t need = fresh - got > PURGE_MIN ? fresh - got : PURGE_MIN;
         if (idle > need) idle = need;
         size_t want = growth_purge_budget_locked(b, idle);
         if (want) got += growth_purge_locked(b, want); /* drops b's lock */
-        pthread_mutex_unlock(&b->lock);
+        arena_unlock(b);
     }
     return got;
 }
@@ -621,7 +621,7 @@ void arena_decay_tick(void) {
         if (!a) continue;
         uint64_t began = RSS_LOAD(i, decay_ns);
         if (RSS_LOAD(i, decay_due) < PURGE_MIN && began <= now && now - began < quarter) continue;
-        if (tm_trylock(&a->lock) != 0) continue;
+        if (arena_trylock(a) != 0) continue;
         began = rss[i].decay_ns;
         /* (a quarter another thread began after our clock read is not
          * closed: began > now starts it again, harmlessly) */
@@ -635,7 +635,7 @@ void arena_decay_tick(void) {
              * (no resident run left, or the kernel refused) */
             if (got && got < due) RSS_STORE(i, decay_due, due - got);
         }
-        pthread_mutex_unlock(&a->lock);
+        arena_unlock(a);
     }
 }
 
@@ -671,10 +671,10 @@ size_t arena_release_orphaned(tm_arena_t *a) {
     if (__atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED) < 0) return 0;
     arena_release_empty_slabs(a);
     size_t got = 0;
-    tm_lock(&a->lock);
+    arena_lock(a);
     for (size_t res, g; (res = rss[a->index].resident) > ORPHAN_KEEP; got += g)
         if (!(g = growth_purge_locked(a, res - ORPHAN_KEEP))) break; /* drops the lock */
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     return got;
 }
 
@@ -720,9 +720,9 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
         dropped = true;
         size_t got = want ? growth_purge_locked(a, want) : 0; /* drops the lock */
         if (victim && got < fresh) {
-            pthread_mutex_unlock(&a->lock);
+            arena_unlock(a);
             growth_purge_others(a->index, victim, k, epoch, now_ns, fresh - (uint32_t)got);
-            tm_lock(&a->lock);
+            arena_lock(a);
         }
         arena_dropped_leave(a);
         if (run_still_held(c, page, len)) {
@@ -853,7 +853,7 @@ uint32_t chunk_slot_take_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uin
          * only by the kernel's real-time throttling) */
         int cancel;
         pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-        while ((s = slot_find(c)) < 0) pthread_cond_wait(&a->undropped, &a->lock);
+        while ((s = slot_find(c)) < 0) arena_wait_undropped(a);
         pthread_setcancelstate(cancel, NULL);
         arena_dropped_leave(a);
     }
@@ -889,9 +889,9 @@ size_t chunk_slab_pool_release_locked(tm_arena_t *a, tm_chunk_t *c) {
     uintptr_t pool = (uintptr_t)&c->base;
     uint32_t p0 = (uint32_t)((lo - pool) >> TM_PAGE_SHIFT), p1 = (uint32_t)((hi - pool) >> TM_PAGE_SHIFT);
     c->slab_busy = (uint32_t)(((1ull << p1) - 1) & ~((1ull << p0) - 1));
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     size_t released = os_purge_inside((void *)lo, (void *)hi);
-    tm_lock(&a->lock);
+    arena_lock(a);
     chunk_slab_pool_done_locked(a, c);
     if (!released && hwm > c->slab_hwm) c->slab_hwm = (uint16_t)hwm; /* refused: still there */
     return released;
@@ -985,7 +985,7 @@ tm_chunk_t *chunk_adopt(tm_arena_t *a) {
     for (unsigned k = 1; k < n && !got; k++) {
         unsigned i = (a->index + k) % n;
         tm_arena_t *b = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
-        if (!b || !__atomic_load_n(&b->nempty, __ATOMIC_RELAXED) || tm_trylock(&b->lock) != 0)
+        if (!b || !__atomic_load_n(&b->nempty, __ATOMIC_RELAXED) || arena_trylock(b) != 0)
             continue;
         /* the empty chunk with the most resident pages of the first
          * ADOPT_SCAN empty ones */
@@ -998,7 +998,7 @@ tm_chunk_t *chunk_adopt(tm_arena_t *a) {
             seen++;
         }
         if (got) chunk_detach_locked(b, got);
-        pthread_mutex_unlock(&b->lock);
+        arena_unlock(b);
     }
     heapmin_unlock();
     return got;
@@ -1068,7 +1068,7 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
         struct { tm_chunk_t *c; uint32_t page, n; } runs[PURGE_BATCH];
         tm_chunk_t *empty[PURGE_BATCH];
         int nruns = 0, nempty = 0;
-        tm_lock(&a->lock);
+        arena_lock(a);
         if (round == 0) c = a->chunks;
         while (c && nruns < PURGE_BATCH && nempty < PURGE_BATCH) {
             tm_chunk_t *next = c->next;
@@ -1103,7 +1103,7 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
             c = next;
             from = 0;
         }
-        pthread_mutex_unlock(&a->lock);
+        arena_unlock(a);
         if (nruns == 0 && nempty == 0) break;
         int kept = 0;
         for (int i = 0; i < nempty; i++) {
@@ -1126,7 +1126,7 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
         unsigned failed = (unsigned)kept;
         for (int i = 0; i < nruns; i++) failed += !purged[i];
         if (nruns || kept) {
-            tm_lock(&a->lock);
+            arena_lock(a);
             for (int i = 0; i < kept; i++) { /* munmap refused: contents stay */
                 page_set_flags(&empty[i]->pages[0], false, true);
                 set_resident(empty[i], 0, TM_CHUNK_PAGES, true);
@@ -1139,7 +1139,7 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
                 run_insert_free_locked(a, runs[i].c, runs[i].page, runs[i].n, purged[i],
                                        !purged[i]);
             }
-            pthread_mutex_unlock(&a->lock);
+            arena_unlock(a);
         }
         if (failures) *failures += failed;
         if (failed) break; /* the kernel refuses: do not spin on the same runs */

@@ -89,9 +89,9 @@ static bool heap_ever_mapped(void) {
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (!a) continue;
-        tm_lock(&a->lock);
+        arena_lock(a);
         size_t n = a->nchunks;
-        pthread_mutex_unlock(&a->lock);
+        arena_unlock(a);
         if (n) return true;
     }
     return huge_mapped() != 0 ||
@@ -313,7 +313,7 @@ static int check_all(void) {
         memset(&s, 0, sizeof s);
         arena_lock_settled(a);
         int rc = check_arena_locked(a, &s);
-        pthread_mutex_unlock(&a->lock);
+        arena_unlock(a);
         if (rc != _HEAPOK) return rc;
     }
     huge_chk_t k = {0, 0, _HEAPOK};
@@ -384,7 +384,7 @@ TM_EXPORT int TM_API(_heapset)(unsigned int fill) {
             if (!a) continue;
             arena_lock_settled(a);
             fill_arena_locked(a, (unsigned char)fill);
-            pthread_mutex_unlock(&a->lock);
+            arena_unlock(a);
         }
     }
     heapmin_unlock();
@@ -549,7 +549,7 @@ static int walk_next(uintptr_t after, uintptr_t from, walk_entry_t *out) {
                     best_e = e;
                     best_chunk = NULL;
                 } else if (rc != _HEAPOK && rc != _HEAPEND) {
-                    pthread_mutex_unlock(&a->lock);
+                    arena_unlock(a);
                     return rc;
                 }
             } else if (c->base >= from && c->base < best) {
@@ -557,7 +557,7 @@ static int walk_next(uintptr_t after, uintptr_t from, walk_entry_t *out) {
                 best_chunk = c;
             }
         }
-        pthread_mutex_unlock(&a->lock);
+        arena_unlock(a);
     }
     huge_walk_t hw = {after, from, best, best_e, false};
     huge_lock();
@@ -575,7 +575,7 @@ static int walk_next(uintptr_t after, uintptr_t from, walk_entry_t *out) {
         tm_arena_t *a = best_chunk->arena;
         arena_lock_settled(a);
         int rc = chunk_next_locked(best_chunk, best_chunk->base, &best_e);
-        pthread_mutex_unlock(&a->lock);
+        arena_unlock(a);
         if (rc != _HEAPOK) return rc == _HEAPEND ? _HEAPBADBEGIN : rc;
     }
     *out = best_e;

@@ -554,6 +554,36 @@ TM_INLINE int tm_trylock(pthread_mutex_t *m) {
     return pthread_mutex_trylock(m);
 }
 
+/* An arena's lock: its mutex, or nothing while the process has one thread,
+ * as glibc's own malloc skips its arena locks. glibc keeps
+ * __libc_single_threaded non-zero only while the caller is the only
+ * thread, and only the caller can start another (pthread_create clears it
+ * first, and synchronises with the new thread), which no code of the
+ * allocator does while it holds an arena. `bare` says how the holder took
+ * the lock, for its unlock, and is read and written by the holder only.
+ * With no mutex taken, nothing may wait on `undropped` (nobody else can be
+ * in a section that dropped the lock). A weak reference: a C library
+ * without the variable (before glibc 2.32) always takes the mutex. A 16
+ * KiB malloc+free pair in a loop, one thread: 63 -> 49 ns (2026-12-06). */
+extern char __libc_single_threaded __attribute__((weak, visibility("default")));
+TM_INLINE bool tm_one_thread(void) {
+    return &__libc_single_threaded && __atomic_load_n(&__libc_single_threaded, __ATOMIC_RELAXED);
+}
+TM_INLINE void arena_lock(tm_arena_t *a) {
+    tm_fork_check();
+    if (tm_one_thread()) a->bare = true;
+    else pthread_mutex_lock(&a->lock);
+}
+TM_INLINE int arena_trylock(tm_arena_t *a) {
+    tm_fork_check();
+    if (!tm_one_thread()) return pthread_mutex_trylock(&a->lock);
+    a->bare = true;
+    return 0;
+}
+TM_INLINE void arena_unlock(tm_arena_t *a) {
+    if (a->bare) a->bare = false;
+    else pthread_mutex_unlock(&a->lock);
+}
 /* ---- options.c ------------------------------------------------------------------------ */
 typedef struct tm_opts {
     long narenas;
@@ -607,6 +637,13 @@ void tm_warn(const char *msg1, const char *msg2);
  * %llu %d %u %p %x. */
 int tm_snprintf(char *buf, size_t n, const char *fmt, ...);
 void tm_write_fd(int fd, const char *s, size_t n);
+
+/* Wait (a's lock held) for the sections that dropped it to signal: never
+ * with the lock taken bare (arena_lock). */
+TM_INLINE void arena_wait_undropped(tm_arena_t *a) {
+    tm_assert(!a->bare);
+    pthread_cond_wait(&a->undropped, &a->lock);
+}
 
 #pragma GCC visibility pop
 

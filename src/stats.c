@@ -26,7 +26,7 @@ typedef struct arena_sums {
 } arena_sums_t;
 
 static void arena_sum(tm_arena_t *a, arena_sums_t *s) {
-    tm_lock(&a->lock);
+    arena_lock(a);
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
         s->small_out += a->bins[c].cur_blocks * tm_classes[c].size;
         s->slab_bytes += a->bins[c].nslabs * tm_classes[c].slab_pages * TM_PAGE;
@@ -45,7 +45,7 @@ static void arena_sum(tm_arena_t *a, arena_sums_t *s) {
             p += n;
         }
     }
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
 }
 
 /* The totals, and what mapped is made of (chunk_bytes, huge_bytes: either
@@ -117,11 +117,11 @@ TM_EXPORT int TM_API(trimalloc_stats_arena)(unsigned index, trimalloc_arena_stat
     if (!a) return 0; /* not created yet: no thread has used it */
     arena_sums_t s = {0};
     arena_sum(a, &s);
-    tm_lock(&a->lock);
+    arena_lock(a);
     out->nthreads = __atomic_load_n(&a->nthreads, __ATOMIC_RELAXED); /* the registry lock's (tcache.c) */
     out->large_nmalloc = a->large_nmalloc;
     out->large_nfree = a->large_nfree;
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     out->allocated = s.small_out + s.large;
     out->active = s.slab_bytes + s.large;
     out->nchunks = s.chunks;
@@ -144,12 +144,12 @@ TM_EXPORT int TM_API(trimalloc_stats_class)(unsigned cls, trimalloc_class_stats_
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (!a) continue;
-        tm_lock(&a->lock);
+        arena_lock(a);
         out->nslabs += a->bins[cls].nslabs;
         out->blocks_out += a->bins[cls].cur_blocks;
         out->nmalloc += a->bins[cls].nmalloc;
         out->nfree += a->bins[cls].nfree;
-        pthread_mutex_unlock(&a->lock);
+        arena_unlock(a);
     }
     return 0;
 }

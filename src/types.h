@@ -202,7 +202,8 @@ typedef struct tm_arena_bin {
 _Static_assert((TM_RUN_LISTS + 63) / 64 <= 64, "runs_words has a bit per word of runs_nonempty");
 
 typedef struct tm_arena {
-    pthread_mutex_t lock;
+    pthread_mutex_t lock;       /* arena_lock/arena_unlock (internal.h) */
+    bool bare;                  /* held without the mutex: one thread */
     unsigned index;
     unsigned nthreads;          /* threads bound to it (registry lock) */
     tm_arena_bin_t bins[TM_NCLASSES + 1];
