@@ -744,9 +744,13 @@ void arena_free_large(tm_chunk_t *c, uint32_t page, void *p) {
     size_t freed = 0;
     arena_lock(a);
     uint32_t f = __atomic_load_n(&c->fast[page], __ATOMIC_RELAXED);
-    while ((f & TM_FAST_LARGE) &&
-           !__atomic_compare_exchange_n(&c->fast[page], &f, f & ~TM_FAST_LARGE, false,
-                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    if (a->bare) { /* one thread: nobody queues it meanwhile */
+        if (f & TM_FAST_LARGE) __atomic_store_n(&c->fast[page], f & ~TM_FAST_LARGE, __ATOMIC_RELAXED);
+    } else {
+        while ((f & TM_FAST_LARGE) &&
+               !__atomic_compare_exchange_n(&c->fast[page], &f, f & ~TM_FAST_LARGE, false,
+                                            __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+        }
     }
     if (f & TM_FAST_LARGE) {
         freed = large_free_locked(a, c, page, p, &kind);
