@@ -564,7 +564,7 @@ TM_INLINE int tm_trylock(pthread_mutex_t *m) {
  * With no mutex taken, nothing may wait on `undropped` (nobody else can be
  * in a section that dropped the lock). A weak reference: a C library
  * without the variable (before glibc 2.32) always takes the mutex. A 16
- * KiB malloc+free pair in a loop, one thread: 63 -> 49 ns (2026-12-06). */
+ * KiB malloc+free pair in a loop, one thread: 63 -> 50 ns (2026-12-06). */
 extern char __libc_single_threaded __attribute__((weak, visibility("default")));
 TM_INLINE bool tm_one_thread(void) {
     return &__libc_single_threaded && __atomic_load_n(&__libc_single_threaded, __ATOMIC_RELAXED);
