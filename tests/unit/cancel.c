@@ -52,9 +52,9 @@ static void cancel_inside(void *(*fn)(void *)) {
     assert_non_null(keep);
     tm_arena_t *a = tm_arenas[0];
     assert_non_null(a);
-    tm_lock(&a->lock);
+    arena_lock(a);
     arena_dropped_enter(a); /* as a section that dropped the lock */
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
 
     returned = 0;
     pthread_barrier_init(&started, NULL, 2);
@@ -79,9 +79,9 @@ static void cancel_inside(void *(*fn)(void *)) {
     if (pthread_timedjoin_np(t, &res, &until) == 0)
         fail_msg("the thread was cancelled inside the call (returned %d)", returned);
 
-    tm_lock(&a->lock);
+    arena_lock(a);
     arena_dropped_leave(a);
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     assert_int_equal(pthread_join(t, &res), 0);
     assert_int_equal(returned, 1);         /* the call finished */
     assert_ptr_equal(res, PTHREAD_CANCELED); /* and the cancel came after */

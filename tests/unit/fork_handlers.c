@@ -182,16 +182,16 @@ static atomic_int section_state; /* 1: in the section; 2: left it */
  * count itself out (arena_dropped_leave). */
 static void *dropped_section(void *arg) {
     tm_arena_t *a = arg;
-    tm_lock(&a->lock);
+    arena_lock(a);
     arena_dropped_enter(a);
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     atomic_store(&section_state, 1);
     struct timespec ts = {0, 100 * 1000 * 1000}; /* the fork comes meanwhile */
     nanosleep(&ts, NULL);
-    tm_lock(&a->lock);
+    arena_lock(a);
     arena_dropped_leave(a);
     atomic_store(&section_state, 2);
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     return NULL;
 }
 

@@ -53,9 +53,9 @@ static void test_large_runs_coalesce(void **state) {
         tm_chunk_t *ci = chunk_of_entry(pagemap_lookup((uintptr_t)p[i]));
         arena_free_large(ci, (uint32_t)(((uintptr_t)p[i] - ci->base) >> TM_PAGE_SHIFT), p[i]);
     }
-    pthread_mutex_lock(&a->lock);
+    arena_lock(a);
     unsigned holes = check_chunk(c);
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     assert_true(holes >= N / 2);
     /* the survivors are intact */
     for (int i = 1; i < N; i += 2)
@@ -65,10 +65,10 @@ static void test_large_runs_coalesce(void **state) {
         tm_chunk_t *ci = chunk_of_entry(pagemap_lookup((uintptr_t)p[i]));
         arena_free_large(ci, (uint32_t)(((uintptr_t)p[i] - ci->base) >> TM_PAGE_SHIFT), p[i]);
     }
-    pthread_mutex_lock(&a->lock);
+    arena_lock(a);
     for (tm_chunk_t *it = a->chunks; it; it = it->next)
         if (it->free_pages == TM_CHUNK_PAGES) assert_int_equal(check_chunk(it), 1);
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
 }
 
 static void test_aligned_runs(void **state) {
@@ -82,9 +82,9 @@ static void test_aligned_runs(void **state) {
         for (size_t j = 0; j < 40000; j++) assert_int_equal(((unsigned char *)p)[j], 0);
         tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
         arena_free_large(c, (uint32_t)(((uintptr_t)p - c->base) >> TM_PAGE_SHIFT), p);
-        pthread_mutex_lock(&a->lock);
+        arena_lock(a);
         check_chunk(c);
-        pthread_mutex_unlock(&a->lock);
+        arena_unlock(a);
     }
 }
 
@@ -111,9 +111,9 @@ static void test_resize_in_place(void **state) {
     large_t b = arena0_large(100 * 1024);
     assert_true(arena_large_resize_in_place(b.c, b.page, 40 * 1024));
     assert_int_equal(arena_large_usable(b.c, b.page, NULL), 40 * 1024);
-    pthread_mutex_lock(&b.a->lock);
+    arena_lock(b.a);
     check_chunk(b.c);
-    pthread_mutex_unlock(&b.a->lock);
+    arena_unlock(b.a);
     /* the pages just given back are free right after it: growing works */
     assert_true(arena_large_resize_in_place(b.c, b.page, 90 * 1024));
     assert_int_equal(arena_large_usable(b.c, b.page, NULL), 92 * 1024);
@@ -159,9 +159,9 @@ static void test_a_held_run_is_not_the_programs(void **state) {
     __atomic_store_n(&b.c->fast[b.page], entry, __ATOMIC_RELAXED);
     arena_free_large(b.c, b.page, b.p);
     assert_int_equal(b.a->large_allocated, held - 64 * 1024);
-    pthread_mutex_lock(&b.a->lock);
+    arena_lock(b.a);
     check_chunk(b.c);
-    pthread_mutex_unlock(&b.a->lock);
+    arena_unlock(b.a);
 }
 
 static void test_purge_unmaps_empty_chunks(void **state) {
@@ -180,12 +180,12 @@ static void test_purge_unmaps_empty_chunks(void **state) {
     }
     size_t released = arena_purge(a, true, NULL);
     assert_true(released >= 6 * 1536 * 1024);
-    pthread_mutex_lock(&a->lock);
+    arena_lock(a);
     for (tm_chunk_t *it = a->chunks; it; it = it->next) {
         assert_true(it->free_pages < TM_CHUNK_PAGES); /* no empty chunk kept */
         check_chunk(it);
     }
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     /* an address in an unmapped chunk is no longer ours */
     assert_int_equal(pagemap_lookup((uintptr_t)p[0]) & 1, 0);
 }

@@ -64,12 +64,12 @@ static void test_heapmin_packs_slabs_and_gives_back_the_pool(void **state) {
     tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)blocks[0]));
     assert_non_null(c);
     /* every slab in that one chunk, made in page order: lowest slot first */
-    pthread_mutex_lock(&a->lock);
+    arena_lock(a);
     assert_int_equal(a->nchunks, 1);
     assert_int_equal(c->nslabs, NSLABS);
     assert_int_equal(c->slab_hwm, NSLABS);
     for (uint32_t s = 0; s < NSLABS; s++) assert_true(slot_used(c, s));
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     const void *high = &c->slabs[NSLABS - 1];
     assert_true(page_resident(high));
 
@@ -93,7 +93,7 @@ static void test_heapmin_packs_slabs_and_gives_back_the_pool(void **state) {
 
     assert_int_equal(TM_API(_heapmin)(), 0);
 
-    pthread_mutex_lock(&a->lock);
+    arena_lock(a);
     /* the survivors' slabs fill the lowest slots, and nothing above */
     assert_int_equal(c->nslabs, nkeep);
     assert_int_equal(c->slab_hwm, nkeep);
@@ -110,7 +110,7 @@ static void test_heapmin_packs_slabs_and_gives_back_the_pool(void **state) {
         assert_ptr_equal(slab_of(c, (uintptr_t)keep[k], &idx), sl);
         assert_int_equal(idx, 0);
     }
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     /* the pool pages above them went back to the kernel */
     assert_false(page_resident(high));
     /* lock-free readers find the moved descriptors */
@@ -129,9 +129,9 @@ static void test_heapmin_packs_slabs_and_gives_back_the_pool(void **state) {
     }
     arena_flush(cls, keep, nkeep);
     assert_int_equal(TM_API(_heapmin)(), 0);
-    pthread_mutex_lock(&a->lock);
+    arena_lock(a);
     assert_int_equal(a->nchunks, 0); /* empty: unmapped */
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     free(blocks);
 }
 
@@ -167,10 +167,10 @@ static tm_arena_t *pool_busy_setup(unsigned index, unsigned *cls1, unsigned *cls
     assert_true(*cls2 != 0);
     assert_int_equal(arena_refill(a, *cls1, b1, 1), 1);
     *c = chunk_of_entry(pagemap_lookup((uintptr_t)*b1));
-    pthread_mutex_lock(&a->lock);
+    arena_lock(a);
     assert_int_equal((*c)->nslabs, 1);
     (*c)->slab_busy = (1u << 17) - 1;
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     return a;
 }
 
@@ -188,22 +188,22 @@ static void test_slab_waits_for_the_pool_give_back(void **state) {
     struct timespec ts = {0, 100 * 1000 * 1000};
     nanosleep(&ts, NULL);
     assert_int_equal(__atomic_load_n(&m.done, __ATOMIC_ACQUIRE), 0);
-    pthread_mutex_lock(&a->lock);
+    arena_lock(a);
     /* its run is held as PAGE_UNUSED: no free merges into it */
     unsigned held = 0;
     for (uint32_t p = 0; p < TM_CHUNK_PAGES; p += c->pages[p].npages ? c->pages[p].npages : 1)
         held += c->pages[p].kind == PAGE_UNUSED;
     assert_int_equal(held, 1);
     chunk_slab_pool_done_locked(a, c); /* as the give-back ends */
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     assert_int_equal(pthread_join(t, NULL), 0);
     assert_int_equal(m.got, 1);
 
-    pthread_mutex_lock(&a->lock);
+    arena_lock(a);
     assert_int_equal(c->nslabs, 2);
     uint32_t page = (uint32_t)(((uintptr_t)m.block - c->base) >> TM_PAGE_SHIFT);
     assert_ptr_equal(chunk_slab(c, page), &c->slabs[1]); /* the lowest free slot */
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
     arena_flush(cls1, &b1, 1);
     arena_flush(cls2, &m.block, 1);
@@ -272,9 +272,9 @@ static void test_heapchk_and_fork_wait_for_a_waiting_slab(void **state) {
     /* neither may have looked at the arena while the maker waits */
     int early_rc = __atomic_load_n(&k.done, __ATOMIC_ACQUIRE) ? k.rc : -100;
     int early_fork = __atomic_load_n(&f.done, __ATOMIC_ACQUIRE);
-    pthread_mutex_lock(&a->lock);
+    arena_lock(a);
     chunk_slab_pool_done_locked(a, c); /* as the give-back ends */
-    pthread_mutex_unlock(&a->lock);
+    arena_unlock(a);
     assert_int_equal(pthread_join(tm, NULL), 0);
     assert_int_equal(pthread_join(tk, NULL), 0);
     assert_int_equal(pthread_join(tf, NULL), 0);
