@@ -84,7 +84,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   stats_add_released stats_print_at_exit)
 
 set(TRIMALLOC_HOT_DATA
-  # Indexed by arena, 16 KiB: a small process writes the first entries,
+  # Indexed by arena, 32 KiB: a small process writes the first entries,
   # which land on the page the loader dirties anyway (idle_arenas, 32 bytes
   # read by every allocation on fresh pages, just before them).
   idle_arenas rss
