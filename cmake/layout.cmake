@@ -72,6 +72,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   arena_fork_prepare arena_fork_parent arena_fork_child arena_lock_settled
   # chunk.c
   chunk_create chunk_attach_locked chunk_link_locked chunk_adopt chunk_attach_as_is_locked chunk_detach_locked run_alloc_locked run_free_locked arena_decay_tick
+  run_free_large_locked run_stash_flush_locked
   run_insert_free_locked runs_index_insert_locked runs_index_remove_locked
   run_try_grow_locked run_shrink_locked chunk_slot_take_locked chunk_slot_put_locked
   resident_set_locked purge_victim_next count_resident set_resident idle_pages slot_find

@@ -710,7 +710,7 @@ static size_t large_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, voi
     a->large_allocated -= (size_t)n << TM_PAGE_SHIFT;
     a->large_nfree++;
     if (n > 1) page_set_kind(&c->pages[page + n - 1], PAGE_INTERIOR);
-    run_free_locked(a, c, page, n);
+    run_free_large_locked(a, c, page, n);
     return (size_t)n << TM_PAGE_SHIFT;
 }
 
@@ -834,9 +834,12 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
             run_shrink_locked(a, c, page, n, nn);
             a->large_allocated -= (size_t)(n - nn) << TM_PAGE_SHIFT;
             ok = true;
-        } else if (run_try_grow_locked(a, c, page, n, nn)) {
-            a->large_allocated += (size_t)(nn - n) << TM_PAGE_SHIFT;
-            ok = true;
+        } else {
+            run_stash_flush_locked(a); /* it may be the free run the block grows into */
+            if (run_try_grow_locked(a, c, page, n, nn)) {
+                a->large_allocated += (size_t)(nn - n) << TM_PAGE_SHIFT;
+                ok = true;
+            }
         }
         /* a CAS: a racing free() from another arena's thread may have
          * queued the block meanwhile, and its entry must stay QUEUED */

@@ -409,6 +409,7 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
     } runs[GROWTH_PURGE_BATCH];
     int nruns = 0;
     size_t got = 0, released = 0;
+    run_stash_flush_locked(a); /* a purge sees every free run */
     /* the longest runs first, from the index: fewer madvise calls, each of
      * which must shoot down the TLBs of every thread of the process */
     for (uint32_t w = sizeof a->runs_nonempty / sizeof a->runs_nonempty[0];
@@ -625,7 +626,10 @@ void arena_decay_tick(void) {
         began = rss[i].decay_ns;
         /* (a quarter another thread began after our clock read is not
          * closed: began > now starts it again, harmlessly) */
-        if (began > now || now - began >= quarter) decay_close_quarter_locked(i, now, ms > 0);
+        if (began > now || now - began >= quarter) {
+            run_stash_flush_locked(a); /* counted from now on, like any free run */
+            decay_close_quarter_locked(i, now, ms > 0);
+        }
         size_t due = rss[i].decay_due;
         if (due >= PURGE_MIN) {
             /* 0 while the lock is dropped: no other tick takes the same pages */
@@ -678,12 +682,90 @@ size_t arena_release_orphaned(tm_arena_t *a) {
     return got;
 }
 
+/* ---- the last freed runs -----------------------------------------------------
+ * A program that frees large blocks and then asks for blocks of the same
+ * lengths -- a loop over 16 KiB buffers, a size sweep's batches, a
+ * producer's buffers -- had every pair pay for the run going into the
+ * free-run index (merged with its neighbours, its resident bits and count
+ * updated) and for carving it out again: callgrind counted 964
+ * instructions a 16 KiB malloc+free pair, half of them there. So the arena
+ * keeps its last TM_STASH_SLOTS freed large runs of at most STASH_MAX
+ * pages, STASH_MAX pages together, as they are (a->stash, oldest first:
+ * still marked PAGE_LARGE, the fast[] entry zero, as a run a purge holds
+ * reads), and a run allocation of exactly one's length takes the newest
+ * such. Any other run allocation first frees them all into the index, as
+ * free() would have, and so does a resize in place, every purge (growth,
+ * decay quarter, orphan, _heapmin) and _heapset: they never make the
+ * arena carve fresh pages while it holds resident ones, and never stand
+ * in the way of a block growing in place. A free() of one again reads
+ * PAGE_LARGE with no TM_FAST_LARGE: a double free, as for any freed run;
+ * _heapwalk lists them free; _heapchk counts them apart from
+ * large_allocated. */
+#define STASH_MAX 256u /* pages (1 MiB) */
+
+void run_stash_flush_locked(tm_arena_t *a) {
+    unsigned n = a->nstash;
+    a->nstash = 0;
+    a->stash_pages = 0;
+    for (unsigned i = 0; i < n; i++) run_free_locked(a, a->stash[i].c, a->stash[i].page, a->stash[i].n);
+}
+
+/* Free the large run [page, page + n) of c, whose last page reads
+ * PAGE_INTERIOR: kept with the arena's last freed runs if short enough,
+ * the oldest of them freed for room. */
+void run_free_large_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n) {
+    if (n > STASH_MAX) {
+        run_free_locked(a, c, page, n);
+        return;
+    }
+    unsigned k = 0; /* the oldest ones that make room */
+    for (uint32_t pages = a->stash_pages; a->nstash - k == TM_STASH_SLOTS || pages + n > STASH_MAX; k++)
+        pages -= a->stash[k].n;
+    if (k) {
+        for (unsigned i = 0; i < k; i++) {
+            a->stash_pages -= a->stash[i].n;
+            run_free_locked(a, a->stash[i].c, a->stash[i].page, a->stash[i].n);
+        }
+        a->nstash -= k;
+        for (unsigned i = 0; i < a->nstash; i++) a->stash[i] = a->stash[i + k];
+    }
+    /* atomic: as in run_free_locked */
+    __atomic_store_n(&c->fast[page], 0, __ATOMIC_RELAXED);
+    a->stash[a->nstash++] = (struct tm_stashed){c, page, n};
+    a->stash_pages += n;
+}
+
+/* The newest of the last freed runs that is npages long, out of the stash
+ * and reading as a carved run does (every page PAGE_INTERIOR; its last one
+ * is), or NULL. */
+static tm_chunk_t *run_stash_take_locked(tm_arena_t *a, uint32_t npages, uint32_t *page_out) {
+    for (unsigned i = a->nstash; i-- > 0;) {
+        if (a->stash[i].n != npages) continue;
+        tm_chunk_t *c = a->stash[i].c;
+        *page_out = a->stash[i].page;
+        a->stash_pages -= npages;
+        for (unsigned last = --a->nstash; i < last; i++) a->stash[i] = a->stash[i + 1];
+        page_set_kind(&c->pages[*page_out], PAGE_INTERIOR);
+        return c;
+    }
+    return NULL;
+}
+
 /* Carve npages aligned to align_pages out of the best-fitting free run.
  * May drop and retake the lock for a growth purge, as growing the arena
  * does; the run it chose is held meanwhile, so the purge never makes it
  * fail. */
 tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
                              uint32_t *page_out, bool *zeroed_out) {
+    if (a->nstash) {
+        /* (page alignment is every run's) */
+        tm_chunk_t *sc = align_pages <= 1 ? run_stash_take_locked(a, (uint32_t)npages, page_out) : NULL;
+        if (sc) {
+            *zeroed_out = false;
+            return sc;
+        }
+        run_stash_flush_locked(a); /* a run of another length: carved as if none were kept */
+    }
     size_t need = npages + (align_pages > 1 ? align_pages - 1 : 0);
     if (need > TM_CHUNK_PAGES) return NULL;
     tm_page_t *h;
@@ -1069,7 +1151,10 @@ size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures) {
         tm_chunk_t *empty[PURGE_BATCH];
         int nruns = 0, nempty = 0;
         arena_lock(a);
-        if (round == 0) c = a->chunks;
+        if (round == 0) {
+            c = a->chunks;
+            run_stash_flush_locked(a);
+        }
         while (c && nruns < PURGE_BATCH && nempty < PURGE_BATCH) {
             tm_chunk_t *next = c->next;
             if (may_unmap && c->free_pages == TM_CHUNK_PAGES) {

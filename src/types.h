@@ -199,6 +199,7 @@ typedef struct tm_arena_bin {
 } tm_arena_bin_t;
 
 #define TM_RUN_LISTS (TM_CHUNK_PAGES + 1)
+#define TM_STASH_SLOTS 16 /* an arena's last freed large runs (chunk.c) */
 _Static_assert((TM_RUN_LISTS + 63) / 64 <= 64, "runs_words has a bit per word of runs_nonempty");
 
 typedef struct tm_arena {
@@ -219,6 +220,16 @@ typedef struct tm_arena {
     uint64_t runs_words;
     size_t large_allocated;     /* bytes in large runs held */
     uint64_t large_nmalloc, large_nfree;
+    /* The large runs freed last, oldest first, kept as they are for the
+     * next runs of their lengths (chunk.c, "the last freed runs"): each
+     * one's head reads PAGE_LARGE with a zero fast[] entry; in no free-run
+     * list, counted in active_pages but not in large_allocated. */
+    struct tm_stashed {
+        tm_chunk_t *c;
+        uint32_t page, n;
+    } stash[TM_STASH_SLOTS];
+    unsigned nstash;
+    uint32_t stash_pages;       /* their pages together */
     unsigned dropped;           /* sections outside _heapmin that dropped the
                                    lock while they hold runs (growth purge,
                                    decay) or map a chunk: fork's prepare

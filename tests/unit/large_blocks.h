@@ -72,6 +72,9 @@ static inline char *idle_region(tm_arena_t *a) {
         memset(p[i], 0x5a, BLK);
     }
     for (int i = 0; i < 8; i++) big_free(p[i]);
+    arena_lock(a);
+    run_stash_flush_locked(a); /* the last block too: one free run (chunk.c) */
+    arena_unlock(a);
     assert_int_equal(resident(p[0], 8 * BLK), 512);
     return p[0];
 }

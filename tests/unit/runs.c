@@ -54,6 +54,7 @@ static void test_large_runs_coalesce(void **state) {
         arena_free_large(ci, (uint32_t)(((uintptr_t)p[i] - ci->base) >> TM_PAGE_SHIFT), p[i]);
     }
     arena_lock(a);
+    run_stash_flush_locked(a); /* the arena's last freed runs, to the index too */
     unsigned holes = check_chunk(c);
     arena_unlock(a);
     assert_true(holes >= N / 2);
@@ -66,9 +67,88 @@ static void test_large_runs_coalesce(void **state) {
         arena_free_large(ci, (uint32_t)(((uintptr_t)p[i] - ci->base) >> TM_PAGE_SHIFT), p[i]);
     }
     arena_lock(a);
+    run_stash_flush_locked(a);
     for (tm_chunk_t *it = a->chunks; it; it = it->next)
         if (it->free_pages == TM_CHUNK_PAGES) assert_int_equal(check_chunk(it), 1);
     arena_unlock(a);
+}
+
+static uint32_t page_of(void *p, tm_chunk_t **c_out) {
+    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
+    assert_non_null(c);
+    *c_out = c;
+    return (uint32_t)(((uintptr_t)p - c->base) >> TM_PAGE_SHIFT);
+}
+
+static void large_free(void *p) {
+    tm_chunk_t *c;
+    uint32_t page = page_of(p, &c);
+    arena_free_large(c, page, p);
+}
+
+/* The arena's last freed large runs (chunk.c): a run of the same length is
+ * the newest of them; one of another length empties them into the index
+ * first; they are bounded; a freed one reads as freed. */
+static void test_last_freed_runs(void **state) {
+    (void)state;
+    tm_init();
+    tm_arena_t *a = arena_get(tm_narenas - 1);
+    assert_non_null(a);
+    arena_lock(a);
+    run_stash_flush_locked(a);
+    arena_unlock(a);
+
+    void *x = arena_alloc_large(a, 64 * 1024, 0, false), *y = arena_alloc_large(a, 64 * 1024, 0, false);
+    void *z = arena_alloc_large(a, 32 * 1024, 0, false);
+    memset(x, 1, 64 * 1024);
+    large_free(x);
+    large_free(z);
+    large_free(y);
+    assert_int_equal(a->nstash, 3);
+    assert_int_equal(a->stash_pages, 16 + 8 + 16);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+    /* freed: no usable size, and named freed (a second free() is a double free) */
+    tm_chunk_t *c;
+    uint32_t page = page_of(x, &c);
+    bool freed = false;
+    assert_int_equal(arena_large_usable(c, page, &freed), 0);
+    assert_true(freed);
+
+    /* the same length: the newest of that length, as it was */
+    assert_ptr_equal(arena_alloc_large(a, 64 * 1024, 0, false), y);
+    assert_ptr_equal(arena_alloc_large(a, 64 * 1024 - 100, 0, false), x); /* 16 pages too */
+    assert_int_equal(((unsigned char *)x)[0], 1);
+    assert_int_equal(a->nstash, 1);
+    /* another length: every kept run goes to the index first */
+    void *w = arena_alloc_large(a, 128 * 1024, 0, false);
+    assert_non_null(w);
+    assert_int_equal(a->nstash, 0);
+    assert_int_equal(a->stash_pages, 0);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+    large_free(w);
+    large_free(x);
+    large_free(y);
+
+    /* bounded: at most TM_STASH_SLOTS runs, 256 pages together */
+    enum { M = TM_STASH_SLOTS + 4 };
+    void *p[M];
+    for (int i = 0; i < M; i++) p[i] = arena_alloc_large(a, 8192, 0, false);
+    for (int i = 0; i < M; i++) large_free(p[i]);
+    assert_int_equal(a->nstash, TM_STASH_SLOTS);
+    void *big = arena_alloc_large(a, 256 * 1024, 0, false);
+    assert_int_equal(a->nstash, 0);
+    void *big2 = arena_alloc_large(a, 256 * 1024, 0, false);
+    void *longer = arena_alloc_large(a, 1024 * 1024 + 4096, 0, false);
+    void *longest = arena_alloc_large(a, 1024 * 1024, 0, false);
+    large_free(big);
+    large_free(big2); /* 64 + 64 pages */
+    assert_int_equal(a->nstash, 2);
+    large_free(longer); /* 257 pages: not kept */
+    assert_int_equal(a->nstash, 2);
+    large_free(longest); /* 256 pages: the two before go to make room */
+    assert_int_equal(a->nstash, 1);
+    assert_int_equal(a->stash_pages, 256);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
 }
 
 static void test_aligned_runs(void **state) {
@@ -193,6 +273,7 @@ static void test_purge_unmaps_empty_chunks(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_large_runs_coalesce),
+        cmocka_unit_test(test_last_freed_runs),
         cmocka_unit_test(test_aligned_runs),
         cmocka_unit_test(test_resize_in_place),
         cmocka_unit_test(test_a_held_run_is_not_the_programs),
