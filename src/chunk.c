@@ -676,6 +676,7 @@ size_t arena_release_orphaned(tm_arena_t *a) {
     arena_release_empty_slabs(a);
     size_t got = 0;
     arena_lock(a);
+    run_stash_flush_locked(a); /* counted with the rest: ORPHAN_KEEP is all it keeps */
     for (size_t res, g; (res = rss[a->index].resident) > ORPHAN_KEEP; got += g)
         if (!(g = growth_purge_locked(a, res - ORPHAN_KEEP))) break; /* drops the lock */
     arena_unlock(a);

@@ -282,7 +282,7 @@ static int check_arena_locked(tm_arena_t *a, chk_sums_t *s) {
         }
         if (k != s->on_list[cls]) return _HEAPBADBEGIN;
     }
-    /* the last freed run (chunk.c) reads as a large run, counted apart */
+    /* the arena's last freed runs (chunk.c) read as large runs, counted apart */
     size_t stash = 0;
     if (a->nstash > TM_STASH_SLOTS) return _HEAPBADBEGIN;
     for (unsigned i = 0; i < a->nstash; i++) {
@@ -360,7 +360,7 @@ TM_EXPORT int TM_API(_heapchk)(void) {
  * and a page the purges take for zero stays zero). A filled run is no
  * longer known zero. */
 static void fill_arena_locked(tm_arena_t *a, unsigned char fill) {
-    run_stash_flush_locked(a); /* the last freed run, with the free runs */
+    run_stash_flush_locked(a); /* the last freed runs, with the free runs */
     for (tm_chunk_t *c = a->chunks; c; c = c->next) {
         for (uint32_t p = 0; p < TM_CHUNK_PAGES;) {
             tm_page_t *h = &c->pages[p];

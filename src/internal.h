@@ -240,7 +240,7 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
                              uint32_t *page_out, bool *zeroed_out);
 void run_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages);
 void run_free_large_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages);
-void run_stash_flush_locked(tm_arena_t *a); /* the arena's last freed run, to the index */
+void run_stash_flush_locked(tm_arena_t *a); /* the arena's last freed runs, to the index */
 void run_fill_resident_locked(tm_chunk_t *c, uint32_t page, uint32_t n, unsigned char fill);
 bool run_try_grow_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npages,
                          uint32_t new_npages);
