@@ -246,6 +246,8 @@ TM_INLINE void run_free_as_is_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page
     runs_index_insert_locked(a, c, h);
 }
 
+static void chunk_unstash_locked(tm_arena_t *a, tm_chunk_t *c);
+
 /* Put [page, page+n) back as free, merging with free neighbours. */
 static void run_insert_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n,
                                    bool zeroed, bool dirty) {
@@ -282,6 +284,9 @@ static void run_insert_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, 
         }
     }
     run_free_as_is_locked(a, c, page, n, zeroed, dirty);
+    /* the rest of the chunk is free but for the arena's kept runs: them too */
+    if (unlikely(c->stash_pages) && c->free_pages + c->stash_pages == TM_CHUNK_PAGES)
+        chunk_unstash_locked(a, c);
 }
 
 /* ---- growth purge -------------------------------------------------------------
@@ -708,7 +713,28 @@ void run_stash_flush_locked(tm_arena_t *a) {
     unsigned n = a->nstash;
     a->nstash = 0;
     a->stash_pages = 0;
+    for (unsigned i = 0; i < n; i++) a->stash[i].c->stash_pages = 0;
     for (unsigned i = 0; i < n; i++) run_free_locked(a, a->stash[i].c, a->stash[i].page, a->stash[i].n);
+}
+
+/* A chunk is never kept from being empty by kept runs alone: an empty
+ * chunk is what another arena adopts (chunk_adopt) and _heapmin unmaps,
+ * and threads that take turns at bursts of large blocks, each in its own
+ * arena, tripled their peak RSS when up to 16 kept runs, one in each of
+ * the last burst's chunks, kept every chunk of it in its arena (an outside
+ * reviewer's program: 75 -> 224 MiB). So once a chunk's other pages are
+ * all free, its kept runs are freed too (run_insert_free_locked). */
+static void chunk_unstash_locked(tm_arena_t *a, tm_chunk_t *c) {
+    struct tm_stashed out[TM_STASH_SLOTS];
+    unsigned k = 0, m = 0;
+    for (unsigned i = 0; i < a->nstash; i++) {
+        if (a->stash[i].c == c) out[m++] = a->stash[i];
+        else a->stash[k++] = a->stash[i];
+    }
+    a->nstash = k;
+    a->stash_pages -= c->stash_pages;
+    c->stash_pages = 0;
+    for (unsigned i = 0; i < m; i++) run_free_locked(a, c, out[i].page, out[i].n);
 }
 
 /* Free the large run [page, page + n) of c, whose last page reads
@@ -719,21 +745,35 @@ void run_free_large_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t
         run_free_locked(a, c, page, n);
         return;
     }
+    if (c->free_pages + c->stash_pages + n == TM_CHUNK_PAGES) { /* the chunk's last block */
+        if (c->stash_pages) chunk_unstash_locked(a, c);
+        run_free_locked(a, c, page, n);
+        return;
+    }
     unsigned k = 0; /* the oldest ones that make room */
     for (uint32_t pages = a->stash_pages; a->nstash - k == TM_STASH_SLOTS || pages + n > STASH_MAX; k++)
         pages -= a->stash[k].n;
     if (k) {
+        struct tm_stashed out[TM_STASH_SLOTS];
         for (unsigned i = 0; i < k; i++) {
-            a->stash_pages -= a->stash[i].n;
-            run_free_locked(a, a->stash[i].c, a->stash[i].page, a->stash[i].n);
+            out[i] = a->stash[i];
+            a->stash_pages -= out[i].n;
+            out[i].c->stash_pages -= out[i].n;
         }
         a->nstash -= k;
         for (unsigned i = 0; i < a->nstash; i++) a->stash[i] = a->stash[i + k];
+        for (unsigned i = 0; i < k; i++) run_free_locked(a, out[i].c, out[i].page, out[i].n);
+        if (c->free_pages + c->stash_pages + n == TM_CHUNK_PAGES) { /* freeing them emptied it */
+            if (c->stash_pages) chunk_unstash_locked(a, c);
+            run_free_locked(a, c, page, n);
+            return;
+        }
     }
     /* atomic: as in run_free_locked */
     __atomic_store_n(&c->fast[page], 0, __ATOMIC_RELAXED);
     a->stash[a->nstash++] = (struct tm_stashed){c, page, n};
     a->stash_pages += n;
+    c->stash_pages += n;
 }
 
 /* The newest of the last freed runs that is npages long, out of the stash
@@ -745,6 +785,7 @@ static tm_chunk_t *run_stash_take_locked(tm_arena_t *a, uint32_t npages, uint32_
         tm_chunk_t *c = a->stash[i].c;
         *page_out = a->stash[i].page;
         a->stash_pages -= npages;
+        c->stash_pages -= npages;
         for (unsigned last = --a->nstash; i < last; i++) a->stash[i] = a->stash[i + 1];
         page_set_kind(&c->pages[*page_out], PAGE_INTERIOR);
         return c;

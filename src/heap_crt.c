@@ -294,8 +294,18 @@ static int check_arena_locked(tm_arena_t *a, chk_sums_t *s) {
             __atomic_load_n(&c->fast[p], __ATOMIC_RELAXED))
             return _HEAPBADNODE;
         stash += a->stash[i].n;
+        for (unsigned j = 0; j < i; j++) /* each run kept once */
+            if (a->stash[j].c == c && a->stash[j].page == p) return _HEAPBADNODE;
     }
     if (stash != a->stash_pages) return _HEAPBADBEGIN;
+    /* each chunk's count of them, and no chunk held by them alone */
+    for (tm_chunk_t *c = a->chunks; c; c = c->next) {
+        uint32_t in_c = 0;
+        for (unsigned i = 0; i < a->nstash; i++)
+            if (a->stash[i].c == c) in_c += a->stash[i].n;
+        if (in_c != c->stash_pages) return _HEAPBADNODE;
+        if (in_c && c->free_pages + in_c == TM_CHUNK_PAGES) return _HEAPBADNODE;
+    }
     if (a->large_allocated + (stash << TM_PAGE_SHIFT) != s->large_bytes) return _HEAPBADBEGIN;
     return _HEAPOK;
 }

@@ -32,6 +32,7 @@ static void arena_sum(tm_arena_t *a, arena_sums_t *s) {
         s->slab_bytes += a->bins[c].nslabs * tm_classes[c].slab_pages * TM_PAGE;
     }
     s->large += a->large_allocated;
+    s->dirty_free += (size_t)a->stash_pages << TM_PAGE_SHIFT; /* kept freed runs (chunk.c) */
     s->chunks += a->nchunks;
     for (tm_chunk_t *c = a->chunks; c; c = c->next) {
         for (uint32_t p = 0; p < TM_CHUNK_PAGES;) {

@@ -165,6 +165,8 @@ typedef struct tm_chunk {
     struct tm_arena *arena;
     struct tm_chunk *next, *prev;   /* arena's chunk list */
     uint32_t free_pages;            /* pages in free runs */
+    uint32_t stash_pages;           /* pages in its arena's last freed runs (chunk.c):
+                                       never all the others free */
     uint16_t nslabs;                /* slots in use */
     uint16_t slab_hwm;              /* no slot at or above it was used since
                                        the pool was last given back */

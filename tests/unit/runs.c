@@ -98,6 +98,8 @@ static void test_last_freed_runs(void **state) {
     run_stash_flush_locked(a);
     arena_unlock(a);
 
+    /* a block that stays: kept runs never hold a chunk alone (below) */
+    void *anchor = arena_alloc_large(a, 8192, 0, false);
     void *x = arena_alloc_large(a, 64 * 1024, 0, false), *y = arena_alloc_large(a, 64 * 1024, 0, false);
     void *z = arena_alloc_large(a, 32 * 1024, 0, false);
     memset(x, 1, 64 * 1024);
@@ -148,6 +150,18 @@ static void test_last_freed_runs(void **state) {
     large_free(longest); /* 256 pages: the two before go to make room */
     assert_int_equal(a->nstash, 1);
     assert_int_equal(a->stash_pages, 256);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+
+    /* the anchor's chunk: once nothing but kept runs is left in it, they
+     * go too, and the chunk is empty (for another arena to adopt) */
+    tm_chunk_t *ac;
+    (void)page_of(anchor, &ac);
+    large_free(anchor);
+    arena_lock(a);
+    for (unsigned i = 0; i < a->nstash; i++) assert_true(a->stash[i].c != ac);
+    assert_int_equal(ac->stash_pages, 0);
+    assert_int_equal(ac->free_pages, TM_CHUNK_PAGES);
+    arena_unlock(a);
     assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
 }
 
