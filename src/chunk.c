@@ -762,12 +762,9 @@ void run_free_large_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t
         }
         a->nstash -= k;
         for (unsigned i = 0; i < a->nstash; i++) a->stash[i] = a->stash[i + k];
+        /* (a chunk's free and kept pages together stay as they were, so
+         * no chunk empties here, c included) */
         for (unsigned i = 0; i < k; i++) run_free_locked(a, out[i].c, out[i].page, out[i].n);
-        if (c->free_pages + c->stash_pages + n == TM_CHUNK_PAGES) { /* freeing them emptied it */
-            if (c->stash_pages) chunk_unstash_locked(a, c);
-            run_free_locked(a, c, page, n);
-            return;
-        }
     }
     /* atomic: as in run_free_locked */
     __atomic_store_n(&c->fast[page], 0, __ATOMIC_RELAXED);
