@@ -690,8 +690,8 @@ size_t arena_release_orphaned(tm_arena_t *a) {
 
 /* ---- the last freed runs -----------------------------------------------------
  * A program that frees large blocks and then asks for blocks of the same
- * lengths -- a loop over 16 KiB buffers, a size sweep's batches, a
- * producer's buffers -- had every pair pay for the run going into the
+ * lengths -- a loop over 16 KiB buffers, batches of buffers of one size,
+ * a producer's buffers -- had every pair pay for the run going into the
  * free-run index (merged with its neighbours, its resident bits and count
  * updated) and for carving it out again: callgrind counted 964
  * instructions a 16 KiB malloc+free pair, half of them there. So the arena
