@@ -709,12 +709,22 @@ size_t arena_release_orphaned(tm_arena_t *a) {
  * large_allocated. */
 #define STASH_MAX 256u /* pages (1 MiB) */
 
+/* Free the m runs out[], already out of a->stash, into the index. The
+ * counts go first: the frees check them (run_insert_free_locked). */
+static void stash_free_locked(tm_arena_t *a, const struct tm_stashed *out, unsigned m) {
+    for (unsigned i = 0; i < m; i++) {
+        a->stash_pages -= out[i].n;
+        out[i].c->stash_pages -= out[i].n;
+    }
+    for (unsigned i = 0; i < m; i++) run_free_locked(a, out[i].c, out[i].page, out[i].n);
+}
+
 void run_stash_flush_locked(tm_arena_t *a) {
+    struct tm_stashed out[TM_STASH_SLOTS];
     unsigned n = a->nstash;
+    memcpy(out, a->stash, n * sizeof out[0]);
     a->nstash = 0;
-    a->stash_pages = 0;
-    for (unsigned i = 0; i < n; i++) a->stash[i].c->stash_pages = 0;
-    for (unsigned i = 0; i < n; i++) run_free_locked(a, a->stash[i].c, a->stash[i].page, a->stash[i].n);
+    stash_free_locked(a, out, n);
 }
 
 /* A chunk is never kept from being empty by kept runs alone: an empty
@@ -732,9 +742,7 @@ static void chunk_unstash_locked(tm_arena_t *a, tm_chunk_t *c) {
         else a->stash[k++] = a->stash[i];
     }
     a->nstash = k;
-    a->stash_pages -= c->stash_pages;
-    c->stash_pages = 0;
-    for (unsigned i = 0; i < m; i++) run_free_locked(a, c, out[i].page, out[i].n);
+    stash_free_locked(a, out, m);
 }
 
 /* Free the large run [page, page + n) of c, whose last page reads
@@ -755,16 +763,12 @@ void run_free_large_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t
         pages -= a->stash[k].n;
     if (k) {
         struct tm_stashed out[TM_STASH_SLOTS];
-        for (unsigned i = 0; i < k; i++) {
-            out[i] = a->stash[i];
-            a->stash_pages -= out[i].n;
-            out[i].c->stash_pages -= out[i].n;
-        }
+        memcpy(out, a->stash, k * sizeof out[0]);
         a->nstash -= k;
-        for (unsigned i = 0; i < a->nstash; i++) a->stash[i] = a->stash[i + k];
+        memmove(a->stash, a->stash + k, a->nstash * sizeof a->stash[0]);
         /* (a chunk's free and kept pages together stay as they were, so
          * no chunk empties here, c included) */
-        for (unsigned i = 0; i < k; i++) run_free_locked(a, out[i].c, out[i].page, out[i].n);
+        stash_free_locked(a, out, k);
     }
     /* atomic: as in run_free_locked */
     __atomic_store_n(&c->fast[page], 0, __ATOMIC_RELAXED);
