@@ -865,6 +865,10 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
  * one that interrupted a locked section always did.) */
 void arena_lock_settled(tm_arena_t *a) {
     arena_lock(a);
+    arena_settle_locked(a);
+}
+
+void arena_settle_locked(tm_arena_t *a) {
     if (likely(!a->dropped)) return;
     /* blocks (a yield loop hung a SCHED_FIFO forker whose CPU the
      * section's lower-priority thread then never got back), with

@@ -59,7 +59,7 @@ bool heapmin_release_for_retry(void) {
     size_t released = huge_release_cache(NULL);
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
-        if (a) released += arena_purge(a, true, NULL);
+        if (a) released += arena_purge(a, false, NULL); /* the caller may be in a section */
     }
     pthread_mutex_unlock(&trim_lock);
     return released > 0;

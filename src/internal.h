@@ -341,7 +341,8 @@ size_t chunk_slab_pool_release_locked(tm_arena_t *a, tm_chunk_t *c);
 void chunk_slab_pool_done_locked(tm_arena_t *a, tm_chunk_t *c);
 /* Purge: release free pages of every chunk of arena a; return bytes.
  * *failures counts system calls the kernel refused. */
-size_t arena_purge(tm_arena_t *a, bool unmap_empty, unsigned *failures);
+/* settle: wait for the sections that dropped a's lock (_heapmin; chunk.c) */
+size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures);
 /* Give back resident free pages that stayed free for dirty_decay_ms, in
  * every arena whose lock is free; no lock held (tcache.c's GC tick). */
 void arena_decay_tick(void);
@@ -391,6 +392,7 @@ TM_INLINE void arena_dropped_leave(tm_arena_t *a) {
 /* a's lock, once no such section is under way (fork, _heapchk, _heapset,
  * _heapwalk: they read every run of the arena) */
 void arena_lock_settled(tm_arena_t *a);
+void arena_settle_locked(tm_arena_t *a); /* the same wait, a's lock held */
 unsigned arena_choose_locked(const unsigned bound[], unsigned first); /* registry lock held */
 bool arena_block_is_free(void *p);            /* small block p free in its slab (no lock) */
 /* Fill up to n slots of class cls; returns count (0 on OOM). */
