@@ -109,6 +109,7 @@ typedef struct os_batch {
 void os_batch_add(os_batch_t *b, const void *lo, const void *hi);
 size_t os_batch_flush(os_batch_t *b);
 int os_protect_none(void *p, size_t size);   /* guard page */
+int os_protect_rw(void *p, size_t size);     /* a guard page back into a block */
 int os_restore_block(void *p, size_t size);  /* read-write and inherited again */
 void *os_remap(void *p, size_t old, size_t new_size, int may_move, void *fixed);
 int os_heavy_barrier(void);                  /* membarrier or fallback */

@@ -440,6 +440,7 @@ size_t os_batch_flush(os_batch_t *b) {
 }
 
 int os_protect_none(void *p, size_t size) { return os_mprotect(p, size, PROT_NONE); }
+int os_protect_rw(void *p, size_t size) { return os_mprotect(p, size, PROT_READ | PROT_WRITE); }
 
 /* Undo what a program may have done to a block's pages before it freed it
  * (mprotect, MADV_DONTFORK, MADV_WIPEONFORK, MADV_DONTDUMP), so that a
