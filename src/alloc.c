@@ -83,7 +83,9 @@ TM_INLINE bool small_block(uintptr_t a, unsigned *cls_out, uint32_t *fast_out) {
 static TM_COLD void free_to_cache_miss(void *p) {
     unsigned cls = TM_FAST_CLS(block_fast((uintptr_t)p));
     if (likely(cls)) {
+        int saved = errno; /* free() never changes it: see free_generic */
         tcache_free_slow(p, cls);
+        errno = saved;
         return;
     }
     tc_leave();
@@ -177,8 +179,19 @@ static void *large_alloc(size_t size, size_t align, bool zero) {
     return p;
 }
 
-/* Every free that is not a small block, or that the fast path declined. */
+/* Every free that is not a small block, or that the fast path declined.
+ * errno is kept whatever the system calls behind it do (POSIX: free()
+ * shall not modify errno; glibc since 2.33): until 2026-12-06 a munmap the
+ * kernel refused left EPERM behind (an outside tester, with a seccomp
+ * filter). The fast path makes no system call. */
+static void free_generic_body(void *p, const char *call);
 static void free_generic(void *p, const char *call) {
+    int saved = errno;
+    free_generic_body(p, call);
+    errno = saved;
+}
+
+static void free_generic_body(void *p, const char *call) {
     if (!p) return;
     uintptr_t a = (uintptr_t)p;
     uintptr_t e = pagemap_lookup(a);

@@ -613,6 +613,7 @@ extern tm_opts_t tm_opt;
  * the store is (ThreadSanitizer reported the plain reads: a tester). */
 #define TM_OPT_NOW(field) __atomic_load_n(&tm_opt.field, __ATOMIC_RELAXED)
 void options_init(void);
+void options_print_verbose(void); /* verbose:1, once start-up has settled them */
 
 /* ---- stats.c ---------------------------------------------------------------------------- */
 typedef struct tm_global_stats {

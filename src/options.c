@@ -67,8 +67,11 @@ static const opt_desc_t *opt_find(const char *name, size_t len) {
     return NULL;
 }
 
+/* Any number of digits (overflow is caught digit by digit): until
+ * 2026-12-06 a value of more than 20 characters, such as 7 written with 20
+ * leading zeros, was refused (an outside tester). */
 static bool parse_long(const char *s, size_t len, long *out) {
-    if (len == 0 || len > 20) return false;
+    if (len == 0) return false;
     long v = 0;
     bool neg = false;
     size_t i = 0;
@@ -141,13 +144,22 @@ void options_init(void) {
         }
         p = *end ? end + 1 : end;
     }
-    if (tm_opt.verbose) {
-        for (size_t i = 0; i < NOPTS; i++) {
-            char buf[128];
-            int n = tm_snprintf(buf, sizeof buf, "trimalloc: option %s = %ld\n", opt_table[i].name,
-                                *opt_field(&opt_table[i]));
-            tm_write_fd(2, buf, (size_t)n);
-        }
+}
+
+/* verbose:1 -- every option as the process got it, once start-up has
+ * settled the ones it derives (narenas from the CPUs, tcache_scale 0 under
+ * junk or zero), as trimalloc_option_get reads them: called at the end of
+ * tm_init_slow (until 2026-12-06 it printed what TRIMALLOC_CONF had said,
+ * narenas = 0 and tcache_scale = 100 with junk:1, against options.md's
+ * "what a program actually got"; an outside tester). */
+void options_print_verbose(void) {
+    if (!tm_opt.verbose) return;
+    for (size_t i = 0; i < NOPTS; i++) {
+        char buf[128];
+        long v = opt_table[i].offset == offsetof(tm_opts_t, narenas) ? (long)tm_narenas
+                                                                      : *opt_field(&opt_table[i]);
+        int n = tm_snprintf(buf, sizeof buf, "trimalloc: option %s = %ld\n", opt_table[i].name, v);
+        tm_write_fd(2, buf, (size_t)n);
     }
 }
 

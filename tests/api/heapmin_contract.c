@@ -385,6 +385,43 @@ static void test_heapmin_enosys_when_os_refuses(void **state)
     assert_int_equal(st, 0);
 }
 
+/* free() keeps errno (POSIX.1-2024) even where the system calls behind it
+ * fail: a huge block unmapped at once (no huge cache), large runs and
+ * small blocks, whose frees may purge. Until 2026-12-06 a refused munmap
+ * left its errno behind (an outside tester). 20 + i: the i-th free
+ * changed errno. */
+static int child_free_keeps_errno(void)
+{
+    if (TM_API(trimalloc_option_set)("huge_cache_mb", 0) != 0)
+        return 10;
+    enum { N = 96 };
+    void *b[N];
+    for (int i = 0; i < N; i++) {
+        size_t sz = i % 3 == 0 ? 5 * TU_MIB : i % 3 == 1 ? 300 * TU_KIB : 100;
+        b[i] = TM_API(malloc)(sz);
+        if (!b[i])
+            return 11;
+        memset(b[i], 0xab, sz);
+    }
+    for (int i = 0; i < N; i++) {
+        errno = ERRNO_SENTINEL;
+        TM_API(free)(b[i]);
+        if (errno != ERRNO_SENTINEL)
+            return 20 + i % 3;
+    }
+    return 0;
+}
+
+static void test_free_keeps_errno_when_os_refuses(void **state)
+{
+    (void)state;
+    int st = in_refusing_child(child_free_keeps_errno);
+    if (st >= 20)
+        fail_msg("free() of a %s changed errno when munmap and madvise failed",
+                 st == 20 ? "huge block" : st == 21 ? "large block" : "small block");
+    assert_int_equal(st, 0);
+}
+
 /* A purge the kernel refused leaves the pages as they were: calloc() must
  * not take them for zeroed afterwards. */
 static int child_calloc_after_refused_purge(void)
@@ -539,6 +576,7 @@ int main(void)
         cmocka_unit_test(test_malloc_stats_prints),
 #ifdef HAVE_REFUSE
         cmocka_unit_test(test_heapmin_enosys_when_os_refuses),
+        cmocka_unit_test(test_free_keeps_errno_when_os_refuses),
         cmocka_unit_test(test_calloc_zero_after_refused_purge),
         cmocka_unit_test(test_heapmin_without_process_madvise),
         cmocka_unit_test(test_heapmin_never_vectors_under_a_filter),

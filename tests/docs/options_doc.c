@@ -307,6 +307,10 @@ static void check_conf_env(const char *probe)
     check_conf(probe, "tcache_total_mb:12,tcache_total_mb:abc", 1,
                (const char *const[]){"tcache_total_mb", NULL},
                (const struct expect[]){{"tcache_total_mb", 12}, {NULL, 0}});
+    /* Any number of digits: 7 written with 25 leading zeros (until
+     * 2026-12-06 a value of more than 20 characters was refused). */
+    check_conf(probe, "decay_ms:00000000000000000000000007", 0, NULL,
+               (const struct expect[]){{"decay_ms", 7}, {NULL, 0}});
     /* Unset: no output at all, defaults. */
     check_conf(probe, NULL, 0, NULL,
                (const struct expect[]){{"narenas", -1},
@@ -326,6 +330,20 @@ static void check_conf_env(const char *probe)
     else
         printf("conf: TRIMALLOC_CONF=verbose:1 lists all %zu options\n", nopts);
     free(gen);
+    free(r.out);
+    free(r.err);
+    /* ... as the process got them: narenas as chosen, not 0, and
+     * tcache_scale 0 under junk, as trimalloc_option_get reads them (until
+     * 2026-12-06 it printed what TRIMALLOC_CONF said) */
+    r = run_probe(probe, "verbose:1,junk:1", (char *[]){"narenas", NULL});
+    long narenas = probe_value(&r, "narenas");
+    char want[64];
+    snprintf(want, sizeof want, "trimalloc: option narenas = %ld\n", narenas);
+    if (narenas <= 0 || !strstr(r.err, want) || !strstr(r.err, "trimalloc: option tcache_scale = 0\n"))
+        fail("TRIMALLOC_CONF=verbose:1,junk:1: expected narenas = %ld and tcache_scale = 0; "
+             "stderr:\n%s", narenas, r.err);
+    else
+        printf("conf: TRIMALLOC_CONF=verbose:1,junk:1 prints the options in force\n");
     free(r.out);
     free(r.err);
 }
