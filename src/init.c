@@ -109,7 +109,7 @@ void tm_init_slow(void) {
         if (n == 0) n = 1;
         tm_narenas = n;
         tcache_init();
-        options_print_verbose();
+        if (tm_opt.verbose) options_print_verbose(); /* cold code, called only then */
         __atomic_store_n(&tm_initialized, 1, __ATOMIC_RELEASE);
         tm_fork_register();
         atexit(stats_print_at_exit); /* prints if stats_print is set by then */
