@@ -153,6 +153,13 @@ static void set_resident(tm_chunk_t *c, uint32_t page, uint32_t n, bool bit) {
     }
 }
 
+/* The same bits for the pages of a live slab (arena.c): clear on a page
+ * _heapmin gave back that no block handed out since lies on. */
+uint32_t chunk_resident_count(const tm_chunk_t *c, uint32_t page, uint32_t n) {
+    return count_resident(c, page, n);
+}
+void chunk_resident_set(tm_chunk_t *c, uint32_t page, uint32_t n, bool bit) { set_resident(c, page, n, bit); }
+
 /* Fill the resident pages of free run [page, page + n) with `fill`
  * (_heapset). The others are left alone: a page whose resident bit is
  * clear reads zero (fresh or purged), and the purges rely on that -- the

@@ -391,6 +391,7 @@ static void fill_arena_locked(tm_arena_t *a, unsigned char fill) {
                     }
                 }
                 slab_set_fresh_locked(sl, sl->nblocks); /* every free block has its cookie */
+                chunk_resident_set(c, p, n, true);      /* and its pages are in use */
             }
             p += n;
         }

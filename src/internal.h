@@ -272,6 +272,12 @@ TM_INLINE uint32_t block_fast(uintptr_t a) {
     return __atomic_load_n(&c->fast[(a >> TM_PAGE_SHIFT) & (TM_CHUNK_PAGES - 1)],
                            __ATOMIC_RELAXED);
 }
+/* chunk_t.resident (chunk.c): bit p clear if page p is known not resident.
+ * For a free page as chunk.c keeps it; for a live slab's page (arena.c)
+ * clear once _heapmin gave it back, set again when a block on it is
+ * handed out or _heapset fills it. */
+uint32_t chunk_resident_count(const tm_chunk_t *c, uint32_t page, uint32_t n);
+void chunk_resident_set(tm_chunk_t *c, uint32_t page, uint32_t n, bool bit);
 TM_INLINE tm_chunk_t *slab_chunk(tm_slab_t *s) {
     return chunk_of_entry(pagemap_lookup(s->start));
 }

@@ -22,6 +22,7 @@ typedef struct arena_sums {
     size_t slab_bytes;  /* bytes of slab runs */
     size_t chunks;
     size_t clean_free;  /* free pages known released (bytes) */
+    size_t slab_released; /* pages of live slabs _heapmin gave back, unused since */
     size_t dirty_free;
 } arena_sums_t;
 
@@ -42,6 +43,8 @@ static void arena_sum(tm_arena_t *a, arena_sums_t *s) {
                 if (h->dirty) s->dirty_free += (size_t)n << TM_PAGE_SHIFT;
                 else if (h->zeroed) s->clean_free += (size_t)n << TM_PAGE_SHIFT;
                 else s->dirty_free += (size_t)n << TM_PAGE_SHIFT;
+            } else if (h->kind == PAGE_SLAB) {
+                s->slab_released += (size_t)(n - chunk_resident_count(c, p, n)) << TM_PAGE_SHIFT;
             }
             p += n;
         }
@@ -86,7 +89,7 @@ static void stats_fill(trimalloc_stats_t *out, size_t *chunk_bytes, size_t *huge
     out->mapped = s.chunks * TM_CHUNK + huge_b + out->metadata;
     if (chunk_bytes) *chunk_bytes = s.chunks * TM_CHUNK;
     if (huge_bytes) *huge_bytes = huge_b;
-    out->resident = out->mapped - s.clean_free;
+    out->resident = out->mapped - s.clean_free - s.slab_released;
     out->released = __atomic_load_n(&tm_gstats.released_bytes, __ATOMIC_RELAXED);
     /* written by _heapmin under the trim lock, read here without it */
     out->heapmin_calls = __atomic_load_n(&tm_gstats.heapmin_calls, __ATOMIC_RELAXED);
@@ -127,7 +130,7 @@ TM_EXPORT int TM_API(trimalloc_stats_arena)(unsigned index, trimalloc_arena_stat
     out->active = s.slab_bytes + s.large;
     out->nchunks = s.chunks;
     out->mapped = s.chunks * TM_CHUNK;
-    out->resident = out->mapped - s.clean_free;
+    out->resident = out->mapped - s.clean_free - s.slab_released;
     out->dirty = s.dirty_free;
     return 0;
 }
