@@ -34,13 +34,19 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-# burst runs whole bursts of 100000 pairs: other counts would round (callgrind_pair.c)
-if [ $((N1 % 100000)) -ne 0 ] || [ $((N2 % 100000)) -ne 0 ]; then
-    case " $VARIANTS " in *" burst "*)
-        echo "note: skipped the burst variant: --n1 and --n2 must be multiples of 100000" >&2
-        VARIANTS=$(echo " $VARIANTS " | sed 's/ burst / /; s/^ //; s/ $//') ;;
-    esac
-fi
+# burst runs whole bursts of 100000 pairs: other counts would round
+# (callgrind_pair.c), so it takes N1 and N2 rounded up to multiples of
+# 100000 (the second one at least one burst above the first): until
+# 2026-12-06 it was skipped, and bench/run.sh --quick's report lost it
+n_of() { # variant N -> the pair count that variant runs for N
+    if [ "$1" = burst ]; then echo $(( ($2 + 99999) / 100000 * 100000 )); else echo "$2"; fi
+}
+n2_of() { # variant -> its second count
+    local a b
+    a=$(n_of "$1" "$N1"); b=$(n_of "$1" "$N2")
+    [ "$b" -gt "$a" ] || b=$((a + 100000))
+    echo "$b"
+}
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 bench_build_programs
 bench_find_allocators
@@ -70,7 +76,7 @@ one_run() {
 jobs_list=()
 for a in "${BENCH_ALLOCS[@]}"; do
     for v in $VARIANTS; do
-        for n in "$N1" "$N2"; do jobs_list+=("$a $v $n"); done
+        for n in "$(n_of "$v" "$N1")" "$(n2_of "$v")"; do jobs_list+=("$a $v $n"); done
     done
 done
 jobs_list+=("glibc null $N1" "glibc null $N2")
@@ -95,7 +101,7 @@ wait || fail=1
 # Check that every run got the allocator it was meant to.
 for a in "${BENCH_ALLOCS[@]}"; do
     for v in $VARIANTS; do
-        read -r got from <"$TMP/$a.$v.$N1.who" || got="?"
+        read -r got from <"$TMP/$a.$v.$(n_of "$v" "$N1").who" || got="?"
         if [ "$got" != "$a" ]; then
             echo "callgrind.sh: $a run answered by '$got' ($from): LD_PRELOAD did not take effect" >&2
             exit 1
@@ -104,9 +110,10 @@ for a in "${BENCH_ALLOCS[@]}"; do
 done
 
 per_pair() { # alloc variant -> instructions per pair
-    local i1 i2
-    i1=$(cat "$TMP/$1.$2.$N1.ir"); i2=$(cat "$TMP/$1.$2.$N2.ir")
-    awk -v a="$i1" -v b="$i2" -v n1="$N1" -v n2="$N2" 'BEGIN { printf "%.1f", (b - a) / (n2 - n1) }'
+    local i1 i2 n1 n2
+    n1=$(n_of "$2" "$N1"); n2=$(n2_of "$2")
+    i1=$(cat "$TMP/$1.$2.$n1.ir"); i2=$(cat "$TMP/$1.$2.$n2.ir")
+    awk -v a="$i1" -v b="$i2" -v n1="$n1" -v n2="$n2" 'BEGIN { printf "%.1f", (b - a) / (n2 - n1) }'
 }
 
 declare -A IPP
@@ -117,10 +124,11 @@ harness=$(per_pair glibc null)
 
 # malloc / free split per call: field 1 = malloc, 2 = free
 split_of() { # alloc variant field
-    local a b
-    a=$(awk -v f="$3" '{ print $f }' "$TMP/$1.$2.$N1.split")
-    b=$(awk -v f="$3" '{ print $f }' "$TMP/$1.$2.$N2.split")
-    awk -v a="$a" -v b="$b" -v n1="$N1" -v n2="$N2" 'BEGIN { if (a > 0 && b > 0) printf "%.1f", (b - a) / (n2 - n1); else printf "-" }'
+    local a b n1 n2
+    n1=$(n_of "$2" "$N1"); n2=$(n2_of "$2")
+    a=$(awk -v f="$3" '{ print $f }' "$TMP/$1.$2.$n1.split")
+    b=$(awk -v f="$3" '{ print $f }' "$TMP/$1.$2.$n2.split")
+    awk -v a="$a" -v b="$b" -v n1="$n1" -v n2="$n2" 'BEGIN { if (a > 0 && b > 0) printf "%.1f", (b - a) / (n2 - n1); else printf "-" }'
 }
 ref=""
 for a in "${BENCH_ALLOCS[@]}"; do [ "$a" = mimalloc ] && ref=mimalloc; done
@@ -129,11 +137,13 @@ mkdir -p "$(dirname "$CSV")"
 {
     echo "allocator,variant,n1,ir_n1,n2,ir_n2,instructions_per_pair,ratio_to_mimalloc,malloc_per_call,free_per_call,malloc_from"
     for a in "${BENCH_ALLOCS[@]}"; do
-        read -r _ from <"$TMP/$a.${VARIANTS%% *}.$N1.who"
+        v0=${VARIANTS%% *}
+        read -r _ from <"$TMP/$a.$v0.$(n_of "$v0" "$N1").who"
         for v in $VARIANTS; do
             r=""
             [ -n "$ref" ] && r=$(awk -v x="${IPP[$a.$v]}" -v y="${IPP[$ref.$v]}" 'BEGIN { printf "%.3f", x / y }')
-            echo "$a,$v,$N1,$(cat "$TMP/$a.$v.$N1.ir"),$N2,$(cat "$TMP/$a.$v.$N2.ir"),${IPP[$a.$v]},$r,$(split_of "$a" "$v" 1),$(split_of "$a" "$v" 2),$from"
+            n1=$(n_of "$v" "$N1"); n2=$(n2_of "$v")
+            echo "$a,$v,$n1,$(cat "$TMP/$a.$v.$n1.ir"),$n2,$(cat "$TMP/$a.$v.$n2.ir"),${IPP[$a.$v]},$r,$(split_of "$a" "$v" 1),$(split_of "$a" "$v" 2),$from"
         done
     done
     echo "harness,null,$N1,$(cat "$TMP/glibc.null.$N1.ir"),$N2,$(cat "$TMP/glibc.null.$N2.ir"),$harness,,,,"
@@ -168,6 +178,10 @@ table() {
     printf '\nInstructions per malloc+free pair (callgrind Ir, (Ir(%s) - Ir(%s)) / %s pairs, after %s warm-up pairs); ' \
         "$N2" "$N1" "$((N2 - N1))" 20000
     printf 'lower is better. Each count includes the benchmark loop itself: %s instructions for an empty pair.' "$harness"
+    case " $VARIANTS " in *" burst "*)
+        [ "$(n_of burst "$N1")" = "$N1" ] && [ "$(n2_of burst)" = "$N2" ] ||
+            printf ' The burst variant runs whole bursts: Ir(%s) - Ir(%s).' "$(n2_of burst)" "$(n_of burst "$N1")" ;;
+    esac
     [ -n "$ref" ] && printf ' Ratio to mimalloc in parentheses.'
     printf '\n'
     printf '\nWhere the instructions go: inclusive count of the function named malloc and of free, per call\n'

@@ -10,7 +10,9 @@
 #   --reps N       repetitions (default 3); the allocator order is rotated
 #                  every repetition and each cell reports the median
 #   --quick        1 repetition, a quarter of the work, a smaller spike and a
-#                  shorter callgrind run: a smoke test of the suite (~1 min)
+#                  shorter callgrind run: a smoke test of the suite (~1 min).
+#                  Its results, report and plots go to build-bench/quick/
+#                  (benchmarks.md, img/), never to docs/ or bench/results/
 #   --threads L    thread counts (default "1 2 nproc", duplicates dropped)
 #   --alloc L      allocators (default: trimalloc glibc jemalloc tcmalloc mimalloc;
 #                  those not installed are skipped with a note)
@@ -42,7 +44,12 @@ RESULTS=$BENCH_DIR/results
 SPIKE_ONLY=0
 SPIKE_PNG=""
 ARGS="$*"
+RESULTS_SET=0
 while [ $# -gt 0 ]; do
+    case $1 in
+    --reps|--threads|--alloc|--workloads|--spike-mib|--results|--png)
+        [ $# -ge 2 ] || { echo "run.sh: $1 needs a value (try --help)" >&2; exit 2; } ;;
+    esac
     case $1 in
     --reps) REPS=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
@@ -53,7 +60,7 @@ while [ $# -gt 0 ]; do
     --no-spike) DO_SPIKE=0; shift ;;
     --no-callgrind) DO_CALLGRIND=0; shift ;;
     --no-doc) DO_DOC=0; shift ;;
-    --results) RESULTS=$2; shift 2 ;;
+    --results) RESULTS=$2; RESULTS_SET=1; shift 2 ;;
     --spike-only) SPIKE_ONLY=1; WORKLOADS=""; DO_CALLGRIND=0; DO_DOC=0; shift ;;
     --png) SPIKE_PNG=$2; shift 2 ;;
     -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
@@ -69,6 +76,9 @@ if [ $QUICK = 1 ]; then
     SPIKE_MIB=96
     SPIKE_OPTS="--settle-ms 150 --after-ms 150"
     CG_OPTS="--n1 20000 --n2 40000"
+    # a smoke test leaves the published results alone: its numbers, report
+    # and plots go to build-bench/quick unless --results says otherwise
+    [ $RESULTS_SET = 1 ] || RESULTS=$BENCH_BUILD/quick
 fi
 # thread counts, de-duplicated, in order
 THREADS=$(echo "$THREADS" | tr ' ' '\n' | awk 'NF && !seen[$1]++' | tr '\n' ' ')
@@ -185,7 +195,11 @@ if [ $DO_CALLGRIND = 1 ]; then
 fi
 
 DOC_ARGS=()
-[ $DO_DOC = 1 ] && DOC_ARGS=(--doc "$REPO_DIR/docs/benchmarks.md" --img "$REPO_DIR/docs/img")
+if [ $DO_DOC = 1 ] && [ $QUICK = 1 ]; then
+    DOC_ARGS=(--doc "$RESULTS/benchmarks.md" --img "$RESULTS/img")
+elif [ $DO_DOC = 1 ]; then
+    DOC_ARGS=(--doc "$REPO_DIR/docs/benchmarks.md" --img "$REPO_DIR/docs/img")
+fi
 [ $SPIKE_ONLY = 1 ] && DOC_ARGS=(--spike-only)
 [ -n "$SPIKE_PNG" ] && DOC_ARGS+=(--spike-png "$SPIKE_PNG")
 python3 "$BENCH_DIR/summarize.py" --results "$RESULTS" "${DOC_ARGS[@]}"
