@@ -771,6 +771,8 @@ void tcache_orphans_tick(void) {
 static void tcache_destructor(void *arg) {
     tm_tcache_t *tc = arg;
     if (!tc || tc == &tm_tcache_sentinel) return;
+    /* already done by the other of the two ways it is called (below) */
+    if (tm_tls.state == TLS_DEAD || tm_tls.own != tc) return;
     tm_lock(&tc->mu);
     tm_tls.state = TLS_DEAD; /* from now on no one points tls.tc back at tc */
     __atomic_store_n(&tm_tls.tc, &tm_tcache_sentinel, __ATOMIC_RELEASE);
@@ -820,6 +822,25 @@ static void tcache_destructor(void *arg) {
  * spare keys made here hold only until it exists. (glibc's key is its
  * index.) */
 #define TC_KEY_INDEX 31u
+
+/* Where index 31 was taken before trimalloc started (a library whose
+ * constructor made 31 keys or more, and ran first: the order under
+ * LD_PRELOAD and with the static archive), the key lands at 32 or above,
+ * and keys from 32 on live in blocks glibc allocates at a thread's first
+ * pthread_setspecific of one of them. When that allocation was the
+ * thread's first, the cache made inside it set our key in a block of its
+ * own, which the outer call then replaced with the block it was
+ * allocating: the thread's value for our key was lost, its cache was never
+ * emptied at its exit, and the next _heapmin wrote into the dead thread's
+ * memory (an outside tester: a library making 40 keys, 300 threads whose
+ * first allocation was glibc's for a key of the program's; a crash in
+ * _heapmin every run). So such a thread also registers its cache with
+ * glibc's C++ thread_local destructors (__cxa_thread_atexit_impl, run
+ * before the key destructors), which need no key. Its later allocations,
+ * in the key destructors, then run uncached (TLS_DEAD). */
+extern int __cxa_thread_atexit_impl(void (*fn)(void *), void *obj, void *dso)
+    __attribute__((weak));
+extern void *__dso_handle __attribute__((weak));
 
 static void tc_key_create(void) {
     pthread_key_t spare[TC_KEY_INDEX], k;
@@ -973,6 +994,8 @@ static tm_tcache_t *tcache_create(void) {
     /* May allocate (keys past the first 32): the state is LIVE by now, so
      * that allocation uses the cache just made (see above). */
     if (tc_key_ok) pthread_setspecific(tc_key, tc);
+    if (tc_key_ok && (unsigned)tc_key > TC_KEY_INDEX && __cxa_thread_atexit_impl)
+        __cxa_thread_atexit_impl(tcache_destructor, tc, &__dso_handle);
     /* under tc->mu: a trimmer may be pointing tls.tc at the sentinel */
     tm_lock(&tc->mu);
     tcache_settle_locked(tc);

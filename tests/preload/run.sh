@@ -18,6 +18,10 @@
 #   early-malloc     a program whose library allocates in its constructor,
 #                    before trimalloc's own constructor runs (as libselinux
 #                    does for sed, ls, cp)
+#   keys-taken       tests/preload/keys_main.c: a library took pthread key
+#                    index 31 before trimalloc started; threads whose first
+#                    allocation is glibc's, for a key above it, exit while
+#                    _heapmin runs after each (their caches must go)
 #   c++              tests/preload/cxx.cpp: every form of operator new and
 #                    delete, containers, bad_alloc and the new_handler when
 #                    memory runs out; preloaded, operator new must be
@@ -174,6 +178,13 @@ case_early() {
     t ./early_main
 }
 
+case_keys() {
+    gcc -O1 -shared -fPIC "$HERE/keys_lib.c" -o libkeys.so -pthread &&
+        gcc -O1 -Wall -Wextra -I"$ROOT/include" "$HERE/keys_main.c" -o keys_main -pthread -ldl \
+            -L. -Wl,--no-as-needed -lkeys -Wl,-rpath,"$PWD" || return 99
+    t ./keys_main
+}
+
 case_cxx() {
     g++ -O1 -std=c++17 -Wall -Wextra "$HERE/cxx.cpp" -o cxx -ldl || return 99
     # the library that must define the operator new the program calls
@@ -270,6 +281,8 @@ need awk sort uniq join sed cut tr sha256sum md5sum tac fold && compare coreutil
 
 CASE=early-malloc
 need gcc && compare early-malloc case_early
+CASE=keys-taken
+need gcc && compare keys-taken case_keys
 CASE=c++
 need g++ && compare c++ case_cxx
 
