@@ -915,6 +915,30 @@ void arena_settle_locked(tm_arena_t *a) {
     pthread_setcancelstate(cancel, NULL);
 }
 
+/* The same wait, for _heapmin (arena_purge): at most max_ms in all, and
+ * none while the arena is held bare (only a signal handler of the one
+ * thread could meet a section then). Sections that keep overlapping keep
+ * the count above zero, and the broadcast comes only at zero: unbounded,
+ * such a wait could hold the trim lock, and with it fork, _heapchk and
+ * the next _heapmin, as long as they went on (an outside reviewer, by
+ * reading). Past the bound the purge goes on without them. */
+void arena_settle_bounded_locked(tm_arena_t *a, long max_ms) {
+    if (likely(!a->dropped) || a->bare) return;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until); /* the condition variable's clock */
+    until.tv_sec += max_ms / 1000;
+    until.tv_nsec += (max_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    int cancel;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+    while (a->dropped && pthread_cond_timedwait(&a->undropped, &a->lock, &until) != ETIMEDOUT) {
+    }
+    pthread_setcancelstate(cancel, NULL);
+}
+
 void arena_fork_prepare(void) {
     tm_lock(&arenas_lock);
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++)

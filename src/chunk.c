@@ -1194,13 +1194,14 @@ static void run_purge_descriptor(os_batch_t *b, tm_chunk_t *c, uint32_t page, ui
  * background thread's decay at 5 ms) found 4 MiB dirty and 9 empty chunks
  * after 1-5 calls in 30 (2026-12-06). So with `settle` (_heapmin,
  * malloc_trim) it waits for the sections that dropped the lock
- * (arena_settle_locked, as _heapchk does) before it starts, and if one is
- * under way when it finds nothing left, waits and walks the arena again
- * (PURGE_RESCANS times at most: sections that keep starting cannot hold
- * it for good). Not for a failed mapping's retry (heapmin_release_for_retry),
+ * (as _heapchk does, but PURGE_SETTLE_MS at most: arena_settle_bounded_locked)
+ * before it starts, and if one is under way when it finds nothing left,
+ * waits and walks the arena again (PURGE_RESCANS times at most: sections
+ * that keep starting cannot hold it for good). Not for a failed mapping's retry (heapmin_release_for_retry),
  * which may come from inside such a section of its own. */
 #define PURGE_BATCH 64
 #define PURGE_RESCANS 4
+#define PURGE_SETTLE_MS 250 /* each wait at most: sections that keep overlapping (arena.c) */
 
 size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures) {
     size_t released = 0;
@@ -1218,7 +1219,7 @@ size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures) {
         int nruns = 0, nempty = 0;
         arena_lock(a);
         if (round == 0) {
-            if (settle) arena_settle_locked(a);
+            if (settle) arena_settle_bounded_locked(a, PURGE_SETTLE_MS);
             c = a->chunks;
             run_stash_flush_locked(a);
         }
@@ -1257,7 +1258,7 @@ size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures) {
             from = 0;
         }
         if (nruns == 0 && nempty == 0 && settle && a->dropped && rescans < PURGE_RESCANS) {
-            arena_settle_locked(a); /* the runs it held are back: walk again */
+            arena_settle_bounded_locked(a, PURGE_SETTLE_MS); /* the runs it held are back: walk again */
             rescans++;
             c = a->chunks;
             from = 0;

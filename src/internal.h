@@ -274,8 +274,9 @@ TM_INLINE uint32_t block_fast(uintptr_t a) {
 }
 /* chunk_t.resident (chunk.c): bit p clear if page p is known not resident.
  * For a free page as chunk.c keeps it; for a live slab's page (arena.c)
- * clear once _heapmin gave it back, set again when a block on it is
- * handed out or _heapset fills it. */
+ * clear if no block on it was handed out since the slab was carved from
+ * pages known not resident, or since _heapmin gave it back; set when a
+ * block on it is handed out or _heapset fills it. */
 uint32_t chunk_resident_count(const tm_chunk_t *c, uint32_t page, uint32_t n);
 void chunk_resident_set(tm_chunk_t *c, uint32_t page, uint32_t n, bool bit);
 TM_INLINE tm_chunk_t *slab_chunk(tm_slab_t *s) {
@@ -400,6 +401,7 @@ TM_INLINE void arena_dropped_leave(tm_arena_t *a) {
  * _heapwalk: they read every run of the arena) */
 void arena_lock_settled(tm_arena_t *a);
 void arena_settle_locked(tm_arena_t *a); /* the same wait, a's lock held */
+void arena_settle_bounded_locked(tm_arena_t *a, long max_ms); /* at most max_ms (arena.c) */
 unsigned arena_choose_locked(const unsigned bound[], unsigned first); /* registry lock held */
 bool arena_block_is_free(void *p);            /* small block p free in its slab (no lock) */
 /* Fill up to n slots of class cls; returns count (0 on OOM). */

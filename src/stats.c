@@ -22,7 +22,7 @@ typedef struct arena_sums {
     size_t slab_bytes;  /* bytes of slab runs */
     size_t chunks;
     size_t clean_free;  /* free pages known released (bytes) */
-    size_t slab_released; /* pages of live slabs _heapmin gave back, unused since */
+    size_t slab_released; /* pages of live slabs known not resident: given back by _heapmin, or never used */
     size_t dirty_free;
 } arena_sums_t;
 
