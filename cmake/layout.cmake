@@ -32,7 +32,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   malloc free calloc realloc reallocarray aligned_alloc memalign posix_memalign
   valloc pvalloc malloc_usable_size free_sized free_aligned_sized
   tm_malloc_impl tm_free_impl tm_realloc_impl tm_alloc_aligned tm_usable_size
-  large_alloc free_generic free_generic_body free_cold free_to_cache_miss free_suspect_double small_block_free_reported
+  large_alloc free_generic free_cold free_to_cache_miss free_suspect_double small_block_free_reported
   # alloc.c: the C++ operators
   _Znwm _Znam _ZnwmRKSt9nothrow_t _ZnamRKSt9nothrow_t _ZnwmSt11align_val_t
   _ZnamSt11align_val_t _ZnwmSt11align_val_tRKSt9nothrow_t _ZnamSt11align_val_tRKSt9nothrow_t

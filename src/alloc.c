@@ -83,9 +83,7 @@ TM_INLINE bool small_block(uintptr_t a, unsigned *cls_out, uint32_t *fast_out) {
 static TM_COLD void free_to_cache_miss(void *p) {
     unsigned cls = TM_FAST_CLS(block_fast((uintptr_t)p));
     if (likely(cls)) {
-        int saved = errno; /* free() never changes it: see free_generic */
         tcache_free_slow(p, cls);
-        errno = saved;
         return;
     }
     tc_leave();
@@ -180,18 +178,11 @@ static void *large_alloc(size_t size, size_t align, bool zero) {
 }
 
 /* Every free that is not a small block, or that the fast path declined.
- * errno is kept whatever the system calls behind it do (POSIX: free()
- * shall not modify errno; glibc since 2.33): until 2026-12-06 a munmap the
- * kernel refused left EPERM behind (an outside tester, with a seccomp
- * filter). The fast path makes no system call. */
-static void free_generic_body(void *p, const char *call);
+ * errno stays as it was (POSIX: free() shall not modify errno): the system
+ * calls that can fail behind it leave errno alone (os.c: os_munmap,
+ * os_purge), rather than every call paying two reads of it here
+ * (callgrind, 16 KiB malloc+free pair: 528.5 with them, 515.5 without). */
 static void free_generic(void *p, const char *call) {
-    int saved = errno;
-    free_generic_body(p, call);
-    errno = saved;
-}
-
-static void free_generic_body(void *p, const char *call) {
     if (!p) return;
     uintptr_t a = (uintptr_t)p;
     uintptr_t e = pagemap_lookup(a);

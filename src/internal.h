@@ -78,8 +78,8 @@ TM_INLINE void tm_mutex_init(pthread_mutex_t *m) {
 /* ---- os.c: the only file that talks to the kernel about memory ---------------- */
 void *os_map(size_t size);                   /* NULL on failure */
 void *os_map_aligned(size_t size, size_t align);
-int os_unmap(void *p, size_t size);          /* 0, or -1 with errno */
-int os_purge(void *p, size_t size);          /* pages read zero afterwards */
+int os_unmap(void *p, size_t size);          /* 0 or -1; errno untouched (free) */
+int os_purge(void *p, size_t size);          /* pages read zero afterwards; errno untouched */
 bool os_in_memory(void *p, size_t size, unsigned char *vec); /* mincore; false: unknown */
 void os_huge_pages(void *p, size_t size, bool on); /* THP off (NOHUGEPAGE) or asked for */
 size_t os_purge_inside(const void *lo, const void *hi); /* whole pages in [lo, hi); bytes released */
