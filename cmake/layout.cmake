@@ -75,7 +75,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   run_free_large_locked run_stash_flush_locked
   run_insert_free_locked runs_index_insert_locked runs_index_remove_locked
   run_try_grow_locked run_shrink_locked chunk_slot_take_locked chunk_slot_put_locked
-  resident_set_locked purge_victim_next count_resident set_resident chunk_resident_set idle_pages slot_find
+  resident_set_locked purge_victim_next chunk_resident_count chunk_resident_set idle_pages slot_find
   arena_release_orphaned growth_purge_locked growth_purge_budget_locked
   # background.c
   background_maybe_start background_fork_child

@@ -503,6 +503,8 @@ void arena_release_empty_slabs(tm_arena_t *a) {
 
 typedef struct slab_plan {
     tm_slab_t *s;
+    tm_chunk_t *c;                          /* s's chunk */
+    uint32_t p0;                            /* s's first page in it */
     uint64_t held[TM_SLAB_MAX_BLOCKS / 64]; /* taken out of the bitmap */
     uint32_t give;                          /* bit k: the slab's page k goes back */
     uint32_t tail;                          /* blocks [tail, nblocks) are free */
@@ -540,6 +542,8 @@ static bool slab_plan_hold_locked(tm_slab_t *s, slab_plan_t *pl) {
         if ((give >> pg) & 1 && !chunk_resident_count(c, p0 + pg, 1)) give &= ~(1u << pg);
     if (!give) return false;
     pl->s = s;
+    pl->c = c;
+    pl->p0 = p0;
     pl->give = give;
     pl->tail = tail;
     pl->lower = tail < s->fresh;
@@ -632,12 +636,9 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
         for (int k = 0; k < n; k++) {
             /* gone, unless the kernel refused some (then all stay marked,
              * for the next call to try again) */
-            if (got == planned) {
-                tm_chunk_t *sc = slab_chunk(plan[k].s);
-                uint32_t p0 = (uint32_t)((plan[k].s->start - sc->base) >> TM_PAGE_SHIFT);
+            if (got == planned)
                 for (uint32_t pg = 0; pg < 32; pg++)
-                    if ((plan[k].give >> pg) & 1) chunk_resident_set(sc, p0 + pg, 1, false);
-            }
+                    if ((plan[k].give >> pg) & 1) chunk_resident_set(plan[k].c, plan[k].p0 + pg, 1, false);
             slab_put_back_locked(a, &plan[k]);
         }
         arena_unlock(a);
@@ -898,11 +899,29 @@ bool arena_large_resize_in_place(tm_chunk_t *c, uint32_t page, size_t new_size) 
  * one that interrupted a locked section always did.) */
 void arena_lock_settled(tm_arena_t *a) {
     arena_lock(a);
-    arena_settle_locked(a);
+    arena_settle_locked(a, -1);
 }
 
-void arena_settle_locked(tm_arena_t *a) {
-    if (likely(!a->dropped)) return;
+/* max_ms < 0: for as long as it takes (fork, _heapchk, _heapset,
+ * _heapwalk). _heapmin (arena_purge) waits max_ms at most, and not while
+ * the arena is held bare (only a signal handler of the one thread could
+ * meet a section then): sections that keep overlapping keep the count
+ * above zero, and the broadcast comes only at zero, so an unbounded wait
+ * there could hold the trim lock, and fork and _heapchk behind it, as long
+ * as they went on (an outside reviewer, by reading). Past the bound the
+ * purge goes on without them. */
+void arena_settle_locked(tm_arena_t *a, long max_ms) {
+    if (likely(!a->dropped) || (max_ms >= 0 && a->bare)) return;
+    struct timespec until;
+    if (max_ms >= 0) {
+        clock_gettime(CLOCK_REALTIME, &until); /* the condition variable's clock */
+        until.tv_sec += max_ms / 1000;
+        until.tv_nsec += (max_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+    }
     /* blocks (a yield loop hung a SCHED_FIFO forker whose CPU the
      * section's lower-priority thread then never got back), with
      * cancellation off: pthread_cond_wait is a cancellation point, and a
@@ -911,30 +930,9 @@ void arena_settle_locked(tm_arena_t *a) {
      * process then hung (an outside tester, 2026-12-06; tests/unit/cancel.c) */
     int cancel;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-    while (a->dropped) arena_wait_undropped(a);
-    pthread_setcancelstate(cancel, NULL);
-}
-
-/* The same wait, for _heapmin (arena_purge): at most max_ms in all, and
- * none while the arena is held bare (only a signal handler of the one
- * thread could meet a section then). Sections that keep overlapping keep
- * the count above zero, and the broadcast comes only at zero: unbounded,
- * such a wait could hold the trim lock, and with it fork, _heapchk and
- * the next _heapmin, as long as they went on (an outside reviewer, by
- * reading). Past the bound the purge goes on without them. */
-void arena_settle_bounded_locked(tm_arena_t *a, long max_ms) {
-    if (likely(!a->dropped) || a->bare) return;
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until); /* the condition variable's clock */
-    until.tv_sec += max_ms / 1000;
-    until.tv_nsec += (max_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
-    int cancel;
-    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-    while (a->dropped && pthread_cond_timedwait(&a->undropped, &a->lock, &until) != ETIMEDOUT) {
+    while (a->dropped) {
+        if (max_ms < 0) arena_wait_undropped(a);
+        else if (pthread_cond_timedwait(&a->undropped, &a->lock, &until) == ETIMEDOUT) break;
     }
     pthread_setcancelstate(cancel, NULL);
 }

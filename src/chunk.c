@@ -132,7 +132,7 @@ static uint64_t bits_mask(uint32_t lo, uint32_t hi) {
     return (hi == 64 ? ~0ull : (1ull << hi) - 1) & (~0ull << lo);
 }
 
-static uint32_t count_resident(const tm_chunk_t *c, uint32_t page, uint32_t n) {
+uint32_t chunk_resident_count(const tm_chunk_t *c, uint32_t page, uint32_t n) {
     uint32_t r = 0;
     for (uint32_t end = page + n, next; page < end; page = next) {
         next = (page | 63) + 1 < end ? (page | 63) + 1 : end;
@@ -144,7 +144,7 @@ static uint32_t count_resident(const tm_chunk_t *c, uint32_t page, uint32_t n) {
     return r;
 }
 
-static void set_resident(tm_chunk_t *c, uint32_t page, uint32_t n, bool bit) {
+void chunk_resident_set(tm_chunk_t *c, uint32_t page, uint32_t n, bool bit) {
     for (uint32_t end = page + n, next; page < end; page = next) {
         next = (page | 63) + 1 < end ? (page | 63) + 1 : end;
         uint64_t m = bits_mask(page & 63, next - (page & ~63u));
@@ -152,13 +152,6 @@ static void set_resident(tm_chunk_t *c, uint32_t page, uint32_t n, bool bit) {
         else c->resident[page >> 6] &= ~m;
     }
 }
-
-/* The same bits for the pages of a live slab (arena.c): clear on a page
- * _heapmin gave back that no block handed out since lies on. */
-uint32_t chunk_resident_count(const tm_chunk_t *c, uint32_t page, uint32_t n) {
-    return count_resident(c, page, n);
-}
-void chunk_resident_set(tm_chunk_t *c, uint32_t page, uint32_t n, bool bit) { set_resident(c, page, n, bit); }
 
 /* Fill the resident pages of free run [page, page + n) with `fill`
  * (_heapset). The others are left alone: a page whose resident bit is
@@ -168,12 +161,12 @@ void chunk_resident_set(tm_chunk_t *c, uint32_t page, uint32_t n, bool bit) { se
  * handed to calloc as zero. */
 void run_fill_resident_locked(tm_chunk_t *c, uint32_t page, uint32_t n, unsigned char fill) {
     for (uint32_t p = page, end = page + n; p < end;) {
-        if (!count_resident(c, p, 1)) {
+        if (!chunk_resident_count(c, p, 1)) {
             p++;
             continue;
         }
         uint32_t q = p + 1;
-        while (q < end && count_resident(c, q, 1)) q++;
+        while (q < end && chunk_resident_count(c, q, 1)) q++;
         memset((void *)chunk_page_addr(c, p), fill, (size_t)(q - p) << TM_PAGE_SHIFT);
         p = q;
     }
@@ -434,7 +427,7 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
                 next = page_link(h)->next;
                 tm_chunk_t *c = page_chunk(h);
                 uint32_t p = chunk_page_index(c, h), r, lo, hi;
-                if (!h->dirty || !(r = count_resident(c, p, n))) continue;
+                if (!h->dirty || !(r = chunk_resident_count(c, p, n))) continue;
                 /* the madvise spans the resident pages only */
                 resident_span(c, p, n, &lo, &hi);
                 if (r > want - got) {
@@ -442,7 +435,7 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
                      * is carved from its first page on */
                     for (uint32_t u = hi - 1; lo < u;) { /* the last lo with enough */
                         uint32_t m = lo + (u - lo + 1) / 2;
-                        if (count_resident(c, m, hi - m) >= want - got) lo = m;
+                        if (chunk_resident_count(c, m, hi - m) >= want - got) lo = m;
                         else u = m - 1;
                     }
                 }
@@ -453,7 +446,7 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
                 runs[nruns].n = n;
                 runs[nruns].lo = lo;
                 runs[nruns].hi = hi;
-                runs[nruns].r = count_resident(c, lo, hi - lo);
+                runs[nruns].r = chunk_resident_count(c, lo, hi - lo);
                 /* only the pages to purge leave the count: the rest stay
                  * idle as they were, and the low-water mark of the count
                  * (idle_pages) must not take them for reused */
@@ -482,14 +475,14 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
         if (!run_still_held(c, p, n)) continue;
         run_unhold_locked(a, c, n);
         if (purged[i]) {
-            set_resident(c, lo, runs[i].hi - lo, false);
+            chunk_resident_set(c, lo, runs[i].hi - lo, false);
             released += runs[i].r;
         } else { /* the kernel refused: every page may hold data */
-            resident_add_locked(a, n - count_resident(c, p, n) + runs[i].r);
-            set_resident(c, p, n, true);
+            resident_add_locked(a, n - chunk_resident_count(c, p, n) + runs[i].r);
+            chunk_resident_set(c, p, n, true);
         }
         /* a page with no resident bit reads zero: fresh, or purged */
-        bool clean = count_resident(c, p, n) == 0;
+        bool clean = chunk_resident_count(c, p, n) == 0;
         run_insert_free_locked(a, c, p, n, clean, !clean);
     }
     return released;
@@ -833,11 +826,11 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
             uintptr_t al = align_pages << TM_PAGE_SHIFT;
             start = (uint32_t)((((addr + al - 1) & ~(al - 1)) - c->base) >> TM_PAGE_SHIFT);
         }
-        resident = count_resident(c, start, (uint32_t)npages);
+        resident = chunk_resident_count(c, start, (uint32_t)npages);
         runs_index_remove_locked(a, h);
         if (!may_purge || resident == npages) break;
         uint32_t fresh = (uint32_t)npages - resident;
-        size_t idle = rss[a->index].resident ? rss[a->index].resident - count_resident(c, page, len) : 0;
+        size_t idle = rss[a->index].resident ? rss[a->index].resident - chunk_resident_count(c, page, len) : 0;
         size_t want = growth_purge_pages_locked(a, fresh, idle);
         unsigned k = 0;
         uint64_t epoch = purge_epoch(), now_ns = 0;
@@ -846,7 +839,7 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
         if (!want && !victim) break;
         /* held while the lock is dropped, the run is no free run: its
          * resident pages are counted again when it is one */
-        resident_sub_locked(a, count_resident(c, page, len));
+        resident_sub_locked(a, chunk_resident_count(c, page, len));
         run_hold_locked(a, c, page, len);
         arena_dropped_enter(a);
         dropped = true;
@@ -859,8 +852,8 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
         arena_dropped_leave(a);
         if (run_still_held(c, page, len)) {
             run_unhold_locked(a, c, len);
-            resident_add_locked(a, count_resident(c, page, len));
-            resident = count_resident(c, start, (uint32_t)npages);
+            resident_add_locked(a, chunk_resident_count(c, page, len));
+            resident = chunk_resident_count(c, start, (uint32_t)npages);
             break;
         }
     }
@@ -892,7 +885,7 @@ void run_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t npage
     /* atomic: a large block's first entry is also written without the lock
      * (tcache_free_large), if only by a bad concurrent free */
     __atomic_store_n(&c->fast[page], 0, __ATOMIC_RELAXED);
-    set_resident(c, page, npages, true);
+    chunk_resident_set(c, page, npages, true);
     resident_add_locked(a, npages);
     free_pages_add_locked(a, c, npages);
     run_insert_free_locked(a, c, page, npages, false, true);
@@ -910,7 +903,7 @@ bool run_try_grow_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n
     page_set_kind(rh, PAGE_INTERIOR);
     page_set_kind(&c->pages[end + rn - 1], PAGE_INTERIOR);
     if (rn > extra) run_free_as_is_locked(a, c, end + extra, rn - extra, zeroed, dirty);
-    resident_sub_locked(a, count_resident(c, end, extra));
+    resident_sub_locked(a, chunk_resident_count(c, end, extra));
     page_set_kind(&c->pages[page + npages - 1], PAGE_INTERIOR);
     run_mark(c, page, new_npages, PAGE_LARGE);
     free_pages_sub_locked(a, c, extra);
@@ -1078,7 +1071,7 @@ void chunk_attach_locked(tm_arena_t *a, tm_chunk_t *c) {
 void chunk_detach_locked(tm_arena_t *a, tm_chunk_t *c) {
     tm_assert(c->free_pages == TM_CHUNK_PAGES);
     runs_index_remove_locked(a, &c->pages[0]);
-    resident_sub_locked(a, count_resident(c, 0, TM_CHUNK_PAGES));
+    resident_sub_locked(a, chunk_resident_count(c, 0, TM_CHUNK_PAGES));
     if (c->prev) c->prev->next = c->next;
     else a->chunks = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -1125,7 +1118,7 @@ tm_chunk_t *chunk_adopt(tm_arena_t *a) {
         unsigned seen = 0;
         for (tm_chunk_t *c = b->chunks; c && seen < ADOPT_SCAN && best < TM_CHUNK_PAGES; c = c->next) {
             if (c->free_pages != TM_CHUNK_PAGES) continue;
-            uint32_t r = count_resident(c, 0, TM_CHUNK_PAGES);
+            uint32_t r = chunk_resident_count(c, 0, TM_CHUNK_PAGES);
             if (!got || r > best) best = r, got = c;
             seen++;
         }
@@ -1141,7 +1134,7 @@ tm_chunk_t *chunk_adopt(tm_arena_t *a) {
  * run keeps its zeroed and dirty flags and its pages their resident bits. */
 void chunk_attach_as_is_locked(tm_arena_t *a, tm_chunk_t *c) {
     chunk_link_locked(a, c);
-    resident_add_locked(a, count_resident(c, 0, TM_CHUNK_PAGES));
+    resident_add_locked(a, chunk_resident_count(c, 0, TM_CHUNK_PAGES));
 }
 
 bool chunk_destroy(tm_chunk_t *c) {
@@ -1194,7 +1187,7 @@ static void run_purge_descriptor(os_batch_t *b, tm_chunk_t *c, uint32_t page, ui
  * background thread's decay at 5 ms) found 4 MiB dirty and 9 empty chunks
  * after 1-5 calls in 30 (2026-12-06). So with `settle` (_heapmin,
  * malloc_trim) it waits for the sections that dropped the lock
- * (as _heapchk does, but PURGE_SETTLE_MS at most: arena_settle_bounded_locked)
+ * (as _heapchk does, but PURGE_SETTLE_MS at most: arena_settle_locked)
  * before it starts, and if one is under way when it finds nothing left,
  * waits and walks the arena again (PURGE_RESCANS times at most: sections
  * that keep starting cannot hold it for good). Not for a failed mapping's retry (heapmin_release_for_retry),
@@ -1219,7 +1212,7 @@ size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures) {
         int nruns = 0, nempty = 0;
         arena_lock(a);
         if (round == 0) {
-            if (settle) arena_settle_bounded_locked(a, PURGE_SETTLE_MS);
+            if (settle) arena_settle_locked(a, PURGE_SETTLE_MS);
             c = a->chunks;
             run_stash_flush_locked(a);
         }
@@ -1240,7 +1233,7 @@ size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures) {
                 tm_assert(n >= 1);
                 if (p >= from && h->kind == PAGE_FREE && h->dirty) {
                     runs_index_remove_locked(a, h);
-                    resident_sub_locked(a, count_resident(c, p, n));
+                    resident_sub_locked(a, chunk_resident_count(c, p, n));
                     page_set_kind(h, PAGE_UNUSED);
                     page_set_kind(&c->pages[p + n - 1], PAGE_UNUSED);
                     runs[nruns].c = c;
@@ -1258,7 +1251,7 @@ size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures) {
             from = 0;
         }
         if (nruns == 0 && nempty == 0 && settle && a->dropped && rescans < PURGE_RESCANS) {
-            arena_settle_bounded_locked(a, PURGE_SETTLE_MS); /* the runs it held are back: walk again */
+            arena_settle_locked(a, PURGE_SETTLE_MS); /* the runs it held are back: walk again */
             rescans++;
             c = a->chunks;
             from = 0;
@@ -1291,12 +1284,12 @@ size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures) {
             arena_lock(a);
             for (int i = 0; i < kept; i++) { /* munmap refused: contents stay */
                 page_set_flags(&empty[i]->pages[0], false, true);
-                set_resident(empty[i], 0, TM_CHUNK_PAGES, true);
+                chunk_resident_set(empty[i], 0, TM_CHUNK_PAGES, true);
                 chunk_attach_as_is_locked(a, empty[i]);
             }
             /* a run the kernel would not purge keeps its dirty bytes */
             for (int i = 0; i < nruns; i++) {
-                set_resident(runs[i].c, runs[i].page, runs[i].n, !purged[i]);
+                chunk_resident_set(runs[i].c, runs[i].page, runs[i].n, !purged[i]);
                 if (!purged[i]) resident_add_locked(a, runs[i].n);
                 run_insert_free_locked(a, runs[i].c, runs[i].page, runs[i].n, purged[i],
                                        !purged[i]);

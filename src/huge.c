@@ -437,10 +437,10 @@ static void huge_unclaim(tm_huge_t *h) {
     pthread_mutex_unlock(&huge_mu);
 }
 
-/* Claimed guarded block h, grown by huge_grow_guarded to msize bytes at
- * np: its new sizes, and the claim ends. */
-static void huge_set_guarded(tm_huge_t *h, void *np, size_t msize, bool guarded) {
-    size_t size = guarded ? msize : msize + TM_PAGE, mapped = msize + TM_PAGE;
+/* Claimed block h, resized in place or moved to np: its new usable size
+ * and mapped bytes (size < mapped: a guard page follows), and the claim
+ * ends. */
+static void huge_set_sizes(tm_huge_t *h, void *np, size_t size, size_t mapped) {
     tm_lock(&huge_mu);
     h->moving = false;
     HUGE_ADD(huge_live_bytes, size - h->size);
@@ -473,7 +473,7 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero, bool *r
         void *np = msize > old_size ? huge_grow_guarded(h, msize, true, &guarded) : NULL;
         if (np) {
             if (grown_zero) *grown_zero = true;
-            huge_set_guarded(h, np, msize, guarded);
+            huge_set_sizes(h, np, guarded ? msize : msize + TM_PAGE, msize + TM_PAGE);
             return np;
         }
         /* a shrink, or the kernel could not grow it: a new guarded block */
@@ -497,15 +497,7 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero, bool *r
     } else if (grown_zero) {
         *grown_zero = true; /* mremap's new pages */
     }
-    tm_lock(&huge_mu);
-    h->moving = false;
-    HUGE_ADD(huge_live_bytes, msize - h->size);
-    HUGE_ADD(huge_live_mapped, msize - h->mapped);
-    if (np != p) h->origin = (uintptr_t)np;
-    h->base = (uintptr_t)np;
-    h->size = msize;
-    h->mapped = msize;
-    pthread_mutex_unlock(&huge_mu);
+    huge_set_sizes(h, np, msize, msize);
     return np;
 }
 
@@ -555,7 +547,7 @@ bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size) {
             huge_unclaim(h);
             return msize <= old_size;
         }
-        huge_set_guarded(h, p, msize, guarded);
+        huge_set_sizes(h, p, guarded ? msize : msize + TM_PAGE, msize + TM_PAGE);
         return true;
     }
     if (msize <= old_mapped) {
@@ -569,12 +561,6 @@ bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size) {
         huge_unclaim(h);
         return false;
     }
-    tm_lock(&huge_mu);
-    h->moving = false;
-    HUGE_ADD(huge_live_bytes, msize - h->size);
-    HUGE_ADD(huge_live_mapped, msize - h->mapped);
-    h->size = msize;
-    h->mapped = msize;
-    pthread_mutex_unlock(&huge_mu);
+    huge_set_sizes(h, p, msize, msize);
     return true;
 }

@@ -400,8 +400,7 @@ TM_INLINE void arena_dropped_leave(tm_arena_t *a) {
 /* a's lock, once no such section is under way (fork, _heapchk, _heapset,
  * _heapwalk: they read every run of the arena) */
 void arena_lock_settled(tm_arena_t *a);
-void arena_settle_locked(tm_arena_t *a); /* the same wait, a's lock held */
-void arena_settle_bounded_locked(tm_arena_t *a, long max_ms); /* at most max_ms (arena.c) */
+void arena_settle_locked(tm_arena_t *a, long max_ms); /* the same wait, a's lock held; max_ms < 0: no bound */
 unsigned arena_choose_locked(const unsigned bound[], unsigned first); /* registry lock held */
 bool arena_block_is_free(void *p);            /* small block p free in its slab (no lock) */
 /* Fill up to n slots of class cls; returns count (0 on OOM). */

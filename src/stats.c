@@ -45,8 +45,8 @@ static void arena_sum(tm_arena_t *a, arena_sums_t *s) {
                  * 2026-12-06 the whole run counted as dirty, and an arena
                  * left without a thread read 4 MiB dirty with the 1 MiB it
                  * keeps resident (an outside tester) */
-                uint32_t r = h->dirty ? chunk_resident_count(c, p, n) : 0;
                 if (h->dirty) {
+                    uint32_t r = chunk_resident_count(c, p, n);
                     s->dirty_free += (size_t)r << TM_PAGE_SHIFT;
                     s->clean_free += (size_t)(n - r) << TM_PAGE_SHIFT;
                 } else if (h->zeroed) s->clean_free += (size_t)n << TM_PAGE_SHIFT;
