@@ -60,7 +60,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   tcache_fork_child tcache_free_large queued_pages rl_push_owner tcache_gc_tick_large tcache_large_reuse
   bin_reset bin_restart bin_cap_start bin_cap_max refill_want slots_release_first slots_purge_grown
   slots_release_first_at_exit recycled_push_locked recycled_pop_locked
-  cache_share cap_now max_now
+  cache_share cap_now max_now gc_tick_unlocked
   xfer_flush_arena arena_bind_locked orphans_release_now_locked orphan_gap_ns tcache_orphans_tick
   release_orphaned_arenas orphaned_arenas_locked
   # arena.c
@@ -78,7 +78,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   resident_set_locked purge_victim_next chunk_resident_count chunk_resident_set idle_pages slot_find
   arena_release_orphaned growth_purge_locked growth_purge_budget_locked
   # background.c
-  background_maybe_start background_fork_child
+  background_maybe_start background_running background_fork_child
   # huge.c, heapmin.c, stats.c: what fork, exit and a purge call
   huge_fork_prepare huge_fork_parent huge_fork_child
   heapmin_lock heapmin_unlock heapmin_trylock heapmin_fork_child

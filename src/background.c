@@ -6,7 +6,8 @@
  * never ticks, and keeps its free pages however long they stay free. With
  * this option a thread of the allocator's own calls arena_decay_tick() every
  * dirty_decay_ms / 8 (10 ms to 1 s), so they go back whatever the program
- * does. Off by default, as in jemalloc: a thread the program did not create
+ * does. It gives back all that is due at once (no malloc waits for it),
+ * and while it runs the GC ticks leave the decay to it (tcache.c). Off by default, as in jemalloc: a thread the program did not create
  * shows in its thread list and wakes up once a second.
  *
  * It is started lazily, by the first GC tick that finds the option on (not
@@ -51,7 +52,7 @@ static void *background_main(void *arg) {
         nanosleep(&ts, NULL);
         world_drain_idle_caches(os_now_ns());
         tcache_orphans_tick();
-        arena_decay_tick();
+        arena_decay_tick(SIZE_MAX); /* no caller of malloc waits for it */
     }
     int expect = 1; /* not 2: a fork child's state stays */
     __atomic_compare_exchange_n(&bg_running, &expect, 0, false, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
@@ -82,3 +83,5 @@ void background_maybe_start(void) {
 }
 
 void background_fork_child(void) { bg_running = 2; }
+
+bool background_running(void) { return __atomic_load_n(&bg_running, __ATOMIC_RELAXED) == 1; }

@@ -352,12 +352,17 @@ void chunk_slab_pool_done_locked(tm_arena_t *a, tm_chunk_t *c);
 /* settle: wait for the sections that dropped a's lock (_heapmin; chunk.c) */
 size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures);
 /* Give back resident free pages that stayed free for dirty_decay_ms, in
- * every arena whose lock is free; no lock held (tcache.c's GC tick). */
-void arena_decay_tick(void);
+ * every arena whose lock is free, at most max_pages of them together (the
+ * rest stays due); no lock held. Returns the pages given back. A thread
+ * cache's GC tick passes TM_DECAY_TICK_PAGES, the background thread
+ * SIZE_MAX. */
+size_t arena_decay_tick(size_t max_pages);
+#define TM_DECAY_TICK_PAGES 512u /* 2 MiB: about 0.3-1 ms of madvise (chunk.c) */
 size_t arena_release_orphaned(tm_arena_t *a); /* its last thread exited; no lock held */
 
 /* ---- background.c: the optional background thread -------------------------------- */
 void background_maybe_start(void); /* at a GC tick, no lock held */
+bool background_running(void);     /* the thread runs (or is being started) */
 void background_fork_child(void);
 struct timespec background_interval(long decay_ms); /* the thread's sleep between ticks */
 

@@ -4,7 +4,7 @@
  * freed or used again within the window do not, and -1 keeps them all.
  *
  * Arena X (the last one, which no thread of this program is bound to) is
- * driven directly through arena_alloc_large; arena_decay_tick() is called
+ * driven directly through arena_alloc_large; arena_decay_tick(TM_DECAY_TICK_PAGES) is called
  * by the test, as a thread cache's GC tick would; mincore() says which
  * pages are resident. Where a window must have closed the test sleeps
  * past it and tries again a few times (a preempted test can only make a
@@ -51,10 +51,10 @@ static int teardown(void **state) {
 static void test_pages_freed_within_the_window_stay(void **state) {
     (void)state;
     set_decay(60000);
-    arena_decay_tick(); /* closes the quarter that began at start-up; a new one begins */
+    arena_decay_tick(TM_DECAY_TICK_PAGES); /* closes the quarter that began at start-up; a new one begins */
     char *x = idle_region(X);
     size_t before = released();
-    for (int i = 0; i < 3; i++) arena_decay_tick();
+    for (int i = 0; i < 3; i++) arena_decay_tick(TM_DECAY_TICK_PAGES);
     assert_int_equal(resident(x, 8 * BLK), 512);
     assert_int_equal(released(), before);
 }
@@ -68,7 +68,7 @@ static void test_idle_pages_go_back_after_the_window(void **state) {
      * were freed; four after them have them free throughout */
     for (int i = 0; i < 10 && resident(x, 8 * BLK); i++) {
         sleep_ms(60);
-        arena_decay_tick();
+        arena_decay_tick(TM_DECAY_TICK_PAGES);
     }
     assert_int_equal(resident(x, 8 * BLK), 0);
     assert_true(released() - before >= PG(512));
@@ -85,12 +85,12 @@ static void test_idle_pages_go_back_a_quarter_after_the_window(void **state) {
     (void)state;
     set_decay(400);
     sleep_ms(110);
-    arena_decay_tick(); /* a quarter begins */
+    arena_decay_tick(TM_DECAY_TICK_PAGES); /* a quarter begins */
     char *x = idle_region(X);
     int ticks = 0;
     while (ticks < 26 && resident(x, 8 * BLK)) {
         sleep_ms(25);
-        arena_decay_tick();
+        arena_decay_tick(TM_DECAY_TICK_PAGES);
         ticks++;
     }
     assert_int_equal(resident(x, 8 * BLK), 0);
@@ -101,19 +101,19 @@ static void test_pages_used_in_the_window_are_not_due(void **state) {
     set_decay(50);
     char *x = idle_region(X);
     sleep_ms(60);
-    arena_decay_tick(); /* a quarter begins with the 512 pages free */
+    arena_decay_tick(TM_DECAY_TICK_PAGES); /* a quarter begins with the 512 pages free */
     /* used and freed again inside the quarter: the count of free resident
      * pages dipped, so the pages did not stay free through the window */
     void *p = big(X, 8 * BLK);
     assert_ptr_equal(p, x);
     big_free(p);
     sleep_ms(60);
-    arena_decay_tick(); /* closes it: nothing is due */
+    arena_decay_tick(TM_DECAY_TICK_PAGES); /* closes it: nothing is due */
     assert_int_equal(resident(x, 8 * BLK), 512);
     /* the four quarters after it have them free throughout */
     for (int i = 0; i < 10 && resident(x, 8 * BLK); i++) {
         sleep_ms(60);
-        arena_decay_tick();
+        arena_decay_tick(TM_DECAY_TICK_PAGES);
     }
     assert_int_equal(resident(x, 8 * BLK), 0);
 }
@@ -124,9 +124,60 @@ static void test_minus_one_keeps_them(void **state) {
     char *x = idle_region(X);
     for (int i = 0; i < 3; i++) {
         sleep_ms(30);
-        arena_decay_tick();
+        arena_decay_tick(TM_DECAY_TICK_PAGES);
     }
     assert_int_equal(resident(x, 8 * BLK), 512);
+}
+
+/* Arena a: N_IDLE blocks of BLK (in two chunks: one holds fewer than
+ * 1024 pages), written, then freed; their addresses in x[]. */
+#define N_IDLE 24
+static void idle_blocks(tm_arena_t *a, char **x) {
+    for (int i = 0; i < N_IDLE; i++) {
+        x[i] = big(a, BLK);
+        memset(x[i], 0x5a, BLK);
+    }
+    for (int i = 0; i < N_IDLE; i++) big_free(x[i]);
+    arena_lock(a);
+    run_stash_flush_locked(a);
+    arena_unlock(a);
+}
+
+static size_t resident_blocks(char **x) {
+    size_t r = 0;
+    for (int i = 0; i < N_IDLE; i++) r += resident(x[i], BLK);
+    return r;
+}
+
+/* A thread cache's tick gives back at most TM_DECAY_TICK_PAGES pages, all
+ * arenas together, and the rest on the next ticks: 1536 due pages take
+ * three. (Before, one tick gave back all 1536: a malloc that ticked as a
+ * spike decayed took 10-48 ms.) The background thread's tick gives back
+ * all that is due. With dirty_decay_ms 0 every tick closes a quarter and
+ * what stayed free through it falls due. */
+static void test_a_tick_gives_back_a_bounded_amount(void **state) {
+    (void)state;
+    char *x[N_IDLE];
+    set_decay(0);
+    arena_decay_tick(SIZE_MAX); /* nothing left due from before */
+    idle_blocks(X, x);
+    assert_int_equal(resident_blocks(x), 1536);
+    int ticks = 0;
+    for (size_t left = 1536; left && ticks < 20; ticks++) {
+        size_t given = arena_decay_tick(TM_DECAY_TICK_PAGES), now = resident_blocks(x);
+        assert_true(given <= TM_DECAY_TICK_PAGES);
+        assert_true(left - now <= given); /* no other thread purges X */
+        left = now;
+    }
+    assert_int_equal(resident_blocks(x), 0);
+    assert_true(ticks >= 3);
+
+    idle_blocks(X, x);
+    assert_int_equal(resident_blocks(x), 1536);
+    arena_decay_tick(SIZE_MAX); /* the quarter that held the blocks: 0 due */
+    arena_decay_tick(SIZE_MAX); /* one that had them free throughout */
+    assert_int_equal(resident_blocks(x), 0);
+    set_decay(10000);
 }
 
 /* Through the public functions: a freed large block of 500 pages, then
@@ -213,6 +264,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_idle_pages_go_back_a_quarter_after_the_window, teardown),
         cmocka_unit_test_teardown(test_pages_used_in_the_window_are_not_due, teardown),
         cmocka_unit_test_teardown(test_minus_one_keeps_them, teardown),
+        cmocka_unit_test_teardown(test_a_tick_gives_back_a_bounded_amount, teardown),
         cmocka_unit_test(test_ticks_come_from_malloc),
         cmocka_unit_test(test_background_interval),
         cmocka_unit_test_teardown(test_background_thread, teardown),
