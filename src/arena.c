@@ -930,10 +930,12 @@ void arena_settle_locked(tm_arena_t *a, long max_ms) {
      * process then hung (an outside tester, 2026-12-06; tests/unit/cancel.c) */
     int cancel;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+    a->settlers++; /* the decay's and the orphans' loops of sections stop for us */
     while (a->dropped) {
         if (max_ms < 0) arena_wait_undropped(a);
         else if (pthread_cond_timedwait(&a->undropped, &a->lock, &until) == ETIMEDOUT) break;
     }
+    a->settlers--;
     pthread_setcancelstate(cancel, NULL);
 }
 

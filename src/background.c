@@ -7,7 +7,9 @@
  * this option a thread of the allocator's own calls arena_decay_tick() every
  * dirty_decay_ms / 8 (10 ms to 1 s), so they go back whatever the program
  * does. It gives back all that is due at once (no malloc waits for it),
- * and while it runs the GC ticks leave the decay to it (tcache.c). Off by default, as in jemalloc: a thread the program did not create
+ * stopping between purges for a thread that waits for the arena to settle
+ * (chunk.c), and while it runs the GC ticks leave the decay to it
+ * (tcache.c). Off by default, as in jemalloc: a thread the program did not create
  * shows in its thread list and wakes up once a second.
  *
  * It is started lazily, by the first GC tick that finds the option on (not

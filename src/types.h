@@ -238,6 +238,9 @@ typedef struct tm_arena {
                                    handler waits for them (arena.c) */
     pthread_cond_t undropped;   /* broadcast when dropped falls to 0, and when
                                    a slab pool release ends (chunk.c) */
+    unsigned settlers;          /* threads waiting for dropped to fall to 0
+                                   (arena_settle_locked): a loop of such
+                                   sections starts no new one meanwhile */
 } tm_arena_t;
 
 /* ---- Thread caches ---------------------------------------------------------- */

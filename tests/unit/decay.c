@@ -180,6 +180,51 @@ static void test_a_tick_gives_back_a_bounded_amount(void **state) {
     set_decay(10000);
 }
 
+/* Free the one-page block p of arena X (as big_free, for blocks big() does
+ * not track). */
+static void page_free(void *p) {
+    tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
+    assert_non_null(c);
+    arena_free_large(c, (uint32_t)(((uintptr_t)p - c->base) >> TM_PAGE_SHIFT), p);
+}
+
+/* A tick's loop of purges (each drops the arena's lock for its madvise
+ * calls) starts no new one while a thread waits for the arena to settle:
+ * fork's prepare handler, _heapchk and _heapwalk wait for every such
+ * section, and with the background thread giving back thousands of runs
+ * in a row they waited for all of them (a reviewer measured fork() at
+ * 440-460 ms). 200 one-page runs are due; with a settler waiting, one
+ * purge (64 runs at most) goes, the rest stays due for the next tick. */
+static void test_a_waiting_settler_stops_the_loop(void **state) {
+    (void)state;
+    enum { N = 400 };
+    static char *pg[N];
+    set_decay(0);
+    arena_decay_tick(SIZE_MAX); /* nothing left due from before */
+    for (int i = 0; i < N; i++) {
+        pg[i] = arena_alloc_large(X, PG(1), 0, false);
+        assert_non_null(pg[i]);
+        pg[i][0] = 1;
+    }
+    for (int i = 0; i < N; i += 2) page_free(pg[i]); /* 200 runs: live pages between */
+    arena_decay_tick(SIZE_MAX); /* closes the quarter that held them: 0 due */
+    size_t res = 0;
+    for (int i = 0; i < N; i += 2) res += resident(pg[i], PG(1));
+    assert_int_equal(res, N / 2);
+    X->settlers = 1; /* as a thread in arena_settle_locked (none runs here) */
+    arena_decay_tick(SIZE_MAX);
+    X->settlers = 0;
+    res = 0;
+    for (int i = 0; i < N; i += 2) res += resident(pg[i], PG(1));
+    assert_true(res > 0 && res < N / 2); /* one purge, not the whole loop */
+    arena_decay_tick(SIZE_MAX); /* the rest */
+    res = 0;
+    for (int i = 0; i < N; i += 2) res += resident(pg[i], PG(1));
+    assert_int_equal(res, 0);
+    for (int i = 1; i < N; i += 2) page_free(pg[i]);
+    set_decay(10000);
+}
+
 /* Through the public functions: a freed large block of 500 pages, then
  * mallocs and frees of a 64 KiB block; the thread cache's GC ticks once
  * every 64 large allocations (tcache.c, tcache_gc_tick_large). With dirty_decay_ms 0 each tick closes a
@@ -265,6 +310,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_pages_used_in_the_window_are_not_due, teardown),
         cmocka_unit_test_teardown(test_minus_one_keeps_them, teardown),
         cmocka_unit_test_teardown(test_a_tick_gives_back_a_bounded_amount, teardown),
+        cmocka_unit_test_teardown(test_a_waiting_settler_stops_the_loop, teardown),
         cmocka_unit_test(test_ticks_come_from_malloc),
         cmocka_unit_test(test_background_interval),
         cmocka_unit_test_teardown(test_background_thread, teardown),
