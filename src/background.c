@@ -86,4 +86,10 @@ void background_maybe_start(void) {
 
 void background_fork_child(void) { bg_running = 2; }
 
-bool background_running(void) { return __atomic_load_n(&bg_running, __ATOMIC_RELAXED) == 1; }
+/* The thread runs and the option is on: turned off, the thread exits at
+ * its next wake-up (up to a second later), and the GC ticks decay again at
+ * once rather than leave it to a thread that is on its way out. */
+bool background_running(void) {
+    return __atomic_load_n(&bg_running, __ATOMIC_RELAXED) == 1 &&
+           __atomic_load_n(&tm_opt.background_thread, __ATOMIC_RELAXED);
+}

@@ -296,7 +296,11 @@ static void test_background_thread(void **state) {
      * run under AddressSanitizer, about 1 in 15 there, 2026-12-06) */
     for (int i = 0; i < 100 && released() - before < PG(512); i++) sleep_ms(10);
     assert_true(released() - before >= PG(512));
+    /* turned off, the GC ticks decay again at once, not once the thread
+     * has seen it (a reviewer: they left it to the exiting thread) */
+    assert_true(background_running());
     assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 0), 0);
+    assert_false(background_running());
     for (int i = 0; i < 300 && bg_threads(); i++) sleep_ms(10);
     assert_int_equal(bg_threads(), 0);
     assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
