@@ -4,7 +4,7 @@
  * freed or used again within the window do not, and -1 keeps them all.
  *
  * Arena X (the last one, which no thread of this program is bound to) is
- * driven directly through arena_alloc_large; arena_decay_tick(TM_DECAY_TICK_PAGES) is called
+ * driven directly through arena_alloc_large; arena_decay_tick() is called
  * by the test, as a thread cache's GC tick would; mincore() says which
  * pages are resident. Where a window must have closed the test sleeps
  * past it and tries again a few times (a preempted test can only make a
@@ -51,7 +51,8 @@ static int teardown(void **state) {
 static void test_pages_freed_within_the_window_stay(void **state) {
     (void)state;
     set_decay(60000);
-    arena_decay_tick(TM_DECAY_TICK_PAGES); /* closes the quarter that began at start-up; a new one begins */
+    /* closes the quarter that began at start-up; a new one begins */
+    arena_decay_tick(TM_DECAY_TICK_PAGES);
     char *x = idle_region(X);
     size_t before = released();
     for (int i = 0; i < 3; i++) arena_decay_tick(TM_DECAY_TICK_PAGES);
