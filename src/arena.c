@@ -538,8 +538,8 @@ static bool slab_plan_hold_locked(tm_slab_t *s, slab_plan_t *pl) {
     /* not the pages an earlier call gave back that no block has used since */
     tm_chunk_t *c = slab_chunk(s);
     uint32_t p0 = (uint32_t)((s->start - c->base) >> TM_PAGE_SHIFT);
-    for (uint32_t pg = 0; pg < npages; pg++)
-        if ((give >> pg) & 1 && !chunk_resident_count(c, p0 + pg, 1)) give &= ~(1u << pg);
+    for (uint32_t g = give; g; g &= g - 1)
+        if (!chunk_resident_count(c, p0 + (uint32_t)__builtin_ctz(g), 1)) give &= ~(g & -g);
     if (!give) return false;
     pl->s = s;
     pl->c = c;
@@ -628,17 +628,17 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
                 os_batch_add(&batch, (void *)at, (void *)(at + TM_PAGE));
             }
         }
-        size_t planned = 0, got = os_batch_flush(&batch);
-        for (int k = 0; k < n; k++) planned += (size_t)__builtin_popcount(plan[k].give) << TM_PAGE_SHIFT;
+        size_t got = os_batch_flush(&batch), planned = 0;
         released += got;
         if (!n) continue;
+        for (int k = 0; k < n; k++) planned += (size_t)__builtin_popcount(plan[k].give) << TM_PAGE_SHIFT;
         arena_lock(a);
         for (int k = 0; k < n; k++) {
             /* gone, unless the kernel refused some (then all stay marked,
              * for the next call to try again) */
             if (got == planned)
-                for (uint32_t pg = 0; pg < 32; pg++)
-                    if ((plan[k].give >> pg) & 1) chunk_resident_set(plan[k].c, plan[k].p0 + pg, 1, false);
+                for (uint32_t g = plan[k].give; g; g &= g - 1)
+                    chunk_resident_set(plan[k].c, plan[k].p0 + (uint32_t)__builtin_ctz(g), 1, false);
             slab_put_back_locked(a, &plan[k]);
         }
         arena_unlock(a);

@@ -362,7 +362,7 @@ size_t arena_release_orphaned(tm_arena_t *a); /* its last thread exited; no lock
 
 /* ---- background.c: the optional background thread -------------------------------- */
 void background_maybe_start(void); /* at a GC tick, no lock held */
-bool background_running(void);     /* the thread runs (or is being started) */
+bool background_running(void);     /* the thread runs (or is being started) and the option is on */
 void background_fork_child(void);
 struct timespec background_interval(long decay_ms); /* the thread's sleep between ticks */
 
@@ -625,7 +625,7 @@ extern tm_opts_t tm_opt;
  * the store is (ThreadSanitizer reported the plain reads: a tester). */
 #define TM_OPT_NOW(field) __atomic_load_n(&tm_opt.field, __ATOMIC_RELAXED)
 void options_init(void);
-void options_print_verbose(void); /* verbose:1, once start-up has settled them */
+void options_print_verbose(void); /* for verbose:1 (the caller checks), once start-up has settled them */
 
 /* ---- stats.c ---------------------------------------------------------------------------- */
 typedef struct tm_global_stats {

@@ -153,7 +153,6 @@ void options_init(void) {
  * narenas = 0 and tcache_scale = 100 with junk:1, against options.md's
  * "what a program actually got"; an outside tester). */
 void options_print_verbose(void) {
-    if (!tm_opt.verbose) return;
     for (size_t i = 0; i < NOPTS; i++) {
         char buf[128];
         long v = opt_table[i].offset == offsetof(tm_opts_t, narenas) ? (long)tm_narenas
