@@ -653,6 +653,7 @@ size_t arena_decay_tick(size_t max_pages) {
         if (due >= PURGE_MIN && max_pages - given >= PURGE_MIN) {
             /* 0 while the lock is dropped: no other tick takes the same pages */
             RSS_STORE(i, decay_due, 0);
+            const uint64_t quarter_began = rss[i].decay_ns;
             size_t got;
             /* A call gives back GROWTH_PURGE_BATCH runs at most; no call for
              * fewer than PURGE_MIN pages; and none once a thread waits for
@@ -667,8 +668,10 @@ size_t arena_decay_tick(size_t max_pages) {
                 due -= got < due ? got : due;
             } while (got && due && max_pages - given >= PURGE_MIN && !a->settlers);
             /* what is left stays due, unless nothing more could be given
-             * back (no resident run left, or the kernel refused) */
-            if (got && due) RSS_STORE(i, decay_due, due);
+             * back (no resident run left, or the kernel refused), or a
+             * tick closed a quarter while the lock was dropped: its count
+             * is the newer one (this tick's used to overwrite it) */
+            if (got && due && rss[i].decay_ns == quarter_began) RSS_STORE(i, decay_due, due);
         }
         arena_unlock(a);
     }
