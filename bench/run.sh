@@ -203,7 +203,10 @@ fi
 [ $SPIKE_ONLY = 1 ] && DOC_ARGS=(--spike-only)
 [ -n "$SPIKE_PNG" ] && DOC_ARGS+=(--spike-png "$SPIKE_PNG")
 python3 "$BENCH_DIR/summarize.py" --results "$RESULTS" "${DOC_ARGS[@]}"
-echo "run.sh: done in $(( $(date +%s) - T_BEGIN )) s; results in $RESULTS${DOC_ARGS[*]:+ (${DOC_ARGS[*]})}" >&2
+DONE_MSG="run.sh: done in $(( $(date +%s) - T_BEGIN )) s; results in $RESULTS"
+[ $SPIKE_ONLY = 0 ] && [ $DO_DOC = 1 ] && DONE_MSG+="; report in ${DOC_ARGS[1]}, plots in ${DOC_ARGS[3]}"
+[ -n "$SPIKE_PNG" ] && DONE_MSG+="; plot in $SPIKE_PNG"
+echo "$DONE_MSG" >&2
 # a run that crashed, hung, lost data or ran under the wrong allocator fails the script
 if grep -q '^rep=.* status=[^o]' "$RAW"; then
     echo "run.sh: some runs did not complete cleanly (status other than ok in $RAW)" >&2

@@ -64,7 +64,10 @@ echo "built $LIB and build/demo_threads"
 # Every allocator's resident memory depends on the kernel's transparent huge
 # pages (docs/tuning.md, "thp"): say which setting these numbers come from.
 THP=$(sed -n 's/.*\[\(.*\)\].*/\1/p' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)
-echo "machine: $(nproc) CPUs, transparent huge pages: ${THP:-not in this kernel}"
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)
+echo "machine: $(nproc) CPUs, transparent huge pages: ${THP:-not in this kernel}, load average ${LOAD:-unknown}"
+echo "(times -- 'trim took', 'worst stall' -- grow several-fold when other work shares the"
+echo "CPUs, for every allocator; compare the rows of one run, not with README's figures)"
 
 # run_demo LABEL [env assignments...] -- run the demo under env, report.
 FAILED=0
