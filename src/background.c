@@ -12,12 +12,21 @@
  * (tcache.c). Off by default, as in jemalloc: a thread the program did not create
  * shows in its thread list and wakes up once a second.
  *
- * It is started lazily, by the first GC tick that finds the option on (not
- * at start-up, where pthread_create, which calls malloc, would recurse into
- * the initialisation), with every signal blocked, detached, and named
- * "trimalloc-bg". It makes no allocation and has no thread cache. Turned
- * off at run time, it exits at its next wake-up (and the next tick that
- * finds it on again starts one).
+ * It is started by trimalloc's constructor when TRIMALLOC_CONF turns it on
+ * (once the initialisation is over: pthread_create calls malloc), or by
+ * trimalloc_option_set turning it on, with every signal blocked, detached,
+ * and named "trimalloc-bg". It makes no allocation and has no thread cache.
+ * Turned off at run time, it exits at its next wake-up, unless the option
+ * is on again by then.
+ *
+ * Never from inside malloc or free: libc calls free with its own locks
+ * held, and pthread_create takes some of them. Until 2026-12-06 the first
+ * GC tick that found the option on started the thread, and a tick in the
+ * free() that pthread_join makes of a dead thread's TLS block, with glibc's
+ * stack-cache lock held, hung in pthread_create waiting for that lock, and
+ * every thread that created or joined a thread after it (an outside
+ * tester, toggling the option while threads were created and joined: 3
+ * hangs in 3 runs; tests/unit/decay.c, test_no_thread_from_a_tick).
  *
  * A fork child never starts one: after a fork of a multi-threaded process
  * the child may call only async-signal-safe functions until it execs, and
@@ -49,25 +58,38 @@ struct timespec background_interval(long decay_ms) {
 static void *background_main(void *arg) {
     (void)arg;
     pthread_setname_np(pthread_self(), "trimalloc-bg"); /* as ps, top and gdb show it */
-    while (__atomic_load_n(&tm_opt.background_thread, __ATOMIC_RELAXED)) {
-        struct timespec ts = background_interval(__atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED));
-        nanosleep(&ts, NULL);
-        world_drain_idle_caches(os_now_ns());
-        tcache_orphans_tick();
-        arena_decay_tick(SIZE_MAX); /* no caller of malloc waits for it */
+    for (;;) {
+        while (__atomic_load_n(&tm_opt.background_thread, __ATOMIC_SEQ_CST)) {
+            struct timespec ts = background_interval(__atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED));
+            nanosleep(&ts, NULL);
+            world_drain_idle_caches(os_now_ns());
+            tcache_orphans_tick();
+            arena_decay_tick(SIZE_MAX); /* no caller of malloc waits for it */
+        }
+        int expect = 1; /* not 2: a fork child's state stays */
+        __atomic_compare_exchange_n(&bg_running, &expect, 0, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+        /* Turned on again after the loop read it, by a setter that found
+         * this thread still running and so started none (both sides store,
+         * then load the other's variable, sequentially consistent: one of
+         * them sees the other's store): carry on, unless a new one started */
+        if (!__atomic_load_n(&tm_opt.background_thread, __ATOMIC_SEQ_CST)) return NULL;
+        expect = 0;
+        if (!__atomic_compare_exchange_n(&bg_running, &expect, 1, false, __ATOMIC_SEQ_CST,
+                                         __ATOMIC_RELAXED))
+            return NULL;
     }
-    int expect = 1; /* not 2: a fork child's state stays */
-    __atomic_compare_exchange_n(&bg_running, &expect, 0, false, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
-    return NULL;
 }
 
-void background_maybe_start(void) {
-    if (likely(!__atomic_load_n(&tm_opt.background_thread, __ATOMIC_RELAXED))) return;
+/* Start the thread if the option is on and none runs. Called only where
+ * the caller holds no lock, of ours or of libc's: the constructor and
+ * trimalloc_option_set. False if pthread_create failed (errno is set). */
+bool background_start(void) {
+    if (!__atomic_load_n(&tm_opt.background_thread, __ATOMIC_SEQ_CST)) return true;
     int expect = 0;
-    if (__atomic_load_n(&bg_running, __ATOMIC_RELAXED) ||
-        !__atomic_compare_exchange_n(&bg_running, &expect, 1, false, __ATOMIC_ACQ_REL,
+    if (__atomic_load_n(&bg_running, __ATOMIC_SEQ_CST) ||
+        !__atomic_compare_exchange_n(&bg_running, &expect, 1, false, __ATOMIC_SEQ_CST,
                                      __ATOMIC_RELAXED))
-        return;
+        return true; /* one runs, or a fork child (2) */
     pthread_attr_t attr;
     sigset_t all, old;
     pthread_t t;
@@ -81,7 +103,12 @@ void background_maybe_start(void) {
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         pthread_attr_destroy(&attr);
     }
-    if (rc != 0) __atomic_store_n(&bg_running, 0, __ATOMIC_RELEASE); /* the next tick tries again */
+    if (rc != 0) {
+        __atomic_store_n(&bg_running, 0, __ATOMIC_SEQ_CST);
+        errno = rc;
+        return false;
+    }
+    return true;
 }
 
 void background_fork_child(void) { bg_running = 2; }

@@ -153,6 +153,12 @@ void tm_fork_register(void) {
 
 __attribute__((constructor(101))) static void tm_constructor(void) {
     tm_init();
+    /* background_thread:1 from TRIMALLOC_CONF: started here, once the
+     * initialisation is over, and never from a malloc or free (background.c) */
+    if (!background_start()) {
+        __atomic_store_n(&tm_opt.background_thread, 0, __ATOMIC_SEQ_CST);
+        tm_warn("background_thread: ", "the thread could not be created; the option is off");
+    }
 #ifndef TRIMALLOC_PREFIX
     tm_cxx_init(); /* which C++ operators serve: alloc.c */
 #endif

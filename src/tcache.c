@@ -1129,13 +1129,13 @@ TM_INLINE bool tcache_gc_tick_locked(tm_tcache_t *tc) {
     return true;
 }
 
-/* The part of a GC tick that may make system calls, with no lock held:
- * the decay (chunk.c) and the start of the background thread. The decay
+/* The part of a GC tick that may make system calls, with no lock held of
+ * ours (libc may hold its own: background.c says why no tick starts the
+ * background thread): the decay (chunk.c). The decay
  * gives back at most TM_DECAY_TICK_PAGES here, the rest on later ticks:
  * the malloc or free that ticks waits for its madvise calls. Where the
  * background thread runs, it decays the arenas and this thread does not. */
 static void gc_tick_unlocked(void) {
-    background_maybe_start();
     tcache_orphans_tick();
     if (!background_running()) arena_decay_tick(TM_DECAY_TICK_PAGES);
 }

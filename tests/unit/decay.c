@@ -271,7 +271,29 @@ static void test_background_interval(void **state) {
 /* the background thread, running */
 static unsigned bg_threads(void) { return tu_threads_named("trimalloc-bg"); }
 
-/* background_thread:1 -- a GC tick starts the thread; from then on pages
+/* No malloc or free starts the background thread: libc calls free with
+ * its own locks held (pthread_join frees a dead thread's TLS block under
+ * glibc's stack-cache lock), and pthread_create takes some of them; a GC
+ * tick that started the thread there hung the process (an outside
+ * tester). With the option on but no thread (as a setter leaves it when
+ * the start fails), 64 large allocations -- a GC tick -- start none; the
+ * setter does. */
+static void test_no_thread_from_a_tick(void **state) {
+    (void)state;
+    assert_int_equal(bg_threads(), 0);
+    __atomic_store_n(&tm_opt.background_thread, 1, __ATOMIC_SEQ_CST);
+    for (int i = 0; i < 64 * 4; i++) { /* 4 ticks */
+        char *p = TM_API(malloc)(PG(16));
+        assert_non_null(p);
+        TM_API(free)(p);
+    }
+    sleep_ms(50);
+    assert_int_equal(bg_threads(), 0);
+    assert_false(background_running()); /* so the ticks decay themselves */
+    __atomic_store_n(&tm_opt.background_thread, 0, __ATOMIC_SEQ_CST);
+}
+
+/* background_thread:1 -- the setter starts the thread; from then on pages
  * decay while the program makes no allocator call at all; turned off, the
  * thread exits. (Runs last: the thread ticks every arena.) */
 static void test_background_thread(void **state) {
@@ -279,11 +301,6 @@ static void test_background_thread(void **state) {
     assert_int_equal(bg_threads(), 0);
     assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 50), 0);
     assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
-    for (int i = 0; i < 64; i++) { /* 64 large allocations: one GC tick */
-        char *p = TM_API(malloc)(PG(16));
-        assert_non_null(p);
-        TM_API(free)(p);
-    }
     for (int i = 0; i < 100 && !bg_threads(); i++) sleep_ms(10);
     assert_int_equal(bg_threads(), 1);
     /* read first: the thread may give the region back before this thread
@@ -318,6 +335,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_a_waiting_settler_stops_the_loop, teardown),
         cmocka_unit_test(test_ticks_come_from_malloc),
         cmocka_unit_test(test_background_interval),
+        cmocka_unit_test_teardown(test_no_thread_from_a_tick, teardown),
         cmocka_unit_test_teardown(test_background_thread, teardown),
     };
     return cmocka_run_group_tests_name("unit_decay", tests, setup, group_teardown);
