@@ -107,7 +107,8 @@ void TM_API(_aligned_free)(void *memblock);
 /* Global statistics, summed over arenas and threads when read. */
 typedef struct trimalloc_stats {
     size_t allocated;      /* bytes in blocks the program holds (usable size) */
-    size_t active;         /* bytes in pages holding at least one live block */
+    size_t active;         /* bytes of slabs, large runs and huge blocks in use (a slab
+                              counts whole: may exceed resident after _heapmin) */
     size_t resident;       /* bytes of mapped memory not released (upper bound) */
     size_t mapped;         /* bytes mapped from the kernel (chunks + huge + meta) */
     size_t released;       /* bytes returned to the kernel since start */

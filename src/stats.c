@@ -186,7 +186,7 @@ TM_EXPORT void TM_API(trimalloc_stats_print)(int fd, int json) {
     static const char text_fmt[] =
         "trimalloc statistics\n"
         "  allocated        %zu bytes (blocks the program holds)\n"
-        "  active           %zu bytes (pages holding live blocks)\n"
+        "  active           %zu bytes (slabs, runs and huge blocks in use)\n"
         "  resident         %zu bytes (upper bound)\n"
         "  mapped           %zu bytes\n"
         "  released         %zu bytes (returned to the kernel since start)\n"
