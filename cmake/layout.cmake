@@ -78,7 +78,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   resident_set_locked purge_victim_next chunk_resident_count chunk_resident_set idle_pages slot_find
   arena_release_orphaned growth_purge_locked growth_purge_budget_locked
   # background.c
-  background_start background_running background_fork_child
+  background_set background_start background_running background_fork_child
   # huge.c, heapmin.c, stats.c: what fork, exit and a purge call
   huge_fork_prepare huge_fork_parent huge_fork_child
   heapmin_lock heapmin_unlock heapmin_trylock heapmin_fork_child

@@ -80,10 +80,14 @@ static void *background_main(void *arg) {
     }
 }
 
-/* Start the thread if the option is on and none runs. Called only where
- * the caller holds no lock, of ours or of libc's: the constructor and
- * trimalloc_option_set. False if pthread_create failed (errno is set). */
-bool background_start(void) {
+/* Serialises background_set: a setter whose start fails turns the option
+ * off again, and without it a second setter could be told 0 for an option
+ * the first one then turned off (a reviewer). Taken by no allocation. */
+static pthread_mutex_t bg_set_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Start the thread if the option is on and none runs. False if
+ * pthread_create failed (errno is set). */
+static bool background_start(void) {
     if (!__atomic_load_n(&tm_opt.background_thread, __ATOMIC_SEQ_CST)) return true;
     int expect = 0;
     if (__atomic_load_n(&bg_running, __ATOMIC_SEQ_CST) ||
@@ -111,7 +115,27 @@ bool background_start(void) {
     return true;
 }
 
-void background_fork_child(void) { bg_running = 2; }
+/* Set the option to value (value < 0: leave it, start the thread if it is
+ * on: the constructor, for TRIMALLOC_CONF), and start the thread if it is
+ * now on and none runs; if it cannot be, the option goes back to 0 and
+ * this returns false with pthread_create's errno. Called only where the
+ * caller holds no lock, of ours or of libc's: trimalloc's constructor and
+ * trimalloc_option_set, never malloc or free. */
+bool background_set(long value) {
+    pthread_mutex_lock(&bg_set_lock);
+    if (value >= 0) __atomic_store_n(&tm_opt.background_thread, value, __ATOMIC_SEQ_CST);
+    bool ok = background_start();
+    int e = errno;
+    if (!ok) __atomic_store_n(&tm_opt.background_thread, 0, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&bg_set_lock);
+    errno = e;
+    return ok;
+}
+
+void background_fork_child(void) {
+    bg_running = 2;
+    pthread_mutex_init(&bg_set_lock, NULL); /* a setter in another thread held it */
+}
 
 /* The thread runs and the option is on: turned off, the thread exits at
  * its next wake-up (up to a second later), and the GC ticks decay again at

@@ -152,13 +152,13 @@ void tm_fork_register(void) {
 }
 
 __attribute__((constructor(101))) static void tm_constructor(void) {
+    int saved_errno = errno; /* 0 at program start, as C requires */
     tm_init();
     /* background_thread:1 from TRIMALLOC_CONF: started here, once the
      * initialisation is over, and never from a malloc or free (background.c) */
-    if (!background_start()) {
-        __atomic_store_n(&tm_opt.background_thread, 0, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&tm_opt.background_thread, __ATOMIC_RELAXED) && !background_set(-1))
         tm_warn("background_thread: ", "the thread could not be created; the option is off");
-    }
+    errno = saved_errno;
 #ifndef TRIMALLOC_PREFIX
     tm_cxx_init(); /* which C++ operators serve: alloc.c */
 #endif

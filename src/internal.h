@@ -361,7 +361,7 @@ size_t arena_decay_tick(size_t max_pages);
 size_t arena_release_orphaned(tm_arena_t *a); /* its last thread exited; no lock held */
 
 /* ---- background.c: the optional background thread -------------------------------- */
-bool background_start(void);       /* constructor and option setter only: no lock held */
+bool background_set(long value);   /* constructor and option setter only: no lock held */
 bool background_running(void);     /* the thread runs (or is being started) and the option is on */
 void background_fork_child(void);
 struct timespec background_interval(long decay_ms); /* the thread's sleep between ticks */

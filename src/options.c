@@ -185,14 +185,10 @@ TM_EXPORT int TM_API(trimalloc_option_set)(const char *name, long value) {
         errno = EBUSY;
         return -1;
     }
-    __atomic_store_n(opt_field(d), value, __ATOMIC_SEQ_CST);
     /* the background thread starts here (background.c), not at a tick */
-    if (d->offset == offsetof(tm_opts_t, background_thread) && value && !background_start()) {
-        int e = errno;
-        __atomic_store_n(opt_field(d), 0, __ATOMIC_SEQ_CST);
-        errno = e;
-        return -1;
-    }
+    if (d->offset == offsetof(tm_opts_t, background_thread))
+        return background_set(value) ? 0 : -1;
+    __atomic_store_n(opt_field(d), value, __ATOMIC_RELAXED);
     return 0;
 }
 

@@ -41,6 +41,9 @@ static int group_teardown(void **state) {
 /* Free what the test holds; X's empty chunks are unmapped. */
 static int teardown(void **state) {
     (void)state;
+    /* off whatever a failed background test left (test_no_thread_from_a_tick
+     * sets the option without a thread) */
+    __atomic_store_n(&tm_opt.background_thread, 0, __ATOMIC_SEQ_CST);
     big_free_all();
     arena_purge(X, true, NULL);
     return X->nchunks == 0 ? 0 : -1;
@@ -290,7 +293,6 @@ static void test_no_thread_from_a_tick(void **state) {
     sleep_ms(50);
     assert_int_equal(bg_threads(), 0);
     assert_false(background_running()); /* so the ticks decay themselves */
-    __atomic_store_n(&tm_opt.background_thread, 0, __ATOMIC_SEQ_CST);
 }
 
 /* background_thread:1 -- the setter starts the thread; from then on pages

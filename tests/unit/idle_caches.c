@@ -54,11 +54,10 @@ static size_t cached(tm_tcache_t *tc) {
 }
 
 /* The background thread on, with a window of decay_ms (at least 1 s), and
- * running: it starts at a GC tick, which 64 large allocations make. */
+ * running: the setter starts it (background.c). */
 static void bg_on(long decay_ms) {
     assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", decay_ms), 0);
     assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
-    for (int i = 0; i < 64; i++) TM_API(free)(TM_API(malloc)(64 << 10));
     for (int i = 0; i < 100 && !tu_threads_named("trimalloc-bg"); i++) sleep_ms(10);
 }
 
