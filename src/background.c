@@ -122,10 +122,11 @@ static bool background_start(void) {
  * caller holds no lock, of ours or of libc's: trimalloc's constructor and
  * trimalloc_option_set, never malloc or free. */
 bool background_set(long value) {
+    int saved_errno = errno; /* unchanged on success (options.md) */
     pthread_mutex_lock(&bg_set_lock);
     if (value >= 0) __atomic_store_n(&tm_opt.background_thread, value, __ATOMIC_SEQ_CST);
     bool ok = background_start();
-    int e = errno;
+    int e = ok ? saved_errno : errno;
     if (!ok) __atomic_store_n(&tm_opt.background_thread, 0, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&bg_set_lock);
     errno = e;
