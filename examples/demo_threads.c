@@ -166,6 +166,10 @@ int main(int argc, char **argv)
     const char *from = malloc_sym && dladdr(malloc_sym, &info) && info.dli_fname
                            ? info.dli_fname : "unknown";
     int (*heapmin)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "_heapmin");
+    Dl_info hinfo; /* a _heapmin of an object that does not serve malloc trims nothing */
+    if (heapmin && (!malloc_sym || !dladdr((void *)heapmin, &hinfo) ||
+                    !dladdr(malloc_sym, &info) || hinfo.dli_fbase != info.dli_fbase))
+        heapmin = NULL;
 
     size_t total = (size_t)nthreads * nblocks;
     blocks = calloc(total, sizeof(*blocks));
