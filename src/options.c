@@ -169,7 +169,9 @@ TM_EXPORT int TM_API(trimalloc_option_get)(const char *name, long *value) {
         errno = EINVAL;
         return -1;
     }
-    *value = *opt_field(d);
+    /* atomic: a setter may store it meanwhile (until 2026-12-06 a plain
+     * load, a data race under ThreadSanitizer; an outside tester) */
+    *value = __atomic_load_n(opt_field(d), __ATOMIC_RELAXED);
     if (d->offset == offsetof(tm_opts_t, narenas)) *value = tm_narenas;
     return 0;
 }

@@ -7,7 +7,10 @@
  * Until 2026-12-05 the allocation paths read these four with plain loads
  * while the setter stored them atomically: an outside tester's
  * ThreadSanitizer run reported 4 races per run (alloc.c's huge_threshold,
- * huge.c's guard, decay_ms and huge_cache_mb).
+ * huge.c's guard, decay_ms and huge_cache_mb). The allocating thread
+ * also reads the flipped options with trimalloc_option_get, which until
+ * 2026-12-06 read them with a plain load (another tester's
+ * ThreadSanitizer run: a race with the setter in 2 of 3 runs).
  */
 #include <stdatomic.h>
 
@@ -38,6 +41,9 @@ static void test_flipping_options_while_allocating(void **state) {
     long rounds = tu_scaled(1000, 100), bad = 0;
     for (long r = 0; r < rounds; r++) {
         int k = (int)(tu_rand(&rng) % SLOTS);
+        static const char *const names[] = {"huge_threshold", "guard", "decay_ms", "huge_cache_mb"};
+        long v = -1;
+        TU_CHECK(TM_API(trimalloc_option_get)(names[r & 3], &v) == 0 && v >= 0, "option_get");
         size_t size = 64 * 1024 + (size_t)(tu_rand(&rng) % (2 * 1024 * 1024));
         if (b[k].p && (r & 1)) { /* a resize, across the thresholds too */
             if (tu_find_bad(b[k].p, b[k].size, b[k].seed) != SIZE_MAX) bad++;
