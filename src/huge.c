@@ -86,7 +86,11 @@ static void huge_decay(uint64_t now) {
     uint64_t limit = (uint64_t)TM_OPT_NOW(decay_ms) * 1000000ull;
     for (tm_huge_t *h = huge_cache, *next; h; h = next) {
         next = h->next;
-        if (now - h->freed_ns >= limit) {
+        /* now was read before the lock: a block freed while this thread
+         * waited for it is younger than now says (until 2026-12-06 the
+         * difference wrapped and such a block was unmapped at once; an
+         * outside reviewer) */
+        if (now > h->freed_ns && now - h->freed_ns >= limit) {
             list_remove(&huge_cache, h);
             HUGE_SUB(huge_cache_bytes, h->mapped);
             __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
@@ -107,6 +111,7 @@ static void huge_decay(uint64_t now) {
  * caller's to update), or NULL with the mapping unchanged. */
 static void *huge_grow(tm_huge_t *h, size_t msize) {
     void *p = (void *)h->base;
+    int saved = errno; /* the refused growth in place is no failure if the move works */
     if (os_remap(p, h->mapped, msize, 0, NULL)) return p;
     void *spot = os_map_aligned(msize, TM_CHUNK);
     if (!spot) return NULL;
@@ -127,6 +132,7 @@ static void *huge_grow(tm_huge_t *h, size_t msize) {
         os_unmap(spot, msize);
         return NULL;
     }
+    errno = saved; /* until 2026-12-06 the in-place refusal's ENOMEM stayed */
     return np;
 }
 
@@ -151,7 +157,9 @@ static void *huge_grow_guarded(tm_huge_t *h, size_t msize, bool may_move, bool *
         (void)os_protect_none(g, TM_PAGE); /* a guard again, as it was */
         return NULL;
     }
+    int saved = errno; /* the block grew: no guard is no failure, errno stays */
     *guarded = os_protect_none((char *)np + msize, TM_PAGE) == 0;
+    errno = saved;
     return np;
 }
 
@@ -476,12 +484,14 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero, bool *r
             huge_set_sizes(h, np, guarded ? msize : msize + TM_PAGE, msize + TM_PAGE);
             return np;
         }
-        /* a shrink, or the kernel could not grow it: a new guarded block */
-        np = huge_alloc(size, 0, false);
-        if (np) memcpy(np, p, old_size < msize ? old_size : msize);
+        /* A shrink, or the kernel could not grow it: the caller moves it
+         * to a new block made as malloc makes one -- guarded if the option
+         * still says so, filled as zero and junk say. (Until 2026-12-06 a
+         * huge_alloc here skipped the fills: with guard turned off since,
+         * a cached mapping came back with an earlier block's bytes past
+         * the copy under zero:1; an outside reviewer.) */
         huge_unclaim(h);
-        if (np) huge_free(h, p);
-        return np;
+        return NULL;
     }
     void *np = p;
     if (msize <= old_mapped) {
