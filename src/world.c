@@ -122,6 +122,13 @@ static bool take_buf_ready(void) {
  * only copied out under tc->mu and given to the arenas after it is
  * dropped. Returns when tc->mu was dropped. */
 static uint64_t drain_one(tm_tcache_t *tc, bool buffered) {
+    /* Emptied here, not by its owner: out of the count tcache_total_mb is
+     * shared by until its owner's next refill or overflow. Marked only
+     * now, not when it was stopped: a cache whose owner stayed busy, or
+     * that no barrier let us visit, still holds its blocks (until
+     * 2026-12-06 such caches left the count too, and the others' shares
+     * grew past the bound by what they held; an outside reviewer). */
+    if (__atomic_load_n(&tc->drain_pending, __ATOMIC_RELAXED)) tcache_mark_drained_locked(tc);
     if (!buffered) {
         tcache_settle_locked(tc);
         pthread_mutex_unlock(&tc->mu);
@@ -162,7 +169,6 @@ static size_t stop_one(tm_tcache_t *tc) {
     __atomic_store_n(&tc->drain_pending, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&tc->owner_tls->tc, &tm_tcache_sentinel,
                      TM_TSAN ? __ATOMIC_SEQ_CST : __ATOMIC_RELAXED);
-    tcache_mark_drained_locked(tc); /* counts again at its owner's next slow path */
     size_t n = tcache_blocks_locked(tc);
     pthread_mutex_unlock(&tc->mu);
     return n;
@@ -171,23 +177,28 @@ static size_t stop_one(tm_tcache_t *tc) {
 /* Visit cache g of a stopped group: lock g->mu and drain it, unless its
  * owner is still on its fast path after `spins` pauses. True if done
  * (drained, or its owner drained it itself); *max_hold then covers the
- * time g->mu was held. */
-static bool visit_one(tm_tcache_t *g, bool buffered, unsigned spins, uint64_t *max_hold) {
+ * time g->mu was held, and *drained counts it. */
+static bool visit_one(tm_tcache_t *g, bool buffered, unsigned spins, uint64_t *max_hold,
+                      unsigned *drained) {
     uint64_t t0 = os_now_ns(), t1;
     tm_lock(&g->mu);
-    if (__atomic_load_n(&g->drain_pending, __ATOMIC_RELAXED) && owner_busy_spin(g->owner_tls, spins)) {
+    bool pending = __atomic_load_n(&g->drain_pending, __ATOMIC_RELAXED);
+    if (pending && owner_busy_spin(g->owner_tls, spins)) {
         pthread_mutex_unlock(&g->mu);
         return false;
     }
     t1 = drain_one(g, buffered); /* unlocks g->mu */
     if (t1 - t0 > *max_hold) *max_hold = t1 - t0;
+    (*drained)++;
     return true;
 }
 
 /* Stop and drain every live cache that pick() selects (every one without
  * pick), a group at a time. Caller holds the trim lock. Returns the
  * longest a drain held an owner's tc->mu; *drained counts the caches
- * stopped. */
+ * emptied, by it or by their owners once stopped (until 2026-12-06 those
+ * stopped, which the idle_drains statistic then counted again at every
+ * window for caches no barrier let it visit; an outside reviewer). */
 static uint64_t drain_where(bool (*pick)(tm_tcache_t *, uint64_t), uint64_t now, bool buffered,
                             unsigned *drained) {
     uint64_t max_hold = 0, deadline = 0;
@@ -202,7 +213,6 @@ static uint64_t drain_where(bool (*pick)(tm_tcache_t *, uint64_t), uint64_t now,
                 blocks += stop_one(tc);
                 stopped++;
             }
-        *drained += stopped;
         if (!stopped) continue; /* nothing to wait for: no barrier */
         if (barrier_ok) barrier_ok = os_heavy_barrier() == 0 || TM_TSAN;
         if (!barrier_ok) continue; /* the group's owners drain their own caches */
@@ -211,7 +221,7 @@ static uint64_t drain_where(bool (*pick)(tm_tcache_t *, uint64_t), uint64_t now,
             /* with pick, those not stopped (nothing pending: stops are
              * made under the registry lock, which we hold) need no visit */
             if (pick && !__atomic_load_n(&g->drain_pending, __ATOMIC_RELAXED)) continue;
-            if (!visit_one(g, buffered, SPIN_FIRST, &max_hold)) aside[naside++] = g;
+            if (!visit_one(g, buffered, SPIN_FIRST, &max_hold, drained)) aside[naside++] = g;
         }
         /* the owners found busy, again and again, while the window lasts
          * (they stay in the registry: their exit needs the registry lock) */
@@ -228,7 +238,7 @@ static uint64_t drain_where(bool (*pick)(tm_tcache_t *, uint64_t), uint64_t now,
             os_yield();
             unsigned left = 0;
             for (unsigned i = 0; i < naside; i++)
-                if (!visit_one(aside[i], buffered, 0, &max_hold)) aside[left++] = aside[i];
+                if (!visit_one(aside[i], buffered, 0, &max_hold, drained)) aside[left++] = aside[i];
             naside = left;
         }
     }
