@@ -819,6 +819,14 @@ static tm_chunk_t *run_stash_take_locked(tm_arena_t *a, uint32_t npages, uint32_
         c->stash_pages -= npages;
         for (unsigned last = --a->nstash; i < last; i++) a->stash[i] = a->stash[i + 1];
         page_set_kind(&c->pages[*page_out], PAGE_INTERIOR);
+        /* Its pages were a block's, so they may be resident, whatever
+         * their bits said before that block was carved: a slab made of
+         * them is purged by those bits and counted by them (until
+         * 2026-12-06 a slab cut from a kept run that had been carved from
+         * fresh pages kept them out of _heapmin's reach and out of the
+         * resident statistic; an outside reviewer). A large block's bits
+         * are set again when it is freed (run_free_locked). */
+        chunk_resident_set(c, *page_out, npages, true);
         return c;
     }
     return NULL;

@@ -165,6 +165,47 @@ static void test_last_freed_runs(void **state) {
     assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
 }
 
+/* A slab cut from a kept run: the run's pages were a block's, so they
+ * read as possibly resident, for _heapmin's slab purge and the resident
+ * statistic to see them (until 2026-12-06 they kept the bits of the fresh
+ * pages the block had been carved from: 0, and _heapmin left them in
+ * memory; an outside reviewer). */
+static void test_a_slab_from_a_kept_run_is_resident(void **state) {
+    (void)state;
+    tm_init();
+    unsigned cls = size_class_of(1792);
+    if (tm_classes[cls].slab_pages < 2) skip();
+    size_t bytes = (size_t)tm_classes[cls].slab_pages * TM_PAGE;
+    tm_arena_t *a = arena_get(tm_narenas - 1);
+    assert_non_null(a);
+    arena_lock(a);
+    run_stash_flush_locked(a);
+    arena_unlock(a);
+    void *anchor = arena_alloc_large(a, 8192, 0, false);
+    unsigned char *x = arena_alloc_large(a, bytes, 0, false);
+    assert_non_null(x);
+    memset(x, 7, bytes);
+    /* as if carved from fresh pages (the bits of a block in use say
+     * nothing; this arena's earlier runs may have left them set) */
+    tm_chunk_t *c;
+    uint32_t page = page_of(x, &c);
+    arena_lock(a);
+    chunk_resident_set(c, page, tm_classes[cls].slab_pages, false);
+    arena_unlock(a);
+    large_free(x);
+    assert_int_equal(a->nstash, 1);
+    void *blk = NULL;
+    assert_int_equal(arena_refill(a, cls, &blk, 1), 1);
+    assert_int_equal(a->nstash, 0); /* the slab took the kept run */
+    assert_ptr_equal((void *)((uintptr_t)blk & ~(uintptr_t)TM_PAGE_MASK), x);
+    arena_lock(a);
+    assert_int_equal(chunk_resident_count(c, page, tm_classes[cls].slab_pages), tm_classes[cls].slab_pages);
+    arena_unlock(a);
+    arena_flush(cls, &blk, 1);
+    large_free(anchor);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+}
+
 static void test_aligned_runs(void **state) {
     (void)state;
     tm_init();
@@ -288,6 +329,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_large_runs_coalesce),
         cmocka_unit_test(test_last_freed_runs),
+        cmocka_unit_test(test_a_slab_from_a_kept_run_is_resident),
         cmocka_unit_test(test_aligned_runs),
         cmocka_unit_test(test_resize_in_place),
         cmocka_unit_test(test_a_held_run_is_not_the_programs),
