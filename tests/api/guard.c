@@ -11,16 +11,9 @@
  */
 #include "test_cmocka.h"
 
-#include <errno.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <stdbool.h>
-#include <stddef.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #define assert_heap_ok() assert_int_equal(TM_API(_heapchk)(), _HEAPOK)
 
@@ -162,17 +155,8 @@ static int grow_without_guard_child(void) {
     unsigned char *p = TM_API(malloc)(3 * MIB);
     if (!p) return 1;
     memset(p, 0x5c, 3 * MIB);
-    struct sock_filter f[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_mprotect, 0, 3),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PROT_NONE, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOMEM),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = {sizeof f / sizeof f[0], f};
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
-        return 2;
+    static const tu_refusal_t refuse[] = {{SYS_mprotect, ENOMEM, 1, PROT_NONE}};
+    if (tu_refuse_syscalls(refuse, 1) != 0) return 2;
     errno = EDOM;
     unsigned char *q = TM_API(realloc)(p, 5 * MIB);
     if (!q) return 3;
@@ -190,13 +174,7 @@ static int grow_without_guard_child(void) {
 
 static void test_growth_without_guard_keeps_errno(void **state) {
     (void)state;
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) _exit(grow_without_guard_child());
-    int st = 0;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    assert_true(WIFEXITED(st));
-    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_int_equal(tu_run_forked(grow_without_guard_child), 0);
 }
 
 int main(void) {

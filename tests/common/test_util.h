@@ -38,6 +38,10 @@
 #include <unistd.h>
 #include <sys/wait.h>
 #include <dirent.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 
 #include "trimalloc.h"
 
@@ -374,6 +378,60 @@ static inline int tu_run_self_child(const char *conf)
     if (pid < 0 || waitpid(pid, &status, 0) != pid)
         return -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* Run fn() in a forked child (for a process-wide change, such as a
+ * seccomp filter, that must not reach the other tests). Returns its exit
+ * status: fn's return value, 128 + the signal that ended it, or -1. */
+static inline int tu_run_forked(int (*fn)(void))
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(60);
+        _exit(fn());
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid)
+        return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* A system call the kernel should refuse (seccomp), with error err: every
+ * call of number nr, or (arg2_is_set) only those whose third argument is
+ * arg2 -- mprotect(..., PROT_NONE), say. */
+typedef struct tu_refusal {
+    int nr;
+    int err;
+    int arg2_is_set;
+    unsigned arg2;
+} tu_refusal_t;
+
+/* Make this process refuse the n calls of r (at most 8) from now on, for
+ * good: use it in a child (tu_run_forked). 0 on success. */
+static inline int tu_refuse_syscalls(const tu_refusal_t *r, unsigned n)
+{
+    struct sock_filter f[2 + 8 * 4];
+    unsigned k = 0;
+    if (n > 8)
+        return -1;
+    for (unsigned i = 0; i < n; i++) {
+        f[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+        if (r[i].arg2_is_set) {
+            f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)r[i].nr, 0, 3);
+            f[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+                                                  offsetof(struct seccomp_data, args[2]));
+            f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, r[i].arg2, 0, 1);
+        } else {
+            f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)r[i].nr, 0, 1);
+        }
+        f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K,
+                                              SECCOMP_RET_ERRNO | ((unsigned)r[i].err & SECCOMP_RET_DATA));
+    }
+    f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    struct sock_fprog prog = {(unsigned short)k, f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return -1;
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
 }
 
 static inline void tu_thread_create(pthread_t *t, void *(*fn)(void *), void *arg)

@@ -89,14 +89,20 @@ static void large_free(void *p) {
 /* The arena's last freed large runs (chunk.c): a run of the same length is
  * the newest of them; one of another length empties them into the index
  * first; they are bounded; a freed one reads as freed. */
-static void test_last_freed_runs(void **state) {
-    (void)state;
+/* The arena the kept-run tests use, with no run kept yet. */
+static tm_arena_t *arena_without_kept_runs(void) {
     tm_init();
     tm_arena_t *a = arena_get(tm_narenas - 1);
     assert_non_null(a);
     arena_lock(a);
     run_stash_flush_locked(a);
     arena_unlock(a);
+    return a;
+}
+
+static void test_last_freed_runs(void **state) {
+    (void)state;
+    tm_arena_t *a = arena_without_kept_runs();
 
     /* a block that stays: kept runs never hold a chunk alone (below) */
     void *anchor = arena_alloc_large(a, 8192, 0, false);
@@ -176,11 +182,7 @@ static void test_a_slab_from_a_kept_run_is_resident(void **state) {
     unsigned cls = size_class_of(1792);
     if (tm_classes[cls].slab_pages < 2) skip();
     size_t bytes = (size_t)tm_classes[cls].slab_pages * TM_PAGE;
-    tm_arena_t *a = arena_get(tm_narenas - 1);
-    assert_non_null(a);
-    arena_lock(a);
-    run_stash_flush_locked(a);
-    arena_unlock(a);
+    tm_arena_t *a = arena_without_kept_runs();
     void *anchor = arena_alloc_large(a, 8192, 0, false);
     unsigned char *x = arena_alloc_large(a, bytes, 0, false);
     assert_non_null(x);

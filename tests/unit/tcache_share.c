@@ -14,15 +14,9 @@
 #include "test_cmocka.h"
 #include "internal.h"
 
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <pthread.h>
-#include <stddef.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 static const size_t sizes[] = {16, 48, 64, 100, 200, 300, 500, 700, 1000,
                                1500, 2500, 3500, 5000, 7000, 8192};
@@ -229,21 +223,9 @@ static void *fill_and_wait(void *arg) {
  * no_barrier, membarrier and mprotect(PROT_READ) are refused first.
  * Exit status 0 if the counts after _heapmin are as they should be. */
 static int no_barrier_child(bool no_barrier) {
-    if (no_barrier) {
-        struct sock_filter f[] = {
-            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_membarrier, 0, 1),
-            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
-            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_mprotect, 0, 3),
-            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
-            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PROT_READ, 0, 1),
-            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EACCES),
-            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        };
-        struct sock_fprog prog = {sizeof f / sizeof f[0], f};
-        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
-            return 1;
-    }
+    static const tu_refusal_t refuse[] = {{SYS_membarrier, ENOSYS, 0, 0},
+                                          {SYS_mprotect, EACCES, 1, PROT_READ}};
+    if (no_barrier && tu_refuse_syscalls(refuse, 2) != 0) return 1;
     pthread_barrier_init(&filled, NULL, IDLE_WORKERS + 1);
     pthread_t t[IDLE_WORKERS];
     for (int i = 0; i < IDLE_WORKERS; i++)
@@ -271,26 +253,19 @@ static int no_barrier_child(bool no_barrier) {
     return rc;
 }
 
-static void run_no_barrier_child(bool no_barrier) {
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) _exit(no_barrier_child(no_barrier));
-    int st = 0;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    assert_true(WIFEXITED(st));
-    assert_int_equal(WEXITSTATUS(st), 0);
-}
+static int drained_child(void) { return no_barrier_child(false); }
+static int not_drained_child(void) { return no_barrier_child(true); }
 
 static void test_drained_caches_leave_the_count(void **state) {
     (void)state;
     if (TU_TSAN) skip(); /* threads in a child forked after others ran: beyond ThreadSanitizer */
-    run_no_barrier_child(false);
+    assert_int_equal(tu_run_forked(drained_child), 0);
 }
 
 static void test_caches_not_drained_stay_counted(void **state) {
     (void)state;
     if (TU_TSAN) skip(); /* and its build drains without a barrier */
-    run_no_barrier_child(true);
+    assert_int_equal(tu_run_forked(not_drained_child), 0);
 }
 
 int main(void) {
