@@ -406,6 +406,10 @@ typedef struct tu_refusal {
     unsigned arg2;
 } tu_refusal_t;
 
+/* A child's exit status for "this system has no seccomp filters" (a
+ * container may refuse them): the test skips. */
+#define TU_NO_SECCOMP 77
+
 /* Make this process refuse the n calls of r (at most 8) from now on, for
  * good: use it in a child (tu_run_forked). 0 on success. */
 static inline int tu_refuse_syscalls(const tu_refusal_t *r, unsigned n)
