@@ -111,7 +111,6 @@ static void huge_decay(uint64_t now) {
  * caller's to update), or NULL with the mapping unchanged. */
 static void *huge_grow(tm_huge_t *h, size_t msize) {
     void *p = (void *)h->base;
-    int saved = errno; /* the refused growth in place is no failure if the move works */
     if (os_remap(p, h->mapped, msize, 0, NULL)) return p;
     void *spot = os_map_aligned(msize, TM_CHUNK);
     if (!spot) return NULL;
@@ -132,7 +131,6 @@ static void *huge_grow(tm_huge_t *h, size_t msize) {
         os_unmap(spot, msize);
         return NULL;
     }
-    errno = saved; /* until 2026-12-06 the in-place refusal's ENOMEM stayed */
     return np;
 }
 
@@ -157,9 +155,7 @@ static void *huge_grow_guarded(tm_huge_t *h, size_t msize, bool may_move, bool *
         (void)os_protect_none(g, TM_PAGE); /* a guard again, as it was */
         return NULL;
     }
-    int saved = errno; /* the block grew: no guard is no failure, errno stays */
     *guarded = os_protect_none((char *)np + msize, TM_PAGE) == 0;
-    errno = saved;
     return np;
 }
 

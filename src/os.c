@@ -64,15 +64,6 @@ static inline long os_sys(long nr, long a, long b, long c, long d, long e, long 
 }
 #endif
 
-#if OS_RAW
-/* For calls whose contract is "0, or -1 with errno". */
-static int os_sys_status(long r) {
-    if (r >= 0) return 0;
-    errno = (int)-r;
-    return -1;
-}
-#endif
-
 /* hint: where the mapping should go if that spot is free (no MAP_FIXED:
  * the kernel picks another spot otherwise), or NULL */
 static void *os_mmap_hint(void *hint, size_t size) {
@@ -102,11 +93,19 @@ static int os_munmap(void *p, size_t size) {
 #endif
 }
 
+/* 0, or the error number; errno untouched, as os_munmap's: every caller
+ * carries on without it (a guard page it could not make, a barrier it
+ * falls back from), and a call that then succeeds must leave errno as it
+ * was (until 2026-12-06 a realloc of a guarded block that lost its guard
+ * page left ENOMEM; an outside reviewer). */
 static int os_mprotect(void *p, size_t size, int prot) {
 #if OS_RAW
-    return os_sys_status(os_sys(SYS_mprotect, (long)p, (long)size, prot, 0, 0, 0));
+    long r = os_sys(SYS_mprotect, (long)p, (long)size, prot, 0, 0, 0);
+    return r < 0 ? (int)-r : 0;
 #else
-    return mprotect(p, size, prot);
+    int saved = errno, r = mprotect(p, size, prot) == 0 ? 0 : errno;
+    errno = saved;
+    return r;
 #endif
 }
 
@@ -213,9 +212,12 @@ int os_purge(void *p, size_t size) {
  * swapped out counts as not in memory. */
 bool os_in_memory(void *p, size_t size, unsigned char *vec) {
 #if OS_RAW
-    return !os_sys_status(os_sys(SYS_mincore, (long)p, (long)size, (long)vec, 0, 0, 0));
+    return os_sys(SYS_mincore, (long)p, (long)size, (long)vec, 0, 0, 0) >= 0;
 #else
-    return mincore(p, size, vec) == 0;
+    int saved = errno;
+    bool ok = mincore(p, size, vec) == 0;
+    errno = saved; /* a hint: errno untouched, as os_munmap's */
+    return ok;
 #endif
 }
 
@@ -448,8 +450,8 @@ size_t os_batch_flush(os_batch_t *b) {
     return b->released;
 }
 
-int os_protect_none(void *p, size_t size) { return os_mprotect(p, size, PROT_NONE); }
-int os_protect_rw(void *p, size_t size) { return os_mprotect(p, size, PROT_READ | PROT_WRITE); }
+int os_protect_none(void *p, size_t size) { return os_mprotect(p, size, PROT_NONE) ? -1 : 0; }
+int os_protect_rw(void *p, size_t size) { return os_mprotect(p, size, PROT_READ | PROT_WRITE) ? -1 : 0; }
 
 /* Undo what a program may have done to a block's pages before it freed it
  * (mprotect, MADV_DONTFORK, MADV_WIPEONFORK, MADV_DONTDUMP), so that a
@@ -464,11 +466,7 @@ int os_protect_rw(void *p, size_t size) { return os_mprotect(p, size, PROT_READ 
  * than turning the cache off. errno is left as it was. */
 int os_restore_block(void *p, size_t size) {
     int saved = errno;
-    int rc = os_mprotect(p, size, PROT_READ | PROT_WRITE);
-    if (rc != 0 && errno == ENOMEM) {
-        errno = saved;
-        return -1;
-    }
+    if (os_mprotect(p, size, PROT_READ | PROT_WRITE) == ENOMEM) return -1;
 #ifdef MADV_DOFORK
     os_advise(p, size, MADV_DOFORK);
 #endif
@@ -483,7 +481,10 @@ int os_restore_block(void *p, size_t size) {
 }
 
 /* mremap: grow/shrink in place (may_move 0), anywhere (may_move 1), or to
- * the fixed address given (a reserved, aligned spot). */
+ * the fixed address given (a reserved, aligned spot). NULL if refused,
+ * errno untouched: a growth refused in place is followed by a move that
+ * may work (until 2026-12-06 the refusal's ENOMEM stayed after a realloc
+ * that succeeded; an outside reviewer). */
 void *os_remap(void *p, size_t old, size_t new_size, int may_move, void *fixed) {
     if (new_size > old && inject_failure()) return NULL;
     int flags = may_move ? MREMAP_MAYMOVE : 0;
@@ -492,7 +493,9 @@ void *os_remap(void *p, size_t old, size_t new_size, int may_move, void *fixed) 
     long r = os_sys(SYS_mremap, (long)p, (long)old, (long)new_size, flags, (long)fixed, 0);
     return (unsigned long)r > -4096ul ? NULL : (void *)r;
 #else
+    int saved = errno;
     void *r = fixed ? mremap(p, old, new_size, flags, fixed) : mremap(p, old, new_size, flags);
+    errno = saved;
     return r == MAP_FAILED ? NULL : r;
 #endif
 }

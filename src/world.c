@@ -182,8 +182,7 @@ static bool visit_one(tm_tcache_t *g, bool buffered, unsigned spins, uint64_t *m
                       unsigned *drained) {
     uint64_t t0 = os_now_ns(), t1;
     tm_lock(&g->mu);
-    bool pending = __atomic_load_n(&g->drain_pending, __ATOMIC_RELAXED);
-    if (pending && owner_busy_spin(g->owner_tls, spins)) {
+    if (__atomic_load_n(&g->drain_pending, __ATOMIC_RELAXED) && owner_busy_spin(g->owner_tls, spins)) {
         pthread_mutex_unlock(&g->mu);
         return false;
     }
