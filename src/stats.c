@@ -102,7 +102,7 @@ static void stats_fill(trimalloc_stats_t *out, size_t *chunk_bytes, size_t *huge
     /* written by _heapmin under the trim lock, read here without it */
     out->heapmin_calls = __atomic_load_n(&tm_gstats.heapmin_calls, __ATOMIC_RELAXED);
     out->heapmin_bytes_released = __atomic_load_n(&tm_gstats.heapmin_bytes, __ATOMIC_RELAXED);
-    out->heapmin_last_pause_ns = __atomic_load_n(&tm_gstats.heapmin_last_pause_ns, __ATOMIC_RELAXED);
+    out->heapmin_last_pause_ns = __atomic_load_n(&tm_gstats.heapmin_last_pause_ns, __ATOMIC_ACQUIRE);
     out->heapmin_max_pause_ns = __atomic_load_n(&tm_gstats.heapmin_max_pause_ns, __ATOMIC_RELAXED);
     out->narenas = tm_narenas;
     out->nthreads = tcache_count();
