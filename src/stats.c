@@ -24,6 +24,9 @@ typedef struct arena_sums {
     size_t clean_free;  /* free pages known released (bytes) */
     size_t slab_released; /* pages of live slabs known not resident: given back by _heapmin, or never used */
     size_t dirty_free;
+    /* one arena's, for trimalloc_stats_arena: read in the same hold */
+    unsigned nthreads;
+    uint64_t large_nmalloc, large_nfree;
 } arena_sums_t;
 
 static void arena_sum(tm_arena_t *a, arena_sums_t *s) {
@@ -35,6 +38,9 @@ static void arena_sum(tm_arena_t *a, arena_sums_t *s) {
     s->large += a->large_allocated;
     s->dirty_free += (size_t)a->stash_pages << TM_PAGE_SHIFT; /* kept freed runs (chunk.c) */
     s->chunks += a->nchunks;
+    s->nthreads = __atomic_load_n(&a->nthreads, __ATOMIC_RELAXED); /* the registry lock's (tcache.c) */
+    s->large_nmalloc = a->large_nmalloc;
+    s->large_nfree = a->large_nfree;
     for (tm_chunk_t *c = a->chunks; c; c = c->next) {
         for (uint32_t p = 0; p < TM_CHUNK_PAGES;) {
             tm_page_t *h = &c->pages[p];
@@ -128,12 +134,10 @@ TM_EXPORT int TM_API(trimalloc_stats_arena)(unsigned index, trimalloc_arena_stat
     tm_arena_t *a = __atomic_load_n(&tm_arenas[index], __ATOMIC_ACQUIRE);
     if (!a) return 0; /* not created yet: no thread has used it */
     arena_sums_t s = {0};
-    arena_sum(a, &s);
-    arena_lock(a);
-    out->nthreads = __atomic_load_n(&a->nthreads, __ATOMIC_RELAXED); /* the registry lock's (tcache.c) */
-    out->large_nmalloc = a->large_nmalloc;
-    out->large_nfree = a->large_nfree;
-    arena_unlock(a);
+    arena_sum(a, &s); /* one hold of its lock: one snapshot */
+    out->nthreads = s.nthreads;
+    out->large_nmalloc = s.large_nmalloc;
+    out->large_nfree = s.large_nfree;
     out->allocated = s.small_out + s.large;
     out->active = s.slab_bytes + s.large;
     out->nchunks = s.chunks;
