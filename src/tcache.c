@@ -846,7 +846,22 @@ static void tcache_destructor(void *arg) {
  * _heapmin every run). So such a thread also registers its cache with
  * glibc's C++ thread_local destructors (__cxa_thread_atexit_impl, run
  * before the key destructors), which need no key. Its later allocations,
- * in the key destructors, then run uncached (TLS_DEAD). */
+ * in the key destructors, then run uncached (TLS_DEAD).
+ *
+ * Every thread but the initial one does so now, whatever its key's index:
+ * a key destructor of the program's that calls pthread_exit (undefined by
+ * POSIX, harmless under glibc's malloc) makes glibc start its exit again,
+ * and the second pass skips the key destructors not yet called -- ours
+ * among them, at index 31 -- since no value was set meanwhile. The cache
+ * stayed registered, its blocks lost (57 KiB of RSS per exited thread),
+ * and the next _heapmin or _heapchk wrote into the dead thread's memory
+ * (an outside tester, 2026-12-06: a crash in every run;
+ * tests/stress/thread_exit.c, key_exit). The thread_local destructors run
+ * first, so every cache goes at that stage, and frees in the program's
+ * key destructors are uncached -- a lock per call, at a thread's exit
+ * only. Not the initial thread: exit() runs its thread_local destructors
+ * before the atexit handlers and the global destructors, which would then
+ * all run uncached; its key destructor runs only if it calls pthread_exit. */
 extern int __cxa_thread_atexit_impl(void (*fn)(void *), void *obj, void *dso)
     __attribute__((weak));
 extern void *__dso_handle __attribute__((weak));
@@ -1003,7 +1018,7 @@ static tm_tcache_t *tcache_create(void) {
     /* May allocate (keys past the first 32): the state is LIVE by now, so
      * that allocation uses the cache just made (see above). */
     if (tc_key_ok) pthread_setspecific(tc_key, tc);
-    if (tc_key_ok && (unsigned)tc_key > TC_KEY_INDEX && __cxa_thread_atexit_impl)
+    if (__cxa_thread_atexit_impl && (!tc->unbound || !tc_key_ok || (unsigned)tc_key > TC_KEY_INDEX))
         __cxa_thread_atexit_impl(tcache_destructor, tc, &__dso_handle);
     /* under tc->mu: a trimmer may be pointing tls.tc at the sentinel */
     tm_lock(&tc->mu);

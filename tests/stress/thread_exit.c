@@ -391,6 +391,66 @@ static void test_first_allocation_in_the_last_destructor_round(void **state)
     tu_heap_ok();
 }
 
+/* A key destructor of the program's that frees its value and calls
+ * pthread_exit (undefined by POSIX; glibc's malloc copes): glibc starts the
+ * thread's exit again and skips the key destructors not yet called, the
+ * allocator's among them. Until 2026-12-06 the cache stayed registered
+ * with a pointer into the dead thread's memory: the count of caches grew
+ * with every such thread, and the next _heapmin wrote there (a crash once
+ * the stack was unmapped; an outside tester). */
+static pthread_key_t exit_key;
+
+static void exit_dtor(void *v)
+{
+    unsigned char *p = v;
+    for (int i = 0; i < 64; i++)
+        TU_CHECK(p[i] == 0x6e, "a key's block changed before its destructor");
+    TM_API(free)(p);
+    pthread_exit(NULL);
+}
+
+static void *set_exit_key(void *arg)
+{
+    (void)arg;
+    unsigned char *p = TM_API(malloc)(64);
+    TU_CHECK(p != NULL, "malloc");
+    memset(p, 0x6e, 64);
+    void *q[16];
+    for (int i = 0; i < 16; i++) { /* blocks in its cache when it exits */
+        q[i] = TM_API(malloc)(100 + 50 * (size_t)i);
+        TU_CHECK(q[i] != NULL, "malloc");
+    }
+    for (int i = 0; i < 16; i++)
+        TM_API(free)(q[i]);
+    int rc = pthread_setspecific(exit_key, p);
+    TU_CHECK(rc == 0, "pthread_setspecific");
+    return NULL;
+}
+
+static void test_key_destructor_that_calls_pthread_exit(void **state)
+{
+    (void)state;
+    if (TU_TSAN)
+        skip(); /* pthread_exit inside ThreadSanitizer's own exit path */
+    assert_int_equal(pthread_key_create(&exit_key, exit_dtor), 0);
+    TM_API(free)(TM_API(malloc)(8)); /* this thread's cache exists */
+    unsigned before = caches_now();
+    pthread_attr_t attr;
+    assert_int_equal(pthread_attr_init(&attr), 0);
+    /* above glibc's cache of stacks: unmapped once joined */
+    assert_int_equal(pthread_attr_setstacksize(&attr, (size_t)64 << 20), 0);
+    for (int i = 0; i < 8; i++) {
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, &attr, set_exit_key, NULL), 0);
+        assert_int_equal(pthread_join(t, NULL), 0);
+        assert_int_equal(caches_now(), before); /* its cache went with it */
+        assert_int_equal(TM_API(_heapmin)(), 0);
+    }
+    assert_int_equal(pthread_attr_destroy(&attr), 0);
+    assert_int_equal(pthread_key_delete(exit_key), 0);
+    tu_heap_ok();
+}
+
 /* Detached threads that never allocate, exiting while glibc's cache of
  * thread stacks is full: in its last stage of exit (after the key
  * destructors) such a thread frees the TLS blocks of the cached stacks
@@ -517,6 +577,7 @@ int main(void)
         cmocka_unit_test(test_short_lived_threads),
         cmocka_unit_test(test_threads_without_allocations),
         cmocka_unit_test(test_first_allocation_in_the_last_destructor_round),
+        cmocka_unit_test(test_key_destructor_that_calls_pthread_exit),
         cmocka_unit_test(test_detached_threads_that_never_allocate),
         cmocka_unit_test(test_heapmin_unmaps_exited_threads_slots),
     };
