@@ -14,7 +14,9 @@
  *     child, and its mapping, one again, can grow; one with a hole the
  *     program unmapped is not reused;
  *   - a block freed while a huge malloc waits for the cache's lock is not
- *     unmapped by that malloc's decay pass as if it were old.
+ *     unmapped by that malloc's decay pass as if it were old;
+ *   - realloc's growth of a held block gives back as many bytes of cached
+ *     mappings, the oldest first.
  * huge_mapped() counts live and cached huge mappings, so it tells whether
  * a fresh mapping was made.
  */
@@ -304,6 +306,35 @@ static void test_mapping_with_a_hole_is_not_reused(void **state) {
     TM_API(free)(b);
 }
 
+/* realloc growing a block the program holds gives back as many bytes of
+ * cached mappings, the oldest first, the last cut from its end if only
+ * part of it is needed: the growth does not come on top of mappings no one
+ * takes (an outside tester's string builders, 2026-12-06). */
+static void test_realloc_growth_gives_back_cached_mappings(void **state) {
+    (void)state;
+    unsigned char *p = TM_API(malloc)(4 * MIB);
+    assert_non_null(p);
+    fill(p, 4 * MIB, 0x17);
+    void *a = TM_API(malloc)(12 * MIB), *b = TM_API(malloc)(6 * MIB);
+    assert_non_null(a);
+    assert_non_null(b);
+    TM_API(free)(a); /* the oldest in the cache */
+    TM_API(free)(b);
+    assert_int_equal(huge_mapped(), 22 * MIB);
+    size_t before = stats_released();
+    /* 3 MiB fresh: the last 3 MiB of a's mapping go back, the rest stays */
+    p = TM_API(realloc)(p, 7 * MIB);
+    assert_non_null(p);
+    assert_int_equal(huge_mapped(), 7 * MIB + 9 * MIB + 6 * MIB);
+    assert_int_equal(stats_released() - before, 3 * MIB);
+    /* 13 MiB fresh: both cached mappings go back, whole */
+    p = TM_API(realloc)(p, 20 * MIB);
+    assert_non_null(p);
+    assert_int_equal(huge_mapped(), 20 * MIB);
+    assert_int_equal(count_not(p, 4 * MIB, 0x17), 0);
+    TM_API(free)(p);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_grow_smaller_cached_mapping, empty_cache),
@@ -316,6 +347,7 @@ int main(void) {
         cmocka_unit_test_setup(test_reused_split_mapping_grows, empty_cache),
         cmocka_unit_test_setup(test_mapping_with_a_hole_is_not_reused, empty_cache),
         cmocka_unit_test_setup(test_decay_spares_a_block_freed_meanwhile, empty_cache),
+        cmocka_unit_test_setup(test_realloc_growth_gives_back_cached_mappings, empty_cache),
     };
     return cmocka_run_group_tests_name("unit_huge_cache", tests, NULL, NULL);
 }
