@@ -35,6 +35,8 @@ static unsigned arena_bound[TM_MAX_ARENAS]; /* live caches per arena index, the 
 static unsigned initial_arena;     /* the initial thread's arena (0 until it has one) */
 static pthread_key_t tc_key;
 static bool tc_key_ok;
+static pthread_key_t tc_first_key; /* see tc_first_key_dtor */
+static bool tc_first_key_ok;
 
 /* ---- transfer caches ---------------------------------------------------------
  * Per arena and size class, a stack of free blocks between the thread
@@ -847,28 +849,39 @@ static void tcache_destructor(void *arg) {
  * glibc's C++ thread_local destructors (__cxa_thread_atexit_impl, run
  * before the key destructors), which need no key. Its later allocations,
  * in the key destructors, then run uncached (TLS_DEAD).
- *
- * Every thread but the initial one does so now, whatever its key's index:
- * a key destructor of the program's that calls pthread_exit (undefined by
- * POSIX, harmless under glibc's malloc) makes glibc start its exit again,
- * and the second pass skips the key destructors not yet called -- ours
- * among them, at index 31 -- since no value was set meanwhile. The cache
- * stayed registered, its blocks lost (57 KiB of RSS per exited thread),
- * and the next _heapmin or _heapchk wrote into the dead thread's memory
- * (an outside tester, 2026-12-06: a crash in every run;
- * tests/stress/thread_exit.c, key_exit). The thread_local destructors run
- * first, so every cache goes at that stage, and frees in the program's
- * key destructors are uncached -- a lock per call, at a thread's exit
- * only. Not the initial thread: exit() runs its thread_local destructors
- * before the atexit handlers and the global destructors, which would then
- * all run uncached; its key destructor runs only if it calls pthread_exit. */
+ */
 extern int __cxa_thread_atexit_impl(void (*fn)(void *), void *obj, void *dso)
     __attribute__((weak));
 extern void *__dso_handle __attribute__((weak));
 
+/* A key destructor of the program's that calls pthread_exit (undefined by
+ * POSIX, harmless under glibc's malloc) makes glibc start the thread's exit
+ * again, and the second pass runs the key destructors only if a value was
+ * set since the round began: the keys not reached yet -- ours, at index
+ * 31, among them -- were skipped. The cache stayed registered with its
+ * blocks (57 KiB of RSS per exited thread), and the next _heapmin or
+ * _heapchk wrote into the dead thread's memory (an outside tester,
+ * 2026-12-06: a crash in every run; tests/stress/thread_exit.c). So a
+ * second key, made before any other of ours and so usually the process's
+ * first (index 0 unless a library made keys before trimalloc started),
+ * sets its value again in each round while the thread's cache lives: the
+ * round that a pthread_exit cuts short has set a value, and the pass it
+ * starts runs ours. It costs an exiting thread one more round over its
+ * keys. (Registering the cache's exit with the thread_local destructors,
+ * as for a key above 31 below, was tried first: they run before every key
+ * destructor, but a thread whose first call comes from a key destructor
+ * registers after they ran, and glibc's record of it leaked, 32 bytes a
+ * thread -- LeakSanitizer's find in this test.) A key of the program's
+ * with an index below this one, whose destructor calls pthread_exit,
+ * still loses the cache. */
+static void tc_first_key_dtor(void *arg) {
+    if (tm_tls.state == TLS_LIVE && tm_tls.own == arg) pthread_setspecific(tc_first_key, arg);
+}
+
 static void tc_key_create(void) {
     pthread_key_t spare[TC_KEY_INDEX], k;
     unsigned n = 0;
+    tc_first_key_ok = pthread_key_create(&tc_first_key, tc_first_key_dtor) == 0;
     while (n < TC_KEY_INDEX && pthread_key_create(&k, NULL) == 0) {
         if (k >= TC_KEY_INDEX) { /* index 31 is taken: the next free one */
             pthread_key_delete(k);
@@ -1018,7 +1031,8 @@ static tm_tcache_t *tcache_create(void) {
     /* May allocate (keys past the first 32): the state is LIVE by now, so
      * that allocation uses the cache just made (see above). */
     if (tc_key_ok) pthread_setspecific(tc_key, tc);
-    if (__cxa_thread_atexit_impl && (!tc->unbound || !tc_key_ok || (unsigned)tc_key > TC_KEY_INDEX))
+    if (tc_first_key_ok) pthread_setspecific(tc_first_key, tc);
+    if (tc_key_ok && (unsigned)tc_key > TC_KEY_INDEX && __cxa_thread_atexit_impl)
         __cxa_thread_atexit_impl(tcache_destructor, tc, &__dso_handle);
     /* under tc->mu: a trimmer may be pointing tls.tc at the sentinel */
     tm_lock(&tc->mu);
