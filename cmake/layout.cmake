@@ -53,7 +53,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   pagemap_set pagemap_clear pagemap_fork_prepare pagemap_fork_parent pagemap_fork_child
   # tcache.c
   tcache_malloc_slow tcache_free_slow tcache_get_slow tcache_create may_make_cache tcache_init tc_key_create
-  tcache_settle_locked tcache_destructor tcache_drain_locked tcache_gc_locked
+  tcache_settle_locked tcache_destructor tc_first_key_dtor tcache_drain_locked tcache_gc_locked
   tcache_arena xfer_get xfer_put xfer_gc xfer_take xfer_set xfer_count xfer_set_make_locked xfer_flush_out
   bin_flush block_arena tcache_registry_lock tcache_registry_unlock
   tcache_registry_first xfer_fork_prepare xfer_fork_parent xfer_fork_child
@@ -72,6 +72,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   arena_fork_prepare arena_fork_parent arena_fork_child arena_lock_settled
   # chunk.c
   chunk_create chunk_attach_locked chunk_link_locked chunk_adopt chunk_attach_as_is_locked chunk_detach_locked run_alloc_locked run_free_locked arena_decay_tick
+  decay_close_quarter_locked
   run_free_large_locked run_stash_flush_locked
   run_insert_free_locked runs_index_insert_locked runs_index_remove_locked
   run_try_grow_locked run_shrink_locked chunk_slot_take_locked chunk_slot_put_locked

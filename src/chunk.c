@@ -79,6 +79,11 @@ static uint64_t purge_epoch(void) {
 #define RSS_LOAD(i, field) __atomic_load_n(&rss[i].field, __ATOMIC_RELAXED)
 #define RSS_STORE(i, field, v) __atomic_store_n(&rss[i].field, (v), __ATOMIC_RELAXED)
 
+/* A whole dirty_decay_ms in epochs of the coarse clock, 0 while unknown
+ * or with the decay off or at 0 (set by arena_decay_tick). */
+static uint64_t decay_window_epochs;
+static void decay_catch_up_locked(unsigned i, size_t still);
+
 static void resident_set_locked(tm_arena_t *a, size_t v) {
     unsigned i = a->index;
     size_t old = rss[i].resident;
@@ -93,6 +98,10 @@ static void resident_set_locked(tm_arena_t *a, size_t v) {
     if (old < PURGE_MIN && v < PURGE_MIN) return;
     uint64_t e = purge_epoch();
     if (e > rss[i].epoch) {
+        /* `old` pages have stayed free since the last change: for a whole
+         * window, after a pause without ticks? (decay_catch_up_locked) */
+        uint64_t w = __atomic_load_n(&decay_window_epochs, __ATOMIC_RELAXED);
+        if (w && e - rss[i].epoch >= w) decay_catch_up_locked(i, old < v ? old : v);
         /* `old` was the count from the last change to now: the lowest of
          * that epoch is low, or old itself if that epoch had no change */
         RSS_STORE(i, low_before, e == rss[i].epoch + 1 ? rss[i].low : old);
@@ -526,7 +535,12 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
  * threads (10 rounds, 20 documents each) had each thread's fresh faults
  * purge the other's holes, 250-330 madvise calls, 7.5-10.4k page faults
  * and 1.5x mimalloc's CPU time; with the rule 24-100 calls and 5.1-7.3k
- * faults (mimalloc 5.4k), peak RSS 21-23 MiB either way.
+ * faults (mimalloc 5.4k), peak RSS 21-23 MiB either way. The cost: an
+ * arena whose threads went quiet keeps such holes until the decay (an
+ * outside reviewer: 38 MiB of holes among 58 MiB live, kept while another
+ * thread grew by 40 MiB, peaked at 138 MiB against 122). Telling a quiet
+ * arena from a working one by its count of free pages not changing was
+ * tried: reuse through the kept runs (run_stash) does not change it.
  *
  * The purged arena pays from its own budget: the faults a purge costs fall
  * on the threads that use the purged pages again, so however many arenas
@@ -630,18 +644,79 @@ static size_t growth_purge_others(unsigned self, tm_arena_t *b, unsigned k, uint
 static uint64_t decay_epoch; /* purge_epoch() at the last tick that read the clock */
 static unsigned decay_first; /* the arena the next tick visits first */
 
-/* Close arena i's current quarter at `now`: the lowest count of the last
- * four quarters (of this one alone for dirty_decay_ms 0) falls due, and a
- * new quarter begins with the current count. Under the arena's lock. */
-static void decay_close_quarter_locked(unsigned i, uint64_t now, bool whole_window) {
-    size_t due = rss[i].decay_low;
-    for (unsigned q = DECAY_QUARTERS - 1; q-- > 0;) {
-        if (whole_window && rss[i].decay_before[q] < due) due = rss[i].decay_before[q];
-        RSS_STORE(i, decay_before[q], q ? rss[i].decay_before[q - 1] : rss[i].decay_low);
+/* Nanoseconds an epoch of the coarse clock lasts, 0 while unknown:
+ * measured between the first tick that read the clock and a later one
+ * at least 16 epochs on (the time-stamp counter runs at a constant rate);
+ * elsewhere the clock is the monotonic one and the length is known. */
+static uint64_t epoch_ns(uint64_t e, uint64_t now) {
+#if defined(__x86_64__) || defined(__i386__)
+    static uint64_t cal_e, cal_ns, len;
+    uint64_t l = __atomic_load_n(&len, __ATOMIC_RELAXED);
+    if (l) return l;
+    uint64_t ce = __atomic_load_n(&cal_e, __ATOMIC_RELAXED);
+    if (!ce) {
+        __atomic_store_n(&cal_ns, now, __ATOMIC_RELAXED);
+        __atomic_store_n(&cal_e, e, __ATOMIC_RELAXED);
+        return 0;
     }
+    uint64_t cn = __atomic_load_n(&cal_ns, __ATOMIC_RELAXED);
+    if (e < ce + 16 || now <= cn) return 0;
+    l = (now - cn) / (e - ce);
+    __atomic_store_n(&len, l, __ATOMIC_RELAXED);
+    return l;
+#else
+    (void)e;
+    (void)now;
+    return 1ull << 23;
+#endif
+}
+
+/* Close arena i's current quarter, `spans` quarter lengths long, at `now`:
+ * the lowest count of the quarters that cover the last dirty_decay_ms
+ * (this one alone for dirty_decay_ms 0) falls due, and a new quarter begins
+ * with the current count. A quarter that no tick closed in time -- every
+ * thread idle, or every call a cache hit -- is as long as the pause, and
+ * enters the history as that many quarters, up to all four: until
+ * 2026-12-06 it counted as one, so the pages free through a 30 s pause were
+ * due only until the next quarter closed (the quarters before the pause,
+ * with the spike still live, then set the minimum), and went back a whole
+ * dirty_decay_ms after calls resumed (an outside tester's server kept 311
+ * MiB 10 s into its light traffic). Under the arena's lock. */
+static void decay_close_quarter_locked(unsigned i, uint64_t now, uint64_t spans, bool whole_window) {
+    const size_t low = rss[i].decay_low;
+    const unsigned k = spans >= DECAY_QUARTERS ? DECAY_QUARTERS : spans ? (unsigned)spans : 1;
+    size_t hist[DECAY_QUARTERS]; /* the newest first */
+    for (unsigned q = 0; q < DECAY_QUARTERS; q++) hist[q] = q < k ? low : rss[i].decay_before[q - k];
+    size_t due = low;
+    for (unsigned q = 0; q < DECAY_QUARTERS; q++) {
+        if (whole_window && hist[q] < due) due = hist[q];
+        if (q < DECAY_QUARTERS - 1) RSS_STORE(i, decay_before[q], hist[q]);
+    }
+    /* what was due and the ticks' cap left, as far as it stayed free
+     * through this quarter, stays due */
+    size_t left = rss[i].decay_due < low ? rss[i].decay_due : low;
+    if (left > due) due = left;
     RSS_STORE(i, decay_due, due);
     RSS_STORE(i, decay_low, rss[i].resident);
     RSS_STORE(i, decay_ns, now);
+}
+
+/* `still` resident free pages of arena i have stayed free for a whole
+ * window without the count changing -- a pause in which no tick came
+ * (every thread idle, or every call a cache hit), seen at the first change
+ * after it, under the arena's lock. The quarter the pause left open also
+ * holds the time before those pages were freed, so its low and the
+ * history say fewer: they are raised to `still`, and that many fall due
+ * now. Until 2026-12-06 they waited four more quarters after calls resumed
+ * (an outside tester's server kept a 311 MiB spike 10 s into its light
+ * traffic after a 30 s pause, then gave it back in ticks that made its
+ * calls slow). */
+static void decay_catch_up_locked(unsigned i, size_t still) {
+    if (still <= rss[i].decay_low) return;
+    RSS_STORE(i, decay_low, still);
+    for (unsigned q = 0; q < DECAY_QUARTERS - 1; q++)
+        if (rss[i].decay_before[q] < still) RSS_STORE(i, decay_before[q], still);
+    if (still > rss[i].decay_due) RSS_STORE(i, decay_due, still);
 }
 
 size_t arena_decay_tick(size_t max_pages) {
@@ -653,6 +728,9 @@ size_t arena_decay_tick(size_t max_pages) {
     if (ms > 0 && __atomic_load_n(&decay_epoch, __ATOMIC_RELAXED) == e) return 0;
     __atomic_store_n(&decay_epoch, e, __ATOMIC_RELAXED);
     uint64_t now = os_now_ns_raw(), quarter = (uint64_t)ms * (1000000u / DECAY_QUARTERS);
+    uint64_t len = ms > 0 ? epoch_ns(e, now) : 0;
+    uint64_t window = len ? ((uint64_t)ms * 1000000u + len - 1) / len : 0;
+    __atomic_store_n(&decay_window_epochs, window, __ATOMIC_RELAXED);
     size_t given = 0;
     unsigned n = tm_narenas, first = __atomic_fetch_add(&decay_first, 1, __ATOMIC_RELAXED) % n;
     for (unsigned j = 0; j < n; j++) {
@@ -663,6 +741,9 @@ size_t arena_decay_tick(size_t max_pages) {
         if (RSS_LOAD(i, decay_due) < PURGE_MIN && began <= now && now - began < quarter) continue;
         if (arena_trylock(a) != 0) continue;
         began = rss[i].decay_ns;
+        /* no change of the count for a whole window: the same catch-up as
+         * at a change (resident_set_locked), before a quarter closes */
+        if (window && e > rss[i].epoch && e - rss[i].epoch >= window) decay_catch_up_locked(i, rss[i].resident);
         /* A quarter another tick began after our clock read is not
          * closed again: until 2026-12-06 began > now closed it at once,
          * and the oldest of the four quarters left the history early, so
@@ -670,7 +751,7 @@ size_t arena_decay_tick(size_t max_pages) {
          * (found by an outside reviewer, by reading). */
         if (began <= now && now - began >= quarter) {
             run_stash_flush_locked(a); /* counted from now on, like any free run */
-            decay_close_quarter_locked(i, now, ms > 0);
+            decay_close_quarter_locked(i, now, quarter ? (now - began) / quarter : 1, ms > 0);
         }
         size_t due = rss[i].decay_due;
         if (due >= PURGE_MIN && max_pages - given >= PURGE_MIN) {
