@@ -207,8 +207,8 @@ static void huge_split_tail(tm_huge_t *h, size_t msize) {
  * time, one thread to 8 MiB each, the other to 26 MiB) peaked at 122 MB,
  * the second thread's growth on top of the first thread's freed buffers,
  * against glibc's 81 MB. A malloc takes a cached mapping and grows it
- * instead (huge_alloc), so only realloc's growth of a block the program
- * already held lands here. */
+ * instead (huge_alloc), so only the growth of a block the program already
+ * held (realloc, _expand) lands here. */
 static void huge_cache_evict(size_t grown) {
     if (!__atomic_load_n(&huge_cache_count, __ATOMIC_RELAXED)) return;
     tm_huge_t *out = NULL, *cut = NULL;
@@ -619,5 +619,6 @@ bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size) {
         return false;
     }
     huge_set_sizes(h, p, msize, msize);
+    if (msize > old_mapped) huge_cache_evict(msize - old_mapped); /* as realloc's growth */
     return true;
 }

@@ -855,8 +855,7 @@ static void tcache_destructor(void *arg) {
  * _heapmin every run). So such a thread also registers its cache with
  * glibc's C++ thread_local destructors (__cxa_thread_atexit_impl, run
  * before the key destructors), which need no key. Its later allocations,
- * in the key destructors, then run uncached (TLS_DEAD).
- */
+ * in the key destructors, then run uncached (TLS_DEAD). */
 extern int __cxa_thread_atexit_impl(void (*fn)(void *), void *obj, void *dso)
     __attribute__((weak));
 extern void *__dso_handle __attribute__((weak));

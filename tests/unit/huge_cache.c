@@ -335,6 +335,23 @@ static void test_realloc_growth_gives_back_cached_mappings(void **state) {
     TM_API(free)(p);
 }
 
+/* _expand's growth in place does the same. */
+static void test_expand_growth_gives_back_cached_mappings(void **state) {
+    (void)state;
+    /* room after the block: a 12 MiB one shrunk to 4 (its tail unmapped) */
+    unsigned char *p = TM_API(malloc)(12 * MIB);
+    assert_non_null(p);
+    assert_ptr_equal(TM_API(realloc)(p, 4 * MIB), p);
+    TM_API(free)(TM_API(malloc)(12 * MIB)); /* cached */
+    assert_int_equal(huge_mapped(), 16 * MIB);
+    if (TM_API(_expand)(p, 7 * MIB) == NULL) { /* the address space after it is taken */
+        TM_API(free)(p);
+        skip();
+    }
+    assert_int_equal(huge_mapped(), 7 * MIB + 9 * MIB);
+    TM_API(free)(p);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_grow_smaller_cached_mapping, empty_cache),
@@ -348,6 +365,7 @@ int main(void) {
         cmocka_unit_test_setup(test_mapping_with_a_hole_is_not_reused, empty_cache),
         cmocka_unit_test_setup(test_decay_spares_a_block_freed_meanwhile, empty_cache),
         cmocka_unit_test_setup(test_realloc_growth_gives_back_cached_mappings, empty_cache),
+        cmocka_unit_test_setup(test_expand_growth_gives_back_cached_mappings, empty_cache),
     };
     return cmocka_run_group_tests_name("unit_huge_cache", tests, NULL, NULL);
 }
