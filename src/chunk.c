@@ -51,6 +51,7 @@ static struct {
     size_t credit;                /* pages the growth purge may still release */
     uint64_t credit_ns;           /* when credit was last topped up */
     uint64_t epoch;               /* purge_epoch() at the last change of resident */
+    uint64_t change_ns;           /* os_now_ns_raw() at the first change in that epoch */
     size_t low, low_before;       /* the lowest resident in that epoch, in the one before */
     uint64_t fresh_epoch;         /* purge_epoch() when it last faulted in fresh pages */
     uint64_t decay_ns;            /* os_now_ns() when the current decay quarter began */
@@ -79,10 +80,8 @@ static uint64_t purge_epoch(void) {
 #define RSS_LOAD(i, field) __atomic_load_n(&rss[i].field, __ATOMIC_RELAXED)
 #define RSS_STORE(i, field, v) __atomic_store_n(&rss[i].field, (v), __ATOMIC_RELAXED)
 
-/* A whole dirty_decay_ms in epochs of the coarse clock, 0 while unknown
- * or with the decay off or at 0 (set by arena_decay_tick). */
-static uint64_t decay_window_epochs;
 static void decay_catch_up_locked(unsigned i, size_t still);
+static bool decay_quiet_since(uint64_t change_ns, uint64_t now);
 
 static void resident_set_locked(tm_arena_t *a, size_t v) {
     unsigned i = a->index;
@@ -99,9 +98,13 @@ static void resident_set_locked(tm_arena_t *a, size_t v) {
     uint64_t e = purge_epoch();
     if (e > rss[i].epoch) {
         /* `old` pages have stayed free since the last change: for a whole
-         * window, after a pause without ticks? (decay_catch_up_locked) */
-        uint64_t w = __atomic_load_n(&decay_window_epochs, __ATOMIC_RELAXED);
-        if (w && e - rss[i].epoch >= w) decay_catch_up_locked(i, old < v ? old : v);
+         * window, after a pause without ticks? (decay_catch_up_locked; the
+         * clock once an epoch at most) */
+        if (__atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED) > 0) {
+            uint64_t t = os_now_ns_raw();
+            if (decay_quiet_since(rss[i].change_ns, t)) decay_catch_up_locked(i, old < v ? old : v);
+            RSS_STORE(i, change_ns, t);
+        }
         /* `old` was the count from the last change to now: the lowest of
          * that epoch is low, or old itself if that epoch had no change */
         RSS_STORE(i, low_before, e == rss[i].epoch + 1 ? rss[i].low : old);
@@ -644,33 +647,6 @@ static size_t growth_purge_others(unsigned self, tm_arena_t *b, unsigned k, uint
 static uint64_t decay_epoch; /* purge_epoch() at the last tick that read the clock */
 static unsigned decay_first; /* the arena the next tick visits first */
 
-/* Nanoseconds an epoch of the coarse clock lasts, 0 while unknown:
- * measured between the first tick that read the clock and a later one
- * at least 16 epochs on (the time-stamp counter runs at a constant rate);
- * elsewhere the clock is the monotonic one and the length is known. */
-static uint64_t epoch_ns(uint64_t e, uint64_t now) {
-#if defined(__x86_64__) || defined(__i386__)
-    static uint64_t cal_e, cal_ns, len;
-    uint64_t l = __atomic_load_n(&len, __ATOMIC_RELAXED);
-    if (l) return l;
-    uint64_t ce = __atomic_load_n(&cal_e, __ATOMIC_RELAXED);
-    if (!ce) {
-        __atomic_store_n(&cal_ns, now, __ATOMIC_RELAXED);
-        __atomic_store_n(&cal_e, e, __ATOMIC_RELAXED);
-        return 0;
-    }
-    uint64_t cn = __atomic_load_n(&cal_ns, __ATOMIC_RELAXED);
-    if (e < ce + 16 || now <= cn) return 0;
-    l = (now - cn) / (e - ce);
-    __atomic_store_n(&len, l, __ATOMIC_RELAXED);
-    return l;
-#else
-    (void)e;
-    (void)now;
-    return 1ull << 23;
-#endif
-}
-
 /* Close arena i's current quarter, `spans` quarter lengths long, at `now`:
  * the lowest count of the quarters that cover the last dirty_decay_ms
  * (this one alone for dirty_decay_ms 0) falls due, and a new quarter begins
@@ -711,6 +687,18 @@ static void decay_close_quarter_locked(unsigned i, uint64_t now, uint64_t spans,
  * (an outside tester's server kept a 311 MiB spike 10 s into its light
  * traffic after a 30 s pause, then gave it back in ticks that made its
  * calls slow). */
+/* True if no change of the count since the epoch whose first change was at
+ * change_ns (0: none yet) can be younger than dirty_decay_ms at `now`: the
+ * changes later in that epoch are not timed, so an epoch's length at most
+ * (2^24 cycles of the time-stamp counter, 17 ms at 1 GHz) is added. The
+ * option is read here: a window raised at run time counts at once. */
+#define EPOCH_MAX_NS 20000000ull
+static bool decay_quiet_since(uint64_t change_ns, uint64_t now) {
+    long ms = __atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED);
+    return ms > 0 && change_ns && now > change_ns &&
+           now - change_ns >= (uint64_t)ms * 1000000u + EPOCH_MAX_NS;
+}
+
 static void decay_catch_up_locked(unsigned i, size_t still) {
     if (still <= rss[i].decay_low) return;
     RSS_STORE(i, decay_low, still);
@@ -728,9 +716,6 @@ size_t arena_decay_tick(size_t max_pages) {
     if (ms > 0 && __atomic_load_n(&decay_epoch, __ATOMIC_RELAXED) == e) return 0;
     __atomic_store_n(&decay_epoch, e, __ATOMIC_RELAXED);
     uint64_t now = os_now_ns_raw(), quarter = (uint64_t)ms * (1000000u / DECAY_QUARTERS);
-    uint64_t len = ms > 0 ? epoch_ns(e, now) : 0;
-    uint64_t window = len ? ((uint64_t)ms * 1000000u + len - 1) / len : 0;
-    __atomic_store_n(&decay_window_epochs, window, __ATOMIC_RELAXED);
     size_t given = 0;
     unsigned n = tm_narenas, first = __atomic_fetch_add(&decay_first, 1, __ATOMIC_RELAXED) % n;
     for (unsigned j = 0; j < n; j++) {
@@ -743,7 +728,7 @@ size_t arena_decay_tick(size_t max_pages) {
         began = rss[i].decay_ns;
         /* no change of the count for a whole window: the same catch-up as
          * at a change (resident_set_locked), before a quarter closes */
-        if (window && e > rss[i].epoch && e - rss[i].epoch >= window) decay_catch_up_locked(i, rss[i].resident);
+        if (decay_quiet_since(rss[i].change_ns, now)) decay_catch_up_locked(i, rss[i].resident);
         /* A quarter another tick began after our clock read is not
          * closed again: until 2026-12-06 began > now closed it at once,
          * and the oldest of the four quarters left the history early, so
