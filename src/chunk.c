@@ -652,12 +652,10 @@ static unsigned decay_first; /* the arena the next tick visits first */
  * (this one alone for dirty_decay_ms 0) falls due, and a new quarter begins
  * with the current count. A quarter that no tick closed in time -- every
  * thread idle, or every call a cache hit -- is as long as the pause, and
- * enters the history as that many quarters, up to all four: until
- * 2026-12-06 it counted as one, so the pages free through a 30 s pause were
- * due only until the next quarter closed (the quarters before the pause,
- * with the spike still live, then set the minimum), and went back a whole
- * dirty_decay_ms after calls resumed (an outside tester's server kept 311
- * MiB 10 s into its light traffic). Under the arena's lock. */
+ * enters the history as that many quarters, up to all four (until
+ * 2026-12-06 as one: the quarters before the pause then set the minimum
+ * at the next close; decay_catch_up_locked has the rest). Under the
+ * arena's lock. */
 static void decay_close_quarter_locked(unsigned i, uint64_t now, uint64_t spans, bool whole_window) {
     const size_t low = rss[i].decay_low;
     const unsigned k = spans >= DECAY_QUARTERS ? DECAY_QUARTERS : spans ? (unsigned)spans : 1;

@@ -55,6 +55,27 @@ static void list_remove(tm_huge_t **head, tm_huge_t *h) {
     h->next = h->prev = NULL;
 }
 
+/* h into the cache, or out of it, with its counters (huge_mu held) */
+static void cache_add_locked(tm_huge_t *h) {
+    list_push(&huge_cache, h);
+    HUGE_ADD(huge_cache_bytes, h->mapped);
+    __atomic_store_n(&huge_cache_count, huge_cache_count + 1, __ATOMIC_RELAXED);
+}
+
+static void cache_remove_locked(tm_huge_t *h) {
+    list_remove(&huge_cache, h);
+    HUGE_SUB(huge_cache_bytes, h->mapped);
+    __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
+}
+
+/* The entry cached longest ago (entries are pushed at the head); NULL if
+ * none. huge_mu held. */
+static tm_huge_t *cache_oldest_locked(void) {
+    tm_huge_t *h = huge_cache;
+    while (h && h->next) h = h->next;
+    return h;
+}
+
 static size_t huge_map_size(size_t size) {
     return (size + TM_PAGE_MASK) & ~TM_PAGE_MASK;
 }
@@ -72,9 +93,7 @@ static bool huge_unmap(tm_huge_t *h) {
 
 static void huge_cache_put_back(tm_huge_t *h) {
     tm_lock(&huge_mu);
-    list_push(&huge_cache, h);
-    HUGE_ADD(huge_cache_bytes, h->mapped);
-    __atomic_store_n(&huge_cache_count, huge_cache_count + 1, __ATOMIC_RELAXED);
+    cache_add_locked(h);
     pthread_mutex_unlock(&huge_mu);
 }
 
@@ -91,9 +110,7 @@ static void huge_decay(uint64_t now) {
          * difference wrapped and such a block was unmapped at once; an
          * outside reviewer) */
         if (now > h->freed_ns && now - h->freed_ns >= limit) {
-            list_remove(&huge_cache, h);
-            HUGE_SUB(huge_cache_bytes, h->mapped);
-            __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
+            cache_remove_locked(h);
             list_push(&old, h);
         }
     }
@@ -214,13 +231,8 @@ static void huge_cache_evict(size_t grown) {
     tm_huge_t *out = NULL, *cut = NULL;
     size_t taken = 0, cut_bytes = 0;
     tm_lock(&huge_mu);
-    tm_huge_t *h = huge_cache;
-    while (h && h->next) h = h->next; /* the oldest */
-    for (tm_huge_t *newer; h && taken < grown; h = newer) {
-        newer = h->prev;
-        list_remove(&huge_cache, h);
-        HUGE_SUB(huge_cache_bytes, h->mapped);
-        __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
+    for (tm_huge_t *h; taken < grown && (h = cache_oldest_locked()) != NULL;) {
+        cache_remove_locked(h);
         size_t need = grown - taken;
         if (h->mapped > need + TM_CHUNK) { /* only its end: the rest stays */
             cut = h;
@@ -299,9 +311,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
         }
         h = best ? best : largest;
         if (h) {
-            list_remove(&huge_cache, h);
-            HUGE_SUB(huge_cache_bytes, h->mapped);
-            __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
+            cache_remove_locked(h);
         }
         pthread_mutex_unlock(&huge_mu);
         /* The program may have left protections or fork/dump advice on
@@ -395,9 +405,7 @@ static tm_huge_t *huge_cache_merge_locked(tm_huge_t *h, tm_huge_t **merged) {
             continue;
         }
         tm_huge_t *hi = lo == it ? h : it;
-        list_remove(&huge_cache, it);
-        HUGE_SUB(huge_cache_bytes, it->mapped);
-        __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
+        cache_remove_locked(it);
         lo->mapped += hi->mapped;
         lo->size = lo->mapped;
         lo->freed_ns = h->freed_ns;
@@ -431,17 +439,11 @@ void huge_free(tm_huge_t *h, void *p) {
     size_t cap = huge_cache_cap();
     tm_huge_t *evict = NULL, *merged = NULL;
     if (h->mapped <= cap && h->mapped == h->size) { /* cache on; no guard */
-        h = huge_cache_merge_locked(h, &merged);
-        list_push(&huge_cache, h);
-        HUGE_ADD(huge_cache_bytes, h->mapped);
-        __atomic_store_n(&huge_cache_count, huge_cache_count + 1, __ATOMIC_RELAXED);
+        cache_add_locked(huge_cache_merge_locked(h, &merged));
         /* Evict the oldest entries until within bounds. */
         while (huge_cache_bytes > cap || huge_cache_count > HUGE_CACHE_MAX_COUNT) {
-            tm_huge_t *o = huge_cache;
-            while (o->next) o = o->next;
-            list_remove(&huge_cache, o);
-            HUGE_SUB(huge_cache_bytes, o->mapped);
-            __atomic_store_n(&huge_cache_count, huge_cache_count - 1, __ATOMIC_RELAXED);
+            tm_huge_t *o = cache_oldest_locked();
+            cache_remove_locked(o);
             list_push(&evict, o);
         }
     } else {

@@ -21,6 +21,7 @@
  *     before all key destructors.
  */
 #include <stdatomic.h>
+#include <stdbool.h>
 
 #include "test_cmocka.h"
 
@@ -366,6 +367,28 @@ static unsigned caches_now(void)
     return st.nthreads;
 }
 
+/* n threads running fn, one after the other, each on a stack above
+ * glibc's cache of stacks (unmapped once joined): after each, the count
+ * of caches is what it was (its cache went with it), and with trim_each
+ * a _heapmin, which would write into a cache left behind, succeeds. */
+static void threads_leave_no_cache(void *(*fn)(void *), int n, bool trim_each)
+{
+    TM_API(free)(TM_API(malloc)(8)); /* this thread's cache exists */
+    unsigned before = caches_now();
+    pthread_attr_t attr;
+    assert_int_equal(pthread_attr_init(&attr), 0);
+    assert_int_equal(pthread_attr_setstacksize(&attr, (size_t)64 << 20), 0);
+    for (int i = 0; i < n; i++) {
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, &attr, fn, NULL), 0);
+        assert_int_equal(pthread_join(t, NULL), 0);
+        assert_int_equal(caches_now(), before);
+        if (trim_each)
+            assert_int_equal(TM_API(_heapmin)(), 0);
+    }
+    assert_int_equal(pthread_attr_destroy(&attr), 0);
+}
+
 static void test_first_allocation_in_the_last_destructor_round(void **state)
 {
     (void)state;
@@ -373,19 +396,7 @@ static void test_first_allocation_in_the_last_destructor_round(void **state)
         skip(); /* ThreadSanitizer's own thread state is gone by the last round:
                    its runtime aborts in the interceptors the allocator calls */
     assert_int_equal(pthread_key_create(&last_round_key, last_round_dtor), 0);
-    TM_API(free)(TM_API(malloc)(8)); /* this thread's cache exists */
-    unsigned before = caches_now();
-    pthread_attr_t attr;
-    assert_int_equal(pthread_attr_init(&attr), 0);
-    /* above glibc's cache of stacks: unmapped once joined */
-    assert_int_equal(pthread_attr_setstacksize(&attr, (size_t)64 << 20), 0);
-    for (int i = 0; i < 4; i++) {
-        pthread_t t;
-        assert_int_equal(pthread_create(&t, &attr, arm_last_round, NULL), 0);
-        assert_int_equal(pthread_join(t, NULL), 0);
-        assert_int_equal(caches_now(), before); /* its cache went with it */
-    }
-    assert_int_equal(pthread_attr_destroy(&attr), 0);
+    threads_leave_no_cache(arm_last_round, 4, false);
     assert_int_equal(TM_API(_heapmin)(), 0);
     assert_int_equal(pthread_key_delete(last_round_key), 0);
     tu_heap_ok();
@@ -433,20 +444,7 @@ static void test_key_destructor_that_calls_pthread_exit(void **state)
     if (TU_TSAN)
         skip(); /* pthread_exit inside ThreadSanitizer's own exit path */
     assert_int_equal(pthread_key_create(&exit_key, exit_dtor), 0);
-    TM_API(free)(TM_API(malloc)(8)); /* this thread's cache exists */
-    unsigned before = caches_now();
-    pthread_attr_t attr;
-    assert_int_equal(pthread_attr_init(&attr), 0);
-    /* above glibc's cache of stacks: unmapped once joined */
-    assert_int_equal(pthread_attr_setstacksize(&attr, (size_t)64 << 20), 0);
-    for (int i = 0; i < 8; i++) {
-        pthread_t t;
-        assert_int_equal(pthread_create(&t, &attr, set_exit_key, NULL), 0);
-        assert_int_equal(pthread_join(t, NULL), 0);
-        assert_int_equal(caches_now(), before); /* its cache went with it */
-        assert_int_equal(TM_API(_heapmin)(), 0);
-    }
-    assert_int_equal(pthread_attr_destroy(&attr), 0);
+    threads_leave_no_cache(set_exit_key, 8, true);
     assert_int_equal(pthread_key_delete(exit_key), 0);
     tu_heap_ok();
 }
