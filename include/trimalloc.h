@@ -123,7 +123,8 @@ typedef struct trimalloc_stats {
     unsigned nthreads; /* threads with a live cache */
 } trimalloc_stats_t;
 
-/* Fill *out; returns 0. Never allocates. */
+/* Fill *out; returns 0, or -1 with errno EINVAL if out is NULL. Never
+ * allocates. */
 int TM_API(trimalloc_stats_get)(trimalloc_stats_t *out);
 
 /* One arena (index < narenas). Bytes returned to the kernel are counted
@@ -150,7 +151,8 @@ typedef struct trimalloc_class_stats {
     uint64_t nfree;        /* blocks returned from thread caches */
 } trimalloc_class_stats_t;
 
-/* Return 0, or -1 with errno EINVAL for an index out of range. */
+/* Return 0, or -1 with errno EINVAL for an index out of range or a NULL
+ * out. */
 int TM_API(trimalloc_stats_arena)(unsigned index, trimalloc_arena_stats_t *out);
 int TM_API(trimalloc_stats_class)(unsigned cls, trimalloc_class_stats_t *out);
 unsigned TM_API(trimalloc_nclasses)(void);
@@ -158,9 +160,11 @@ unsigned TM_API(trimalloc_nclasses)(void);
  * one line (object) per arena and per size class in use. Never allocates. */
 void TM_API(trimalloc_stats_print)(int fd, int json);
 
-/* Runtime options, the same ones TRIMALLOC_CONF sets ("key:value,..."). Read
- * returns 0 and stores the value; set returns 0, or -1 with errno EINVAL for
- * an unknown name or bad value, or EBUSY for an option fixed after start. */
+/* Runtime options, the same ones TRIMALLOC_CONF sets ("key:value,..."). Get
+ * returns 0 and stores the value, or -1 with errno EINVAL for an unknown or
+ * NULL name or a NULL value; set returns 0, or -1 with errno EINVAL for an
+ * unknown or NULL name or a value out of range, or EBUSY for an option fixed
+ * after start. */
 int TM_API(trimalloc_option_get)(const char *name, long *value);
 int TM_API(trimalloc_option_set)(const char *name, long value);
 /* Write the options table (name, default, range, when settable, meaning) as
