@@ -406,11 +406,19 @@ static void run_hold_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_
     run_mark(c, page, n, PAGE_LARGE);
     free_pages_sub_locked(a, c, n);
     a->large_allocated += (size_t)n << TM_PAGE_SHIFT;
+    a->purge_held += (size_t)n << TM_PAGE_SHIFT;
+}
+
+/* A run held is no longer: back to the free state (unhold), or freed
+ * meanwhile by a bad free() (run_still_held false: only the hold's count) */
+static void run_hold_end_locked(tm_arena_t *a, uint32_t n) {
+    a->purge_held -= (size_t)n << TM_PAGE_SHIFT;
 }
 
 static void run_unhold_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t n) {
     free_pages_add_locked(a, c, n);
     a->large_allocated -= (size_t)n << TM_PAGE_SHIFT;
+    run_hold_end_locked(a, n);
 }
 
 /* True if the run held at `page` is still held: only a bad free() of an
@@ -492,7 +500,10 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
     for (int i = 0; i < nruns; i++) {
         tm_chunk_t *c = runs[i].c;
         uint32_t p = runs[i].page, n = runs[i].n, lo = runs[i].lo;
-        if (!run_still_held(c, p, n)) continue;
+        if (!run_still_held(c, p, n)) {
+            run_hold_end_locked(a, n);
+            continue;
+        }
         run_unhold_locked(a, c, n);
         if (purged[i]) {
             chunk_resident_set(c, lo, runs[i].hi - lo, false);
@@ -981,6 +992,7 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
             resident = chunk_resident_count(c, start, (uint32_t)npages);
             break;
         }
+        run_hold_end_locked(a, len);
     }
     /* Only a run's ends carry a kind (types.h): with the free run's ends
      * cleared, every page of the new run reads PAGE_INTERIOR, and the

@@ -122,6 +122,7 @@ bool os_thread_exiting(void);                /* past its key destructors (glibc 
 unsigned os_ncpus(void);
 void os_random(void *buf, size_t n);
 void os_set_fail_after(long n);              /* fault injection: nth map fails */
+extern void (*os_purge_probe)(void *p, size_t size); /* tests: runs before each os_purge */
 void os_set_fail_from(long n);               /* ... and every one after it */
 extern unsigned long os_fail_countdown_active;
 

@@ -194,10 +194,13 @@ int os_unmap(void *p, size_t size) {
     return os_munmap(p, size);
 }
 
+void (*os_purge_probe)(void *p, size_t size); /* tests: called before each purge */
+
 int os_purge(void *p, size_t size) {
     /* MADV_DONTNEED on private anonymous memory frees the pages now and
      * makes them read zero: RSS drops at once and calloc can trust it.
      * errno untouched, as os_munmap's. */
+    if (unlikely(os_purge_probe != NULL)) os_purge_probe(p, size);
 #if OS_RAW
     return os_sys(SYS_madvise, (long)p, (long)size, MADV_DONTNEED, 0, 0, 0) < 0 ? -1 : 0;
 #else

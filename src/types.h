@@ -221,6 +221,9 @@ typedef struct tm_arena {
     uint64_t runs_nonempty[(TM_RUN_LISTS + 63) / 64];
     uint64_t runs_words;
     size_t large_allocated;     /* bytes in large runs held */
+    size_t purge_held;          /* of those, bytes of free runs a purge holds while
+                                   it has dropped the lock (chunk.c, run_hold_locked):
+                                   no block's, so the statistics take them off */
     uint64_t large_nmalloc, large_nfree;
     /* The large runs freed last, oldest first, kept as they are for the
      * next runs of their lengths (chunk.c, "the last freed runs"): each

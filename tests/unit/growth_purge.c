@@ -13,10 +13,30 @@
  * to 5 times and need one success (without the rule, none succeeds).
  * X keeps a page of its chunk in use (keep_chunk): an empty chunk would
  * move to Y whole instead (chunk_adopt, tests/api/chunk_adopt.c).
+ *
+ * os_purge_probe (os.c) reads the statistics at each purge: a growth
+ * purge makes its calls with the arena's lock dropped and the runs it
+ * gives back held, and they must not count those as blocks.
  */
 #include "test_cmocka.h"
 #include "internal.h"
 #include "large_blocks.h"
+
+/* While probe_arena is set: every purge reads that arena's statistics
+ * first (the purge has dropped its lock), keeping the largest allocated. */
+static tm_arena_t *probe_arena;
+static size_t probe_allocated;
+static unsigned probe_calls;
+
+static void probe(void *p, size_t size) {
+    (void)p;
+    (void)size;
+    trimalloc_arena_stats_t st;
+    if (probe_arena && TM_API(trimalloc_stats_arena)(probe_arena->index, &st) == 0) {
+        if (st.allocated > probe_allocated) probe_allocated = st.allocated;
+        probe_calls++;
+    }
+}
 
 static tm_arena_t *X, *Y;
 
@@ -126,12 +146,43 @@ static void test_own_idle_pages_go_back(void **state) {
     (void)live;
 }
 
+/* The runs a purge holds while it madvises are free pages on their way
+ * back, not blocks: until 2026-12-06 `allocated` counted them (an outside
+ * tester saw it up to 200 MB high while the background thread's decay
+ * ran, in a program that held 6 KB). */
+static void test_held_runs_are_not_allocated(void **state) {
+    (void)state;
+    if (tm_narenas < 2) skip();
+    char *idle = big(X, PG(512));
+    void *live = big(X, PG(1));
+    memset(idle, 1, PG(512));
+    big_free(idle);
+    trimalloc_arena_stats_t st;
+    assert_int_equal(TM_API(trimalloc_stats_arena)(X->index, &st), 0);
+    size_t before = st.allocated;
+    assert_true(before >= PG(1) && before < PG(512));
+    probe_allocated = 0;
+    probe_calls = 0;
+    probe_arena = X;
+    os_purge_probe = probe;
+    big(X, PG(400)); /* fresh pages: X's 512 idle ones go back first */
+    os_purge_probe = NULL;
+    probe_arena = NULL;
+    assert_true(probe_calls > 0);
+    assert_int_equal(probe_allocated, before);
+    assert_int_equal(resident(idle, PG(512)), 0);
+    assert_int_equal(TM_API(trimalloc_stats_arena)(X->index, &st), 0);
+    assert_int_equal(st.allocated, before + PG(400));
+    (void)live;
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_idle_pages_of_another_arena_go_back, teardown),
         cmocka_unit_test_teardown(test_pages_freed_just_now_stay, teardown),
         cmocka_unit_test_teardown(test_growing_arena_is_not_purged, teardown),
         cmocka_unit_test_teardown(test_own_idle_pages_go_back, teardown),
+        cmocka_unit_test_teardown(test_held_runs_are_not_allocated, teardown),
     };
     return cmocka_run_group_tests_name("unit_growth_purge", tests, setup, NULL);
 }
