@@ -828,10 +828,19 @@ size_t arena_release_orphaned(tm_arena_t *a) {
  * still marked PAGE_LARGE, the fast[] entry zero, as a run a purge holds
  * reads), and a run allocation of exactly one's length takes the newest
  * such. Any other run allocation first frees them all into the index, as
- * free() would have, and so does a resize in place, every purge (growth,
+ * free() would have -- unless the index has a run for it resident
+ * throughout -- and so does a resize in place, every purge (growth,
  * decay quarter, orphan, _heapmin) and _heapset: they never make the
  * arena carve fresh pages while it holds resident ones, and never stand
- * in the way of a block growing in place. A free() of one again reads
+ * in the way of a block growing in place. (Until 2026-12-06 every
+ * allocation of another length freed them: with random lengths none
+ * stayed kept, and a block carved from the index starts where the last
+ * carve ended, on a page the program may never have written. An outside
+ * tester's program that replaces random blocks of 32-64 KiB among 20 000
+ * and writes their first and last bytes peaked at 734 MB against
+ * mimalloc's 249; 373 MB now. A kept run is a block's pages as they were,
+ * its first and last page where the next block of its length writes them
+ * again.) A free() of one again reads
  * PAGE_LARGE with no TM_FAST_LARGE: a double free, as for any freed run;
  * _heapwalk lists them free; _heapchk counts them apart from
  * large_allocated. */
@@ -930,12 +939,29 @@ static tm_chunk_t *run_stash_take_locked(tm_arena_t *a, uint32_t npages, uint32_
     return NULL;
 }
 
+/* Whether the free run run_alloc_locked would carve npages aligned to
+ * align_pages out of (need pages with the alignment's slack) may be
+ * resident on every page the block takes. */
+static bool index_fit_resident_locked(tm_arena_t *a, size_t need, size_t npages, size_t align_pages) {
+    uint32_t len = need <= TM_CHUNK_PAGES ? runs_find_locked(a, (uint32_t)need) : 0;
+    if (!len) return false;
+    tm_page_t *h = a->runs[len];
+    tm_chunk_t *c = page_chunk(h);
+    uint32_t start = chunk_page_index(c, h);
+    if (align_pages > 1) {
+        uintptr_t addr = chunk_page_addr(c, start), al = align_pages << TM_PAGE_SHIFT;
+        start = (uint32_t)((((addr + al - 1) & ~(al - 1)) - c->base) >> TM_PAGE_SHIFT);
+    }
+    return chunk_resident_count(c, start, (uint32_t)npages) == npages;
+}
+
 /* Carve npages aligned to align_pages out of the best-fitting free run.
  * May drop and retake the lock for a growth purge, as growing the arena
  * does; the run it chose is held meanwhile, so the purge never makes it
  * fail. */
 tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
                              uint32_t *page_out, bool *zeroed_out) {
+    size_t need = npages + (align_pages > 1 ? align_pages - 1 : 0);
     if (a->nstash) {
         /* (page alignment is every run's) */
         tm_chunk_t *sc = align_pages <= 1 ? run_stash_take_locked(a, (uint32_t)npages, page_out) : NULL;
@@ -943,9 +969,10 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
             *zeroed_out = false;
             return sc;
         }
-        run_stash_flush_locked(a); /* a run of another length: carved as if none were kept */
+        /* a run of another length: carved from the index, with the kept
+         * runs freed into it first unless it has a fit resident throughout */
+        if (!index_fit_resident_locked(a, need, npages, align_pages)) run_stash_flush_locked(a);
     }
-    size_t need = npages + (align_pages > 1 ? align_pages - 1 : 0);
     if (need > TM_CHUNK_PAGES) return NULL;
     tm_page_t *h;
     tm_chunk_t *c;

@@ -87,15 +87,19 @@ static void large_free(void *p) {
 }
 
 /* The arena's last freed large runs (chunk.c): a run of the same length is
- * the newest of them; one of another length empties them into the index
- * first; they are bounded; a freed one reads as freed. */
-/* The arena the kept-run tests use, with no run kept yet. */
+ * the newest of them; one of another length that would take pages not
+ * resident empties them into the index first; they are bounded; a freed
+ * one reads as freed. */
+/* The arena the kept-run tests use, with no run kept yet, and no free page
+ * resident (the purge gives them back: a run of another length then always
+ * takes pages that are not). */
 static tm_arena_t *arena_without_kept_runs(void) {
     tm_init();
     tm_arena_t *a = arena_get(tm_narenas - 1);
     assert_non_null(a);
+    arena_purge(a, false, NULL);
     arena_lock(a);
-    run_stash_flush_locked(a);
+    assert_int_equal(a->nstash, 0);
     arena_unlock(a);
     return a;
 }
@@ -127,7 +131,8 @@ static void test_last_freed_runs(void **state) {
     assert_ptr_equal(arena_alloc_large(a, 64 * 1024 - 100, 0, false), x); /* 16 pages too */
     assert_int_equal(((unsigned char *)x)[0], 1);
     assert_int_equal(a->nstash, 1);
-    /* another length: every kept run goes to the index first */
+    /* another length, on pages not resident: every kept run goes to the
+     * index first */
     void *w = arena_alloc_large(a, 128 * 1024, 0, false);
     assert_non_null(w);
     assert_int_equal(a->nstash, 0);
@@ -168,6 +173,43 @@ static void test_last_freed_runs(void **state) {
     assert_int_equal(ac->stash_pages, 0);
     assert_int_equal(ac->free_pages, TM_CHUNK_PAGES);
     arena_unlock(a);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+}
+
+/* A run of another length whose pages in the index are all resident is
+ * carved there, and the kept runs stay kept: with random lengths they
+ * were all freed into the index at almost every allocation until
+ * 2026-12-06, and no block came back where one of its length had been. */
+static void test_kept_runs_stay_for_a_resident_fit(void **state) {
+    (void)state;
+    tm_arena_t *a = arena_without_kept_runs();
+    void *anchor = arena_alloc_large(a, 8192, 0, false);
+    void *q = arena_alloc_large(a, 48 * 1024, 0, false); /* 12 pages */
+    void *sep = arena_alloc_large(a, 8192, 0, false);
+    void *s = arena_alloc_large(a, 16 * 1024, 0, false); /* 4 pages */
+    void *sep2 = arena_alloc_large(a, 8192, 0, false);
+    memset(q, 1, 48 * 1024);
+    large_free(q);
+    arena_lock(a);
+    run_stash_flush_locked(a); /* q's pages: a resident free run of the index */
+    arena_unlock(a);
+    large_free(s);
+    assert_int_equal(a->nstash, 1);
+    /* 10 pages: q's run is the best fit, and resident */
+    void *w = arena_alloc_large(a, 40 * 1024, 0, false);
+    assert_ptr_equal(w, q);
+    assert_int_equal(a->nstash, 1);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+    /* 16 pages: only pages given back fit, so the kept run goes first */
+    void *v = arena_alloc_large(a, 64 * 1024, 0, false);
+    assert_non_null(v);
+    assert_int_equal(a->nstash, 0);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+    large_free(v);
+    large_free(w);
+    large_free(sep2);
+    large_free(sep);
+    large_free(anchor);
     assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
 }
 
@@ -331,6 +373,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_large_runs_coalesce),
         cmocka_unit_test(test_last_freed_runs),
+        cmocka_unit_test(test_kept_runs_stay_for_a_resident_fit),
         cmocka_unit_test(test_a_slab_from_a_kept_run_is_resident),
         cmocka_unit_test(test_aligned_runs),
         cmocka_unit_test(test_resize_in_place),
