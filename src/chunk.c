@@ -407,18 +407,23 @@ static void run_hold_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_
     free_pages_sub_locked(a, c, n);
     a->large_allocated += (size_t)n << TM_PAGE_SHIFT;
     a->purge_held += (size_t)n << TM_PAGE_SHIFT;
+    a->purge_held_resident += (size_t)chunk_resident_count(c, page, n) << TM_PAGE_SHIFT;
 }
 
 /* A run held is no longer: back to the free state (unhold), or freed
- * meanwhile by a bad free() (run_still_held false: only the hold's count) */
-static void run_hold_end_locked(tm_arena_t *a, uint32_t n) {
+ * meanwhile by a bad free() (run_still_held false: only the hold's
+ * counts). Its resident bits are as they were when it was held: nothing
+ * changes a held run's. */
+static void run_hold_end_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n) {
+    size_t r = (size_t)chunk_resident_count(c, page, n) << TM_PAGE_SHIFT;
     a->purge_held -= (size_t)n << TM_PAGE_SHIFT;
+    a->purge_held_resident -= r < a->purge_held_resident ? r : a->purge_held_resident;
 }
 
-static void run_unhold_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t n) {
+static void run_unhold_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t n) {
     free_pages_add_locked(a, c, n);
     a->large_allocated -= (size_t)n << TM_PAGE_SHIFT;
-    run_hold_end_locked(a, n);
+    run_hold_end_locked(a, c, page, n);
 }
 
 /* True if the run held at `page` is still held: only a bad free() of an
@@ -501,10 +506,10 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
         tm_chunk_t *c = runs[i].c;
         uint32_t p = runs[i].page, n = runs[i].n, lo = runs[i].lo;
         if (!run_still_held(c, p, n)) {
-            run_hold_end_locked(a, n);
+            run_hold_end_locked(a, c, p, n);
             continue;
         }
-        run_unhold_locked(a, c, n);
+        run_unhold_locked(a, c, p, n);
         if (purged[i]) {
             chunk_resident_set(c, lo, runs[i].hi - lo, false);
             released += runs[i].r;
@@ -1014,12 +1019,12 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
         }
         arena_dropped_leave(a);
         if (run_still_held(c, page, len)) {
-            run_unhold_locked(a, c, len);
+            run_unhold_locked(a, c, page, len);
             resident_add_locked(a, chunk_resident_count(c, page, len));
             resident = chunk_resident_count(c, start, (uint32_t)npages);
             break;
         }
-        run_hold_end_locked(a, len);
+        run_hold_end_locked(a, c, page, len);
     }
     /* Only a run's ends carry a kind (types.h): with the free run's ends
      * cleared, every page of the new run reads PAGE_INTERIOR, and the

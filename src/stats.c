@@ -39,8 +39,11 @@ static void arena_sum(tm_arena_t *a, arena_sums_t *s) {
      * 2026-12-06 counted as blocks: `allocated` read up to 200 MB high
      * while the background thread's decay ran; an outside tester) */
     size_t held = a->purge_held < a->large_allocated ? a->purge_held : a->large_allocated;
+    size_t held_resident = a->purge_held_resident < held ? a->purge_held_resident : held;
     s->large += a->large_allocated - held;
-    s->dirty_free += held;
+    s->dirty_free += held_resident;
+    s->clean_free += held - held_resident; /* fresh or given back: a hold's
+                                              run being carved (an outside reviewer) */
     s->dirty_free += (size_t)a->stash_pages << TM_PAGE_SHIFT; /* kept freed runs (chunk.c) */
     s->chunks += a->nchunks;
     s->nthreads = __atomic_load_n(&a->nthreads, __ATOMIC_RELAXED); /* the registry lock's (tcache.c) */

@@ -224,6 +224,7 @@ typedef struct tm_arena {
     size_t purge_held;          /* of those, bytes of free runs a purge holds while
                                    it has dropped the lock (chunk.c, run_hold_locked):
                                    no block's, so the statistics take them off */
+    size_t purge_held_resident; /* the bytes of those whose resident bits are set */
     uint64_t large_nmalloc, large_nfree;
     /* The large runs freed last, oldest first, kept as they are for the
      * next runs of their lengths (chunk.c, "the last freed runs"): each
