@@ -344,12 +344,48 @@ TM_COLD void tm_fill_grown(void *p, size_t old) {
     if (now > old) memset((char *)p + old, tm_opt.zero ? 0 : 0xa5, now - old);
 }
 
+/* realloc's move of live block p, of old usable bytes, to a new block of
+ * size bytes. */
+static void *realloc_move(void *p, size_t old, size_t size) {
+    int saved = errno;
+    void *q = TM_API(malloc)(size);
+    if (!q) {
+        if (size > old) return NULL;
+        /* A shrink that cannot move keeps its block: glibc shrinks in
+         * place and never fails there, and p = realloc(p, smaller) is
+         * common code that does not check. */
+        errno = saved;
+        return p;
+    }
+    memcpy(q, p, old < size ? old : size);
+    TM_API(free)(p);
+    return q;
+}
+
 /* realloc; *tail_zero (if given) is set when every byte past the old usable
  * size is known to be zero: a huge block grown by mremap (_recalloc then
  * need not touch those pages). */
 void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
     if (tail_zero) *tail_zero = false;
     if (!p) return TM_API(malloc)(size);
+    if (likely(size - 1 < (size_t)TM_SMALL_MAX)) {
+        /* A small block that keeps its class stays as it is: a string
+         * grown a few bytes at a time. Taken once free()'s fast test says
+         * p is a live block (a block start of its slab, without the
+         * free-block cookie, on a page where every free block carries
+         * it); anything else takes the checks below. Until 2026-12-06
+         * every such call looked p up three times, 173 instructions
+         * (callgrind, an outside tester's string-building benchmark;
+         * tcmalloc and mimalloc 60-75 for their whole realloc). */
+        uintptr_t a = (uintptr_t)p;
+        unsigned cls;
+        uint32_t f;
+        if (small_block(a, &cls, &f) && cls && *tm_cookie_slot(p) != (a ^ tm_cookie_key) &&
+            !(f & TM_FAST_CHECK)) {
+            if (size_class_of(size) == cls) return p;
+            return realloc_move(p, tm_classes[cls].size, size);
+        }
+    }
     if (size == 0) { /* glibc's behaviour: free, return NULL */
         /* a bad p is reported as realloc's, and is EINVAL in the
          * abort_on_error:0 mode, as for any other size */
@@ -397,20 +433,9 @@ void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
             if (unlikely(tm_opt.junk) || (unlikely(tm_opt.zero) && !kernel_zero)) tm_fill_grown(np, old);
             return np;
         }
-        errno = saved;
     }
-    void *q = TM_API(malloc)(size);
-    if (!q) {
-        if (size > old) return NULL;
-        /* A shrink that cannot move keeps its block: glibc shrinks in
-         * place and never fails there, and p = realloc(p, smaller) is
-         * common code that does not check. */
-        errno = saved;
-        return p;
-    }
-    memcpy(q, p, old < size ? old : size);
-    TM_API(free)(p);
-    return q;
+    errno = saved; /* what a failed attempt above set */
+    return realloc_move(p, old, size);
 }
 
 TM_EXPORT void *TM_API(realloc)(void *p, size_t size) { return tm_realloc_impl(p, size, NULL); }
