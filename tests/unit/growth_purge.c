@@ -132,20 +132,25 @@ static void test_growing_arena_is_not_purged(void **state) {
     assert_true(resident(idle, PG(900)) <= 900 - 64);
 }
 
+/* X: 512 idle pages (written, then freed), one live page after them (the
+ * teardown frees it), and 511 fresh ones; returns the idle ones. */
+static char *idle_before_live(void) {
+    char *idle = big(X, PG(512));
+    (void)big(X, PG(1));
+    memset(idle, 1, PG(512));
+    big_free(idle);
+    return idle;
+}
+
 static void test_own_idle_pages_go_back(void **state) {
     (void)state;
     if (tm_narenas < 2) skip();
-    /* X: 512 idle pages, one live page, 511 fresh ones */
-    char *idle = big(X, PG(512));
-    void *live = big(X, PG(1));
-    memset(idle, 1, PG(512));
-    big_free(idle);
+    char *idle = idle_before_live();
     /* a block that lands on 400 fresh pages: X gives its idle pages back
      * first, all of them, whatever their age */
     void *p = big(X, PG(400));
     assert_true((char *)p > idle + PG(512)); /* the best fit: the fresh run */
     assert_int_equal(resident(idle, PG(512)), 0);
-    (void)live;
 }
 
 /* The runs a purge holds while it madvises are free pages on their way
@@ -158,10 +163,7 @@ static void test_own_idle_pages_go_back(void **state) {
 static void test_held_runs_are_not_allocated(void **state) {
     (void)state;
     if (tm_narenas < 2) skip();
-    char *idle = big(X, PG(512));
-    void *live = big(X, PG(1));
-    memset(idle, 1, PG(512));
-    big_free(idle);
+    char *idle = idle_before_live();
     trimalloc_arena_stats_t st;
     assert_int_equal(TM_API(trimalloc_stats_arena)(X->index, &st), 0);
     size_t before = st.allocated, dirty_before = st.dirty, resident_before = st.resident;
@@ -181,7 +183,6 @@ static void test_held_runs_are_not_allocated(void **state) {
     assert_int_equal(resident(idle, PG(512)), 0);
     assert_int_equal(TM_API(trimalloc_stats_arena)(X->index, &st), 0);
     assert_int_equal(st.allocated, before + PG(400));
-    (void)live;
 }
 
 int main(void) {
