@@ -29,8 +29,8 @@
  * stays what other files read: set if any page of the run may be resident.
  * A bitmap, so a run's count is a few popcounts, not a walk of its pages.
  *
- * rss[a->index] holds per arena, under its lock, the resident free pages,
- * how long they have been free (below) and the growth purge's budget; one
+ * rss[a->index] holds per arena, under its lock, the resident free pages
+ * and how long they have been free (below); one
  * cache line each, as arenas exist to keep threads off each other's lines.
  * Other arenas read them without the lock, to choose whose pages to purge
  * (relaxed atomics: a hint, read again under the lock), and idle_arenas
@@ -48,8 +48,6 @@
 #define DECAY_QUARTERS 4       /* a decay window's parts (see "decay") */
 static struct {
     _Alignas(64) size_t resident; /* pages of free runs with the resident bit set */
-    size_t credit;                /* pages the growth purge may still release */
-    uint64_t credit_ns;           /* when credit was last topped up */
     uint64_t epoch;               /* purge_epoch() at the last change of resident */
     uint64_t change_ns;           /* os_now_ns_raw() at the first change in that epoch */
     size_t low, low_before;       /* the lowest resident in that epoch, in the one before */
@@ -316,12 +314,13 @@ static void run_insert_free_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, 
  * each madvise call shoots down the TLBs of every thread of the process
  * (some 30 us more per call there with a second thread running): so the
  * longest runs go first, and a run is purged only as far as wanted, from
- * its end. A budget per arena bounds the cost whatever the program does:
- * PURGE_BURST pages at once, then PURGE_RATE pages a second, so a
+ * its end. A budget for the process bounds the cost whatever the program
+ * does: PURGE_BURST pages at once, then PURGE_RATE pages a second, so a
  * footprint that keeps changing shape costs a few milliseconds a second at
- * most. One growth gives back at most TM_DECAY_TICK_PAGES of its arena's
- * pages, or as many as it faults in if more: the allocation waits for the
- * madvise calls (as the decay's ticks, below). An arena growing while
+ * most, however many arenas it spans (purge_budget). One growth gives
+ * back at most TM_DECAY_TICK_PAGES of its arena's pages, or as many as it
+ * faults in if more: the allocation waits for the madvise calls (as the
+ * decay's ticks, below). An arena growing while
  * others hold idle pages purges those too (below, "of other arenas"). */
 #define GROWTH_BIG 64u         /* fresh pages (256 KiB) */
 #define PURGE_RATE 256u        /* pages a second (1 MiB/s) */
@@ -340,37 +339,54 @@ static size_t active_pages_peek(const tm_arena_t *a) {
     return __atomic_load_n(&a->active_pages, __ATOMIC_RELAXED);
 }
 
-/* Arena i's credit topped up to `now`, with *earned set if any was earned
- * since credit_ns: exact under its lock, a hint without it. */
-static size_t credit_topped(unsigned i, uint64_t now, bool *earned_out) {
-    uint64_t since = RSS_LOAD(i, credit_ns);
-    size_t credit = RSS_LOAD(i, credit);
+/* The growth purges' budget, one for the process: pages they may still
+ * release, and when it was last topped up. Until 2026-12-06 each arena had
+ * one, and N arenas purged N times as much: an outside tester's 64 threads
+ * of churn on 2 CPUs with narenas:256 (each thread an arena of its own)
+ * took 388 000 page faults, 7900 madvise calls and 4.9 s, against 66 000,
+ * 1000 and 1.4 s with 4 arenas; 95 000, 900 and 1.5 s now, 66 MB
+ * resident after the churn against 71 (4 arenas: as before). Read and
+ * written under whichever arena lock the purge holds, so two purges at
+ * once may both spend it: a bound to within one purge (TM_DECAY_TICK_PAGES
+ * or one growth's faults), not an exact one. */
+static struct {
+    _Alignas(64) size_t credit;
+    uint64_t credit_ns;
+} purge_budget;
+
+/* The credit topped up to `now`, with *earned set if any was earned since
+ * credit_ns. */
+static size_t credit_topped(uint64_t now, bool *earned_out) {
+    uint64_t since = __atomic_load_n(&purge_budget.credit_ns, __ATOMIC_RELAXED);
+    size_t credit = __atomic_load_n(&purge_budget.credit, __ATOMIC_RELAXED);
     uint64_t earned = now > since ? (now - since) / (1000000000u / PURGE_RATE) : 0;
     *earned_out = earned != 0;
     return earned >= PURGE_BURST - credit ? PURGE_BURST : credit + (size_t)earned;
 }
 
-/* What growth_purge_budget_locked would find, read without the lock. */
-static size_t credit_peek(unsigned i, uint64_t now) {
+/* What growth_purge_budget would find. */
+static size_t credit_peek(uint64_t now) {
     bool earned;
-    return credit_topped(i, now, &earned);
+    return credit_topped(now, &earned);
 }
 
-static void credit_set_locked(tm_arena_t *a, size_t credit) {
-    RSS_STORE(a->index, credit, credit);
+static void credit_set(size_t credit) {
+    __atomic_store_n(&purge_budget.credit, credit, __ATOMIC_RELAXED);
 }
 
-/* Of `idle` resident free pages of arena a, how many its budget lets a
+size_t chunk_purge_credit(void) { return credit_peek(os_now_ns()); }
+
+/* Of `idle` resident free pages of an arena, how many the budget lets a
  * growth purge give back now: 0 unless at least PURGE_MIN. */
-static size_t growth_purge_budget_locked(tm_arena_t *a, size_t idle) {
+static size_t growth_purge_budget(size_t idle) {
     if (idle < PURGE_MIN) return 0;
     /* clock_gettime(CLOCK_MONOTONIC) is a vDSO call, not a system call */
     uint64_t now = os_now_ns();
     bool earned;
-    size_t credit = credit_topped(a->index, now, &earned);
+    size_t credit = credit_topped(now, &earned);
     if (earned) {
-        credit_set_locked(a, credit);
-        RSS_STORE(a->index, credit_ns, now);
+        credit_set(credit);
+        __atomic_store_n(&purge_budget.credit_ns, now, __ATOMIC_RELAXED);
     }
     if (credit < PURGE_MIN) return 0;
     return idle < credit ? idle : credit;
@@ -382,7 +398,7 @@ static size_t growth_purge_pages_locked(tm_arena_t *a, uint32_t fresh, size_t id
     if (idle < PURGE_MIN) return 0;
     if (fresh < GROWTH_BIG && idle < active_pages_locked(a)) return 0;
     size_t cap = fresh > TM_DECAY_TICK_PAGES ? fresh : TM_DECAY_TICK_PAGES;
-    return growth_purge_budget_locked(a, idle < cap ? idle : cap);
+    return growth_purge_budget(idle < cap ? idle : cap);
 }
 
 /* c->free_pages plus or minus n, keeping a's count of empty chunks
@@ -490,7 +506,8 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
         }
     }
     if (!nruns) return 0;
-    credit_set_locked(a, got < rss[a->index].credit ? rss[a->index].credit - got : 0);
+    size_t credit = __atomic_load_n(&purge_budget.credit, __ATOMIC_RELAXED);
+    credit_set(got < credit ? credit - got : 0);
     arena_dropped_enter(a);
     arena_unlock(a);
     os_range_t ranges[GROWTH_PURGE_BATCH];
@@ -537,14 +554,15 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
  * them would cost it a fault per page, again and again. So another arena
  * gives back only pages that have stayed free through a whole epoch of
  * the coarse clock (idle_pages), at least PURGE_MIN of them, and never
- * more than its own budget allows. (The runs purged are not necessarily
+ * more than the budget allows. (The runs purged are not necessarily
  * the very pages that stayed free: their number is.)
  *
  * Nor is an arena that is itself faulting in fresh pages (in this epoch or
  * the one before) purged by others: without that rule two arenas whose
  * free runs are reused slowly (throughput realloc --threads 2) purge each
  * other in turn, each refault being a fresh fault that purges the other,
- * until both budgets are spent (faults 3.7x, throughput -36% there).
+ * until the budget is spent (faults 3.7x, throughput -36% there, with a
+ * budget per arena as it was then).
  *
  * Nor is one whose stayed-free pages are fewer than its live ones: those
  * are the holes a working arena's layout leaves, reused as its blocks
@@ -561,10 +579,10 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
  * arena from a working one by its count of free pages not changing was
  * tried: reuse through the kept runs (run_stash) does not change it.
  *
- * The purged arena pays from its own budget: the faults a purge costs fall
- * on the threads that use the purged pages again, so however many arenas
- * grow, its threads fault at most at its own rate. The growing thread
- * pays the madvise calls: about as many pages as it is about to fault in
+ * The purges of other arenas spend the same budget as every growth purge
+ * (purge_budget): the faults they cost fall on the threads that use the
+ * purged pages again, and the budget bounds them for the whole process.
+ * The growing thread pays the madvise calls: about as many pages as it is about to fault in
  * (PURGE_MIN at least), in at most GROWTH_PURGE_BATCH runs an arena.
  *
  * Locks: the growing arena's lock is dropped first (the run it is about
@@ -592,7 +610,7 @@ static tm_arena_t *purge_victim_next(unsigned self, unsigned *k, uint64_t epoch,
         if (idle < PURGE_MIN) continue;
         if (RSS_LOAD(i, fresh_epoch) + 1 >= epoch) continue; /* growing itself */
         if (!*now_ns) *now_ns = os_now_ns();
-        if (credit_peek(i, *now_ns) < PURGE_MIN) continue;
+        if (credit_peek(*now_ns) < PURGE_MIN) continue;
         tm_arena_t *b = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (b && idle >= active_pages_peek(b)) return b;
     }
@@ -613,7 +631,7 @@ static size_t growth_purge_others(unsigned self, tm_arena_t *b, unsigned k, uint
         }
         size_t need = fresh - got > PURGE_MIN ? fresh - got : PURGE_MIN;
         if (idle > need) idle = need;
-        size_t want = growth_purge_budget_locked(b, idle);
+        size_t want = growth_purge_budget(idle);
         if (want) got += growth_purge_locked(b, want); /* drops b's lock */
         arena_unlock(b);
     }
@@ -1252,7 +1270,7 @@ void chunk_detach_locked(tm_arena_t *a, tm_chunk_t *c) {
  * Each thread's arena grows on its own. When threads take turns at a burst
  * -- each allocates, frees everything, hands over to the next -- every
  * arena ends up holding a burst's worth of empty, resident chunks, and the
- * growth purge of other arenas gives back only what their budgets allow:
+ * growth purge of other arenas gives back only what the budget allows:
  * an outside tester's 4 threads taking turns at 200 MiB bursts of 8-64 KiB
  * blocks peaked at 928 MiB, where tcmalloc, with one page heap for all
  * threads, took 272 (2026-12-06; 240 since). So an arena that must grow

@@ -352,6 +352,7 @@ void chunk_slab_pool_done_locked(tm_arena_t *a, tm_chunk_t *c);
  * *failures counts system calls the kernel refused. */
 /* settle: wait for the sections that dropped a's lock (_heapmin; chunk.c) */
 size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures);
+size_t chunk_purge_credit(void); /* tests: pages the growth purges may still give back */
 /* Give back resident free pages that stayed free for dirty_decay_ms, in
  * every arena whose lock is free, at most max_pages of them together (the
  * rest stays due); no lock held. Returns the pages given back. A thread
