@@ -111,6 +111,13 @@ TM_INLINE void free_to_cache(void *p, unsigned cls, uint32_t f, uint64_t cookie)
     free_to_cache_miss(p);
 }
 
+/* free()'s fast test, past small_block_e: p, with the page entry f, is a
+ * block the program holds -- no free-block cookie (the key `cookie`), on
+ * a page where every free block carries one. */
+TM_INLINE bool small_block_live(void *p, uint64_t cookie, uint32_t f) {
+    return likely(*tm_cookie_slot(p) != cookie) && likely(!(f & TM_FAST_CHECK));
+}
+
 /* free's body once the pagemap entry e of p is known */
 TM_INLINE void free_entry(void *p, uintptr_t e) {
     uintptr_t a = (uintptr_t)p;
@@ -118,7 +125,7 @@ TM_INLINE void free_entry(void *p, uintptr_t e) {
     uint32_t f;
     if (likely(small_block_e(a, e, &cls, &f))) {
         uint64_t cookie = a ^ tm_cookie_key;
-        if (likely(*tm_cookie_slot(p) != cookie) && likely(!(f & TM_FAST_CHECK))) {
+        if (small_block_live(p, cookie, f)) {
             free_to_cache(p, cls, f, cookie);
             return;
         }
@@ -380,8 +387,7 @@ void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
         uintptr_t a = (uintptr_t)p;
         unsigned cls;
         uint32_t f;
-        if (small_block(a, &cls, &f) && cls && *tm_cookie_slot(p) != (a ^ tm_cookie_key) &&
-            !(f & TM_FAST_CHECK)) {
+        if (small_block(a, &cls, &f) && cls && small_block_live(p, tm_cookie_of(p), f)) {
             if (size_class_of(size) == cls) return p;
             return realloc_move(p, tm_classes[cls].size, size);
         }
@@ -495,7 +501,7 @@ TM_EXPORT size_t TM_API(malloc_usable_size)(void *p) {
     unsigned cls;
     uint32_t f;
     if (likely(small_block((uintptr_t)p, &cls, &f)) && likely(cls != 0) &&
-        likely(!(f & TM_FAST_CHECK)) && likely(*tm_cookie_slot(p) != tm_cookie_of(p)))
+        small_block_live(p, tm_cookie_of(p), f))
         return tm_classes[cls].size;
     if (!p) return 0;
     return tm_usable_size(p, "malloc_usable_size");

@@ -965,6 +965,13 @@ static tm_chunk_t *run_stash_take_locked(tm_arena_t *a, uint32_t npages, uint32_
     return NULL;
 }
 
+/* The first page at or after `page` of c aligned to align_pages. */
+static uint32_t run_aligned_start(tm_chunk_t *c, uint32_t page, size_t align_pages) {
+    if (align_pages <= 1) return page;
+    uintptr_t addr = chunk_page_addr(c, page), al = align_pages << TM_PAGE_SHIFT;
+    return (uint32_t)((((addr + al - 1) & ~(al - 1)) - c->base) >> TM_PAGE_SHIFT);
+}
+
 /* Whether the free run run_alloc_locked would carve npages aligned to
  * align_pages out of (need pages with the alignment's slack) may be
  * resident on every page the block takes. */
@@ -973,11 +980,7 @@ static bool index_fit_resident_locked(tm_arena_t *a, size_t need, size_t npages,
     if (!len) return false;
     tm_page_t *h = a->runs[len];
     tm_chunk_t *c = page_chunk(h);
-    uint32_t start = chunk_page_index(c, h);
-    if (align_pages > 1) {
-        uintptr_t addr = chunk_page_addr(c, start), al = align_pages << TM_PAGE_SHIFT;
-        start = (uint32_t)((((addr + al - 1) & ~(al - 1)) - c->base) >> TM_PAGE_SHIFT);
-    }
+    uint32_t start = run_aligned_start(c, chunk_page_index(c, h), align_pages);
     return chunk_resident_count(c, start, (uint32_t)npages) == npages;
 }
 
@@ -1009,12 +1012,8 @@ tm_chunk_t *run_alloc_locked(tm_arena_t *a, size_t npages, size_t align_pages,
         if (!len) return NULL;
         h = a->runs[len];
         c = page_chunk(h);
-        page = start = chunk_page_index(c, h);
-        if (align_pages > 1) {
-            uintptr_t addr = chunk_page_addr(c, page);
-            uintptr_t al = align_pages << TM_PAGE_SHIFT;
-            start = (uint32_t)((((addr + al - 1) & ~(al - 1)) - c->base) >> TM_PAGE_SHIFT);
-        }
+        page = chunk_page_index(c, h);
+        start = run_aligned_start(c, page, align_pages);
         resident = chunk_resident_count(c, start, (uint32_t)npages);
         runs_index_remove_locked(a, h);
         if (!may_purge || resident == npages) break;
