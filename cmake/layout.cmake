@@ -71,7 +71,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   arena_release_empty_slabs
   arena_fork_prepare arena_fork_parent arena_fork_child arena_lock_settled
   # chunk.c
-  chunk_create chunk_attach_locked chunk_link_locked chunk_adopt chunk_attach_as_is_locked chunk_detach_locked run_alloc_locked run_free_locked arena_decay_tick
+  chunk_create chunk_make chunk_from_huge_cache chunk_attach_locked chunk_link_locked chunk_adopt chunk_attach_as_is_locked chunk_detach_locked run_alloc_locked run_free_locked arena_decay_tick
   decay_close_quarter_locked
   run_free_large_locked run_stash_flush_locked
   run_insert_free_locked runs_index_insert_locked runs_index_remove_locked
@@ -80,8 +80,8 @@ set(TRIMALLOC_HOT_FUNCTIONS
   arena_release_orphaned growth_purge_locked growth_purge_budget_locked
   # background.c
   background_set background_start background_running background_fork_child
-  # huge.c, heapmin.c, stats.c: what fork, exit and a purge call
-  huge_fork_prepare huge_fork_parent huge_fork_child
+  # huge.c, heapmin.c, stats.c: what fork, exit, a purge and an arena's growth call
+  huge_take_chunk huge_fork_prepare huge_fork_parent huge_fork_child
   heapmin_lock heapmin_unlock heapmin_trylock heapmin_fork_child
   stats_add_released stats_print_at_exit)
 
@@ -97,7 +97,7 @@ set(TRIMALLOC_HOT_DATA
   tm_opt slot_grown_start
   tm_bin_tiny tc_key_ok tm_initialized tm_fork_ready init_running tc_key registry_count tm_narenas registry
   tm_class_fast recycled meta_cur meta_end
-  tm_classes meta_total
+  tm_classes meta_total huge_cache_count
   slot_grown os_fail_countdown_active orphan_last_ns tm_orphan_due
   slot_first slot_start slot_first_start xfer_cap registry_lock arenas_lock meta_lock pm_lock tm_gstats meta_freed
   # Indexed by arena too, 5 KiB (a small process touches the first entries).

@@ -51,18 +51,21 @@ unsigned arena_choose_locked(const unsigned bound[], unsigned first) {
 }
 
 /* Grow the arena by one chunk: an empty one of another arena's if there
- * is one (chunk.c), else a new mapping. Called and returns with the lock
- * held, but drops it meanwhile. */
+ * is one (chunk.c), else the first chunk of a cached huge mapping
+ * (huge.c), else a new mapping. Called and returns with the lock held,
+ * but drops it meanwhile. */
 static bool arena_grow_locked(tm_arena_t *a) {
     arena_dropped_enter(a);
     arena_unlock(a);
     tm_chunk_t *c = chunk_adopt(a);
-    bool adopted = c != NULL;
+    bool adopted = c != NULL, reused = false;
+    if (!c) reused = (c = chunk_from_huge_cache(a)) != NULL;
     if (!c) c = chunk_create(a);
     arena_lock(a);
     arena_dropped_leave(a);
     if (!c) return false;
     if (adopted) chunk_attach_as_is_locked(a, c);
+    else if (reused) chunk_attach_reused_locked(a, c);
     else chunk_attach_locked(a, c);
     return true;
 }

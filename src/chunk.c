@@ -1213,10 +1213,10 @@ size_t chunk_slab_pool_release_locked(tm_arena_t *a, tm_chunk_t *c) {
 
 /* ---- chunk lifetime ------------------------------------------------------- */
 
-tm_chunk_t *chunk_create(tm_arena_t *a) {
-    void *mem = os_map_aligned(TM_CHUNK, TM_CHUNK);
-    if (!mem && heapmin_release_for_retry()) mem = os_map_aligned(TM_CHUNK, TM_CHUNK);
-    if (!mem) return NULL;
+/* A chunk's descriptor and pagemap entry for the chunk-aligned mapping
+ * mem; on failure the mapping goes back (counted as released if it was
+ * counted as mapped before: one taken from the huge cache). */
+static tm_chunk_t *chunk_make(tm_arena_t *a, void *mem, bool reused) {
     /* Slabs and runs are carved, purged and faulted in 4 KiB at a time; a
      * transparent huge page would make 2 MiB resident for the first block
      * and bring purged pages back behind _heapmin's back (os.c). The thp
@@ -1224,18 +1224,25 @@ tm_chunk_t *chunk_create(tm_arena_t *a) {
     long thp = __atomic_load_n(&tm_opt.thp, __ATOMIC_RELAXED); /* settable at run time */
     if (thp != 1) os_huge_pages(mem, TM_CHUNK, thp == 2);
     tm_chunk_t *c = meta_alloc(sizeof(tm_chunk_t));
-    if (!c) {
-        os_unmap(mem, TM_CHUNK);
-        return NULL;
-    }
-    c->base = (uintptr_t)mem;
-    c->arena = a;
-    if (pagemap_set(c->base, (uintptr_t)c | 1) != 0) {
-        os_unmap(mem, TM_CHUNK);
+    if (c) {
+        c->base = (uintptr_t)mem;
+        c->arena = a;
+        if (pagemap_set(c->base, (uintptr_t)c | 1) == 0) return c;
         meta_free(c, sizeof *c);
-        return NULL;
     }
-    return c;
+    if (os_unmap(mem, TM_CHUNK) == 0 && reused) stats_add_released(TM_CHUNK);
+    return NULL;
+}
+
+tm_chunk_t *chunk_create(tm_arena_t *a) {
+    void *mem = os_map_aligned(TM_CHUNK, TM_CHUNK);
+    if (!mem && heapmin_release_for_retry()) mem = os_map_aligned(TM_CHUNK, TM_CHUNK);
+    return mem ? chunk_make(a, mem, false) : NULL;
+}
+
+tm_chunk_t *chunk_from_huge_cache(tm_arena_t *a) {
+    void *mem = huge_take_chunk();
+    return mem ? chunk_make(a, mem, true) : NULL;
 }
 
 /* Put empty chunk c, whose one free run is marked, in a's list and index. */
@@ -1255,6 +1262,18 @@ void chunk_attach_locked(tm_arena_t *a, tm_chunk_t *c) {
     run_mark(c, 0, TM_CHUNK_PAGES, PAGE_FREE);
     page_set_flags(&c->pages[0], true, false);
     chunk_link_locked(a, c);
+}
+
+/* Its pages held a huge block's bytes, and those in memory stay: every
+ * page resident (an upper bound, as after a refused munmap in arena_purge)
+ * and dirty, so the decay and the purges count and give them back, and
+ * none zeroed, so calloc clears what it hands out. */
+void chunk_attach_reused_locked(tm_arena_t *a, tm_chunk_t *c) {
+    c->free_pages = TM_CHUNK_PAGES;
+    run_mark(c, 0, TM_CHUNK_PAGES, PAGE_FREE);
+    page_set_flags(&c->pages[0], false, true);
+    chunk_resident_set(c, 0, TM_CHUNK_PAGES, true);
+    chunk_attach_as_is_locked(a, c);
 }
 
 void chunk_detach_locked(tm_arena_t *a, tm_chunk_t *c) {

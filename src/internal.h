@@ -235,6 +235,10 @@ void chunk_detach_locked(tm_arena_t *a, tm_chunk_t *c);
  * pages and all (an adopted one, or one the kernel would not unmap) */
 tm_chunk_t *chunk_adopt(tm_arena_t *a);
 void chunk_attach_as_is_locked(tm_arena_t *a, tm_chunk_t *c);
+/* A chunk on the first chunk of a cached huge mapping (unlocked; NULL if
+ * none), and attaching it: every page resident, none zeroed */
+tm_chunk_t *chunk_from_huge_cache(tm_arena_t *a);
+void chunk_attach_reused_locked(tm_arena_t *a, tm_chunk_t *c);
 /* Take a run of npages aligned to align_pages from the arena's free runs;
  * returns its first page index's chunk and page, or NULL. May drop and
  * retake the arena lock (the growth purge, chunk.c), as arena_grow does. */
@@ -446,6 +450,7 @@ void huge_free(tm_huge_t *h, void *p);
 void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero, bool *refused);
 bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size);
 size_t huge_release_cache(unsigned *failures); /* unmap cached huge mappings */
+void *huge_take_chunk(void); /* a cached mapping's first chunk for an arena, or NULL */
 size_t huge_allocated(void);
 size_t huge_mapped(void);
 void huge_fork_prepare(void);
