@@ -590,8 +590,12 @@ static void slab_put_back_locked(tm_arena_t *a, const slab_plan_t *pl) {
     if (!s->on_list) bin_push_locked(&a->bins[s->cls], s);
 }
 
-/* Caller holds the trim lock, so no chunk of a is unmapped meanwhile. */
-size_t arena_purge_slab_pages(tm_arena_t *a) {
+/* Caller holds the trim lock, so no chunk of a is unmapped meanwhile.
+ * *failures (if given) counts the batches the kernel refused in part: a
+ * _heapmin whose only pages to give back are inside slabs, all refused,
+ * returns -1 with ENOSYS (until 2026-12-07 it returned 0; an outside
+ * tester, reading the code). */
+size_t arena_purge_slab_pages(tm_arena_t *a, unsigned *failures) {
     size_t released = 0;
     tm_chunk_t *c = NULL;
     uint32_t from = 0; /* in chunk c, the pages before this one are done */
@@ -635,6 +639,7 @@ size_t arena_purge_slab_pages(tm_arena_t *a) {
         released += got;
         if (!n) continue;
         for (int k = 0; k < n; k++) planned += (size_t)__builtin_popcount(plan[k].give) << TM_PAGE_SHIFT;
+        if (got < planned && failures) (*failures)++;
         arena_lock(a);
         for (int k = 0; k < n; k++) {
             /* gone, unless the kernel refused some (then all stay marked,

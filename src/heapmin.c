@@ -32,7 +32,7 @@ static size_t trim_all(unsigned *failures) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (a) {
             released += arena_purge(a, true, failures);
-            released += arena_purge_slab_pages(a);
+            released += arena_purge_slab_pages(a, failures);
             arena_compact_slabs(a); /* descriptor pages: not counted as released */
         }
     }

@@ -433,7 +433,7 @@ TM_INLINE uint32_t slab_fresh_page(uint32_t fresh, uint32_t nblocks, uint32_t si
     return fresh >= nblocks ? UINT32_MAX : (uint32_t)(((uintptr_t)fresh * size) >> TM_PAGE_SHIFT);
 }
 void arena_release_idle_slab(tm_arena_t *a, unsigned cls);
-size_t arena_purge_slab_pages(tm_arena_t *a); /* free pages inside live slabs */
+size_t arena_purge_slab_pages(tm_arena_t *a, unsigned *failures); /* free pages inside live slabs */
 /* Pack each chunk's slab descriptors into its lowest slots and give back
  * the slab pool pages above them (_heapmin; trim lock held). */
 size_t arena_compact_slabs(tm_arena_t *a);
