@@ -146,7 +146,7 @@ typedef struct {
     tm_tcache_t *tc;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int phase; /* 1: the worker has made its bursts; 2: it may exit */
+    int phase; /* 1: the worker has made its bursts; 2: it may exit; 3: bursts again */
 } worker_t;
 
 static void *bursts_then_wait(void *arg) {
@@ -156,11 +156,30 @@ static void *bursts_then_wait(void *arg) {
         for (int i = 0; i < BURST; i++) p[i] = TM_API(malloc)(sizes[k]);
         for (int i = 0; i < BURST; i++) TM_API(free)(p[i]);
     }
+    /* bursts bigger than the 1000 B bin's capacity (64): it swings from
+     * empty to full and grows into its grown slots */
+    static _Thread_local void *big[200];
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 200; i++) big[i] = TM_API(malloc)(1000);
+        for (int i = 0; i < 200; i++) TM_API(free)(big[i]);
+    }
     pthread_mutex_lock(&w->mu);
     w->tc = tm_tls.own;
     w->phase = 1;
     pthread_cond_broadcast(&w->cv);
-    while (w->phase != 2) pthread_cond_wait(&w->cv, &w->mu);
+    for (;;) {
+        while (w->phase == 1) pthread_cond_wait(&w->cv, &w->mu);
+        if (w->phase == 2) break;
+        /* 3: the 1000 B bursts again, then back to 1 */
+        pthread_mutex_unlock(&w->mu);
+        for (int round = 0; round < 3; round++) {
+            for (int i = 0; i < 200; i++) big[i] = TM_API(malloc)(1000);
+            for (int i = 0; i < 200; i++) TM_API(free)(big[i]);
+        }
+        pthread_mutex_lock(&w->mu);
+        w->phase = 1;
+        pthread_cond_broadcast(&w->cv);
+    }
     pthread_mutex_unlock(&w->mu);
     return NULL;
 }
@@ -173,6 +192,17 @@ static unsigned capacity_pages_resident(const tm_tcache_t *tc) {
     uintptr_t lo = ((uintptr_t)tc->slots_mem + first * sizeof(void *) + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
     uintptr_t hi = ((uintptr_t)tc->slots_mem + grown * sizeof(void *)) & ~(uintptr_t)TM_PAGE_MASK;
     assert_true(hi > lo); /* at the default scale they span pages */
+    unsigned n = 0;
+    for (uintptr_t pg = lo; pg < hi; pg += TM_PAGE) n += page_resident((void *)pg);
+    return n;
+}
+
+/* Resident pages of tc's grown-bin slots (whole pages of them only). */
+static unsigned grown_pages_resident(const tm_tcache_t *tc) {
+    size_t first, grown;
+    tcache_slot_regions(&first, &grown);
+    uintptr_t lo = ((uintptr_t)tc->slots_mem + grown * sizeof(void *) + TM_PAGE_MASK) & ~(uintptr_t)TM_PAGE_MASK;
+    uintptr_t hi = ((uintptr_t)tc->slots_mem + tcache_slots_max() * sizeof(void *)) & ~(uintptr_t)TM_PAGE_MASK;
     unsigned n = 0;
     for (uintptr_t pg = lo; pg < hi; pg += TM_PAGE) n += page_resident((void *)pg);
     return n;
@@ -202,8 +232,22 @@ static void test_a_few_exited_caches_keep_their_capacity_slots(void **state) {
     if (after_trim < live)
         fail_msg("_heapmin gave back %u of the %u capacity-slot pages of a live thread: its "
                  "next bin to grow faults a page in inside malloc", live - after_trim, live);
-    /* one exit at a time: the first TC_RECYCLED_WARM keep their pages */
-    unsigned kept[N];
+    /* the bursts grew a bin: its grown slots' pages are in memory (a
+     * _heapmin gives those back, so the workers' 1000 B bursts again) */
+    for (int i = 0; i < N; i++) {
+        pthread_mutex_lock(&w[i].mu);
+        w[i].phase = 3;
+        pthread_cond_broadcast(&w[i].cv);
+        while (w[i].phase != 1) pthread_cond_wait(&w[i].cv, &w[i].mu);
+        pthread_mutex_unlock(&w[i].mu);
+        if (grown_pages_resident(w[i].tc) == 0)
+            fail_msg("worker %d's bursts touched no page of its grown slots: test is void", i + 1);
+    }
+    /* one exit at a time: the first TC_RECYCLED_WARM keep their capacity
+     * and grown slots' pages (until 2026-12-07 the grown ones went back at
+     * every exit, and a program that runs short threads one after another
+     * faulted them in at each thread) */
+    unsigned kept[N], kept_grown[N];
     for (int i = 0; i < N; i++) {
         pthread_mutex_lock(&w[i].mu);
         w[i].phase = 2;
@@ -211,14 +255,18 @@ static void test_a_few_exited_caches_keep_their_capacity_slots(void **state) {
         pthread_mutex_unlock(&w[i].mu);
         assert_int_equal(pthread_join(t[i], NULL), 0);
         kept[i] = capacity_pages_resident(w[i].tc);
+        kept_grown[i] = grown_pages_resident(w[i].tc);
     }
     for (int i = 0; i < N; i++) {
         if (i < (int)TC_RECYCLED_WARM && kept[i] == 0)
             fail_msg("exited thread %d of %d gave back its capacity slots: the next thread "
                      "faults them in again", i + 1, N);
-        if (i >= (int)TC_RECYCLED_WARM && kept[i] != 0)
-            fail_msg("exited thread %d of %d kept %u capacity-slot pages (at most %u caches "
-                     "keep theirs)", i + 1, N, kept[i], TC_RECYCLED_WARM);
+        if (i < (int)TC_RECYCLED_WARM && kept_grown[i] == 0)
+            fail_msg("exited thread %d of %d gave back its grown slots: the next thread "
+                     "faults them in again", i + 1, N);
+        if (i >= (int)TC_RECYCLED_WARM && (kept[i] != 0 || kept_grown[i] != 0))
+            fail_msg("exited thread %d of %d kept %u capacity-slot and %u grown-slot pages (at "
+                     "most %u caches keep theirs)", i + 1, N, kept[i], kept_grown[i], TC_RECYCLED_WARM);
     }
     /* the next thread takes a warm cache, not the cold one that exited
      * last (a reviewer found the warm ones buried under cold ones: every
