@@ -3,7 +3,8 @@
  *
  * Spacing. Classes are 16 B apart up to 128 B (8 classes), then four per
  * doubling: for 2^k < size <= 2^(k+1) the classes are 2^k + j * 2^(k-2),
- * j = 1..4, up to 8 KiB (24 more classes). A request is rounded up to its
+ * j = 1..4, up to 10 KiB (25 more classes: the first of the 8-16 KiB
+ * group is the last). A request is rounded up to its
  * class, so the waste is below one spacing step: at most 15 B up to 128 B,
  * and below 2^(k-2) / (2^k + 1) < 25% above (20% once the next class is
  * reached, on average about 10%). Every class is a multiple of 16, so every
@@ -25,11 +26,21 @@
  * MB and the size sweep up 3-6%, and realloc's peak RSS up 3.5-5% (1
  * thread) and 7-10% (2 threads), interleaved medians of 5 (2026-12-05):
  * not kept, the benchmark's realloc row already being above target.
+ * The first of them, 10 KiB (slabs of 2 blocks in 5 pages), was added on
+ * 2026-12-07: a page of 8 KiB and its header, sqlite3's blocks with
+ * PRAGMA page_size 8192, takes 10 KiB instead of a 3-page run. A Python
+ * program building an in-memory sqlite3 database (500 000 rows) peaked at
+ * 110.7 -> 98.4 MB (glibc 84, mimalloc 94, jemalloc 103, tcmalloc 109);
+ * bench/throughput realloc peak RSS +0.1 MiB (1 and 2 threads, 6.52 ->
+ * 6.62, 10.85 -> 10.98 MiB, interleaved medians of 5), size sweep the
+ * same. A 9 KiB class (4 blocks in 9 pages) gave sqlite3 the same peak
+ * and cost realloc 0.15-0.25 MiB.
  *
  * Slabs. A class's slab is the smallest run of pages (1..32) that holds at
  * least min(8, 8 KiB / size) blocks (at least one) and wastes at most 1/16
  * of the run at its tail: 8 blocks up to 1 KiB, then fewer, down to one
- * 8 KiB block in 2 pages. Where that leaves a tail and one page more holds
+ * 8 KiB block in 2 pages (10 KiB: two in 5 pages). Where that leaves a
+ * tail and one page more holds
  * whole blocks with none left over, the slab takes that page (768 B: 3
  * pages, 1536 B: 3, 5120 B: 5 pages of 4 blocks, not 4 of 3). Measured
  * (an outside tester, 2026-12-05): sqlite3 with its default 4 KiB pages
@@ -51,7 +62,7 @@
  * unchanged within the noise.
  *
  * Thread cache. The capacity of a class's stack shrinks with the block size,
- * so a full cache holds a bounded number of bytes (at most about 1.5 MiB of
+ * so a full cache holds a bounded number of bytes (at most about 1.65 MiB of
  * blocks over all classes at the default scale, see tcache_cap_for()).
  *
  * The whole table is computed by size_class_init() from these rules: this

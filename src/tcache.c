@@ -412,7 +412,7 @@ static uint32_t bin_cap_max(unsigned cls) {
  * peaked at 398 MiB for 53 MiB live, where tcmalloc, which bounds all its
  * caches together, stayed at 106-110. So the live caches share
  * tcache_total_mb: while the thread count times one cache with every bin
- * grown (full_cache_bytes, 4.4 MiB at the default scale) fits in it,
+ * grown (full_cache_bytes, 4.6 MiB at the default scale) fits in it,
  * nothing changes; past that, a cache's share (cache_share) bounds first
  * its bins' growth, then their capacities, never below a bin's start
  * size. A bin takes a new bound when it next overflows (it flushes
@@ -453,7 +453,7 @@ static size_t cache_share(void) {
 }
 
 /* class cls's capacity under a share: the whole capacity while every bin
- * at its capacity fits in the share (base_cache_bytes, 1.5 MiB at the
+ * at its capacity fits in the share (base_cache_bytes, 1.65 MiB at the
  * default scale), scaled down past that, never below the start size */
 static uint32_t cap_now(unsigned cls, size_t share) {
     uint32_t cap = bin_cap(cls), start = bin_cap_start(cls);
@@ -1112,7 +1112,7 @@ void tcache_settle_locked(tm_tcache_t *tc) {
 }
 
 /* ---- garbage collection --------------------------------------------------
- * A cache holds about 1.5 MiB of blocks at most (4.4 once bins grow), and
+ * A cache holds about 1.65 MiB of blocks at most (4.6 once bins grow), and
  * what it holds of a class the thread stopped using stays out of the
  * arenas (and keeps its slab's pages resident) until _heapmin. So every
  * TC_GC_EVERY slow-path calls the owner visits one class, round robin: if

@@ -29,7 +29,7 @@ static int child(unsigned char want)
 {
     unsigned grown_in_place = 0, expanded = 0;
     for (unsigned r = 0; r < 200; r++) {
-        size_t s1 = 9000 + (r * 7919u) % 200000, s2 = s1 + 4096 * (1 + r % 30);
+        size_t s1 = 10300 + (r * 7919u) % 200000, s2 = s1 + 4096 * (1 + r % 30);
         /* dirty the pages the next block is likely to take and grow into */
         unsigned char *d = TM_API(malloc)(2 * s2);
         if (!d)

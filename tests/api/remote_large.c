@@ -258,8 +258,9 @@ static void test_queued_block_taken_back_for_same_length(void **state)
     memset(q, 0x22, 20000);
 
     /* shrunk in place to 3 pages, then freed: a 4-page malloc must not get
-     * it (it would overrun it), a 3-page one does */
-    void *r = TM_API(realloc)(blocks[2], 9000);
+     * it (it would overrun it), a 3-page one does (both above the largest
+     * size class, 10 KiB) */
+    void *r = TM_API(realloc)(blocks[2], 10300);
     assert_ptr_equal(r, blocks[2]);
     TM_API(free)(r);
     void *big = TM_API(malloc)(16000);
@@ -267,10 +268,10 @@ static void test_queued_block_taken_back_for_same_length(void **state)
     assert_ptr_not_equal(big, r);
     assert_true(TM_API(malloc_usable_size)(big) >= 16000);
     memset(big, 0x33, 16000);
-    void *small = TM_API(malloc)(10000);
+    void *small = TM_API(malloc)(10500);
     assert_ptr_equal(small, r);
-    assert_true(TM_API(malloc_usable_size)(small) >= 10000);
-    memset(small, 0x44, 10000);
+    assert_true(TM_API(malloc_usable_size)(small) >= 10500);
+    memset(small, 0x44, 10500);
 
     check_blocks(3);
     TM_API(free)(p);

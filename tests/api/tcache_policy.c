@@ -1,6 +1,6 @@
 /*
- * tcache_policy.c -- what a thread cache keeps of the big classes (above
- * 8 KiB), and that a class a thread stopped using goes back to the arena,
+ * tcache_policy.c -- what a thread cache keeps of the big sizes (above
+ * 10 KiB), and that a class a thread stopped using goes back to the arena,
  * slab included, even while the thread allocates only large blocks.
  *
  * Each scenario runs on a fresh thread, so it starts with an empty cache;
@@ -23,9 +23,9 @@ static size_t cached_bytes(void) {
     return st.tcache_bytes; /* thread caches and transfer caches */
 }
 
-/* ---- blocks above 8 KiB are large blocks: no cache holds them ----------- */
+/* ---- blocks above 10 KiB are large blocks: no cache holds them ---------- */
 
-static const size_t big_sizes[] = {8193, 20480, 24576, 32768};
+static const size_t big_sizes[] = {10241, 20480, 24576, 32768};
 enum { BIG_N = 64 };
 
 static void *big_batches(void *arg) {
@@ -48,7 +48,7 @@ static void *big_batches(void *arg) {
     return NULL;
 }
 
-/* Blocks of 8-32 KiB freed by the thread that made them go straight back
+/* Blocks of 10-32 KiB freed by the thread that made them go straight back
  * to their arena's free runs, where another size can use their pages.
  * (Up to 2026-12-04 they were size classes: a bin held 1-3 blocks of each,
  * growing to 4-12, and a transfer cache 32 KiB more.) */

@@ -81,12 +81,32 @@ static void test_block_start_test_is_exact(void **state) {
     assert_true(tails > 0); /* the case the bound is for exists */
 }
 
+/* A database page of 8 KiB and its header (sqlite3 with PRAGMA page_size
+ * 8192 asks for 8464 bytes) is a small block of the 10 KiB class, in
+ * slabs of two blocks in 5 pages: 10 KiB a block. Until 2026-12-07 the
+ * classes stopped at 8 KiB and it was a 3-page run, 12 KiB. */
+static void test_a_page_and_its_header_is_small(void **state) {
+    (void)state;
+    tm_init();
+    unsigned c = size_class_of(8464);
+    assert_true(TM_SMALL_MAX >= 8464);
+    assert_int_equal(tm_classes[c].size, 10240);
+    assert_int_equal(tm_classes[c].slab_pages, 5);
+    assert_int_equal(tm_classes[c].nblocks, 2);
+    void *p = TM_API(malloc)(8464);
+    assert_non_null(p);
+    assert_int_equal(TM_API(malloc_usable_size)(p), 10240);
+    memset(p, 0x5e, 8464);
+    TM_API(free)(p);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_size_maps_to_smallest_fitting_class),
         cmocka_unit_test(test_waste_is_bounded),
         cmocka_unit_test(test_classes_sorted_aligned_and_slabs_sane),
         cmocka_unit_test(test_block_start_test_is_exact),
+        cmocka_unit_test(test_a_page_and_its_header_is_small),
     };
     return cmocka_run_group_tests_name("unit_size_class", tests, NULL, NULL);
 }
