@@ -60,7 +60,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   tcache_fork_child tcache_free_large queued_pages rl_push_owner tcache_gc_tick_large tcache_large_reuse
   bin_reset bin_restart bin_cap_start bin_cap_max refill_want slots_release_first slots_purge_grown
   drain_at_exit_locked drain_bins_locked recycled_push_locked recycled_pop_locked
-  cache_share cap_now max_now gc_tick_unlocked
+  cache_share cap_now max_now gc_tick_unlocked slow_path_tick arena_decay_epoch_passed
   xfer_flush_arena arena_bind_locked orphans_release_now_locked orphan_gap_ns tcache_orphans_tick
   release_orphaned_arenas orphaned_arenas_locked
   # arena.c

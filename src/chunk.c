@@ -742,6 +742,10 @@ static void decay_catch_up_locked(unsigned i, size_t still) {
     if (still > rss[i].decay_due) RSS_STORE(i, decay_due, still);
 }
 
+bool arena_decay_epoch_passed(void) {
+    return __atomic_load_n(&decay_epoch, __ATOMIC_RELAXED) != purge_epoch();
+}
+
 size_t arena_decay_tick(size_t max_pages) {
     long ms = __atomic_load_n(&tm_opt.dirty_decay_ms, __ATOMIC_RELAXED);
     if (ms < 0) return 0;

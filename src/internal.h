@@ -363,6 +363,7 @@ size_t chunk_purge_credit(void); /* tests: pages the growth purges may still giv
  * cache's GC tick passes TM_DECAY_TICK_PAGES, the background thread
  * SIZE_MAX. */
 size_t arena_decay_tick(size_t max_pages);
+bool arena_decay_epoch_passed(void); /* no tick read the clock in this epoch yet */
 #define TM_DECAY_TICK_PAGES 512u /* 2 MiB: about 0.3-1 ms of madvise (chunk.c) */
 size_t arena_release_orphaned(tm_arena_t *a); /* its last thread exited; no lock held */
 
