@@ -307,10 +307,13 @@ void *huge_take_chunk(void) {
 /* Zero the first n bytes (whole pages) of a cached mapping for calloc: the
  * pages in memory are written over -- the block before used them, this one
  * likely will, and a page fault costs more than writing a page -- and the
- * others given back (MADV_DONTNEED), so that they stay out of memory until
- * the program touches them: writing one would fault it in now, where the
- * madvise of a run of pages not in memory costs less than one fault, and
- * the program, if it touches them, faults them in either way. Until
+ * runs of ZERO_PURGE_MIN or more others given back (MADV_DONTNEED), so
+ * that they stay out of memory until the program touches them: writing
+ * them would fault them in now, where one madvise costs about as much as
+ * one or two faults, and the program, if it touches them, faults them in
+ * either way. A lone page out of memory between two in it is written over:
+ * an outside reviewer's calloc of 64 MiB, every other page used, made 7921
+ * madvise calls each and took twice the time. Until
  * 2026-12-06 every page was written over: an outside tester's callocs of
  * 4-48 MiB, each touching one page in 64, made every page resident and
  * took 2.4x glibc's CPU time. Then, until 2026-12-07, only runs of 16
@@ -322,6 +325,8 @@ void *huge_take_chunk(void) {
  * it fault that half in again every time: 0.30 -> 2.5 s, a reviewer's
  * measurement.) mincore only chooses: every byte reads zero either way (a
  * page swapped out counts as not in memory, and the madvise drops it). */
+#define ZERO_PURGE_MIN 2 /* pages */
+
 static void huge_zero(char *p, size_t n) {
     unsigned char vec[4096];
     const size_t step = sizeof vec << TM_PAGE_SHIFT;
@@ -337,7 +342,7 @@ static void huge_zero(char *p, size_t n) {
             }
             char *q = p + off + (i << TM_PAGE_SHIFT);
             size_t qn = (j - i) << TM_PAGE_SHIFT;
-            if (in || os_purge(q, qn) != 0) memset(q, 0, qn);
+            if (in || j - i < ZERO_PURGE_MIN || os_purge(q, qn) != 0) memset(q, 0, qn);
         }
     }
 }

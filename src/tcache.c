@@ -570,7 +570,11 @@ static tm_tcache_t *recycled_pop_locked(void) {
  * thread). _heapmin gives back every recycled cache's slots. */
 static void drain_bins_locked(tm_tcache_t *tc);
 static void drain_at_exit_locked(tm_tcache_t *tc) {
-    bool warm = __atomic_load_n(&recycled_warm, __ATOMIC_RELAXED) < TC_RECYCLED_WARM;
+    /* as recycled_push_locked counts it: a cache without first slots (a
+     * class's capacity within its start slots, tcache_scale 50 or less)
+     * whose bin grew would otherwise keep its grown slots and never count
+     * as warm, in every exited cache (an outside reviewer) */
+    bool warm = tc->slots_first && __atomic_load_n(&recycled_warm, __ATOMIC_RELAXED) < TC_RECYCLED_WARM;
     if (warm) {
         drain_bins_locked(tc);
     } else {
@@ -937,6 +941,7 @@ void tcache_release_recycled(void) {
         meta_free(tc->slots_mem, tc->slots_size);
         tc->slots_mem = NULL;
         tc->slots_first = false;
+        tc->slots_grown = false; /* nothing left to give back */
         last = tc;
     }
     tm_lock(&registry_lock);
