@@ -751,9 +751,14 @@ size_t arena_decay_tick(size_t max_pages) {
     if (ms < 0) return 0;
     /* the clock once an epoch at most (4 to 17 ms), but at every tick
      * for 0; a system call, not libc's clock_gettime (os.c says why) */
-    uint64_t e = purge_epoch();
-    if (ms > 0 && __atomic_load_n(&decay_epoch, __ATOMIC_RELAXED) == e) return 0;
-    __atomic_store_n(&decay_epoch, e, __ATOMIC_RELAXED);
+    uint64_t e = purge_epoch(), seen = __atomic_load_n(&decay_epoch, __ATOMIC_RELAXED);
+    if (ms > 0) { /* one thread an epoch: the one that moves it on */
+        if (seen == e ||
+            !__atomic_compare_exchange_n(&decay_epoch, &seen, e, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return 0;
+    } else {
+        __atomic_store_n(&decay_epoch, e, __ATOMIC_RELAXED);
+    }
     uint64_t now = os_now_ns_raw(), quarter = (uint64_t)ms * (1000000u / DECAY_QUARTERS);
     size_t given = 0;
     unsigned n = tm_narenas, first = __atomic_fetch_add(&decay_first, 1, __ATOMIC_RELAXED) % n;

@@ -1208,10 +1208,13 @@ static void gc_tick_unlocked(void) {
  * pages, due after dirty_decay_ms (10 s), went back at about 3 MB/s, 2
  * MiB a tick (214 MB still resident 15 s later; jemalloc 34). Each tick
  * still gives back at most TM_DECAY_TICK_PAGES, and at most one an epoch
- * is made, as before under heavy traffic. */
-static void slow_path_tick(bool gc) {
+ * is made, as before under heavy traffic. Not where caching is off
+ * (tcache_scale:0, junk, zero): there every call comes here, and the
+ * counter read cost 14% of a loop of small mallocs and frees (an outside
+ * reviewer); those calls made no tick before either. */
+static void slow_path_tick(bool gc, bool cached) {
     if (gc) gc_tick_unlocked();
-    else if (!background_running() && arena_decay_epoch_passed()) arena_decay_tick(TM_DECAY_TICK_PAGES);
+    else if (cached && !background_running() && arena_decay_epoch_passed()) arena_decay_tick(TM_DECAY_TICK_PAGES);
 }
 
 /* A thread that allocates only large blocks for a while (a phase of big
@@ -1302,7 +1305,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
             decay = tcache_gc_tick_locked(tc);
         }
         pthread_mutex_unlock(&tc->mu);
-        slow_path_tick(decay);
+        slow_path_tick(decay, cap != 0);
     }
     if (p) {
         *tm_cookie_slot(p) = 0;
@@ -1399,7 +1402,7 @@ void tcache_free_slow(void *p, unsigned cls) {
         arena_flush(cls, &p, 1);
     }
     pthread_mutex_unlock(&tc->mu);
-    slow_path_tick(decay);
+    slow_path_tick(decay, cap != 0);
 }
 
 /* ---- remote large frees -------------------------------------------------
