@@ -1273,16 +1273,22 @@ void chunk_attach_locked(tm_arena_t *a, tm_chunk_t *c) {
     chunk_link_locked(a, c);
 }
 
-/* Its pages held a huge block's bytes, and those in memory stay: every
- * page resident (an upper bound, as after a refused munmap in arena_purge)
- * and dirty, so the decay and the purges count and give them back, and
- * none zeroed, so calloc clears what it hands out. */
-void chunk_attach_reused_locked(tm_arena_t *a, tm_chunk_t *c) {
-    c->free_pages = TM_CHUNK_PAGES;
-    run_mark(c, 0, TM_CHUNK_PAGES, PAGE_FREE);
+/* Attach empty chunk c, whose one free run is marked, with old bytes on
+ * its pages: every page resident (an upper bound) and dirty, so the decay
+ * and the purges count and give them back, and none zeroed, so calloc
+ * clears what it hands out. A chunk the kernel would not unmap
+ * (arena_purge), or one taken from the huge cache. */
+static void chunk_attach_dirty_locked(tm_arena_t *a, tm_chunk_t *c) {
     page_set_flags(&c->pages[0], false, true);
     chunk_resident_set(c, 0, TM_CHUNK_PAGES, true);
     chunk_attach_as_is_locked(a, c);
+}
+
+/* Its pages held a huge block's bytes, and those in memory stay. */
+void chunk_attach_reused_locked(tm_arena_t *a, tm_chunk_t *c) {
+    c->free_pages = TM_CHUNK_PAGES;
+    run_mark(c, 0, TM_CHUNK_PAGES, PAGE_FREE);
+    chunk_attach_dirty_locked(a, c);
 }
 
 void chunk_detach_locked(tm_arena_t *a, tm_chunk_t *c) {
@@ -1499,11 +1505,8 @@ size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures) {
         for (int i = 0; i < nruns; i++) failed += !purged[i];
         if (nruns || kept) {
             arena_lock(a);
-            for (int i = 0; i < kept; i++) { /* munmap refused: contents stay */
-                page_set_flags(&empty[i]->pages[0], false, true);
-                chunk_resident_set(empty[i], 0, TM_CHUNK_PAGES, true);
-                chunk_attach_as_is_locked(a, empty[i]);
-            }
+            for (int i = 0; i < kept; i++) /* munmap refused: contents stay */
+                chunk_attach_dirty_locked(a, empty[i]);
             /* a run the kernel would not purge keeps its dirty bytes */
             for (int i = 0; i < nruns; i++) {
                 chunk_resident_set(runs[i].c, runs[i].page, runs[i].n, !purged[i]);
