@@ -171,6 +171,18 @@ int TM_API(trimalloc_option_set)(const char *name, long value);
  * Markdown rows to fd; docs/options.md holds the same rows. */
 void TM_API(trimalloc_options_markdown)(int fd);
 
+/* jemalloc's control call, for programs built against jemalloc that a
+ * preload hands to trimalloc (redis-server on Debian is one). Answered
+ * here: "epoch", "background_thread" (bool), "arena.<i>.purge" and
+ * "arena.<i>.decay" (both run _heapmin, whatever i), "thread.tcache.flush",
+ * and "stats.allocated", ".active", ".resident", ".mapped", ".metadata",
+ * ".retained" (size_t). Other names go to the next mallctl in the process
+ * (the program's own jemalloc), else ENOENT. Returns 0 or an error number
+ * (EINVAL for a length that is not the value's size, EPERM for a value
+ * given to a name that takes none), as jemalloc does; errno is unchanged.
+ * docs/api.md has the details. */
+int TM_API(mallctl)(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -502,6 +502,7 @@ void *tcache_large_reuse(uint32_t npages); /* a queued block of npages, or NULL 
 unsigned tcache_take_remote_locked(tm_tcache_t *tc, void **out); /* tc->mu held; <= TM_RL_MAX */
 void tcache_settle_locked(tm_tcache_t *tc);
 void tcache_drain_locked(tm_tcache_t *tc);  /* tc->mu held; empty every bin */
+void tcache_flush_own(void);                 /* the caller empties its own cache (mallctl) */
 size_t tcache_slots_max(void);
 #define TC_START_SLOTS 8 /* a bin's size until the thread holds more (tcache.c) */
 #define TC_RECYCLED_WARM 4u /* exited threads' caches that keep their capacity slots (tcache.c) */

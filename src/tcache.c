@@ -657,6 +657,18 @@ void tcache_drain_locked(tm_tcache_t *tc) {
     if (tc->slots_mem) slots_release_grown(tc);
 }
 
+/* mallctl "thread.tcache.flush": the calling thread empties its own bins and
+ * queue of large runs into the arenas (the cache stays, and refills as
+ * usual). A thread without a cache has nothing to flush. */
+void tcache_flush_own(void) {
+    if (tm_tls.state != TLS_LIVE) return;
+    tm_tcache_t *tc = tm_tls.own;
+    tm_lock(&tc->mu);
+    tcache_settle_locked(tc);
+    drain_bins_locked(tc);
+    pthread_mutex_unlock(&tc->mu);
+}
+
 /* The most blocks one cache can hold, for the options in force. */
 size_t tcache_slots_max(void) { return slot_total; } /* >= the sum of the largest sizes */
 

@@ -1,0 +1,239 @@
+/*
+ * mallctl.c -- jemalloc's mallctl() as trimalloc answers it (src/mallctl.c):
+ * the names that steer an allocator reach trimalloc, with jemalloc's types
+ * and error numbers; other names go to the next mallctl in the process (a
+ * jemalloc the program itself links), else ENOENT; errno never changes.
+ */
+#include "test_cmocka.h"
+
+#include <stdbool.h>
+
+#define ERRNO_SENTINEL 31337
+
+/* mallctl with errno preset, which must come back unchanged */
+static int ctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen)
+{
+    errno = ERRNO_SENTINEL;
+    int r = TM_API(mallctl)(name, oldp, oldlenp, newp, newlen);
+    if (errno != ERRNO_SENTINEL)
+        fail_msg("mallctl(\"%s\") changed errno to %d", name ? name : "(null)", errno);
+    return r;
+}
+
+static size_t stat_of(const char *name)
+{
+    size_t v = 0, len = sizeof v;
+    assert_int_equal(ctl(name, &v, &len, NULL, 0), 0);
+    assert_int_equal(len, sizeof v);
+    return v;
+}
+
+static trimalloc_stats_t tm_stats(void)
+{
+    trimalloc_stats_t s;
+    assert_int_equal(TM_API(trimalloc_stats_get)(&s), 0);
+    return s;
+}
+
+/* Names trimalloc does not answer go to the next mallctl in the process:
+ * in api_mallctl_next a stand-in for jemalloc linked after libtrimalloc.so
+ * (tests/common/next_mallctl.c), which answers "version" and
+ * "arenas.nbins", and whose answers to trimalloc's own names would show. */
+static void test_other_names_go_to_the_next_mallctl(void **state)
+{
+    (void)state;
+    const char *version = NULL;
+    size_t len = sizeof version;
+#ifndef TM_TEST_NEXT_MALLCTL
+    /* no other mallctl in the process (and tm_mallctl never forwards) */
+    assert_int_equal(ctl("version", &version, &len, NULL, 0), ENOENT);
+    assert_int_equal(ctl("arenas.nbins", NULL, NULL, NULL, 0), ENOENT);
+#else
+    assert_int_equal(ctl("version", &version, &len, NULL, 0), 0);
+    assert_non_null(version);
+    assert_string_equal(version, "next-mallctl-test");
+    unsigned nbins = 0;
+    len = sizeof nbins;
+    assert_int_equal(ctl("arenas.nbins", &nbins, &len, NULL, 0), 0);
+    assert_int_equal(nbins, 42);
+    assert_int_equal(ctl("no.such.name", NULL, NULL, NULL, 0), ENOENT);
+    /* trimalloc's own names stay its own: a block held here is counted */
+    size_t before = stat_of("stats.allocated");
+    void *p = TM_API(malloc)(8 * TU_MIB);
+    assert_non_null(p);
+    memset(p, 1, 8 * TU_MIB);
+    size_t held = stat_of("stats.allocated");
+    TM_API(free)(p);
+    if (held == (size_t)0xdeadbeef || held < before + 8 * TU_MIB)
+        fail_msg("stats.allocated %zu -> %zu holding 8 MiB: not trimalloc's count", before, held);
+#endif
+}
+
+static void test_epoch(void **state)
+{
+    (void)state;
+    uint64_t e0 = 0, e1 = 0, in = 1;
+    size_t len = sizeof e0;
+    assert_int_equal(ctl("epoch", &e0, &len, NULL, 0), 0);
+    assert_true(e0 > 0);
+    /* a write refreshes and advances; the value read is the new one */
+    len = sizeof e1;
+    assert_int_equal(ctl("epoch", &e1, &len, &in, sizeof in), 0);
+    assert_true(e1 > e0);
+    /* lengths must be the value's size */
+    assert_int_equal(ctl("epoch", NULL, NULL, &in, 4), EINVAL);
+    uint32_t small = 0;
+    len = sizeof small;
+    assert_int_equal(ctl("epoch", &small, &len, NULL, 0), EINVAL);
+}
+
+static void test_stats(void **state)
+{
+    (void)state;
+    size_t a0 = stat_of("stats.allocated");
+    enum { N = 64, SZ = 64 * 1024 };
+    static void *p[N];
+    for (int i = 0; i < N; i++) {
+        p[i] = TM_API(malloc)(SZ);
+        assert_non_null(p[i]);
+        memset(p[i], i, SZ);
+    }
+    size_t a1 = stat_of("stats.allocated");
+    if (a1 < a0 + (size_t)N * SZ)
+        fail_msg("stats.allocated %zu -> %zu holding %d x %d bytes", a0, a1, N, SZ);
+    size_t active = stat_of("stats.active"), resident = stat_of("stats.resident");
+    size_t mapped = stat_of("stats.mapped"), retained = stat_of("stats.retained");
+    size_t metadata = stat_of("stats.metadata");
+    assert_true(active >= (size_t)N * SZ);
+    assert_true(resident >= (size_t)N * SZ);
+    assert_true(mapped >= resident);
+    assert_true(retained <= mapped);
+    assert_true(metadata > 0 && metadata <= mapped);
+    for (int i = 0; i < N; i++)
+        TM_API(free)(p[i]);
+    size_t a2 = stat_of("stats.allocated");
+    if (a2 + (size_t)N * SZ > a1)
+        fail_msg("stats.allocated %zu -> %zu after freeing %d x %d bytes", a1, a2, N, SZ);
+    /* read-only; the length must be a size_t's */
+    size_t v = 0, len = sizeof v;
+    assert_int_equal(ctl("stats.allocated", &v, &len, &v, sizeof v), EPERM);
+    uint32_t small = 0;
+    len = sizeof small;
+    assert_int_equal(ctl("stats.resident", &small, &len, NULL, 0), EINVAL);
+    /* near names are not ours */
+    len = sizeof v;
+    assert_int_equal(ctl("stats.allocatedx", &v, &len, NULL, 0), ENOENT);
+}
+
+static void test_background_thread(void **state)
+{
+    (void)state;
+    bool old = true, on = true, off = false;
+    size_t len = sizeof old;
+    long opt = -1;
+    assert_int_equal(ctl("background_thread", &old, &len, NULL, 0), 0);
+    assert_int_equal(TM_API(trimalloc_option_get)("background_thread", &opt), 0);
+    assert_int_equal(old, opt != 0);
+    /* switch it on: the option follows; the value read is the old one */
+    assert_int_equal(ctl("background_thread", &old, &len, &on, sizeof on), 0);
+    assert_int_equal(TM_API(trimalloc_option_get)("background_thread", &opt), 0);
+    assert_int_equal(opt, 1);
+    len = sizeof old;
+    assert_int_equal(ctl("background_thread", &old, &len, &off, sizeof off), 0);
+    assert_true(old);
+    assert_int_equal(TM_API(trimalloc_option_get)("background_thread", &opt), 0);
+    assert_int_equal(opt, 0);
+    /* a bool is one byte */
+    int wide = 1;
+    assert_int_equal(ctl("background_thread", NULL, NULL, &wide, sizeof wide), EINVAL);
+    assert_int_equal(TM_API(trimalloc_option_get)("background_thread", &opt), 0);
+    assert_int_equal(opt, 0);
+}
+
+/* arena.<i>.purge and .decay run _heapmin: memory the program freed goes
+ * back to the kernel */
+static void test_purge(void **state)
+{
+    (void)state;
+    const char *names[] = {"arena.4096.purge", "arena.0.decay", "arena.7.purge"};
+    for (size_t k = 0; k < TU_ARRAY_LEN(names); k++) {
+        enum { N = 4096, SZ = 2048 };
+        static void *p[N];
+        for (int i = 0; i < N; i++) {
+            p[i] = TM_API(malloc)(SZ);
+            assert_non_null(p[i]);
+            memset(p[i], 7, SZ);
+        }
+        for (int i = 0; i < N; i++)
+            TM_API(free)(p[i]);
+        trimalloc_stats_t s0 = tm_stats();
+        assert_int_equal(ctl(names[k], NULL, NULL, NULL, 0), 0);
+        trimalloc_stats_t s1 = tm_stats();
+        assert_int_equal(s1.heapmin_calls, s0.heapmin_calls + 1);
+        if (s1.heapmin_bytes_released <= s0.heapmin_bytes_released)
+            fail_msg("%s released nothing after %d x %d bytes were freed", names[k], N, SZ);
+    }
+    /* takes no value either way */
+    size_t v = 0, len = sizeof v;
+    assert_int_equal(ctl("arena.0.purge", &v, &len, NULL, 0), EPERM);
+    assert_int_equal(ctl("arena.0.purge", NULL, NULL, &v, sizeof v), EPERM);
+    /* not an arena name */
+    const char *bad[] = {"arena..purge", "arena.1x.purge", "arena.1.purged", "arena.12345678901.purge",
+                         "arena.-1.purge", "arena.0"};
+    for (size_t k = 0; k < TU_ARRAY_LEN(bad); k++) {
+        trimalloc_stats_t s0 = tm_stats();
+        int r = ctl(bad[k], NULL, NULL, NULL, 0);
+        if (r == 0)
+            fail_msg("mallctl(\"%s\") succeeded", bad[k]);
+        assert_int_equal(tm_stats().heapmin_calls, s0.heapmin_calls);
+    }
+}
+
+static void test_tcache_flush(void **state)
+{
+    (void)state;
+    /* an empty start: no cache and no transfer cache holds a block (a
+     * transfer cache is the arena's, not the thread's, and the flush leaves
+     * it), then a few frees that fit in this thread's bin */
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    enum { N = 20, SZ = 64 };
+    void *p[N];
+    for (int i = 0; i < N; i++)
+        assert_non_null(p[i] = TM_API(malloc)(SZ));
+    for (int i = 0; i < N; i++)
+        TM_API(free)(p[i]);
+    size_t before = tm_stats().tcache_bytes;
+    assert_true(before >= (size_t)N * SZ);
+    assert_int_equal(ctl("thread.tcache.flush", NULL, NULL, NULL, 0), 0);
+    size_t after = tm_stats().tcache_bytes;
+    if (after != 0)
+        fail_msg("thread.tcache.flush: cached bytes %zu -> %zu, not 0", before, after);
+    /* the cache works on */
+    void *q = TM_API(malloc)(SZ);
+    assert_non_null(q);
+    TM_API(free)(q);
+    assert_true(tm_stats().tcache_bytes > 0);
+    assert_int_equal(ctl("thread.tcache.flush", &q, NULL, NULL, 0), EPERM);
+}
+
+static void test_bad_calls(void **state)
+{
+    (void)state;
+    assert_int_equal(ctl(NULL, NULL, NULL, NULL, 0), EINVAL);
+    assert_int_equal(ctl("", NULL, NULL, NULL, 0), ENOENT);
+    assert_int_equal(ctl("no.such.name", NULL, NULL, NULL, 0), ENOENT);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_other_names_go_to_the_next_mallctl),
+        cmocka_unit_test(test_epoch),
+        cmocka_unit_test(test_stats),
+        cmocka_unit_test(test_background_thread),
+        cmocka_unit_test(test_purge),
+        cmocka_unit_test(test_tcache_flush),
+        cmocka_unit_test(test_bad_calls),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
