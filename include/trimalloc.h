@@ -182,6 +182,11 @@ void TM_API(trimalloc_options_markdown)(int fd);
  * given to a name that takes none), as jemalloc does; errno is unchanged.
  * docs/api.md has the details. */
 int TM_API(mallctl)(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
+/* jemalloc's report call: trimalloc_stats_print's report, in pieces to
+ * write_cb(cbopaque, piece), or to stderr when write_cb is NULL; JSON if
+ * opts holds 'J'. */
+void TM_API(malloc_stats_print)(void (*write_cb)(void *, const char *), void *cbopaque,
+                                const char *opts);
 
 #ifdef __cplusplus
 }

@@ -646,6 +646,12 @@ typedef struct tm_global_stats {
     uint64_t idle_drains;         /* caches the background thread drained (world.c), atomic */
 } tm_global_stats_t;
 extern tm_global_stats_t tm_gstats;
+typedef struct stats_sink {
+    int fd;                                  /* when cb is NULL */
+    void (*cb)(void *opaque, const char *s); /* jemalloc's write callback */
+    void *opaque;
+} stats_sink_t;
+void stats_print_to(const stats_sink_t *o, int json); /* trimalloc_stats_print's report */
 void stats_add_released(size_t bytes);
 void stats_print_at_exit(void);
 

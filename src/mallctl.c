@@ -26,7 +26,8 @@
  * own jemalloc, which then describes its own, unused, state): a program
  * that asserts on names such as arenas.nbins keeps working as it did
  * before this file. With no other mallctl, ENOENT. The prefixed build
- * (tm_mallctl) never forwards.
+ * (tm_mallctl) never forwards. malloc_stats_print writes trimalloc's
+ * report.
  */
 #include "internal.h"
 
@@ -154,4 +155,17 @@ TM_EXPORT int TM_API(mallctl)(const char *name, void *oldp, size_t *oldlenp, voi
     }
     errno = saved;
     return r;
+}
+
+/* jemalloc's report call, for the same programs (redis's MEMORY
+ * MALLOC-STATS): trimalloc's report (trimalloc_stats_print's), in pieces
+ * to write_cb, or to stderr without one. Of jemalloc's opts only 'J' (JSON)
+ * means something here; the others leave out sections trimalloc's report
+ * does not have. */
+TM_EXPORT void TM_API(malloc_stats_print)(void (*write_cb)(void *, const char *), void *cbopaque,
+                                          const char *opts) {
+    int saved = errno;
+    stats_sink_t o = {2, write_cb, cbopaque};
+    stats_print_to(&o, opts && strchr(opts, 'J') != NULL);
+    errno = saved;
 }

@@ -178,12 +178,26 @@ TM_EXPORT int TM_API(trimalloc_stats_class)(unsigned cls, trimalloc_class_stats_
     return 0;
 }
 
-static void put(int fd, char *buf, int n, size_t size) {
+/* Where a report goes: a fd, or jemalloc's write callback, which gets each
+ * piece as a string (malloc_stats_print, mallctl.c). The callback may
+ * allocate: no lock is held while a piece goes out. */
+static void put(const stats_sink_t *o, char *buf, int n, size_t size) {
+    if (n < 0) return;
     if (n > (int)size - 1) n = (int)size - 1;
-    tm_write_fd(fd, buf, (size_t)n);
+    if (o->cb) {
+        buf[n] = '\0';
+        o->cb(o->opaque, buf);
+    } else {
+        tm_write_fd(o->fd, buf, (size_t)n);
+    }
 }
 
 TM_EXPORT void TM_API(trimalloc_stats_print)(int fd, int json) {
+    stats_sink_t o = {fd, NULL, NULL};
+    stats_print_to(&o, json);
+}
+
+void stats_print_to(const stats_sink_t *o, int json) {
     trimalloc_stats_t st;
     TM_API(trimalloc_stats_get)(&st);
     char buf[2048];
@@ -213,10 +227,10 @@ TM_EXPORT void TM_API(trimalloc_stats_print)(int fd, int json) {
                     (unsigned long long)st.heapmin_bytes_released,
                     (unsigned long long)st.heapmin_last_pause_ns,
                     (unsigned long long)st.heapmin_max_pause_ns, st.narenas, st.nthreads);
-    put(fd, buf, n, sizeof buf);
+    put(o, buf, n, sizeof buf);
     /* per arena */
-    if (json) put(fd, buf, tm_snprintf(buf, sizeof buf, ",\"arenas\":["), sizeof buf);
-    else put(fd, buf, tm_snprintf(buf, sizeof buf, "  arena  threads  allocated     active   resident     "
+    if (json) put(o, buf, tm_snprintf(buf, sizeof buf, ",\"arenas\":["), sizeof buf);
+    else put(o, buf, tm_snprintf(buf, sizeof buf, "  arena  threads  allocated     active   resident     "
                                                   "mapped      dirty  chunks\n"), sizeof buf);
     for (unsigned i = 0; i < st.narenas; i++) {
         trimalloc_arena_stats_t as;
@@ -234,11 +248,11 @@ TM_EXPORT void TM_API(trimalloc_stats_print)(int fd, int json) {
             n = tm_snprintf(buf, sizeof buf, "  %5u  %7u  %9zu  %9zu  %9zu  %9zu  %9zu  %6zu\n",
                             as.index, as.nthreads, as.allocated, as.active, as.resident,
                             as.mapped, as.dirty, as.nchunks);
-        put(fd, buf, n, sizeof buf);
+        put(o, buf, n, sizeof buf);
     }
     /* per size class in use */
-    if (json) put(fd, buf, tm_snprintf(buf, sizeof buf, "],\"classes\":["), sizeof buf);
-    else put(fd, buf, tm_snprintf(buf, sizeof buf, "  class   size   slabs  blocks_out      "
+    if (json) put(o, buf, tm_snprintf(buf, sizeof buf, "],\"classes\":["), sizeof buf);
+    else put(o, buf, tm_snprintf(buf, sizeof buf, "  class   size   slabs  blocks_out      "
                                                   "nmalloc        nfree\n"), sizeof buf);
     bool first = true;
     for (unsigned c = 1; c <= TM_NCLASSES; c++) {
@@ -256,9 +270,9 @@ TM_EXPORT void TM_API(trimalloc_stats_print)(int fd, int json) {
                             cs.size, cs.nslabs, cs.blocks_out, (unsigned long long)cs.nmalloc,
                             (unsigned long long)cs.nfree);
         first = false;
-        put(fd, buf, n, sizeof buf);
+        put(o, buf, n, sizeof buf);
     }
-    if (json) put(fd, buf, tm_snprintf(buf, sizeof buf, "]}\n"), sizeof buf);
+    if (json) put(o, buf, tm_snprintf(buf, sizeof buf, "]}\n"), sizeof buf);
 }
 
 

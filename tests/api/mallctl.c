@@ -3,6 +3,7 @@
  * the names that steer an allocator reach trimalloc, with jemalloc's types
  * and error numbers; other names go to the next mallctl in the process (a
  * jemalloc the program itself links), else ENOENT; errno never changes.
+ * malloc_stats_print writes trimalloc's report.
  */
 #include "test_cmocka.h"
 
@@ -216,6 +217,48 @@ static void test_tcache_flush(void **state)
     assert_int_equal(ctl("thread.tcache.flush", &q, NULL, NULL, 0), EPERM);
 }
 
+/* malloc_stats_print: trimalloc's report, in pieces to the callback, which
+ * may allocate */
+typedef struct {
+    char text[16384];
+    size_t len;
+    int pieces;
+} report_t;
+
+static void collect(void *opaque, const char *piece)
+{
+    report_t *r = opaque;
+    size_t n = strlen(piece);
+    void *scratch = TM_API(malloc)(n + 1); /* a callback that allocates, as redis's does */
+    assert_non_null(scratch);
+    memcpy(scratch, piece, n + 1);
+    if (r->len + n < sizeof r->text) {
+        memcpy(r->text + r->len, scratch, n + 1);
+        r->len += n;
+    }
+    TM_API(free)(scratch);
+    r->pieces++;
+}
+
+static void test_malloc_stats_print(void **state)
+{
+    (void)state;
+    static report_t r;
+    void *held = TM_API(malloc)(3 * TU_MIB);
+    assert_non_null(held);
+    memset(&r, 0, sizeof r);
+    TM_API(malloc_stats_print)(collect, &r, NULL);
+    assert_true(r.pieces > 1);
+    if (strncmp(r.text, "trimalloc statistics\n", 21) != 0 || !strstr(r.text, "  allocated "))
+        fail_msg("malloc_stats_print wrote:\n%.300s", r.text);
+    memset(&r, 0, sizeof r);
+    TM_API(malloc_stats_print)(collect, &r, "J");
+    assert_true(r.len > 2);
+    if (r.text[0] != '{' || strcmp(r.text + r.len - 3, "]}\n") != 0 || !strstr(r.text, "\"allocated\":"))
+        fail_msg("malloc_stats_print(\"J\") wrote:\n%.300s", r.text);
+    TM_API(free)(held);
+}
+
 static void test_bad_calls(void **state)
 {
     (void)state;
@@ -233,6 +276,7 @@ int main(void)
         cmocka_unit_test(test_background_thread),
         cmocka_unit_test(test_purge),
         cmocka_unit_test(test_tcache_flush),
+        cmocka_unit_test(test_malloc_stats_print),
         cmocka_unit_test(test_bad_calls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -185,6 +185,10 @@ EOF
     # MEMORY PURGE is mallctl("arena.<n>.purge"): our _heapmin (counted at exit)
     purge=$(timeout 30 redis-cli -h 127.0.0.1 -p "$port" memory purge | tr -d '\r')
     if [ "$purge" != OK ]; then ok=0; why="$why MEMORY PURGE answered '$purge';"; fi
+    # MEMORY MALLOC-STATS is malloc_stats_print: trimalloc's report
+    if ! timeout 30 redis-cli -h 127.0.0.1 -p "$port" memory malloc-stats | grep -q '^trimalloc statistics'; then
+        ok=0; why="$why MEMORY MALLOC-STATS did not print trimalloc's report;"
+    fi
     timeout 30 redis-cli -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1
     wait "$SERVER_PID"
     rc=$?
@@ -207,7 +211,7 @@ EOF
     fi
     if trimalloc_errors "$WORK/redis.err" >/dev/null; then ok=0; why="$why trimalloc reported errors;"; fi
     if [ $ok = 1 ]; then
-        result PASS redis "($(cat "$WORK/client.out"); redis-benchmark: $(wc -l <"$WORK/bench.out") tests, e.g. $(head -n 1 "$WORK/bench.out" | sed 's/, p50.*//;s/^ *//'); used_memory $used, allocator_allocated ${jem} (trimalloc's mallctl); background thread, MEMORY PURGE ran _heapmin; trimalloc allocated $tm_alloc at exit)"
+        result PASS redis "($(cat "$WORK/client.out"); redis-benchmark: $(wc -l <"$WORK/bench.out") tests, e.g. $(head -n 1 "$WORK/bench.out" | sed 's/, p50.*//;s/^ *//'); used_memory $used, allocator_allocated ${jem} (trimalloc's mallctl); background thread, MEMORY PURGE ran _heapmin, MEMORY MALLOC-STATS is ours; trimalloc allocated $tm_alloc at exit)"
     else
         result FAIL redis "($why)"
         for f in bench.out client.out redis.err redis.log; do
