@@ -171,22 +171,25 @@ int TM_API(trimalloc_option_set)(const char *name, long value);
  * Markdown rows to fd; docs/options.md holds the same rows. */
 void TM_API(trimalloc_options_markdown)(int fd);
 
-/* jemalloc's control call, for programs built against jemalloc that a
- * preload hands to trimalloc (redis-server on Debian is one). Answered
- * here: "epoch", "background_thread" (bool), "arena.<i>.purge" and
- * "arena.<i>.decay" (both run _heapmin, whatever i), "thread.tcache.flush",
- * and "stats.allocated", ".active", ".resident", ".mapped", ".metadata",
- * ".retained" (size_t). Other names go to the next mallctl in the process
- * (the program's own jemalloc), else ENOENT. Returns 0 or an error number
- * (EINVAL for a length that is not the value's size, EPERM for a value
- * given to a name that takes none), as jemalloc does; errno is unchanged.
- * docs/api.md has the details. */
+/* jemalloc's control and report calls, for programs built against jemalloc
+ * that a preload hands to trimalloc (redis-server on Debian is one). Only
+ * build/libtrimalloc_jemalloc.so exports them (and the prefixed build, as
+ * tm_mallctl and tm_malloc_stats_print), never libtrimalloc.so: a program
+ * that looks for mallctl to learn whether jemalloc is loaded must not find
+ * it in plain trimalloc. mallctl answers "epoch", "background_thread"
+ * (bool), "arenas.narenas", "arena.<i>.purge" and "arena.<i>.decay" (both
+ * run _heapmin), "thread.tcache.flush" and the totals "stats.allocated",
+ * ".active", ".resident", ".mapped", ".metadata", ".retained" (size_t);
+ * other names go to the next mallctl in the process (the program's own
+ * jemalloc), else ENOENT. It returns 0 or an error number, as jemalloc
+ * does; errno is unchanged. malloc_stats_print writes trimalloc_stats_print's
+ * report in pieces to write_cb(cbopaque, piece), or to stderr when write_cb
+ * is NULL; JSON if opts holds 'J'. docs/api.md has the details. */
+#if defined(TRIMALLOC_PREFIX) || defined(TRIMALLOC_JEMALLOC_CTL)
 int TM_API(mallctl)(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
-/* jemalloc's report call: trimalloc_stats_print's report, in pieces to
- * write_cb(cbopaque, piece), or to stderr when write_cb is NULL; JSON if
- * opts holds 'J'. */
 void TM_API(malloc_stats_print)(void (*write_cb)(void *, const char *), void *cbopaque,
                                 const char *opts);
+#endif
 
 #ifdef __cplusplus
 }

@@ -1,35 +1,44 @@
 /*
- * mallctl.c -- the few jemalloc mallctl() names that steer an allocator, for
- * programs built against jemalloc that LD_PRELOAD hands to trimalloc.
+ * mallctl.c -- the few jemalloc mallctl() names that steer an allocator, and
+ * malloc_stats_print, for programs built against jemalloc that a preload
+ * hands to trimalloc. Only in build/libtrimalloc_jemalloc.so (and as
+ * tm_mallctl, tm_malloc_stats_print in the prefixed build), never in
+ * libtrimalloc.so: programs that find out whether jemalloc is loaded by
+ * looking for a mallctl (MariaDB's guess_malloc_library, weak symbols) and
+ * then trust what it answers would take plain trimalloc for jemalloc (a
+ * reviewer's reduction of MariaDB's code read an unset "version" pointer
+ * and crashed).
  *
  * Debian links redis-server with libjemalloc.so.2. Under a preload its
  * malloc/free are ours, but it still asks "jemalloc" for a background
- * purging thread at start-up (jemalloc-bg-thread yes), purges it on MEMORY
- * PURGE, and reads its statistics for INFO. Without this file those calls
- * reached a jemalloc that holds nothing: after FLUSHALL our pages stayed
+ * purging thread at start-up (jemalloc-bg-thread yes), purges it after
+ * FLUSHALL and on MEMORY PURGE, and reads its statistics for INFO. When
+ * those calls reached a jemalloc that holds nothing, our pages stayed
  * resident for good (measured: 111 MB after 500 000 SETs and FLUSHALL, and
  * still 111 MB 13 s later and after MEMORY PURGE; native jemalloc 17 MB).
  *
- * Names answered here (jemalloc's types and error codes):
- *   epoch                      uint64_t rw  statistics here are live; counts writes
- *   background_thread          bool rw      option background_thread
- *   arena.<i>.purge            --           _heapmin(), for any index i
- *   arena.<i>.decay            --           the same
- *   thread.tcache.flush        --           the caller's cache goes back to the arenas
- *   stats.allocated            size_t r     trimalloc_stats_t.allocated
- *   stats.active               size_t r     .active
- *   stats.resident             size_t r     .resident
- *   stats.mapped               size_t r     .mapped
- *   stats.metadata             size_t r     .metadata
- *   stats.retained             size_t r     mapped minus resident: given back, still mapped
+ * Names answered here, with jemalloc's types and error numbers:
+ *   epoch                 uint64_t rw  statistics here are live; counts writes
+ *   background_thread     bool rw      option background_thread
+ *   arenas.narenas        unsigned r   trimalloc's arenas
+ *   arena.<i>.purge       --           _heapmin(), for i <= narenas or 4096
+ *   arena.<i>.decay       --           the same
+ *   thread.tcache.flush   --           the caller's cache goes back to the arenas
+ *   stats.allocated       size_t r     trimalloc_stats_t.allocated
+ *   stats.active          size_t r     .active
+ *   stats.resident        size_t r     .resident
+ *   stats.metadata        size_t r     .metadata
+ *   stats.mapped          size_t r     .resident: jemalloc's mapped leaves out
+ *   stats.retained        size_t r     .mapped - .resident, pages given back
+ *                                      that stay mapped (or were never touched)
  * Every other name goes to the next mallctl in the process (the program's
  * own jemalloc, which then describes its own, unused, state): a program
- * that asserts on names such as arenas.nbins keeps working as it did
- * before this file. With no other mallctl, ENOENT. The prefixed build
- * (tm_mallctl) never forwards. malloc_stats_print writes trimalloc's
- * report.
+ * that asserts on names such as arenas.nbins keeps working. With no other
+ * mallctl, ENOENT. The prefixed build never forwards.
  */
 #include "internal.h"
+
+#if defined(TRIMALLOC_PREFIX) || defined(TRIMALLOC_JEMALLOC_CTL)
 
 #include <dlfcn.h>
 #include <stdbool.h>
@@ -37,69 +46,85 @@
 
 typedef int (*mallctl_fn)(const char *, void *, size_t *, void *, size_t);
 
+/* jemalloc's MALLCTL_ARENAS_ALL: "every arena" in an arena.<i> name */
+#define CTL_ARENAS_ALL 4096u
+
 static uint64_t ctl_epoch = 1;
 
-/* The mallctl after ours in the lookup order, kept once found; looked up
- * again while there is none, since a jemalloc may be dlopen'ed later.
- * (dlsym may allocate: it runs here, never during initialisation.) */
+/* The mallctl after ours in the lookup order, looked up once (dlsym may
+ * allocate: it runs here, never during initialisation; a failed lookup
+ * sets dlerror, so it is not repeated). */
 static mallctl_fn next_mallctl(void) {
 #ifdef TRIMALLOC_PREFIX
     return NULL;
 #else
     static mallctl_fn next;
-    mallctl_fn f = __atomic_load_n(&next, __ATOMIC_ACQUIRE);
-    if (!f) {
-        f = (mallctl_fn)dlsym(RTLD_NEXT, "mallctl");
-        if (f) __atomic_store_n(&next, f, __ATOMIC_RELEASE);
+    static int looked;
+    if (!__atomic_load_n(&looked, __ATOMIC_ACQUIRE)) {
+        __atomic_store_n(&next, (mallctl_fn)dlsym(RTLD_NEXT, "mallctl"), __ATOMIC_RELAXED);
+        __atomic_store_n(&looked, 1, __ATOMIC_RELEASE);
     }
-    return f;
+    return __atomic_load_n(&next, __ATOMIC_RELAXED);
 #endif
 }
 
-/* jemalloc's rules: a value read goes to *oldp only if *oldlenp is its size
- * (otherwise as many bytes as fit, and EINVAL); a value written must be
- * exactly its size (EINVAL). */
+/* jemalloc's rules. A read stores the value in *oldp when *oldlenp is its
+ * size; otherwise it stores what fits, sets *oldlenp to that, and fails
+ * with EINVAL. A write must be exactly the value's size (EINVAL). A name
+ * that cannot be written refuses newp or a newlen (EPERM); one that
+ * cannot be read refuses oldp or oldlenp (EPERM). */
 static int ctl_read(void *oldp, size_t *oldlenp, const void *v, size_t size) {
     if (!oldp || !oldlenp) return 0;
     if (*oldlenp != size) {
-        memcpy(oldp, v, *oldlenp < size ? *oldlenp : size);
+        size_t n = *oldlenp < size ? *oldlenp : size;
+        memcpy(oldp, v, n);
+        *oldlenp = n;
         return EINVAL;
     }
     memcpy(oldp, v, size);
     return 0;
 }
+static bool ctl_writes(const void *newp, size_t newlen) { return newp || newlen; }
+static bool ctl_reads(const void *oldp, const size_t *oldlenp) { return oldp || oldlenp; }
 
-static int ctl_stat(const char *what, void *oldp, size_t *oldlenp, void *newp) {
-    if (newp) return EPERM;
+static int ctl_stat(const char *what, void *oldp, size_t *oldlenp, void *newp, size_t newlen) {
+    if (ctl_writes(newp, newlen)) return EPERM;
     trimalloc_stats_t s;
     TM_API(trimalloc_stats_get)(&s);
     size_t v;
     if (!strcmp(what, "allocated")) v = s.allocated;
     else if (!strcmp(what, "active")) v = s.active;
-    else if (!strcmp(what, "resident")) v = s.resident;
-    else if (!strcmp(what, "mapped")) v = s.mapped;
+    else if (!strcmp(what, "resident") || !strcmp(what, "mapped")) v = s.resident;
     else if (!strcmp(what, "metadata")) v = s.metadata;
     else v = s.mapped > s.resident ? s.mapped - s.resident : 0; /* retained */
     return ctl_read(oldp, oldlenp, &v, sizeof v);
 }
 
-/* "arena.<decimal>.purge" or ".decay" */
-static bool is_arena_purge(const char *name) {
+static unsigned ctl_narenas(void) {
+    trimalloc_stats_t s;
+    TM_API(trimalloc_stats_get)(&s);
+    return s.narenas;
+}
+
+/* "arena.<decimal>.purge" or ".decay": 1 with *index set, else 0 */
+static bool is_arena_purge(const char *name, unsigned long *index) {
     if (strncmp(name, "arena.", 6)) return false;
     const char *p = name + 6;
     size_t digits = 0;
-    while (p[digits] >= '0' && p[digits] <= '9') digits++;
-    if (digits == 0 || digits > 10) return false;
-    return !strcmp(p + digits, ".purge") || !strcmp(p + digits, ".decay");
-}
-
-/* A name that reads or writes nothing: neither oldp/oldlenp nor newp. */
-static int ctl_void(void *oldp, size_t *oldlenp, void *newp) {
-    return oldp || oldlenp || newp ? EPERM : 0;
+    unsigned long i = 0;
+    while (p[digits] >= '0' && p[digits] <= '9') {
+        if (digits == 9) return false; /* no index has ten digits */
+        i = i * 10 + (unsigned long)(p[digits] - '0');
+        digits++;
+    }
+    if (digits == 0 || (strcmp(p + digits, ".purge") && strcmp(p + digits, ".decay"))) return false;
+    *index = i;
+    return true;
 }
 
 static int ctl_answer(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen,
                       bool *answered) {
+    unsigned long index;
     *answered = true;
     if (!strcmp(name, "epoch")) {
         if (newp) {
@@ -120,15 +145,24 @@ static int ctl_answer(const char *name, void *oldp, size_t *oldlenp, void *newp,
             return EFAULT;
         return 0;
     }
-    if (is_arena_purge(name)) {
-        int r = ctl_void(oldp, oldlenp, newp);
-        if (r) return r;
+    if (!strcmp(name, "arenas.narenas")) {
+        if (ctl_writes(newp, newlen)) return EPERM;
+        unsigned n = ctl_narenas();
+        return ctl_read(oldp, oldlenp, &n, sizeof n);
+    }
+    if (is_arena_purge(name, &index)) {
+        /* jemalloc takes an index below narenas, narenas itself (the old
+         * spelling of "all") and MALLCTL_ARENAS_ALL; each does it all here */
+        if (index != CTL_ARENAS_ALL && index > ctl_narenas()) return ENOENT;
+        if (ctl_reads(oldp, oldlenp) || ctl_writes(newp, newlen)) return EPERM;
         TM_API(_heapmin)(); /* -1 only where the kernel refused every release */
         return 0;
     }
     if (!strcmp(name, "thread.tcache.flush")) {
-        int r = ctl_void(oldp, oldlenp, newp);
-        if (r) return r;
+        if (ctl_reads(oldp, oldlenp) || ctl_writes(newp, newlen)) return EPERM;
+        long scale = 1;
+        TM_API(trimalloc_option_get)("tcache_scale", &scale);
+        if (scale == 0) return EFAULT; /* no cache, as jemalloc with tcache:false */
         tcache_flush_own();
         return 0;
     }
@@ -136,7 +170,7 @@ static int ctl_answer(const char *name, void *oldp, size_t *oldlenp, void *newp,
         const char *what = name + 6;
         if (!strcmp(what, "allocated") || !strcmp(what, "active") || !strcmp(what, "resident") ||
             !strcmp(what, "mapped") || !strcmp(what, "metadata") || !strcmp(what, "retained"))
-            return ctl_stat(what, oldp, oldlenp, newp);
+            return ctl_stat(what, oldp, oldlenp, newp, newlen);
     }
     *answered = false;
     return ENOENT;
@@ -157,11 +191,10 @@ TM_EXPORT int TM_API(mallctl)(const char *name, void *oldp, size_t *oldlenp, voi
     return r;
 }
 
-/* jemalloc's report call, for the same programs (redis's MEMORY
- * MALLOC-STATS): trimalloc's report (trimalloc_stats_print's), in pieces
- * to write_cb, or to stderr without one. Of jemalloc's opts only 'J' (JSON)
- * means something here; the others leave out sections trimalloc's report
- * does not have. */
+/* jemalloc's report call (redis's MEMORY MALLOC-STATS): trimalloc's report
+ * (trimalloc_stats_print's), in pieces to write_cb, or to stderr without
+ * one. Of jemalloc's opts only 'J' (JSON) means something here; the others
+ * leave out sections trimalloc's report does not have. */
 TM_EXPORT void TM_API(malloc_stats_print)(void (*write_cb)(void *, const char *), void *cbopaque,
                                           const char *opts) {
     int saved = errno;
@@ -169,3 +202,5 @@ TM_EXPORT void TM_API(malloc_stats_print)(void (*write_cb)(void *, const char *)
     stats_print_to(&o, opts && strchr(opts, 'J') != NULL);
     errno = saved;
 }
+
+#endif /* TRIMALLOC_PREFIX || TRIMALLOC_JEMALLOC_CTL */

@@ -307,10 +307,29 @@ static void test_dropin_interposes(void **state)
 #endif
 }
 
+/* ---- plain trimalloc does not look like jemalloc ------------------------------ */
+
+static void test_dropin_is_not_jemalloc(void **state)
+{
+    (void)state;
+#ifdef TRIMALLOC_PREFIX
+    skip();
+#else
+    /* Programs learn whether jemalloc is loaded by looking for mallctl
+     * (MariaDB's guess_malloc_library, weak references), then trust its
+     * answers: only build/libtrimalloc_jemalloc.so may export it. */
+    static const char *const names[] = {"mallctl", "malloc_stats_print", "mallocx", "nallocx"};
+    for (size_t i = 0; i < TU_ARRAY_LEN(names); i++)
+        if (dlsym(RTLD_DEFAULT, names[i]))
+            fail_msg("libtrimalloc.so exports %s", names[i]);
+#endif
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_alignment_small),
+        cmocka_unit_test(test_dropin_is_not_jemalloc),
         cmocka_unit_test(test_alignment_large),
         cmocka_unit_test(test_malloc_zero_unique),
         cmocka_unit_test(test_usable_size),

@@ -8,7 +8,8 @@
 #      --build-dir DIR, use the existing build in DIR instead;
 #   2. cmake --install into a temporary prefix P, and check the files:
 #      P/lib/libtrimalloc.so -> .so.0 -> .so.0.1.0 (soname libtrimalloc.so.0),
-#      P/lib/libtrimalloc.a, P/include/trimalloc.h, P/lib/pkgconfig/trimalloc.pc,
+#      P/lib/libtrimalloc.a, P/lib/libtrimalloc_jemalloc.so (for programs built
+#      against jemalloc), P/include/trimalloc.h, P/lib/pkgconfig/trimalloc.pc,
 #      P/lib/cmake/trimalloc/trimalloc{Config,ConfigVersion,Targets}.cmake,
 #      and no prefixed library;
 #   3. pkg-config: compile tests/install/consumer/consumer.c with
@@ -75,7 +76,7 @@ if [ -z "$BUILD" ]; then
     if run "$WORK/configure.log" "$CMAKE" -S "$ROOT" -B "$BUILD" "${cc_flags[@]}" \
             -DCMAKE_BUILD_TYPE=Release -DTRIMALLOC_BUILD_TESTS=OFF \
             -DTRIMALLOC_BUILD_BENCH=OFF -DCMAKE_INSTALL_LIBDIR=lib &&
-        run "$WORK/build.log" "$CMAKE" --build "$BUILD" --target trimalloc trimalloc_static \
+        run "$WORK/build.log" "$CMAKE" --build "$BUILD" --target trimalloc trimalloc_static trimalloc_jemalloc \
             -j "$JOBS"; then
         step PASS build "$BUILD"
     else
@@ -97,7 +98,7 @@ PC=$(find "$PREFIX" -name trimalloc.pc | head -n 1)
 LIBDIR=$(dirname "$(dirname "${PC:-$PREFIX/lib/pkgconfig/x}")")
 missing=()
 for f in "$LIBDIR/libtrimalloc.so" "$LIBDIR/libtrimalloc.so.0" "$LIBDIR/libtrimalloc.so.0.1.0" \
-    "$LIBDIR/libtrimalloc.a" "$PREFIX/include/trimalloc.h" "$LIBDIR/pkgconfig/trimalloc.pc" \
+    "$LIBDIR/libtrimalloc.a" "$LIBDIR/libtrimalloc_jemalloc.so" "$PREFIX/include/trimalloc.h" "$LIBDIR/pkgconfig/trimalloc.pc" \
     "$LIBDIR/cmake/trimalloc/trimallocConfig.cmake" \
     "$LIBDIR/cmake/trimalloc/trimallocConfigVersion.cmake" \
     "$LIBDIR/cmake/trimalloc/trimallocTargets.cmake"; do

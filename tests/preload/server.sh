@@ -5,14 +5,19 @@
 #
 #   redis      redis-server. Debian links it with libjemalloc.so.2, but it
 #              calls the plain names (malloc, free, realloc,
-#              malloc_usable_size), which the preload takes over; only
-#              statistics (mallctl) and one size-class probe (nallocx, in
-#              sdsResize, compared with our malloc_usable_size) reach
-#              jemalloc. So the case checks that our malloc serves redis:
-#              libtrimalloc.so in /proc/PID/maps, trimalloc's statistics
-#              (TRIMALLOC_CONF=stats_print:1, printed at exit) show the
-#              data set, and jemalloc's own count (INFO allocator_allocated)
-#              stays far below redis's used_memory.
+#              malloc_usable_size), which the preload takes over. Run
+#              twice. With libtrimalloc.so its mallctl calls and one
+#              size-class probe (nallocx, in sdsResize, compared with our
+#              malloc_usable_size) reach jemalloc: the case checks that our
+#              malloc serves redis (libtrimalloc.so in /proc/PID/maps,
+#              trimalloc's statistics at exit, TRIMALLOC_CONF=stats_print:1,
+#              show the data set, and jemalloc's own count, INFO
+#              allocator_allocated, stays far below redis's used_memory).
+#              With libtrimalloc_jemalloc.so (redis-jemalloc-ctl), which
+#              answers mallctl (src/mallctl.c): a trimalloc-bg thread runs
+#              (redis asks for one), MEMORY PURGE runs _heapmin (counted at
+#              exit), INFO allocator_allocated and MEMORY MALLOC-STATS
+#              (malloc_stats_print) are ours.
 #              Load: redis-benchmark -n 20000 over ten commands (50 clients),
 #              then a python3 client stores 2000 values of 1 B .. 3 MiB,
 #              reads every one back byte for byte, deletes half, checks the
@@ -37,6 +42,8 @@ if [ ! -f "$LIB" ]; then
     exit 1
 fi
 LIB=$(readlink -f "$LIB")
+# the flavour with jemalloc's mallctl, built beside it (CMakeLists.txt)
+JLIB=$(dirname "$LIB")/libtrimalloc_jemalloc.so
 if ! command -v python3 >/dev/null 2>&1; then
     echo "SKIP: python3 is needed for the clients"
     exit 0
@@ -90,23 +97,33 @@ trimalloc_errors() {
 }
 
 # ---- redis --------------------------------------------------------------------
+# case_redis plain|jemalloc -- plain: libtrimalloc.so, whose malloc serves
+# redis while its mallctl calls reach jemalloc; jemalloc:
+# libtrimalloc_jemalloc.so, which answers them too.
 case_redis() {
-    local port pid rc info used jem
+    local flavour=$1 lib=$LIB name=redis port pid rc info used jem
+    if [ "$flavour" = jemalloc ]; then
+        lib=$JLIB; name=redis-jemalloc-ctl
+        if [ ! -f "$lib" ]; then
+            result FAIL $name "($lib not built: it is built with libtrimalloc.so)"
+            return
+        fi
+    fi
     port=$(free_port)
-    (cd "$WORK" && exec env LD_PRELOAD="$LIB" TRIMALLOC_CONF=stats_print:1 \
+    (cd "$WORK" && exec env LD_PRELOAD="$lib" TRIMALLOC_CONF=stats_print:1 \
         timeout "$TIMEOUT" redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes \
         --save '' --appendonly no --dir "$WORK" --logfile "$WORK/redis.log" \
         --io-threads 2 --lazyfree-lazy-user-del yes >"$WORK/redis.out" 2>"$WORK/redis.err") &
     SERVER_PID=$!
     if ! wait_port "$port"; then
-        result FAIL redis "(redis-server did not start listening on 127.0.0.1:$port)"
+        result FAIL $name "(redis-server did not start listening on 127.0.0.1:$port)"
         tail -n 20 "$WORK/redis.log" "$WORK/redis.err" 2>/dev/null | sed 's/^/    /'
         kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=
         return
     fi
     pid=$(pgrep -f "redis-server 127.0.0.1:$port" | head -n 1)
     [ -n "$pid" ] || pid=$(pgrep -P "$SERVER_PID" | head -n 1)
-    local ok=1 why=""
+    local ok=1 why="" detail=""
     if ! preload_active "${pid:-none}"; then ok=0; why="$why libtrimalloc.so not mapped in redis-server;"; fi
 
     timeout "$TIMEOUT" redis-benchmark -h 127.0.0.1 -p "$port" -n 20000 -q -r 10000 -d 100 \
@@ -177,17 +194,19 @@ EOF
     info=$(timeout 30 redis-cli -h 127.0.0.1 -p "$port" info memory | tr -d '\r')
     used=$(sed -n 's/^used_memory://p' <<<"$info")
     jem=$(sed -n 's/^allocator_allocated://p' <<<"$info")
-    # redis asked "jemalloc" for a background purging thread at start-up
-    # (jemalloc-bg-thread yes): our mallctl starts ours.
-    local bg=0 purge
-    grep -qx 'trimalloc-bg' /proc/"${pid:-none}"/task/*/comm 2>/dev/null && bg=1
-    if [ $bg = 0 ]; then ok=0; why="$why no trimalloc-bg thread: redis's mallctl(background_thread) did not reach trimalloc;"; fi
-    # MEMORY PURGE is mallctl("arena.<n>.purge"): our _heapmin (counted at exit)
-    purge=$(timeout 30 redis-cli -h 127.0.0.1 -p "$port" memory purge | tr -d '\r')
-    if [ "$purge" != OK ]; then ok=0; why="$why MEMORY PURGE answered '$purge';"; fi
-    # MEMORY MALLOC-STATS is malloc_stats_print: trimalloc's report
-    if ! timeout 30 redis-cli -h 127.0.0.1 -p "$port" memory malloc-stats | grep -q '^trimalloc statistics'; then
-        ok=0; why="$why MEMORY MALLOC-STATS did not print trimalloc's report;"
+    if [ "$flavour" = jemalloc ]; then
+        # redis asked "jemalloc" for a background purging thread at
+        # start-up (jemalloc-bg-thread yes): our mallctl starts ours.
+        local bg=0 purge
+        grep -qx 'trimalloc-bg' /proc/"${pid:-none}"/task/*/comm 2>/dev/null && bg=1
+        if [ $bg = 0 ]; then ok=0; why="$why no trimalloc-bg thread: redis's mallctl(background_thread) did not reach trimalloc;"; fi
+        # MEMORY PURGE is mallctl("arena.<n>.purge"): our _heapmin (counted at exit)
+        purge=$(timeout 30 redis-cli -h 127.0.0.1 -p "$port" memory purge | tr -d '\r')
+        if [ "$purge" != OK ]; then ok=0; why="$why MEMORY PURGE answered '$purge';"; fi
+        # MEMORY MALLOC-STATS is malloc_stats_print: trimalloc's report
+        if ! timeout 30 redis-cli -h 127.0.0.1 -p "$port" memory malloc-stats | grep -q '^trimalloc statistics'; then
+            ok=0; why="$why MEMORY MALLOC-STATS did not print trimalloc's report;"
+        fi
     fi
     timeout 30 redis-cli -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1
     wait "$SERVER_PID"
@@ -201,19 +220,29 @@ EOF
     if [ -z "$tm_alloc" ] || [ "$tm_alloc" -lt 1000000 ]; then
         ok=0; why="$why trimalloc's statistics at exit show ${tm_alloc:-no} allocated bytes;"
     fi
-    local hm_calls
-    hm_calls=$(sed -n 's/^ *_heapmin calls *\([0-9]*\),.*/\1/p' "$WORK/redis.err" | head -n 1)
-    if [ "${hm_calls:-0}" -lt 1 ]; then ok=0; why="$why MEMORY PURGE did not run _heapmin (${hm_calls:-no} calls at exit);"; fi
-    # INFO's allocator_allocated comes from mallctl("stats.allocated"): ours,
-    # so it counts redis's data (before 2026-12-07 jemalloc answered, near 0)
-    if [ -z "$used" ] || [ -z "$jem" ] || [ "$jem" -lt $((used / 2)) ]; then
-        ok=0; why="$why INFO allocator_allocated ${jem:-?} against used_memory ${used:-?}: trimalloc's mallctl did not answer;"
+    if [ "$flavour" = jemalloc ]; then
+        local hm_calls
+        hm_calls=$(sed -n 's/^ *_heapmin calls *\([0-9]*\),.*/\1/p' "$WORK/redis.err" | head -n 1)
+        if [ "${hm_calls:-0}" -lt 1 ]; then ok=0; why="$why MEMORY PURGE did not run _heapmin (${hm_calls:-no} calls at exit);"; fi
+        # INFO's allocator_allocated comes from mallctl("stats.allocated"):
+        # ours, so it counts redis's data
+        if [ -z "$used" ] || [ -z "$jem" ] || [ "$jem" -lt $((used / 2)) ]; then
+            ok=0; why="$why INFO allocator_allocated ${jem:-?} against used_memory ${used:-?}: trimalloc's mallctl did not answer;"
+        fi
+        detail="allocator_allocated $jem (trimalloc's mallctl); background thread, MEMORY PURGE ran _heapmin, MEMORY MALLOC-STATS is ours"
+    else
+        # jemalloc's own count (INFO allocator_allocated) stays far below
+        # redis's data: our malloc served it
+        if [ -z "$used" ] || [ -z "$jem" ] || [ "$jem" -gt $((used / 10)) ]; then
+            ok=0; why="$why jemalloc holds ${jem:-?} of redis's ${used:-?} bytes: the preload does not serve redis;"
+        fi
+        detail="jemalloc's allocator_allocated $jem"
     fi
     if trimalloc_errors "$WORK/redis.err" >/dev/null; then ok=0; why="$why trimalloc reported errors;"; fi
     if [ $ok = 1 ]; then
-        result PASS redis "($(cat "$WORK/client.out"); redis-benchmark: $(wc -l <"$WORK/bench.out") tests, e.g. $(head -n 1 "$WORK/bench.out" | sed 's/, p50.*//;s/^ *//'); used_memory $used, allocator_allocated ${jem} (trimalloc's mallctl); background thread, MEMORY PURGE ran _heapmin, MEMORY MALLOC-STATS is ours; trimalloc allocated $tm_alloc at exit)"
+        result PASS $name "($(cat "$WORK/client.out"); redis-benchmark: $(wc -l <"$WORK/bench.out") tests, e.g. $(head -n 1 "$WORK/bench.out" | sed 's/, p50.*//;s/^ *//'); used_memory $used, $detail; trimalloc allocated $tm_alloc at exit)"
     else
-        result FAIL redis "($why)"
+        result FAIL $name "($why)"
         for f in bench.out client.out redis.err redis.log; do
             tail -n 15 "$WORK/$f" 2>/dev/null | sed "s/^/    $f: /"
         done
@@ -311,9 +340,11 @@ EOF
 
 if command -v redis-server >/dev/null 2>&1 && command -v redis-benchmark >/dev/null 2>&1 &&
     command -v redis-cli >/dev/null 2>&1; then
-    case_redis
+    case_redis plain
+    case_redis jemalloc
 else
     result SKIP redis "(redis-server/redis-benchmark/redis-cli not installed: apt-get install redis-server)"
+    result SKIP redis-jemalloc-ctl "(as above)"
 fi
 if command -v memcached >/dev/null 2>&1; then
     case_memcached

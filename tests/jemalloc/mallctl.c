@@ -3,7 +3,11 @@
  * the names that steer an allocator reach trimalloc, with jemalloc's types
  * and error numbers; other names go to the next mallctl in the process (a
  * jemalloc the program itself links), else ENOENT; errno never changes.
- * malloc_stats_print writes trimalloc's report.
+ * malloc_stats_print writes trimalloc's report. Built three ways
+ * (tests/CMakeLists.txt): prefixed (tm_mallctl), against
+ * build/libtrimalloc_jemalloc.so, and against that with a stand-in for
+ * jemalloc after it (api_mallctl_next); the prefixed one runs once more
+ * with caching off (api_mallctl_nocache).
  */
 #include "test_cmocka.h"
 
@@ -38,7 +42,7 @@ static trimalloc_stats_t tm_stats(void)
 
 /* Names trimalloc does not answer go to the next mallctl in the process:
  * in api_mallctl_next a stand-in for jemalloc linked after libtrimalloc.so
- * (tests/common/next_mallctl.c), which answers "version" and
+ * (tests/jemalloc/next_mallctl.c), which answers "version" and
  * "arenas.nbins", and whose answers to trimalloc's own names would show. */
 static void test_other_names_go_to_the_next_mallctl(void **state)
 {
@@ -102,25 +106,46 @@ static void test_stats(void **state)
     size_t a1 = stat_of("stats.allocated");
     if (a1 < a0 + (size_t)N * SZ)
         fail_msg("stats.allocated %zu -> %zu holding %d x %d bytes", a0, a1, N, SZ);
-    size_t active = stat_of("stats.active"), resident = stat_of("stats.resident");
-    size_t mapped = stat_of("stats.mapped"), retained = stat_of("stats.retained");
-    size_t metadata = stat_of("stats.metadata");
-    assert_true(active >= (size_t)N * SZ);
-    assert_true(resident >= (size_t)N * SZ);
-    assert_true(mapped >= resident);
-    assert_true(retained <= mapped);
-    assert_true(metadata > 0 && metadata <= mapped);
+    /* each name is its field of trimalloc_stats_t (nothing allocates
+     * between the readings: one thread, no background thread); mapped and
+     * retained split the mapped bytes as jemalloc does, retained not
+     * included in mapped */
+    uint64_t e = 1;
+    size_t elen = sizeof e;
+    assert_int_equal(ctl("epoch", &e, &elen, &e, sizeof e), 0);
+    trimalloc_stats_t s = tm_stats();
+    assert_int_equal(stat_of("stats.allocated"), s.allocated);
+    assert_int_equal(stat_of("stats.active"), s.active);
+    assert_int_equal(stat_of("stats.resident"), s.resident);
+    assert_int_equal(stat_of("stats.metadata"), s.metadata);
+    assert_int_equal(stat_of("stats.mapped"), s.resident);
+    assert_int_equal(stat_of("stats.retained"), s.mapped - s.resident);
+    assert_true(s.active >= (size_t)N * SZ);
+    unsigned narenas = 0;
+    size_t nlen = sizeof narenas;
+    assert_int_equal(ctl("arenas.narenas", &narenas, &nlen, NULL, 0), 0);
+    assert_int_equal(narenas, s.narenas);
     for (int i = 0; i < N; i++)
         TM_API(free)(p[i]);
     size_t a2 = stat_of("stats.allocated");
     if (a2 + (size_t)N * SZ > a1)
         fail_msg("stats.allocated %zu -> %zu after freeing %d x %d bytes", a1, a2, N, SZ);
-    /* read-only; the length must be a size_t's */
+    /* read-only: no new value, not even a length alone */
     size_t v = 0, len = sizeof v;
     assert_int_equal(ctl("stats.allocated", &v, &len, &v, sizeof v), EPERM);
+    assert_int_equal(ctl("stats.allocated", &v, &len, NULL, sizeof v), EPERM);
+    assert_int_equal(ctl("arenas.narenas", NULL, NULL, &narenas, sizeof narenas), EPERM);
+    /* a length that is not the value's: what fits is copied, the length
+     * says how much, EINVAL */
     uint32_t small = 0;
     len = sizeof small;
     assert_int_equal(ctl("stats.resident", &small, &len, NULL, 0), EINVAL);
+    assert_int_equal(len, sizeof small);
+    size_t wide[2] = {0, 12345};
+    len = sizeof wide;
+    assert_int_equal(ctl("stats.resident", wide, &len, NULL, 0), EINVAL);
+    assert_int_equal(len, sizeof(size_t));
+    assert_int_equal(wide[1], 12345);
     /* near names are not ours */
     len = sizeof v;
     assert_int_equal(ctl("stats.allocatedx", &v, &len, NULL, 0), ENOENT);
@@ -152,11 +177,19 @@ static void test_background_thread(void **state)
 }
 
 /* arena.<i>.purge and .decay run _heapmin: memory the program freed goes
- * back to the kernel */
+ * back to the kernel. jemalloc's indexes: below narenas, narenas itself (the
+ * old "all"), 4096 (MALLCTL_ARENAS_ALL); others are ENOENT. */
 static void test_purge(void **state)
 {
     (void)state;
-    const char *names[] = {"arena.4096.purge", "arena.0.decay", "arena.7.purge"};
+    unsigned narenas = 0;
+    size_t nlen = sizeof narenas;
+    assert_int_equal(ctl("arenas.narenas", &narenas, &nlen, NULL, 0), 0);
+    assert_true(narenas >= 1);
+    char at_n[32], past_n[32];
+    snprintf(at_n, sizeof at_n, "arena.%u.purge", narenas);
+    snprintf(past_n, sizeof past_n, "arena.%u.decay", narenas + 1);
+    const char *names[] = {"arena.4096.purge", "arena.0.decay", at_n};
     for (size_t k = 0; k < TU_ARRAY_LEN(names); k++) {
         enum { N = 4096, SZ = 2048 };
         static void *p[N];
@@ -174,25 +207,35 @@ static void test_purge(void **state)
         if (s1.heapmin_bytes_released <= s0.heapmin_bytes_released)
             fail_msg("%s released nothing after %d x %d bytes were freed", names[k], N, SZ);
     }
-    /* takes no value either way */
+    /* takes no value either way, and runs nothing when given one */
     size_t v = 0, len = sizeof v;
+    trimalloc_stats_t s0 = tm_stats();
     assert_int_equal(ctl("arena.0.purge", &v, &len, NULL, 0), EPERM);
+    assert_int_equal(ctl("arena.0.purge", NULL, &len, NULL, 0), EPERM);
     assert_int_equal(ctl("arena.0.purge", NULL, NULL, &v, sizeof v), EPERM);
-    /* not an arena name */
-    const char *bad[] = {"arena..purge", "arena.1x.purge", "arena.1.purged", "arena.12345678901.purge",
-                         "arena.-1.purge", "arena.0"};
+    assert_int_equal(ctl("arena.0.purge", NULL, NULL, NULL, sizeof v), EPERM);
+    /* not an arena name, or no such arena */
+    const char *bad[] = {"arena..purge", "arena.1x.purge", "arena.1.purged", "arena.1234567890.purge",
+                         "arena.-1.purge", "arena.0", past_n, "arena.4095.purge"};
     for (size_t k = 0; k < TU_ARRAY_LEN(bad); k++) {
-        trimalloc_stats_t s0 = tm_stats();
         int r = ctl(bad[k], NULL, NULL, NULL, 0);
         if (r == 0)
             fail_msg("mallctl(\"%s\") succeeded", bad[k]);
-        assert_int_equal(tm_stats().heapmin_calls, s0.heapmin_calls);
     }
+    assert_int_equal(tm_stats().heapmin_calls, s0.heapmin_calls);
 }
 
 static void test_tcache_flush(void **state)
 {
     (void)state;
+    long scale = -1;
+    assert_int_equal(TM_API(trimalloc_option_get)("tcache_scale", &scale), 0);
+    if (scale == 0) {
+        /* caching off (api_mallctl_nocache): no cache to flush, as
+         * jemalloc answers with tcache:false */
+        assert_int_equal(ctl("thread.tcache.flush", NULL, NULL, NULL, 0), EFAULT);
+        return;
+    }
     /* an empty start: no cache and no transfer cache holds a block (a
      * transfer cache is the arena's, not the thread's, and the flush leaves
      * it), then a few frees that fit in this thread's bin */
@@ -214,7 +257,12 @@ static void test_tcache_flush(void **state)
     assert_non_null(q);
     TM_API(free)(q);
     assert_true(tm_stats().tcache_bytes > 0);
-    assert_int_equal(ctl("thread.tcache.flush", &q, NULL, NULL, 0), EPERM);
+    /* takes no value either way, and flushes nothing when given one */
+    before = tm_stats().tcache_bytes;
+    size_t len = sizeof q;
+    assert_int_equal(ctl("thread.tcache.flush", &q, &len, NULL, 0), EPERM);
+    assert_int_equal(ctl("thread.tcache.flush", NULL, NULL, NULL, 4), EPERM);
+    assert_int_equal(tm_stats().tcache_bytes, before);
 }
 
 /* malloc_stats_print: trimalloc's report, in pieces to the callback, which
