@@ -184,7 +184,9 @@ void TM_API(trimalloc_options_markdown)(int fd);
  * jemalloc), else ENOENT. It returns 0 or an error number, as jemalloc
  * does; errno is unchanged. malloc_stats_print writes trimalloc_stats_print's
  * report in pieces to write_cb(cbopaque, piece), or to stderr when write_cb
- * is NULL; JSON if opts holds 'J'. docs/api.md has the details. */
+ * is NULL; JSON if opts holds 'J'. docs/api.md has the details. A program
+ * linked with -ltrimalloc_jemalloc that calls them with this header's
+ * declarations defines TRIMALLOC_JEMALLOC_CTL first. */
 #if defined(TRIMALLOC_PREFIX) || defined(TRIMALLOC_JEMALLOC_CTL)
 int TM_API(mallctl)(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
 void TM_API(malloc_stats_print)(void (*write_cb)(void *, const char *), void *cbopaque,

@@ -34,7 +34,9 @@
  * Every other name goes to the next mallctl in the process (the program's
  * own jemalloc, which then describes its own, unused, state): a program
  * that asserts on names such as arenas.nbins keeps working. With no other
- * mallctl, ENOENT. The prefixed build never forwards.
+ * mallctl, ENOENT, except "version": "0.0.0-0-trimalloc". The prefixed
+ * build never forwards. arena.4097.purge (the destroyed arenas) does
+ * nothing.
  */
 #include "internal.h"
 
@@ -46,8 +48,13 @@
 
 typedef int (*mallctl_fn)(const char *, void *, size_t *, void *, size_t);
 
-/* jemalloc's MALLCTL_ARENAS_ALL: "every arena" in an arena.<i> name */
+/* jemalloc's MALLCTL_ARENAS_ALL and MALLCTL_ARENAS_DESTROYED: "every arena"
+ * and "the destroyed arenas" in an arena.<i> name */
 #define CTL_ARENAS_ALL 4096u
+#define CTL_ARENAS_DESTROYED 4097u
+/* "version" when no jemalloc answers it: a string, for code that reads it
+ * unchecked (MariaDB's guess_malloc_library), that no jemalloc has */
+static const char ctl_version[] = "0.0.0-0-trimalloc";
 
 static uint64_t ctl_epoch = 1;
 
@@ -153,16 +160,18 @@ static int ctl_answer(const char *name, void *oldp, size_t *oldlenp, void *newp,
     if (is_arena_purge(name, &index)) {
         /* jemalloc takes an index below narenas, narenas itself (the old
          * spelling of "all") and MALLCTL_ARENAS_ALL; each does it all here */
-        if (index != CTL_ARENAS_ALL && index > ctl_narenas()) return ENOENT;
+        if (index != CTL_ARENAS_ALL && index != CTL_ARENAS_DESTROYED && index > ctl_narenas())
+            return ENOENT;
         if (ctl_reads(oldp, oldlenp) || ctl_writes(newp, newlen)) return EPERM;
-        TM_API(_heapmin)(); /* -1 only where the kernel refused every release */
+        if (index != CTL_ARENAS_DESTROYED) /* trimalloc destroys no arena */
+            TM_API(_heapmin)();            /* -1 only where the kernel refused every release */
         return 0;
     }
     if (!strcmp(name, "thread.tcache.flush")) {
-        if (ctl_reads(oldp, oldlenp) || ctl_writes(newp, newlen)) return EPERM;
         long scale = 1;
         TM_API(trimalloc_option_get)("tcache_scale", &scale);
-        if (scale == 0) return EFAULT; /* no cache, as jemalloc with tcache:false */
+        if (scale == 0) return EFAULT; /* no cache, as jemalloc with tcache:false (checked first there too) */
+        if (ctl_reads(oldp, oldlenp) || ctl_writes(newp, newlen)) return EPERM;
         tcache_flush_own();
         return 0;
     }
@@ -185,7 +194,14 @@ TM_EXPORT int TM_API(mallctl)(const char *name, void *oldp, size_t *oldlenp, voi
     int r = ctl_answer(name, oldp, oldlenp, newp, newlen, &answered);
     if (!answered) {
         mallctl_fn next = next_mallctl();
-        r = next ? next(name, oldp, oldlenp, newp, newlen) : ENOENT;
+        if (next) {
+            r = next(name, oldp, oldlenp, newp, newlen);
+        } else if (!strcmp(name, "version")) {
+            const char *v = ctl_version;
+            r = ctl_writes(newp, newlen) ? EPERM : ctl_read(oldp, oldlenp, &v, sizeof v);
+        } else {
+            r = ENOENT;
+        }
     }
     errno = saved;
     return r;

@@ -11,7 +11,8 @@
 #      P/lib/libtrimalloc.a, P/lib/libtrimalloc_jemalloc.so (for programs built
 #      against jemalloc), P/include/trimalloc.h, P/lib/pkgconfig/trimalloc.pc,
 #      P/lib/cmake/trimalloc/trimalloc{Config,ConfigVersion,Targets}.cmake,
-#      and no prefixed library;
+#      no prefixed library, and jemalloc's mallctl and malloc_stats_print
+#      exported by libtrimalloc_jemalloc.so only (nm -D, where nm exists);
 #   3. pkg-config: compile tests/install/consumer/consumer.c with
 #      `pkg-config --cflags --libs trimalloc` (rpath from its libdir), run it;
 #   4. find_package: configure tests/install/consumer with
@@ -116,6 +117,13 @@ elif [ -n "$extra" ]; then
     step FAIL installed-files "prefixed library installed: $extra"
 elif [ -n "$soname" ] && [ "$soname" != libtrimalloc.so.0 ]; then
     step FAIL installed-files "soname is '$soname', expected libtrimalloc.so.0"
+elif command -v nm >/dev/null &&
+    nm -D --defined-only "$LIBDIR/libtrimalloc.so.0.1.0" | grep -qwE 'mallctl|malloc_stats_print'; then
+    # jemalloc's names only in libtrimalloc_jemalloc.so (docs/api.md)
+    step FAIL installed-files "libtrimalloc.so exports jemalloc's mallctl or malloc_stats_print"
+elif command -v nm >/dev/null &&
+    [ "$(nm -D --defined-only "$LIBDIR/libtrimalloc_jemalloc.so" | grep -cwE 'mallctl|malloc_stats_print')" != 2 ]; then
+    step FAIL installed-files "libtrimalloc_jemalloc.so does not export mallctl and malloc_stats_print"
 else
     step PASS installed-files "libdir ${LIBDIR#"$PREFIX"/}${soname:+, soname $soname}"
 fi

@@ -11,6 +11,7 @@
  */
 #include "test_cmocka.h"
 
+#include <dlfcn.h>
 #include <stdbool.h>
 
 #define ERRNO_SENTINEL 31337
@@ -50,9 +51,22 @@ static void test_other_names_go_to_the_next_mallctl(void **state)
     const char *version = NULL;
     size_t len = sizeof version;
 #ifndef TM_TEST_NEXT_MALLCTL
-    /* no other mallctl in the process (and tm_mallctl never forwards) */
-    assert_int_equal(ctl("version", &version, &len, NULL, 0), ENOENT);
+    /* no other mallctl in the process (and tm_mallctl never forwards):
+     * jemalloc's names are unknown, but "version" is a string, for code
+     * that reads it unchecked (MariaDB's guess_malloc_library) */
     assert_int_equal(ctl("arenas.nbins", NULL, NULL, NULL, 0), ENOENT);
+    assert_int_equal(ctl("version", &version, &len, NULL, 0), 0);
+    assert_non_null(version);
+    assert_string_equal(version, "0.0.0-0-trimalloc");
+    assert_int_equal(ctl("version", NULL, NULL, &version, sizeof version), EPERM);
+    /* the next mallctl was looked up once: a name nobody knows leaves the
+     * program's dlerror() alone */
+    (void)dlerror();
+    assert_int_equal(ctl("no.such.name", NULL, NULL, NULL, 0), ENOENT);
+    assert_int_equal(ctl("arenas.nbins", NULL, NULL, NULL, 0), ENOENT);
+    const char *err = dlerror();
+    if (err)
+        fail_msg("mallctl of an unknown name set dlerror: %s", err);
 #else
     assert_int_equal(ctl("version", &version, &len, NULL, 0), 0);
     assert_non_null(version);
@@ -207,9 +221,12 @@ static void test_purge(void **state)
         if (s1.heapmin_bytes_released <= s0.heapmin_bytes_released)
             fail_msg("%s released nothing after %d x %d bytes were freed", names[k], N, SZ);
     }
+    /* the destroyed arenas (jemalloc's 4097): there are none, nothing runs */
+    trimalloc_stats_t s0 = tm_stats();
+    assert_int_equal(ctl("arena.4097.purge", NULL, NULL, NULL, 0), 0);
+    assert_int_equal(tm_stats().heapmin_calls, s0.heapmin_calls);
     /* takes no value either way, and runs nothing when given one */
     size_t v = 0, len = sizeof v;
-    trimalloc_stats_t s0 = tm_stats();
     assert_int_equal(ctl("arena.0.purge", &v, &len, NULL, 0), EPERM);
     assert_int_equal(ctl("arena.0.purge", NULL, &len, NULL, 0), EPERM);
     assert_int_equal(ctl("arena.0.purge", NULL, NULL, &v, sizeof v), EPERM);
@@ -232,8 +249,10 @@ static void test_tcache_flush(void **state)
     assert_int_equal(TM_API(trimalloc_option_get)("tcache_scale", &scale), 0);
     if (scale == 0) {
         /* caching off (api_mallctl_nocache): no cache to flush, as
-         * jemalloc answers with tcache:false */
+         * jemalloc answers with tcache:false, before it looks at the
+         * arguments */
         assert_int_equal(ctl("thread.tcache.flush", NULL, NULL, NULL, 0), EFAULT);
+        assert_int_equal(ctl("thread.tcache.flush", NULL, NULL, NULL, 4), EFAULT);
         return;
     }
     /* an empty start: no cache and no transfer cache holds a block (a
