@@ -3,10 +3,13 @@
  * malloc for Linux whose _heapmin() returns memory to the kernel, including
  * the memory idle in other threads' caches.
  *
- * Two builds of the same sources exist:
+ * Builds of the same sources:
  *   - the drop-in build (libtrimalloc.so / libtrimalloc.a) exports the
  *     standard names: malloc, free, ..., so LD_PRELOAD or linking it first
- *     replaces the system allocator;
+ *     replaces the system allocator; libtrimalloc_jemalloc.so is the same
+ *     plus jemalloc's mallctl and malloc_stats_print (compiled with
+ *     -DTRIMALLOC_JEMALLOC_CTL), to preload into programs linked with
+ *     jemalloc only (see mallctl below);
  *   - the prefixed build (compile users with -DTRIMALLOC_PREFIX) exports the
  *     same functions as tm_malloc, tm_free, ..., tm__heapmin, and does not
  *     interpose on anything. Sanitizer builds and side-by-side tests use it.
