@@ -41,14 +41,14 @@ for a in "${BENCH_ALLOCS[@]}"; do
     if [ "$a" = trimalloc ]; then
         je=$(dirname "$(readlink -f "${TRIMALLOC_LIB:-$REPO_DIR/build/libtrimalloc.so}")")/libtrimalloc_jemalloc.so
         if [ -e "$je" ]; then
-            BENCH_LIB[trimalloc-je]=$je
+            BENCH_LIB["trimalloc-je"]=$je
             names+=(trimalloc-je)
         else
             echo "skipped: trimalloc-je: $je not found (it is built with libtrimalloc.so)"
         fi
     fi
 done
-BENCH_LIB[native]=""
+BENCH_LIB["native"]=""
 linked=$(ldd "$(command -v redis-server)" | grep -oE 'lib(jemalloc|tcmalloc[a-z_]*)\.so' | head -n 1 || true)
 echo "redis-server: $(redis-server --version | grep -oE 'v=[0-9.]+'), native allocator: ${linked:-glibc malloc}"
 
