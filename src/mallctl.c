@@ -94,23 +94,22 @@ static int ctl_read(void *oldp, size_t *oldlenp, const void *v, size_t size) {
 static bool ctl_writes(const void *newp, size_t newlen) { return newp || newlen; }
 static bool ctl_reads(const void *oldp, const size_t *oldlenp) { return oldp || oldlenp; }
 
+/* stats.<what>: the value, or -1 for a name that is not one of ours */
 static int ctl_stat(const char *what, void *oldp, size_t *oldlenp, void *newp, size_t newlen) {
+    bool resident = !strcmp(what, "resident") || !strcmp(what, "mapped");
+    if (!resident && strcmp(what, "allocated") && strcmp(what, "active") && strcmp(what, "metadata") &&
+        strcmp(what, "retained"))
+        return -1;
     if (ctl_writes(newp, newlen)) return EPERM;
     trimalloc_stats_t s;
     TM_API(trimalloc_stats_get)(&s);
     size_t v;
-    if (!strcmp(what, "allocated")) v = s.allocated;
+    if (resident) v = s.resident; /* jemalloc's mapped leaves out retained */
+    else if (!strcmp(what, "allocated")) v = s.allocated;
     else if (!strcmp(what, "active")) v = s.active;
-    else if (!strcmp(what, "resident") || !strcmp(what, "mapped")) v = s.resident;
     else if (!strcmp(what, "metadata")) v = s.metadata;
     else v = s.mapped > s.resident ? s.mapped - s.resident : 0; /* retained */
     return ctl_read(oldp, oldlenp, &v, sizeof v);
-}
-
-static unsigned ctl_narenas(void) {
-    trimalloc_stats_t s;
-    TM_API(trimalloc_stats_get)(&s);
-    return s.narenas;
 }
 
 /* "arena.<decimal>.purge" or ".decay": 1 with *index set, else 0 */
@@ -154,13 +153,13 @@ static int ctl_answer(const char *name, void *oldp, size_t *oldlenp, void *newp,
     }
     if (!strcmp(name, "arenas.narenas")) {
         if (ctl_writes(newp, newlen)) return EPERM;
-        unsigned n = ctl_narenas();
+        unsigned n = tm_narenas;
         return ctl_read(oldp, oldlenp, &n, sizeof n);
     }
     if (is_arena_purge(name, &index)) {
         /* jemalloc takes an index below narenas, narenas itself (the old
          * spelling of "all") and MALLCTL_ARENAS_ALL; each does it all here */
-        if (index != CTL_ARENAS_ALL && index != CTL_ARENAS_DESTROYED && index > ctl_narenas())
+        if (index != CTL_ARENAS_ALL && index != CTL_ARENAS_DESTROYED && index > tm_narenas)
             return ENOENT;
         if (ctl_reads(oldp, oldlenp) || ctl_writes(newp, newlen)) return EPERM;
         if (index != CTL_ARENAS_DESTROYED) /* trimalloc destroys no arena */
@@ -168,18 +167,15 @@ static int ctl_answer(const char *name, void *oldp, size_t *oldlenp, void *newp,
         return 0;
     }
     if (!strcmp(name, "thread.tcache.flush")) {
-        long scale = 1;
-        TM_API(trimalloc_option_get)("tcache_scale", &scale);
-        if (scale == 0) return EFAULT; /* no cache, as jemalloc with tcache:false (checked first there too) */
+        /* no cache (tcache_scale:0, junk, zero), as jemalloc with tcache:false (checked first there too) */
+        if (TM_OPT_NOW(tcache_scale_pct) == 0) return EFAULT;
         if (ctl_reads(oldp, oldlenp) || ctl_writes(newp, newlen)) return EPERM;
         tcache_flush_own();
         return 0;
     }
     if (!strncmp(name, "stats.", 6)) {
-        const char *what = name + 6;
-        if (!strcmp(what, "allocated") || !strcmp(what, "active") || !strcmp(what, "resident") ||
-            !strcmp(what, "mapped") || !strcmp(what, "metadata") || !strcmp(what, "retained"))
-            return ctl_stat(what, oldp, oldlenp, newp, newlen);
+        int r = ctl_stat(name + 6, oldp, oldlenp, newp, newlen);
+        if (r >= 0) return r;
     }
     *answered = false;
     return ENOENT;
