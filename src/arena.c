@@ -438,7 +438,7 @@ void arena_flush(unsigned cls, void **blocks, unsigned n) {
         if (s) slab_settle_locked(a, b, s, freed, minw);
         arena_unlock(a);
         /* other arenas' blocks first, then those not looked at yet */
-        if (i < n) memmove(blocks + keep, blocks + i, (n - i) * sizeof *blocks);
+        if (i < n) tm_ptrs_move(blocks + keep, blocks + i, n - i);
         n = keep + (n - i);
     }
 }
@@ -842,7 +842,7 @@ size_t arena_free_large_batch(void **runs, unsigned n) {
         arena_unlock(a);
         if (bad) large_free_report(0, kind, bad);
         /* other arenas' runs first, then those not looked at yet */
-        if (i < n) memmove(runs + keep, runs + i, (n - i) * sizeof *runs);
+        if (i < n) tm_ptrs_move(runs + keep, runs + i, n - i);
         n = keep + (n - i);
     }
     return bytes;

@@ -894,7 +894,7 @@ static void stash_free_locked(tm_arena_t *a, const struct tm_stashed *out, unsig
 void run_stash_flush_locked(tm_arena_t *a) {
     struct tm_stashed out[TM_STASH_SLOTS];
     unsigned n = a->nstash;
-    memcpy(out, a->stash, n * sizeof out[0]);
+    for (unsigned i = 0; i < n; i++) out[i] = a->stash[i]; /* loops, not libc: internal.h */
     a->nstash = 0;
     stash_free_locked(a, out, n);
 }
@@ -935,9 +935,9 @@ void run_free_large_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t
         pages -= a->stash[k].n;
     if (k) {
         struct tm_stashed out[TM_STASH_SLOTS];
-        memcpy(out, a->stash, k * sizeof out[0]);
+        for (unsigned i = 0; i < k; i++) out[i] = a->stash[i];
         a->nstash -= k;
-        memmove(a->stash, a->stash + k, a->nstash * sizeof a->stash[0]);
+        for (unsigned i = 0; i < a->nstash; i++) a->stash[i] = a->stash[i + k];
         /* (a chunk's free and kept pages together stay as they were, so
          * no chunk empties here, c included) */
         stash_free_locked(a, out, k);

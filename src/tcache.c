@@ -147,7 +147,7 @@ static bool xfer_put(unsigned ai, unsigned cls, void **blocks, uint32_t n) {
         ok = x->slots != NULL;
     }
     if (ok) {
-        memcpy(x->slots + cnt, blocks, n * sizeof(void *));
+        tm_ptrs_copy(x->slots + cnt, blocks, n);
         __atomic_store_n(&x->count, cnt + n, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&set->lock);
@@ -161,7 +161,7 @@ static uint32_t xfer_take(tm_xfer_set_t *set, unsigned cls, void **blocks, uint3
     tm_lock(&set->lock);
     uint32_t cnt = x->count, k = cnt < n ? cnt : n;
     __atomic_store_n(&x->count, cnt - k, __ATOMIC_RELAXED);
-    memcpy(blocks, x->slots + cnt - k, k * sizeof(void *));
+    tm_ptrs_copy(blocks, x->slots + cnt - k, k);
     pthread_mutex_unlock(&set->lock);
     return k;
 }
@@ -618,7 +618,7 @@ static void bin_reset(tm_tcache_t *tc, unsigned c, uint32_t count, bool to_start
         to = (void **)tc->slots_mem + slot_first[c];
         tc->slots_first = true;
     }
-    if (b->base != to && count) memmove(to, b->base, count * sizeof(void *));
+    if (b->base != to && count) tm_ptrs_move(to, b->base, count);
     b->base = to;
     b->limit = to + cap;
     b->taken = 0;
@@ -706,7 +706,7 @@ size_t tcache_take_locked(tm_tcache_t *tc, void **out, uint32_t counts[]) {
         uint32_t k = tc_bin_count(b);
         counts[c] = k;
         if (k) {
-            memcpy(out + n, b->base, k * sizeof(void *));
+            tm_ptrs_copy(out + n, b->base, k);
             n += k;
         }
         bin_restart(tc, c);
@@ -1160,7 +1160,7 @@ static void tcache_gc_locked(tm_tcache_t *tc) {
     if (count && count == b->gc_count) {
         uint32_t n = (count + 1) / 2;
         arena_flush(cls, b->base, n);
-        memmove(b->base, b->base + n, (count - n) * sizeof(void *));
+        tm_ptrs_move(b->base, b->base + n, count - n);
         count -= n;
         __atomic_store_n(&b->top, b->base + count, __ATOMIC_RELAXED);
         b->fill = (uint16_t)(b->fill / 2 ? b->fill / 2 : 1);
@@ -1385,7 +1385,7 @@ void tcache_free_slow(void *p, unsigned cls) {
             void **grown = (void **)tc->slots_mem + slot_grown[cls];
             if (b->base != grown && cap > bin_cap(cls)) {
                 tc->slots_grown = true;
-                memcpy(grown, b->base, count * sizeof(void *));
+                tm_ptrs_copy(grown, b->base, count);
                 b->base = grown;
                 __atomic_store_n(&b->top, grown + count, __ATOMIC_RELAXED);
             }
@@ -1393,14 +1393,14 @@ void tcache_free_slow(void *p, unsigned cls) {
         } else if (cap > max) { /* the share shrank: down to it, half full */
             uint32_t n = count - max / 2;
             bin_flush(cls, b->base, n);
-            memmove(b->base, b->base + n, (count - n) * sizeof(void *));
+            tm_ptrs_move(b->base, b->base + n, count - n);
             count -= n;
             b->limit = b->base + max;
             cap = max;
         } else { /* flush the older half (the bottom of the stack) */
             uint32_t n = cap / 2 ? cap / 2 : count;
             bin_flush(cls, b->base, n);
-            memmove(b->base, b->base + n, (count - n) * sizeof(void *));
+            tm_ptrs_move(b->base, b->base + n, count - n);
             count -= n;
         }
     }
@@ -1483,8 +1483,8 @@ static void rl_append(tm_tcache_t *tc, unsigned n, void *p, uint32_t need) {
  * order (oldest first). Under tc->mu. */
 static void rl_cut(tm_tcache_t *tc, unsigned i, unsigned k) {
     unsigned rest = tc->rl_n - i - k;
-    memmove(tc->rl + i, tc->rl + i + k, rest * sizeof *tc->rl);
-    memmove(tc->rl_pages + i, tc->rl_pages + i + k, rest * sizeof *tc->rl_pages);
+    tm_ptrs_move(tc->rl + i, tc->rl + i + k, rest);
+    for (uint32_t j = 0; j < rest; j++) tc->rl_pages[i + j] = tc->rl_pages[i + k + j];
     __atomic_store_n(&tc->rl_n, tc->rl_n - k, __ATOMIC_RELAXED);
 }
 
@@ -1535,7 +1535,7 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
         while (n < tc->rl_n && have + need > bound) have -= tc->rl_pages[n++];
     }
     if (n) {
-        memcpy(batch, tc->rl, n * sizeof *batch);
+        tm_ptrs_copy(batch, tc->rl, n);
         rl_cut(tc, 0, n);
     }
     rl_append(tc, tc->rl_n, p, need);
@@ -1547,7 +1547,7 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
  * trimmer to send home after dropping tc->mu. */
 unsigned tcache_take_remote_locked(tm_tcache_t *tc, void **out) {
     unsigned n = tc->rl_n;
-    memcpy(out, tc->rl, n * sizeof *out);
+    tm_ptrs_copy(out, tc->rl, n);
     __atomic_store_n(&tc->rl_n, 0, __ATOMIC_RELAXED);
     return n;
 }
