@@ -551,6 +551,35 @@ static unsigned char *recalloc_step(unsigned char *p, size_t *keep, size_t n, ui
     return q;
 }
 
+/* A calloc'd block grown by _recalloc reads zero throughout, as on
+ * Microsoft's CRT, whose blocks have their exact size: calloc zeroes its
+ * block's whole usable size, not only the bytes asked for. The block
+ * calloc gets is the one just freed, dirtied to its last usable byte.
+ * (Until 2026-12-07 calloc(1, 100) then _recalloc to 112 bytes read 12
+ * bytes of 0xee; an outside reviewer.) */
+static void test_calloc_then_recalloc_reads_zero(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {1, 17, 100, 1000, 3000, 10000, 10241, 40000, 300000};
+    for (size_t i = 0; i < TU_ARRAY_LEN(sizes); i++) {
+        size_t n = sizes[i];
+        unsigned char *d = TM_API(malloc)(n);
+        assert_non_null(d);
+        memset(d, 0xee, TM_API(_msize)(d));
+        TM_API(free)(d);
+        unsigned char *p = TM_API(calloc)(1, n);
+        assert_non_null(p);
+        size_t usable = TM_API(_msize)(p);
+        unsigned char *q = TM_API(_recalloc)(p, 1, usable);
+        assert_non_null(q);
+        size_t now = TM_API(_msize)(q);
+        assert_true(now >= usable);
+        assert_int_equal(tu_find_not_byte(q, now, 0), (size_t)-1);
+        TM_API(free)(q);
+    }
+    assert_heap_ok();
+}
+
 static void test_recalloc(void **state)
 {
     (void)state;
@@ -869,6 +898,7 @@ int main(void)
         cmocka_unit_test(test_msize),
         cmocka_unit_test(test_expand),
         cmocka_unit_test(test_recalloc),
+        cmocka_unit_test(test_calloc_then_recalloc_reads_zero),
         cmocka_unit_test(test_recalloc_huge_moved_zeroes),
         cmocka_unit_test(test_aligned_malloc),
         cmocka_unit_test(test_aligned_errors),
