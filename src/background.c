@@ -28,19 +28,26 @@
  * tester, toggling the option while threads were created and joined: 3
  * hangs in 3 runs; tests/unit/decay.c, test_no_thread_from_a_tick).
  *
- * A fork child never starts one: after a fork of a multi-threaded process
- * the child may call only async-signal-safe functions until it execs, and
- * pthread_create is not one (ThreadSanitizer stops such a child). Its free
- * pages still decay on its own GC ticks.
+ * A fork child has no background thread: only the forking thread survives
+ * a fork. There the option reads 0, as jemalloc's does, and a child that
+ * sets it to 1 gets a thread of its own; none is started for it (after a
+ * fork of a multi-threaded process the child may call only async-signal-
+ * safe functions until it execs, and pthread_create is not one:
+ * ThreadSanitizer stops such a child). Its free pages decay on its own GC
+ * ticks meanwhile. Until 2026-12-07 a child could never have one, yet the
+ * option read 1 after a fork and trimalloc_option_set("background_thread",
+ * 1) returned 0 there: a daemon that forked to run in the background, and
+ * turned the thread on, had none, and kept 100 MB it had freed (an outside
+ * tester).
  */
 #include "internal.h"
 
 #include <signal.h>
 #include <time.h>
 
-/* 0: none; 1: one is running (or being started); 2: never (a fork child).
- * Set by the starter's CAS, cleared by the thread as it exits or by a
- * failed start. */
+/* 0: none; 1: one is running (or being started). Set by the starter's CAS,
+ * cleared by the thread as it exits, by a failed start, or in a fork
+ * child. */
 static int bg_running;
 
 /* The sleep between two ticks for a given dirty_decay_ms: an eighth of it,
@@ -66,7 +73,7 @@ static void *background_main(void *arg) {
             tcache_orphans_tick();
             arena_decay_tick(SIZE_MAX); /* no caller of malloc waits for it */
         }
-        int expect = 1; /* not 2: a fork child's state stays */
+        int expect = 1;
         __atomic_compare_exchange_n(&bg_running, &expect, 0, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
         /* Turned on again after the loop read it, by a setter that found
          * this thread still running and so started none (both sides store,
@@ -93,7 +100,7 @@ static bool background_start(void) {
     if (__atomic_load_n(&bg_running, __ATOMIC_SEQ_CST) ||
         !__atomic_compare_exchange_n(&bg_running, &expect, 1, false, __ATOMIC_SEQ_CST,
                                      __ATOMIC_RELAXED))
-        return true; /* one runs, or a fork child (2) */
+        return true; /* one runs */
     pthread_attr_t attr;
     sigset_t all, old;
     pthread_t t;
@@ -134,7 +141,8 @@ bool background_set(long value) {
 }
 
 void background_fork_child(void) {
-    bg_running = 2;
+    bg_running = 0; /* the parent's did not come along */
+    __atomic_store_n(&tm_opt.background_thread, 0, __ATOMIC_SEQ_CST);
     pthread_mutex_init(&bg_set_lock, NULL); /* a setter in another thread held it */
 }
 

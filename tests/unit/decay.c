@@ -382,6 +382,45 @@ static void test_background_thread(void **state) {
     assert_int_equal(TM_API(trimalloc_option_set)("dirty_decay_ms", 10000), 0);
 }
 
+/* A fork child has no background thread: the option reads 0 there, and
+ * setting it to 1 starts one of the child's own. (Until 2026-12-07 the
+ * option read 1 in the child, and setting it returned 0 and started
+ * nothing; an outside tester.) The parent runs one, so ThreadSanitizer,
+ * which refuses a thread started after a multi-threaded fork, checks only
+ * the first half. */
+static int child_background(void) {
+    long v = -1;
+    if (TM_API(trimalloc_option_get)("background_thread", &v) != 0 || v != 0) return 10;
+    if (bg_threads() != 0 || background_running()) return 11;
+    if (TU_TSAN) return 0;
+    if (TM_API(trimalloc_option_set)("background_thread", 1) != 0) return 12;
+    for (int i = 0; i < 100 && !bg_threads(); i++) sleep_ms(10);
+    if (bg_threads() != 1 || !background_running()) return 13;
+    if (TM_API(trimalloc_option_get)("background_thread", &v) != 0 || v != 1) return 14;
+    if (TM_API(trimalloc_option_set)("background_thread", 0) != 0) return 15;
+    return 0;
+}
+
+static void test_fork_child_background(void **state) {
+    (void)state;
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 1), 0);
+    for (int i = 0; i < 100 && !bg_threads(); i++) sleep_ms(10);
+    assert_int_equal(bg_threads(), 1);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) _exit(child_background());
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    long v = 0;
+    assert_int_equal(TM_API(trimalloc_option_get)("background_thread", &v), 0);
+    assert_int_equal(v, 1); /* the parent's stays */
+    assert_int_equal(TM_API(trimalloc_option_set)("background_thread", 0), 0);
+    for (int i = 0; i < 300 && bg_threads(); i++) sleep_ms(10);
+    assert_int_equal(bg_threads(), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_pages_freed_within_the_window_stay, teardown),
@@ -397,6 +436,7 @@ int main(void) {
         cmocka_unit_test(test_background_interval),
         cmocka_unit_test_teardown(test_no_thread_from_a_tick, teardown),
         cmocka_unit_test_teardown(test_background_thread, teardown),
+        cmocka_unit_test_teardown(test_fork_child_background, teardown),
     };
     return cmocka_run_group_tests_name("unit_decay", tests, setup, group_teardown);
 }
