@@ -9,17 +9,58 @@
  *      lock is held only while its lists change, never across the system
  *      calls;
  *   3. cached huge mappings are unmapped.
- * Concurrent calls are serialised by trim_lock, which fork's prepare
- * handler also takes.
+ * Concurrent calls are serialised by the trim lock (heapmin_lock), taken in
+ * turn, which fork's prepare handler also takes.
  */
 #include "internal.h"
 
-static pthread_mutex_t trim_lock = PTHREAD_MUTEX_INITIALIZER;
+/* The trim lock is taken in turn, first come first served: a ticket, and a
+ * condition variable to wait for it. A plain mutex gives the lock back to
+ * whoever gets there first, and a thread calling _heapmin back to back got
+ * it again before a waiter woke: other threads' _heapmin calls waited 0.7-3
+ * s, one from a key destructor 4.5 s, and fork() up to 1 s (an outside
+ * tester, 2026-12-07; tests/unit/trim_lock.c). Now a waiter is behind at
+ * most the callers that came before it. trim_mu guards the two counters
+ * only, for a few instructions; the wait is no cancellation point
+ * (tests/unit/cancel.c). A trylock succeeds only if nobody holds the lock
+ * or waits for it. */
+static pthread_mutex_t trim_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t trim_turn = PTHREAD_COND_INITIALIZER;
+static unsigned long trim_next, trim_serving; /* tickets, under trim_mu */
 
-void heapmin_lock(void) { tm_lock(&trim_lock); }
-void heapmin_unlock(void) { pthread_mutex_unlock(&trim_lock); }
-bool heapmin_trylock(void) { return tm_trylock(&trim_lock) == 0; }
-void heapmin_fork_child(void) { pthread_mutex_init(&trim_lock, NULL); }
+void heapmin_lock(void) {
+    tm_lock(&trim_mu);
+    unsigned long me = trim_next++;
+    if (trim_serving != me) {
+        int cancel;
+        pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+        while (trim_serving != me) pthread_cond_wait(&trim_turn, &trim_mu);
+        pthread_setcancelstate(cancel, NULL);
+    }
+    pthread_mutex_unlock(&trim_mu);
+}
+
+void heapmin_unlock(void) {
+    tm_lock(&trim_mu);
+    bool waiters = ++trim_serving != trim_next;
+    pthread_mutex_unlock(&trim_mu);
+    if (waiters) pthread_cond_broadcast(&trim_turn);
+}
+
+bool heapmin_trylock(void) {
+    if (tm_trylock(&trim_mu) != 0) return false;
+    bool free_now = trim_serving == trim_next;
+    if (free_now) trim_next++;
+    pthread_mutex_unlock(&trim_mu);
+    return free_now;
+}
+
+/* the forking thread held it (fork_prepare); no other thread came along */
+void heapmin_fork_child(void) {
+    pthread_mutex_init(&trim_mu, NULL);
+    pthread_cond_init(&trim_turn, NULL);
+    trim_next = trim_serving = 0;
+}
 
 /* Returns bytes released; *failures counts release calls the OS refused. */
 static size_t trim_all(unsigned *failures) {
@@ -58,13 +99,13 @@ static size_t trim_all(unsigned *failures) {
  * chunks staying mapped under the trim lock), and never waiting for it:
  * the caller may hold its cache's lock, which a trimmer takes. */
 bool heapmin_release_for_retry(void) {
-    if (tm_trylock(&trim_lock) != 0) return false;
+    if (!heapmin_trylock()) return false;
     size_t released = huge_release_cache(NULL);
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++) {
         tm_arena_t *a = __atomic_load_n(&tm_arenas[i], __ATOMIC_ACQUIRE);
         if (a) released += arena_purge(a, false, NULL); /* the caller may be in a section */
     }
-    pthread_mutex_unlock(&trim_lock);
+    heapmin_unlock();
     return released > 0;
 }
 
