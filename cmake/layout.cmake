@@ -55,7 +55,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   tcache_malloc_slow tcache_free_slow tcache_get_slow tcache_create may_make_cache tcache_init tc_key_create
   tcache_settle_locked tcache_destructor tc_first_key_dtor tcache_drain_locked tcache_gc_locked
   tcache_arena xfer_get xfer_put xfer_gc xfer_take xfer_set xfer_count xfer_set_make_locked xfer_flush_out
-  bin_flush block_arena tcache_registry_lock tcache_registry_unlock
+  bin_flush block_arena tcache_registry_lock tcache_registry_unlock tm_ptrs_copy tm_ptrs_move
   tcache_registry_first xfer_fork_prepare xfer_fork_parent xfer_fork_child
   tcache_fork_child tcache_free_large queued_pages rl_push_owner tcache_gc_tick_large tcache_large_reuse
   bin_reset bin_restart bin_cap_start bin_cap_max refill_want slots_release_first slots_purge_grown

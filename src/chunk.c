@@ -891,10 +891,18 @@ static void stash_free_locked(tm_arena_t *a, const struct tm_stashed *out, unsig
     for (unsigned i = 0; i < m; i++) run_free_locked(a, out[i].c, out[i].page, out[i].n);
 }
 
+/* The kept runs move as words with the pointer arrays' copies (internal.h:
+ * not libc's memcpy/memmove), two to an entry (-fno-strict-aliasing). */
+_Static_assert(sizeof(struct tm_stashed) == 2 * sizeof(void *), "a kept run is two words");
+#define STASH_WORDS(p) ((void **)(void *)(p))
+static void stash_copy(struct tm_stashed *dst, const struct tm_stashed *src, unsigned n) {
+    tm_ptrs_copy(STASH_WORDS(dst), (void *const *)(const void *)src, 2 * (size_t)n);
+}
+
 void run_stash_flush_locked(tm_arena_t *a) {
     struct tm_stashed out[TM_STASH_SLOTS];
     unsigned n = a->nstash;
-    for (unsigned i = 0; i < n; i++) out[i] = a->stash[i]; /* loops, not libc: internal.h */
+    stash_copy(out, a->stash, n);
     a->nstash = 0;
     stash_free_locked(a, out, n);
 }
@@ -935,9 +943,9 @@ void run_free_large_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t
         pages -= a->stash[k].n;
     if (k) {
         struct tm_stashed out[TM_STASH_SLOTS];
-        for (unsigned i = 0; i < k; i++) out[i] = a->stash[i];
+        stash_copy(out, a->stash, k);
         a->nstash -= k;
-        for (unsigned i = 0; i < a->nstash; i++) a->stash[i] = a->stash[i + k];
+        tm_ptrs_move(STASH_WORDS(a->stash), STASH_WORDS(a->stash + k), 2 * (size_t)a->nstash);
         /* (a chunk's free and kept pages together stay as they were, so
          * no chunk empties here, c included) */
         stash_free_locked(a, out, k);

@@ -41,18 +41,10 @@
  * (measured 2026-12-07 with ASLR off, `setarch -R`, a program making 100
  * mallocs: 1624 -> 1504 KiB; glibc's malloc 1260). Both loops copy n
  * pointers; tm_ptrs_copy goes forward (the ranges do not overlap, or dst
- * is below src), tm_ptrs_move handles any overlap. CMakeLists.txt keeps
- * GCC from turning them back into calls. */
-TM_INLINE void tm_ptrs_copy(void **dst, void *const *src, size_t n) {
-    for (size_t i = 0; i < n; i++) dst[i] = src[i];
-}
-TM_INLINE void tm_ptrs_move(void **dst, void *const *src, size_t n) {
-    if (dst <= src) {
-        tm_ptrs_copy(dst, src, n);
-        return;
-    }
-    while (n--) dst[n] = src[n];
-}
+ * is below src), tm_ptrs_move handles any overlap (tcache.c). CMakeLists.txt
+ * keeps GCC from turning them back into calls. */
+void tm_ptrs_copy(void **dst, void *const *src, size_t n);
+void tm_ptrs_move(void **dst, void *const *src, size_t n);
 
 #if defined(__SANITIZE_THREAD__)
 #define TM_TSAN 1
