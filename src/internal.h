@@ -32,17 +32,18 @@
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
 /* ---- Copies of the allocator's own pointer arrays ------------------------
- * Bins, transfer caches, flush batches and queues move with these loops,
- * not with libc's memcpy/memmove (kept for the program's data: realloc,
- * _expand). libc's are fast for long copies, but their code sits in libc
- * pages of its own: a program that never calls them -- many small ones,
- * and the loops of bench/throughput.c -- had about 120 KiB more of libc
- * resident under trimalloc, for copies of a few dozen pointers
- * (measured 2026-12-07 with ASLR off, `setarch -R`, a program making 100
- * mallocs: 1624 -> 1504 KiB; glibc's malloc 1260). Both loops copy n
- * pointers; tm_ptrs_copy goes forward (the ranges do not overlap, or dst
- * is below src), tm_ptrs_move handles any overlap (tcache.c). CMakeLists.txt
- * keeps GCC from turning them back into calls. */
+ * Bins, transfer caches, flush batches, queues and the arenas' kept runs
+ * move with these (tcache.c), not with libc's memcpy/memmove (kept for the
+ * program's data: realloc, _expand, calloc). libc's are fast for long
+ * copies, but their code sits in libc pages of its own: a program that
+ * never calls them -- many small ones, and the loops of
+ * bench/throughput.c -- had about 120 KiB more of libc resident under
+ * trimalloc, for copies of a few dozen pointers (measured 2026-12-07 with
+ * ASLR off, `setarch -R`, a program making 100 mallocs: 1624 -> 1508 KiB;
+ * glibc's malloc 1260). Both copy n pointers; tm_ptrs_copy goes forward
+ * (the ranges do not overlap, or dst is below src), tm_ptrs_move handles
+ * any overlap. CMakeLists.txt keeps GCC from turning their loops back into
+ * calls. */
 void tm_ptrs_copy(void **dst, void *const *src, size_t n);
 void tm_ptrs_move(void **dst, void *const *src, size_t n);
 
