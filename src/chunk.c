@@ -892,11 +892,16 @@ static void stash_free_locked(tm_arena_t *a, const struct tm_stashed *out, unsig
 }
 
 /* The kept runs move as words with the pointer arrays' copies (internal.h:
- * not libc's memcpy/memmove), two to an entry (-fno-strict-aliasing). */
-_Static_assert(sizeof(struct tm_stashed) == 2 * sizeof(void *), "a kept run is two words");
+ * not libc's memcpy/memmove), two to an entry on 64-bit targets
+ * (-fno-strict-aliasing); elsewhere an entry at a time. */
+#define STASH_IN_WORDS (sizeof(struct tm_stashed) == 2 * sizeof(void *))
 #define STASH_WORDS(p) ((void **)(void *)(p))
 static void stash_copy(struct tm_stashed *dst, const struct tm_stashed *src, unsigned n) {
-    tm_ptrs_copy(STASH_WORDS(dst), (void *const *)(const void *)src, 2 * (size_t)n);
+    if (STASH_IN_WORDS) {
+        tm_ptrs_copy(STASH_WORDS(dst), (void *const *)(const void *)src, 2 * (size_t)n);
+        return;
+    }
+    for (unsigned i = 0; i < n; i++) dst[i] = src[i];
 }
 
 void run_stash_flush_locked(tm_arena_t *a) {
@@ -945,7 +950,7 @@ void run_free_large_locked(tm_arena_t *a, tm_chunk_t *c, uint32_t page, uint32_t
         struct tm_stashed out[TM_STASH_SLOTS];
         stash_copy(out, a->stash, k);
         a->nstash -= k;
-        tm_ptrs_move(STASH_WORDS(a->stash), STASH_WORDS(a->stash + k), 2 * (size_t)a->nstash);
+        stash_copy(a->stash, a->stash + k, a->nstash); /* forward: dst below src */
         /* (a chunk's free and kept pages together stay as they were, so
          * no chunk empties here, c included) */
         stash_free_locked(a, out, k);
