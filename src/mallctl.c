@@ -141,9 +141,7 @@ static int ctl_answer(const char *name, void *oldp, size_t *oldlenp, void *newp,
         return ctl_read(oldp, oldlenp, &e, sizeof e);
     }
     if (!strcmp(name, "background_thread")) {
-        long cur = 0;
-        TM_API(trimalloc_option_get)("background_thread", &cur);
-        bool old = cur != 0;
+        bool old = TM_OPT_NOW(background_thread) != 0;
         if (newp && newlen != sizeof(bool)) return EINVAL;
         int r = ctl_read(oldp, oldlenp, &old, sizeof old);
         if (r) return r;
