@@ -539,6 +539,7 @@ void tcache_registry_unlock(void);
 tm_tcache_t *tcache_registry_first(void);
 void tcache_fork_child(void);
 void xfer_drain_all(void);                   /* transfer caches -> arenas */
+uint32_t xfer_parked(unsigned ai, unsigned cls, void **out, uint32_t max); /* a copy, for tests */
 void xfer_fork_prepare(void);
 void xfer_fork_parent(void);
 void xfer_fork_child(void);

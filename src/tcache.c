@@ -212,6 +212,19 @@ static uint32_t xfer_get(unsigned ai, unsigned cls, void **blocks, uint32_t n) {
     return got;
 }
 
+/* A copy of up to max of the blocks parked in arena ai's transfer cache of
+ * class cls; how many there are (tests/unit/xfer_arena.c checks that a
+ * batch parks only with the arena that owns its blocks). */
+uint32_t xfer_parked(unsigned ai, unsigned cls, void **out, uint32_t max) {
+    tm_xfer_set_t *set = ai < TM_MAX_ARENAS ? xfer_set(ai) : NULL;
+    if (!set || !cls || cls > TM_NCLASSES) return 0;
+    tm_lock(&set->lock);
+    uint32_t cnt = set->x[cls].count;
+    tm_ptrs_copy(out, set->x[cls].slots, cnt < max ? cnt : max);
+    pthread_mutex_unlock(&set->lock);
+    return cnt;
+}
+
 /* Up to max blocks of class cls out of set and back to their arenas, in
  * batches, each taken under the set's lock and flushed without it: a
  * thread that wants a batch meanwhile waits for one copy, not for the

@@ -255,12 +255,101 @@ static void test_an_arena_without_threads_parks_nothing(void **state) {
     sem_destroy(&s.done);
 }
 
+/* ---- a batch of mixed owners parks each block with its own arena ----
+ * Two producers, each bound to an arena of its own (a holder thread,
+ * started first, shares this thread's), hand this thread a burst each and
+ * stay alive; this thread frees the two bursts mixed in runs of one to
+ * four blocks (its bin also holds blocks of its own arena,
+ * from the refill that a foreign block meeting an empty bin makes). Every
+ * overflow splits the batch by owner (tcache.c, bin_flush), so every block
+ * parked in an arena's transfer cache is that arena's, and each producer
+ * has some parked. */
+typedef struct mixed {
+    void *p[2][BURST];
+    unsigned arena[2];
+    sem_t handed, done;
+    const char *why;
+} mixed_t;
+
+static mixed_t mix;
+
+static void *mix_producer(void *arg) {
+    unsigned i = (unsigned)(uintptr_t)arg;
+    if (i == 2) { /* the holder: shares this thread's arena (the first thread started does) */
+        TM_API(free)(TM_API(malloc)(16));
+        sem_post(&mix.handed);
+        wait_sem(&mix.done);
+        return NULL;
+    }
+    for (unsigned j = 0; j < BURST; j++)
+        if (!(mix.p[i][j] = TM_API(malloc)(BURST_SIZE))) mix.why = "producer: malloc failed";
+    mix.arena[i] = tm_tls.arena;
+    sem_post(&mix.handed);
+    wait_sem(&mix.done); /* alive, so its arena takes parked batches */
+    return NULL;
+}
+
+static void test_a_mixed_batch_parks_each_block_with_its_owner(void **state) {
+    (void)state;
+    const unsigned cls = size_class_of(BURST_SIZE);
+    if (!tm_opt.tcache_scale_pct) skip(); /* no caches, nothing parked */
+    TM_API(free)(TM_API(malloc)(BURST_SIZE)); /* this thread's cache and bin exist */
+    sem_init(&mix.handed, 0, 0);
+    sem_init(&mix.done, 0, 0);
+    pthread_t t[3];
+    for (unsigned i = 3; i-- > 0;) { /* the holder first */
+        assert_int_equal(pthread_create(&t[i], NULL, mix_producer, (void *)(uintptr_t)i), 0);
+        wait_sem(&mix.handed); /* one after the other: each takes the emptiest arena */
+    }
+    if (mix.why) fail_msg("%s", mix.why);
+    unsigned next[2] = {0, 0};
+    uint32_t x = 12345;
+    while (next[0] < BURST || next[1] < BURST) {
+        x = x * 1103515245u + 12345u;
+        unsigned i = (x >> 16) & 1, run = 1 + (x >> 8) % 4;
+        while (run-- && next[i] < BURST) TM_API(free)(mix.p[i][next[i]++]);
+    }
+    static void *parked[4096];
+    uint32_t with[2] = {0, 0};
+    void *stray = NULL; /* a block parked with an arena that does not own it */
+    unsigned stray_in = 0;
+    for (unsigned ai = 0; ai < tm_narenas; ai++) {
+        uint32_t n = xfer_parked(ai, cls, parked, 4096);
+        assert_true(n <= 4096);
+        for (uint32_t j = 0; j < n; j++) {
+            if (owner(parked[j]) != ai && !stray) {
+                stray = parked[j];
+                stray_in = ai;
+            }
+            for (unsigned i = 0; i < 2; i++) with[i] += ai == mix.arena[i];
+        }
+    }
+    for (unsigned i = 0; i < 3; i++) sem_post(&mix.done);
+    for (unsigned i = 0; i < 3; i++) assert_int_equal(pthread_join(t[i], NULL), 0);
+    sem_destroy(&mix.handed);
+    sem_destroy(&mix.done);
+    if (stray)
+        fail_msg("%p, a block of arena %u, is parked with arena %u (producers in %u and %u, this "
+                 "thread in %u)",
+                 stray, owner(stray), stray_in, mix.arena[0], mix.arena[1], tm_tls.arena);
+    if (tm_narenas < 3) skip();
+    if (mix.arena[0] == mix.arena[1] || mix.arena[0] == tm_tls.arena ||
+        mix.arena[1] == tm_tls.arena)
+        fail_msg("the producers (arenas %u, %u) and this thread (%u) do not have an arena each",
+                 mix.arena[0], mix.arena[1], tm_tls.arena);
+    for (unsigned i = 0; i < 2; i++)
+        if (!with[i])
+            fail_msg("none of producer %u's %d blocks was parked with its arena %u", i, BURST,
+                     mix.arena[i]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_small_burst_stays_with_its_arena),
         cmocka_unit_test(test_full_neighbour_is_shared),
         cmocka_unit_test(test_a_consumer_burst_goes_home_through_the_transfer_cache),
         cmocka_unit_test(test_an_arena_without_threads_parks_nothing),
+        cmocka_unit_test(test_a_mixed_batch_parks_each_block_with_its_owner),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
