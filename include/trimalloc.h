@@ -7,9 +7,9 @@
  *   - the drop-in build (libtrimalloc.so / libtrimalloc.a) exports the
  *     standard names: malloc, free, ..., so LD_PRELOAD or linking it first
  *     replaces the system allocator; libtrimalloc_jemalloc.so is the same
- *     plus jemalloc's mallctl and malloc_stats_print (compiled with
- *     -DTRIMALLOC_JEMALLOC_CTL), to preload into programs linked with
- *     jemalloc only (see mallctl below);
+ *     plus jemalloc's mallctl, malloc_stats_print and *allocx calls
+ *     (compiled with -DTRIMALLOC_JEMALLOC_CTL), to preload into programs
+ *     linked with jemalloc only (see mallctl below);
  *   - the prefixed build (compile users with -DTRIMALLOC_PREFIX) exports the
  *     same functions as tm_malloc, tm_free, ..., tm__heapmin, and does not
  *     interpose on anything. Sanitizer builds and side-by-side tests use it.
@@ -194,6 +194,19 @@ void TM_API(trimalloc_options_markdown)(int fd);
 int TM_API(mallctl)(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
 void TM_API(malloc_stats_print)(void (*write_cb)(void *, const char *), void *cbopaque,
                                 const char *opts);
+/* jemalloc's non-standard allocation calls, in the same builds, so that a
+ * program built against jemalloc can free what they return with free()
+ * and the other way round. flags as jemalloc's: bits 0-5 log2 of the
+ * alignment (0: none), 0x40 zeroed memory (in rallocx/xallocx: the bytes
+ * past the old usable size); the tcache and arena bits are ignored. A size
+ * of 0 is taken as 1. docs/api.md has the details. */
+void *TM_API(mallocx)(size_t size, int flags);
+void *TM_API(rallocx)(void *ptr, size_t size, int flags);
+size_t TM_API(xallocx)(void *ptr, size_t size, size_t extra, int flags);
+size_t TM_API(sallocx)(const void *ptr, int flags);
+void TM_API(dallocx)(void *ptr, int flags);
+void TM_API(sdallocx)(void *ptr, size_t size, int flags);
+size_t TM_API(nallocx)(size_t size, int flags);
 #endif
 
 #ifdef __cplusplus

@@ -1,7 +1,7 @@
 /*
- * mallctl.c -- the few jemalloc mallctl() names that steer an allocator, and
- * malloc_stats_print, for programs built against jemalloc that a preload
- * hands to trimalloc. Only in build/libtrimalloc_jemalloc.so (and as
+ * mallctl.c -- the few jemalloc mallctl() names that steer an allocator,
+ * malloc_stats_print, and the *allocx calls (at the end), for programs
+ * built against jemalloc that a preload hands to trimalloc. Only in build/libtrimalloc_jemalloc.so (and as
  * tm_mallctl, tm_malloc_stats_print in the prefixed build), never in
  * libtrimalloc.so: programs that find out whether jemalloc is loaded by
  * looking for a mallctl (MariaDB's guess_malloc_library, weak symbols) and
@@ -211,6 +211,130 @@ TM_EXPORT void TM_API(malloc_stats_print)(void (*write_cb)(void *, const char *)
     stats_sink_t o = {2, write_cb, cbopaque};
     stats_print_to(&o, opts && strchr(opts, 'J') != NULL);
     errno = saved;
+}
+
+/* ---- jemalloc's *allocx calls ---------------------------------------------
+ * A program built against jemalloc may allocate with mallocx and free with
+ * free, or the other way round; under a preload that only replaced malloc
+ * and free, its mallocx reached the jemalloc it links (which the preload
+ * does not unload), and the free of that block here was an invalid pointer
+ * (abort; found 2026-12-07 with a program that calls mallocx, rallocx and
+ * free). So they are trimalloc's too, with jemalloc's flags: the low six
+ * bits are log2 of the alignment (0: none), 0x40 asks for zeroed memory;
+ * the tcache and arena bits are ignored (trimalloc picks both itself).
+ * A size of 0 (undefined in jemalloc) is taken as 1. */
+#define ALLOCX_LG_ALIGN_MASK 0x3f
+#define ALLOCX_ZERO 0x40
+
+/* The alignment flags ask for, 0 for none; SIZE_MAX if it is not one
+ * trimalloc can give (2^63 and up). */
+static size_t allocx_align(int flags) {
+    unsigned lg = (unsigned)flags & ALLOCX_LG_ALIGN_MASK;
+    if (!lg) return 0;
+    return lg < 8 * sizeof(size_t) - 1 ? (size_t)1 << lg : SIZE_MAX;
+}
+
+TM_EXPORT void *TM_API(mallocx)(size_t size, int flags) {
+    size_t align = allocx_align(flags);
+    if (align == SIZE_MAX) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return tm_alloc_aligned(align, size ? size : 1, (flags & ALLOCX_ZERO) != 0);
+}
+
+/* The usable size of p (0 and reported if p is not a live block), with
+ * errno as it was. */
+static size_t allocx_usable(void *p, const char *call) {
+    int saved = errno;
+    size_t n = tm_usable_size(p, call);
+    errno = saved;
+    return n;
+}
+
+/* Zero what p gained past old bytes, if flags ask for it. */
+static void allocx_zero_tail(void *p, size_t old, int flags, const char *call) {
+    if (!(flags & ALLOCX_ZERO)) return;
+    size_t now = allocx_usable(p, call);
+    if (now > old) memset((char *)p + old, 0, now - old);
+}
+
+/* realloc with jemalloc's flags. An alignment realloc would not keep is
+ * kept in place if the block can be resized there, else it is a new block
+ * and a copy. NULL (p untouched, errno ENOMEM) if there is no memory. */
+TM_EXPORT void *TM_API(rallocx)(void *p, size_t size, int flags) {
+    size_t align = allocx_align(flags);
+    if (!size) size = 1;
+    int saved = errno;
+    size_t old = allocx_usable(p, "rallocx");
+    if (!old || align == SIZE_MAX) {
+        errno = old ? ENOMEM : EINVAL;
+        return NULL;
+    }
+    void *q;
+    bool zero_tail = false; /* the kernel's new pages past old (mremap) */
+    if (align <= TM_ALIGN) {
+        q = tm_realloc_impl(p, size, &zero_tail);
+    } else if (!((uintptr_t)p & (align - 1)) && TM_API(_expand)(p, size)) {
+        q = p;
+    } else if ((q = tm_alloc_aligned(align, size, false))) {
+        memcpy(q, p, old < size ? old : size);
+        TM_API(free)(p);
+    }
+    if (!q) return NULL;
+    errno = saved;
+    if (!zero_tail) allocx_zero_tail(q, old, flags, "rallocx");
+    return q;
+}
+
+/* Resize p in place to size + extra bytes if it can, else to size, else
+ * not at all; the usable size it has then. */
+TM_EXPORT size_t TM_API(xallocx)(void *p, size_t size, size_t extra, int flags) {
+    size_t old = allocx_usable(p, "xallocx");
+    if (!old) return 0;
+    size_t align = allocx_align(flags);
+    if (align > TM_ALIGN && ((uintptr_t)p & (align - 1))) return old;
+    if (!size) size = 1;
+    size_t want = size > PTRDIFF_MAX - extra ? PTRDIFF_MAX : size + extra;
+    int saved = errno;
+    if (!TM_API(_expand)(p, want) && want != size) TM_API(_expand)(p, size);
+    errno = saved;
+    allocx_zero_tail(p, old, flags, "xallocx");
+    return allocx_usable(p, "xallocx");
+}
+
+TM_EXPORT size_t TM_API(sallocx)(const void *p, int flags) {
+    (void)flags;
+    return allocx_usable((void *)p, "sallocx");
+}
+
+TM_EXPORT void TM_API(dallocx)(void *p, int flags) {
+    (void)flags;
+    TM_API(free)(p);
+}
+
+TM_EXPORT void TM_API(sdallocx)(void *p, size_t size, int flags) {
+    (void)size;
+    (void)flags;
+    TM_API(free)(p);
+}
+
+/* The usable size mallocx(size, flags) would give, by the rules of
+ * tm_alloc_aligned (alloc.c): a size class where one fits the size and
+ * the alignment, else whole pages. 0 where mallocx would fail for the
+ * size alone. */
+TM_EXPORT size_t TM_API(nallocx)(size_t size, int flags) {
+    size_t align = allocx_align(flags);
+    if (!size) size = 1;
+    if (size > PTRDIFF_MAX || align == SIZE_MAX) return 0;
+    tm_init(); /* the class table */
+    size_t sz = size;
+    if (align > TM_ALIGN && align <= TM_PAGE) sz = (size + align - 1) & ~(align - 1);
+    if (align <= TM_PAGE && sz <= TM_SMALL_MAX) {
+        for (unsigned cls = size_class_of(sz); cls <= TM_NCLASSES; cls++)
+            if (align <= TM_ALIGN || tm_classes[cls].size % align == 0) return tm_classes[cls].size;
+    }
+    return (size + TM_PAGE_MASK) & ~TM_PAGE_MASK;
 }
 
 #endif /* TRIMALLOC_PREFIX || TRIMALLOC_JEMALLOC_CTL */

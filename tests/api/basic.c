@@ -318,7 +318,9 @@ static void test_dropin_is_not_jemalloc(void **state)
     /* Programs learn whether jemalloc is loaded by looking for mallctl
      * (MariaDB's guess_malloc_library, weak references), then trust its
      * answers: only build/libtrimalloc_jemalloc.so may export it. */
-    static const char *const names[] = {"mallctl", "malloc_stats_print", "mallocx", "nallocx"};
+    static const char *const names[] = {"mallctl", "malloc_stats_print", "mallocx", "rallocx",
+                                        "xallocx",  "sallocx",            "dallocx", "sdallocx",
+                                        "nallocx"};
     for (size_t i = 0; i < TU_ARRAY_LEN(names); i++)
         if (dlsym(RTLD_DEFAULT, names[i]))
             fail_msg("libtrimalloc.so exports %s", names[i]);
