@@ -1249,6 +1249,7 @@ static tm_chunk_t *chunk_make(tm_arena_t *a, void *mem, bool reused) {
     if (c) {
         c->base = (uintptr_t)mem;
         c->arena = a;
+        c->thp = thp != 0;
         if (pagemap_set(c->base, (uintptr_t)c | 1) == 0) return c;
         meta_free(c, sizeof *c);
     }
@@ -1443,7 +1444,11 @@ size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures) {
     tm_chunk_t *c = NULL;
     uint32_t from = 0;
     for (int round = 0; round < 1 << 16; round++) {
-        struct { tm_chunk_t *c; uint32_t page, n; } runs[PURGE_BATCH];
+        struct {
+            tm_chunk_t *c;
+            uint32_t page, n; /* the run out of the index */
+            uint32_t lo, hi, r; /* purge [lo, hi), which holds its r resident pages */
+        } runs[PURGE_BATCH];
         tm_chunk_t *empty[PURGE_BATCH];
         int nruns = 0, nempty = 0;
         arena_lock(a);
@@ -1469,12 +1474,22 @@ size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures) {
                 tm_assert(n >= 1);
                 if (p >= from && h->kind == PAGE_FREE && h->dirty) {
                     runs_index_remove_locked(a, h);
-                    resident_sub_locked(a, chunk_resident_count(c, p, n));
+                    uint32_t r = chunk_resident_count(c, p, n), lo = p, hi = p;
+                    resident_sub_locked(a, r);
+                    /* only the pages that may be resident (a run freed next
+                     * to a purged one is dirty as a whole); the whole run
+                     * where the kernel may back it with huge pages, which
+                     * hold pages trimalloc never touched */
+                    if (r && c->thp) hi = p + n;
+                    else if (r) resident_span(c, p, n, &lo, &hi);
                     page_set_kind(h, PAGE_UNUSED);
                     page_set_kind(&c->pages[p + n - 1], PAGE_UNUSED);
                     runs[nruns].c = c;
                     runs[nruns].page = p;
                     runs[nruns].n = n;
+                    runs[nruns].lo = lo;
+                    runs[nruns].hi = hi;
+                    runs[nruns].r = r;
                     nruns++;
                 }
                 p += n;
@@ -1501,18 +1516,26 @@ size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures) {
             if (chunk_destroy(empty[i])) released += TM_CHUNK;
             else empty[kept++] = empty[i];
         }
-        bool purged[PURGE_BATCH];
+        /* a run with no resident page needs no call: it is clean as it is */
+        bool purged[PURGE_BATCH], done[PURGE_BATCH];
         os_range_t ranges[PURGE_BATCH];
+        unsigned nranges = 0;
         for (int i = 0; i < nruns; i++) {
-            ranges[i].base = (void *)chunk_page_addr(runs[i].c, runs[i].page);
-            ranges[i].len = (size_t)runs[i].n << TM_PAGE_SHIFT;
+            if (runs[i].lo == runs[i].hi) continue;
+            ranges[nranges].base = (void *)chunk_page_addr(runs[i].c, runs[i].lo);
+            ranges[nranges++].len = (size_t)(runs[i].hi - runs[i].lo) << TM_PAGE_SHIFT;
         }
-        size_t bytes = os_purge_ranges(ranges, (unsigned)nruns, purged);
+        os_purge_ranges(ranges, nranges, done);
+        size_t bytes = 0; /* the resident pages given back: the span's others were not */
+        for (int i = 0, k = 0; i < nruns; i++) {
+            purged[i] = runs[i].lo == runs[i].hi || done[k++];
+            if (purged[i]) bytes += (size_t)runs[i].r << TM_PAGE_SHIFT;
+        }
         released += bytes;
         stats_add_released(bytes);
         os_batch_t desc = {.n = 0, .released = 0}; /* metadata: not counted */
         for (int i = 0; i < nruns; i++)
-            if (purged[i]) run_purge_descriptor(&desc, runs[i].c, runs[i].page, runs[i].n);
+            if (purged[i] && runs[i].r) run_purge_descriptor(&desc, runs[i].c, runs[i].page, runs[i].n);
         os_batch_flush(&desc);
         unsigned failed = (unsigned)kept;
         for (int i = 0; i < nruns; i++) failed += !purged[i];
@@ -1523,7 +1546,7 @@ size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures) {
             /* a run the kernel would not purge keeps its dirty bytes */
             for (int i = 0; i < nruns; i++) {
                 chunk_resident_set(runs[i].c, runs[i].page, runs[i].n, !purged[i]);
-                if (!purged[i]) resident_add_locked(a, runs[i].n);
+                if (!purged[i]) resident_add_locked(a, runs[i].n); /* each page may hold data */
                 run_insert_free_locked(a, runs[i].c, runs[i].page, runs[i].n, purged[i],
                                        !purged[i]);
             }

@@ -172,6 +172,8 @@ typedef struct tm_chunk {
                                        the pool was last given back */
     uint32_t slab_busy;             /* bit j: pool page j is being given back,
                                        no slot on it is handed out */
+    bool thp;                       /* mapped with the thp option on: the kernel may
+                                       back it with 2 MiB pages (chunk.c, purge) */
     uint64_t resident[TM_CHUNK_PAGES / 64]; /* bit p: free page p may be resident
                                        (chunk.c) */
     uint64_t slab_used[TM_CHUNK_PAGES / 64]; /* bit s: slot s holds a slab */
