@@ -100,9 +100,10 @@ static bool owner_busy_spin(tm_tls_t *t, unsigned spins) {
 }
 
 /* The trimmer's buffer for one cache's blocks (tcache_take_locked), made
- * on first use and kept; its users hold the trim lock. */
+ * on first use and kept; its users hold the trim lock. Its pages go back
+ * after each trim; take_faulted counts the slots faulted in since. */
 static void **take_buf;
-static size_t take_cap;
+static size_t take_cap, take_faulted;
 
 static bool take_buf_ready(void) {
     size_t need = tcache_slots_max();
@@ -111,11 +112,22 @@ static bool take_buf_ready(void) {
         take_buf = meta_alloc(need * sizeof(void *));
         take_cap = take_buf ? need : 0;
     }
-    /* Its pages went back after the last trim: fault them in now, before
-     * any cache's lock is taken, not during the copies its owner waits for. */
-    for (size_t i = 0; i < take_cap; i += TM_PAGE / sizeof(void *))
-        __atomic_store_n(&take_buf[i], NULL, __ATOMIC_RELAXED);
+    take_faulted = 0;
     return take_buf != NULL;
+}
+
+/* Fault in the buffer's pages for its first `slots` slots, before a
+ * cache's lock is taken, not during the copies its owner waits for. Only
+ * as many as the caches of a group hold: until 2026-12-07 the whole buffer
+ * (80 KiB) at every trim, 20 page faults and a madvise for a process whose
+ * caches were empty (an outside tester, by strace). */
+static void take_buf_fault(size_t slots) {
+    const size_t per_page = TM_PAGE / sizeof(void *);
+    if (slots > take_cap) slots = take_cap;
+    for (size_t i = take_faulted; i < slots; i += per_page) __atomic_store_n(&take_buf[i], NULL, __ATOMIC_RELAXED);
+    if (slots <= take_faulted) return;
+    take_faulted = (slots + per_page - 1) / per_page * per_page;
+    if (take_faulted > take_cap) take_faulted = take_cap;
 }
 
 /* Empty the owner's bins and unlock tc->mu; with a buffer, the blocks are
@@ -205,14 +217,18 @@ static uint64_t drain_where(bool (*pick)(tm_tcache_t *, uint64_t), uint64_t now,
     tm_tcache_t *aside[GROUP_CACHES], *group[GROUP_CACHES];
     tcache_registry_lock();
     for (tm_tcache_t *tc = tcache_registry_first(); tc != NULL;) {
-        size_t blocks = 0;
+        size_t blocks = 0, most = 0;
         unsigned stopped = 0;
         for (unsigned n = 0; tc && n < GROUP_CACHES && blocks < GROUP_BLOCKS; n++, tc = tc->next)
             if (!pick || pick(tc, now)) {
-                blocks += stop_one(tc);
+                size_t k = stop_one(tc);
+                blocks += k;
+                most = k > most ? k : most;
                 group[stopped++] = tc;
             }
         if (!stopped) continue; /* nothing to wait for: no barrier */
+        /* an owner still on its fast path may push one block more */
+        if (buffered && most) take_buf_fault(most + 1);
         if (barrier_ok) barrier_ok = os_heavy_barrier() == 0 || TM_TSAN;
         if (!barrier_ok) continue; /* the group's owners drain their own caches */
         unsigned naside = 0;
@@ -260,7 +276,7 @@ uint64_t world_drain_all_caches(void) {
     uint64_t max_hold = drain_where(NULL, 0, buffered, &drained);
     xfer_drain_all();
     /* the buffer is only ours (trim lock): its pages go back until next time */
-    if (buffered) os_purge_inside(take_buf, take_buf + take_cap); /* metadata: not counted */
+    if (buffered && take_faulted) os_purge_inside(take_buf, take_buf + take_faulted); /* metadata: not counted */
     return max_hold;
 }
 
