@@ -519,7 +519,13 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
         ranges[i].base = (void *)chunk_page_addr(runs[i].c, runs[i].lo);
         ranges[i].len = (size_t)(runs[i].hi - runs[i].lo) << TM_PAGE_SHIFT;
     }
-    stats_add_released(os_purge_ranges(ranges, (unsigned)nruns, purged));
+    os_purge_ranges(ranges, (unsigned)nruns, purged);
+    /* the resident pages given back, as arena_purge counts them: the span
+     * may hold pages that were not (until 2026-12-07 they counted too) */
+    size_t bytes = 0;
+    for (int i = 0; i < nruns; i++)
+        if (purged[i]) bytes += (size_t)runs[i].r << TM_PAGE_SHIFT;
+    stats_add_released(bytes);
     arena_lock(a);
     arena_dropped_leave(a);
     for (int i = 0; i < nruns; i++) {
@@ -1479,7 +1485,8 @@ size_t arena_purge(tm_arena_t *a, bool settle, unsigned *failures) {
                     /* only the pages that may be resident (a run freed next
                      * to a purged one is dirty as a whole); the whole run
                      * where the kernel may back it with huge pages, which
-                     * hold pages trimalloc never touched */
+                     * hold pages trimalloc never touched (counted as
+                     * released are still the r pages: a lower bound there) */
                     if (r && c->thp) hi = p + n;
                     else if (r) resident_span(c, p, n, &lo, &hi);
                     page_set_kind(h, PAGE_UNUSED);

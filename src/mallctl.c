@@ -287,17 +287,27 @@ TM_EXPORT void *TM_API(rallocx)(void *p, size_t size, int flags) {
     return q;
 }
 
-/* Resize p in place to size + extra bytes if it can, else to size, else
- * not at all; the usable size it has then. */
+/* Resize p in place, as jemalloc does: to at least size bytes, and up to
+ * size + extra if it can (extra past what any block can have counts as
+ * "as much as possible"); a block that holds between size and size +
+ * extra bytes is never shrunk, one larger than size + extra is shrunk to
+ * that. Returns the usable size p has then. (The first version, 2026-12-07,
+ * shrank a block already big enough to size when it could not grow, and
+ * let size + extra wrap around: a reviewer, against real jemalloc.) */
 TM_EXPORT size_t TM_API(xallocx)(void *p, size_t size, size_t extra, int flags) {
     size_t old = allocx_usable(p, "xallocx");
     if (!old) return 0;
     size_t align = allocx_align(flags);
     if (align > TM_ALIGN && ((uintptr_t)p & (align - 1))) return old;
     if (!size) size = 1;
-    size_t want = size > PTRDIFF_MAX - extra ? PTRDIFF_MAX : size + extra;
+    if (size > PTRDIFF_MAX) return old;
+    size_t want = extra > PTRDIFF_MAX - size ? PTRDIFF_MAX : size + extra;
     int saved = errno;
-    if (!TM_API(_expand)(p, want) && want != size) TM_API(_expand)(p, size);
+    if (old > want) {
+        TM_API(_expand)(p, want); /* a shrink: in place, or the block as it is */
+    } else if (old < want && !TM_API(_expand)(p, want) && old < size) {
+        TM_API(_expand)(p, size);
+    }
     errno = saved;
     allocx_zero_tail(p, old, flags, "xallocx");
     return allocx_usable(p, "xallocx");
@@ -319,14 +329,16 @@ TM_EXPORT void TM_API(sdallocx)(void *p, size_t size, int flags) {
     TM_API(free)(p);
 }
 
-/* The usable size mallocx(size, flags) would give, by the rules of
+/* The usable size mallocx(size, flags) gives, by the rules of
  * tm_alloc_aligned (alloc.c): a size class where one fits the size and
- * the alignment, else whole pages. 0 where mallocx would fail for the
- * size alone. */
+ * the alignment, else whole pages; 0 where no block can have that size
+ * or alignment (whole pages past PTRDIFF_MAX, an alignment of 2^63 or
+ * more). A block can hold more (sallocx): a huge one that reuses a freed
+ * mapping keeps the mapping's tail, up to its own size again (huge.c). */
 TM_EXPORT size_t TM_API(nallocx)(size_t size, int flags) {
     size_t align = allocx_align(flags);
     if (!size) size = 1;
-    if (size > PTRDIFF_MAX || align == SIZE_MAX) return 0;
+    if (size > (size_t)PTRDIFF_MAX - TM_PAGE_MASK || align == SIZE_MAX) return 0;
     tm_init(); /* the class table */
     size_t sz = size;
     if (align > TM_ALIGN && align <= TM_PAGE) sz = (size + align - 1) & ~(align - 1);

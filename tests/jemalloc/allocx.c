@@ -159,6 +159,17 @@ static void test_xallocx(void **state) {
         fail_msg("xallocx to at least 30000 bytes gave %zu (from %zu)", after, before);
     assert_all(l, 0, before, 9);
     assert_all(l, before, after, 0);
+    /* a block that holds between size and size + extra bytes stays as it
+     * is when it cannot grow (jemalloc's rule), whatever the extra */
+    unsigned char *held = TM_API(mallocx)(65536, 0); /* after l: nothing to grow into */
+    assert_non_null(held);
+    size_t have = TM_API(sallocx)(l, 0);
+    if (held == l + have) {
+        assert_int_equal(TM_API(xallocx)(l, have / 2, 1 << 20, 0), have);
+        assert_int_equal(TM_API(xallocx)(l, have - 1, SIZE_MAX, 0), have);
+        assert_int_equal(TM_API(xallocx)(l, (size_t)1 << 63, (size_t)1 << 63, 0), have);
+    }
+    TM_API(free)(held);
     /* shrinking in place */
     size_t small = TM_API(xallocx)(l, 12000, 0, 0);
     assert_true(small >= 12000 && small <= after);
@@ -193,6 +204,17 @@ static void test_failures(void **state) {
     size_t n = TM_API(xallocx)(q, SIZE_MAX, SIZE_MAX, 0); /* cannot: unchanged */
     assert_int_equal(n, TM_API(sallocx)(q, 0));
     assert_int_equal(errno, 1234);
+    assert_int_equal(TM_API(nallocx)(PTRDIFF_MAX, 0), 0); /* whole pages past PTRDIFF_MAX */
+    /* a huge block that reuses a larger freed mapping may hold more than
+     * nallocx says, never less */
+    void *big = TM_API(mallocx)(8 << 20, 0);
+    assert_non_null(big);
+    TM_API(free)(big);
+    void *reuse = TM_API(mallocx)(5 << 20, 0);
+    assert_non_null(reuse);
+    assert_true(TM_API(sallocx)(reuse, 0) >= TM_API(nallocx)(5 << 20, 0));
+    assert_true(TM_API(nallocx)(5 << 20, 0) >= (5 << 20));
+    TM_API(free)(reuse);
     /* size 0 is taken as 1 */
     void *z = TM_API(mallocx)(0, 0);
     assert_non_null(z);
