@@ -1,8 +1,9 @@
 /*
  * mallctl.c -- the few jemalloc mallctl() names that steer an allocator,
  * malloc_stats_print, and the *allocx calls (at the end), for programs
- * built against jemalloc that a preload hands to trimalloc. Only in build/libtrimalloc_jemalloc.so (and as
- * tm_mallctl, tm_malloc_stats_print in the prefixed build), never in
+ * built against jemalloc that a preload hands to trimalloc. Only in
+ * build/libtrimalloc_jemalloc.so (and as tm_mallctl, tm_malloc_stats_print,
+ * tm_mallocx, ... in the prefixed build), never in
  * libtrimalloc.so: programs that find out whether jemalloc is loaded by
  * looking for a mallctl (MariaDB's guess_malloc_library, weak symbols) and
  * then trust what it answers would take plain trimalloc for jemalloc (a
