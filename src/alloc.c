@@ -306,6 +306,20 @@ size_t tm_usable_size(void *p, const char *caller) {
     return 0;
 }
 
+/* The size class for size bytes aligned to align (a power of two up to a
+ * page), 0 if none: the smallest class that holds size rounded up to
+ * align and whose size is a multiple of align, so every block of it is
+ * aligned (class sizes are multiples of 16). The class table must be
+ * filled (tm_init). */
+unsigned tm_class_aligned(size_t size, size_t align) {
+    size_t sz = (size + align - 1) & ~(align - 1);
+    if (sz == 0) sz = align;
+    if (sz > TM_SMALL_MAX) return 0;
+    unsigned cls = size_class_of(sz);
+    while (cls <= TM_NCLASSES && tm_classes[cls].size % align) cls++;
+    return cls <= TM_NCLASSES ? cls : 0;
+}
+
 void *tm_alloc_aligned(size_t align, size_t size, bool zero) {
     if (align <= TM_ALIGN) {
         if (zero) return TM_API(calloc)(1, size);
@@ -316,19 +330,12 @@ void *tm_alloc_aligned(size_t align, size_t size, bool zero) {
         return NULL;
     }
     tm_init(); /* the class table must be filled before it is searched */
-    if (align <= TM_PAGE) {
-        size_t sz = (size + align - 1) & ~(align - 1);
-        if (sz == 0) sz = align;
-        if (sz <= TM_SMALL_MAX) {
-            unsigned cls = size_class_of(sz);
-            while (cls <= TM_NCLASSES && tm_classes[cls].size % align) cls++;
-            if (cls <= TM_NCLASSES) {
-                void *p = small_alloc(sz, cls);
-                if (!p) return NULL;
-                if (zero) memset(p, 0, tm_classes[cls].size); /* the whole block, as calloc */
-                return p;
-            }
-        }
+    unsigned cls = align <= TM_PAGE ? tm_class_aligned(size, align) : 0;
+    if (cls) {
+        void *p = small_alloc(tm_classes[cls].size, cls);
+        if (!p) return NULL;
+        if (zero) memset(p, 0, tm_classes[cls].size); /* the whole block, as calloc */
+        return p;
     }
     /* a run of the pages asked for, however few: until 2026-12-06 at
      * least TM_SMALL_MAX + 1 bytes (3 pages), so posix_memalign(&p, 8192,

@@ -550,6 +550,7 @@ tm_arena_t *tcache_arena(void);              /* the calling thread's arena */
 void *tm_malloc_impl(size_t size);
 void tm_free_impl(void *p);
 void *tm_alloc_aligned(size_t align, size_t size, bool zero);
+unsigned tm_class_aligned(size_t size, size_t align); /* alloc.c; 0: no class */
 size_t tm_usable_size(void *p, const char *caller); /* aborts on bad pointer */
 void *tm_realloc_impl(void *p, size_t size, bool *tail_zero); /* tail_zero may be NULL */
 void tm_cxx_init(void);                      /* decide the C++ operators' mode (drop-in build) */

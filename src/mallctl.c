@@ -341,13 +341,8 @@ TM_EXPORT size_t TM_API(nallocx)(size_t size, int flags) {
     if (!size) size = 1;
     if (size > (size_t)PTRDIFF_MAX - TM_PAGE_MASK || align == SIZE_MAX) return 0;
     tm_init(); /* the class table */
-    size_t sz = size;
-    if (align > TM_ALIGN && align <= TM_PAGE) sz = (size + align - 1) & ~(align - 1);
-    if (align <= TM_PAGE && sz <= TM_SMALL_MAX) {
-        for (unsigned cls = size_class_of(sz); cls <= TM_NCLASSES; cls++)
-            if (align <= TM_ALIGN || tm_classes[cls].size % align == 0) return tm_classes[cls].size;
-    }
-    return (size + TM_PAGE_MASK) & ~TM_PAGE_MASK;
+    unsigned cls = align <= TM_PAGE ? tm_class_aligned(size, align > TM_ALIGN ? align : TM_ALIGN) : 0;
+    return cls ? tm_classes[cls].size : (size + TM_PAGE_MASK) & ~TM_PAGE_MASK;
 }
 
 #endif /* TRIMALLOC_PREFIX || TRIMALLOC_JEMALLOC_CTL */
