@@ -192,6 +192,13 @@ void TM_API(trimalloc_options_markdown)(int fd);
  * declarations defines TRIMALLOC_JEMALLOC_CTL first. */
 #if defined(TRIMALLOC_PREFIX) || defined(TRIMALLOC_JEMALLOC_CTL)
 int TM_API(mallctl)(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
+/* The same names by number, as jemalloc's pair: mallctlnametomib looks a
+ * name up into *miblenp numbers at mibp (fewer if *miblenp is smaller: a
+ * partial MIB), mallctlbymib reads or writes by them. MIBs of names
+ * answered elsewhere come from and go to the program's jemalloc. */
+int TM_API(mallctlnametomib)(const char *name, size_t *mibp, size_t *miblenp);
+int TM_API(mallctlbymib)(const size_t *mib, size_t miblen, void *oldp, size_t *oldlenp, void *newp,
+                         size_t newlen);
 void TM_API(malloc_stats_print)(void (*write_cb)(void *, const char *), void *cbopaque,
                                 const char *opts);
 /* jemalloc's non-standard allocation calls, in the same builds, so that a

@@ -37,7 +37,8 @@
  * that asserts on names such as arenas.nbins keeps working. With no other
  * mallctl, ENOENT, except "version": "0.0.0-0-trimalloc". The prefixed
  * build never forwards. arena.4097.purge (the destroyed arenas) does
- * nothing.
+ * nothing. mallctlnametomib and mallctlbymib give the same names by
+ * number (below).
  */
 #include "internal.h"
 
@@ -45,6 +46,7 @@
 
 #include <dlfcn.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 
 typedef int (*mallctl_fn)(const char *, void *, size_t *, void *, size_t);
@@ -59,21 +61,27 @@ static const char ctl_version[] = "0.0.0-0-trimalloc";
 
 static uint64_t ctl_epoch = 1;
 
-/* The mallctl after ours in the lookup order, looked up once (dlsym may
- * allocate: it runs here, never during initialisation; a failed lookup
- * sets dlerror, so it is not repeated). */
-static mallctl_fn next_mallctl(void) {
+/* The definition of `name` after ours in the lookup order, looked up once
+ * into *slot (dlsym may allocate: it runs here, never during
+ * initialisation; a failed lookup sets dlerror, so it is not repeated).
+ * *looked says the lookup was made. The prefixed build has none. */
+static void *next_fn(const char *name, void **slot, int *looked) {
 #ifdef TRIMALLOC_PREFIX
+    (void)name, (void)slot, (void)looked;
     return NULL;
 #else
-    static mallctl_fn next;
-    static int looked;
-    if (!__atomic_load_n(&looked, __ATOMIC_ACQUIRE)) {
-        __atomic_store_n(&next, (mallctl_fn)dlsym(RTLD_NEXT, "mallctl"), __ATOMIC_RELAXED);
-        __atomic_store_n(&looked, 1, __ATOMIC_RELEASE);
+    if (!__atomic_load_n(looked, __ATOMIC_ACQUIRE)) {
+        __atomic_store_n(slot, dlsym(RTLD_NEXT, name), __ATOMIC_RELAXED);
+        __atomic_store_n(looked, 1, __ATOMIC_RELEASE);
     }
-    return __atomic_load_n(&next, __ATOMIC_RELAXED);
+    return __atomic_load_n(slot, __ATOMIC_RELAXED);
 #endif
+}
+
+static mallctl_fn next_mallctl(void) {
+    static void *next;
+    static int looked;
+    return (mallctl_fn)next_fn("mallctl", &next, &looked);
 }
 
 /* jemalloc's rules. A read stores the value in *oldp when *oldlenp is its
@@ -198,6 +206,144 @@ TM_EXPORT int TM_API(mallctl)(const char *name, void *oldp, size_t *oldlenp, voi
             r = ENOENT;
         }
     }
+    errno = saved;
+    return r;
+}
+
+/* ---- mallctlnametomib and mallctlbymib ------------------------------------
+ * jemalloc's "management information base": a name looked up once into an
+ * array of numbers (a MIB), then read or written many times by number.
+ * Until 2026-12-07 a program linked with jemalloc that used the pair under
+ * this preload reached its own jemalloc and read that allocator's unused
+ * state. Each name mallctl answers here now gets a MIB of ours: one number
+ * per part of the name, the index of the word in ctl_words[] or, where
+ * ctl_names[] has '#', the number itself; the first plus CTL_MIB_TAG, which
+ * no jemalloc MIB starts with (jemalloc's first number indexes the top of
+ * its tree, a few dozen names). mallctlbymib spells such a MIB back into
+ * its name and asks mallctl; every other MIB, like every other name, goes
+ * to the next pair in the process (the program's jemalloc), else ENOENT.
+ * As in jemalloc, a *miblenp shorter than the name gives a partial MIB that
+ * the program completes itself (by mallctlbymib it is no name: ENOENT). */
+#define CTL_MIB_TAG ((size_t)0x746d0000u) /* "tm", in the low 32 bits */
+#define CTL_MIB_PARTS 3                    /* the most parts a name of ours has */
+
+static const char *const ctl_words[] = {
+    "epoch", "background_thread", "arenas",    "narenas",   "arena",    "purge",
+    "decay", "thread",            "tcache",    "flush",     "stats",    "allocated",
+    "active", "resident",         "metadata",  "mapped",    "retained", "version",
+};
+#define CTL_NWORDS (sizeof ctl_words / sizeof ctl_words[0])
+
+/* The names ctl_answer (and, with no other mallctl, "version") answers;
+ * '#' is a decimal number (an arena index). */
+static const char *const ctl_names[] = {
+    "epoch",           "background_thread", "arenas.narenas", "arena.#.purge",  "arena.#.decay",
+    "thread.tcache.flush", "stats.allocated", "stats.active", "stats.resident", "stats.metadata",
+    "stats.mapped",    "stats.retained",    "version",
+};
+#define CTL_NNAMES (sizeof ctl_names / sizeof ctl_names[0])
+
+typedef int (*nametomib_fn)(const char *, size_t *, size_t *);
+typedef int (*bymib_fn)(const size_t *, size_t, void *, size_t *, void *, size_t);
+
+/* The index in ctl_words[] of the len bytes at s, -1 if none. */
+static int ctl_word(const char *s, size_t len) {
+    for (unsigned w = 0; w < CTL_NWORDS; w++)
+        if (strlen(ctl_words[w]) == len && !memcmp(ctl_words[w], s, len)) return (int)w;
+    return -1;
+}
+
+/* Split name into at most CTL_MIB_PARTS numbers (words' indices, or the
+ * number where pattern has '#') if it matches pattern; how many, 0 if it
+ * does not match. */
+static size_t ctl_name_to_mib(const char *pattern, const char *name, size_t mib[CTL_MIB_PARTS]) {
+    size_t n = 0;
+    for (;;) {
+        size_t plen = strcspn(pattern, "."), nlen = strcspn(name, ".");
+        if (n == CTL_MIB_PARTS || nlen == 0) return 0;
+        if (plen == 1 && *pattern == '#') { /* 1 to 9 digits, as is_arena_purge */
+            size_t v = 0;
+            if (nlen > 9) return 0;
+            for (size_t i = 0; i < nlen; i++) {
+                if (name[i] < '0' || name[i] > '9') return 0;
+                v = v * 10 + (size_t)(name[i] - '0');
+            }
+            mib[n++] = v;
+        } else {
+            if (plen != nlen || memcmp(pattern, name, nlen)) return 0;
+            mib[n++] = (size_t)ctl_word(name, nlen);
+        }
+        pattern += plen;
+        name += nlen;
+        if (!*pattern || !*name) return *pattern || *name ? 0 : n;
+        pattern++, name++;
+    }
+}
+
+/* Spell mib (miblen numbers, the first tagged) as the name of ours it
+ * stands for into buf; false if it stands for none. */
+static bool ctl_mib_to_name(const size_t *mib, size_t miblen, char *buf, size_t size) {
+    if (!miblen || miblen > CTL_MIB_PARTS) return false;
+    for (unsigned t = 0; t < CTL_NNAMES; t++) {
+        const char *pattern = ctl_names[t];
+        size_t at = 0, i = 0;
+        for (; i < miblen && *pattern; i++) {
+            size_t plen = strcspn(pattern, "."), v = i ? mib[i] : mib[i] - CTL_MIB_TAG;
+            char part[24];
+            if (plen == 1 && *pattern == '#') {
+                if (v > 999999999) break; /* more digits than an index of ours */
+                snprintf(part, sizeof part, "%zu", v);
+            } else if (v < CTL_NWORDS && strlen(ctl_words[v]) == plen &&
+                       !memcmp(ctl_words[v], pattern, plen)) {
+                snprintf(part, sizeof part, "%s", ctl_words[v]);
+            } else {
+                break;
+            }
+            int w = snprintf(buf + at, size - at, "%s%s", i ? "." : "", part);
+            if (w < 0 || (size_t)w >= size - at) return false;
+            at += (size_t)w;
+            pattern += plen;
+            if (*pattern) pattern++;
+        }
+        if (i == miblen && !*pattern) return true;
+    }
+    return false;
+}
+
+TM_EXPORT int TM_API(mallctlnametomib)(const char *name, size_t *mibp, size_t *miblenp) {
+    static void *next;
+    static int looked;
+    if (!name || !mibp || !miblenp) return EINVAL;
+    int saved = errno, r = ENOENT;
+    size_t mib[CTL_MIB_PARTS], n = 0;
+    for (unsigned t = 0; t < CTL_NNAMES && !n; t++) n = ctl_name_to_mib(ctl_names[t], name, mib);
+    nametomib_fn other = (nametomib_fn)next_fn("mallctlnametomib", &next, &looked);
+    if (n && !(other && next_mallctl() && !strcmp(name, "version"))) {
+        mib[0] += CTL_MIB_TAG;
+        if (*miblenp < n) n = *miblenp;
+        memcpy(mibp, mib, n * sizeof *mib);
+        *miblenp = n;
+        r = 0;
+    } else if (other) {
+        r = other(name, mibp, miblenp);
+    }
+    errno = saved;
+    return r;
+}
+
+TM_EXPORT int TM_API(mallctlbymib)(const size_t *mib, size_t miblen, void *oldp, size_t *oldlenp,
+                                   void *newp, size_t newlen) {
+    static void *next;
+    static int looked;
+    if (!mib) return EINVAL;
+    if (miblen && (mib[0] & ~(size_t)0xff) == CTL_MIB_TAG) {
+        char name[64];
+        if (!ctl_mib_to_name(mib, miblen, name, sizeof name)) return ENOENT;
+        return TM_API(mallctl)(name, oldp, oldlenp, newp, newlen);
+    }
+    int saved = errno, r = ENOENT;
+    bymib_fn other = (bymib_fn)next_fn("mallctlbymib", &next, &looked);
+    if (other) r = other(mib, miblen, oldp, oldlenp, newp, newlen);
     errno = saved;
     return r;
 }

@@ -320,7 +320,7 @@ static void test_dropin_is_not_jemalloc(void **state)
      * answers: only build/libtrimalloc_jemalloc.so may export it. */
     static const char *const names[] = {"mallctl", "malloc_stats_print", "mallocx", "rallocx",
                                         "xallocx",  "sallocx",            "dallocx", "sdallocx",
-                                        "nallocx"};
+                                        "nallocx", "mallctlnametomib", "mallctlbymib"};
     for (size_t i = 0; i < TU_ARRAY_LEN(names); i++)
         if (dlsym(RTLD_DEFAULT, names[i]))
             fail_msg("libtrimalloc.so exports %s", names[i]);

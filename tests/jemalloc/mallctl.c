@@ -326,6 +326,138 @@ static void test_malloc_stats_print(void **state)
     TM_API(free)(held);
 }
 
+/* mallctlnametomib/mallctlbymib with errno preset, which must come back unchanged */
+static int name_to_mib(const char *name, size_t *mib, size_t *len)
+{
+    errno = ERRNO_SENTINEL;
+    int r = TM_API(mallctlnametomib)(name, mib, len);
+    if (errno != ERRNO_SENTINEL)
+        fail_msg("mallctlnametomib(\"%s\") changed errno to %d", name ? name : "(null)", errno);
+    return r;
+}
+
+static int by_mib(const size_t *mib, size_t len, void *oldp, size_t *oldlenp, void *newp, size_t newlen)
+{
+    errno = ERRNO_SENTINEL;
+    int r = TM_API(mallctlbymib)(mib, len, oldp, oldlenp, newp, newlen);
+    if (errno != ERRNO_SENTINEL)
+        fail_msg("mallctlbymib changed errno to %d", errno);
+    return r;
+}
+
+/* The same names by number (jemalloc's MIB pair): each MIB reaches the
+ * allocator that answers the name, trimalloc's names here, the others the
+ * next jemalloc (api_mallctl_next's stand-in). */
+static void test_mib(void **state)
+{
+    (void)state;
+    size_t mib[8], len = 8;
+    /* stats.allocated by number follows a block the program holds */
+    assert_int_equal(name_to_mib("stats.allocated", mib, &len), 0);
+    assert_int_equal(len, 2);
+    size_t before = 0, held = 0, vlen = sizeof before;
+    assert_int_equal(by_mib(mib, len, &before, &vlen, NULL, 0), 0);
+    void *p = TM_API(malloc)(8 * TU_MIB);
+    assert_non_null(p);
+    memset(p, 1, 8 * TU_MIB);
+    vlen = sizeof held;
+    assert_int_equal(by_mib(mib, len, &held, &vlen, NULL, 0), 0);
+    TM_API(free)(p);
+    if (held < before + 8 * TU_MIB)
+        fail_msg("stats.allocated by MIB %zu -> %zu holding 8 MiB", before, held);
+    /* one MIB per name: stats.active differs from stats.allocated */
+    size_t mib2[8], len2 = 8;
+    assert_int_equal(name_to_mib("stats.active", mib2, &len2), 0);
+    assert_int_equal(len2, 2);
+    assert_true(mib2[0] == mib[0] && mib2[1] != mib[1]);
+    /* arenas.narenas as mallctl reads it */
+    unsigned n1 = 0, n2 = 0;
+    len = 8;
+    assert_int_equal(name_to_mib("arenas.narenas", mib, &len), 0);
+    vlen = sizeof n1;
+    assert_int_equal(by_mib(mib, len, &n1, &vlen, NULL, 0), 0);
+    vlen = sizeof n2;
+    assert_int_equal(ctl("arenas.narenas", &n2, &vlen, NULL, 0), 0);
+    assert_true(n1 >= 1 && n1 == n2);
+    /* epoch written by number advances it */
+    uint64_t e0 = 0, e1 = 0, in = 1;
+    len = 8;
+    assert_int_equal(name_to_mib("epoch", mib, &len), 0);
+    assert_int_equal(len, 1);
+    vlen = sizeof e0;
+    assert_int_equal(by_mib(mib, len, &e0, &vlen, NULL, 0), 0);
+    vlen = sizeof e1;
+    assert_int_equal(by_mib(mib, len, &e1, &vlen, &in, sizeof in), 0);
+    assert_true(e1 > e0);
+    /* arena.<i>.purge: the index is a number the program may change, as
+     * jemalloc's users do with MALLCTL_ARENAS_ALL; it runs _heapmin */
+    len = 8;
+    assert_int_equal(name_to_mib("arena.0.purge", mib, &len), 0);
+    assert_int_equal(len, 3);
+    assert_int_equal(mib[1], 0);
+    mib[1] = 4096;
+    trimalloc_stats_t s0 = tm_stats();
+    assert_int_equal(by_mib(mib, len, NULL, NULL, NULL, 0), 0);
+    assert_int_equal(tm_stats().heapmin_calls, s0.heapmin_calls + 1);
+    mib[1] = 4095; /* no such arena, as by name */
+    assert_int_equal(by_mib(mib, len, NULL, NULL, NULL, 0), ENOENT);
+    mib[1] = 1000000000; /* more digits than any index */
+    assert_int_equal(by_mib(mib, len, NULL, NULL, NULL, 0), ENOENT);
+    assert_int_equal(tm_stats().heapmin_calls, s0.heapmin_calls + 1);
+    /* a partial MIB (a short *miblenp) names nothing until completed */
+    size_t part[8], plen = 2;
+    assert_int_equal(name_to_mib("arena.0.decay", part, &plen), 0);
+    assert_int_equal(plen, 2);
+    assert_int_equal(by_mib(part, plen, NULL, NULL, NULL, 0), ENOENT);
+    part[2] = mib[2]; /* "purge", from the full lookup above */
+    part[1] = 4096;
+    assert_int_equal(by_mib(part, 3, NULL, NULL, NULL, 0), 0);
+    assert_int_equal(tm_stats().heapmin_calls, s0.heapmin_calls + 2);
+    /* a MIB of ours with a word that is no part of the name, or too long */
+    len = 8;
+    assert_int_equal(name_to_mib("stats.resident", mib, &len), 0);
+    size_t bad[4] = {mib[0], 999, 0, 0};
+    vlen = sizeof held;
+    assert_int_equal(by_mib(bad, 2, &held, &vlen, NULL, 0), ENOENT);
+    bad[1] = mib[1];
+    assert_int_equal(by_mib(bad, 4, &held, &vlen, NULL, 0), ENOENT);
+    assert_int_equal(by_mib(bad, 0, &held, &vlen, NULL, 0), ENOENT);
+    /* names nobody answers, and bad calls */
+    len = 8;
+    assert_int_equal(name_to_mib("no.such.name", mib, &len), ENOENT);
+    assert_int_equal(name_to_mib("stats.allocated.x", mib, &len), ENOENT);
+    assert_int_equal(name_to_mib("stats..allocated", mib, &len), ENOENT);
+    assert_int_equal(name_to_mib("arena.x.purge", mib, &len), ENOENT);
+    assert_int_equal(name_to_mib(NULL, mib, &len), EINVAL);
+    assert_int_equal(name_to_mib("epoch", NULL, &len), EINVAL);
+    assert_int_equal(by_mib(NULL, 1, NULL, NULL, NULL, 0), EINVAL);
+    const char *version = NULL;
+    len = 8;
+    vlen = sizeof version;
+#ifndef TM_TEST_NEXT_MALLCTL
+    size_t other[2] = {1, 7}; /* a jemalloc MIB, with no jemalloc here */
+    assert_int_equal(by_mib(other, 2, NULL, NULL, NULL, 0), ENOENT);
+    assert_int_equal(name_to_mib("arenas.nbins", mib, &len), ENOENT);
+    len = 8;
+    assert_int_equal(name_to_mib("version", mib, &len), 0);
+    assert_int_equal(by_mib(mib, len, &version, &vlen, NULL, 0), 0);
+    assert_string_equal(version, "0.0.0-0-trimalloc");
+#else
+    /* the program's jemalloc answers its names and their MIBs */
+    unsigned nbins = 0;
+    assert_int_equal(name_to_mib("arenas.nbins", mib, &len), 0);
+    assert_int_equal(len, 2);
+    vlen = sizeof nbins;
+    assert_int_equal(by_mib(mib, len, &nbins, &vlen, NULL, 0), 0);
+    assert_int_equal(nbins, 42);
+    len = 8;
+    assert_int_equal(name_to_mib("version", mib, &len), 0);
+    vlen = sizeof version;
+    assert_int_equal(by_mib(mib, len, &version, &vlen, NULL, 0), 0);
+    assert_string_equal(version, "next-mallctl-test");
+#endif
+}
+
 static void test_bad_calls(void **state)
 {
     (void)state;
@@ -344,6 +476,7 @@ int main(void)
         cmocka_unit_test(test_purge),
         cmocka_unit_test(test_tcache_flush),
         cmocka_unit_test(test_malloc_stats_print),
+        cmocka_unit_test(test_mib),
         cmocka_unit_test(test_bad_calls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

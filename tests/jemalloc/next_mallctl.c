@@ -40,3 +40,37 @@ int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t ne
         return EFAULT; /* never reached while trimalloc answers these */
     return ENOENT;
 }
+
+/* Its MIB pair: "arenas.nbins" is {1, 7} here (jemalloc-like small
+ * numbers); trimalloc's own names would give it away (EFAULT). */
+int mallctlnametomib(const char *name, size_t *mibp, size_t *miblenp)
+{
+    if (!strcmp(name, "arenas.nbins") && *miblenp >= 2) {
+        mibp[0] = 1;
+        mibp[1] = 7;
+        *miblenp = 2;
+        return 0;
+    }
+    if (!strcmp(name, "version") && *miblenp >= 1) {
+        mibp[0] = 0;
+        *miblenp = 1;
+        return 0;
+    }
+    static const char *const ours[] = {"stats.allocated", "stats.active", "stats.resident",
+                                       "stats.mapped",    "stats.metadata", "stats.retained",
+                                       "epoch",           "background_thread", "thread.tcache.flush",
+                                       "arenas.narenas",  "arena.0.purge",  "arena.4096.decay"};
+    for (size_t i = 0; i < sizeof ours / sizeof ours[0]; i++)
+        if (!strcmp(name, ours[i]))
+            return EFAULT;
+    return ENOENT;
+}
+
+int mallctlbymib(const size_t *mib, size_t miblen, void *oldp, size_t *oldlenp, void *newp, size_t newlen)
+{
+    if (miblen == 2 && mib[0] == 1 && mib[1] == 7)
+        return mallctl("arenas.nbins", oldp, oldlenp, newp, newlen);
+    if (miblen == 1 && mib[0] == 0)
+        return mallctl("version", oldp, oldlenp, newp, newlen);
+    return ENOENT;
+}
