@@ -22,13 +22,13 @@ tm_arena_t *arena_get(unsigned index) {
     if (!a) {
         a = meta_alloc(sizeof(tm_arena_t));
         if (a) {
-            tm_mutex_init(&a->lock);
+            tm_mutex_make(&a->lock);
             pthread_cond_init(&a->undropped, NULL);
             a->index = index;
             __atomic_store_n(&tm_arenas[index], a, __ATOMIC_RELEASE);
         }
     }
-    pthread_mutex_unlock(&arenas_lock);
+    tm_unlock(&arenas_lock);
     return a;
 }
 
@@ -956,7 +956,7 @@ void arena_fork_prepare(void) {
 void arena_fork_parent(void) {
     for (unsigned i = TM_MAX_ARENAS; i-- > 0;)
         if (tm_arenas[i]) arena_unlock(tm_arenas[i]);
-    pthread_mutex_unlock(&arenas_lock);
+    tm_unlock(&arenas_lock);
 }
 
 void arena_fork_child(void) {

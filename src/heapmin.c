@@ -28,7 +28,11 @@ static pthread_mutex_t trim_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t trim_turn = PTHREAD_COND_INITIALIZER;
 static unsigned long trim_next, trim_serving; /* tickets, under trim_mu */
 
+/* The forking thread holds the trim lock already (fork_prepare): in a fork
+ * handler, heapmin_lock and heapmin_unlock do nothing, and a trylock fails
+ * (no trim then). */
 void heapmin_lock(void) {
+    if (tm_tls.forking) return;
     tm_lock(&trim_mu);
     unsigned long me = trim_next++;
     if (trim_serving != me) {
@@ -37,21 +41,22 @@ void heapmin_lock(void) {
         while (trim_serving != me) pthread_cond_wait(&trim_turn, &trim_mu);
         pthread_setcancelstate(cancel, NULL);
     }
-    pthread_mutex_unlock(&trim_mu);
+    tm_unlock(&trim_mu);
 }
 
 void heapmin_unlock(void) {
+    if (tm_tls.forking) return;
     tm_lock(&trim_mu);
     bool waiters = ++trim_serving != trim_next;
-    pthread_mutex_unlock(&trim_mu);
+    tm_unlock(&trim_mu);
     if (waiters) pthread_cond_broadcast(&trim_turn);
 }
 
 bool heapmin_trylock(void) {
-    if (tm_trylock(&trim_mu) != 0) return false;
+    if (tm_tls.forking || tm_trylock(&trim_mu) != 0) return false;
     bool free_now = trim_serving == trim_next;
     if (free_now) trim_next++;
-    pthread_mutex_unlock(&trim_mu);
+    tm_unlock(&trim_mu);
     return free_now;
 }
 
@@ -62,9 +67,13 @@ void heapmin_fork_child(void) {
     trim_next = trim_serving = 0;
 }
 
-/* Returns bytes released; *failures counts release calls the OS refused. */
+/* Returns bytes released; *failures counts release calls the OS refused.
+ * Nothing from a fork handler (tm_tls.forking): the other threads wait on
+ * locks the forking thread holds, and the world stop is not made for that;
+ * the call releases nothing and succeeds. */
 static size_t trim_all(unsigned *failures) {
     tm_init();
+    if (tm_tls.forking) return 0;
     heapmin_lock();
     os_purge_vectors_on();
     uint64_t pause = world_drain_all_caches();

@@ -39,7 +39,7 @@ static unsigned huge_cache_count;
 #define HUGE_CACHE_MAX_COUNT 16
 
 void huge_lock(void) { tm_lock(&huge_mu); }
-void huge_unlock(void) { pthread_mutex_unlock(&huge_mu); }
+void huge_unlock(void) { tm_unlock(&huge_mu); }
 
 static void list_push(tm_huge_t **head, tm_huge_t *h) {
     h->prev = NULL;
@@ -94,7 +94,7 @@ static bool huge_unmap(tm_huge_t *h) {
 static void huge_cache_put_back(tm_huge_t *h) {
     tm_lock(&huge_mu);
     cache_add_locked(h);
-    pthread_mutex_unlock(&huge_mu);
+    tm_unlock(&huge_mu);
 }
 
 /* Unmap cache entries older than the decay time. */
@@ -114,7 +114,7 @@ static void huge_decay(uint64_t now) {
             list_push(&old, h);
         }
     }
-    pthread_mutex_unlock(&huge_mu);
+    tm_unlock(&huge_mu);
     for (tm_huge_t *h = old, *next; h; h = next) {
         next = h->next;
         if (!huge_unmap(h)) huge_cache_put_back(h);
@@ -185,7 +185,7 @@ static size_t huge_cache_cap(void) {
 static bool huge_cache_room(size_t bytes) {
     tm_lock(&huge_mu);
     bool room = huge_cache_count < HUGE_CACHE_MAX_COUNT && huge_cache_bytes + bytes <= huge_cache_cap();
-    pthread_mutex_unlock(&huge_mu);
+    tm_unlock(&huge_mu);
     return room;
 }
 
@@ -243,7 +243,7 @@ static void huge_cache_evict(size_t grown) {
             taken += h->mapped;
         }
     }
-    pthread_mutex_unlock(&huge_mu);
+    tm_unlock(&huge_mu);
     for (tm_huge_t *e = out, *next; e; e = next) {
         next = e->next;
         if (!huge_unmap(e)) huge_cache_put_back(e); /* retried by _heapmin */
@@ -279,7 +279,7 @@ void *huge_take_chunk(void) {
     for (tm_huge_t *it = huge_cache; it; it = it->next) /* pushed at the head: the last is oldest */
         if (it->mapped >= TM_CHUNK) h = it;
     if (h) cache_remove_locked(h);
-    pthread_mutex_unlock(&huge_mu);
+    tm_unlock(&huge_mu);
     if (!h) return NULL;
     if (os_restore_block((void *)h->base, TM_CHUNK) != 0) {
         if (!huge_unmap(h)) huge_cache_put_back(h);
@@ -366,7 +366,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
         if (h) {
             cache_remove_locked(h);
         }
-        pthread_mutex_unlock(&huge_mu);
+        tm_unlock(&huge_mu);
         /* The program may have left protections or fork/dump advice on
          * the pages of the block it freed: a reused mapping gets them
          * undone, as a fresh one would not have them (a tester's program
@@ -435,7 +435,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
     HUGE_ADD(huge_live_bytes, h->size);
     HUGE_ADD(huge_live_mapped, h->mapped);
     h->freed_ns = 0;
-    pthread_mutex_unlock(&huge_mu);
+    tm_unlock(&huge_mu);
     return (void *)h->base;
 }
 
@@ -475,12 +475,12 @@ static tm_huge_t *huge_cache_merge_locked(tm_huge_t *h, tm_huge_t **merged) {
 void huge_free(tm_huge_t *h, void *p) {
     tm_lock(&huge_mu);
     if (unlikely(h->base != (uintptr_t)p)) {
-        pthread_mutex_unlock(&huge_mu);
+        tm_unlock(&huge_mu);
         tm_invalid_pointer("free", p);
         return;
     }
     if (unlikely(h->freed_ns || h->moving)) { /* freed, or a resize of it is under way */
-        pthread_mutex_unlock(&huge_mu);
+        tm_unlock(&huge_mu);
         tm_double_free("free", p);
         return;
     }
@@ -502,7 +502,7 @@ void huge_free(tm_huge_t *h, void *p) {
     } else {
         list_push(&evict, h);
     }
-    pthread_mutex_unlock(&huge_mu);
+    tm_unlock(&huge_mu);
     for (tm_huge_t *m = merged, *next; m; m = next) { /* merged into another */
         next = m->next;
         meta_free(m, sizeof *m);
@@ -532,7 +532,7 @@ static bool huge_claim(tm_huge_t *h, void *p, const char *call, size_t *mapped, 
         *mapped = h->mapped;
         *size = h->size;
     }
-    pthread_mutex_unlock(&huge_mu);
+    tm_unlock(&huge_mu);
     if (!ok) {
         if (base) tm_double_free(call, p);
         else tm_invalid_pointer(call, p);
@@ -543,7 +543,7 @@ static bool huge_claim(tm_huge_t *h, void *p, const char *call, size_t *mapped, 
 static void huge_unclaim(tm_huge_t *h) {
     tm_lock(&huge_mu);
     h->moving = false;
-    pthread_mutex_unlock(&huge_mu);
+    tm_unlock(&huge_mu);
 }
 
 /* Claimed block h, resized in place or moved to np: its new usable size
@@ -558,7 +558,7 @@ static void huge_set_sizes(tm_huge_t *h, void *np, size_t size, size_t mapped) {
     h->base = (uintptr_t)np;
     h->size = size;
     h->mapped = mapped;
-    pthread_mutex_unlock(&huge_mu);
+    tm_unlock(&huge_mu);
 }
 
 /* Resize the huge block at p to size bytes (size above the huge
@@ -619,7 +619,7 @@ size_t huge_release_cache(unsigned *failures) {
     huge_cache = NULL;
     __atomic_store_n(&huge_cache_bytes, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&huge_cache_count, 0, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&huge_mu);
+    tm_unlock(&huge_mu);
     size_t bytes = 0;
     for (tm_huge_t *h = all, *next; h; h = next) {
         next = h->next;
@@ -645,7 +645,7 @@ void huge_foreach_locked(huge_visit_fn fn, void *arg) {
 }
 
 void huge_fork_prepare(void) { tm_lock(&huge_mu); }
-void huge_fork_parent(void) { pthread_mutex_unlock(&huge_mu); }
+void huge_fork_parent(void) { tm_unlock(&huge_mu); }
 void huge_fork_child(void) { pthread_mutex_init(&huge_mu, NULL); }
 
 /* Resize without moving (for _expand): shrink, or grow with mremap in

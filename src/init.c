@@ -32,11 +32,29 @@
  * child whose handler allocated; and where the first allocator lock after
  * the second thread came from inside another library's prepare handler,
  * glibc skipped the handlers registered during that fork
- * (tests/unit/fork_handlers.c has both). Handlers registered before our
- * initialisation (by a library constructor that runs before ours and does
- * not allocate) still come before ours; jemalloc and tcmalloc, which also
- * register with pthread_atfork, share that limit. tm_lock still registers
- * them if they are not yet (a fork child of a registration in progress).
+ * (tests/unit/fork_handlers.c has both). tm_lock still registers them if
+ * they are not yet (a fork child of a registration in progress).
+ *
+ * Handlers registered before ours (by a library whose constructor runs
+ * before ours: every library a preload does not depend on) run their
+ * prepare after ours and their parent and child handlers before ours,
+ * while this thread holds every allocator lock. Until 2026-12-07 an
+ * allocation there waited for a lock the same thread held: fork() hung (an
+ * outside tester; tests/fork/early.c). Now the forking thread is marked
+ * (tm_tls.forking) from the end of our prepare to the start of our parent
+ * or child handler, and its lock calls take nothing (internal.h): no other
+ * thread can be inside the allocator then. A lock made meanwhile (a new
+ * cache, arena or transfer-cache set) is made held, so the parent's
+ * release of all of them stays balanced; _heapmin releases nothing there.
+ * The prepare handler takes glibc's FILE-list lock first, as glibc's fork
+ * does for its own malloc (fork_prepare says why).
+ *
+ * While the process has one thread and our constructor has not run, the
+ * registration waits for the constructor (tm_fork_register): the first
+ * allocation may come from inside pthread_atfork, whose lock it would
+ * wait for; the exit handler (stats_print) is registered by the
+ * constructor for the same reason (atexit). With one thread no fork can
+ * find another thread inside the allocator.
  * Left out on purpose: a thread's fast path takes no lock, so a thread
  * that never allocated before it forks while another's fast path runs gets
  * a child that keeps that other cache (leaked in the child, skipped by
@@ -53,12 +71,27 @@ static __thread bool fork_registering __attribute__((tls_model("initial-exec")))
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_t init_owner;
 static volatile int init_running;
+static volatile int ctor_ran; /* tm_constructor has run: the handlers may be registered */
 
 void pagemap_fork_prepare(void);
 void pagemap_fork_parent(void);
 void pagemap_fork_child(void);
 
+/* glibc's lock of its list of open FILEs (recursive; exported since glibc
+ * 2.2.5; weak: another C library may not have it). glibc's fork takes it
+ * before its own malloc's locks, because a thread can hold a FILE's lock
+ * and allocate (getline) while another holds the list lock and waits for
+ * that FILE (fflush(NULL)). Our prepare handler runs before glibc takes it,
+ * so ours must take it first too: three threads -- one in getline, one in
+ * fflush(NULL) in a loop, one forking -- hung at the first few forks every
+ * time without it (an outside tester, 2026-12-07). In the child glibc
+ * resets it (a process with threads) or we do. */
+extern void _IO_list_lock(void) __attribute__((weak));
+extern void _IO_list_unlock(void) __attribute__((weak));
+extern void _IO_list_resetlock(void) __attribute__((weak));
+
 static void fork_prepare(void) {
+    if (_IO_list_lock) _IO_list_lock();
     heapmin_lock();
     tcache_registry_lock();
     for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next)
@@ -68,9 +101,11 @@ static void fork_prepare(void) {
     huge_fork_prepare();
     pagemap_fork_prepare();
     meta_fork_prepare();
+    tm_tls.forking = 1; /* until fork_parent or fork_child: every lock is ours */
 }
 
 static void fork_parent(void) {
+    tm_tls.forking = 0;
     meta_fork_parent();
     pagemap_fork_parent();
     huge_fork_parent();
@@ -80,9 +115,11 @@ static void fork_parent(void) {
         pthread_mutex_unlock(&tc->mu);
     tcache_registry_unlock();
     heapmin_unlock();
+    if (_IO_list_unlock) _IO_list_unlock();
 }
 
 static void fork_child(void) {
+    tm_tls.forking = 0;
     __atomic_store_n(&tm_fork_ready, 2, __ATOMIC_RELAXED); /* they ran: they are registered */
     meta_fork_child();
     pagemap_fork_child();
@@ -92,6 +129,7 @@ static void fork_child(void) {
     tcache_fork_child();
     heapmin_fork_child();
     background_fork_child();
+    if (_IO_list_resetlock) _IO_list_resetlock();
 }
 
 void tm_init_slow(void) {
@@ -112,7 +150,6 @@ void tm_init_slow(void) {
         if (tm_opt.verbose) options_print_verbose(); /* cold code, called only then */
         __atomic_store_n(&tm_initialized, 1, __ATOMIC_RELEASE);
         tm_fork_register();
-        atexit(stats_print_at_exit); /* prints if stats_print is set by then */
         init_running = 0;
     }
     pthread_mutex_unlock(&init_lock);
@@ -127,6 +164,13 @@ void tm_init_slow(void) {
  * again itself. */
 void tm_fork_register(void) {
     if (!tm_initialized) return; /* tm_init_slow registers once initialised */
+    /* One thread, before our constructor: maybe inside pthread_atfork (the
+     * allocation that grows glibc's handler list), whose lock the
+     * registration would wait for -- a start-up that hung, with a library
+     * constructor registering 49 handlers (an outside tester, 2026-12-07).
+     * With one thread no fork can catch another inside the allocator;
+     * tm_constructor registers them. */
+    if (!__atomic_load_n(&ctor_ran, __ATOMIC_ACQUIRE) && tm_one_thread()) return;
     for (;;) {
         int s = __atomic_load_n(&tm_fork_ready, __ATOMIC_ACQUIRE);
         if (s == 2) return;
@@ -154,6 +198,13 @@ void tm_fork_register(void) {
 __attribute__((constructor(101))) static void tm_constructor(void) {
     int saved_errno = errno; /* 0 at program start, as C requires */
     tm_init();
+    __atomic_store_n(&ctor_ran, 1, __ATOMIC_RELEASE);
+    tm_fork_register(); /* if the initialisation put it off */
+    /* Here, not in the initialisation: the first allocation may come from
+     * inside atexit (glibc's 33rd exit handler needs a block, made under
+     * its exit-handler lock), and an atexit there waited for that lock for
+     * good -- a start-up that hung (an outside tester, 2026-12-07). */
+    atexit(stats_print_at_exit); /* prints if stats_print is set by then */
     /* background_thread:1 from TRIMALLOC_CONF: started here, once the
      * initialisation is over, and never from a malloc or free (background.c) */
     if (__atomic_load_n(&tm_opt.background_thread, __ATOMIC_RELAXED) && !background_set(-1))

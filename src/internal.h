@@ -589,13 +589,31 @@ void tm_fork_register(void);
 TM_INLINE void tm_fork_check(void) {
     if (unlikely(__atomic_load_n(&tm_fork_ready, __ATOMIC_ACQUIRE) != 2)) tm_fork_register();
 }
+/* While this thread forks (tm_tls.forking, between our prepare handler and
+ * our parent or child handler) it holds every allocator lock, taken by
+ * fork_prepare, and no other thread can be inside: its own allocations --
+ * made by the prepare, parent and child handlers that glibc runs in that
+ * window -- then take and release nothing (init.c says why). */
 TM_INLINE void tm_lock(pthread_mutex_t *m) {
+    if (unlikely(tm_tls.forking)) return;
     tm_fork_check();
     pthread_mutex_lock(m);
 }
 TM_INLINE int tm_trylock(pthread_mutex_t *m) {
+    if (unlikely(tm_tls.forking)) return 0;
     tm_fork_check();
     return pthread_mutex_trylock(m);
+}
+TM_INLINE void tm_unlock(pthread_mutex_t *m) {
+    if (unlikely(tm_tls.forking)) return;
+    pthread_mutex_unlock(m);
+}
+/* A new lock (a cache's, an arena's, a transfer-cache set's): held at once
+ * if it is made while this thread forks, like those fork_prepare took, so
+ * that fork_parent's release of every one is balanced. */
+TM_INLINE void tm_mutex_make(pthread_mutex_t *m) {
+    tm_mutex_init(m);
+    if (unlikely(tm_tls.forking)) pthread_mutex_lock(m);
 }
 
 /* An arena's lock: its mutex, or nothing while the process has one thread,
@@ -614,17 +632,20 @@ TM_INLINE bool tm_one_thread(void) {
     return &__libc_single_threaded && __atomic_load_n(&__libc_single_threaded, __ATOMIC_RELAXED);
 }
 TM_INLINE void arena_lock(tm_arena_t *a) {
+    if (unlikely(tm_tls.forking)) return;
     tm_fork_check();
     if (tm_one_thread()) a->bare = true;
     else pthread_mutex_lock(&a->lock);
 }
 TM_INLINE int arena_trylock(tm_arena_t *a) {
+    if (unlikely(tm_tls.forking)) return 0;
     tm_fork_check();
     if (!tm_one_thread()) return pthread_mutex_trylock(&a->lock);
     a->bare = true;
     return 0;
 }
 TM_INLINE void arena_unlock(tm_arena_t *a) {
+    if (unlikely(tm_tls.forking)) return;
     if (a->bare) a->bare = false;
     else pthread_mutex_unlock(&a->lock);
 }

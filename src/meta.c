@@ -56,7 +56,7 @@ void *meta_alloc(size_t size) {
     meta_free_t *f = meta_freed ? meta_lists[size / META_STEP] : NULL;
     if (f) {
         meta_lists[size / META_STEP] = f->next;
-        pthread_mutex_unlock(&meta_lock);
+        tm_unlock(&meta_lock);
         memset(f, 0, size);
         return f;
     }
@@ -71,7 +71,7 @@ void *meta_alloc(size_t size) {
         char *r = meta_map(len);
         if (!r) r = meta_map(len = META_REGION_MIN);
         if (!r) {
-            pthread_mutex_unlock(&meta_lock);
+            tm_unlock(&meta_lock);
             return NULL;
         }
         meta_cur = r;
@@ -79,7 +79,7 @@ void *meta_alloc(size_t size) {
     }
     void *p = meta_cur;
     meta_cur += size;
-    pthread_mutex_unlock(&meta_lock);
+    tm_unlock(&meta_lock);
     return p;
 }
 
@@ -102,9 +102,9 @@ void meta_free(void *p, size_t size) {
     meta_freed = true;
     f->next = meta_lists[size / META_STEP];
     meta_lists[size / META_STEP] = f;
-    pthread_mutex_unlock(&meta_lock);
+    tm_unlock(&meta_lock);
 }
 
 void meta_fork_prepare(void) { tm_lock(&meta_lock); }
-void meta_fork_parent(void) { pthread_mutex_unlock(&meta_lock); }
+void meta_fork_parent(void) { tm_unlock(&meta_lock); }
 void meta_fork_child(void) { pthread_mutex_init(&meta_lock, NULL); }

@@ -52,7 +52,7 @@ int pagemap_set(uintptr_t chunk_addr, uintptr_t entry) {
         bool hot = pm_hot_first == PM_HOT_NONE; /* the first leaf is the hot one, for good */
         leaf = hot ? &pm_hot_leaf : meta_alloc(sizeof(pm_leaf_t));
         if (!leaf) {
-            pthread_mutex_unlock(&pm_lock);
+            tm_unlock(&pm_lock);
             return -1;
         }
         __atomic_store_n(&pm_map.root[i1], (intptr_t)((char *)leaf - (char *)&pm_map.zero),
@@ -61,7 +61,7 @@ int pagemap_set(uintptr_t chunk_addr, uintptr_t entry) {
     }
     __atomic_store_n(&leaf->e[(chunk_addr >> TM_CHUNK_SHIFT) & (PM_LEAF_SIZE - 1)], entry,
                      __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&pm_lock);
+    tm_unlock(&pm_lock);
     return 0;
 }
 
@@ -73,12 +73,12 @@ void pagemap_clear(uintptr_t chunk_addr) {
     if (leaf != &pm_map.zero)
         __atomic_store_n(&leaf->e[(chunk_addr >> TM_CHUNK_SHIFT) & (PM_LEAF_SIZE - 1)], 0,
                          __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&pm_lock);
+    tm_unlock(&pm_lock);
 }
 
 void pagemap_fork_prepare(void);
 void pagemap_fork_parent(void);
 void pagemap_fork_child(void);
 void pagemap_fork_prepare(void) { tm_lock(&pm_lock); }
-void pagemap_fork_parent(void) { pthread_mutex_unlock(&pm_lock); }
+void pagemap_fork_parent(void) { tm_unlock(&pm_lock); }
 void pagemap_fork_child(void) { pthread_mutex_init(&pm_lock, NULL); }

@@ -146,7 +146,7 @@ static void xfer_set_make_locked(unsigned ai) {
     if (xfer_sets[ai] || !tm_opt.tcache_scale_pct) return;
     tm_xfer_set_t *set = meta_alloc(sizeof *set);
     if (!set) return;
-    tm_mutex_init(&set->lock);
+    tm_mutex_make(&set->lock);
     for (unsigned c = 1; c <= TM_NCLASSES; c++)
         set->x[c].cap = xfer_cap[c]; /* its slots come with its first put */
     __atomic_store_n(&xfer_sets[ai], set, __ATOMIC_RELEASE);
@@ -181,7 +181,7 @@ static bool xfer_put(unsigned ai, unsigned cls, void **blocks, uint32_t n) {
         tm_ptrs_copy(x->slots + cnt, blocks, n);
         __atomic_store_n(&x->count, cnt + n, __ATOMIC_RELAXED);
     }
-    pthread_mutex_unlock(&set->lock);
+    tm_unlock(&set->lock);
     return ok;
 }
 
@@ -193,7 +193,7 @@ static uint32_t xfer_take(tm_xfer_set_t *set, unsigned cls, void **blocks, uint3
     uint32_t cnt = x->count, k = cnt < n ? cnt : n;
     __atomic_store_n(&x->count, cnt - k, __ATOMIC_RELAXED);
     tm_ptrs_copy(blocks, x->slots + cnt - k, k);
-    pthread_mutex_unlock(&set->lock);
+    tm_unlock(&set->lock);
     return k;
 }
 
@@ -221,7 +221,7 @@ uint32_t xfer_parked(unsigned ai, unsigned cls, void **out, uint32_t max) {
     tm_lock(&set->lock);
     uint32_t cnt = set->x[cls].count;
     tm_ptrs_copy(out, set->x[cls].slots, cnt < max ? cnt : max);
-    pthread_mutex_unlock(&set->lock);
+    tm_unlock(&set->lock);
     return cnt;
 }
 
@@ -311,7 +311,7 @@ void xfer_drain_all(void) {
             mem[c] = set->x[c].slots;
             __atomic_store_n(&set->x[c].cap, 0, __ATOMIC_RELAXED); /* no put makes slots now */
         }
-        pthread_mutex_unlock(&set->lock);
+        tm_unlock(&set->lock);
         os_batch_t slots = {.n = 0, .released = 0}; /* metadata: not counted */
         for (unsigned c = 1; c <= TM_NCLASSES; c++) {
             xfer_flush_out(set, c, UINT32_MAX);
@@ -320,7 +320,7 @@ void xfer_drain_all(void) {
         os_batch_flush(&slots); /* the set's slots in few calls (os.c) */
         tm_lock(&set->lock);
         for (unsigned c = 1; c <= TM_NCLASSES; c++) __atomic_store_n(&set->x[c].cap, caps[c], __ATOMIC_RELAXED);
-        pthread_mutex_unlock(&set->lock);
+        tm_unlock(&set->lock);
     }
 }
 
@@ -347,7 +347,7 @@ static bool xfer_gc(unsigned ai, unsigned cls) {
     tm_lock(&set->lock);
     uint32_t cnt = x->count, idle = cnt && cnt == x->gc_count ? cnt : 0;
     __atomic_store_n(&x->gc_count, idle ? 0 : cnt, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&set->lock);
+    tm_unlock(&set->lock);
     return idle && xfer_flush_out(set, cls, idle) != 0;
 }
 
@@ -378,7 +378,7 @@ void xfer_fork_prepare(void) {
 }
 void xfer_fork_parent(void) {
     for (unsigned ai = TM_MAX_ARENAS; ai-- > 0;)
-        if (xfer_sets[ai]) pthread_mutex_unlock(&xfer_sets[ai]->lock);
+        if (xfer_sets[ai]) tm_unlock(&xfer_sets[ai]->lock);
 }
 void xfer_fork_child(void) {
     for (unsigned ai = 0; ai < TM_MAX_ARENAS; ai++)
@@ -386,7 +386,7 @@ void xfer_fork_child(void) {
 }
 
 void tcache_registry_lock(void) { tm_lock(&registry_lock); }
-void tcache_registry_unlock(void) { pthread_mutex_unlock(&registry_lock); }
+void tcache_registry_unlock(void) { tm_unlock(&registry_lock); }
 tm_tcache_t *tcache_registry_first(void) { return registry; }
 unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_RELAXED); }
 
@@ -646,7 +646,7 @@ void tcache_release_grown_slots(tm_tcache_t *tc) {
     slots_purge_grown(tc);
     tm_lock(&tc->mu);
     __atomic_store_n(&tc->slots_releasing, false, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&tc->mu);
+    tm_unlock(&tc->mu);
 }
 
 /* Put bin c of tc at its capacity (as `share`, the caller's one reading of
@@ -718,7 +718,7 @@ void tcache_flush_own(void) {
     tm_lock(&tc->mu);
     tcache_settle_locked(tc);
     drain_bins_locked(tc);
-    pthread_mutex_unlock(&tc->mu);
+    tm_unlock(&tc->mu);
 }
 
 /* The most blocks one cache can hold, for the options in force. */
@@ -863,7 +863,7 @@ void tcache_orphans_tick(void) {
     uint64_t orphans[TM_MAX_ARENAS / 64] = {0};
     tm_lock(&registry_lock);
     bool go = __atomic_load_n(&tm_orphan_due, __ATOMIC_RELAXED) && orphans_release_now_locked(now, orphans);
-    pthread_mutex_unlock(&registry_lock);
+    tm_unlock(&registry_lock);
     if (go) release_orphaned_arenas(orphans);
 }
 
@@ -877,7 +877,7 @@ static void tcache_destructor(void *arg) {
     __atomic_store_n(&tm_tls.tc, &tm_tcache_sentinel, __ATOMIC_RELEASE);
     drain_at_exit_locked(tc);
     __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&tc->mu);
+    tm_unlock(&tc->mu);
     tm_lock(&registry_lock);
     if (tc->prev) tc->prev->next = tc->next;
     else registry = tc->next;
@@ -891,7 +891,7 @@ static void tcache_destructor(void *arg) {
      * gone.) */
     tm_lock(&tc->mu);
     tcache_mark_used_locked(tc);
-    pthread_mutex_unlock(&tc->mu);
+    tm_unlock(&tc->mu);
     __atomic_store_n(&registry_count, registry_count - 1, __ATOMIC_RELAXED);
     tc->state = TC_STATE_FREE;
     arena_count_thread_locked(tc->arena, -1);
@@ -902,7 +902,7 @@ static void tcache_destructor(void *arg) {
     uint64_t orphans[TM_MAX_ARENAS / 64] = {0};
     bool last = !registry || (!registry->next && registry->unbound);
     if (last) last = orphans_release_now_locked(os_now_ns(), orphans);
-    pthread_mutex_unlock(&registry_lock);
+    tm_unlock(&registry_lock);
     if (last) release_orphaned_arenas(orphans);
     /* A decay tick without the cap on what it gives back: no caller of
      * malloc waits for an exiting thread, and in a pool whose threads come
@@ -998,7 +998,7 @@ void tcache_release_recycled(void) {
     tm_tcache_t *list = recycled;
     recycled = NULL;
     __atomic_store_n(&recycled_warm, 0, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&registry_lock);
+    tm_unlock(&registry_lock);
     if (!list) return;
     tm_tcache_t *last = list;
     for (tm_tcache_t *tc = list; tc; tc = tc->next) {
@@ -1012,7 +1012,7 @@ void tcache_release_recycled(void) {
     tm_tcache_t **at = recycled_cold_locked(); /* below those that exited since, warm or not */
     last->next = *at;
     *at = list;
-    pthread_mutex_unlock(&registry_lock);
+    tm_unlock(&registry_lock);
 }
 
 void tcache_init(void) {
@@ -1048,7 +1048,7 @@ static tm_tcache_t *tcache_create(void) {
     tm_tls.state = TLS_BOOTING;
     tm_lock(&registry_lock);
     tm_tcache_t *tc = recycled_pop_locked();
-    pthread_mutex_unlock(&registry_lock);
+    tm_unlock(&registry_lock);
     size_t slots_size = slot_total * sizeof(void *);
     if (tc && tc->slots_size < slots_size) { /* option changed: resize */
         meta_free(tc->slots_mem, tc->slots_size);
@@ -1082,18 +1082,18 @@ static tm_tcache_t *tcache_create(void) {
     tc->idle_seen = 0; /* a new record for the background thread's scan (world.c) */
     tcache_mark_used_locked(tc); /* no lock: not in the registry yet */
     tc->owner_tls = &tm_tls;
-    tm_mutex_init(&tc->mu);
+    tm_mutex_make(&tc->mu);
     tc->unbound = os_gettid() == os_getpid();
     tm_lock(&registry_lock);
     unsigned ai = arena_choose_locked(arena_bound, initial_arena);
     arena_bind_locked(tc, ai, 1);
-    pthread_mutex_unlock(&registry_lock);
+    tm_unlock(&registry_lock);
     tc->arena = arena_get(ai);
     if (!tc->arena && (tc->arena = arena_get(0))) {
         tm_lock(&registry_lock);
         arena_bind_locked(tc, ai, -1);
         arena_bind_locked(tc, 0, 1);
-        pthread_mutex_unlock(&registry_lock);
+        tm_unlock(&registry_lock);
     }
     if (!tc->arena) {
         tm_lock(&registry_lock);
@@ -1102,7 +1102,7 @@ static tm_tcache_t *tcache_create(void) {
          * noticed by an outside tester reading the code) */
         tc->state = TC_STATE_FREE;
         recycled_push_locked(tc);
-        pthread_mutex_unlock(&registry_lock);
+        tm_unlock(&registry_lock);
         tm_tls.state = TLS_NONE;
         return NULL;
     }
@@ -1121,7 +1121,7 @@ static tm_tcache_t *tcache_create(void) {
     if (registry) registry->prev = tc;
     registry = tc;
     __atomic_store_n(&registry_count, registry_count + 1, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&registry_lock);
+    tm_unlock(&registry_lock);
     /* May allocate (keys past the first 32): the state is LIVE by now, so
      * that allocation uses the cache just made (see above). */
     if (tc_key_ok) pthread_setspecific(tc_key, tc);
@@ -1131,7 +1131,7 @@ static tm_tcache_t *tcache_create(void) {
     /* under tc->mu: a trimmer may be pointing tls.tc at the sentinel */
     tm_lock(&tc->mu);
     tcache_settle_locked(tc);
-    pthread_mutex_unlock(&tc->mu);
+    tm_unlock(&tc->mu);
     return tc;
 }
 
@@ -1302,7 +1302,7 @@ static void tcache_gc_tick_large(void) {
     tcache_settle_locked(tc);
     tc->gc_tick = TC_GC_EVERY - 1; /* the visit is due */
     bool decay = tcache_gc_tick_locked(tc);
-    pthread_mutex_unlock(&tc->mu);
+    tm_unlock(&tc->mu);
     if (decay) gc_tick_unlocked();
 }
 
@@ -1368,7 +1368,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
             }
             decay = tcache_gc_tick_locked(tc);
         }
-        pthread_mutex_unlock(&tc->mu);
+        tm_unlock(&tc->mu);
         slow_path_tick(decay, cap != 0);
     }
     if (p) {
@@ -1405,7 +1405,7 @@ void tcache_free_slow(void *p, unsigned cls) {
         if (got == 0) got = arena_refill(tc->arena, cls, b->base + 1, want);
         b->base[0] = p;
         __atomic_store_n(&b->top, b->base + 1 + got, __ATOMIC_RELAXED);
-        pthread_mutex_unlock(&tc->mu);
+        tm_unlock(&tc->mu);
         return;
     }
     if (cap && count >= cap) {
@@ -1465,7 +1465,7 @@ void tcache_free_slow(void *p, unsigned cls) {
     } else {
         arena_flush(cls, &p, 1);
     }
-    pthread_mutex_unlock(&tc->mu);
+    tm_unlock(&tc->mu);
     slow_path_tick(decay, cap != 0);
 }
 
@@ -1591,7 +1591,7 @@ void tcache_free_large(tm_chunk_t *c, uint32_t page, void *p) {
         rl_cut(tc, 0, n);
     }
     rl_append(tc, tc->rl_n, p, need);
-    pthread_mutex_unlock(&tc->mu);
+    tm_unlock(&tc->mu);
     if (n) arena_free_large_batch(batch, n);
 }
 
@@ -1633,7 +1633,7 @@ void *tcache_large_reuse(uint32_t npages) {
             rl_cut(tc, i, 1);
             break;
         }
-        pthread_mutex_unlock(&tc->mu);
+        tm_unlock(&tc->mu);
     }
     if (p) {
         tm_chunk_t *c = chunk_of_entry(pagemap_lookup((uintptr_t)p));
@@ -1666,9 +1666,9 @@ size_t tcache_cached_bytes(size_t *queued) {
          * home and its chunk away (a tester's reading, 2026-12-05) */
         for (unsigned i = 0, n = __atomic_load_n(&tc->rl_n, __ATOMIC_ACQUIRE); i < n; i++)
             *queued += (size_t)__atomic_load_n(&tc->rl_pages[i], __ATOMIC_RELAXED) << TM_PAGE_SHIFT;
-        pthread_mutex_unlock(&tc->mu);
+        tm_unlock(&tc->mu);
     }
-    pthread_mutex_unlock(&registry_lock);
+    tm_unlock(&registry_lock);
     return bytes + xfer_cached_bytes();
 }
 

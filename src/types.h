@@ -281,6 +281,9 @@ typedef struct tm_tls {
     struct tm_tcache *own;      /* the thread's cache, whatever tc says */
     unsigned arena;             /* own's arena index, once the cache exists */
     unsigned recheck;           /* TLS_EXITING: calls left before the next look */
+    int forking;                /* 1 from the end of fork_prepare to the start of
+                                   fork_parent/fork_child: this thread holds every
+                                   allocator lock (init.c) */
 } tm_tls_t;
 
 typedef struct tm_tcache {

@@ -143,7 +143,7 @@ static uint64_t drain_one(tm_tcache_t *tc, bool buffered) {
     if (__atomic_load_n(&tc->drain_pending, __ATOMIC_RELAXED)) tcache_mark_drained_locked(tc);
     if (!buffered) {
         tcache_settle_locked(tc);
-        pthread_mutex_unlock(&tc->mu);
+        tm_unlock(&tc->mu);
         return os_now_ns();
     }
     uint32_t counts[TM_NCLASSES + 1];
@@ -156,7 +156,7 @@ static uint64_t drain_one(tm_tcache_t *tc, bool buffered) {
         __atomic_store_n(&tc->drain_pending, 0, __ATOMIC_RELAXED);
     }
     tcache_settle_locked(tc); /* nothing pending: only restores tls.tc */
-    pthread_mutex_unlock(&tc->mu);
+    tm_unlock(&tc->mu);
     uint64_t unlocked = os_now_ns();
     tcache_release_grown_slots(tc);
     void **at = take_buf;
@@ -182,7 +182,7 @@ static size_t stop_one(tm_tcache_t *tc) {
     __atomic_store_n(&tc->owner_tls->tc, &tm_tcache_sentinel,
                      TM_TSAN ? __ATOMIC_SEQ_CST : __ATOMIC_RELAXED);
     size_t n = tcache_blocks_locked(tc);
-    pthread_mutex_unlock(&tc->mu);
+    tm_unlock(&tc->mu);
     return n;
 }
 
@@ -195,7 +195,7 @@ static bool visit_one(tm_tcache_t *g, bool buffered, unsigned spins, uint64_t *m
     uint64_t t0 = os_now_ns(), t1;
     tm_lock(&g->mu);
     if (__atomic_load_n(&g->drain_pending, __ATOMIC_RELAXED) && owner_busy_spin(g->owner_tls, spins)) {
-        pthread_mutex_unlock(&g->mu);
+        tm_unlock(&g->mu);
         return false;
     }
     t1 = drain_one(g, buffered); /* unlocks g->mu */
@@ -325,7 +325,7 @@ static bool idle_pick(tm_tcache_t *tc, uint64_t now) {
         pick = true;
         tc->idle_since = now;
     }
-    pthread_mutex_unlock(&tc->mu);
+    tm_unlock(&tc->mu);
     return pick;
 }
 

@@ -1,0 +1,168 @@
+/*
+ * early.c -- start-up and fork with handlers registered before trimalloc's
+ * (tests/fork/early_lib.c, built three ways; drop-in library only, where
+ * glibc's own allocations are trimalloc's). A hang here is the failure:
+ * each case hung until 2026-12-07 (found by an outside tester).
+ *   fork_early_atexit        start-up: the first allocation from inside atexit
+ *   fork_early_atfork_many   start-up: the first allocation from inside pthread_atfork
+ *   fork_early_atfork_alloc  forks whose other handlers allocate; forks while
+ *                            threads use stdio (getline, fflush(NULL))
+ */
+#include "test_cmocka.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern int early_registered, early_prepares, early_parent_ok, early_child_ok;
+
+/* fork; the child checks its blocks (and, with child_handler, that the
+ * library's child handler's did) and exits 0 if all is well */
+static void fork_once(bool child_handler)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *p = malloc(300);
+        int ok = p != NULL && (!child_handler || early_child_ok);
+        if (p) {
+            memset(p, 5, 300);
+            ok &= p[299] == 5;
+        }
+        free(p);
+        _exit(ok ? 0 : 1);
+    }
+    assert_true(pid > 0);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+static atomic_int stop;
+
+static void *churn(void *arg)
+{
+    (void)arg;
+    void *keep[64] = {0};
+    for (unsigned i = 0; !atomic_load(&stop); i++) {
+        unsigned k = i % 64;
+        free(keep[k]);
+        keep[k] = malloc(i % 5 == 0 ? 70000 : 16 + i % 900);
+    }
+    for (int k = 0; k < 64; k++)
+        free(keep[k]);
+    return NULL;
+}
+
+#if defined(EARLY_ATEXIT) || defined(EARLY_ATFORK_MANY)
+static void test_start_up(void **state)
+{
+    (void)state;
+    /* reaching here is most of it: the start-up used to hang */
+#ifdef EARLY_ATEXIT
+    assert_int_equal(early_registered, 40);
+#else
+    assert_int_equal(early_registered, 60);
+#endif
+    void *p = malloc(1000);
+    assert_non_null(p);
+    free(p);
+    pthread_t t;
+    atomic_store(&stop, 0);
+    assert_int_equal(pthread_create(&t, NULL, churn, NULL), 0);
+    for (int i = 0; i < 10; i++)
+        fork_once(false);
+    atomic_store(&stop, 1);
+    assert_int_equal(pthread_join(t, NULL), 0);
+}
+#endif
+
+#ifdef EARLY_ATFORK_ALLOC
+static void test_handlers_that_allocate(void **state)
+{
+    (void)state;
+    assert_int_equal(early_registered, 1);
+    /* one thread, then with another one allocating all along */
+    for (int i = 0; i < 10; i++)
+        fork_once(true);
+    pthread_t t;
+    atomic_store(&stop, 0);
+    assert_int_equal(pthread_create(&t, NULL, churn, NULL), 0);
+    for (int i = 0; i < 30; i++)
+        fork_once(true);
+    atomic_store(&stop, 1);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(early_prepares, 40);
+    assert_int_equal(early_parent_ok, 40);
+}
+
+/* A thread holds a FILE's lock while it allocates (getline), another holds
+ * the list of FILEs and waits for that FILE (fflush(NULL)), a third forks:
+ * glibc's fork takes the list lock before its malloc's locks, and
+ * trimalloc's prepare handler, which runs before that, must too. */
+static FILE *lines;
+
+static void *reader(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&stop)) {
+        char *line = NULL;
+        size_t cap = 0;
+        rewind(lines);
+        while (getline(&line, &cap, lines) > 0) {
+            free(line);
+            line = NULL;
+            cap = 0;
+        }
+        free(line);
+    }
+    return NULL;
+}
+
+static void *flusher(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&stop))
+        fflush(NULL);
+    return NULL;
+}
+
+static void test_fork_while_stdio_allocates(void **state)
+{
+    (void)state;
+    lines = tmpfile();
+    assert_non_null(lines);
+    for (int l = 0; l < 4; l++) {
+        for (int i = 0; i < 1 << 16; i++)
+            fputs("0123456789", lines);
+        fputc('\n', lines);
+    }
+    fflush(lines);
+    pthread_t r, f;
+    atomic_store(&stop, 0);
+    assert_int_equal(pthread_create(&r, NULL, reader, NULL), 0);
+    assert_int_equal(pthread_create(&f, NULL, flusher, NULL), 0);
+    for (int i = 0; i < 100; i++)
+        fork_once(true);
+    atomic_store(&stop, 1);
+    assert_int_equal(pthread_join(r, NULL), 0);
+    assert_int_equal(pthread_join(f, NULL), 0);
+    fclose(lines);
+}
+#endif
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+#if defined(EARLY_ATEXIT) || defined(EARLY_ATFORK_MANY)
+        cmocka_unit_test(test_start_up),
+#else
+        cmocka_unit_test(test_handlers_that_allocate),
+        cmocka_unit_test(test_fork_while_stdio_allocates),
+#endif
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,79 @@
+/*
+ * early_lib.c -- a library whose constructor runs before trimalloc's (it is
+ * linked after libtrimalloc.so, and the loader runs the constructors of the
+ * later libraries first), for tests/fork/early.c. Built three ways:
+ *   EARLY_ATEXIT       40 atexit handlers before any allocation: glibc's
+ *                      33rd needs a block, made under its exit-handler lock
+ *   EARLY_ATFORK_MANY  60 fork handlers before any allocation: glibc's 49th
+ *                      grows its list with malloc under its fork-handler lock
+ *   EARLY_ATFORK_ALLOC fork handlers that allocate small, large and huge
+ *                      blocks, registered before trimalloc's, so their
+ *                      prepare runs after trimalloc's (which holds every
+ *                      allocator lock then) and their parent and child
+ *                      handlers before trimalloc's releases them
+ * Each hung the process (start-up, or the first fork) until 2026-12-07.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+int early_registered;      /* registrations that succeeded */
+int early_prepares;        /* prepare handler runs (parent) */
+int early_parent_ok;       /* parent handler runs whose blocks checked out */
+int early_child_ok;        /* set in a child whose child handler's blocks checked out */
+
+static void noop(void) {}
+
+#ifdef EARLY_ATFORK_ALLOC
+/* small, large and huge blocks, written and read back */
+static int workout(unsigned char fill)
+{
+    static const size_t sizes[] = {24, 200000, 8u << 20};
+    int ok = 1;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        unsigned char *p = malloc(sizes[i]);
+        if (!p)
+            return 0;
+        memset(p, fill, sizes[i]);
+        for (size_t k = 0; k < sizes[i]; k += 4093)
+            ok &= p[k] == fill;
+        free(p);
+    }
+    return ok;
+}
+static void *held; /* allocated by prepare, freed by parent/child */
+static void prepare(void)
+{
+    early_prepares++;
+    held = malloc(100);
+    if (held)
+        memset(held, 0x11, 100);
+    (void)workout(0x22);
+}
+static void parent(void)
+{
+    int ok = workout(0x33) && held && ((unsigned char *)held)[99] == 0x11;
+    free(held);
+    early_parent_ok += ok;
+}
+static void child(void)
+{
+    int ok = workout(0x44) && held && ((unsigned char *)held)[99] == 0x11;
+    free(held);
+    early_child_ok = ok;
+}
+#endif
+
+__attribute__((constructor)) static void early_ctor(void)
+{
+#if defined(EARLY_ATEXIT)
+    for (int i = 0; i < 40; i++)
+        early_registered += atexit(noop) == 0;
+#elif defined(EARLY_ATFORK_MANY)
+    for (int i = 0; i < 60; i++)
+        early_registered += pthread_atfork(noop, noop, noop) == 0;
+#elif defined(EARLY_ATFORK_ALLOC)
+    (void)noop;
+    early_registered += pthread_atfork(prepare, parent, child) == 0;
+#endif
+}
