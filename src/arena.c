@@ -22,7 +22,7 @@ tm_arena_t *arena_get(unsigned index) {
     if (!a) {
         a = meta_alloc(sizeof(tm_arena_t));
         if (a) {
-            tm_mutex_make(&a->lock);
+            tm_mutex_init(&a->lock);
             pthread_cond_init(&a->undropped, NULL);
             a->index = index;
             __atomic_store_n(&tm_arenas[index], a, __ATOMIC_RELEASE);
@@ -950,12 +950,18 @@ void arena_settle_locked(tm_arena_t *a, long max_ms) {
 void arena_fork_prepare(void) {
     tm_lock(&arenas_lock);
     for (unsigned i = 0; i < TM_MAX_ARENAS; i++)
-        if (tm_arenas[i]) arena_lock_settled(tm_arenas[i]);
+        if (tm_arenas[i]) {
+            arena_lock_settled(tm_arenas[i]);
+            tm_arenas[i]->fork_held = true;
+        }
 }
 
 void arena_fork_parent(void) {
-    for (unsigned i = TM_MAX_ARENAS; i-- > 0;)
-        if (tm_arenas[i]) arena_unlock(tm_arenas[i]);
+    for (unsigned i = TM_MAX_ARENAS; i-- > 0;) /* not one made during the fork */
+        if (tm_arenas[i] && tm_arenas[i]->fork_held) {
+            tm_arenas[i]->fork_held = false;
+            arena_unlock(tm_arenas[i]);
+        }
     tm_unlock(&arenas_lock);
 }
 
@@ -964,6 +970,7 @@ void arena_fork_child(void) {
         if (tm_arenas[i]) {
             tm_mutex_init(&tm_arenas[i]->lock);
             tm_arenas[i]->bare = false; /* taken bare by a one-thread parent */
+            tm_arenas[i]->fork_held = false;
             pthread_cond_init(&tm_arenas[i]->undropped, NULL);
         }
     pthread_mutex_init(&arenas_lock, NULL);

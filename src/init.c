@@ -43,9 +43,10 @@
  * outside tester; tests/fork/early.c). Now the forking thread is marked
  * (tm_tls.forking) from the end of our prepare to the start of our parent
  * or child handler, and its lock calls take nothing (internal.h): no other
- * thread can be inside the allocator then. A lock made meanwhile (a new
- * cache, arena or transfer-cache set) is made held, so the parent's
- * release of all of them stays balanced; _heapmin releases nothing there.
+ * thread can be inside the allocator then. The parent handler releases
+ * only the locks the prepare handler took (fork_held), not those of a
+ * cache, arena or transfer-cache set made meanwhile; _heapmin releases
+ * nothing there.
  * The prepare handler takes glibc's FILE-list lock first, as glibc's fork
  * does for its own malloc (fork_prepare says why).
  *
@@ -94,8 +95,10 @@ static void fork_prepare(void) {
     if (_IO_list_lock) _IO_list_lock();
     heapmin_lock();
     tcache_registry_lock();
-    for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next)
+    for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next) {
         pthread_mutex_lock(&tc->mu);
+        tc->fork_held = true;
+    }
     xfer_fork_prepare();
     arena_fork_prepare();
     huge_fork_prepare();
@@ -112,7 +115,10 @@ static void fork_parent(void) {
     arena_fork_parent();
     xfer_fork_parent();
     for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next)
-        pthread_mutex_unlock(&tc->mu);
+        if (tc->fork_held) { /* not one made during the fork */
+            tc->fork_held = false;
+            pthread_mutex_unlock(&tc->mu);
+        }
     tcache_registry_unlock();
     heapmin_unlock();
     if (_IO_list_unlock) _IO_list_unlock();

@@ -608,13 +608,6 @@ TM_INLINE void tm_unlock(pthread_mutex_t *m) {
     if (unlikely(tm_tls.forking)) return;
     pthread_mutex_unlock(m);
 }
-/* A new lock (a cache's, an arena's, a transfer-cache set's): held at once
- * if it is made while this thread forks, like those fork_prepare took, so
- * that fork_parent's release of every one is balanced. */
-TM_INLINE void tm_mutex_make(pthread_mutex_t *m) {
-    tm_mutex_init(m);
-    if (unlikely(tm_tls.forking)) pthread_mutex_lock(m);
-}
 
 /* An arena's lock: its mutex, or nothing while the process has one thread,
  * as glibc's own malloc skips its arena locks. glibc keeps

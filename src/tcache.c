@@ -123,6 +123,7 @@ typedef struct tm_xfer {
  * a batch of pointers. */
 typedef struct tm_xfer_set {
     pthread_mutex_t lock;
+    bool fork_held; /* locked by xfer_fork_prepare (a set made during the fork is not) */
     tm_xfer_t x[TM_NCLASSES + 1];
 } tm_xfer_set_t;
 
@@ -146,7 +147,7 @@ static void xfer_set_make_locked(unsigned ai) {
     if (xfer_sets[ai] || !tm_opt.tcache_scale_pct) return;
     tm_xfer_set_t *set = meta_alloc(sizeof *set);
     if (!set) return;
-    tm_mutex_make(&set->lock);
+    tm_mutex_init(&set->lock);
     for (unsigned c = 1; c <= TM_NCLASSES; c++)
         set->x[c].cap = xfer_cap[c]; /* its slots come with its first put */
     __atomic_store_n(&xfer_sets[ai], set, __ATOMIC_RELEASE);
@@ -370,19 +371,30 @@ static size_t xfer_cached_bytes(void) {
     return bytes;
 }
 
-/* fork: the sets cannot change meanwhile (they are made under the
- * registry lock, which the prepare handler holds) */
+/* fork: no other thread makes a set meanwhile (they are made under the
+ * registry lock, which the prepare handler holds); the forking thread may
+ * (a fork handler's allocation, init.c), and fork_parent leaves that one
+ * alone */
 void xfer_fork_prepare(void) {
     for (unsigned ai = 0; ai < TM_MAX_ARENAS; ai++)
-        if (xfer_sets[ai]) tm_lock(&xfer_sets[ai]->lock);
+        if (xfer_sets[ai]) {
+            tm_lock(&xfer_sets[ai]->lock);
+            xfer_sets[ai]->fork_held = true;
+        }
 }
 void xfer_fork_parent(void) {
     for (unsigned ai = TM_MAX_ARENAS; ai-- > 0;)
-        if (xfer_sets[ai]) tm_unlock(&xfer_sets[ai]->lock);
+        if (xfer_sets[ai] && xfer_sets[ai]->fork_held) {
+            xfer_sets[ai]->fork_held = false;
+            tm_unlock(&xfer_sets[ai]->lock);
+        }
 }
 void xfer_fork_child(void) {
     for (unsigned ai = 0; ai < TM_MAX_ARENAS; ai++)
-        if (xfer_sets[ai]) tm_mutex_init(&xfer_sets[ai]->lock);
+        if (xfer_sets[ai]) {
+            tm_mutex_init(&xfer_sets[ai]->lock);
+            xfer_sets[ai]->fork_held = false;
+        }
 }
 
 void tcache_registry_lock(void) { tm_lock(&registry_lock); }
@@ -1082,7 +1094,7 @@ static tm_tcache_t *tcache_create(void) {
     tc->idle_seen = 0; /* a new record for the background thread's scan (world.c) */
     tcache_mark_used_locked(tc); /* no lock: not in the registry yet */
     tc->owner_tls = &tm_tls;
-    tm_mutex_make(&tc->mu);
+    tm_mutex_init(&tc->mu);
     tc->unbound = os_gettid() == os_getpid();
     tm_lock(&registry_lock);
     unsigned ai = arena_choose_locked(arena_bound, initial_arena);
@@ -1681,6 +1693,7 @@ void tcache_fork_child(void) {
     for (tm_tcache_t *tc = registry, *next; tc; tc = next) {
         next = tc->next;
         tm_mutex_init(&tc->mu);
+        tc->fork_held = false;
         if (tc == self) {
             tcache_settle_locked(tc);
             /* the child's initial thread now: not counted (tc->unbound) */

@@ -209,6 +209,8 @@ _Static_assert((TM_RUN_LISTS + 63) / 64 <= 64, "runs_words has a bit per word of
 typedef struct tm_arena {
     pthread_mutex_t lock;       /* arena_lock/arena_unlock (internal.h) */
     bool bare;                  /* held without the mutex: one thread */
+    bool fork_held;             /* locked by fork_prepare (an arena made during
+                                   the fork is not), for fork_parent */
     unsigned index;
     unsigned nthreads;          /* threads bound to it (registry lock) */
     tm_arena_bin_t bins[TM_NCLASSES + 1];
@@ -305,6 +307,8 @@ typedef struct tm_tcache {
                                    since they were last given back (under mu) */
     bool slots_releasing;       /* a trimmer is giving back the grown-bin
                                    slots' pages: no bin may grow (tcache.c) */
+    bool fork_held;             /* mu locked by fork_prepare (a cache made
+                                   during the fork is not), for fork_parent */
     bool unbound;               /* the process's initial thread: not counted
                                    in arena_bound (arena_choose_locked) */
     /* garbage collection of idle bins (tcache.c), under mu */

@@ -12,7 +12,12 @@
  *                      allocator lock then) and their parent and child
  *                      handlers before trimalloc's releases them
  * Each hung the process (start-up, or the first fork) until 2026-12-07.
+ * With EARLY_PREFIXED (and EARLY_ATFORK_ALLOC) the handlers allocate with
+ * the prefixed library's tm_malloc and tm_free, looked up by name so that
+ * this library does not depend on it (a dependency's constructor would
+ * run first): the sanitizer builds check the same path.
  */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,19 +30,22 @@ int early_child_ok;        /* set in a child whose child handler's blocks checke
 static void noop(void) {}
 
 #ifdef EARLY_ATFORK_ALLOC
+static void *(*alloc_fn)(size_t) = malloc;
+static void (*free_fn)(void *) = free;
+
 /* small, large and huge blocks, written and read back */
 static int workout(unsigned char fill)
 {
-    static const size_t sizes[] = {24, 200000, 8u << 20};
+    static const size_t sizes[] = {24, 200000, 3u << 20}; /* small, large, huge */
     int ok = 1;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-        unsigned char *p = malloc(sizes[i]);
+        unsigned char *p = alloc_fn(sizes[i]);
         if (!p)
             return 0;
         memset(p, fill, sizes[i]);
         for (size_t k = 0; k < sizes[i]; k += 4093)
             ok &= p[k] == fill;
-        free(p);
+        free_fn(p);
     }
     return ok;
 }
@@ -45,7 +53,7 @@ static void *held; /* allocated by prepare, freed by parent/child */
 static void prepare(void)
 {
     early_prepares++;
-    held = malloc(100);
+    held = alloc_fn(100);
     if (held)
         memset(held, 0x11, 100);
     (void)workout(0x22);
@@ -53,13 +61,13 @@ static void prepare(void)
 static void parent(void)
 {
     int ok = workout(0x33) && held && ((unsigned char *)held)[99] == 0x11;
-    free(held);
+    free_fn(held);
     early_parent_ok += ok;
 }
 static void child(void)
 {
     int ok = workout(0x44) && held && ((unsigned char *)held)[99] == 0x11;
-    free(held);
+    free_fn(held);
     early_child_ok = ok;
 }
 #endif
@@ -74,6 +82,12 @@ __attribute__((constructor)) static void early_ctor(void)
         early_registered += pthread_atfork(noop, noop, noop) == 0;
 #elif defined(EARLY_ATFORK_ALLOC)
     (void)noop;
+#ifdef EARLY_PREFIXED
+    alloc_fn = (void *(*)(size_t))dlsym(RTLD_DEFAULT, "tm_malloc");
+    free_fn = (void (*)(void *))dlsym(RTLD_DEFAULT, "tm_free");
+    if (!alloc_fn || !free_fn)
+        abort();
+#endif
     early_registered += pthread_atfork(prepare, parent, child) == 0;
 #endif
 }
