@@ -46,9 +46,10 @@
  * thread can be inside the allocator then. The parent handler releases
  * only the locks the prepare handler took (fork_held), not those of a
  * cache, arena or transfer-cache set made meanwhile; _heapmin releases
- * nothing there.
- * The prepare handler takes glibc's FILE-list lock first, as glibc's fork
- * does for its own malloc (fork_prepare says why).
+ * nothing there. A fork from inside another library's parent or child
+ * handler in that window is not handled (it waits for a cache lock the
+ * outer fork holds), nor is a thread in getline while another calls
+ * fflush(NULL) and a third forks (fork_prepare says why).
  *
  * While the process has one thread and our constructor has not run, the
  * registration waits for the constructor (tm_fork_register): the first
@@ -78,21 +79,18 @@ void pagemap_fork_prepare(void);
 void pagemap_fork_parent(void);
 void pagemap_fork_child(void);
 
-/* glibc's lock of its list of open FILEs (recursive; exported since glibc
- * 2.2.5; weak: another C library may not have it). glibc's fork takes it
- * before its own malloc's locks, because a thread can hold a FILE's lock
- * and allocate (getline) while another holds the list lock and waits for
- * that FILE (fflush(NULL)). Our prepare handler runs before glibc takes it,
- * so ours must take it first too: three threads -- one in getline, one in
- * fflush(NULL) in a loop, one forking -- hung at the first few forks every
- * time without it (an outside tester, 2026-12-07). In the child glibc
- * resets it (a process with threads) or we do. */
-extern void _IO_list_lock(void) __attribute__((weak));
-extern void _IO_list_unlock(void) __attribute__((weak));
-extern void _IO_list_resetlock(void) __attribute__((weak));
-
+/* Not taken here: glibc's lock of its list of open FILEs, which glibc's
+ * fork takes after every prepare handler and before its own malloc's
+ * locks (a thread can hold a FILE's lock and allocate, in getline, while
+ * another holds the list and waits for that FILE, in fflush(NULL)). Taken
+ * first here it fixed that case (an outside tester's three threads, one
+ * forking, hung at the first few forks) but put the list lock before every
+ * prepare handler registered ahead of ours: one that takes its library's
+ * mutex, held by a thread that calls fflush(NULL) or fopen under it, then
+ * hung every fork (a reviewer, 2026-12-07). The first is a limit jemalloc
+ * and tcmalloc share; the second is the way pthread_atfork is meant to be
+ * used. Left out on purpose (design.md, "Start-up and fork"). */
 static void fork_prepare(void) {
-    if (_IO_list_lock) _IO_list_lock();
     heapmin_lock();
     tcache_registry_lock();
     for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next) {
@@ -121,7 +119,6 @@ static void fork_parent(void) {
         }
     tcache_registry_unlock();
     heapmin_unlock();
-    if (_IO_list_unlock) _IO_list_unlock();
 }
 
 static void fork_child(void) {
@@ -135,7 +132,6 @@ static void fork_child(void) {
     tcache_fork_child();
     heapmin_fork_child();
     background_fork_child();
-    if (_IO_list_resetlock) _IO_list_resetlock();
 }
 
 void tm_init_slow(void) {

@@ -50,8 +50,12 @@ static int workout(unsigned char fill)
     return ok;
 }
 static void *held; /* allocated by prepare, freed by parent/child */
+/* the library's own lock, taken by its prepare handler as pthread_atfork
+ * is meant to be used (tests/fork/early.c holds it around stdio calls) */
+pthread_mutex_t early_mu = PTHREAD_MUTEX_INITIALIZER;
 static void prepare(void)
 {
+    pthread_mutex_lock(&early_mu);
     early_prepares++;
     held = alloc_fn(100);
     if (held)
@@ -63,12 +67,14 @@ static void parent(void)
     int ok = workout(0x33) && held && ((unsigned char *)held)[99] == 0x11;
     free_fn(held);
     early_parent_ok += ok;
+    pthread_mutex_unlock(&early_mu);
 }
 static void child(void)
 {
     int ok = workout(0x44) && held && ((unsigned char *)held)[99] == 0x11;
     free_fn(held);
     early_child_ok = ok;
+    pthread_mutex_unlock(&early_mu);
 }
 #endif
 
