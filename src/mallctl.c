@@ -318,7 +318,11 @@ TM_EXPORT int TM_API(mallctlnametomib)(const char *name, size_t *mibp, size_t *m
     size_t mib[CTL_MIB_PARTS], n = 0;
     for (unsigned t = 0; t < CTL_NNAMES && !n; t++) n = ctl_name_to_mib(ctl_names[t], name, mib);
     nametomib_fn other = (nametomib_fn)next_fn("mallctlnametomib", &next, &looked);
-    if (n && !(other && next_mallctl() && !strcmp(name, "version"))) {
+    tm_init(); /* tm_narenas */
+    if (n == 3 && mib[0] == (size_t)ctl_word("arena", 5) && mib[1] > tm_narenas &&
+        mib[1] != CTL_ARENAS_ALL && mib[1] != CTL_ARENAS_DESTROYED) {
+        r = ENOENT; /* no such arena: jemalloc says so at the lookup too */
+    } else if (n && !(other && next_mallctl() && !strcmp(name, "version"))) {
         mib[0] += CTL_MIB_TAG;
         if (*miblenp < n) n = *miblenp;
         memcpy(mibp, mib, n * sizeof *mib);

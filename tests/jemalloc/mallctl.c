@@ -428,6 +428,8 @@ static void test_mib(void **state)
     assert_int_equal(name_to_mib("stats.allocated.x", mib, &len), ENOENT);
     assert_int_equal(name_to_mib("stats..allocated", mib, &len), ENOENT);
     assert_int_equal(name_to_mib("arena.x.purge", mib, &len), ENOENT);
+    assert_int_equal(name_to_mib("arena.4095.purge", mib, &len), ENOENT); /* no such arena */
+    assert_int_equal(name_to_mib("arena.4097.decay", mib, &len), 0);
     assert_int_equal(name_to_mib(NULL, mib, &len), EINVAL);
     assert_int_equal(name_to_mib("epoch", NULL, &len), EINVAL);
     assert_int_equal(by_mib(NULL, 1, NULL, NULL, NULL, 0), EINVAL);
