@@ -1,7 +1,8 @@
 /*
  * early_lib.c -- a library whose constructor runs before trimalloc's (it is
  * linked after libtrimalloc.so, and the loader runs the constructors of the
- * later libraries first), for tests/fork/early.c. Built three ways:
+ * later libraries first), for tests/fork/early.c. Built three ways (and
+ * a fourth, EARLY_PREFIXED, below):
  *   EARLY_ATEXIT       40 atexit handlers before any allocation: glibc's
  *                      33rd needs a block, made under its exit-handler lock
  *   EARLY_ATFORK_MANY  60 fork handlers before any allocation: glibc's 49th
