@@ -121,6 +121,13 @@ static int ctl_stat(const char *what, void *oldp, size_t *oldlenp, void *newp, s
     return ctl_read(oldp, oldlenp, &v, sizeof v);
 }
 
+/* An arena index jemalloc takes in arena.<i>: one below narenas, narenas
+ * itself (the old spelling of "all"), MALLCTL_ARENAS_ALL and
+ * MALLCTL_ARENAS_DESTROYED. The allocator must be initialised. */
+static bool ctl_arena_index_ok(unsigned long index) {
+    return index <= tm_narenas || index == CTL_ARENAS_ALL || index == CTL_ARENAS_DESTROYED;
+}
+
 /* "arena.<decimal>.purge" or ".decay": 1 with *index set, else 0 */
 static bool is_arena_purge(const char *name, unsigned long *index) {
     if (strncmp(name, "arena.", 6)) return false;
@@ -164,10 +171,7 @@ static int ctl_answer(const char *name, void *oldp, size_t *oldlenp, void *newp,
         return ctl_read(oldp, oldlenp, &n, sizeof n);
     }
     if (is_arena_purge(name, &index)) {
-        /* jemalloc takes an index below narenas, narenas itself (the old
-         * spelling of "all") and MALLCTL_ARENAS_ALL; each does it all here */
-        if (index != CTL_ARENAS_ALL && index != CTL_ARENAS_DESTROYED && index > tm_narenas)
-            return ENOENT;
+        if (!ctl_arena_index_ok(index)) return ENOENT; /* each other one does it all here */
         if (ctl_reads(oldp, oldlenp) || ctl_writes(newp, newlen)) return EPERM;
         if (index != CTL_ARENAS_DESTROYED) /* trimalloc destroys no arena */
             TM_API(_heapmin)();            /* -1 only where the kernel refused every release */
@@ -319,8 +323,7 @@ TM_EXPORT int TM_API(mallctlnametomib)(const char *name, size_t *mibp, size_t *m
     for (unsigned t = 0; t < CTL_NNAMES && !n; t++) n = ctl_name_to_mib(ctl_names[t], name, mib);
     nametomib_fn other = (nametomib_fn)next_fn("mallctlnametomib", &next, &looked);
     tm_init(); /* tm_narenas */
-    if (n == 3 && mib[0] == (size_t)ctl_word("arena", 5) && mib[1] > tm_narenas &&
-        mib[1] != CTL_ARENAS_ALL && mib[1] != CTL_ARENAS_DESTROYED) {
+    if (n == 3 && mib[0] == (size_t)ctl_word("arena", 5) && !ctl_arena_index_ok(mib[1])) {
         r = ENOENT; /* no such arena: jemalloc says so at the lookup too */
     } else if (n && !(other && next_mallctl() && !strcmp(name, "version"))) {
         mib[0] += CTL_MIB_TAG;
