@@ -1035,6 +1035,27 @@ void tcache_init(void) {
     tm_cookie_key |= 1; /* never zero: a zeroed block must not look free */
 }
 
+/* Put tc into the registry, which is kept in address order: fork's prepare
+ * handler locks every live cache in registry order, and an order that
+ * changed from one fork to the next -- a reused cache went to the head,
+ * until 2026-12-07 -- took two caches' locks in both orders, which
+ * ThreadSanitizer reports as a lock-order inversion (an outside reviewer;
+ * no deadlock: nothing else holds two caches' locks, and the handler holds
+ * the registry lock). O(live threads) per thread start, under the lock
+ * that start takes anyway. */
+static void registry_insert_locked(tm_tcache_t *tc) {
+    tm_tcache_t *prev = NULL, *next = registry;
+    while (next && (uintptr_t)next < (uintptr_t)tc) {
+        prev = next;
+        next = next->next;
+    }
+    tc->prev = prev;
+    tc->next = next;
+    if (next) next->prev = tc;
+    if (prev) prev->next = tc;
+    else registry = tc;
+}
+
 /* A thread makes its cache at its first allocation or free -- but not in
  * the last stage of its exit. glibc runs the key destructors (ours among
  * them) and then, in a thread that exits detached, frees the TLS blocks
@@ -1128,10 +1149,7 @@ static tm_tcache_t *tcache_create(void) {
     xfer_set_make_locked(tc->arena->index);
     tc->gc_xfer_arena = tc->arena->index;
     tc->state = TC_STATE_LIVE;
-    tc->prev = NULL;
-    tc->next = registry;
-    if (registry) registry->prev = tc;
-    registry = tc;
+    registry_insert_locked(tc);
     __atomic_store_n(&registry_count, registry_count + 1, __ATOMIC_RELAXED);
     tm_unlock(&registry_lock);
     /* May allocate (keys past the first 32): the state is LIVE by now, so

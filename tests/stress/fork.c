@@ -283,10 +283,90 @@ static void test_fork_while_allocating(void **state)
     print_message("%ld forks while %d threads allocated\n", forks, HAMMERS);
 }
 
+/* ---- fork after exited threads' caches were reused ------------------------------
+ * fork's prepare handler locks every live cache. It did so in the order of
+ * the registry of live caches, and a reused cache went to its head, so two
+ * forks could lock the same two caches in opposite orders: harmless (the
+ * prepare handler is the only place that holds two caches' locks, under
+ * the registry lock), but ThreadSanitizer's deadlock detector reports a
+ * lock-order inversion and the run fails (an outside reviewer, 2026-12-07,
+ * with a stress program of his). Here: three threads make caches and stay,
+ * a fork, the three exit one by one (their caches are kept for reuse),
+ * three new threads take those caches one at a time -- in the other
+ * order -- and stay, a second fork. Under TSan this is the check; elsewhere it checks
+ * that both children run. */
+enum { REUSERS = 3 };
+static pthread_mutex_t reuse_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t reuse_cv = PTHREAD_COND_INITIALIZER;
+static int reuse_ready, reuse_go;
+
+static void *reuser_main(void *arg)
+{
+    tu_block_t b = tu_block_new(64 + (size_t)(uintptr_t)arg * 16, 0, (uint64_t)(uintptr_t)arg);
+    pthread_mutex_lock(&reuse_mu);
+    reuse_ready++;
+    pthread_cond_broadcast(&reuse_cv);
+    while (reuse_go <= (int)(uintptr_t)arg)
+        pthread_cond_wait(&reuse_cv, &reuse_mu);
+    pthread_mutex_unlock(&reuse_mu);
+    tu_block_free(&b);
+    return NULL;
+}
+
+/* Start one reuser and wait until it has made (or taken) its cache. */
+static void reuser_start(pthread_t *t, int i)
+{
+    pthread_mutex_lock(&reuse_mu);
+    int want = reuse_ready + 1;
+    pthread_mutex_unlock(&reuse_mu);
+    tu_thread_create(t, reuser_main, (void *)(uintptr_t)i);
+    pthread_mutex_lock(&reuse_mu);
+    while (reuse_ready < want)
+        pthread_cond_wait(&reuse_cv, &reuse_mu);
+    pthread_mutex_unlock(&reuse_mu);
+}
+
+static void fork_and_check(void)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        void *p = malloc(100);
+        free(p);
+        _exit(p ? 0 : 1);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void test_fork_after_cache_reuse(void **state)
+{
+    (void)state;
+    pthread_t ts[REUSERS];
+    for (int round = 0; round < 2; round++) {
+        reuse_ready = 0;
+        reuse_go = 0;
+        for (int i = 0; i < REUSERS; i++)
+            reuser_start(&ts[i], i);
+        fork_and_check();
+        /* one at a time: the caches go back in a known order, and (taken
+         * last-in first-out) come back to the next round in the other */
+        for (int i = 0; i < REUSERS; i++) {
+            pthread_mutex_lock(&reuse_mu);
+            reuse_go = i + 1;
+            pthread_cond_broadcast(&reuse_cv);
+            pthread_mutex_unlock(&reuse_mu);
+            tu_thread_join(ts[i]);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fork_while_allocating),
+        cmocka_unit_test(test_fork_after_cache_reuse),
     };
     return cmocka_run_group_tests_name("stress_fork (" TU_FLAVOUR ")", tests, NULL, NULL);
 }
