@@ -759,7 +759,8 @@ static TM_COLD void *cxx_new_failed(unsigned op, size_t size, size_t align, bool
         return ((void *(*)(size_t))next)(size);
     }
     if (nothrow) return NULL;
-    tm_fatal("operator new: out of memory, and no C++ runtime to throw std::bad_alloc");
+    tm_fatal("operator new: out of memory, and no C++ runtime to throw std::bad_alloc "
+             "(libstdc++ linked in statically? docs/getting-started.md)");
 }
 
 TM_INLINE void *cxx_new(unsigned op, size_t size, bool nothrow) {

@@ -15,6 +15,9 @@
 #      exported by libtrimalloc_jemalloc.so only (nm -D, where nm exists);
 #   3. pkg-config: compile tests/install/consumer/consumer.c with
 #      `pkg-config --cflags --libs trimalloc` (rpath from its libdir), run it;
+#   2b. libtrimalloc.a defines no global symbol but the exported API, and
+#      a program whose own functions are named like trimalloc internals
+#      (consumer/own_names.c) links with it and runs;
 #   4. find_package: configure tests/install/consumer with
 #      -DCMAKE_PREFIX_PATH=P, build consumer_shared and consumer_static, run
 #      both (consumer_shared must map P's libtrimalloc.so, not the build's);
@@ -129,6 +132,31 @@ else
 fi
 LIB_REAL=$(readlink -f "$LIBDIR/libtrimalloc.so")
 SRC=$HERE/consumer/consumer.c
+
+# ---- 2b. the archive names only the API --------------------------------------------
+# Every global symbol libtrimalloc.a defines is one libtrimalloc.so exports
+# (its internals are local: CMakeLists.txt says how), and a program with
+# functions named like those internals links with it and runs.
+if command -v nm >/dev/null; then
+    own=$(comm -23 <(nm -g --defined-only "$LIBDIR/libtrimalloc.a" 2>/dev/null |
+                     awk 'NF == 3 {print $3}' | sort -u) \
+                   <(nm -D --defined-only "$LIBDIR/libtrimalloc.so.0.1.0" | awk '{print $3}' | sort -u))
+    if [ -n "$own" ]; then
+        step FAIL static-symbols "global in libtrimalloc.a, not exported by the .so: $(echo $own | head -c 300)"
+    else
+        step PASS static-symbols "libtrimalloc.a defines only the exported API"
+    fi
+else
+    step SKIP static-symbols "nm is not installed"
+fi
+if run "$WORK/own-names.log" "${CC:-cc}" -O2 -I"$PREFIX/include" "$HERE/consumer/own_names.c" \
+        -o "$WORK/own_names" -Wl,--undefined=malloc "$LIBDIR/libtrimalloc.a" -pthread &&
+    out=$("$WORK/own_names" 2>&1); then
+    step PASS static-names "$out"
+else
+    echo "${out:-}"
+    step FAIL static-names "a program with functions named like trimalloc internals"
+fi
 
 # ---- 3. pkg-config ---------------------------------------------------------------
 if ! command -v pkg-config >/dev/null; then
