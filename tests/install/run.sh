@@ -13,11 +13,11 @@
 #      P/lib/cmake/trimalloc/trimalloc{Config,ConfigVersion,Targets}.cmake,
 #      no prefixed library, and jemalloc's mallctl and malloc_stats_print
 #      exported by libtrimalloc_jemalloc.so only (nm -D, where nm exists);
-#   3. pkg-config: compile tests/install/consumer/consumer.c with
-#      `pkg-config --cflags --libs trimalloc` (rpath from its libdir), run it;
 #   2b. libtrimalloc.a defines no global symbol but the exported API, and
 #      a program whose own functions are named like trimalloc internals
 #      (consumer/own_names.c) links with it and runs;
+#   3. pkg-config: compile tests/install/consumer/consumer.c with
+#      `pkg-config --cflags --libs trimalloc` (rpath from its libdir), run it;
 #   4. find_package: configure tests/install/consumer with
 #      -DCMAKE_PREFIX_PATH=P, build consumer_shared and consumer_static, run
 #      both (consumer_shared must map P's libtrimalloc.so, not the build's);

@@ -293,8 +293,8 @@ static void test_fork_while_allocating(void **state)
  * with a stress program of his). Here: three threads make caches and stay,
  * a fork, the three exit one by one (their caches are kept for reuse),
  * three new threads take those caches one at a time -- in the other
- * order -- and stay, a second fork. Under TSan this is the check; elsewhere it checks
- * that both children run. */
+ * order -- and stay, a second fork. Under TSan this is the check;
+ * elsewhere it checks that both children run. */
 enum { REUSERS = 3 };
 static pthread_mutex_t reuse_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t reuse_cv = PTHREAD_COND_INITIALIZER;
