@@ -140,7 +140,7 @@ SRC=$HERE/consumer/consumer.c
 if command -v nm >/dev/null; then
     own=$(comm -23 <(nm -g --defined-only "$LIBDIR/libtrimalloc.a" 2>/dev/null |
                      awk 'NF == 3 {print $3}' | sort -u) \
-                   <(nm -D --defined-only "$LIBDIR/libtrimalloc.so.0.1.0" | awk '{print $3}' | sort -u))
+                   <(nm -D --defined-only "$LIB_REAL" | awk '{print $3}' | sort -u))
     if [ -n "$own" ]; then
         step FAIL static-symbols "global in libtrimalloc.a, not exported by the .so: $(echo $own | head -c 300)"
     else
