@@ -201,11 +201,12 @@ elif [ $DO_DOC = 1 ]; then
     DOC_ARGS=(--doc "$REPO_DIR/docs/benchmarks.md" --img "$REPO_DIR/docs/img")
 fi
 [ $SPIKE_ONLY = 1 ] && DOC_ARGS=(--spike-only)
-[ -n "$SPIKE_PNG" ] && DOC_ARGS+=(--spike-png "$SPIKE_PNG")
+[ -n "$SPIKE_PNG" ] && DOC_ARGS+=(--spike-png "$SPIKE_PNG") && rm -f "$SPIKE_PNG" # no stale plot
 python3 "$BENCH_DIR/summarize.py" --results "$RESULTS" "${DOC_ARGS[@]}"
 DONE_MSG="run.sh: done in $(( $(date +%s) - T_BEGIN )) s; results in $RESULTS"
 [ $SPIKE_ONLY = 0 ] && [ $DO_DOC = 1 ] && DONE_MSG+="; report in ${DOC_ARGS[1]}, plots in ${DOC_ARGS[3]}"
-[ -n "$SPIKE_PNG" ] && DONE_MSG+="; plot in $SPIKE_PNG"
+# only a plot that was written (no gnuplot: summarize.py says so and writes none)
+[ -n "$SPIKE_PNG" ] && [ -s "$SPIKE_PNG" ] && DONE_MSG+="; plot in $SPIKE_PNG"
 echo "$DONE_MSG" >&2
 # a run that crashed, hung, lost data or ran under the wrong allocator fails the script
 if grep -q '^rep=.* status=[^o]' "$RAW"; then

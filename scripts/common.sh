@@ -25,6 +25,17 @@ fi
 TM_COMMON_SOURCED=1
 
 TM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The demo and most tests preload the library, and the loader splits
+# LD_PRELOAD at spaces and colons: from such a path every preloaded run
+# would quietly get glibc's malloc (an outside tester, 2026-12-07).
+case $TM_ROOT in
+*[[:space:]:]*)
+    echo "$(basename "$0"): the repository is at '$TM_ROOT', whose path has a space or a colon;" >&2
+    echo "LD_PRELOAD, which the demo and the tests use, cannot name a library there (the loader" >&2
+    echo "splits it at spaces and colons). Clone or move the repository to a path without them." >&2
+    exit 2
+    ;;
+esac
 TM_JOBS=${TRIMALLOC_JOBS:-2}
 
 # Packages the test suite needs. make and libc6-dev are named explicitly

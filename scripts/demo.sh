@@ -72,13 +72,21 @@ echo "CPUs, for every allocator; compare the rows of one run, not with README's 
 # run_demo LABEL [env assignments...] -- run the demo under env, report.
 FAILED=0
 run_demo() {
-    local label=$1
+    local label=$1 out
     shift
     tm_section "demo: $label"
     echo "\$ ${*:+$* }build/demo_threads${DEMO_ARGS:+ $DEMO_ARGS}"
     # shellcheck disable=SC2086 # DEMO_ARGS is split on purpose
-    if ! env "$@" build/demo_threads $DEMO_ARGS; then
+    if ! out=$(env "$@" build/demo_threads $DEMO_ARGS 2>&1); then
+        echo "$out"
         echo "demo FAILED with $label"
+        FAILED=1
+        return
+    fi
+    echo "$out"
+    # a preload the loader refused runs on glibc's malloc, exit status 0
+    if [ $# -gt 0 ] && ! grep -q 'malloc from: .*trimalloc' <<<"$out"; then
+        echo "demo FAILED with $label: the program did not run on trimalloc"
         FAILED=1
     fi
 }

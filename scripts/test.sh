@@ -46,6 +46,9 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+case $TM_JOBS in
+'' | *[!0-9]* | 0) echo "-j needs a positive number, not '$TM_JOBS'" >&2; exit 2 ;;
+esac
 
 # Sanitizer runtime options. Our defaults come first so the caller's win.
 ASAN_DEFAULTS="halt_on_error=1:detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1:print_summary=1"

@@ -137,6 +137,12 @@ static void test_cold_code_stays_out_of_memory(void **state)
      * cold code resident in Debug builds, gcc and clang). */
     print_message("built without optimisation: the code layout is not kept\n");
     skip();
+#elif !defined(TU_LAYOUT_BUILD)
+    /* The hot list names the functions of GCC's Release build; another
+     * compiler or build type (-O2 -g, -Os) inlines others, and its cold
+     * code on the hot path says nothing about the list (tests/CMakeLists.txt). */
+    print_message("not GCC's Release build: the hot list is not made for it\n");
+    skip();
 #else
     small_workload();
     long rss[4];
