@@ -20,7 +20,8 @@
 #     (the end of .data), then the rest.
 # A function or variable missing from these lists still works; it only costs
 # memory when a small process uses it. tests/api/footprint.c fails when a
-# small workload runs cold code. Valgrind (3.19) takes symbols only from the
+# small workload runs cold code (in GCC's Release build, which these lists
+# are made for; it skips the check in others). Valgrind (3.19) takes symbols only from the
 # section named .text, so its tools name cold functions "???"; configure
 # with -DTRIMALLOC_LAYOUT=OFF to profile those. Needs -ffunction-sections -fdata-sections;
 # a function NAME is matched as .text.NAME, its clones (.text.NAME.*), the
