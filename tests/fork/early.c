@@ -60,6 +60,18 @@ static void *churn(void *arg)
     return NULL;
 }
 
+/* n forks while another thread allocates and frees all along */
+static void forks_with_churn(int n, bool child_handler)
+{
+    pthread_t t;
+    atomic_store(&stop, 0);
+    assert_int_equal(pthread_create(&t, NULL, churn, NULL), 0);
+    for (int i = 0; i < n; i++)
+        fork_once(child_handler);
+    atomic_store(&stop, 1);
+    assert_int_equal(pthread_join(t, NULL), 0);
+}
+
 #if defined(EARLY_ATEXIT) || defined(EARLY_ATFORK_MANY)
 static void test_start_up(void **state)
 {
@@ -73,13 +85,7 @@ static void test_start_up(void **state)
     void *p = TM_API(malloc)(1000);
     assert_non_null(p);
     TM_API(free)(p);
-    pthread_t t;
-    atomic_store(&stop, 0);
-    assert_int_equal(pthread_create(&t, NULL, churn, NULL), 0);
-    for (int i = 0; i < 10; i++)
-        fork_once(false);
-    atomic_store(&stop, 1);
-    assert_int_equal(pthread_join(t, NULL), 0);
+    forks_with_churn(10, false);
 }
 #endif
 
@@ -91,13 +97,7 @@ static void test_handlers_that_allocate(void **state)
     /* one thread, then with another one allocating all along */
     for (int i = 0; i < 10; i++)
         fork_once(true);
-    pthread_t t;
-    atomic_store(&stop, 0);
-    assert_int_equal(pthread_create(&t, NULL, churn, NULL), 0);
-    for (int i = 0; i < 30; i++)
-        fork_once(true);
-    atomic_store(&stop, 1);
-    assert_int_equal(pthread_join(t, NULL), 0);
+    forks_with_churn(30, true);
     assert_int_equal(early_prepares, 40);
     assert_int_equal(early_parent_ok, 40);
 }
