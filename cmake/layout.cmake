@@ -101,6 +101,20 @@ set(TRIMALLOC_HOT_DATA
   tm_classes meta_total huge_cache_count
   slot_grown os_fail_countdown_active orphan_last_ns tm_orphan_due
   slot_first slot_start slot_first_start xfer_cap registry_lock arenas_lock meta_lock pm_lock tm_gstats meta_freed
+  # The other small variables, 0.6 KiB: fork, thread exit, the decay, the
+  # huge-block cache and C++'s operators read or write some of these in a
+  # small process, and their own pages were two more (cxx_next and
+  # decay_epoch on one, the thread registry's counters on another;
+  # measured, /proc/self/pagemap of bench/throughput tight, batch and
+  # larson).
+  cxx_next purge_budget trim_turn bg_set_lock trim_mu huge_mu
+  decay_epoch trim_next trim_serving huge_cache huge_cache_bytes huge_live huge_live_bytes
+  huge_live_mapped barrier_page fail_countdown os_purge_probe os_purge_syscalls
+  idle_window_ns idle_xfer_gc_ns take_buf take_cap take_faulted world_busy_skipped
+  world_wait_windows
+  cxx_mode bg_running decay_first ctor_ran fail_sticky interrupts.0 membarrier_state
+  drained_unused_caches initial_arena recycled_warm tc_first_key
+  vec_refused tc_first_key_ok
   # Indexed by arena too, 5 KiB (a small process touches the first entries).
   arena_bound tm_arenas xfer_sets
   # The pagemap: root[0] (free(NULL)) shares the page above; its last root
