@@ -22,7 +22,8 @@
  *
  * Owner: huge_lock guards both lists and the fields of every huge_t on
  * them; a huge_t on neither (taken out of the cache, not yet live) belongs
- * to the thread that took it. Syscalls run outside the lock.
+ * to the thread that took it, but for the fields below (descriptors).
+ * Syscalls run outside the lock.
  */
 #include "internal.h"
 
@@ -53,6 +54,61 @@ static void list_remove(tm_huge_t **head, tm_huge_t *h) {
     else *head = h->next;
     if (h->next) h->next->prev = h->prev;
     h->next = h->prev = NULL;
+}
+
+/* ---- descriptors ------------------------------------------------------------
+ * A huge_t is also reached without the lock: free(), realloc() and
+ * malloc_usable_size() find it by a pagemap lookup, and a program that
+ * frees a block in one thread while another frees or resizes it (a bug
+ * trimalloc must report, not crash on) can make that lookup just before
+ * the first thread gives the descriptor up. So descriptors are never given
+ * back to meta.c, whose free list would write its link over `base` and
+ * hand the memory to metadata of another kind: spare ones wait on
+ * huge_spare. And the fields such a caller checks under huge_mu -- base,
+ * size, freed_ns, moving -- change only under huge_mu, also while the
+ * descriptor belongs to one thread. A spare one reads as freed (freed_ns
+ * 1) and as no block's (base 0); a new one as freed until it goes live
+ * (huge_alloc), so a stale free() of its address is a double free, not
+ * the removal of a block from a list it is not on. Until 2026-12-07
+ * descriptors went back to meta.c, and ThreadSanitizer reported
+ * meta_free's write of the link racing huge_claim's read of `base`
+ * (tests/stress/double_free_race.c, test_a_free_racing_a_huge_realloc). */
+static tm_huge_t *huge_spare; /* under huge_mu, linked by next */
+
+static void desc_free_locked(tm_huge_t *h) {
+    h->base = 0;
+    h->size = h->mapped = 0;
+    h->freed_ns = 1;
+    h->moving = false;
+    h->prev = NULL;
+    h->next = huge_spare;
+    huge_spare = h;
+}
+
+static void desc_free(tm_huge_t *h) {
+    tm_lock(&huge_mu);
+    desc_free_locked(h);
+    tm_unlock(&huge_mu);
+}
+
+/* A descriptor of mapped bytes at base, cut from the kernel mapping that
+ * starts at origin, freed (not live) at freed_ns (nonzero); NULL if no
+ * memory for it. Not yet in the pagemap. */
+static tm_huge_t *desc_new(uintptr_t base, uintptr_t origin, size_t mapped, uint64_t freed_ns) {
+    tm_lock(&huge_mu);
+    tm_huge_t *h = huge_spare;
+    if (h) huge_spare = h->next;
+    tm_unlock(&huge_mu);
+    if (!h && !(h = meta_alloc(sizeof *h))) return NULL;
+    tm_lock(&huge_mu);
+    h->base = base;
+    h->origin = origin;
+    h->size = h->mapped = mapped;
+    h->freed_ns = freed_ns;
+    h->moving = false;
+    h->next = h->prev = NULL;
+    tm_unlock(&huge_mu);
+    return h;
 }
 
 /* h into the cache, or out of it, with its counters (huge_mu held) */
@@ -87,7 +143,7 @@ static bool huge_unmap(tm_huge_t *h) {
         return false;
     }
     stats_add_released(h->mapped);
-    meta_free(h, sizeof *h);
+    desc_free(h);
     return true;
 }
 
@@ -198,17 +254,13 @@ static void huge_split_tail(tm_huge_t *h, size_t msize) {
     if (head >= h->mapped) return; /* the block keeps it all */
     uintptr_t tail_base = h->base + head;
     size_t tail_size = h->mapped - head;
-    tm_huge_t *t = huge_cache_room(tail_size) ? meta_alloc(sizeof *t) : NULL;
+    tm_huge_t *t = huge_cache_room(tail_size) ? desc_new(tail_base, h->origin, tail_size, h->freed_ns) : NULL;
     if (t && pagemap_set(tail_base, (uintptr_t)t) == 0) {
-        t->base = tail_base;
-        t->origin = h->origin;
-        t->mapped = t->size = tail_size;
-        t->freed_ns = h->freed_ns;
         h->mapped = head;
         huge_cache_put_back(t); /* (past the bounds if others filled it meanwhile: the next free evicts) */
         return;
     }
-    if (t) meta_free(t, sizeof *t);
+    if (t) desc_free(t);
     os_unmap((void *)(h->base + msize), h->mapped - msize);
     stats_add_released(h->mapped - msize);
     h->mapped = msize;
@@ -251,11 +303,12 @@ static void huge_cache_evict(size_t grown) {
     if (cut) {
         /* out of the cache while its end is unmapped: no one takes it */
         size_t keep = cut->mapped - cut_bytes;
-        if (os_unmap((void *)(cut->base + keep), cut_bytes) == 0) {
-            stats_add_released(cut_bytes);
-            cut->mapped = cut->size = keep;
-        }
-        huge_cache_put_back(cut);
+        bool done = os_unmap((void *)(cut->base + keep), cut_bytes) == 0;
+        if (done) stats_add_released(cut_bytes);
+        tm_lock(&huge_mu);
+        if (done) cut->mapped = cut->size = keep;
+        cache_add_locked(cut);
+        tm_unlock(&huge_mu);
     }
 }
 
@@ -288,7 +341,7 @@ void *huge_take_chunk(void) {
     uintptr_t mem = h->base;
     if (h->mapped == TM_CHUNK) {
         pagemap_clear(mem);
-        meta_free(h, sizeof *h);
+        desc_free(h);
         return (void *)mem;
     }
     /* the rest, entered at its new base first: it may fail (no leaf) */
@@ -297,10 +350,12 @@ void *huge_take_chunk(void) {
         return NULL;
     }
     pagemap_clear(mem);
+    tm_lock(&huge_mu);
     h->base = mem + TM_CHUNK;
     h->mapped -= TM_CHUNK;
     h->size = h->mapped;
-    huge_cache_put_back(h);
+    cache_add_locked(h);
+    tm_unlock(&huge_mu);
     return (void *)mem;
 }
 
@@ -385,9 +440,11 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
              * goes back and a fresh mapping is made. */
             void *np = huge_grow(h, msize);
             if (np) {
+                tm_lock(&huge_mu);
                 if (np != (void *)h->base) h->origin = (uintptr_t)np; /* moved: a mapping of its own */
                 h->base = (uintptr_t)np;
                 h->mapped = msize;
+                tm_unlock(&huge_mu);
             } else {
                 huge_cache_put_back(h);
                 h = NULL;
@@ -416,21 +473,19 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
             os_unmap(p, msize + gsize);
             return NULL;
         }
-        h = meta_alloc(sizeof *h);
+        h = desc_new((uintptr_t)p, (uintptr_t)p, msize + gsize, 1);
         if (!h) {
             os_unmap(p, msize + gsize);
             return NULL;
         }
-        h->base = h->origin = (uintptr_t)p;
-        h->mapped = msize + gsize;
         if (pagemap_set(h->base, (uintptr_t)h) != 0) {
             os_unmap(p, msize + gsize);
-            meta_free(h, sizeof *h);
+            desc_free(h);
             return NULL;
         }
     }
-    h->size = msize;
     tm_lock(&huge_mu);
+    h->size = msize;
     list_push(&huge_live, h);
     HUGE_ADD(huge_live_bytes, h->size);
     HUGE_ADD(huge_live_mapped, h->mapped);
@@ -443,11 +498,11 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
  * mappings cut from the same kernel mapping right before and after it (a
  * block and the tail huge_split_tail cut from it meet again): returns the
  * descriptor that covers them all, out of the cache; the others leave the
- * pagemap and go on *merged, for the caller to free once it has dropped
- * huge_mu (lock order: huge_mu, then the pagemap's, as at fork). Only
+ * pagemap (lock order: huge_mu, then the pagemap's, as at fork) and become
+ * spare descriptors. Only
  * pieces of one mapping merge, because mremap (growth, realloc) works on
  * one mapping at a time. */
-static tm_huge_t *huge_cache_merge_locked(tm_huge_t *h, tm_huge_t **merged) {
+static tm_huge_t *huge_cache_merge_locked(tm_huge_t *h) {
     for (tm_huge_t *it = huge_cache; it;) {
         tm_huge_t *lo = it->origin != h->origin          ? NULL
                         : it->base + it->mapped == h->base ? it
@@ -465,7 +520,7 @@ static tm_huge_t *huge_cache_merge_locked(tm_huge_t *h, tm_huge_t **merged) {
         /* cleared now, under the lock: once the merged entry is in the
          * cache another thread may cut it again at hi->base */
         pagemap_clear(hi->base);
-        list_push(merged, hi);
+        desc_free_locked(hi);
         h = lo;
         it = huge_cache; /* the bigger piece may touch one seen before */
     }
@@ -490,9 +545,9 @@ void huge_free(tm_huge_t *h, void *p) {
     uint64_t now = os_now_ns();
     h->freed_ns = now ? now : 1;
     size_t cap = huge_cache_cap();
-    tm_huge_t *evict = NULL, *merged = NULL;
+    tm_huge_t *evict = NULL;
     if (h->mapped <= cap && h->mapped == h->size) { /* cache on; no guard */
-        cache_add_locked(huge_cache_merge_locked(h, &merged));
+        cache_add_locked(huge_cache_merge_locked(h));
         /* Evict the oldest entries until within bounds. */
         while (huge_cache_bytes > cap || huge_cache_count > HUGE_CACHE_MAX_COUNT) {
             tm_huge_t *o = cache_oldest_locked();
@@ -503,10 +558,6 @@ void huge_free(tm_huge_t *h, void *p) {
         list_push(&evict, h);
     }
     tm_unlock(&huge_mu);
-    for (tm_huge_t *m = merged, *next; m; m = next) { /* merged into another */
-        next = m->next;
-        meta_free(m, sizeof *m);
-    }
     for (tm_huge_t *e = evict, *next; e; e = next) {
         next = e->next;
         if (!huge_unmap(e)) huge_cache_put_back(e); /* retried by _heapmin */
