@@ -444,6 +444,10 @@ void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
             if (unlikely(tm_opt.zero | tm_opt.junk)) tm_fill_grown(p, old);
             return p;
         }
+    } else if (!e) { /* freed (and unmapped) by another thread since tm_usable_size */
+        tm_double_free("realloc", p);
+        errno = EINVAL;
+        return NULL;
     } else if (size > huge_threshold()) {
         /* in place or moved by mremap; if the kernel cannot (no memory, or
          * the program split the block's mapping, say by mprotect or

@@ -680,6 +680,9 @@ static bool expand_in_place(void *p, size_t old, size_t size) {
         if (__atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & 0xff) return size <= old;
         if (size > TM_SMALL_MAX && size <= huge_min && arena_large_resize_in_place(c, page, size))
             return true;
+    } else if (!e) { /* freed by another thread since tm_usable_size */
+        tm_double_free("_expand", p);
+        return false;
     } else if (size > huge_min && huge_resize_in_place((tm_huge_t *)e, p, size)) {
         return true;
     }
@@ -783,7 +786,9 @@ typedef struct huge_read {
 
 static void huge_read_one(tm_huge_t *h, void *arg) {
     huge_read_t *r = arg;
-    if (!r->ok && !h->freed_ns && r->at >= h->base && r->at - h->base <= h->size - PTR_SZ) {
+    /* not one being resized: its pages may be moving, or its tail unmapped
+     * already, while base and size still say what it was (a reviewer) */
+    if (!r->ok && !h->freed_ns && !h->moving && r->at >= h->base && r->at - h->base <= h->size - PTR_SZ) {
         r->word = *(const uintptr_t *)r->at;
         r->ok = true;
     }

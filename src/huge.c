@@ -490,8 +490,9 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
     HUGE_ADD(huge_live_bytes, h->size);
     HUGE_ADD(huge_live_mapped, h->mapped);
     h->freed_ns = 0;
+    uintptr_t base = h->base; /* read under the lock: a stale free/realloc may change h once it is live */
     tm_unlock(&huge_mu);
-    return (void *)h->base;
+    return (void *)base;
 }
 
 /* h, just freed and about to enter the cache, merged with the cached

@@ -208,10 +208,80 @@ static void test_a_free_racing_a_huge_realloc(void **state) {
     assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
 }
 
+/* ---- a free racing the start of a huge realloc or _expand ----
+ * A resizes a huge block after a random pause, B frees it meanwhile, with
+ * no cache of freed mappings (the free unmaps the block and clears its
+ * pagemap entry). realloc and _expand first ask the block's size (the
+ * lookup finds it live), then look it up again to resize it: a free that
+ * lands between the two left no entry, and until 2026-12-07 the resize
+ * took the empty entry for a huge block's descriptor and read through a
+ * null pointer -- SIGSEGV in 4 of 5 runs of 30 000 rounds, for realloc
+ * and for _expand alike (a reviewer's reproducer; likely the unexplained
+ * exits of the test above). Now the second lookup's miss is reported as a
+ * double free. With realloc every round gives one report: A's call, B's
+ * free, or A's free of the block its realloc grew in place that B freed
+ * already; _expand leaves the block to B, and a round whose free comes
+ * after it gives none (one that came while _expand held the block is
+ * reported, and A frees the block). */
+static long resize_iters, resize_expand;
+static void *volatile resize_target;
+
+static void *huge_resize_racer(void *arg) {
+    long id = (long)arg;
+    unsigned seed = 12345;
+    for (long it = 0; it < resize_iters; it++) {
+        if (id == 0) {
+            void *p = TM_API(malloc)(HUGE_FROM);
+            resize_target = p; /* NULL (no memory): B frees NULL, A resizes nothing */
+            __atomic_add_fetch(&go_gen, 1, __ATOMIC_SEQ_CST);
+            for (volatile unsigned k = (unsigned)rand_r(&seed) % 1000; k; k--) {
+            }
+            void *np = !p ? NULL : resize_expand ? TM_API(_expand)(p, HUGE_TO) : TM_API(realloc)(p, HUGE_TO);
+            wait_until(&done_cnt, it + 1); /* B's free made */
+            if (np && !resize_expand) TM_API(free)(np); /* reported if B freed it in place */
+            trimalloc_stats_t st;
+            if (resize_expand && TM_API(trimalloc_stats_get)(&st) == 0 && st.huge_allocated)
+                TM_API(free)(p); /* B's free came while _expand held it: reported, and still A's */
+        } else {
+            wait_until(&go_gen, it + 1);
+            TM_API(free)(resize_target);
+            __atomic_add_fetch(&done_cnt, 1, __ATOMIC_SEQ_CST);
+        }
+    }
+    return NULL;
+}
+
+static void race_resize(bool expand) {
+    resize_iters = tu_scaled(30000, 3000);
+    resize_expand = expand;
+    go_gen = done_cnt = 0;
+    long cache_mb = 0;
+    assert_int_equal(TM_API(trimalloc_option_get)("huge_cache_mb", &cache_mb), 0);
+    assert_int_equal(TM_API(trimalloc_option_set)("huge_cache_mb", 0), 0);
+    long lines = run_pair_counting_reports(huge_resize_racer);
+    assert_int_equal(TM_API(trimalloc_option_set)("huge_cache_mb", cache_mb), 0);
+    if (expand ? lines > resize_iters : lines != resize_iters)
+        fail_msg("%ld races of a free with a huge %s gave %ld reports", resize_iters,
+                 expand ? "_expand" : "realloc", lines);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+}
+
+static void test_a_free_racing_a_huge_realloc_start(void **state) {
+    (void)state;
+    race_resize(false);
+}
+
+static void test_a_free_racing_a_huge_expand_start(void **state) {
+    (void)state;
+    race_resize(true);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_report_per_race_and_no_block_twice),
         cmocka_unit_test(test_a_free_racing_a_huge_realloc),
+        cmocka_unit_test(test_a_free_racing_a_huge_realloc_start),
+        cmocka_unit_test(test_a_free_racing_a_huge_expand_start),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
