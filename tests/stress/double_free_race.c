@@ -94,6 +94,17 @@ static long run_pair_counting_reports(void *(*fn)(void *)) {
     return lines;
 }
 
+/* The same with no cache of freed huge mappings (huge_cache_mb:0, then
+ * restored): a freed huge block is unmapped at once. */
+static long run_pair_uncached_counting_reports(void *(*fn)(void *)) {
+    long cache_mb = 0;
+    assert_int_equal(TM_API(trimalloc_option_get)("huge_cache_mb", &cache_mb), 0);
+    assert_int_equal(TM_API(trimalloc_option_set)("huge_cache_mb", 0), 0);
+    long lines = run_pair_counting_reports(fn);
+    assert_int_equal(TM_API(trimalloc_option_set)("huge_cache_mb", cache_mb), 0);
+    return lines;
+}
+
 static void test_one_report_per_race_and_no_block_twice(void **state) {
     (void)state;
     iters = tu_scaled(300000, 5000);
@@ -192,11 +203,7 @@ static void test_a_free_racing_a_huge_realloc(void **state) {
     go_gen = done_cnt = 0;
     /* no cache of freed mappings: one next to the block would let it grow
      * in place, and B's late free would then free A's new block for real */
-    long cache_mb = 0;
-    assert_int_equal(TM_API(trimalloc_option_get)("huge_cache_mb", &cache_mb), 0);
-    assert_int_equal(TM_API(trimalloc_option_set)("huge_cache_mb", 0), 0);
-    long lines = run_pair_counting_reports(huge_racer);
-    assert_int_equal(TM_API(trimalloc_option_set)("huge_cache_mb", cache_mb), 0);
+    long lines = run_pair_uncached_counting_reports(huge_racer);
     if (huge_raced < huge_iters / 2)
         skip(); /* the page after the block could seldom be mapped: no race to judge */
     if (huge_twice)
@@ -255,11 +262,7 @@ static void race_resize(bool expand) {
     resize_iters = tu_scaled(30000, 3000);
     resize_expand = expand;
     go_gen = done_cnt = 0;
-    long cache_mb = 0;
-    assert_int_equal(TM_API(trimalloc_option_get)("huge_cache_mb", &cache_mb), 0);
-    assert_int_equal(TM_API(trimalloc_option_set)("huge_cache_mb", 0), 0);
-    long lines = run_pair_counting_reports(huge_resize_racer);
-    assert_int_equal(TM_API(trimalloc_option_set)("huge_cache_mb", cache_mb), 0);
+    long lines = run_pair_uncached_counting_reports(huge_resize_racer);
     if (expand ? lines > resize_iters : lines != resize_iters)
         fail_msg("%ld races of a free with a huge %s gave %ld reports", resize_iters,
                  expand ? "_expand" : "realloc", lines);
