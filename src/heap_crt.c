@@ -671,7 +671,9 @@ TM_EXPORT size_t TM_API(_msize)(void *memblock) {
  * whose kind does not follow from its size -- an aligned allocation's, a
  * 12 KiB huge block of 8 MiB alignment, say -- even to its own size
  * (found by a tester). */
-static bool expand_in_place(void *p, size_t old, size_t size) {
+/* 1: done; 0: not possible in place; -1: the block was freed or resized
+ * by another thread meanwhile (reported). */
+static int expand_in_place(void *p, size_t old, size_t size) {
     uintptr_t a = (uintptr_t)p, e = pagemap_lookup(a);
     tm_chunk_t *c = chunk_of_entry(e);
     size_t huge_min = (size_t)TM_OPT_NOW(huge_threshold);
@@ -679,12 +681,14 @@ static bool expand_in_place(void *p, size_t old, size_t size) {
         uint32_t page = (uint32_t)((a - c->base) >> TM_PAGE_SHIFT);
         if (__atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & 0xff) return size <= old;
         if (size > TM_SMALL_MAX && size <= huge_min && arena_large_resize_in_place(c, page, size))
-            return true;
+            return 1;
     } else if (!e) { /* freed by another thread since tm_usable_size */
         tm_double_free("_expand", p);
-        return false;
-    } else if (size > huge_min && huge_resize_in_place((tm_huge_t *)e, p, size)) {
-        return true;
+        return -1;
+    } else if (size > huge_min) {
+        bool refused = false;
+        if (huge_resize_in_place((tm_huge_t *)e, p, size, &refused)) return 1;
+        if (refused) return -1;
     }
     return size <= old;
 }
@@ -699,8 +703,9 @@ TM_EXPORT void *TM_API(_expand)(void *memblock, size_t size) {
         errno = EINVAL;
         return NULL;
     }
-    if (size > PTRDIFF_MAX || !expand_in_place(memblock, old, size)) {
-        errno = ENOMEM;
+    int done = size > PTRDIFF_MAX ? 0 : expand_in_place(memblock, old, size);
+    if (done <= 0) { /* a block freed meanwhile (reported) is a bad pointer, as above */
+        errno = done < 0 ? EINVAL : ENOMEM;
         return NULL;
     }
     if (unlikely(tm_opt.zero | tm_opt.junk)) tm_fill_grown(memblock, old);

@@ -701,10 +701,15 @@ void huge_fork_parent(void) { tm_unlock(&huge_mu); }
 void huge_fork_child(void) { pthread_mutex_init(&huge_mu, NULL); }
 
 /* Resize without moving (for _expand): shrink, or grow with mremap in
- * place. Returns true on success. */
-bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size) {
+ * place. Returns true on success; *refused is set if the block could not
+ * be claimed (freed or resized by another thread: reported). */
+bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size, bool *refused) {
     size_t msize = huge_map_size(size), old_mapped, old_size;
-    if (msize < size || !huge_claim(h, p, "_expand", &old_mapped, &old_size)) return false;
+    if (msize < size) return false;
+    if (!huge_claim(h, p, "_expand", &old_mapped, &old_size)) {
+        *refused = true;
+        return false;
+    }
     if (old_mapped != old_size) { /* guarded: grown in place, never shrunk */
         bool guarded = true;
         if (msize <= old_size || !huge_grow_guarded(h, msize, false, &guarded)) {

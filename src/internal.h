@@ -465,7 +465,7 @@ tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out);
 void *huge_alloc(size_t size, size_t align, bool zero);
 void huge_free(tm_huge_t *h, void *p);
 void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero, bool *refused);
-bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size);
+bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size, bool *refused);
 size_t huge_release_cache(unsigned *failures); /* unmap cached huge mappings */
 void *huge_take_chunk(void); /* a cached mapping's first chunk for an arena, or NULL */
 size_t huge_allocated(void);
