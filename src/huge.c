@@ -687,6 +687,21 @@ size_t huge_release_cache(unsigned *failures) {
 }
 
 size_t huge_allocated(void) { return __atomic_load_n(&huge_live_bytes, __ATOMIC_RELAXED); }
+
+/* The bytes of live huge blocks and the bytes mapped for huge blocks
+ * (live and cached), read together under huge_mu: the loads apart could
+ * see a block that a free then unmapped counted in the first and not the
+ * second, or a cached mapping a malloc took in neither, and statistics
+ * then said more held than mapped (an outside tester: active 104.9 MB
+ * against mapped 4.6 MB, one sample in 200 000, with another thread
+ * allocating and freeing a 100 MiB block). */
+void huge_totals(size_t *live, size_t *mapped) {
+    tm_lock(&huge_mu);
+    *live = huge_live_bytes;
+    *mapped = huge_live_mapped + huge_cache_bytes;
+    tm_unlock(&huge_mu);
+}
+
 size_t huge_mapped(void) {
     return __atomic_load_n(&huge_live_mapped, __ATOMIC_RELAXED) +
            __atomic_load_n(&huge_cache_bytes, __ATOMIC_RELAXED);

@@ -470,6 +470,7 @@ size_t huge_release_cache(unsigned *failures); /* unmap cached huge mappings */
 void *huge_take_chunk(void); /* a cached mapping's first chunk for an arena, or NULL */
 size_t huge_allocated(void);
 size_t huge_mapped(void);
+void huge_totals(size_t *live, size_t *mapped); /* both in one reading */
 void huge_fork_prepare(void);
 void huge_fork_parent(void);
 void huge_fork_child(void);

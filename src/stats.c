@@ -102,12 +102,12 @@ static void stats_fill(trimalloc_stats_t *out, size_t *chunk_bytes, size_t *huge
     }
     memset(out, 0, sizeof *out);
     out->tcache_bytes = cached + queued;
-    out->huge_allocated = huge_allocated();
+    size_t huge_b;
+    huge_totals(&out->huge_allocated, &huge_b);
     out->allocated = (s.small_out > cached ? s.small_out - cached : 0) +
                      (s.large > queued ? s.large - queued : 0) + out->huge_allocated;
     out->active = s.slab_bytes + s.large + out->huge_allocated;
     out->metadata = meta_mapped();
-    size_t huge_b = huge_mapped();
     out->mapped = s.chunks * TM_CHUNK + huge_b + out->metadata;
     if (chunk_bytes) *chunk_bytes = s.chunks * TM_CHUNK;
     if (huge_bytes) *huge_bytes = huge_b;
