@@ -230,7 +230,8 @@ static void test_a_free_racing_a_huge_realloc(void **state) {
  * already; _expand leaves the block to B, and a round whose free comes
  * after it gives none (one that came while _expand held the block is
  * reported, and A frees the block). */
-static long resize_iters, resize_expand;
+static long resize_iters;
+static bool resize_expand;
 static void *volatile resize_target;
 
 static void *huge_resize_racer(void *arg) {
