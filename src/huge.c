@@ -565,6 +565,32 @@ void huge_free(tm_huge_t *h, void *p) {
     }
 }
 
+/* A claimed resize holds resize_rw to read from its claim to its end, and
+ * fork's prepare handler takes it to write, before huge_mu: a fork waits
+ * for the resizes under way, so no child starts with a block marked
+ * `moving` whose resizing thread it does not have. Until 2026-12-07 such a
+ * child's free() of the block, at its old address and intact, was
+ * reported as a double free and aborted (a reviewer's suspicion,
+ * tests/stress/fork.c); a fork landing after the pagemap entry moved to
+ * the new spot, before the mremap, left a child whose block was
+ * unreachable. Held across the resize's mremap/munmap, the one lock that
+ * is (internal.h): only a fork waits for it. Writers first, so that
+ * threads resizing in turn cannot hold a fork off for good. Skipped, as
+ * tm_lock is, while this thread forks (another library's fork handler
+ * resizing a block). */
+static pthread_rwlock_t resize_rw = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
+
+static void resize_enter(void) {
+    if (unlikely(tm_tls.forking)) return;
+    tm_fork_check();
+    pthread_rwlock_rdlock(&resize_rw);
+}
+
+static void resize_leave(void) {
+    if (unlikely(tm_tls.forking)) return;
+    pthread_rwlock_unlock(&resize_rw);
+}
+
 /* Claim the live huge block h at p for a resize by this thread: under
  * huge_mu, p must be h's base and h neither freed nor being resized by
  * another call, and h->moving is set until the resize ends -- huge_free
@@ -577,6 +603,7 @@ void huge_free(tm_huge_t *h, void *p) {
  * cached descriptor, and the next huge malloc got the same block (found
  * by a reviewer; 3 runs of 3). */
 static bool huge_claim(tm_huge_t *h, void *p, const char *call, size_t *mapped, size_t *size) {
+    resize_enter();
     tm_lock(&huge_mu);
     bool base = h->base == (uintptr_t)p, ok = base && !h->freed_ns && !h->moving;
     if (ok) {
@@ -586,6 +613,7 @@ static bool huge_claim(tm_huge_t *h, void *p, const char *call, size_t *mapped, 
     }
     tm_unlock(&huge_mu);
     if (!ok) {
+        resize_leave();
         if (base) tm_double_free(call, p);
         else tm_invalid_pointer(call, p);
     }
@@ -596,6 +624,7 @@ static void huge_unclaim(tm_huge_t *h) {
     tm_lock(&huge_mu);
     h->moving = false;
     tm_unlock(&huge_mu);
+    resize_leave();
 }
 
 /* Claimed block h, resized in place or moved to np: its new usable size
@@ -611,6 +640,7 @@ static void huge_set_sizes(tm_huge_t *h, void *np, size_t size, size_t mapped) {
     h->size = size;
     h->mapped = mapped;
     tm_unlock(&huge_mu);
+    resize_leave();
 }
 
 /* Resize the huge block at p to size bytes (size above the huge
@@ -711,9 +741,19 @@ void huge_foreach_locked(huge_visit_fn fn, void *arg) {
     for (tm_huge_t *h = huge_live; h; h = h->next) fn(h, arg);
 }
 
-void huge_fork_prepare(void) { tm_lock(&huge_mu); }
-void huge_fork_parent(void) { tm_unlock(&huge_mu); }
-void huge_fork_child(void) { pthread_mutex_init(&huge_mu, NULL); }
+void huge_fork_prepare(void) {
+    pthread_rwlock_wrlock(&resize_rw); /* the resizes under way end first */
+    tm_lock(&huge_mu);
+}
+void huge_fork_parent(void) {
+    tm_unlock(&huge_mu);
+    pthread_rwlock_unlock(&resize_rw);
+}
+void huge_fork_child(void) {
+    static const pthread_rwlock_t unlocked = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
+    pthread_mutex_init(&huge_mu, NULL);
+    resize_rw = unlocked;
+}
 
 /* Resize without moving (for _expand): shrink, or grow with mremap in
  * place. Returns true on success; *refused is set if the block could not

@@ -362,11 +362,89 @@ static void test_fork_after_cache_reuse(void **state)
     }
 }
 
+/* ---- fork while another thread resizes a huge block ----
+ * A resize of a huge block marks it as being resized (huge.c) for as long
+ * as the call works on it, outside the allocator's locks: its mremap or
+ * munmap. A child forked in that time has the block but not the thread
+ * resizing it. Here a thread shrinks and grows one huge block in place
+ * with _expand (which never moves it: its address stays the one published
+ * before the thread starts), 8 <-> 16 MiB, so that it is inside a resize
+ * most of the time, while the main thread forks again and again. Each
+ * child checks the block's first and last bytes, frees it (the block is
+ * the program's in the child, whole at one size or the other), checks
+ * the heap, and makes a huge block of its own. Until 2026-12-07 a child
+ * forked mid-resize found the block marked and reported its free as a
+ * double free (abort): the fork did not wait for the resize to end. */
+enum { RESIZE_SMALL = 8 << 20, RESIZE_BIG = 16 << 20 };
+static atomic_int resize_stop;
+static atomic_long resize_rounds;
+static unsigned char *resize_block;
+
+static void *resizer_main(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&resize_stop)) {
+        /* the shrink gives back a tail of a chunk or more (munmap), the
+         * growth takes it back (mremap in place) or fails (NULL) */
+        if (TM_API(_expand)(resize_block, RESIZE_SMALL) != resize_block) {
+            fprintf(stderr, "resizer: _expand(%p, %d) failed\n", (void *)resize_block, RESIZE_SMALL);
+            abort();
+        }
+        (void)TM_API(_expand)(resize_block, RESIZE_BIG);
+        atomic_fetch_add(&resize_rounds, 1);
+    }
+    return NULL;
+}
+
+static void test_fork_while_a_huge_block_is_resized(void **state)
+{
+    (void)state;
+    resize_block = TM_API(malloc)(RESIZE_BIG);
+    assert_non_null(resize_block);
+    resize_block[0] = 0xa1;
+    resize_block[RESIZE_SMALL - 1] = 0xb2; /* within the block at either size */
+    atomic_store(&resize_stop, 0);
+    pthread_t t;
+    tu_thread_create(&t, resizer_main, NULL);
+    long forks = tu_scaled(150, 30);
+    for (long i = 0; i < forks; i++) {
+        long seen = atomic_load(&resize_rounds);
+        while (atomic_load(&resize_rounds) == seen) /* the resizer is going */
+            sched_yield();
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            if (resize_block[0] != 0xa1 || resize_block[RESIZE_SMALL - 1] != 0xb2)
+                _exit(2);
+            TM_API(free)(resize_block); /* aborts if the block reads as busy */
+            if (TM_API(_heapchk)() != _HEAPOK)
+                _exit(3);
+            void *q = TM_API(malloc)(RESIZE_BIG);
+            if (!q)
+                _exit(4);
+            memset(q, 1, 4096);
+            TM_API(free)(q);
+            _exit(0);
+        }
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            fail_msg("child %ld of %ld: %s %d", i, forks,
+                     WIFEXITED(status) ? "exit status" : "killed by signal",
+                     WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+    }
+    atomic_store(&resize_stop, 1);
+    tu_thread_join(t);
+    TM_API(free)(resize_block);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fork_while_allocating),
         cmocka_unit_test(test_fork_after_cache_reuse),
+        cmocka_unit_test(test_fork_while_a_huge_block_is_resized),
     };
     return cmocka_run_group_tests_name("stress_fork (" TU_FLAVOUR ")", tests, NULL, NULL);
 }
