@@ -228,7 +228,8 @@ static void free_generic(void *p, const char *call) {
         huge_free((tm_huge_t *)e, p);
         return;
     }
-    tm_invalid_pointer(call, p);
+    if (huge_cached_at(a)) tm_double_free(call, p);
+    else tm_invalid_pointer(call, p);
 }
 
 /* Small block p, whose page entry is f: false if the program holds it;
@@ -302,7 +303,8 @@ size_t tm_usable_size(void *p, const char *caller) {
         else tm_invalid_pointer(caller, p);
         return 0;
     }
-    tm_invalid_pointer(caller, p);
+    if (huge_cached_at(a)) tm_double_free(caller, p);
+    else tm_invalid_pointer(caller, p);
     return 0;
 }
 

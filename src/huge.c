@@ -528,6 +528,22 @@ static tm_huge_t *huge_cache_merge_locked(tm_huge_t *h) {
     return h;
 }
 
+/* Whether a, a chunk-aligned address no descriptor starts at (its
+ * pagemap entry is clear), lies inside a mapping in the huge cache: a
+ * block freed there and merged with the one beside it, whose start the
+ * merge cleared. A free of it is a double free, not a pointer the
+ * allocator never gave out (until 2026-12-07 reported as an invalid
+ * pointer: tests/bad_input, double-huge-merged). Error paths only: a walk
+ * of the cache. */
+bool huge_cached_at(uintptr_t a) {
+    if (a & TM_CHUNK_MASK) return false;
+    bool in = false;
+    tm_lock(&huge_mu);
+    for (tm_huge_t *h = huge_cache; h && !in; h = h->next) in = a > h->base && a - h->base < h->mapped;
+    tm_unlock(&huge_mu);
+    return in;
+}
+
 void huge_free(tm_huge_t *h, void *p) {
     tm_lock(&huge_mu);
     if (unlikely(h->base != (uintptr_t)p)) {

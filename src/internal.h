@@ -466,6 +466,7 @@ tm_slab_t *slab_of(tm_chunk_t *c, uintptr_t p, uint32_t *index_out);
 /* ---- huge.c ------------------------------------------------------------------------- */
 void *huge_alloc(size_t size, size_t align, bool zero);
 void huge_free(tm_huge_t *h, void *p);
+bool huge_cached_at(uintptr_t a); /* a is a block start inside a freed, cached mapping */
 void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero, bool *refused);
 bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size, bool *refused);
 size_t huge_release_cache(unsigned *failures); /* unmap cached huge mappings */

@@ -174,6 +174,19 @@ int main(int argc, char **argv) {
         free(p); /* waits in this thread's queue (tcache.c) */
     }
     else if (!strcmp(what, "double-huge-unmapped")) p = freed(3 << 20, 1);
+    /* two huge blocks cut from one cached mapping, freed: the cache merges
+     * them again, and the second's start is inside the merged piece */
+    else if (!strcmp(what, "double-huge-merged")) {
+        free(malloc(24 << 20)); /* a 24 MiB mapping in the huge cache: a takes 8, b the rest */
+        char *a = malloc(8 << 20), *b = malloc(8 << 20);
+        if (!a || b != a + (8 << 20)) {
+            printf("the two 8 MiB blocks are not one cached mapping's halves: %p %p\n", (void *)a, (void *)b);
+            return 3;
+        }
+        free(a);
+        free(b);
+        p = b;
+    }
     else {
         fprintf(stderr, "unknown case %s\n", c);
         return 2;

@@ -16,7 +16,9 @@
 #         double-tcache: freed before, still in the thread cache
 #         double-arena: freed before, back in its slab after _heapmin
 #         double-large, double-huge: a freed large block, a freed huge block
-#         (in the huge cache); double-huge-unmapped: after _heapmin unmapped it
+#         (in the huge cache); double-huge-unmapped: after _heapmin unmapped it;
+#         double-huge-merged: a freed huge block the cache merged with its
+#         neighbour (no longer a block start)
 #         interior-remote-large-page, double-remote-large: a page inside a
 #         large block another thread (another arena) made; that block,
 #         freed by this thread and waiting in its remote-free queue
@@ -128,7 +130,7 @@ run_case() {
 for call in free realloc realloc0 usable; do
     for what in stack global interior-small interior-large interior-large-page interior-huge \
         interior-huge-far mmap unallocated past-end double-tcache double-arena double-large double-huge \
-        double-huge-unmapped interior-remote-large-page double-remote-large; do
+        double-huge-unmapped double-huge-merged interior-remote-large-page double-remote-large; do
         for mode in abort warn; do
             run_case "$call-$what" "$mode"
         done
