@@ -91,11 +91,25 @@ static bool owner_busy(tm_tls_t *t) {
     return __atomic_load_n(&t->busy, TM_TSAN ? __ATOMIC_SEQ_CST : __ATOMIC_ACQUIRE) != 0;
 }
 
+/* One step of a spin-wait: the CPU's hint where it has one (x86 PAUSE,
+ * arm64 YIELD), else only a compiler barrier. Until 2026-12-07 PAUSE
+ * unconditionally, which no other architecture's compiler knows (a
+ * reviewer). */
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    __asm__ __volatile__("" ::: "memory");
+#endif
+}
+
 static bool owner_busy_spin(tm_tls_t *t, unsigned spins) {
     for (unsigned i = 0;; i++) {
         if (!owner_busy(t)) return false;
         if (i >= spins) return true;
-        __builtin_ia32_pause();
+        cpu_relax();
     }
 }
 
