@@ -153,6 +153,48 @@ static void huge_cache_put_back(tm_huge_t *h) {
     tm_unlock(&huge_mu);
 }
 
+/* ---- when the kernel will not unmap ------------------------------------------
+ * Near vm.max_map_count, cutting a piece out of a mapping that the kernel
+ * merged with its neighbour takes one more map entry, and munmap fails
+ * with ENOMEM. Until 2026-12-07 those failures went unseen here and the
+ * memory stayed mapped for good: the tail of a shrunk block, resident
+ * pages and all (and counted as released), and the fresh mapping of a
+ * guarded malloc whose guard page the kernel refused -- an outside
+ * tester: 36 MiB kept of a 40 MiB block shrunk to 4 MiB, still there
+ * after frees and _heapmin; 2 GB of address space after 1000 failed
+ * guarded mallocs. (os_map_aligned's trims of a fresh over-mapping can
+ * fail the same way; those pages were never touched, so only address
+ * space stays.) */
+
+/* Give back the tail of a block's mapping past msize: unmapped, or where
+ * the kernel refuses, its pages returned with madvise, which needs no map
+ * entry, and the range left to the block. Returns the bytes the block
+ * keeps mapped. */
+static size_t huge_give_back_tail(uintptr_t base, size_t msize, size_t mapped) {
+    size_t tail = mapped - msize;
+    if (os_unmap((void *)(base + msize), tail) == 0) {
+        stats_add_released(tail);
+        return msize;
+    }
+    if (os_purge((void *)(base + msize), tail) == 0) stats_add_released(tail);
+    return mapped;
+}
+
+/* Unmap a fresh mapping that no block took; where the kernel refuses, keep
+ * it in the cache as a freed mapping, for a later malloc to use and for
+ * _heapmin and the decay to try to unmap again (which succeeds once the
+ * program has given map entries back). Lost only if it cannot even be
+ * described. */
+static void huge_unmap_or_park(void *p, size_t size) {
+    if (os_unmap(p, size) == 0) return;
+    tm_huge_t *h = desc_new((uintptr_t)p, (uintptr_t)p, size, os_now_ns() | 1);
+    if (h && pagemap_set((uintptr_t)p, (uintptr_t)h) == 0) {
+        huge_cache_put_back(h);
+        return;
+    }
+    if (h) desc_free(h);
+}
+
 /* Unmap cache entries older than the decay time. */
 static void huge_decay(uint64_t now) {
     if (!__atomic_load_n(&huge_cache_count, __ATOMIC_RELAXED)) return;
@@ -201,7 +243,7 @@ static void *huge_grow(tm_huge_t *h, size_t msize) {
     if (!np) {
         pagemap_set((uintptr_t)p, (uintptr_t)h); /* its leaf exists: cannot fail */
         pagemap_clear((uintptr_t)spot);
-        os_unmap(spot, msize);
+        huge_unmap_or_park(spot, msize);
         return NULL;
     }
     return np;
@@ -261,9 +303,7 @@ static void huge_split_tail(tm_huge_t *h, size_t msize) {
         return;
     }
     if (t) desc_free(t);
-    os_unmap((void *)(h->base + msize), h->mapped - msize);
-    stats_add_released(h->mapped - msize);
-    h->mapped = msize;
+    h->mapped = huge_give_back_tail(h->base, msize, h->mapped);
 }
 
 /* A block the program holds has just grown by `grown` bytes of fresh
@@ -470,7 +510,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
         if (!p && heapmin_release_for_retry()) p = os_map_aligned(msize + gsize, al);
         if (!p) return NULL;
         if (guard && os_protect_none((char *)p + msize, TM_PAGE) != 0) {
-            os_unmap(p, msize + gsize);
+            huge_unmap_or_park(p, msize + gsize);
             return NULL;
         }
         h = desc_new((uintptr_t)p, (uintptr_t)p, msize + gsize, 1);
@@ -581,30 +621,31 @@ void huge_free(tm_huge_t *h, void *p) {
     }
 }
 
-/* A claimed resize holds resize_rw to read from its claim to its end, and
- * fork's prepare handler takes it to write, before huge_mu: a fork waits
- * for the resizes under way, so no child starts with a block marked
- * `moving` whose resizing thread it does not have. Until 2026-12-07 such a
- * child's free() of the block, at its old address and intact, was
- * reported as a double free and aborted (a reviewer's suspicion,
- * tests/stress/fork.c); a fork landing after the pagemap entry moved to
- * the new spot, before the mremap, left a child whose block was
- * unreachable. Held across the resize's mremap/munmap, the one lock that
- * is (internal.h): only a fork waits for it. Writers first, so that
- * threads resizing in turn cannot hold a fork off for good. Skipped, as
- * tm_lock is, while this thread forks (another library's fork handler
- * resizing a block). */
-static pthread_rwlock_t resize_rw = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
+/* A fork waits for the resizes under way: its prepare handler, holding
+ * huge_mu, sets huge_forking (no new claim starts) and waits until
+ * huge_claims, the blocks claimed and not yet settled, is 0. So no child
+ * starts with a block marked `moving` whose resizing thread it does not
+ * have. Until 2026-12-07 such a child's free() of the block, at its old
+ * address and intact, was reported as a double free and aborted (a
+ * reviewer's suspicion; tests/stress/fork.c), and a fork landing after a
+ * move had set the pagemap entry at the new spot, before the mremap, left
+ * a child whose block no call could reach. The waits are on claims_cv
+ * with huge_mu, the lock a claim takes anyway; the resize's own system
+ * calls still run without it. Not for the thread that forks (another
+ * library's fork handler resizing a block): its lock calls take nothing
+ * then (tm_tls.forking). */
+static unsigned huge_claims;  /* under huge_mu */
+static bool huge_forking;     /* under huge_mu */
+static pthread_cond_t claims_cv = PTHREAD_COND_INITIALIZER;
 
-static void resize_enter(void) {
-    if (unlikely(tm_tls.forking)) return;
-    tm_fork_check();
-    pthread_rwlock_rdlock(&resize_rw);
+static void claim_wait_for_fork_locked(void) {
+    if (tm_tls.forking) return;
+    while (huge_forking) pthread_cond_wait(&claims_cv, &huge_mu);
 }
 
-static void resize_leave(void) {
-    if (unlikely(tm_tls.forking)) return;
-    pthread_rwlock_unlock(&resize_rw);
+static void claim_end_locked(tm_huge_t *h) {
+    h->moving = false;
+    if (--huge_claims == 0 && huge_forking) pthread_cond_broadcast(&claims_cv);
 }
 
 /* Claim the live huge block h at p for a resize by this thread: under
@@ -619,17 +660,17 @@ static void resize_leave(void) {
  * cached descriptor, and the next huge malloc got the same block (found
  * by a reviewer; 3 runs of 3). */
 static bool huge_claim(tm_huge_t *h, void *p, const char *call, size_t *mapped, size_t *size) {
-    resize_enter();
     tm_lock(&huge_mu);
+    claim_wait_for_fork_locked();
     bool base = h->base == (uintptr_t)p, ok = base && !h->freed_ns && !h->moving;
     if (ok) {
         h->moving = true;
+        huge_claims++;
         *mapped = h->mapped;
         *size = h->size;
     }
     tm_unlock(&huge_mu);
     if (!ok) {
-        resize_leave();
         if (base) tm_double_free(call, p);
         else tm_invalid_pointer(call, p);
     }
@@ -638,9 +679,8 @@ static bool huge_claim(tm_huge_t *h, void *p, const char *call, size_t *mapped, 
 
 static void huge_unclaim(tm_huge_t *h) {
     tm_lock(&huge_mu);
-    h->moving = false;
+    claim_end_locked(h);
     tm_unlock(&huge_mu);
-    resize_leave();
 }
 
 /* Claimed block h, resized in place or moved to np: its new usable size
@@ -648,7 +688,7 @@ static void huge_unclaim(tm_huge_t *h) {
  * ends. */
 static void huge_set_sizes(tm_huge_t *h, void *np, size_t size, size_t mapped) {
     tm_lock(&huge_mu);
-    h->moving = false;
+    claim_end_locked(h);
     HUGE_ADD(huge_live_bytes, size - h->size);
     HUGE_ADD(huge_live_mapped, mapped - h->mapped);
     if ((uintptr_t)np != h->base) h->origin = (uintptr_t)np;
@@ -656,7 +696,6 @@ static void huge_set_sizes(tm_huge_t *h, void *np, size_t size, size_t mapped) {
     h->size = size;
     h->mapped = mapped;
     tm_unlock(&huge_mu);
-    resize_leave();
 }
 
 /* Resize the huge block at p to size bytes (size above the huge
@@ -694,12 +733,10 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero, bool *r
     }
     void *np = p;
     if (msize <= old_mapped) {
-        if (old_mapped - msize >= TM_CHUNK) { /* give back a big tail */
-            os_unmap((char *)p + msize, old_mapped - msize);
-            stats_add_released(old_mapped - msize);
-        } else {
+        if (old_mapped - msize >= TM_CHUNK) /* give back a big tail */
+            msize = huge_give_back_tail((uintptr_t)p, msize, old_mapped);
+        else
             msize = old_mapped;
-        }
     } else if (!(np = huge_grow(h, msize))) {
         huge_unclaim(h);
         return NULL;
@@ -758,17 +795,19 @@ void huge_foreach_locked(huge_visit_fn fn, void *arg) {
 }
 
 void huge_fork_prepare(void) {
-    pthread_rwlock_wrlock(&resize_rw); /* the resizes under way end first */
     tm_lock(&huge_mu);
+    huge_forking = true; /* the resizes under way end first, and no other starts */
+    while (huge_claims) pthread_cond_wait(&claims_cv, &huge_mu);
 }
 void huge_fork_parent(void) {
+    huge_forking = false;
+    pthread_cond_broadcast(&claims_cv); /* claims that waited for the fork */
     tm_unlock(&huge_mu);
-    pthread_rwlock_unlock(&resize_rw);
 }
 void huge_fork_child(void) {
-    static const pthread_rwlock_t unlocked = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
+    huge_forking = false;
+    pthread_cond_init(&claims_cv, NULL); /* its waiters are the parent's */
     pthread_mutex_init(&huge_mu, NULL);
-    resize_rw = unlocked;
 }
 
 /* Resize without moving (for _expand): shrink, or grow with mremap in
@@ -791,12 +830,10 @@ bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size, bool *refused) {
         return true;
     }
     if (msize <= old_mapped) {
-        if (old_mapped - msize >= TM_CHUNK) {
-            os_unmap((char *)p + msize, old_mapped - msize);
-            stats_add_released(old_mapped - msize);
-        } else {
+        if (old_mapped - msize >= TM_CHUNK) /* give back a big tail */
+            msize = huge_give_back_tail((uintptr_t)p, msize, old_mapped);
+        else
             msize = old_mapped;
-        }
     } else if (!os_remap(p, old_mapped, msize, 0, NULL)) {
         huge_unclaim(h);
         return false;

@@ -78,12 +78,10 @@ void tm_ptrs_move(void **dst, void *const *src, size_t n);
  * Locks are taken only in increasing rank:
  *   TRIM (_heapmin, fork)  <  THREADS (tcache registry)  <  TCACHE (tc->mu)
  *   <  XFER (per class)  <  ARENA (one at a time, or in index order for walks/fork)
- *   <  RESIZE (huge.c's resize_rw: read by huge resizes, written by fork)
  *   <  HUGE  <  PAGEMAP  <  META
  * No lock is held across mmap/munmap/madvise/mremap, but for the rare
- * leaf-rank maps (pagemap leaf, metadata region), a drain's madvise of
- * its own cache's grown-bin slots under tc->mu (docs/design.md), and
- * RESIZE's read side, which only a fork waits for. */
+ * leaf-rank maps (pagemap leaf, metadata region) and a drain's madvise of
+ * its own cache's grown-bin slots under tc->mu (docs/design.md). */
 
 /* The allocator's busy locks (arenas, transfer caches, thread caches) are
  * held for a few hundred instructions: an adaptive mutex spins briefly
