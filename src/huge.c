@@ -162,9 +162,8 @@ static void huge_cache_put_back(tm_huge_t *h) {
  * guarded malloc whose guard page the kernel refused -- an outside
  * tester: 36 MiB kept of a 40 MiB block shrunk to 4 MiB, still there
  * after frees and _heapmin; 2 GB of address space after 1000 failed
- * guarded mallocs. (os_map_aligned's trims of a fresh over-mapping can
- * fail the same way; those pages were never touched, so only address
- * space stays.) */
+ * guarded mallocs, most of it the over-mapped tails that os_map_aligned
+ * could not trim (now the new block's: os_map_aligned_ex). */
 
 /* Give back the tail of a block's mapping past msize: unmapped, or where
  * the kernel refuses, its pages returned with madvise, which needs no map
@@ -506,9 +505,13 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
     if (!h) {
         size_t al = align > TM_CHUNK ? align : TM_CHUNK;
         size_t gsize = guard ? TM_PAGE : 0;
-        void *p = os_map_aligned(msize + gsize, al);
-        if (!p && heapmin_release_for_retry()) p = os_map_aligned(msize + gsize, al);
+        size_t extra = 0;
+        void *p = os_map_aligned_ex(msize + gsize, al, &extra);
+        if (!p && heapmin_release_for_retry()) p = os_map_aligned_ex(msize + gsize, al, &extra);
         if (!p) return NULL;
+        /* a tail the kernel would not trim off the over-mapping (see "when
+         * the kernel will not unmap"): the block's, guard page after it */
+        msize += extra;
         if (guard && os_protect_none((char *)p + msize, TM_PAGE) != 0) {
             huge_unmap_or_park(p, msize + gsize);
             return NULL;

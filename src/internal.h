@@ -94,6 +94,7 @@ TM_INLINE void tm_mutex_init(pthread_mutex_t *m) {
 /* ---- os.c: the only file that talks to the kernel about memory ---------------- */
 void *os_map(size_t size);                   /* NULL on failure */
 void *os_map_aligned(size_t size, size_t align);
+void *os_map_aligned_ex(size_t size, size_t align, size_t *extra); /* *extra: tail left mapped */
 int os_unmap(void *p, size_t size);          /* 0 or -1; errno untouched (free) */
 int os_purge(void *p, size_t size);          /* pages read zero afterwards; errno untouched */
 bool os_in_memory(void *p, size_t size, unsigned char *vec); /* mincore; false: unknown */

@@ -173,8 +173,15 @@ static void *os_map_aligned_exact(size_t size, size_t align) {
 
 /* Map size bytes aligned to align (a power of two >= page): over-map, then
  * trim the ends; if the over-map is refused, the exact size at an aligned
- * spot (os_map_aligned_exact). */
-void *os_map_aligned(size_t size, size_t align) {
+ * spot (os_map_aligned_exact). A trim the kernel refuses (near
+ * vm.max_map_count, where cutting a mapping merged with its neighbour
+ * takes a map entry more) leaves that end mapped: *extra (if not NULL)
+ * gets the bytes still mapped after the size asked for, which the caller
+ * may make its own; the head, below the aligned start, stays mapped and
+ * unused (the kernel places new mappings top-down, below a neighbour they
+ * merge with, so it is the tail's trim that fails). */
+void *os_map_aligned_ex(size_t size, size_t align, size_t *extra) {
+    if (extra) *extra = 0;
     if (align <= TM_PAGE) return os_map(size);
     if (size + align < size) return NULL;
     if (inject_failure()) return NULL;
@@ -185,9 +192,11 @@ void *os_map_aligned(size_t size, size_t align) {
     size_t head = a - (uintptr_t)p;
     size_t tail = total - head - size;
     if (head) os_munmap(p, head);
-    if (tail) os_munmap((char *)a + size, tail);
+    if (tail && os_munmap((char *)a + size, tail) != 0 && extra) *extra = tail;
     return (void *)a;
 }
+
+void *os_map_aligned(size_t size, size_t align) { return os_map_aligned_ex(size, align, NULL); }
 
 int os_unmap(void *p, size_t size) {
     if (!p || !size) return 0;
