@@ -179,6 +179,13 @@ static size_t huge_give_back_tail(uintptr_t base, size_t msize, size_t mapped) {
     return mapped;
 }
 
+/* The bytes a block shrunk in place to msize keeps mapped: a tail of a
+ * chunk or more goes back (huge_give_back_tail), a shorter one stays the
+ * block's. */
+static size_t huge_shrink_mapped(uintptr_t base, size_t msize, size_t mapped) {
+    return mapped - msize >= TM_CHUNK ? huge_give_back_tail(base, msize, mapped) : mapped;
+}
+
 /* Unmap a fresh mapping that no block took; where the kernel refuses, keep
  * it in the cache as a freed mapping, for a later malloc to use and for
  * _heapmin and the decay to try to unmap again (which succeeds once the
@@ -736,10 +743,7 @@ void *huge_realloc(tm_huge_t *h, void *p, size_t size, bool *grown_zero, bool *r
     }
     void *np = p;
     if (msize <= old_mapped) {
-        if (old_mapped - msize >= TM_CHUNK) /* give back a big tail */
-            msize = huge_give_back_tail((uintptr_t)p, msize, old_mapped);
-        else
-            msize = old_mapped;
+        msize = huge_shrink_mapped((uintptr_t)p, msize, old_mapped);
     } else if (!(np = huge_grow(h, msize))) {
         huge_unclaim(h);
         return NULL;
@@ -833,10 +837,7 @@ bool huge_resize_in_place(tm_huge_t *h, void *p, size_t size, bool *refused) {
         return true;
     }
     if (msize <= old_mapped) {
-        if (old_mapped - msize >= TM_CHUNK) /* give back a big tail */
-            msize = huge_give_back_tail((uintptr_t)p, msize, old_mapped);
-        else
-            msize = old_mapped;
+        msize = huge_shrink_mapped((uintptr_t)p, msize, old_mapped);
     } else if (!os_remap(p, old_mapped, msize, 0, NULL)) {
         huge_unclaim(h);
         return false;
