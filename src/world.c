@@ -321,7 +321,15 @@ static uint64_t idle_window_ns, idle_xfer_gc_ns;
  * thread (idle_seen 0, tcache.c). Until 2026-12-05 neither did, and an
  * outside tester saw caches drained 0.3-0.55 s after they last moved: a
  * pool's new worker, whose recycled cache came back to its predecessor's
- * counts, and a thread whose record predated a pause. */
+ * counts, and a thread whose record predated a pause.
+ *
+ * An owner found on its fast path (busy set) is not idle, whatever its
+ * digest says: it is running, or stopped there for longer than a window
+ * (a signal handler that waits, a debugger). It is left alone until a scan
+ * finds it off its fast path. Until 2026-12-07 such a cache was stopped,
+ * and the scan waited the whole WAIT_LIMIT_NS window for its owner under
+ * the registry lock, which every thread's start and exit need (a
+ * reviewer; tests/unit/world_wait.c). */
 static bool idle_pick(tm_tcache_t *tc, uint64_t now) {
     tm_lock(&tc->mu);
     uint32_t queued = __atomic_load_n(&tc->rl_n, __ATOMIC_RELAXED); /* the owner's lockless push */
@@ -335,7 +343,7 @@ static bool idle_pick(tm_tcache_t *tc, uint64_t now) {
     if (stale || sig != tc->idle_sig || !holds) {
         tc->idle_sig = sig;
         tc->idle_since = now;
-    } else if (now - tc->idle_since >= idle_window_ns) {
+    } else if (now - tc->idle_since >= idle_window_ns && !owner_busy(tc->owner_tls)) {
         pick = true;
         tc->idle_since = now;
     }

@@ -19,6 +19,7 @@ typedef struct stuck {
     int *ready;
     tm_tcache_t *tc;
     const char *why;
+    bool stopped; /* the trimmer stops its cache (else it leaves it alone) */
 } stuck_t;
 
 static void *stuck_main(void *arg) {
@@ -39,7 +40,7 @@ static void *stuck_main(void *arg) {
      * on this first call; the blocks it held are intact */
     if (tcache_blocks_locked(s->tc) == 0) s->why = "a skipped cache was emptied anyway";
     for (int i = 0; i < NHELD; i++) tu_block_free(&b[i]);
-    if (!s->why && tcache_blocks_locked(s->tc) > NHELD)
+    if (s->stopped && !s->why && tcache_blocks_locked(s->tc) > NHELD)
         s->why = "the skipped cache did not empty itself on its next call";
     return NULL;
 }
@@ -52,7 +53,7 @@ static void test_stuck_owners_share_one_window(void **state) {
     stuck_t s[STUCK];
     pthread_t t[STUCK];
     for (int i = 0; i < STUCK; i++) {
-        s[i] = (stuck_t){&mu, &cv, &phase, &ready, NULL, NULL};
+        s[i] = (stuck_t){&mu, &cv, &phase, &ready, NULL, NULL, true};
         tu_thread_create(&t[i], stuck_main, &s[i]);
     }
     pthread_mutex_lock(&mu);
@@ -76,9 +77,89 @@ static void test_stuck_owners_share_one_window(void **state) {
     assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
 }
 
+/* The background thread's idle scan (world_drain_idle_caches) takes a
+ * cache whose bins have not moved for a window, but not one whose owner
+ * is on its fast path: that owner is not idle, and stopping its cache made
+ * the scan wait out the whole window for it, holding the registry lock
+ * that every thread start and exit takes (before 2026-12-07: one window
+ * per scan that picked it). A quiet owner off its fast path is drained by
+ * the same scans, so they did look at the caches. */
+typedef struct quiet {
+    pthread_mutex_t *mu;
+    pthread_cond_t *cv;
+    int *phase;
+    int *ready;
+    tm_tcache_t *tc;
+    size_t held_after; /* cached blocks when let go */
+} quiet_t;
+
+static void *quiet_main(void *arg) {
+    quiet_t *q = arg;
+    tu_block_t b[NBLOCKS];
+    for (int i = 0; i < NBLOCKS; i++) b[i] = tu_block_new(SIZE, 1, (uint64_t)i);
+    for (int i = NHELD; i < NBLOCKS; i++) tu_block_free(&b[i]);
+    q->tc = tm_tls.own;
+    pthread_mutex_lock(q->mu);
+    (*q->ready)++;
+    pthread_cond_broadcast(q->cv);
+    while (*q->phase != 2) pthread_cond_wait(q->cv, q->mu);
+    pthread_mutex_unlock(q->mu);
+    q->held_after = tcache_blocks_locked(q->tc);
+    for (int i = 0; i < NHELD; i++) tu_block_free(&b[i]);
+    return NULL;
+}
+
+static void test_idle_scan_passes_busy_owners(void **state) {
+    (void)state;
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    int phase = 1, ready = 0;
+    stuck_t s[STUCK];
+    pthread_t t[STUCK], tq;
+    quiet_t q = {&mu, &cv, &phase, &ready, NULL, 0};
+    for (int i = 0; i < STUCK; i++) {
+        s[i] = (stuck_t){&mu, &cv, &phase, &ready, NULL, NULL, false};
+        tu_thread_create(&t[i], stuck_main, &s[i]);
+    }
+    tu_thread_create(&tq, quiet_main, &q);
+    pthread_mutex_lock(&mu);
+    while (ready != STUCK + 1) pthread_cond_wait(&cv, &mu);
+    pthread_mutex_unlock(&mu);
+
+    /* scans a third of a window apart (dirty_decay_ms, at least 1 s): the
+     * fourth comes a whole window after the first saw the digests */
+    long ms = 0;
+    assert_int_equal(TM_API(trimalloc_option_get)("dirty_decay_ms", &ms), 0);
+    assert_true(ms >= 0);
+    uint64_t window = (uint64_t)(ms < 1000 ? 1000 : ms) * 1000000ull;
+    uint64_t t0 = os_now_ns();
+    unsigned long windows = world_wait_windows;
+    unsigned drained = 0;
+    for (int k = 0; k <= 4; k++) drained += world_drain_idle_caches(t0 + (uint64_t)k * window / 3);
+    assert_int_equal(world_wait_windows - windows, 0); /* never waited for a busy owner */
+    assert_true(drained >= 1);                           /* the quiet one at least */
+    for (int i = 0; i < STUCK; i++) {
+        assert_int_equal(__atomic_load_n(&s[i].tc->drain_pending, __ATOMIC_RELAXED), 0);
+        assert_true(tcache_blocks_locked(s[i].tc) > 0);
+    }
+
+    pthread_mutex_lock(&mu);
+    phase = 2;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+    for (int i = 0; i < STUCK; i++) {
+        tu_thread_join(t[i]);
+        if (s[i].why) fail_msg("thread %d: %s", i, s[i].why);
+    }
+    tu_thread_join(tq);
+    assert_int_equal(q.held_after, 0); /* the quiet owner's cache was drained */
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stuck_owners_share_one_window),
+        cmocka_unit_test(test_idle_scan_passes_busy_owners),
     };
     return cmocka_run_group_tests_name("unit_world_wait", tests, NULL, NULL);
 }
