@@ -648,9 +648,20 @@ static unsigned huge_claims;  /* under huge_mu */
 static bool huge_forking;     /* under huge_mu */
 static pthread_cond_t claims_cv = PTHREAD_COND_INITIALIZER;
 
+/* A wait on claims_cv (under huge_mu), with cancellation off:
+ * pthread_cond_wait is a cancellation point, and a thread cancelled there
+ * (inside realloc or _expand, or inside fork) took huge_mu back on its way
+ * out and died holding it (tests/stress/fork.c), as heapmin_lock says. */
+static void claims_cv_wait_locked(void) {
+    int cancel;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+    pthread_cond_wait(&claims_cv, &huge_mu);
+    pthread_setcancelstate(cancel, NULL);
+}
+
 static void claim_wait_for_fork_locked(void) {
     if (tm_tls.forking) return;
-    while (huge_forking) pthread_cond_wait(&claims_cv, &huge_mu);
+    while (huge_forking) claims_cv_wait_locked();
 }
 
 static void claim_end_locked(tm_huge_t *h) {
@@ -804,7 +815,7 @@ void huge_foreach_locked(huge_visit_fn fn, void *arg) {
 void huge_fork_prepare(void) {
     tm_lock(&huge_mu);
     huge_forking = true; /* the resizes under way end first, and no other starts */
-    while (huge_claims) pthread_cond_wait(&claims_cv, &huge_mu);
+    while (huge_claims) claims_cv_wait_locked();
 }
 void huge_fork_parent(void) {
     huge_forking = false;

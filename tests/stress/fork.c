@@ -439,12 +439,100 @@ static void test_fork_while_a_huge_block_is_resized(void **state)
     assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
 }
 
+/* ---- a thread cancelled while a fork waits for the resizes ----
+ * While a fork's prepare handler waits for resizes under way to end, a
+ * resize that starts waits for the fork on a condition variable. A wait on
+ * one is a cancellation point: a thread whose cancellation was pending
+ * (deferred, the default) was cancelled there, inside _expand or realloc,
+ * and the wait took the lock back on its way out, so the thread died
+ * holding the lock of every huge block; the process's next huge
+ * allocation, or fork, waited for good. Here the test's own fork handler
+ * (run before trimalloc's) cancels a second resizing thread at each fork,
+ * while the first keeps a resize under way for the fork to wait for. The
+ * cancelled thread notes, in a cleanup handler around its calls, if it was
+ * cancelled inside one. Until 2026-12-07 the waits let cancellation act. */
+static atomic_int cancel_armed;
+static pthread_t cancel_target;
+
+static void cancel_prepare(void)
+{
+    if (atomic_load(&cancel_armed))
+        pthread_cancel(cancel_target);
+}
+
+typedef struct {
+    unsigned char *block;
+    atomic_long rounds;
+    int cancelled_inside; /* written by the cleanup handler */
+} canceled_t;
+
+static void note_inside(void *arg) { ((canceled_t *)arg)->cancelled_inside = 1; }
+
+static void *cancelled_main(void *arg)
+{
+    canceled_t *c = arg;
+    for (;;) {
+        pthread_cleanup_push(note_inside, c);
+        (void)TM_API(_expand)(c->block, RESIZE_BIG);
+        (void)TM_API(_expand)(c->block, RESIZE_SMALL);
+        pthread_cleanup_pop(0);
+        atomic_fetch_add(&c->rounds, 1);
+        pthread_testcancel(); /* the cancellation acts here, outside the calls */
+    }
+    return NULL;
+}
+
+static void test_cancel_while_a_fork_waits_for_resizes(void **state)
+{
+    (void)state;
+    static int registered;
+    if (!registered++)
+        assert_int_equal(pthread_atfork(cancel_prepare, NULL, NULL), 0);
+    resize_block = TM_API(malloc)(RESIZE_BIG);
+    assert_non_null(resize_block);
+    atomic_store(&resize_stop, 0);
+    pthread_t t;
+    tu_thread_create(&t, resizer_main, NULL);
+    canceled_t c = {.block = TM_API(malloc)(RESIZE_SMALL)};
+    assert_non_null(c.block);
+    long forks = tu_scaled(300, 60);
+    for (long i = 0; i < forks; i++) {
+        atomic_store(&c.rounds, 0);
+        tu_thread_create(&cancel_target, cancelled_main, &c);
+        while (atomic_load(&c.rounds) == 0) /* it is going */
+            sched_yield();
+        atomic_store(&cancel_armed, 1);
+        pid_t pid = fork();
+        atomic_store(&cancel_armed, 0);
+        assert_true(pid >= 0);
+        if (pid == 0)
+            _exit(0);
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        void *ret = NULL;
+        assert_int_equal(pthread_join(cancel_target, &ret), 0);
+        assert_true(ret == PTHREAD_CANCELED);
+        if (c.cancelled_inside) {
+            /* the lock is held by a dead thread: any huge call would wait
+             * for good, so no cmocka clean-up */
+            fprintf(stderr, "fork %ld of %ld: a thread was cancelled inside _expand\n", i, forks);
+            _exit(1);
+        }
+    }
+    atomic_store(&resize_stop, 1);
+    tu_thread_join(t);
+    TM_API(free)(c.block);
+    TM_API(free)(resize_block);
+    assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fork_while_allocating),
         cmocka_unit_test(test_fork_after_cache_reuse),
         cmocka_unit_test(test_fork_while_a_huge_block_is_resized),
+        cmocka_unit_test(test_cancel_while_a_fork_waits_for_resizes),
     };
     return cmocka_run_group_tests_name("stress_fork (" TU_FLAVOUR ")", tests, NULL, NULL);
 }
