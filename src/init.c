@@ -90,7 +90,17 @@ void pagemap_fork_child(void);
  * hung every fork (a reviewer, 2026-12-07). The first is a limit jemalloc
  * and tcmalloc share; the second is the way pthread_atfork is meant to be
  * used. Left out on purpose (design.md, "Start-up and fork"). */
+/* From our prepare handler to our parent or child handler, cancellation is
+ * off: the prepare handlers registered before ours run after it, and the
+ * parent and child handlers registered before ours run before it, while
+ * this thread holds every allocator lock; one of them that reaches a
+ * cancellation point (a usleep, a pthread_cond_wait) with a cancellation
+ * pending unwound the thread out of fork() with all of them held, and the
+ * process's next fork, _heapmin or arena refill waited for good (an
+ * outside tester, 2026-12-07; tests/fork/early.c). A pending cancellation
+ * acts at the next cancellation point after fork() returns. */
 static void fork_prepare(void) {
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &tm_tls.fork_cancel);
     heapmin_lock();
     tcache_registry_lock();
     for (tm_tcache_t *tc = tcache_registry_first(); tc; tc = tc->next) {
@@ -119,6 +129,7 @@ static void fork_parent(void) {
         }
     tcache_registry_unlock();
     heapmin_unlock();
+    pthread_setcancelstate(tm_tls.fork_cancel, NULL);
 }
 
 static void fork_child(void) {
@@ -132,6 +143,7 @@ static void fork_child(void) {
     tcache_fork_child();
     heapmin_fork_child();
     background_fork_child();
+    pthread_setcancelstate(tm_tls.fork_cancel, NULL);
 }
 
 void tm_init_slow(void) {

@@ -286,6 +286,7 @@ typedef struct tm_tls {
     int forking;                /* 1 from the end of fork_prepare to the start of
                                    fork_parent/fork_child: this thread holds every
                                    allocator lock (init.c) */
+    int fork_cancel;            /* the cancelability fork_prepare found (init.c) */
 } tm_tls_t;
 
 typedef struct tm_tcache {

@@ -7,7 +7,8 @@
  *   fork_early_atfork_many   start-up: the first allocation from inside pthread_atfork
  *   fork_early_atfork_alloc  forks whose other handlers allocate, and whose
  *                            handler takes a lock another thread holds
- *                            around fflush(NULL)
+ *                            around fflush(NULL), or is a cancellation point
+ *                            reached with a cancellation pending
  *   fork_early_atfork_alloc_prefixed  the handlers that allocate, with the
  *                            prefixed library (the sanitizer builds too)
  */
@@ -133,6 +134,48 @@ static void test_fork_while_handler_lock_holder_flushes(void **state)
     assert_int_equal(pthread_join(f, NULL), 0);
     assert_int_equal(early_prepares, before + 50);
 }
+
+/* A thread with a cancellation pending (deferred) forks: the library's
+ * prepare handler, which runs after trimalloc's, is a cancellation point
+ * (early_lib.c). Until 2026-12-07 the thread was cancelled there, out of
+ * fork() with every allocator lock held, and the next fork or refill here
+ * hung (an outside tester). Now the fork completes, every handler runs,
+ * and the cancellation acts at the thread's next cancellation point. */
+static pid_t cancelled_fork_pid;
+static int cancelled_after_fork;
+
+static void *fork_cancelled_main(void *arg)
+{
+    (void)arg;
+    pthread_cancel(pthread_self()); /* pending until a cancellation point */
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(early_child_ok ? 0 : 1);
+    cancelled_fork_pid = pid;
+    cancelled_after_fork = 1;
+    pthread_testcancel();
+    return NULL; /* not reached */
+}
+
+static void test_fork_with_a_cancellation_pending(void **state)
+{
+    (void)state;
+    int prepares = early_prepares, parents = early_parent_ok;
+    pthread_t t;
+    void *ret = NULL;
+    assert_int_equal(pthread_create(&t, NULL, fork_cancelled_main, NULL), 0);
+    assert_int_equal(pthread_join(t, &ret), 0);
+    assert_true(ret == PTHREAD_CANCELED);
+    assert_int_equal(cancelled_after_fork, 1); /* cancelled after fork(), not inside */
+    assert_true(cancelled_fork_pid > 0);
+    int status = 0;
+    assert_int_equal(waitpid(cancelled_fork_pid, &status, 0), cancelled_fork_pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(early_prepares, prepares + 1);
+    assert_int_equal(early_parent_ok, parents + 1);
+    forks_with_churn(5, true); /* every lock was given back */
+}
 #endif
 
 int main(void)
@@ -143,6 +186,7 @@ int main(void)
 #else
         cmocka_unit_test(test_handlers_that_allocate),
         cmocka_unit_test(test_fork_while_handler_lock_holder_flushes),
+        cmocka_unit_test(test_fork_with_a_cancellation_pending),
 #endif
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -56,6 +56,10 @@ static void *held; /* allocated by prepare, freed by parent/child */
 pthread_mutex_t early_mu = PTHREAD_MUTEX_INITIALIZER;
 static void prepare(void)
 {
+    /* a cancellation point, as a usleep or a wait in a library's handler
+     * is: a cancellation pending here must not act while trimalloc's
+     * prepare handler, which ran before this one, holds its locks */
+    pthread_testcancel();
     pthread_mutex_lock(&early_mu);
     early_prepares++;
     held = alloc_fn(100);
