@@ -89,8 +89,9 @@ void pagemap_fork_child(void);
  * mutex, held by a thread that calls fflush(NULL) or fopen under it, then
  * hung every fork (a reviewer, 2026-12-07). The first is a limit jemalloc
  * and tcmalloc share; the second is the way pthread_atfork is meant to be
- * used. Left out on purpose (design.md, "Start-up and fork"). */
-/* From our prepare handler to our parent or child handler, cancellation is
+ * used. Left out on purpose (design.md, "Start-up and fork").
+ *
+ * From our prepare handler to our parent or child handler, cancellation is
  * off: the prepare handlers registered before ours run after it, and the
  * parent and child handlers registered before ours run before it, while
  * this thread holds every allocator lock; one of them that reaches a
