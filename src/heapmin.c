@@ -20,13 +20,41 @@
  * it again before a waiter woke: other threads' _heapmin calls waited 0.7-3
  * s, one from a key destructor 4.5 s, and fork() up to 1 s (an outside
  * tester, 2026-12-07; tests/unit/trim_lock.c). Now a waiter is behind at
- * most the callers that came before it. trim_mu guards the two counters
- * only, for a few instructions; the wait is no cancellation point
+ * most the callers that came before it. trim_mu guards the counters only,
+ * for a few instructions; the wait is no cancellation point
  * (tests/unit/cancel.c). A trylock succeeds only if nobody holds the lock
- * or waits for it. */
+ * or waits for it.
+ *
+ * A turn that is not taken for TURN_PASS_NS is passed over: its waiter is
+ * not running (a signal handler keeps it, a stop-the-world collector that
+ * suspends threads with signals, a debugger), and with turns alone every
+ * later _heapmin, malloc_trim, _heapchk, _heapwalk, _heapset and fork()
+ * waited until it ran again, where a plain mutex's waiter holds up nobody
+ * (an outside tester's thread parked 3 s: every such call waited 3 s;
+ * glibc's fork and malloc_trim 0-2 ms). The waiter passed over queues
+ * again when it runs. A waiter that runs is woken at once when its turn
+ * comes, and 50 ms is far above that even on a loaded machine. A holder
+ * that does not run holds up the others, as under a mutex. */
+#define TURN_PASS_NS (50ull * 1000 * 1000)
 static pthread_mutex_t trim_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t trim_turn = PTHREAD_COND_INITIALIZER;
 static unsigned long trim_next, trim_serving; /* tickets, under trim_mu */
+static bool trim_taken;          /* the serving ticket's turn was taken (held) */
+static uint64_t trim_turn_ns;    /* os_now_ns() when the serving ticket's turn came */
+unsigned long heapmin_turns_passed; /* turns passed over (tests) */
+
+/* The condition variable's clock (CLOCK_REALTIME), ms from now */
+static struct timespec realtime_in_ms(long ms) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += ms / 1000;
+    t.tv_nsec += (ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
 
 /* The forking thread holds the trim lock already (fork_prepare): in a fork
  * handler, heapmin_lock and heapmin_unlock do nothing, and a trylock fails
@@ -38,16 +66,32 @@ void heapmin_lock(void) {
     if (trim_serving != me) {
         int cancel;
         pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-        while (trim_serving != me) pthread_cond_wait(&trim_turn, &trim_mu);
+        while (trim_serving != me) {
+            if (trim_serving > me) { /* passed over while it did not run */
+                me = trim_next++;
+                continue;
+            }
+            struct timespec until = realtime_in_ms((long)(TURN_PASS_NS / 1000000));
+            pthread_cond_timedwait(&trim_turn, &trim_mu, &until);
+            if (trim_serving != me && !trim_taken && os_now_ns() - trim_turn_ns >= TURN_PASS_NS) {
+                trim_serving++; /* its waiter did not come for it */
+                trim_turn_ns = os_now_ns();
+                __atomic_fetch_add(&heapmin_turns_passed, 1, __ATOMIC_RELAXED);
+                pthread_cond_broadcast(&trim_turn);
+            }
+        }
         pthread_setcancelstate(cancel, NULL);
     }
+    trim_taken = true;
     tm_unlock(&trim_mu);
 }
 
 void heapmin_unlock(void) {
     if (tm_tls.forking) return;
     tm_lock(&trim_mu);
+    trim_taken = false;
     bool waiters = ++trim_serving != trim_next;
+    if (waiters) trim_turn_ns = os_now_ns();
     tm_unlock(&trim_mu);
     if (waiters) pthread_cond_broadcast(&trim_turn);
 }
@@ -55,9 +99,20 @@ void heapmin_unlock(void) {
 bool heapmin_trylock(void) {
     if (tm_tls.forking || tm_trylock(&trim_mu) != 0) return false;
     bool free_now = trim_serving == trim_next;
-    if (free_now) trim_next++;
+    if (free_now) {
+        trim_next++;
+        trim_taken = true;
+    }
     tm_unlock(&trim_mu);
     return free_now;
+}
+
+/* Tickets taken and not yet served, but the holder's (tests) */
+unsigned long heapmin_waiters(void) {
+    tm_lock(&trim_mu);
+    unsigned long n = trim_next - trim_serving - (trim_taken ? 1 : 0);
+    tm_unlock(&trim_mu);
+    return n;
 }
 
 /* the forking thread held it (fork_prepare); no other thread came along */
@@ -65,6 +120,7 @@ void heapmin_fork_child(void) {
     pthread_mutex_init(&trim_mu, NULL);
     pthread_cond_init(&trim_turn, NULL);
     trim_next = trim_serving = 0;
+    trim_taken = false;
 }
 
 /* Returns bytes released; *failures counts release calls the OS refused.

@@ -574,6 +574,8 @@ void heapmin_lock(void);
 void heapmin_unlock(void);
 bool heapmin_trylock(void); /* true: the trim lock is now held */
 void heapmin_fork_child(void);
+extern unsigned long heapmin_turns_passed; /* trim-lock turns passed over (tests) */
+unsigned long heapmin_waiters(void);       /* trim-lock waiters (tests) */
 bool heapmin_release_for_retry(void); /* after a failed mapping; true if worth retrying */
 
 /* ---- init.c --------------------------------------------------------------------------- */
