@@ -920,16 +920,8 @@ void arena_lock_settled(tm_arena_t *a) {
  * purge goes on without them. */
 void arena_settle_locked(tm_arena_t *a, long max_ms) {
     if (likely(!a->dropped) || (max_ms >= 0 && a->bare)) return;
-    struct timespec until;
-    if (max_ms >= 0) {
-        clock_gettime(CLOCK_REALTIME, &until); /* the condition variable's clock */
-        until.tv_sec += max_ms / 1000;
-        until.tv_nsec += (max_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-    }
+    struct timespec until = {0, 0};
+    if (max_ms >= 0) until = os_realtime_after_ms(max_ms);
     /* blocks (a yield loop hung a SCHED_FIFO forker whose CPU the
      * section's lower-priority thread then never got back), with
      * cancellation off: pthread_cond_wait is a cancellation point, and a

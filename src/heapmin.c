@@ -43,19 +43,6 @@ static bool trim_taken;          /* the serving ticket's turn was taken (held) *
 static uint64_t trim_turn_ns;    /* os_now_ns() when the serving ticket's turn came */
 unsigned long heapmin_turns_passed; /* turns passed over (tests) */
 
-/* The condition variable's clock (CLOCK_REALTIME), ms from now */
-static struct timespec realtime_in_ms(long ms) {
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    t.tv_sec += ms / 1000;
-    t.tv_nsec += (ms % 1000) * 1000000L;
-    if (t.tv_nsec >= 1000000000L) {
-        t.tv_sec++;
-        t.tv_nsec -= 1000000000L;
-    }
-    return t;
-}
-
 /* The forking thread holds the trim lock already (fork_prepare): in a fork
  * handler, heapmin_lock and heapmin_unlock do nothing, and a trylock fails
  * (no trim then). */
@@ -71,7 +58,7 @@ void heapmin_lock(void) {
                 me = trim_next++;
                 continue;
             }
-            struct timespec until = realtime_in_ms((long)(TURN_PASS_NS / 1000000));
+            struct timespec until = os_realtime_after_ms((long)(TURN_PASS_NS / 1000000));
             pthread_cond_timedwait(&trim_turn, &trim_mu, &until);
             if (trim_serving != me && !trim_taken && os_now_ns() - trim_turn_ns >= TURN_PASS_NS) {
                 trim_serving++; /* its waiter did not come for it */

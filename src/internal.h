@@ -131,6 +131,7 @@ int os_restore_block(void *p, size_t size);  /* read-write and inherited again *
 void *os_remap(void *p, size_t old, size_t new_size, int may_move, void *fixed);
 int os_heavy_barrier(void);                  /* membarrier or fallback */
 uint64_t os_now_ns(void);
+struct timespec os_realtime_after_ms(long ms); /* a deadline for pthread_cond_timedwait */
 uint64_t os_now_ns_raw(void); /* by a system call, no libc or vDSO page */
 void os_yield(void);
 long os_getpid(void);                        /* a system call: libc's is not needed */

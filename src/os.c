@@ -571,6 +571,20 @@ uint64_t os_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* ms milliseconds from now on CLOCK_REALTIME, the clock of a condition
+ * variable made with the default attributes (pthread_cond_timedwait) */
+struct timespec os_realtime_after_ms(long ms) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += ms / 1000;
+    t.tv_nsec += (ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
+
 /* The same clock by a system call: no page of libc or the vDSO, which a
  * small program that never reads the clock otherwise would fault in (with
  * the pages around it) for a clock read every few milliseconds. */
