@@ -32,9 +32,10 @@
  * waited until it ran again, where a plain mutex's waiter holds up nobody
  * (an outside tester's thread parked 3 s: every such call waited 3 s;
  * glibc's fork and malloc_trim 0-2 ms). The waiter passed over queues
- * again when it runs. A waiter that runs is woken at once when its turn
- * comes, and 50 ms is far above that even on a loaded machine. A holder
- * that does not run holds up the others, as under a mutex. */
+ * again when it runs: a waiter that runs takes its turn as soon as it is
+ * woken, and one the scheduler keeps from its CPU for more than 50 ms
+ * only comes later than its turn. A holder that does not run holds up the
+ * others, as under a mutex. */
 #define TURN_PASS_NS (50ull * 1000 * 1000)
 static pthread_mutex_t trim_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t trim_turn = PTHREAD_COND_INITIALIZER;
