@@ -464,13 +464,13 @@ typedef struct {
     unsigned char *block;
     atomic_long rounds;
     int cancelled_inside; /* written by the cleanup handler */
-} canceled_t;
+} cancelled_t;
 
-static void note_inside(void *arg) { ((canceled_t *)arg)->cancelled_inside = 1; }
+static void note_inside(void *arg) { ((cancelled_t *)arg)->cancelled_inside = 1; }
 
 static void *cancelled_main(void *arg)
 {
-    canceled_t *c = arg;
+    cancelled_t *c = arg;
     for (;;) {
         pthread_cleanup_push(note_inside, c);
         (void)TM_API(_expand)(c->block, RESIZE_BIG);
@@ -493,7 +493,7 @@ static void test_cancel_while_a_fork_waits_for_resizes(void **state)
     atomic_store(&resize_stop, 0);
     pthread_t t;
     tu_thread_create(&t, resizer_main, NULL);
-    canceled_t c = {.block = TM_API(malloc)(RESIZE_SMALL)};
+    cancelled_t c = {.block = TM_API(malloc)(RESIZE_SMALL)};
     assert_non_null(c.block);
     long forks = tu_scaled(300, 60);
     for (long i = 0; i < forks; i++) {
