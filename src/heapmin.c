@@ -61,9 +61,10 @@ void heapmin_lock(void) {
             }
             struct timespec until = os_realtime_after_ms((long)(TURN_PASS_NS / 1000000));
             pthread_cond_timedwait(&trim_turn, &trim_mu, &until);
-            if (trim_serving != me && !trim_taken && os_now_ns() - trim_turn_ns >= TURN_PASS_NS) {
+            uint64_t now = os_now_ns();
+            if (trim_serving != me && !trim_taken && now - trim_turn_ns >= TURN_PASS_NS) {
                 trim_serving++; /* its waiter did not come for it */
-                trim_turn_ns = os_now_ns();
+                trim_turn_ns = now;
                 __atomic_fetch_add(&heapmin_turns_passed, 1, __ATOMIC_RELAXED);
                 pthread_cond_broadcast(&trim_turn);
             }
