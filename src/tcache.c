@@ -1387,6 +1387,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
                 }
                 uint32_t want = refill_want(b, cap);
                 uint32_t got = xfer_get(tc->arena->index, cls, b->base, want);
+                if (got == 0) got = arena_refill_other(tc->arena, cls, b->base, want);
                 if (got == 0) got = arena_refill(tc->arena, cls, b->base, want);
                 b->missed = 1;
                 if (start) b->taken = (uint8_t)(b->taken + got > 255 ? 255 : b->taken + got);
