@@ -261,7 +261,14 @@ static bool partial_elsewhere(const tm_arena_t *a, unsigned cls) {
     return false;
 }
 
-static unsigned refill_locked(tm_arena_t *a, unsigned cls, void **slots, unsigned n, bool create) {
+/* How a refill may take blocks: from a's slabs, making them as needed;
+ * the same, but stopping where a's last slab with room ends if another
+ * arena has one (the refill of a thread that takes part in remote frees);
+ * or only from slabs a already has (borrowing from a, another arena). */
+enum refill_mode { REFILL_MAKE, REFILL_MAKE_UNLESS_ELSEWHERE, REFILL_BORROW };
+
+static unsigned refill_locked(tm_arena_t *a, unsigned cls, void **slots, unsigned n,
+                              enum refill_mode mode) {
     const uint32_t size = tm_classes[cls].size;
     tm_arena_bin_t *b = &a->bins[cls];
     unsigned got = 0, cold_left = REFILL_COLD_PAGES;
@@ -272,7 +279,9 @@ static unsigned refill_locked(tm_arena_t *a, unsigned cls, void **slots, unsigne
         if (!s) {
             /* a slab to make: if another arena has one with room, the
              * blocks so far will do, and the next refill borrows there */
-            if (!create || (got && b->nslabs && partial_elsewhere(a, cls))) break;
+            if (mode == REFILL_BORROW ||
+                (mode == REFILL_MAKE_UNLESS_ELSEWHERE && got && partial_elsewhere(a, cls)))
+                break;
             s = slab_create_locked(a, cls);
             if (!s) break;
             bin_push_locked(b, s);
@@ -334,10 +343,11 @@ static unsigned refill_locked(tm_arena_t *a, unsigned cls, void **slots, unsigne
 
 unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
     arena_lock(a);
-    unsigned got = refill_locked(a, cls, slots, n, true);
+    unsigned got = refill_locked(a, cls, slots, n, REFILL_MAKE);
     arena_unlock(a);
     return got;
 }
+
 
 /* Before arena `own` makes another slab of class cls (it has slabs of the
  * class, none with room), blocks from another arena's slab with room, if
@@ -345,27 +355,28 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
  * has a partial slab (read without its lock, a hint) and whose lock is
  * free (a trylock: one that is busy is in use, and is skipped; no two
  * arena locks are held together). Returns how many, 0 to go on with own's
- * slabs. A refill of own stops where its last slab with room ends when
- * another arena has one (refill_locked), so the next refill comes here.
- * An arena with no slab of the class makes its own: a new thread's first
- * blocks do not share cache lines with another thread's (thrash, scratch).
- * Borrowed blocks may share lines with the lender's live blocks, as a
- * producer's blocks do with its consumer's.
+ * slabs. Used by arena_refill_remote (below). An arena with no slab of the
+ * class makes its own: a new thread's first blocks do not share cache
+ * lines with another thread's (thrash, scratch). Borrowed blocks may
+ * share lines with the lender's live blocks, as a producer's blocks do
+ * with its consumer's.
  *
- * Why: threads that free each other's blocks (a producer and a consumer)
- * keep a population of blocks that circulates between their caches, and
- * each refill draws on the refilling thread's own arena while overflows
- * send blocks home to both. Nothing pulls the mix back, so the population
- * drifts from one arena to the other: one arena's slabs empty, their pages
- * stay resident until the decay, and the other arena makes new slabs and
- * faults in new pages meanwhile. bench/throughput xmalloc with 2 threads
- * peaked at 7.7-8.9 MiB against 5.9 in the steady state (a sampler of
- * trimalloc_stats_arena every 0.2 ms: one arena's active bytes fell from
- * 2.96 to 1.13 MiB, its free pages rising to 1.9 MiB, while the other's
- * rose from 2.06 to 3.03). With this, 5 interleaved runs each on the
- * 2-core VM (2026-12-07): xmalloc 2 threads 7.85-8.27 -> 6.62-6.76 MiB
- * (glibc 6.48), larson 2 threads 5.85 -> 5.4-5.5 MiB, throughput and the
- * other workloads unchanged beyond the noise (tests/unit/borrow.c). */
+ * Why: threads that free each other's blocks (a producer and a consumer;
+ * larson's threads, which inherit each other's arrays) keep a population
+ * of blocks that circulates between their caches, and each refill drew on
+ * the refilling thread's own arena while overflows sent blocks home to
+ * both. Nothing pulled the mix back, so the population drifted from one
+ * arena to the other: one arena's slabs emptied, their pages resident
+ * until the decay, while the other made new slabs and faulted in new
+ * pages. bench/throughput xmalloc with 2 threads peaked at 7.7-8.9 MiB
+ * against 5.9 in its steady state (a sampler of trimalloc_stats_arena
+ * every 0.2 ms: one arena's active bytes fell from 2.96 to 1.13 MiB, its
+ * free pages rising to 1.9 MiB, while the other's rose from 2.06 to
+ * 3.03). Medians of 5 interleaved runs on the 2-core VM (2026-12-07),
+ * peak RSS before -> after: xmalloc 2 threads 7.89 -> 6.87 MiB (glibc
+ * 6.48), 8 threads 27.5 -> 23.2; larson 2 threads 5.89 -> 5.34, 8 threads
+ * 18.9 -> 15.6; throughput and the other workloads unchanged beyond the
+ * noise (tests/unit/borrow.c). */
 
 unsigned arena_refill_other(const tm_arena_t *own, unsigned cls, void **slots, unsigned n) {
     if (__atomic_load_n(&own->bins[cls].partial, __ATOMIC_RELAXED) ||
@@ -375,11 +386,35 @@ unsigned arena_refill_other(const tm_arena_t *own, unsigned cls, void **slots, u
         tm_arena_t *a = __atomic_load_n(&tm_arenas[(own->index + k) % tm_narenas], __ATOMIC_ACQUIRE);
         if (!a || !__atomic_load_n(&a->bins[cls].partial, __ATOMIC_RELAXED) || arena_trylock(a) != 0)
             continue;
-        unsigned got = refill_locked(a, cls, slots, n, false);
+        unsigned got = refill_locked(a, cls, slots, n, REFILL_BORROW);
         arena_unlock(a);
         if (got) return got;
     }
     return 0;
+}
+
+/* The refill of a thread cache's bin that has held another arena's blocks
+ * (tm_tc_bin_t.remote, tcache.c): blocks borrowed from another arena's slab
+ * (arena_refill_other), or else from a's slabs, stopping where a's last
+ * slab with room ends if another arena has one, so that the next refill
+ * borrows there. Only for the classes whose slab holds at least
+ * BORROW_MIN_BLOCKS blocks (up to 1 KiB): a borrowed block keeps its
+ * lender's slab from emptying, and a slab of a few big blocks is pinned
+ * by one. bench/throughput sizes with 4 threads (no remote frees, but its
+ * threads take batches of each other's transfer caches, so the flag was
+ * set on their 4 KiB bins) peaked at 16.2 MiB with the 4 KiB class
+ * borrowing, 14.1 without, 13.7 before borrowing (medians of 11,
+ * interleaved); borrowing on every refill, not only a marked bin's, 20
+ * MiB (larson and xmalloc gained no more). */
+#define BORROW_MIN_BLOCKS 8
+unsigned arena_refill_remote(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
+    if (tm_classes[cls].nblocks < BORROW_MIN_BLOCKS) return arena_refill(a, cls, slots, n);
+    unsigned got = arena_refill_other(a, cls, slots, n);
+    if (got) return got;
+    arena_lock(a);
+    got = refill_locked(a, cls, slots, n, REFILL_MAKE_UNLESS_ELSEWHERE);
+    arena_unlock(a);
+    return got;
 }
 
 /* Count `freed` blocks just set free in slab s's bitmap (the lowest in

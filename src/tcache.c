@@ -256,9 +256,11 @@ static unsigned block_arena(void *p) { return block_fast((uintptr_t)p) >> TM_FAS
  * where two threads free each other's blocks, the bins mix two chunks
  * block by block, and a lookup at nearly every block made this loop a
  * third of the slow paths' instructions in xmalloc, callgrind.) */
-static void bin_flush(unsigned cls, void **blocks, uint32_t n) {
+static bool bin_flush(unsigned cls, void **blocks, uint32_t n, unsigned own) {
+    bool foreign = false;
     while (n) {
         unsigned ai = block_arena(blocks[0]);
+        foreign |= ai != own;
         uintptr_t mine = (uintptr_t)blocks[0] & ~TM_CHUNK_MASK;
         uintptr_t other = 0; /* no block lies in the chunk at address 0 */
         uint32_t k = 1; /* blocks[0..k) are ai's */
@@ -293,6 +295,7 @@ static void bin_flush(unsigned cls, void **blocks, uint32_t n) {
         blocks += k;
         n -= k;
     }
+    return foreign;
 }
 
 /* Empty every transfer cache into the arenas (_heapmin) and give back its
@@ -1387,8 +1390,9 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
                 }
                 uint32_t want = refill_want(b, cap);
                 uint32_t got = xfer_get(tc->arena->index, cls, b->base, want);
-                if (got == 0) got = arena_refill_other(tc->arena, cls, b->base, want);
-                if (got == 0) got = arena_refill(tc->arena, cls, b->base, want);
+                if (got == 0)
+                    got = b->remote ? arena_refill_remote(tc->arena, cls, b->base, want)
+                                    : arena_refill(tc->arena, cls, b->base, want);
                 b->missed = 1;
                 if (start) b->taken = (uint8_t)(b->taken + got > 255 ? 255 : b->taken + got);
                 __atomic_store_n(&b->top, b->base + got, __ATOMIC_RELAXED);
@@ -1431,9 +1435,11 @@ void tcache_free_slow(void *p, unsigned cls) {
          * comes here): refill the bin first and put the block under what
          * the refill brought, so malloc hands out those before it, and an
          * overflow (which flushes the bottom half) sends it home. */
+        b->remote = 1; /* (a refill that borrows never takes a first slab's
+                          blocks from another arena: arena_refill_other) */
         uint32_t want = refill_want(b, cap - 1);
         uint32_t got = xfer_get(tc->arena->index, cls, b->base + 1, want);
-        if (got == 0) got = arena_refill(tc->arena, cls, b->base + 1, want);
+        if (got == 0) got = arena_refill_remote(tc->arena, cls, b->base + 1, want);
         b->base[0] = p;
         __atomic_store_n(&b->top, b->base + 1 + got, __ATOMIC_RELAXED);
         tm_unlock(&tc->mu);
@@ -1475,14 +1481,14 @@ void tcache_free_slow(void *p, unsigned cls) {
             b->limit = b->base + cap;
         } else if (cap > max) { /* the share shrank: down to it, half full */
             uint32_t n = count - max / 2;
-            bin_flush(cls, b->base, n);
+            b->remote |= bin_flush(cls, b->base, n, tc->arena->index);
             tm_ptrs_move(b->base, b->base + n, count - n);
             count -= n;
             b->limit = b->base + max;
             cap = max;
         } else { /* flush the older half (the bottom of the stack) */
             uint32_t n = cap / 2 ? cap / 2 : count;
-            bin_flush(cls, b->base, n);
+            b->remote |= bin_flush(cls, b->base, n, tc->arena->index);
             tm_ptrs_move(b->base, b->base + n, count - n);
             count -= n;
         }

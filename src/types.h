@@ -267,7 +267,11 @@ typedef struct tm_tc_bin {
     uint8_t missed;      /* a refill since the bin last overflowed */
     uint8_t taken;       /* blocks refills brought since the bin last
                             overflowed, while at its start size (to 255) */
-    uint8_t pad[2];
+    uint8_t remote;      /* it has held another arena's blocks (an overflow
+                            sent some home, or one was freed into it
+                            empty): its refills may borrow
+                            (arena_refill_remote) */
+    uint8_t pad;
 } tm_tc_bin_t;
 
 struct tm_tcache;

@@ -1,18 +1,25 @@
 /*
- * borrow.c (unit) -- before an arena makes another slab of a class, a
- * refill takes the blocks of another arena's slab with room
- * (arena_refill_other, arena.c): threads that free each other's blocks
+ * borrow.c (unit) -- a thread cache's bin whose overflows send blocks to
+ * other arenas (tm_tc_bin_t.remote: the thread frees other threads'
+ * blocks) refills through arena_refill_remote (arena.c): before its arena
+ * makes another slab of the class, blocks from another arena's slab with
+ * room (arena_refill_other). Threads that free each other's blocks
  * otherwise let their blocks drift from one arena to the other, one
  * arena's slabs emptying while the other faults in new ones. An arena
  * that has no slab of the class yet (a new thread's) makes its own, so a
- * thread's first blocks never share cache lines with another thread's.
+ * thread's first blocks never share cache lines with another thread's;
+ * classes whose slab holds fewer than 8 blocks never borrow; a bin that
+ * sends no block elsewhere refills as before.
  *
- * The test drives two arenas of the process directly, with a class no
- * thread uses: Y (the last index) and X, the next one after it (index 0),
- * which a scan from Y looks at first.
+ * The refill tests drive two arenas of the process directly, with classes
+ * no thread uses: Y (the last index) and X, the next one after it (index
+ * 0), which a scan from Y looks at first.
  */
 #include "test_cmocka.h"
 #include "internal.h"
+
+#include <pthread.h>
+#include <semaphore.h>
 
 enum { MAXB = 2048 };
 
@@ -86,12 +93,27 @@ static void test_a_refill_borrows_before_making_a_slab(void **state) {
     assert_int_equal(nslabs(y, cls), 1);
     arena_flush(cls, ob, n);
 
-    /* With one block of room left in its slab, a refill of Y stops there
-     * rather than make a slab while X has room */
+    /* With one block of room left in its slab, a remote refill of Y stops
+     * there rather than make a slab while X has room, and the next one
+     * borrows */
     arena_flush(cls, &yb[nb - 1], 1);
-    n = arena_refill(y, cls, ob, 8);
+    n = arena_refill_remote(y, cls, ob, 8);
     assert_int_equal(n, 1);
     assert_ptr_equal(ob[0], yb[nb - 1]);
+    n = arena_refill_remote(y, cls, ob + 1, 8);
+    assert_true(n >= 1);
+    for (unsigned i = 1; i <= n; i++) assert_int_equal(owner(ob[i]), x->index);
+    assert_int_equal(nslabs(y, cls), 1);
+    arena_flush(cls, ob + 1, n);
+    arena_flush(cls, ob, 1);
+    /* a plain refill (a bin that sends no block elsewhere) takes Y's last
+     * block and goes on into a slab of its own */
+    n = arena_refill(y, cls, ob, 8);
+    assert_int_equal(n, 8);
+    assert_ptr_equal(ob[0], yb[nb - 1]);
+    assert_int_equal(nslabs(y, cls), 2);
+    for (unsigned i = 0; i < n; i++) assert_int_equal(owner(ob[i]), y->index);
+    arena_flush(cls, ob, n); /* Y's second slab empties: back to its chunk */
     assert_int_equal(nslabs(y, cls), 1);
 
     /* Once no other arena has room, Y makes its slab as before */
@@ -100,12 +122,90 @@ static void test_a_refill_borrows_before_making_a_slab(void **state) {
     n = 0;
     while (__atomic_load_n(&x->bins[cls].partial, __ATOMIC_RELAXED) && n < MAXB)
         n += arena_refill(x, cls, xb + n, 1); /* a slab X keeps: used up */
-    n = arena_refill(y, cls, ob, 8);
+    n = arena_refill_remote(y, cls, ob, 8);
     assert_true(n >= 1);
     assert_int_equal(nslabs(y, cls), 2);
     for (unsigned i = 0; i < n; i++) assert_int_equal(owner(ob[i]), y->index);
+    arena_flush(cls, ob, n); /* yb[nb - 1] among them */
+    arena_flush(cls, yb, nb - 1);
+}
+
+/* A class whose slab holds a few big blocks does not borrow: one borrowed
+ * block would keep its lender's slab from emptying. */
+static void test_big_blocks_are_not_borrowed(void **state) {
+    (void)state;
+    tm_arena_t *x, *y;
+    setup(&x, &y);
+    const unsigned cls = class_at_least(2048), nb = tm_classes[cls].nblocks;
+    assert_true(nb < 8);
+    static void *xb[MAXB], *yb[MAXB], *ob[64];
+    unsigned xn = give_x_room(x, cls, xb);
+    take(y, cls, yb, nb);
+    size_t before = nslabs(y, cls);
+    unsigned n = arena_refill_remote(y, cls, ob, 2);
+    assert_true(n >= 1);
+    for (unsigned i = 0; i < n; i++) assert_int_equal(owner(ob[i]), y->index);
+    assert_int_equal(nslabs(y, cls), before + 1);
     arena_flush(cls, ob, n);
     arena_flush(cls, yb, nb);
+    arena_flush(cls, xb, xn);
+}
+
+/* ---- the bin's flag: set by another arena's blocks, not by the thread's own ----
+ * P allocates a burst of 64-byte blocks and stays alive; C, bound to
+ * another arena, frees them all, then allocates and frees a burst of its
+ * own 96-byte blocks. */
+enum { FLAG_BURST = 300 };
+
+typedef struct flags {
+    void *p[FLAG_BURST];
+    sem_t handed, done;
+    unsigned arena_p, arena_c;
+    int remote_foreign, remote_own; /* C's bins after its frees */
+} flags_t;
+
+static void wait_sem(sem_t *s) {
+    while (sem_wait(s) != 0) {
+    }
+}
+
+static void *producer(void *arg) {
+    flags_t *f = arg;
+    for (unsigned i = 0; i < FLAG_BURST; i++) f->p[i] = TM_API(malloc)(64);
+    f->arena_p = tm_tls.arena;
+    sem_post(&f->handed);
+    wait_sem(&f->done); /* alive until C has gone */
+    return NULL;
+}
+
+static void *consumer(void *arg) {
+    flags_t *f = arg;
+    wait_sem(&f->handed);
+    void *own[FLAG_BURST];
+    for (unsigned i = 0; i < FLAG_BURST; i++) own[i] = TM_API(malloc)(96);
+    f->arena_c = tm_tls.arena;
+    for (unsigned i = 0; i < FLAG_BURST; i++) TM_API(free)(f->p[i]);
+    for (unsigned i = 0; i < FLAG_BURST; i++) TM_API(free)(own[i]);
+    f->remote_foreign = tm_tls.tc->bins[size_class_of(64)].remote;
+    f->remote_own = tm_tls.tc->bins[size_class_of(96)].remote;
+    return NULL;
+}
+
+static void test_remote_frees_mark_the_bin(void **state) {
+    (void)state;
+    static flags_t f;
+    sem_init(&f.handed, 0, 0);
+    sem_init(&f.done, 0, 0);
+    pthread_t p, c;
+    assert_int_equal(pthread_create(&p, NULL, producer, &f), 0);
+    assert_int_equal(pthread_create(&c, NULL, consumer, &f), 0);
+    assert_int_equal(pthread_join(c, NULL), 0);
+    sem_post(&f.done);
+    assert_int_equal(pthread_join(p, NULL), 0);
+    if (tm_narenas < 2) skip();
+    if (f.arena_p == f.arena_c) fail_msg("P and C share arena %u", f.arena_p);
+    if (!f.remote_foreign) fail_msg("C freed %d of P's blocks and its bin is not marked", FLAG_BURST);
+    if (f.remote_own) fail_msg("C freed only its own blocks of 96 B and the bin is marked");
 }
 
 /* An arena with no slab of the class makes its own, even when another
@@ -130,6 +230,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_refill_borrows_before_making_a_slab),
         cmocka_unit_test(test_a_first_slab_is_never_borrowed),
+        cmocka_unit_test(test_big_blocks_are_not_borrowed),
+        cmocka_unit_test(test_remote_frees_mark_the_bin),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
