@@ -355,9 +355,10 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
  * has a partial slab (read without its lock, a hint) and whose lock is
  * free (a trylock: one that is busy is in use, and is skipped; no two
  * arena locks are held together). Returns how many, 0 to go on with own's
- * slabs. Used by arena_refill_remote (below). An arena with no slab of the
- * class makes its own: a new thread's first blocks do not share cache
- * lines with another thread's (thrash, scratch). Borrowed blocks may
+ * slabs. Used by arena_refill_remote (below). Arena `avoid` lends nothing
+ * (TM_MAX_ARENAS: none). An arena with no slab of the class makes its
+ * own: a new thread's first blocks do not share cache lines with another
+ * thread's (thrash, scratch). Borrowed blocks may
  * share lines with the lender's live blocks, as a producer's blocks do
  * with its consumer's.
  *
@@ -374,17 +375,21 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
  * free pages rising to 1.9 MiB, while the other's rose from 2.06 to
  * 3.03). Medians of 5 interleaved runs on the 2-core VM (2026-12-07),
  * peak RSS before -> after: xmalloc 2 threads 7.89 -> 6.87 MiB (glibc
- * 6.48), 8 threads 27.5 -> 23.2; larson 2 threads 5.89 -> 5.34, 8 threads
- * 18.9 -> 15.6; throughput and the other workloads unchanged beyond the
+ * 6.48), 8 threads 27.5 -> 23.2; larson 2 threads 5.89 -> 5.3-5.5, 8
+ * threads 18.9 -> 15.6-16.6 (the lower figures before the refill under a
+ * handed-over block stopped borrowing from its arena); throughput and the other workloads unchanged beyond the
  * noise (tests/unit/borrow.c). */
 
-unsigned arena_refill_other(const tm_arena_t *own, unsigned cls, void **slots, unsigned n) {
+unsigned arena_refill_other(const tm_arena_t *own, unsigned avoid, unsigned cls, void **slots,
+                            unsigned n) {
     if (__atomic_load_n(&own->bins[cls].partial, __ATOMIC_RELAXED) ||
         !__atomic_load_n(&own->bins[cls].nslabs, __ATOMIC_RELAXED))
         return 0;
     for (unsigned k = 1; k < tm_narenas && k <= ARENA_BORROW_SCAN; k++) {
-        tm_arena_t *a = __atomic_load_n(&tm_arenas[(own->index + k) % tm_narenas], __ATOMIC_ACQUIRE);
-        if (!a || !__atomic_load_n(&a->bins[cls].partial, __ATOMIC_RELAXED) || arena_trylock(a) != 0)
+        unsigned ai = (own->index + k) % tm_narenas;
+        tm_arena_t *a = __atomic_load_n(&tm_arenas[ai], __ATOMIC_ACQUIRE);
+        if (ai == avoid || !a || !__atomic_load_n(&a->bins[cls].partial, __ATOMIC_RELAXED) ||
+            arena_trylock(a) != 0)
             continue;
         unsigned got = refill_locked(a, cls, slots, n, REFILL_BORROW);
         arena_unlock(a);
@@ -407,9 +412,9 @@ unsigned arena_refill_other(const tm_arena_t *own, unsigned cls, void **slots, u
  * interleaved); borrowing on every refill, not only a marked bin's, 20
  * MiB (larson and xmalloc gained no more). */
 #define BORROW_MIN_BLOCKS 8
-unsigned arena_refill_remote(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
+unsigned arena_refill_remote(tm_arena_t *a, unsigned avoid, unsigned cls, void **slots, unsigned n) {
     if (tm_classes[cls].nblocks < BORROW_MIN_BLOCKS) return arena_refill(a, cls, slots, n);
-    unsigned got = arena_refill_other(a, cls, slots, n);
+    unsigned got = arena_refill_other(a, avoid, cls, slots, n);
     if (got) return got;
     arena_lock(a);
     got = refill_locked(a, cls, slots, n, REFILL_MAKE_UNLESS_ELSEWHERE);

@@ -435,8 +435,9 @@ unsigned arena_choose_locked(const unsigned bound[], unsigned first); /* registr
 bool arena_block_is_free(void *p);            /* small block p free in its slab (no lock) */
 /* Fill up to n slots of class cls; returns count (0 on OOM). */
 unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n);
-unsigned arena_refill_other(const tm_arena_t *own, unsigned cls, void **slots, unsigned n);
-unsigned arena_refill_remote(tm_arena_t *a, unsigned cls, void **slots, unsigned n);
+unsigned arena_refill_other(const tm_arena_t *own, unsigned avoid, unsigned cls, void **slots,
+                            unsigned n);
+unsigned arena_refill_remote(tm_arena_t *a, unsigned avoid, unsigned cls, void **slots, unsigned n);
 /* Return n blocks of class cls (from any arenas) to their slabs. */
 void arena_flush(unsigned cls, void **blocks, unsigned n);
 void *arena_alloc_large(tm_arena_t *a, size_t size, size_t align, bool zero);

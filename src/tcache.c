@@ -1391,7 +1391,7 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
                 uint32_t want = refill_want(b, cap);
                 uint32_t got = xfer_get(tc->arena->index, cls, b->base, want);
                 if (got == 0)
-                    got = b->remote ? arena_refill_remote(tc->arena, cls, b->base, want)
+                    got = b->remote ? arena_refill_remote(tc->arena, TM_MAX_ARENAS, cls, b->base, want)
                                     : arena_refill(tc->arena, cls, b->base, want);
                 b->missed = 1;
                 if (start) b->taken = (uint8_t)(b->taken + got > 255 ? 255 : b->taken + got);
@@ -1435,11 +1435,12 @@ void tcache_free_slow(void *p, unsigned cls) {
          * comes here): refill the bin first and put the block under what
          * the refill brought, so malloc hands out those before it, and an
          * overflow (which flushes the bottom half) sends it home. */
-        b->remote = 1; /* (a refill that borrows never takes a first slab's
-                          blocks from another arena: arena_refill_other) */
+        b->remote = 1;
         uint32_t want = refill_want(b, cap - 1);
         uint32_t got = xfer_get(tc->arena->index, cls, b->base + 1, want);
-        if (got == 0) got = arena_refill_remote(tc->arena, cls, b->base + 1, want);
+        /* borrowing, never from p's arena, whose slabs hold the objects
+         * of the thread that handed p over */
+        if (got == 0) got = arena_refill_remote(tc->arena, block_arena(p), cls, b->base + 1, want);
         b->base[0] = p;
         __atomic_store_n(&b->top, b->base + 1 + got, __ATOMIC_RELAXED);
         tm_unlock(&tc->mu);

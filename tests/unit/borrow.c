@@ -84,8 +84,10 @@ static void test_a_refill_borrows_before_making_a_slab(void **state) {
     assert_null(__atomic_load_n(&y->bins[cls].partial, __ATOMIC_RELAXED));
     for (unsigned i = 0; i < nb; i++) assert_int_equal(owner(yb[i]), y->index);
 
+    /* X is the only lender: told to avoid it, Y borrows nothing */
+    assert_int_equal(arena_refill_other(y, x->index, cls, ob, 8), 0);
     /* Y's next blocks come from X's slabs, and Y makes no second slab */
-    unsigned n = arena_refill_other(y, cls, ob, 8);
+    unsigned n = arena_refill_other(y, TM_MAX_ARENAS, cls, ob, 8);
     if (n == 0) fail_msg("arena %u made no use of arena %u's slabs with room", y->index, x->index);
     for (unsigned i = 0; i < n; i++)
         if (owner(ob[i]) != x->index)
@@ -97,10 +99,10 @@ static void test_a_refill_borrows_before_making_a_slab(void **state) {
      * there rather than make a slab while X has room, and the next one
      * borrows */
     arena_flush(cls, &yb[nb - 1], 1);
-    n = arena_refill_remote(y, cls, ob, 8);
+    n = arena_refill_remote(y, TM_MAX_ARENAS, cls, ob, 8);
     assert_int_equal(n, 1);
     assert_ptr_equal(ob[0], yb[nb - 1]);
-    n = arena_refill_remote(y, cls, ob + 1, 8);
+    n = arena_refill_remote(y, TM_MAX_ARENAS, cls, ob + 1, 8);
     assert_true(n >= 1);
     for (unsigned i = 1; i <= n; i++) assert_int_equal(owner(ob[i]), x->index);
     assert_int_equal(nslabs(y, cls), 1);
@@ -122,7 +124,7 @@ static void test_a_refill_borrows_before_making_a_slab(void **state) {
     n = 0;
     while (__atomic_load_n(&x->bins[cls].partial, __ATOMIC_RELAXED) && n < MAXB)
         n += arena_refill(x, cls, xb + n, 1); /* a slab X keeps: used up */
-    n = arena_refill_remote(y, cls, ob, 8);
+    n = arena_refill_remote(y, TM_MAX_ARENAS, cls, ob, 8);
     assert_true(n >= 1);
     assert_int_equal(nslabs(y, cls), 2);
     for (unsigned i = 0; i < n; i++) assert_int_equal(owner(ob[i]), y->index);
@@ -142,7 +144,7 @@ static void test_big_blocks_are_not_borrowed(void **state) {
     unsigned xn = give_x_room(x, cls, xb);
     take(y, cls, yb, nb);
     size_t before = nslabs(y, cls);
-    unsigned n = arena_refill_remote(y, cls, ob, 2);
+    unsigned n = arena_refill_remote(y, TM_MAX_ARENAS, cls, ob, 2);
     assert_true(n >= 1);
     for (unsigned i = 0; i < n; i++) assert_int_equal(owner(ob[i]), y->index);
     assert_int_equal(nslabs(y, cls), before + 1);
@@ -153,8 +155,8 @@ static void test_big_blocks_are_not_borrowed(void **state) {
 
 /* ---- the bin's flag: set by another arena's blocks, not by the thread's own ----
  * P allocates a burst of 64-byte blocks and stays alive; C, bound to
- * another arena, frees them all, then allocates and frees a burst of its
- * own 96-byte blocks. */
+ * another arena, frees them all into a bin that holds one of its own,
+ * and frees a burst of its own 96-byte blocks. */
 enum { FLAG_BURST = 300 };
 
 typedef struct flags {
@@ -184,6 +186,10 @@ static void *consumer(void *arg) {
     void *own[FLAG_BURST];
     for (unsigned i = 0; i < FLAG_BURST; i++) own[i] = TM_API(malloc)(96);
     f->arena_c = tm_tls.arena;
+    /* C's 64-byte bin holds blocks of its own first, so P's blocks never
+     * meet it empty: only an overflow, which sends some home, marks it */
+    void *mine = TM_API(malloc)(64);
+    TM_API(free)(mine);
     for (unsigned i = 0; i < FLAG_BURST; i++) TM_API(free)(f->p[i]);
     for (unsigned i = 0; i < FLAG_BURST; i++) TM_API(free)(own[i]);
     f->remote_foreign = tm_tls.tc->bins[size_class_of(64)].remote;
@@ -214,16 +220,89 @@ static void test_a_first_slab_is_never_borrowed(void **state) {
     (void)state;
     tm_arena_t *x, *y;
     setup(&x, &y);
-    const unsigned cls = class_at_least(1500);
+    const unsigned cls = class_at_least(700);
+    assert_true(tm_classes[cls].nblocks >= 8); /* a class that borrows */
     static void *xb[MAXB], *ob[64];
     unsigned xn = give_x_room(x, cls, xb);
     assert_int_equal(nslabs(y, cls), 0);
-    assert_int_equal(arena_refill_other(y, cls, ob, 8), 0);
-    unsigned n = arena_refill(y, cls, ob, 8);
+    assert_int_equal(arena_refill_other(y, TM_MAX_ARENAS, cls, ob, 8), 0);
+    unsigned n = arena_refill_remote(y, TM_MAX_ARENAS, cls, ob, 8);
     assert_true(n >= 1);
     for (unsigned i = 0; i < n; i++) assert_int_equal(owner(ob[i]), y->index);
     arena_flush(cls, ob, n);
     arena_flush(cls, xb, xn);
+}
+
+/* ---- malloc: a marked bin borrows, an unmarked one makes a slab ----
+ * The thread's own arena has one full slab in each of two classes, and
+ * another arena has room in both; only the first class's bin is marked. */
+static void test_a_marked_bin_borrows_on_malloc(void **state) {
+    (void)state;
+    tm_arena_t *x, *y;
+    setup(&x, &y);
+    void *warm = TM_API(malloc)(16); /* the thread's cache exists */
+    TM_API(free)(warm);
+    tm_arena_t *own = tm_tls.tc->arena;
+    if (own == x) x = y; /* a lender that is not the thread's own */
+    const unsigned marked = class_at_least(700), plain = class_at_least(600);
+    assert_true(marked != plain);
+    static void *xb[2][MAXB], *ob[2][MAXB];
+    const unsigned cls[2] = {marked, plain};
+    for (int k = 0; k < 2; k++) {
+        const unsigned nb = tm_classes[cls[k]].nblocks;
+        assert_true(nb >= 8);
+        assert_int_equal(tm_tls.tc->bins[cls[k]].top, tm_tls.tc->bins[cls[k]].base); /* unused */
+        assert_int_equal(nslabs(own, cls[k]), 0);
+        take(own, cls[k], ob[k], nb); /* one slab, full */
+        give_x_room(x, cls[k], xb[k]); /* the blocks stay out: the test ends */
+    }
+    tm_tls.tc->bins[marked].remote = 1;
+    void *pm = TM_API(malloc)(tm_classes[marked].size);
+    void *pp = TM_API(malloc)(tm_classes[plain].size);
+    unsigned om = owner(pm), op = owner(pp);
+    size_t sm = nslabs(own, marked), sp = nslabs(own, plain);
+    TM_API(free)(pm);
+    TM_API(free)(pp);
+    if (om != x->index)
+        fail_msg("a marked bin's malloc got a block of arena %u, not of arena %u, which has room", om,
+                 x->index);
+    assert_int_equal(sm, 1);
+    if (op != own->index) fail_msg("an unmarked bin's malloc got a block of arena %u", op);
+    assert_int_equal(sp, 2);
+}
+
+/* ---- the passive false-sharing guard ----
+ * A thread frees another arena's block into its empty bin: the refill
+ * that goes under it (tcache_free_slow) may borrow, but never from that
+ * block's arena, whose slab holds the other thread's objects; here the
+ * only arena with room is that one, so the thread's own arena makes a
+ * slab. */
+static void test_a_handed_over_block_lends_nothing(void **state) {
+    (void)state;
+    tm_arena_t *x, *y;
+    setup(&x, &y);
+    void *warm = TM_API(malloc)(16);
+    TM_API(free)(warm);
+    tm_arena_t *own = tm_tls.tc->arena;
+    if (own == x) x = y;
+    const unsigned cls = class_at_least(400), nb = tm_classes[cls].nblocks;
+    assert_true(nb >= 8);
+    assert_int_equal(tm_tls.tc->bins[cls].top, tm_tls.tc->bins[cls].base); /* empty */
+    assert_int_equal(nslabs(own, cls), 0);
+    static void *ob[MAXB], *xb[MAXB];
+    take(own, cls, ob, nb); /* the thread's arena: one slab, full */
+    unsigned xn = give_x_room(x, cls, xb);
+    void *handed = xb[xn - 1]; /* another thread's object, freed here */
+    *tm_cookie_slot(handed) = 0; /* as malloc hands it out */
+    TM_API(free)(handed);
+    void *p = TM_API(malloc)(tm_classes[cls].size);
+    unsigned op = owner(p);
+    TM_API(free)(p);
+    if (op == x->index)
+        fail_msg("after freeing arena %u's block into its empty bin, the thread got another "
+                 "block of that arena",
+                 x->index);
+    assert_int_equal(op, own->index);
 }
 
 int main(void) {
@@ -232,6 +311,8 @@ int main(void) {
         cmocka_unit_test(test_a_first_slab_is_never_borrowed),
         cmocka_unit_test(test_big_blocks_are_not_borrowed),
         cmocka_unit_test(test_remote_frees_mark_the_bin),
+        cmocka_unit_test(test_a_marked_bin_borrows_on_malloc),
+        cmocka_unit_test(test_a_handed_over_block_lends_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

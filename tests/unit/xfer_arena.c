@@ -8,9 +8,7 @@
  * Two threads, each bound to its own arena: A allocates and frees a burst
  * of 64-byte blocks and stays alive; then B allocates blocks of the same
  * class. With one transfer cache per class for the whole process (before
- * 2026-12-04), B's first refills took A's parked blocks. (B may take
- * blocks from A's slabs instead of making a second slab of its own:
- * arena_refill_other, tests/unit/borrow.c.)
+ * 2026-12-04), B's first refills took A's parked blocks.
  */
 #include "test_cmocka.h"
 #include "internal.h"
@@ -84,7 +82,9 @@ static void run(scenario_t *s) {
 }
 
 /* A burst that parks a few hundred blocks: B's arena has none parked, and
- * A's transfer cache is below a quarter full, so B takes none of them. */
+ * A's transfer cache is below a quarter full, so B takes none of them;
+ * B frees no other thread's blocks, so it borrows none of A's slabs
+ * either (tests/unit/borrow.c). */
 static void test_small_burst_stays_with_its_arena(void **state) {
     (void)state;
     scenario_t s = {.a_blocks = 300};
@@ -93,6 +93,9 @@ static void test_small_burst_stays_with_its_arena(void **state) {
     if (s.a_parked_after != s.a_parked)
         fail_msg("B (arena %u) took %d of the %u blocks parked in A's arena %u", s.arena_b,
                  (int)s.a_parked - (int)s.a_parked_after, s.a_parked, s.arena_a);
+    if (s.b_from_a)
+        fail_msg("%u of B's %d blocks came from A's arena %u (B is in arena %u)", s.b_from_a,
+                 B_BLOCKS, s.arena_a, s.arena_b);
 }
 
 /* A burst that fills A's transfer cache past a quarter: a refill that finds
