@@ -403,7 +403,8 @@ unsigned arena_refill_other(const tm_arena_t *own, unsigned avoid, unsigned cls,
  * (arena_refill_other), or else from a's slabs, stopping where a's last
  * slab with room ends if another arena has one, so that the next refill
  * borrows there. Only for the classes whose slab holds at least
- * BORROW_MIN_BLOCKS blocks (up to 1 KiB): a borrowed block keeps its
+ * BORROW_MIN_BLOCKS blocks (every class up to 1 KiB, and the 1536, 1792
+ * and 3584-byte ones, whose slabs span 3, 4 and 7 pages): a borrowed block keeps its
  * lender's slab from emptying, and a slab of a few big blocks is pinned
  * by one. bench/throughput sizes with 4 threads (no remote frees, but its
  * threads take batches of each other's transfer caches, so the flag was
