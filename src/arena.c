@@ -183,7 +183,8 @@ static tm_slab_t *slab_create_locked(tm_arena_t *a, unsigned cls) {
     uint32_t fast = TM_FAST(cls, page, a->index) | TM_FAST_FRESH;
     for (uint32_t i = 0; i < k->slab_pages; i++)
         __atomic_store_n(&c->fast[page + i], fast, __ATOMIC_RELEASE);
-    __atomic_store_n(&a->bins[cls].nslabs, a->bins[cls].nslabs + 1, __ATOMIC_RELAXED); /* read unlocked: arena_refill_other */
+    /* read without the lock by arena_refill_other */
+    __atomic_store_n(&a->bins[cls].nslabs, a->bins[cls].nslabs + 1, __ATOMIC_RELAXED);
     return s;
 }
 
@@ -348,7 +349,6 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
     return got;
 }
 
-
 /* Before arena `own` makes another slab of class cls (it has slabs of the
  * class, none with room), blocks from another arena's slab with room, if
  * one has any: the first of the next ARENA_BORROW_SCAN arenas whose bin
@@ -358,9 +358,8 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
  * slabs. Used by arena_refill_remote (below). Arena `avoid` lends nothing
  * (TM_MAX_ARENAS: none). An arena with no slab of the class makes its
  * own: a new thread's first blocks do not share cache lines with another
- * thread's (thrash, scratch). Borrowed blocks may
- * share lines with the lender's live blocks, as a producer's blocks do
- * with its consumer's.
+ * thread's (thrash, scratch). Borrowed blocks may share lines with the
+ * lender's live blocks, as a producer's blocks do with its consumer's.
  *
  * Why: threads that free each other's blocks (a producer and a consumer;
  * larson's threads, which inherit each other's arrays) keep a population
@@ -377,9 +376,8 @@ unsigned arena_refill(tm_arena_t *a, unsigned cls, void **slots, unsigned n) {
  * peak RSS before -> after: xmalloc 2 threads 7.89 -> 6.87 MiB (glibc
  * 6.48), 8 threads 27.5 -> 23.2; larson 2 threads 5.89 -> 5.3-5.5, 8
  * threads 18.9 -> 15.6-16.6 (the lower figures before the refill under a
- * handed-over block stopped borrowing from its arena); throughput and the other workloads unchanged beyond the
- * noise (tests/unit/borrow.c). */
-
+ * handed-over block stopped borrowing from its arena); throughput and the
+ * other workloads unchanged beyond the noise (tests/unit/borrow.c). */
 unsigned arena_refill_other(const tm_arena_t *own, unsigned avoid, unsigned cls, void **slots,
                             unsigned n) {
     if (__atomic_load_n(&own->bins[cls].partial, __ATOMIC_RELAXED) ||
@@ -404,9 +402,9 @@ unsigned arena_refill_other(const tm_arena_t *own, unsigned avoid, unsigned cls,
  * slab with room ends if another arena has one, so that the next refill
  * borrows there. Only for the classes whose slab holds at least
  * BORROW_MIN_BLOCKS blocks (every class up to 1 KiB, and the 1536, 1792
- * and 3584-byte ones, whose slabs span 3, 4 and 7 pages): a borrowed block keeps its
- * lender's slab from emptying, and a slab of a few big blocks is pinned
- * by one. bench/throughput sizes with 4 threads (no remote frees, but its
+ * and 3584-byte ones, whose slabs span 3, 4 and 7 pages): a borrowed
+ * block keeps its lender's slab from emptying, and a slab of a few big
+ * blocks is pinned by one. bench/throughput sizes with 4 threads (no remote frees, but its
  * threads take batches of each other's transfer caches, so the flag was
  * set on their 4 KiB bins) peaked at 16.2 MiB with the 4 KiB class
  * borrowing, 14.1 without, 13.7 before borrowing (medians of 11,

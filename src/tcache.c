@@ -255,7 +255,8 @@ static unsigned block_arena(void *p) { return block_fast((uintptr_t)p) >> TM_FAS
  * block of neither. (Until 2026-12-07 it remembered the last chunk only:
  * where two threads free each other's blocks, the bins mix two chunks
  * block by block, and a lookup at nearly every block made this loop a
- * third of the slow paths' instructions in xmalloc, callgrind.) */
+ * third of the slow paths' instructions in xmalloc, callgrind.) Returns
+ * whether any block was another arena's than `own` (tm_tc_bin_t.remote). */
 static bool bin_flush(unsigned cls, void **blocks, uint32_t n, unsigned own) {
     bool foreign = false;
     while (n) {
@@ -1390,9 +1391,10 @@ void *tcache_malloc_slow(size_t size, unsigned cls) {
                 }
                 uint32_t want = refill_want(b, cap);
                 uint32_t got = xfer_get(tc->arena->index, cls, b->base, want);
-                if (got == 0)
-                    got = b->remote ? arena_refill_remote(tc->arena, TM_MAX_ARENAS, cls, b->base, want)
-                                    : arena_refill(tc->arena, cls, b->base, want);
+                if (got == 0 && b->remote)
+                    got = arena_refill_remote(tc->arena, TM_MAX_ARENAS, cls, b->base, want);
+                else if (got == 0)
+                    got = arena_refill(tc->arena, cls, b->base, want);
                 b->missed = 1;
                 if (start) b->taken = (uint8_t)(b->taken + got > 255 ? 255 : b->taken + got);
                 __atomic_store_n(&b->top, b->base + got, __ATOMIC_RELAXED);
