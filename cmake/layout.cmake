@@ -65,7 +65,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   xfer_flush_arena arena_bind_locked orphans_release_now_locked orphan_gap_ns tcache_orphans_tick
   release_orphaned_arenas orphaned_arenas_locked
   # arena.c
-  arena_get arena_choose_locked arena_grow_locked arena_refill refill_locked arena_refill_other arena_refill_remote
+  arena_get arena_choose_locked arena_grow_locked arena_refill refill_locked arena_refill_other arena_refill_remote lender_at
   partial_elsewhere arena_flush arena_alloc_large
   arena_free_large large_free_locked arena_free_large_batch arena_large_usable
   arena_large_resize_in_place slab_of slab_settle_locked

@@ -252,13 +252,19 @@ static void slab_destroy_locked(tm_arena_t *a, tm_slab_t *s) {
 #define REFILL_COLD_PAGES 4
 #define ARENA_BORROW_SCAN 8 /* other arenas a refill may borrow from */
 
+/* The k-th arena after a (1 <= k <= ARENA_BORROW_SCAN, k < tm_narenas)
+ * if it has a slab of class cls with room, else NULL: a hint, read
+ * without its lock. The one scan of arenas a refill may borrow from. */
+static tm_arena_t *lender_at(const tm_arena_t *a, unsigned k, unsigned cls) {
+    tm_arena_t *o = __atomic_load_n(&tm_arenas[(a->index + k) % tm_narenas], __ATOMIC_ACQUIRE);
+    return o && __atomic_load_n(&o->bins[cls].partial, __ATOMIC_RELAXED) ? o : NULL;
+}
+
 /* Whether one of the next ARENA_BORROW_SCAN arenas after a has a slab of
- * class cls with room (a hint, read without their locks). */
+ * class cls with room. */
 static bool partial_elsewhere(const tm_arena_t *a, unsigned cls) {
-    for (unsigned k = 1; k < tm_narenas && k <= ARENA_BORROW_SCAN; k++) {
-        tm_arena_t *o = __atomic_load_n(&tm_arenas[(a->index + k) % tm_narenas], __ATOMIC_ACQUIRE);
-        if (o && __atomic_load_n(&o->bins[cls].partial, __ATOMIC_RELAXED)) return true;
-    }
+    for (unsigned k = 1; k < tm_narenas && k <= ARENA_BORROW_SCAN; k++)
+        if (lender_at(a, k, cls)) return true;
     return false;
 }
 
@@ -384,11 +390,8 @@ unsigned arena_refill_other(const tm_arena_t *own, unsigned avoid, unsigned cls,
         !__atomic_load_n(&own->bins[cls].nslabs, __ATOMIC_RELAXED))
         return 0;
     for (unsigned k = 1; k < tm_narenas && k <= ARENA_BORROW_SCAN; k++) {
-        unsigned ai = (own->index + k) % tm_narenas;
-        tm_arena_t *a = __atomic_load_n(&tm_arenas[ai], __ATOMIC_ACQUIRE);
-        if (ai == avoid || !a || !__atomic_load_n(&a->bins[cls].partial, __ATOMIC_RELAXED) ||
-            arena_trylock(a) != 0)
-            continue;
+        tm_arena_t *a = lender_at(own, k, cls);
+        if (!a || a->index == avoid || arena_trylock(a) != 0) continue;
         unsigned got = refill_locked(a, cls, slots, n, REFILL_BORROW);
         arena_unlock(a);
         if (got) return got;
