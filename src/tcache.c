@@ -704,6 +704,7 @@ static void bin_reset(tm_tcache_t *tc, unsigned c, uint32_t count, bool to_start
 static void bin_restart(tm_tcache_t *tc, unsigned c) {
     bin_reset(tc, c, 0, true, SIZE_MAX); /* back to its start size */
     tc->bins[c].fill = 1;
+    tc->bins[c].remote = 0; /* marked again by its next foreign block */
 }
 
 /* Empty every bin into the arenas, and the queue of large runs; the pages
@@ -1260,6 +1261,12 @@ static void tcache_gc_locked(tm_tcache_t *tc) {
         else if (cap > first) bin_reset(tc, cls, count, false, share);
         flushed = true;
     }
+    /* An idle bin emptied holds no other arena's block any more: its
+     * mark goes (its next foreign block sets it again). Until 2026-12-08
+     * a mark stayed for the thread's life, and a thread that had once
+     * freed another thread's blocks of a class borrowed in that class
+     * for good. */
+    if (flushed && !count) b->remote = 0;
     b->gc_count = (uint16_t)count;
     flushed |= xfer_gc(tc->arena->index, cls);
     /* and, in turn, another arena's: one whose threads have all gone

@@ -269,7 +269,8 @@ typedef struct tm_tc_bin {
                             overflowed, while at its start size (to 255) */
     uint8_t remote;      /* it has held another arena's blocks (an overflow
                             sent some home, or one was freed into it
-                            empty): its refills may borrow
+                            empty) since it was last emptied by a drain or
+                            by the GC: its refills may borrow
                             (arena_refill_remote) */
     uint8_t pad;
 } tm_tc_bin_t;

@@ -305,6 +305,47 @@ static void test_a_handed_over_block_lends_nothing(void **state) {
     assert_int_equal(op, own->index);
 }
 
+/* ---- the mark goes when the bin is emptied ----
+ * By a drain (_heapmin here) and by the garbage collection once it has
+ * given back every block of a bin the thread stopped using (tcache.c);
+ * the bin's next foreign block marks it again. On the code before
+ * 2026-12-08 the mark stayed for the thread's life. */
+static void test_a_drain_clears_the_mark(void **state) {
+    (void)state;
+    const unsigned cls = class_at_least(2000);
+    TM_API(free)(TM_API(malloc)(tm_classes[cls].size));
+    tm_tcache_t *tc = tm_tls.own;
+    assert_non_null(tc);
+    tc->bins[cls].remote = 1;
+    assert_int_equal(TM_API(_heapmin)(), 0);
+    assert_int_equal(tc->bins[cls].remote, 0);
+}
+
+static void test_the_gc_clears_the_mark_of_an_idle_bin(void **state) {
+    (void)state;
+    const unsigned cls = class_at_least(3000), other = class_at_least(64);
+    void *p = TM_API(malloc)(tm_classes[cls].size), *q = TM_API(malloc)(tm_classes[cls].size);
+    TM_API(free)(p);
+    TM_API(free)(q);
+    tm_tcache_t *tc = tm_tls.own;
+    tm_tc_bin_t *b = &tc->bins[cls];
+    assert_true(b->top - b->base >= 2);
+    b->remote = 1;
+    /* slow-path calls of another class, each one a GC visit of cls */
+    for (int visit = 0; visit < 16 && b->top != b->base; visit++) {
+        if (!b->remote) fail_msg("the mark went while the bin still held %d blocks", (int)(b->top - b->base));
+        tm_lock(&tc->mu);
+        tc->gc_next = cls;
+        tc->gc_tick = 1000; /* the visit is due */
+        pthread_mutex_unlock(&tc->mu);
+        void *r = tcache_malloc_slow(tm_classes[other].size, other);
+        assert_non_null(r);
+        TM_API(free)(r);
+    }
+    assert_ptr_equal(b->top, b->base); /* the idle bin was given back */
+    assert_int_equal(b->remote, 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_refill_borrows_before_making_a_slab),
@@ -313,6 +354,8 @@ int main(void) {
         cmocka_unit_test(test_remote_frees_mark_the_bin),
         cmocka_unit_test(test_a_marked_bin_borrows_on_malloc),
         cmocka_unit_test(test_a_handed_over_block_lends_nothing),
+        cmocka_unit_test(test_a_drain_clears_the_mark),
+        cmocka_unit_test(test_the_gc_clears_the_mark_of_an_idle_bin),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
