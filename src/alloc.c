@@ -385,7 +385,10 @@ TM_COLD void tm_fill_grown(void *p, size_t old) {
  * size bytes. */
 static void *realloc_move(void *p, size_t old, size_t size) {
     int saved = errno;
-    void *q = TM_API(malloc)(size);
+    /* Growth past TM_GROW_RUN_MIN takes a run of pages, which the next
+     * growth can extend in place, not a block of the 12-32 KiB classes
+     * (size_class.c says why) */
+    void *q = size > old && size > TM_GROW_RUN_MIN ? large_alloc(size, 0, false) : TM_API(malloc)(size);
     if (!q) {
         if (size > old) return NULL;
         /* A shrink that cannot move keeps its block: glibc shrinks in
@@ -447,7 +450,7 @@ void *tm_realloc_impl(void *p, size_t size, bool *tail_zero) {
         /* small: keep the block while the new size lands in the same class */
         if (size <= old && size_class_of(size) == size_class_of(old)) return p;
     } else if (c) {
-        if (size > TM_SMALL_MAX && size <= huge_threshold() &&
+        if (size > TM_GROW_RUN_MIN && size <= huge_threshold() &&
             arena_large_resize_in_place(c, (uint32_t)((a - c->base) >> TM_PAGE_SHIFT), size)) {
             if (unlikely(tm_opt.zero | tm_opt.junk)) tm_fill_grown(p, old);
             return p;

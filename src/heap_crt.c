@@ -680,7 +680,7 @@ static int expand_in_place(void *p, size_t old, size_t size) {
     if (c) {
         uint32_t page = (uint32_t)((a - c->base) >> TM_PAGE_SHIFT);
         if (__atomic_load_n(&c->fast[page], __ATOMIC_RELAXED) & 0xff) return size <= old;
-        if (size > TM_SMALL_MAX && size <= huge_min && arena_large_resize_in_place(c, page, size))
+        if (size > TM_GROW_RUN_MIN && size <= huge_min && arena_large_resize_in_place(c, page, size))
             return 1;
     } else if (!e) { /* freed by another thread since tm_usable_size */
         tm_double_free("_expand", p);

@@ -414,7 +414,9 @@ unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_R
  * TC_GROW_MAX times its capacity, but not past tc_grow_bytes() of blocks:
  * 64 KiB up to 512 B, where
  * a grown bin would otherwise hold many blocks a producer/consumer pair
- * keeps cycling, and 256 KiB above, where the first capacities are small
+ * keeps cycling, 128 KiB above 10 KiB (the classes of 12-32 KiB, 4 blocks
+ * at their capacity: 10 blocks of 12 KiB grown, 4 of 28 and 32 KiB, which
+ * do not grow), and 256 KiB in between, where the first capacities are small
  * (16-64 blocks) and a program that handles its 1-8 KiB blocks in batches
  * of 64 swung every batch through the transfer cache (measured: the size
  * sweep's 1 and 2 threads ran 8-9% faster at 256 KiB, same peak RSS; 512
@@ -445,7 +447,9 @@ unsigned tcache_count(void) { return __atomic_load_n(&registry_count, __ATOMIC_R
 #define TC_GROW_MAX 4
 /* the remote large-free queue (tcache_free_large) */
 #define TC_RL_PAGES 256 /* 1 MiB of runs at most */
-static uint32_t tc_grow_bytes(uint32_t size) { return size <= 512 ? 64u << 10 : 256u << 10; }
+static uint32_t tc_grow_bytes(uint32_t size) {
+    return size <= 512 ? 64u << 10 : size <= TM_GROW_RUN_MIN ? 256u << 10 : 128u << 10;
+}
 
 static uint32_t bin_cap(unsigned cls) {
     uint64_t cap = (uint64_t)tm_classes[cls].tc_cap * (uint64_t)tm_opt.tcache_scale_pct / 100;
@@ -480,7 +484,7 @@ static uint32_t bin_cap_max(unsigned cls) {
  * peaked at 398 MiB for 53 MiB live, where tcmalloc, which bounds all its
  * caches together, stayed at 106-110. So the live caches share
  * tcache_total_mb: while the thread count times one cache with every bin
- * grown (full_cache_bytes, 4.6 MiB at the default scale) fits in it,
+ * grown (full_cache_bytes, 5.5 MiB at the default scale) fits in it,
  * nothing changes; past that, a cache's share (cache_share) bounds first
  * its bins' growth, then their capacities, never below a bin's start
  * size. A bin takes a new bound when it next overflows (it flushes
@@ -521,7 +525,7 @@ static size_t cache_share(void) {
 }
 
 /* class cls's capacity under a share: the whole capacity while every bin
- * at its capacity fits in the share (base_cache_bytes, 1.65 MiB at the
+ * at its capacity fits in the share (base_cache_bytes, 2.2 MiB at the
  * default scale), scaled down past that, never below the start size */
 static uint32_t cap_now(unsigned cls, size_t share) {
     uint32_t cap = bin_cap(cls), start = bin_cap_start(cls);
@@ -1216,7 +1220,7 @@ void tcache_settle_locked(tm_tcache_t *tc) {
 }
 
 /* ---- garbage collection --------------------------------------------------
- * A cache holds about 1.65 MiB of blocks at most (4.6 once bins grow), and
+ * A cache holds about 2.2 MiB of blocks at most (5.5 once bins grow), and
  * what it holds of a class the thread stopped using stays out of the
  * arenas (and keeps its slab's pages resident) until _heapmin. So every
  * TC_GC_EVERY slow-path calls the owner visits one class, round robin: if
@@ -1553,7 +1557,7 @@ void tcache_free_slow(void *p, unsigned cls) {
 /* The queue's bound in pages: TC_RL_PAGES while a cache's share of
  * tcache_total_mb covers a cache with every bin grown, scaled down with the
  * share below that (as the bins' growth is, max_now), so the caches and
- * their queues together hold at most (4.4 + 1) / 4.4 = 1.23 times the
+ * their queues together hold at most (5.5 + 1) / 5.5 = 1.18 times the
  * option's bytes at the default scale. 0: every run goes home at once. */
 static uint32_t rl_bound(void) {
     size_t share = cache_share();

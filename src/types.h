@@ -11,12 +11,13 @@
  *   run         a sequence of pages inside a chunk: free, a slab, or one
  *               large block. Free runs are coalesced with their neighbours
  *               as soon as they are freed.
- *   size class  one of TM_NCLASSES small block sizes (16 B .. 10 KiB), four
+ *   size class  one of TM_NCLASSES small block sizes (16 B .. 32 KiB), four
  *               per doubling above 128 B, so internal waste is under 20%.
  *   slab        a run cut into blocks of one size class; a bitmap in its
  *               descriptor (slab_t, a slot of its chunk's slab pool) says
  *               which blocks are free in the arena.
- *   large       a block of 10 KiB < size <= huge threshold: a run of pages.
+ *   large       a block of 32 KiB < size <= huge threshold, or one that
+ *               realloc grew past 10 KiB: a run of pages.
  *   huge        a block above the huge threshold: its own kernel mapping,
  *               chunk-aligned, described by a huge_t.
  *   bin         per size class, the arena's list of slabs with free blocks
@@ -78,8 +79,9 @@
 #define TM_ALIGN 16                               /* malloc's alignment */
 
 /* ---- Size classes (size_class.c has the table and the reasoning) -------- */
-#define TM_NCLASSES 33                /* classes 1..33; 0 means "not small" */
-#define TM_SMALL_MAX ((size_t)10240)  /* largest small size */
+#define TM_NCLASSES 40                /* classes 1..40; 0 means "not small" */
+#define TM_SMALL_MAX ((size_t)32768)  /* largest small size */
+#define TM_GROW_RUN_MIN ((size_t)10240) /* realloc's growth past this takes a run (alloc.c) */
 #define TM_TINY_MAX ((size_t)1024)    /* sizes looked up in one table */
 #define TM_SLAB_MAX_BLOCKS 256        /* bitmap bits in a slab */
 #define TM_RL_MAX 32                  /* remote large frees a cache queues */

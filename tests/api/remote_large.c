@@ -17,7 +17,7 @@
  */
 #include "test_cmocka.h"
 
-enum { NB = 40, BLOCK = 16 << 10 };
+enum { NB = 40, BLOCK = 40 << 10 }; /* 10 pages: above the largest size class */
 
 static unsigned narenas(void)
 {
@@ -240,38 +240,38 @@ static void test_queued_block_taken_back_for_same_length(void **state)
     unsigned x, me = two_arenas(alloc_in_thread, NB, &own, &x);
     uint64_t mine0 = arena_stats(me).large_nmalloc, theirs0 = arena_stats(x).large_nmalloc;
 
-    /* 16 KiB = 4 pages: a malloc of 13000 B (4 pages) takes it back */
+    /* 40 KiB = 10 pages: a malloc of 37000 B (10 pages) takes it back */
     TM_API(free)(blocks[0]);
-    void *p = TM_API(malloc)(13000);
+    void *p = TM_API(malloc)(37000);
     assert_ptr_equal(p, blocks[0]);
-    assert_true(TM_API(malloc_usable_size)(p) >= 13000);
-    memset(p, 0x11, 13000);
+    assert_true(TM_API(malloc_usable_size)(p) >= 37000);
+    memset(p, 0x11, 37000);
     assert_int_equal(arena_stats(me).large_nmalloc, mine0);
     assert_int_equal(arena_stats(x).large_nmalloc, theirs0);
 
-    /* another length (5 pages) does not take a waiting 4-page block */
+    /* another length (11 pages) does not take a waiting 10-page block */
     TM_API(free)(blocks[1]);
-    void *q = TM_API(malloc)(20000);
+    void *q = TM_API(malloc)(45000);
     assert_non_null(q);
     assert_ptr_not_equal(q, blocks[1]);
     assert_int_equal(arena_stats(me).large_nmalloc, mine0 + 1);
-    memset(q, 0x22, 20000);
+    memset(q, 0x22, 45000);
 
-    /* shrunk in place to 3 pages, then freed: a 4-page malloc must not get
-     * it (it would overrun it), a 3-page one does (both above the largest
-     * size class, 10 KiB) */
-    void *r = TM_API(realloc)(blocks[2], 10300);
+    /* shrunk in place to 9 pages, then freed: a 10-page malloc must not
+     * get it (it would overrun it), a 9-page one does (both above the
+     * largest size class, 32 KiB) */
+    void *r = TM_API(realloc)(blocks[2], 36000);
     assert_ptr_equal(r, blocks[2]);
     TM_API(free)(r);
-    void *big = TM_API(malloc)(16000);
+    void *big = TM_API(malloc)(40000);
     assert_non_null(big);
     assert_ptr_not_equal(big, r);
-    assert_true(TM_API(malloc_usable_size)(big) >= 16000);
-    memset(big, 0x33, 16000);
-    void *small = TM_API(malloc)(10500);
+    assert_true(TM_API(malloc_usable_size)(big) >= 40000);
+    memset(big, 0x33, 40000);
+    void *small = TM_API(malloc)(36500);
     assert_ptr_equal(small, r);
-    assert_true(TM_API(malloc_usable_size)(small) >= 10500);
-    memset(small, 0x44, 10500);
+    assert_true(TM_API(malloc_usable_size)(small) >= 36500);
+    memset(small, 0x44, 36500);
 
     check_blocks(3);
     TM_API(free)(p);
@@ -323,7 +323,7 @@ static void test_the_queue_holds_at_most_a_mebibyte(void **state)
     /* short runs of this thread's own arena come and go first */
     void *mine[40];
     for (int i = 0; i < 40; i++) {
-        mine[i] = TM_API(malloc)(12 << 10);
+        mine[i] = TM_API(malloc)(40 << 10);
         assert_non_null(mine[i]);
     }
     for (int i = 0; i < 40; i++)
@@ -344,7 +344,7 @@ static void test_the_queue_holds_at_most_a_mebibyte(void **state)
  * a cache's share is at most 1 MiB, under a quarter of a cache with every
  * bin grown (4.4 MiB), and the queue's bound scales down with it, to under
  * 256 KiB. Until 2026-12-06 the queue kept its 1 MiB whatever the share
- * (here: all 40 blocks, 640 KiB, waited). */
+ * (here: all 40 blocks of 16 KiB, 640 KiB, waited). */
 static void test_the_queue_shrinks_with_the_share(void **state)
 {
     (void)state;
