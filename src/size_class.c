@@ -37,30 +37,38 @@
  * same. A 9 KiB class (4 blocks in 9 pages) gave sqlite3 the same peak
  * and cost realloc 0.15-0.25 MiB.
  *
- * The classes of 12-32 KiB came back on 2026-12-08, in slabs of 4 blocks,
- * with caches of 4 blocks (grown to 128 KiB at most) and the realloc rule
- * above, which keeps growing buffers out of them. A run is carved wherever
- * the free-run index has room, so a program that keeps replacing blocks
- * of those sizes writes their first and last bytes on new pages each
- * time, until every page of its heap is resident; a block of a class goes
- * back to the same slot, whose pages it wrote before. alloc-test (an
- * outside benchmark: 20 000 slots, 1.5 M replacements by blocks of
- * log-uniform 16 B - 64 KiB, first and last byte written; a copy written
- * here, /usr/bin/time, 2-3 runs): peak RSS 133 -> 94 MB, 0.56-0.61 ->
- * 0.43-0.47 s (mimalloc 79 MB and 0.33 s, tcmalloc 88 MB and 0.43 s,
- * glibc 123 MB and 0.80 s). One block per slab, as the rule below would
- * give, 104 MB; caches of 8 or 16 blocks no better than 4. With every
- * growth through them in a class, the realloc benchmark's peak RSS was
- * 7.4-8.8 MiB (1 thread, against 6.4-6.6); with the realloc rule, 16
+ * The classes of 12-32 KiB came back on 2026-12-08, with caches of 4
+ * blocks (grown to 128 KiB at most) and the realloc rule above, which
+ * keeps growing buffers out of them; their slabs follow the rule below
+ * (one block, two for 14 KiB). A run is carved wherever the free-run
+ * index has room, so a program that keeps replacing blocks of those sizes
+ * writes their first and last bytes on new pages each time, until every
+ * page of its heap is resident; a block that a cache hands out again lies
+ * where a block of its size was written before. alloc-test (an outside
+ * benchmark: 20 000 slots, 1.5 M replacements by blocks of log-uniform
+ * 16 B - 64 KiB, first and last byte written; a copy written here,
+ * /usr/bin/time, 3 alternating runs): peak RSS 133 -> 107 MB, 0.61-0.66 ->
+ * 0.50-0.53 s (mimalloc 79 MB, tcmalloc 88, glibc 123); a 16 KiB
+ * malloc+free pair 559 -> 88 instructions (callgrind). Slabs of 4 blocks
+ * took alloc-test to 95 MB (and classes on to 64 KiB to 82), but an
+ * outside tester's programs paid for it: 14 and 20 KiB blocks with 3 in 4
+ * freed at random, then other sizes allocated, peaked 28-33% higher (a
+ * slab with one live block kept three free slots no other size could
+ * use; 217 and 208 MB now, against 237 and 208 before the classes), and
+ * 2000 vectors grown by malloc + copy + free 13-17% higher (+5-7% now:
+ * 132 against 123 MB doubling, 118 against 112 growing by half). Caches
+ * of 1 or 2 blocks changed none of these. With every growth
+ * through the classes in a class, the realloc benchmark's peak RSS was
+ * 7.2-8.8 MiB (1 thread, against 6.4-6.6); with the realloc rule, 16
  * cells of bench/throughput unchanged beyond the noise, throughput and
- * peak RSS (interleaved medians of 5; xmalloc T=2 of 9).
+ * peak RSS (interleaved medians of 5).
  *
  * Slabs. A class's slab is the smallest run of pages (1..32) that holds at
- * least min(8, 8 KiB / size) blocks (at least one; 4 above 10 KiB) and
- * wastes at most 1/16 of the run at its tail: 8 blocks up to 1 KiB, then
- * fewer, down to one 8 KiB block in 2 pages (10 KiB: two in 5 pages), then
- * 4 blocks from 12 KiB (12 pages) to 32 KiB (32 pages). Where that leaves
- * a tail and one page more holds
+ * least min(8, 8 KiB / size) blocks (at least one) and wastes at most 1/16
+ * of the run at its tail: 8 blocks up to 1 KiB, then fewer, down to one
+ * 8 KiB block in 2 pages (10 KiB: two in 5 pages; 12-32 KiB: one, but
+ * two 14 KiB blocks in 7 pages). Where that leaves a
+ * tail and one page more holds
  * whole blocks with none left over, the slab takes that page (768 B: 3
  * pages, 1536 B: 3, 5120 B: 5 pages of 4 blocks, not 4 of 3). Measured
  * (an outside tester, 2026-12-05): sqlite3 with its default 4 KiB pages
@@ -102,7 +110,7 @@ static uint32_t class_size_rule(unsigned cls) {
 }
 
 static uint32_t slab_pages_rule(uint32_t size) {
-    uint32_t min_blocks = size > TM_GROW_RUN_MIN ? 4 : 8192 / size;
+    uint32_t min_blocks = 8192 / size;
     if (min_blocks > 8) min_blocks = 8;
     if (min_blocks < 1) min_blocks = 1;
     for (uint32_t pages = 1; pages <= 32; pages++) {

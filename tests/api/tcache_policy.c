@@ -156,7 +156,7 @@ static void test_medium_sizes_come_back_from_the_cache(void **state) {
  * (and into free pages after it) keeps in place. Before 2026-12-08 every
  * block of 10-32 KiB was a run; when the classes went up to 32 KiB, a
  * growing buffer's steps through them landed in a class each, and the
- * realloc benchmark's peak RSS rose from 6.45 to 7.4-8.8 MiB (1 thread). */
+ * realloc benchmark's peak RSS rose from 6.45 to 7.2-8.8 MiB (1 thread). */
 static void test_realloc_growth_past_10_kib_takes_a_run(void **state) {
     (void)state;
     void *m = TM_API(malloc)(13000);
