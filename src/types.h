@@ -205,7 +205,7 @@ typedef struct tm_arena_bin {
 } tm_arena_bin_t;
 
 #define TM_RUN_LISTS (TM_CHUNK_PAGES + 1)
-#define TM_STASH_SLOTS 16 /* an arena's last freed large runs (chunk.c) */
+#define TM_STASH_SLOTS 64 /* an arena's last freed large runs, 4 MiB at most (chunk.c) */
 _Static_assert((TM_RUN_LISTS + 63) / 64 <= 64, "runs_words has a bit per word of runs_nonempty");
 
 typedef struct tm_arena {
@@ -241,7 +241,10 @@ typedef struct tm_arena {
         uint32_t page, n;
     } stash[TM_STASH_SLOTS];
     unsigned nstash;
-    uint32_t stash_pages;       /* their pages together */
+    uint32_t stash_pages;       /* their pages together (other arenas read
+                                   it and stash_epoch without the lock, as
+                                   hints: chunk.c, purge_victim_next) */
+    uint64_t stash_epoch;       /* purge_epoch() at the last run kept or taken */
     unsigned dropped;           /* sections outside _heapmin that dropped the
                                    lock while they hold runs (growth purge,
                                    decay) or map a chunk: fork's prepare

@@ -142,25 +142,33 @@ static void test_last_freed_runs(void **state) {
     large_free(x);
     large_free(y);
 
-    /* bounded: at most TM_STASH_SLOTS runs, 256 pages together */
+    /* bounded: at most TM_STASH_SLOTS runs, 1024 pages (4 MiB) together
+     * (16 and 256 until 2026-12-08) */
     enum { M = TM_STASH_SLOTS + 4 };
     void *p[M];
     for (int i = 0; i < M; i++) p[i] = arena_alloc_large(a, 8192, 0, false);
     for (int i = 0; i < M; i++) large_free(p[i]);
     assert_int_equal(a->nstash, TM_STASH_SLOTS);
-    void *big = arena_alloc_large(a, 256 * 1024, 0, false);
-    assert_int_equal(a->nstash, 0);
-    void *big2 = arena_alloc_large(a, 256 * 1024, 0, false);
-    void *longer = arena_alloc_large(a, 1024 * 1024 + 4096, 0, false);
-    void *longest = arena_alloc_large(a, 1024 * 1024, 0, false);
-    large_free(big);
-    large_free(big2); /* 64 + 64 pages */
-    assert_int_equal(a->nstash, 2);
-    large_free(longer); /* 257 pages: not kept */
-    assert_int_equal(a->nstash, 2);
-    large_free(longest); /* 256 pages: the two before go to make room */
-    assert_int_equal(a->nstash, 1);
-    assert_int_equal(a->stash_pages, 256);
+    /* runs of 1 MiB and more, over more than one chunk: the kept pages
+     * pass the old bound of 256 and never the new one (exact counts
+     * depend on which chunk each run lands in: a chunk whose last block
+     * goes frees its kept runs too, below) */
+    static const size_t lens[] = {1 << 20, 1 << 20, 1 << 20, (1 << 20) + 4096, 2 << 20, 1 << 20};
+    enum { NL = sizeof lens / sizeof lens[0] };
+    void *big[NL];
+    for (int i = 0; i < NL; i++) {
+        big[i] = arena_alloc_large(a, lens[i], 0, false);
+        assert_non_null(big[i]);
+        if (i == 0) assert_int_equal(a->nstash, 0); /* another length: the kept runs went */
+    }
+    size_t most = 0;
+    for (int i = 0; i < NL; i++) {
+        large_free(big[i]);
+        assert_true(a->nstash <= TM_STASH_SLOTS);
+        assert_true(a->stash_pages <= 1024);
+        if (a->stash_pages > most) most = a->stash_pages;
+    }
+    if (most <= 256) fail_msg("the kept runs never passed 256 pages (%zu)", most);
     assert_int_equal(TM_API(_heapchk)(), _HEAPOK);
 
     /* the anchor's chunk: once nothing but kept runs is left in it, they
