@@ -244,7 +244,7 @@ typedef struct tm_arena {
     uint32_t stash_pages;       /* their pages together (other arenas read
                                    it and stash_epoch without the lock, as
                                    hints: chunk.c, purge_victim_next) */
-    uint64_t stash_epoch;       /* purge_epoch() at the last run kept or taken */
+    uint64_t stash_epoch;       /* purge_epoch() when a run was last kept */
     unsigned dropped;           /* sections outside _heapmin that dropped the
                                    lock while they hold runs (growth purge,
                                    decay) or map a chunk: fork's prepare
