@@ -606,11 +606,11 @@ static size_t growth_purge_locked(tm_arena_t *a, size_t want) {
  * pages when none was kept for a whole epoch (a thread that reuses them
  * keeps some every cycle; only the keeping reads the clock, once per
  * large free, which took a 64 KiB malloc+free pair from 559 to 575
- * instructions, callgrind): the purge frees them into the index first. Until 2026-12-08, when the kept runs went
- * from 1 to 4 MiB, they counted as live pages, and an arena whose freed
- * runs sat there was never a victim (tests/unit/growth_purge.c,
- * tests/api/idle_arenas.c). Read without b's lock: hints, read again
- * under it. */
+ * instructions, callgrind): the purge frees them into the index first.
+ * Until 2026-12-08, when the kept runs went from 1 to 4 MiB, they counted
+ * as live pages, and an arena whose freed runs sat there was never a
+ * victim (tests/unit/growth_purge.c, tests/api/idle_arenas.c). Read
+ * without b's lock: hints, read again under it. */
 static size_t stash_idle(const tm_arena_t *b, uint64_t epoch) {
     if (__atomic_load_n(&b->stash_epoch, __ATOMIC_RELAXED) + 1 >= epoch) return 0;
     return __atomic_load_n(&b->stash_pages, __ATOMIC_RELAXED);
@@ -910,9 +910,9 @@ size_t arena_release_orphaned(tm_arena_t *a) {
  * difference is the page faults after the growth purge gave the runs
  * back), and alloc-test (design.md) with blocks of 32-64 KiB only peaks
  * at 79 MB instead of 100 (mimalloc 29); the realloc benchmark and an
- * outside tester's vector-growth and web-server programs unchanged.
- * A free() of one again reads
- * PAGE_LARGE with no TM_FAST_LARGE: a double free, as for any freed run;
+ * outside tester's vector-growth and web-server programs unchanged. A
+ * free() of one again reads PAGE_LARGE with no TM_FAST_LARGE: a double
+ * free, as for any freed run;
  * _heapwalk lists them free; _heapchk counts them apart from
  * large_allocated. */
 #define STASH_MAX 1024u /* pages (4 MiB) */

@@ -57,8 +57,8 @@
  * use; 217 and 208 MB now, against 237 and 208 before the classes), and
  * 2000 vectors grown by malloc + copy + free 13-17% higher (+5-7% now:
  * 132 against 123 MB doubling, 118 against 112 growing by half). Caches
- * of 1 or 2 blocks changed none of these. With every growth
- * through the classes in a class, the realloc benchmark's peak RSS was
+ * of 1 or 2 blocks changed none of these. With every realloc growth
+ * through those sizes landing in a class, the realloc benchmark's peak RSS was
  * 7.2-8.8 MiB (1 thread, against 6.4-6.6); with the realloc rule, 16
  * cells of bench/throughput unchanged beyond the noise, throughput and
  * peak RSS (interleaved medians of 5).
@@ -67,9 +67,8 @@
  * least min(8, 8 KiB / size) blocks (at least one) and wastes at most 1/16
  * of the run at its tail: 8 blocks up to 1 KiB, then fewer, down to one
  * 8 KiB block in 2 pages (10 KiB: two in 5 pages; 12-32 KiB: one, but
- * two 14 KiB blocks in 7 pages). Where that leaves a
- * tail and one page more holds
- * whole blocks with none left over, the slab takes that page (768 B: 3
+ * two 14 KiB blocks in 7 pages). Where that leaves a tail and one page
+ * more holds whole blocks with none left over, the slab takes that page (768 B: 3
  * pages, 1536 B: 3, 5120 B: 5 pages of 4 blocks, not 4 of 3). Measured
  * (an outside tester, 2026-12-05): sqlite3 with its default 4 KiB pages
  * asks for 4368-byte blocks, one per cached page; inserting and indexing
