@@ -32,8 +32,9 @@ set(TRIMALLOC_HOT_FUNCTIONS
   # alloc.c
   malloc free calloc realloc reallocarray aligned_alloc memalign posix_memalign
   valloc pvalloc malloc_usable_size free_sized free_aligned_sized
-  tm_malloc_impl tm_free_impl tm_realloc_impl tm_alloc_aligned tm_usable_size
+  tm_malloc_impl tm_free_impl tm_realloc_impl tm_alloc_aligned tm_class_aligned tm_usable_size
   large_alloc free_generic free_cold free_to_cache_miss free_suspect_double small_block_free_reported
+  realloc_move elf_sym_is
   # alloc.c: the C++ operators
   _Znwm _Znam _ZnwmRKSt9nothrow_t _ZnamRKSt9nothrow_t _ZnwmSt11align_val_t
   _ZnamSt11align_val_t _ZnwmSt11align_val_tRKSt9nothrow_t _ZnamSt11align_val_tRKSt9nothrow_t
@@ -47,7 +48,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   tm_constructor tm_cxx_init cxx_resolve tm_init_slow tm_fork_register fork_prepare fork_parent fork_child
   options_init size_class_init
   # os.c
-  os_map os_map_aligned os_unmap os_purge os_purge_inside os_purge_ranges os_huge_pages os_ncpus os_random os_now_ns
+  os_map os_map_aligned os_map_aligned_ex os_unmap os_purge os_purge_inside os_purge_ranges os_huge_pages os_ncpus os_random os_now_ns
   os_now_ns_raw os_getpid os_gettid os_thread_exiting os_yield
   # meta.c, pagemap.c
   meta_alloc meta_map meta_free meta_fork_prepare meta_fork_parent meta_fork_child
@@ -59,7 +60,7 @@ set(TRIMALLOC_HOT_FUNCTIONS
   bin_flush block_arena tcache_registry_lock tcache_registry_unlock tm_ptrs_copy tm_ptrs_move
   tcache_registry_first xfer_fork_prepare xfer_fork_parent xfer_fork_child
   tcache_fork_child tcache_free_large queued_pages rl_push_owner tcache_gc_tick_large tcache_large_reuse
-  bin_reset bin_restart bin_cap_start bin_cap_max refill_want slots_release_first slots_purge_grown
+  bin_reset bin_restart bin_cap bin_cap_start bin_cap_max refill_want slots_release_first slots_purge_grown rl_cut
   drain_at_exit_locked drain_bins_locked recycled_push_locked recycled_pop_locked
   cache_share cap_now max_now gc_tick_unlocked slow_path_tick arena_decay_epoch_passed
   xfer_flush_arena arena_bind_locked orphans_release_now_locked orphan_gap_ns tcache_orphans_tick
@@ -70,16 +71,17 @@ set(TRIMALLOC_HOT_FUNCTIONS
   arena_free_large large_free_locked arena_free_large_batch arena_large_usable
   arena_large_resize_in_place slab_of slab_settle_locked
   slab_destroy_locked slab_set_fresh_locked slab_set_purged_locked arena_release_idle_slab
-  arena_release_empty_slabs
+  arena_release_empty_slabs arena_settle_locked
   arena_fork_prepare arena_fork_parent arena_fork_child arena_lock_settled
   # chunk.c
   chunk_create chunk_make chunk_from_huge_cache chunk_attach_locked chunk_link_locked chunk_adopt chunk_attach_as_is_locked chunk_detach_locked run_alloc_locked run_free_locked arena_decay_tick
-  decay_close_quarter_locked
+  decay_close_quarter_locked decay_catch_up_locked chunk_attach_dirty_locked runs_find_locked run_mark resident_span
+  run_hold_locked run_unhold_locked stash_free_locked
   run_free_large_locked run_stash_flush_locked
   run_insert_free_locked runs_index_insert_locked runs_index_remove_locked
   run_try_grow_locked run_shrink_locked chunk_slot_take_locked chunk_slot_put_locked
   resident_set_locked purge_victim_next chunk_resident_count chunk_resident_set idle_pages slot_find
-  arena_release_orphaned growth_purge_locked growth_purge_budget_locked
+  arena_release_orphaned growth_purge_locked growth_purge_budget growth_purge_budget_locked
   # background.c
   background_set background_start background_running background_fork_child
   # huge.c, heapmin.c, stats.c: what fork, exit, a purge and an arena's growth call
