@@ -8,6 +8,7 @@
  * The test uses an arena of its own (an index no thread is bound to).
  */
 #include "test_cmocka.h"
+#include <pthread.h>
 #include "internal.h"
 
 /* The smallest class of at least `min` bytes. */
@@ -111,8 +112,56 @@ static void test_refill_after_drain_takes_one_block(void **state) {
     TM_API(free)(q);
 }
 
+/* A refill stores its blocks from the highest address down, so that a
+ * cache, which pops its top first, hands them out in address order
+ * (arena.c, refill_locked): a program walks what it allocated one after
+ * another forwards through memory. Also when the refill takes fewer
+ * blocks than asked for (the fresh-page bound above). */
+static void test_refill_blocks_pop_in_address_order(void **state) {
+    (void)state;
+    tm_init();
+    tm_arena_t *a = arena_get(TM_MAX_ARENAS - 2);
+    const unsigned classes[2] = {class_at_least(48), class_at_least(3000)};
+    for (int k = 0; k < 2; k++) {
+        const unsigned cls = classes[k];
+        void *blocks[3 * TM_SLAB_MAX_BLOCKS];
+        unsigned want = tm_classes[cls].nblocks * 2 < 64 ? tm_classes[cls].nblocks * 2 : 64;
+        unsigned n = arena_refill(a, cls, blocks, want);
+        assert_true(n >= 2);
+        for (unsigned i = 1; i < n; i++)
+            if ((uintptr_t)blocks[i] >= (uintptr_t)blocks[i - 1])
+                fail_msg("%u-byte class: slot %u holds %p, not below slot %u's %p", tm_classes[cls].size,
+                         i, blocks[i], i - 1, blocks[i - 1]);
+        arena_flush(cls, blocks, n);
+    }
+}
+
+/* The same seen from malloc: a thread's successive blocks of one size
+ * come at rising addresses within a slab. */
+static void *rising_worker(void *arg) {
+    const size_t size = 176; /* a class no other test here uses */
+    void **p = arg;
+    for (int i = 0; i < 16; i++) p[i] = TM_API(malloc)(size);
+    return NULL;
+}
+
+static void test_malloc_hands_out_rising_addresses(void **state) {
+    (void)state;
+    void *p[16];
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, rising_worker, p), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    unsigned rising = 0;
+    for (int i = 1; i < 16; i++) rising += (uintptr_t)p[i] > (uintptr_t)p[i - 1];
+    /* a new slab may start below the last: one step down at most */
+    if (rising < 14) fail_msg("only %u of 15 successive blocks lie above the one before", rising);
+    for (int i = 0; i < 16; i++) TM_API(free)(p[i]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_refill_blocks_pop_in_address_order),
+        cmocka_unit_test(test_malloc_hands_out_rising_addresses),
         cmocka_unit_test(test_refill_touches_at_most_four_pages),
         cmocka_unit_test(test_refill_small_class_gets_a_batch),
         cmocka_unit_test(test_refill_hands_out_every_block),
