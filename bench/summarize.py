@@ -655,9 +655,9 @@ def report(d, rows, spike, imgs, doc_path):
                  "Deterministic: one run each. The burst row allocates 100 000 blocks of 16-80 B and "
                  "then frees them in allocation order, as a program builds and drops a tree: more than "
                  "any thread cache holds, so it counts the batches to and from the arenas too (its "
-                 "warm-up is one burst). 16384 B is a large block in trimalloc (a run of pages "
-                 "carved and coalesced under its arena's lock); glibc also takes its arena lock for it, "
-                 "while jemalloc and tcmalloc serve it from their thread caches.\n")
+                 "warm-up is one burst). 16384 B is a size class in trimalloc (since 2026-12-08; "
+                 "until then a run of pages carved and coalesced under its arena's lock), served from "
+                 "the thread cache as jemalloc and tcmalloc serve it; glibc takes its arena lock for it.\n")
         with open(cgmd) as f:
             L.append(f.read().strip())
         L.append("")
