@@ -504,7 +504,7 @@ void arena_flush(unsigned cls, void **blocks, unsigned n) {
          * arena's lock) */
         tm_chunk_t *c = c0;
         tm_slab_t *s = NULL; /* the slab of the blocks before, not settled yet */
-        uint32_t freed = 0, last_e = 0, slab_off = 0;
+        uint32_t freed = 0, last_e = 0;
         unsigned minw = 0;
         arena_lock(a);
         /* read again under the lock: c0's arena was read without it, and
@@ -551,9 +551,8 @@ void arena_flush(unsigned cls, void **blocks, unsigned n) {
                     minw = TM_SLAB_MAX_BLOCKS / 64;
                 }
                 last_e = e;
-                slab_off = TM_FAST_SLAB_OFF(e);
             }
-            uint64_t in = off - slab_off, idx = (in * magic) >> 40;
+            uint64_t in = off - TM_FAST_SLAB_OFF(e), idx = (in * magic) >> 40;
             if (unlikely(idx * size != in || idx >= nblocks)) {
                 tm_invalid_pointer("free", p);
                 continue;

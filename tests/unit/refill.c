@@ -8,7 +8,6 @@
  * The test uses an arena of its own (an index no thread is bound to).
  */
 #include "test_cmocka.h"
-#include <pthread.h>
 #include "internal.h"
 
 /* The smallest class of at least `min` bytes. */
@@ -156,8 +155,8 @@ static void test_malloc_hands_out_rising_addresses(void **state) {
     (void)state;
     void *p[16];
     pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, rising_worker, p), 0);
-    assert_int_equal(pthread_join(t, NULL), 0);
+    tu_thread_create(&t, rising_worker, p);
+    tu_thread_join(t);
     unsigned rising = 0;
     for (int i = 1; i < 16; i++) rising += (uintptr_t)p[i] > (uintptr_t)p[i - 1];
     /* each refill's lowest block comes last (a batch is 4 blocks or more
